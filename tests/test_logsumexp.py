@@ -1,0 +1,317 @@
+"""logsumexp (SPEC 4): differential tests against scipy and property tests of 4.1-4.8.
+
+Floating-point tolerance used by the property tests, and why. Every quantity compared is a sum
+of at most n terms of magnitude at most S = max(1, max|x_i|) (the bounds' Σ p_i x_i, the mean,
+lse's shift m plus log n). A computed sum of n terms has absolute error at most γ_n·Σ|terms|
+with γ_n = n·u/(1 - n·u) and u the unit roundoff (Higham, *Accuracy and Stability*, §4.2), and
+lse itself is computed as m + log(..) with a relative error of a few u. So each inequality
+``lhs <= rhs`` is checked as ``lhs <= rhs + tol`` with tol = 4·(n + 2)·u·S: anything larger is a
+real violation, not rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy.special import logsumexp as scipy_lse
+
+from kexue import logsumexp as K
+
+U = np.finfo(np.float64).eps / 2
+
+
+def tol(x: np.ndarray) -> float:
+    fin = np.abs(x[np.isfinite(x)])
+    scale = max(1.0, float(fin.max())) if fin.size else 1.0
+    return 4 * (x.shape[-1] + 2) * U * scale
+
+
+def le(lhs, rhs, t) -> bool:
+    """lhs <= rhs in the extended reals, with slack t for finite values."""
+    lhs, rhs = float(lhs), float(rhs)
+    if lhs == rhs:  # covers equal infinities
+        return True
+    return lhs <= rhs + t
+
+
+# ---------------------------------------------------------------------------------------------
+# strategies: magnitudes up to 1e300, optional ±inf entries, n up to 10^4
+
+finite = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def vectors(draw, with_neg_inf=True, with_pos_inf=False, max_small=40):
+    if draw(st.booleans()):
+        x = draw(hnp.arrays(np.float64, st.integers(1, max_small), elements=finite))
+    else:  # large n: Hypothesis chooses size, scale and seed; NumPy fills it
+        n = draw(st.integers(1, 10_000))
+        scale = 10.0 ** draw(st.integers(-3, 300))
+        seed = draw(st.integers(0, 2**32 - 1))
+        x = np.random.default_rng(seed).standard_normal(n) * scale
+        x = np.clip(x, -1e300, 1e300)
+    if with_neg_inf and len(x) > 1 and draw(st.booleans()):
+        k = draw(st.integers(1, len(x) - 1))
+        x[:k] = -np.inf
+    if with_pos_inf and draw(st.booleans()):
+        x[-1] = np.inf
+    return x
+
+
+@st.composite
+def simplex_like(draw, n):
+    kind = draw(st.sampled_from(["dirichlet", "onehot", "uniform", "sparse"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if kind == "dirichlet":
+        p = rng.dirichlet(np.full(n, draw(st.sampled_from([0.05, 1.0, 20.0]))))
+    elif kind == "onehot":
+        p = np.zeros(n)
+        p[rng.integers(n)] = 1.0
+    elif kind == "uniform":
+        p = np.full(n, 1.0 / n)
+    else:
+        p = np.where(rng.random(n) < 0.3, rng.random(n), 0.0)
+        p[0] += 1e-3
+        p = p / p.sum()
+    return p / p.sum()
+
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ---------------------------------------------------------------------------------------------
+# 4.1 - 4.8
+
+
+@SETTINGS
+@given(vectors(with_pos_inf=True))
+def test_4_1_max_bounds(x):
+    lse = K.logsumexp(x)
+    lo, hi = K.max_bounds(x)
+    assert le(lo, lse, tol(x)) and le(lse, hi, tol(x))
+    # strict where the reals' gap lse - x_max >= log(1 + e^{-ptp}) exceeds the rounding of x_max
+    if len(x) >= 2 and np.all(np.isfinite(x)) and np.log1p(np.exp(-np.ptp(x))) > 8 * U * abs(lo):
+        assert lo < lse
+
+
+@SETTINGS
+@given(vectors(with_pos_inf=True), st.floats(1e-6, 1e6))
+def test_4_2_smooth_max_bounds(x, tau):
+    sm = K.smooth_max(x, tau)
+    lo, hi = K.smooth_max_bounds(x, tau)
+    assert np.isfinite(sm) or not np.all(np.isfinite(x))  # never overflows on finite input
+    assert le(lo, sm, tol(x)) and le(sm, hi, tol(x) + 4 * U * tau * math.log(len(x)))
+    assert le(K.smooth_min(x, tau), np.min(x), tol(x))
+
+
+def test_4_2_smooth_max_tends_to_max():
+    x = np.array([0.3, -1.0, 2.0, 1.9])
+    gaps = [K.smooth_max(x, t) - x.max() for t in (1.0, 0.1, 0.01, 0.001)]
+    assert all(a > b for a, b in zip(gaps, gaps[1:])) and gaps[-1] < 1e-10
+
+
+@SETTINGS
+@given(vectors(with_pos_inf=True))
+def test_4_3_jensen(x):
+    if np.isposinf(x).any() and np.isneginf(x).any():
+        assert np.isnan(K.jensen_lower_bound(x))  # the mean of +inf and -inf is undefined
+    else:
+        assert le(K.jensen_lower_bound(x), K.logsumexp(x), tol(x))
+
+
+@SETTINGS
+@given(st.data())
+def test_4_4_to_4_6_variational_bounds(data):
+    x = data.draw(vectors(with_pos_inf=True))
+    p = data.draw(simplex_like(len(x)))
+    lse, t_ = K.logsumexp(x), tol(x)
+    bounds = [K.collision_lower_bound(x, p), K.entropy_lower_bound(x, p)]
+    bounds += [K.holder_lower_bound(x, p, t) for t in (1.0001, 1.5, 2.0, 3.0, 10.0)]
+    if (p[np.isposinf(x)] > 0).any() and (p[np.isneginf(x)] > 0).any():
+        assert all(np.isnan(v) for v in bounds)  # Σ p_i x_i = inf - inf is undefined
+    else:
+        assert all(le(v, lse, t_) for v in bounds)
+
+
+@SETTINGS
+@given(vectors(with_neg_inf=True, max_small=200))
+def test_4_6_equality_at_softmax(x):
+    assume(np.isfinite(x).any())
+    fin = x[np.isfinite(x)]
+    assume(np.ptp(fin) < 1e6 if fin.size > 1 else True)  # keep p·x sums well conditioned
+    p = np.exp(x - K.logsumexp(x))
+    p = p / p.sum()
+    # Σ p_i (x_i - log p_i) telescopes to lse; the tolerance is the conditioning of that sum
+    err = abs(K.entropy_lower_bound(x, p) - K.logsumexp(x))
+    assert err <= 1e3 * tol(x) * max(1.0, np.ptp(fin) if fin.size > 1 else 1.0)
+
+
+@SETTINGS
+@given(st.data())
+def test_4_7_lipschitz(data):
+    x = data.draw(vectors(with_neg_inf=False))
+    y = x + data.draw(hnp.arrays(np.float64, len(x), elements=st.floats(-1e300, 1e300))) * data.draw(st.sampled_from([1e-300, 1e-6, 1.0]))
+    y = np.clip(y, -1e300, 1e300)
+    d = abs(K.logsumexp(x) - K.logsumexp(y))
+    assert le(d, K.lipschitz_bound(x, y), tol(x) + tol(y))
+
+
+@SETTINGS
+@given(st.data())
+def test_4_8_convexity(data):
+    x = data.draw(vectors(with_neg_inf=False))
+    y = np.clip(x[::-1] + data.draw(st.floats(-1e300, 1e300)), -1e300, 1e300)
+    t = data.draw(st.floats(0, 1))
+    mid = K.logsumexp(t * x + (1 - t) * y)
+    assert le(mid, K.convexity_upper_bound(x, y, t), tol(x) + tol(y))
+
+
+def test_bound_argument_checks():
+    x = np.zeros(3)
+    with pytest.raises(ValueError):
+        K.holder_lower_bound(x, np.full(3, 1 / 3), 1.0)
+    with pytest.raises(ValueError):
+        K.entropy_lower_bound(x, np.array([0.5, 0.6, -0.1]))
+    with pytest.raises(ValueError):
+        K.smooth_max(x, 0.0)
+    with pytest.raises(ValueError):
+        K.convexity_upper_bound(x, x, 1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# differential tests against scipy.special.logsumexp
+
+INF, NAN = np.inf, np.nan
+BATTERY = [
+    ([], {}), ([3.0], {}), ([-INF], {}), ([-INF, -INF, -INF], {}), ([INF, 1.0], {}), ([INF, -INF], {}),
+    ([INF, INF], {}), ([NAN, 1.0], {}), ([NAN, INF], {}), ([NAN, -INF], {}),
+    ([1e300, -1e300], {}), ([1e308, 1e308, 1e308], {}), ([0.0, -40.0], {}), ([0.0, -800.0], {}),
+    ([-1e300, -1e300 + 1e285], {}), (list(np.linspace(-700, 700, 101)), {}),
+    ([1.0, 2.0], {"b": [1.0, -1.0]}), ([1.0, 2.0], {"b": [0.0, 0.0]}), ([INF, 1.0], {"b": [0.0, 1.0]}),
+    ([INF, 1.0], {"b": [-1.0, 1.0]}), ([INF, INF], {"b": [1.0, -1.0]}), ([1.0, 2.0, 3.0], {"b": [2.0, 0.5, 0.0]}),
+    ([1.0, 2.0], {"b": [-3.0, 1.0]}), ([-INF, 5.0], {"b": [2.0, -1.0]}),
+    (np.arange(12.0).reshape(3, 4), {"axis": 0}), (np.arange(12.0).reshape(3, 4), {"axis": 1}),
+    (np.arange(12.0).reshape(3, 4), {"axis": -1, "keepdims": True}), (np.arange(24.0).reshape(2, 3, 4), {"axis": (0, 2)}),
+    (np.zeros((0, 3)), {"axis": 0}), (np.zeros((0, 3)), {"axis": 1}), (np.zeros((2, 0)), {"axis": 1}),
+    (np.array([[1.0, -INF], [-INF, -INF]]), {"axis": 1}), (np.array([[1.0, 2.0], [3.0, 4.0]]), {"axis": 1, "b": np.array([1.0, -1.0])}),
+    (np.random.default_rng(0).standard_normal((5, 7)) * 300, {"axis": 1}),
+]
+DTYPES = [np.float16, np.float32, np.float64]
+RTOL = {np.float16: 2e-3, np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _close(ours, ref, dtype):
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    assert ours.shape == ref.shape
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    fin = np.isfinite(ref)
+    np.testing.assert_array_equal(ours[~fin & ~np.isnan(ref)], ref[~fin & ~np.isnan(ref)])
+    np.testing.assert_allclose(ours[fin], ref[fin], rtol=RTOL[dtype], atol=RTOL[dtype])
+
+
+def _empty(a, kw):
+    ax = kw.get("axis")
+    a = np.atleast_1d(a)
+    axes = range(a.ndim) if ax is None else ([ax] if isinstance(ax, int) else ax)
+    return any(a.shape[i] == 0 for i in axes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", range(len(BATTERY)))
+@pytest.mark.parametrize("return_sign", [False, True])
+def test_matches_scipy_numpy(case, dtype, return_sign):
+    a, kw = BATTERY[case]
+    with np.errstate(over="ignore"):
+        a = np.asarray(a, dtype=dtype)
+        kw = {k: (np.asarray(v, dtype=dtype) if k == "b" else v) for k, v in kw.items()}
+    ours = K.logsumexp(a, return_sign=return_sign, **kw)
+    ref = scipy_lse(a, return_sign=return_sign, **kw)
+    if return_sign:
+        (o, os_), (r, rs) = ours, ref
+        _close(o, r, dtype)
+        if _empty(a, kw):  # documented deviation: an empty sum has sign 0, scipy says -1
+            assert np.all(np.asarray(os_) == 0) and np.all(np.asarray(rs) == -1)
+        else:
+            np.testing.assert_array_equal(np.asarray(os_), np.asarray(rs))
+        assert np.asarray(o).dtype == np.asarray(r).dtype
+    else:
+        _close(ours, ref, dtype)
+        assert np.asarray(ours).dtype == np.asarray(ref).dtype
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.__name__)
+@pytest.mark.parametrize("case", range(len(BATTERY)))
+def test_matches_scipy_torch(case, dtype):
+    a, kw = BATTERY[case]
+    with np.errstate(over="ignore"):
+        a = np.asarray(a, dtype=dtype)
+    kw = dict(kw)
+    if "b" in kw:
+        kw["b"] = torch.from_numpy(np.asarray(kw["b"], dtype=dtype))
+    dim = kw.pop("axis", None)
+    out, sign = K.logsumexp(torch.from_numpy(a), dim=dim, return_sign=True, **kw)
+    ref, rsign = scipy_lse(a, axis=dim, return_sign=True, **{k: np.asarray(v) for k, v in kw.items()})
+    assert out.dtype == torch.from_numpy(a).dtype
+    _close(out.numpy(), ref, dtype)
+    if not _empty(a, {"axis": dim}):
+        np.testing.assert_array_equal(sign.numpy(), np.asarray(rsign))
+
+
+def test_empty_2d_full_reduction():
+    """scipy 1.17 raises IndexError for a 2-D empty array with axis=None; the answer is log 0."""
+    assert K.logsumexp(np.zeros((2, 0))) == -np.inf
+    assert K.logsumexp(torch.zeros(2, 0)) == -torch.inf
+
+
+def test_deliberate_difference_exact_cancellation():
+    """Terms that cancel exactly at a finite maximum: log 0 = -inf with sign 0 (scipy: NaN)."""
+    out, sign = K.logsumexp([1000.0, 1000.0], b=[1.0, -1.0], return_sign=True)
+    assert out == -np.inf and sign == 0
+
+
+def test_integer_input_promotes_to_float64():
+    assert K.logsumexp(np.array([1, 2])).dtype == np.float64
+    assert K.logsumexp(np.array([1, 2])) == pytest.approx(scipy_lse(np.array([1, 2])), rel=1e-15)
+
+
+def test_torch_gradient_is_softmax_and_finite():
+    torch.manual_seed(0)
+    x = (torch.randn(6, 9, dtype=torch.float64) * 50).requires_grad_()
+    K.logsumexp(x, dim=1).sum().backward()
+    torch.testing.assert_close(x.grad, torch.softmax(x.detach(), 1), rtol=1e-12, atol=1e-15)
+    # -inf entries and ties keep finite gradients (the where-branches must not leak NaN)
+    y = torch.tensor([[1.0, 1.0, -torch.inf], [-torch.inf, -torch.inf, 2.0]], dtype=torch.float64, requires_grad=True)
+    K.logsumexp(y, dim=1).sum().backward()
+    assert torch.isfinite(y.grad).all()
+    torch.testing.assert_close(y.grad, torch.softmax(y.detach(), 1))
+
+
+def test_torch_gradcheck_with_weights():
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.rand(3, 5, dtype=torch.float64) + 0.1
+    assert torch.autograd.gradcheck(lambda t: K.logsumexp(t, dim=1, b=b), (x,))
+
+
+def test_torch_matches_torch_logsumexp_large():
+    x = torch.randn(100, 1000, dtype=torch.float64) * 100
+    torch.testing.assert_close(K.logsumexp(x, dim=1), torch.logsumexp(x, dim=1), rtol=1e-14, atol=1e-12)
+
+
+def test_smooth_max_torch_matches_numpy():
+    x = np.random.default_rng(3).standard_normal((4, 50)) * 1e5
+    for tau in (1e-3, 1.0, 1e3):
+        np.testing.assert_allclose(K.smooth_max(torch.from_numpy(x), tau).numpy(), K.smooth_max(x, tau), rtol=1e-14)
+
+
+def test_bad_axis_and_dtype():
+    with pytest.raises(ValueError):
+        K.logsumexp(np.zeros((2, 2)), axis=2)
+    with pytest.raises(TypeError):
+        K.logsumexp(np.zeros(2), axis=0, dim=0)
