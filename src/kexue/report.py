@@ -121,7 +121,7 @@ class Context:
             fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         self.figures.append({"key": key, "path": str(rel), "caption": caption})
-        self.parts.append(f"![{caption or key}]({rel.as_posix()})\n" + (f"\n*{caption}*\n" if caption else ""))
+        self.parts.append(f"![{key}]({rel.as_posix()})\n" + (f"\n*{caption}*\n" if caption else ""))
         return path
 
     # ---- progress

@@ -1,0 +1,215 @@
+"""The shared pieces: data loaders, report pipeline, training loop, CLI errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kexue import data, report
+from kexue.utils import KexueError, atomic_write
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kexue(*args, env=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "kexue", *args], capture_output=True, text=True, env=e, cwd=REPO, timeout=600)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def test_mnist_test_set_loads_with_official_label_counts():
+    X, y = data.load_mnist_test()
+    assert X.shape == (10000, 784) and X.dtype == np.uint8 and y.dtype == np.int64
+    assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_mnist5k_and_sklearn_sets():
+    X, y = data.load_mnist5k()
+    assert X.shape == (5000, 784) and X.dtype == np.uint8 and X.max() == 255 and set(np.unique(y)) == set(range(10))
+    Xd, yd = data.load_digits()
+    assert Xd.shape == (1797, 64) and Xd.max() == 16
+    for name, shape in [("breast_cancer", (569, 30)), ("wine", (178, 13)), ("iris", (150, 4))]:
+        X, y = data.load_tabular(name)
+        assert X.shape == shape and X.dtype == np.float64 and y.dtype == np.int64
+    with pytest.raises(KexueError, match="unknown tabular"):
+        data.load_tabular("titanic")
+
+
+def test_stsb_splits():
+    d = data.load_stsb()
+    assert {k: len(v) for k, v in d.items()} == {"train": 5749, "dev": 1500, "test": 1379}
+    assert d["test"].score.min() >= 0 and d["test"].score.max() <= 5
+    assert all(isinstance(s, str) and s for s in d["dev"].sentence2)
+
+
+def test_missing_and_corrupt_files_give_clear_errors(tmp_path):
+    with pytest.raises(KexueError, match="not found.*kexue data download mnist-test"):
+        data.load_mnist_test(tmp_path)
+    bad = tmp_path / "stsb" / "stsbenchmark.tsv.gz"
+    bad.parent.mkdir()
+    with gzip.open(bad, "wt") as f:
+        f.write("split\tgenre\n")
+    with pytest.raises(KexueError, match="corrupt"):
+        data.load_stsb(tmp_path)
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("KEXUE_DATA", str(tmp_path))
+    assert data.candidate_dirs() == [tmp_path]
+    with pytest.raises(KexueError, match=str(tmp_path)):
+        data.load_stsb()
+
+
+def test_catalogue_lists_everything():
+    names = {e.name: e for e in data.catalogue()}
+    for n in ["mnist5k", "mnist-test", "digits", "stsb", "minilm", "smollm2"]:
+        assert n in names
+    assert names["mnist-test"].available and names["stsb"].available
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic writes, report
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    p = tmp_path / "out.txt"
+    p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_write(p, "w") as f:
+            f.write("half")
+            raise RuntimeError("crash")
+    assert p.read_text() == "old" and list(tmp_path.iterdir()) == [p]
+
+
+def test_report_pipeline_writes_report_results_and_publishes(tmp_path, monkeypatch):
+    import types
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mod = types.ModuleType("kexue.experiments.toy")
+    mod.TITLE, mod.SPEC = "Toy", "0"
+
+    def run(ctx):
+        ctx.text("hello")
+        ctx.metric("draw", float(ctx.rng.random()))
+        ctx.table("t", ["a", "b"], [[1, 2.5]])
+        fig, ax = plt.subplots()
+        ax.plot([0, 1])
+        ctx.figure("line", fig, caption="a line")
+
+    mod.run = run
+    monkeypatch.setitem(sys.modules, "kexue.experiments.toy", mod)
+    monkeypatch.setattr(report, "available", lambda: ["toy"])
+    path, secs = report.reproduce(["toy"], seed=3, out=tmp_path / "r", publish_to=tmp_path / "docs", command="test")
+    md = path.read_text()
+    assert "hello" in md and "| 1 | 2.5 |" in md and "figures/toy/line.png" in md
+    assert (tmp_path / "r" / "figures" / "toy" / "line.png").stat().st_size > 0
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["meta"]["seed"] == 3 and "toy" in res["experiments"]
+    first = res["experiments"]["toy"]["metrics"]["draw"]
+    report.reproduce(["toy"], seed=3, out=tmp_path / "r2", command="test")
+    again = json.loads((tmp_path / "r2" / "results.json").read_text())["experiments"]["toy"]["metrics"]["draw"]
+    assert first == again  # same seed, same numbers
+    results_md = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "seed 3" in results_md and "`test`" in results_md and (tmp_path / "docs" / "figures" / "toy" / "line.png").exists()
+
+
+def test_every_registered_experiment_has_title_spec_run():
+    names = report.available()
+    assert "logsumexp" in names
+    for n in names:
+        m = report.load(n)
+        assert isinstance(m.TITLE, str) and isinstance(m.SPEC, str) and callable(m.run)
+
+
+# ---------------------------------------------------------------------------------------------
+# training loop
+
+
+def test_train_resume_follows_the_same_loss_curve(tmp_path):
+    from kexue.nets import MLP
+    from kexue.train import train
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 6, generator=g)
+    y = (X[:, 0] + X[:, 1] > 0).long()
+
+    def loss(m, b):  # uses the global RNG, as noisy losses (dropout, diffusion) do
+        noise = 0.01 * torch.randn_like(b[0])
+        return torch.nn.functional.cross_entropy(m(b[0] + noise), b[1])
+
+    def fresh():
+        torch.manual_seed(7)
+        return MLP([6, 16, 2])
+
+    full = train(fresh(), loss, [X, y], steps=40, batch_size=32, seed=5, ema_decay=0.9)
+    ck = tmp_path / "ck.pt"
+    train(fresh(), loss, [X, y], steps=15, batch_size=32, seed=5, ema_decay=0.9, ckpt=ck, ckpt_every=5)
+    torch.manual_seed(123)  # a different process state must not matter
+    resumed = train(fresh(), loss, [X, y], steps=40, batch_size=32, seed=5, ema_decay=0.9, ckpt=ck, resume=True)
+    assert resumed.losses == full.losses
+    for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
+        assert torch.equal(a, b)
+    assert full.losses[-1] < full.losses[0]
+
+
+def test_corrupt_checkpoint_is_a_user_error(tmp_path):
+    from kexue.train import load_checkpoint
+
+    p = tmp_path / "bad.pt"
+    p.write_bytes(b"not a checkpoint")
+    with pytest.raises(KexueError, match="could not be read"):
+        load_checkpoint(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def test_cli_version_help_and_data():
+    r = kexue("--version")
+    assert r.returncode == 0 and "kexue" in r.stdout
+    r = kexue("--help")
+    assert r.returncode == 0 and "reproduce" in r.stdout
+    r = kexue("data")
+    assert r.returncode == 0
+    for n in ["mnist5k", "mnist-test", "digits", "stsb", "minilm", "smollm2"]:
+        assert n in r.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["reproduce", "nosuch"], "unknown experiment 'nosuch'"),
+    (["reproduce", "--seed", "abc"], "--seed"),
+    (["reproduce", "--data-dir", "/nonexistent/kexue"], "does not exist"),
+    (["data", "download", "imagenet"], "nothing to download"),
+    (["nosuchcommand"], "No such command"),
+])
+def test_cli_user_errors_are_one_line_exit_2(args, needle):
+    r = kexue(*args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_cli_reproduce_writes_report(tmp_path):
+    r = kexue("reproduce", "logsumexp", "--quick", "--out", str(tmp_path / "rep"), "--seed", "1",
+              env={"KEXUE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "logsumexp" in md and "figures/logsumexp/mnist_smooth_max_gap.png" in md
+    res = json.loads((tmp_path / "rep" / "results.json").read_text())
+    assert res["experiments"]["logsumexp"]["metrics"]["mnist/4.6 entropy, p = softmax(x)/violations"] == 0
