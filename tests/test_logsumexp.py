@@ -136,7 +136,7 @@ def test_4_4_to_4_6_variational_bounds(data):
     if (p[np.isposinf(x)] > 0).any() and (p[np.isneginf(x)] > 0).any():
         assert all(np.isnan(v) for v in bounds)  # Σ p_i x_i = inf - inf is undefined
     else:
-        assert all(le(v, lse, t_) for v in bounds)
+        assert all(le(v, lse, t_) for v in bounds), (bounds, lse, t_)
 
 
 @SETTINGS
@@ -315,3 +315,15 @@ def test_bad_axis_and_dtype():
         K.logsumexp(np.zeros((2, 2)), axis=2)
     with pytest.raises(TypeError):
         K.logsumexp(np.zeros(2), axis=0, dim=0)
+
+
+def test_renyi_entropy_is_accurate_near_t1_and_for_tiny_p():
+    p = np.random.default_rng(4).dirichlet(np.ones(50))
+    shannon = K.renyi_entropy(p, 1)
+    for eps in (1e-3, 1e-6, 1e-9, 1e-12):
+        # H_t is smooth in t with derivative of order Var(log p), so |H_{1±ε} - H_1| = O(ε)
+        assert abs(K.renyi_entropy(p, 1 + eps) - shannon) < 10 * eps + 1e-13
+        assert abs(K.renyi_entropy(p, 1 - eps) - shannon) < 10 * eps + 1e-13
+    q = np.array([1 - 2e-300, 1e-300, 1e-300])  # p^t underflows for t = 10
+    assert K.renyi_entropy(q, 10.0) == pytest.approx(0.0, abs=1e-12)
+    assert np.isclose(K.renyi_entropy(np.full(8, 1 / 8), 2.0), np.log(8), rtol=1e-15)

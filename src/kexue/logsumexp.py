@@ -141,6 +141,10 @@ def _lse_torch(a, axis, b, keepdims, return_sign):
         shape = [1 if i in axes else s for i, s in enumerate(a.shape)]
         out = torch.full(shape, -torch.inf, dtype=a.dtype, device=a.device)
         sign = torch.zeros_like(out)
+    elif b is None and not return_sign:
+        # unweighted, unsigned: torch's fused kernel (max shift, same ±inf/NaN semantics) is
+        # ~4x faster than the split below and differs from it by a few ulps at most
+        return torch.logsumexp(a, dim=axes, keepdim=keepdims)
     else:
         if b is not None:
             a = torch.where(b == 0, torch.full_like(a, -torch.inf), a)
@@ -255,7 +259,15 @@ def renyi_entropy(p, t: float) -> np.ndarray:
             return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1)
     if t <= 0:
         raise ValueError(f"order t must be > 0, got {t}")
-    return np.log(np.sum(p ** t, axis=-1)) / (1 - t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logp = np.where(p > 0, np.log(p), -np.inf)
+        if abs(t - 1) >= 0.5:
+            # log Σ p^t as an lse of t·log p, so tiny p^t do not underflow to log 0
+            return logsumexp(t * logp, axis=-1) / (1 - t)
+        # near t = 1, log(Σ p^t)/(1-t) loses digits in proportion to 1/|t-1|; writing
+        # Σ p^t = Σ p + Σ p·expm1((t-1) log p) keeps them
+        s = np.sum(np.where(p > 0, p * np.expm1((t - 1) * logp), 0.0), axis=-1)
+    return np.log1p((np.sum(p, axis=-1) - 1) + s) / (1 - t)
 
 
 def _check_simplex(p: np.ndarray, x: np.ndarray) -> None:
