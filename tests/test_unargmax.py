@@ -1,0 +1,223 @@
+"""Tests for kexue.unargmax (SPEC 3): certified verdicts, known answers, inputs, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kexue.unargmax import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, audit, example_2d, load_output_layer, planted_layer,
+                            verify_certificate, verify_witness)
+from kexue.unargmax import core
+from kexue.utils import KexueError
+
+
+def _all_certificates_hold(W, b, res, box=None):
+    """Every argmaxable verdict has a witness that independently verifies, every unargmaxable one
+    a certificate that independently verifies."""
+    for k in res.ids(ARGMAXABLE):
+        assert verify_witness(W, b, k, res.witnesses[k], box) > 0, k
+    for k in res.ids(UNARGMAXABLE):
+        idx, lam = res.certificates[k]
+        ok, _ = verify_certificate(W, b, k, idx, lam, box)
+        assert ok, k
+
+
+# ---- SPEC 3.2: the 2-D example
+
+def test_2d_example_class5_unargmaxable_without_bias():
+    W, b = example_2d()
+    res = audit(W, b)
+    assert res.verdict.tolist() == [1, 1, 1, 1, 0]
+    idx, lam = res.certificates[4]
+    assert np.allclose(lam @ W[idx], W[4])
+    _all_certificates_hold(W, b, res)
+
+
+def test_2d_example_large_bias_makes_class5_argmaxable_at_zero():
+    W, b = example_2d(b5=0.0)  # ties with the others at z = 0: still unargmaxable
+    assert audit(W, b).verdict[4] == UNARGMAXABLE
+    W, b = example_2d(b5=1.0)
+    assert verify_witness(W, b, 4, np.zeros(2)) > 0  # z = 0 is a witness
+    res = audit(W, b)
+    assert res.verdict.tolist() == [1, 1, 1, 1, 1]
+    _all_certificates_hold(W, b, res)
+
+
+def test_post_criterion_disagrees_with_lp_when_bias_decides():
+    W, b = example_2d(b5=1.0)
+    fw = audit(W, b, method="fw")
+    assert fw.post_verdict[4] == UNARGMAXABLE  # ‖Σα Δw‖ can reach 0: the post says "never"
+    assert fw.verdict[4] == ARGMAXABLE  # ...but the witness z = 0 proves otherwise
+    W, b = example_2d()
+    fw = audit(W, b, method="fw", prechecks=False)
+    assert fw.verdict.tolist() == [1, 1, 1, 1, 0] and fw.post_verdict.tolist() == [1, 1, 1, 1, 0]
+    _all_certificates_hold(W, b, fw)
+
+
+# ---- planted layers: exact recovery, zero false verdicts
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_planted_set_recovered_exactly(bias):
+    W, b, truth = planted_layer(600, 12, 30, bias=bias, rescued=bias, seed=3)
+    res = audit(W, b)
+    assert res.counts()["undecided"] == 0
+    assert np.array_equal(res.verdict == ARGMAXABLE, truth)
+    assert np.array_equal(res.unargmaxable, np.flatnonzero(~truth))
+    _all_certificates_hold(W, b, res)
+
+
+def test_lp_only_baseline_gives_identical_verdicts():
+    W, b, truth = planted_layer(120, 6, 8, bias=True, seed=5)
+    fast = audit(W, b)
+    slow = audit(W, b, prechecks=False, working_set=W.shape[0])
+    assert np.array_equal(fast.verdict, slow.verdict)
+    assert np.array_equal(slow.verdict == ARGMAXABLE, truth)
+    _all_certificates_hold(W, b, slow)
+
+
+def test_parallel_matches_sequential():
+    W, b, truth = planted_layer(200, 8, 10, seed=7)
+    r1 = audit(W, b, n_jobs=1)
+    r2 = audit(W, b, n_jobs=2, block=64)
+    assert np.array_equal(r1.verdict, r2.verdict)
+    assert np.array_equal(r2.verdict == ARGMAXABLE, truth)
+
+
+def test_duplicates_are_unargmaxable_with_zero_residual():
+    rng = np.random.default_rng(0)
+    W = rng.standard_normal((50, 5))
+    W[7] = W[3]
+    res = audit(W)
+    assert res.verdict[3] == UNARGMAXABLE and res.verdict[7] == UNARGMAXABLE
+    assert res.residual[3] == 0.0
+    b = np.zeros(50)
+    b[7] = 1.0  # a higher bias breaks the tie for 7 only
+    res = audit(W, b)
+    assert res.verdict[3] == UNARGMAXABLE and res.verdict[7] != UNARGMAXABLE
+
+
+def test_box_bounds_the_witness():
+    # class 0 wins only for z₁ > 10
+    W = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    b = np.array([-10.0, 0.0, -100.0, -100.0])
+    assert audit(W, b, box=5.0).verdict[0] == UNARGMAXABLE
+    res = audit(W, b, box=20.0)
+    assert res.verdict[0] == ARGMAXABLE and np.abs(res.witnesses[0]).max() <= 20
+    _all_certificates_hold(W, b, res, box=20.0)
+    assert audit(W, b).verdict[0] == ARGMAXABLE
+
+
+def test_witness_check_rejects_ties_and_losers():
+    W, _ = example_2d()
+    assert verify_witness(W, None, 0, W[0]) > 0
+    assert verify_witness(W, None, 4, W[4]) <= 0  # w₅ never wins
+    assert verify_witness(W, None, 0, np.zeros(2)) <= 0  # all tie at z = 0: not strict
+    ok, _ = verify_certificate(W, None, 4, [0, 1], [0.5, 0.5])  # wrong rows: (1.5, 1.5) ≠ (1, 1)
+    assert not ok
+
+
+def test_solver_failure_is_undecided(monkeypatch):
+    W, b, truth = planted_layer(200, 6, 10, seed=2)
+    monkeypatch.setattr(core, "_highs", lambda *a, **k: (4, None, None))  # HiGHS "numerical error"
+    res = audit(W, b)
+    assert set(res.undecided) == set(np.flatnonzero(~truth))  # never folded into a verdict
+    assert res.counts()["unargmaxable"] == 0
+    assert all("status 4" in res.notes[k] for k in res.undecided)
+
+
+# ---- inputs
+
+def test_malformed_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(KexueError, match="2-D"):
+        audit(np.zeros((3, 4, 5)))
+    W = np.random.default_rng(0).standard_normal((10, 3))
+    W[4, 1] = np.nan
+    with pytest.raises(KexueError, match="row 4"):
+        audit(W)
+    with pytest.raises(KexueError, match="one entry per class"):
+        audit(np.eye(3), np.zeros(4))
+    np.save(tmp_path / "w3.npy", np.zeros((2, 3, 4)))
+    with pytest.raises(KexueError, match="2-D"):
+        load_output_layer(tmp_path / "w3.npy")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(KexueError, match="empty"):
+        load_output_layer(tmp_path / "empty.npy")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(KexueError, match="cannot read"):
+        load_output_layer(tmp_path / "bad.npz")
+    with pytest.raises(KexueError, match="does not exist"):
+        load_output_layer(tmp_path / "nope.safetensors")
+    with pytest.raises(KexueError, match="unsupported"):
+        (tmp_path / "x.txt").write_text("1")
+        load_output_layer(tmp_path / "x.txt")
+
+
+def test_npz_and_safetensors_names(tmp_path):
+    from safetensors.numpy import save_file
+
+    W, b, _ = planted_layer(40, 4, 2, bias=True, seed=1)
+    np.savez(tmp_path / "l.npz", W=W, b=b)
+    lay = load_output_layer(tmp_path / "l.npz")
+    assert lay.W.shape == (40, 4) and np.array_equal(lay.b, b)
+    assert load_output_layer(tmp_path / "l.npz", bias="none").b is None
+    save_file({"enc.weight": W.astype(np.float32), "dec.weight": W.astype(np.float32), "dec.bias": b.astype(np.float32)},
+              str(tmp_path / "m.safetensors"))
+    with pytest.raises(KexueError, match="dec.weight.*enc.weight"):  # ambiguous: lists the choices
+        load_output_layer(tmp_path / "m.safetensors")
+    lay = load_output_layer(tmp_path / "m.safetensors", tensor="dec.weight")
+    assert lay.bias_name == "dec.bias" and lay.W.dtype == np.float32
+    with pytest.raises(KexueError, match="no tensor named 'missing'"):
+        load_output_layer(tmp_path / "m.safetensors", tensor="missing")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "pytorch_model.bin").write_bytes(b"x")
+    with pytest.raises(KexueError, match="never unpickles"):
+        load_output_layer(tmp_path / "hf")
+
+
+def test_gguf_quantised_tied_layer(tmp_path):
+    # a small GGUF written like llama.cpp does (Q8_0 tied embeddings + vocab in the metadata);
+    # reading SmolLM2's own file takes ~30 s of metadata parsing, so the experiment covers it
+    gguf = pytest.importorskip("gguf")
+    W = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    w.add_token_list([f"tok{i}" for i in range(64)])
+    w.add_tensor("token_embd.weight", gguf.quants.quantize(W, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    lay = load_output_layer(tmp_path / "m.gguf")
+    assert lay.W.shape == (64, 32) and lay.tied and lay.b is None and lay.info["quantisation"] == "Q8_0"
+    assert np.abs(lay.W - W).max() < 0.05 and lay.token(5) == "tok5"
+    with pytest.raises(KexueError, match="no tensor named"):
+        load_output_layer(tmp_path / "m.gguf", tensor="output.weight")
+
+
+def test_minilm_folder_tied_embeddings_and_tokenizer():
+    from kexue.data import minilm_path
+
+    m = load_output_layer(minilm_path())
+    assert m.W.shape == (30522, 384) and m.weight_name.endswith("word_embeddings.weight")
+    assert m.token(2023) == "this"
+
+
+# ---- CLI
+
+def test_cli_json_and_errors(tmp_path):
+    from kexue.cli import main
+
+    W, b = example_2d()
+    np.save(tmp_path / "w.npy", W)
+    out = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as e:
+        main(["unargmax", str(tmp_path / "w.npy"), "--json", str(out)])
+    assert e.value.code == 0
+    doc = json.loads(out.read_text())
+    assert doc["unargmaxable_classes"][0]["id"] == 4 and doc["argmaxable"] == 4 and doc["undecided"] == 0
+    with pytest.raises(SystemExit) as e:
+        main(["unargmax", str(tmp_path / "missing.npy")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["unargmax", str(tmp_path / "w.npy"), "--method", "simplex"])
+    assert e.value.code == 2
