@@ -232,6 +232,20 @@ def _check_columns(L, ks, b, dirs, box, max_norm, d):
     ok = np.zeros(n, bool)
     scales = np.zeros(n)
     margins = np.full(n, -np.inf)
+    if b is None:  # the scale is free: vectorised over the block (no per-column passes)
+        cols = np.arange(n)
+        dnorm = np.linalg.norm(dirs, axis=0)
+        s = 1.0 / np.maximum(dnorm, 1e-300) if box is None else box / np.maximum(np.abs(dirs).max(0), 1e-300)
+        own = L[ks, cols].copy()
+        big = np.abs(L).max(0) * s
+        L[ks, cols] = -np.inf
+        top = L.max(0)
+        L[ks, cols] = own
+        m = s * own - s * top
+        cert = np.array([mj - _err_bound(d, max_norm, sj * dn, bj) for mj, sj, dn, bj in zip(m, s, dnorm, big)])
+        ok = np.isfinite(s) & (cert > 0)
+        scales[ok], margins[ok] = s[ok], cert[ok]
+        return ok, scales, margins
     for j, k in enumerate(ks):
         col = L[:, j]
         dnorm = float(np.linalg.norm(dirs[:, j]))
