@@ -1,0 +1,231 @@
+"""Tests for kexue.exact (SPEC 6): the orthant probability, its analytic gradient, the losses,
+and the SPEC 6.1 toy numbers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kexue.exact import (EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, genz_orthant, logit_deltas,
+                         orthant_probability, orthant_probability_quadrature, sigma_schedule, toy_loss, toy_optimum)
+from kexue.utils import KexueError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # small tensors: threads only add contention on a shared machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _mc_orthant(m: np.ndarray, draws: int, rng) -> tuple[float, float]:
+    """Plain Monte Carlo of P(z > 0), z ~ N(m, I + 11^T) via z = m + eps + t 1; (estimate, s.e.)."""
+    hits = 0
+    chunk = 100_000
+    for _ in range(draws // chunk):
+        z = m + rng.standard_normal((chunk, len(m))) + rng.standard_normal((chunk, 1))
+        hits += int((z > 0).all(axis=1).sum())
+    p = hits / draws
+    return p, math.sqrt(max(p * (1 - p), 1e-300) / draws)
+
+
+@pytest.mark.parametrize("d,sigma", [
+    ([0.5, -0.3], 1.0),
+    ([1.0, 0.2, 0.8, 1.5], 0.7),
+    ([2.0, 1.0, 0.0, 1.5, 2.5, 3.0, 0.5, 1.2, 2.2], 1.0),
+    ([0.3] * 15, 0.5),
+])
+def test_orthant_matches_monte_carlo_1e6(d, sigma):
+    rng = np.random.default_rng(123)
+    m = np.asarray(d) / sigma
+    p_mc, se = _mc_orthant(m, 1_000_000, rng)
+    torch.manual_seed(0)
+    p = float(orthant_probability(torch.tensor([d], dtype=torch.float64), sigma, n_samples=4096)[0])
+    assert p_mc > 0.01  # the cases are chosen so the test has power
+    assert abs(p - p_mc) < 3 * se, (p, p_mc, se)
+
+
+def test_orthant_matches_quadrature_and_mc_sampler():
+    torch.manual_seed(1)
+    d = torch.randn(6, 7, dtype=torch.float64) + 1.0
+    ref = orthant_probability_quadrature(d, 0.8)
+    sob = orthant_probability(d, 0.8, n_samples=8192)
+    mc = orthant_probability(d, 0.8, n_samples=8192, method="mc")
+    assert torch.allclose(sob, ref, rtol=2e-3, atol=1e-5)
+    assert torch.allclose(mc, ref, rtol=3e-2, atol=1e-3)
+    # quasi-random points are more accurate than pseudo-random ones at the same budget
+    assert (sob - ref).abs().sum() < (mc - ref).abs().sum()
+
+
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.5])
+def test_two_classes_closed_form(sigma):
+    d = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
+    p = orthant_probability(d, sigma, n_samples=16)
+    assert torch.allclose(p, torch.special.ndtr(d[:, 0] / (sigma * math.sqrt(2))), atol=1e-14)
+
+
+def test_gradcheck_three_classes_float64():
+    # with the random points fixed (seeded), the estimator is a deterministic smooth function;
+    # n = 2 needs one sampled dimension, so 2^14 Sobol points make it accurate to ~1e-9
+    def f(d):
+        torch.manual_seed(0)
+        return orthant_probability(d, 0.9, n_samples=1 << 14)
+
+    d = torch.tensor([[0.3, -0.4], [1.2, 0.5], [-0.7, 2.0]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (d,), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_analytic_gradient_matches_finite_differences():
+    torch.manual_seed(2)
+    d = (torch.randn(4, 6, dtype=torch.float64) * 0.7 + 0.8).requires_grad_(True)
+    sigma = 0.8
+    g, = torch.autograd.grad(orthant_probability(d, sigma, n_samples=8192).sum(), d)
+    # central differences of the (deterministic, near-exact) 1-D quadrature
+    h = 1e-5
+    fd = torch.zeros_like(d)
+    for i in range(d.shape[1]):
+        e = torch.zeros_like(d)
+        e[:, i] = h
+        fd[:, i] = (orthant_probability_quadrature(d.detach() + e, sigma) - orthant_probability_quadrature(d.detach() - e, sigma)) / (2 * h)
+    assert torch.allclose(g, fd, rtol=5e-3, atol=1e-5), (g - fd).abs().max()
+    # and the sigma gradient goes through the chain rule
+    s = torch.tensor(sigma, dtype=torch.float64, requires_grad=True)
+    gs, = torch.autograd.grad(orthant_probability(d.detach(), s, n_samples=8192).sum(), s)
+    fds = (orthant_probability_quadrature(d.detach(), sigma + h).sum() - orthant_probability_quadrature(d.detach(), sigma - h).sum()) / (2 * h)
+    assert abs(float(gs) - float(fds)) < 5e-3 * abs(float(fds)) + 1e-5
+
+
+def test_genz_general_rho_against_monte_carlo():
+    # the conditional problems of the gradient use covariance I + rho 11^T with rho = 1/2
+    rng = np.random.default_rng(5)
+    m = np.array([0.2, 0.9, -0.1, 0.6])
+    z = m + rng.standard_normal((400_000, 4)) + math.sqrt(0.5) * rng.standard_normal((400_000, 1))
+    p_mc = (z > 0).all(1).mean()
+    se = math.sqrt(p_mc * (1 - p_mc) / len(z))
+    torch.manual_seed(0)
+    p = float(genz_orthant(torch.tensor(m[None]), rho=0.5, n_samples=4096)[0])
+    assert abs(p - p_mc) < 3 * se
+
+
+def test_same_seed_same_value_and_batch_shape():
+    d = torch.randn(2, 3, 5)
+    torch.manual_seed(7)
+    a = orthant_probability(d, 1.0, 16)
+    torch.manual_seed(7)
+    b = orthant_probability(d, 1.0, 16)
+    assert a.shape == (2, 3) and torch.equal(a, b)
+    assert ((a >= 0) & (a <= 1)).all()
+
+
+def test_truncation_keeps_hardest_classes():
+    torch.manual_seed(0)
+    d = torch.tensor([[0.2, 0.5, 9.0, 12.0, 0.1, 15.0]], dtype=torch.float64, requires_grad=True)
+    full = orthant_probability(d, 1.0, 4096)
+    g_full, = torch.autograd.grad(full.sum(), d)
+    trunc = orthant_probability(d, 1.0, 4096, truncate=3)
+    g_tr, = torch.autograd.grad(trunc.sum(), d)
+    # the far classes (delta 9, 12, 15) hardly matter: dropping them changes p by < 0.2 %
+    assert abs(full.item() - trunc.item()) < 2e-3 * full.item()
+    assert (g_tr[0, [2, 3, 5]] == 0).all() and (g_tr[0, [0, 1, 4]] != 0).all()
+    assert torch.allclose(g_tr[0, [0, 1, 4]], g_full[0, [0, 1, 4]], rtol=1e-2)
+
+
+def test_exact_loss_matches_quadrature_and_is_argmax_invariant():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5, dtype=torch.float64) * 2
+    y = torch.randint(0, 5, (64,))
+    loss = EXACTLoss(sigma=0.5, standardize=True, grad_norm=False, n_samples=4096)
+    z = (logits - logits.mean()) / logits.std()
+    ref = 1 - orthant_probability_quadrature(logit_deltas(z, y), 0.5).mean()
+    assert abs(float(loss(logits, y)) - float(ref)) < 2e-3
+    # standardisation is a shift and a positive scale: the loss is unchanged by them
+    torch.manual_seed(1)
+    a = loss(logits, y)
+    torch.manual_seed(1)
+    b = loss(3.0 * logits + 7.0, y)
+    assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_exact_margin_and_gradient_normalisation():
+    torch.manual_seed(0)
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 0.2, 0.1]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1])
+    loss = EXACTLoss(sigma=1.0, margin=1.0, standardize=False, grad_norm=False, n_samples=256)
+    loss(logits, y).backward()
+    # the first sample wins by 5 > margin: it no longer pulls
+    assert torch.all(logits.grad[0] == 0) and logits.grad[1].abs().sum() > 0
+    # gradient normalisation: the first step's logit gradient has unit norm
+    logits.grad = None
+    normed = EXACTLoss(sigma=1.0, standardize=False, grad_norm=True, n_samples=256)
+    normed(logits, y).backward()
+    assert abs(float(logits.grad.norm()) - 1.0) < 1e-9
+
+
+def test_exact_loss_sigma_schedule_advances_only_in_training():
+    sched = sigma_schedule(1.0, 0.1, 10, "exp")
+    assert sched(0) == 1.0 and abs(sched(10) - 0.1) < 1e-12 and abs(sched(5) - math.sqrt(0.1)) < 1e-12
+    assert sched(50) == sched(10)
+    lin, cos = sigma_schedule(1.0, 0.5, 4, "linear"), sigma_schedule(1.0, 0.5, 4, "cosine")
+    assert lin(2) == 0.75 and abs(cos(2) - 0.75) < 1e-12 and cos(4) == 0.5
+    loss = EXACTLoss(sigma=sched)
+    x, y = torch.randn(8, 3), torch.randint(0, 3, (8,))
+    loss(x, y)
+    loss(x, y)
+    assert loss.current_sigma() == sched(2)
+    loss.eval()
+    loss(x, y)
+    assert loss.current_sigma() == sched(2)
+
+
+def test_smooth_accuracy_and_hinge():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]])
+    y = torch.tensor([0, 1])
+    p = torch.softmax(logits, 1)[[0, 1], [0, 1]]
+    assert torch.allclose(SmoothAccuracyLoss()(logits, y), -p.mean())
+    assert torch.allclose(SmoothAccuracyLoss(log=True)(logits, y), -p.mean().log())
+    # Crammer–Singer: max(0, 1 - 2) = 0 and max(0, 1 - (1 - 3)) = 3
+    assert torch.allclose(MulticlassHingeLoss()(logits, y), torch.tensor(1.5))
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: EXACTLoss()(torch.randn(4, 3), torch.tensor([0, 1, 2, 3])),  # label out of range
+    lambda: EXACTLoss()(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0])),
+    lambda: EXACTLoss()(torch.randn(4, 3), torch.tensor([0, 1])),
+    lambda: EXACTLoss(sigma=-1.0),
+    lambda: EXACTLoss(method="halton"),
+    lambda: orthant_probability(torch.randn(3, 2), 0.0),
+    lambda: sigma_schedule(1.0, 0.0, 10),
+])
+def test_bad_input_raises_kexue_error(bad):
+    with pytest.raises(KexueError):
+        bad()
+
+
+def test_toy_numbers_of_spec_6_1():
+    assert abs(toy_optimum("ce", 1) - 0.7) < 5e-3
+    assert toy_optimum("hinge", 1) == (0.75, 1.0)
+    assert abs(toy_optimum("ce", 10) - 0.131) < 5e-4
+    assert abs(toy_optimum("ce", 100) - 0.125) < 5e-4
+    # CE and hinge at k = 1 misclassify the positive point; with the scale CE gets all three
+    assert toy_loss(toy_optimum("ce", 1), "error") == pytest.approx(1 / 3)
+    assert toy_loss(toy_optimum("ce", 10), "error", 10) == 0
+    # EXACT with a small sigma lands in the perfect-accuracy interval (0, 0.25)
+    assert 0 < toy_optimum("exact", 1, 0.1) < 0.25
+
+
+def test_exact_trains_a_linear_model_on_digits():
+    from kexue.data import load_tabular
+    from kexue.train import train
+
+    X, y = load_tabular("digits")
+    X = torch.tensor((X - X.mean(0)) / (X.std(0) + 1e-8), dtype=torch.float32)
+    y = torch.tensor(y)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 10)
+    loss = EXACTLoss(sigma=sigma_schedule(1.0, 0.1, 150))
+    res = train(model, lambda m, b: loss(m(b[0]), b[1]), [X[:1400], y[:1400]], steps=150, batch_size=64, lr=0.05, seed=0)
+    acc = float((res.model(X[1400:]).argmax(1) == y[1400:]).float().mean())
+    assert acc > 0.85, acc
