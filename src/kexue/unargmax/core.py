@@ -479,6 +479,31 @@ def _lp_class(W, b, k, work, params):
     S = np.asarray(work, np.int64)
     out = {"k": int(k), "verdict": UNDECIDED, "rounds": 0, "note": ""}
     tiny = 1e-12 * max(float(np.abs(wk).max()), 1e-300)
+
+    def certificate(Dw, Db, S):
+        status, lam = _certificate_lp(Dw, Db, box, tl)
+        if status != 0:
+            return status, None
+        if box is None:
+            supp, lp = _polish(Dw, lam)
+        else:
+            supp = np.flatnonzero(lam > 0)
+            lp = lam[supp] / lam[supp].sum()
+        ok, res = verify_certificate(W, bb, k, S[supp], lp, box, tol)
+        if not ok and box is None:  # polishing may have moved off; try the raw LP weights
+            supp = np.flatnonzero(lam > 0)
+            lp = lam[supp] / lam[supp].sum()
+            ok, res = verify_certificate(W, bb, k, S[supp], lp, box, tol)
+        return 0, (ok, S[supp], lp, res)
+
+    # classes the pre-checks leave open are mostly unargmaxable, and the certificate LP (d+1
+    # rows) is the cheaper of the two: try it first on the working set
+    Dw = wk - np.asarray(W[S], np.float64)
+    Db = None if bb is None else bb[k] - bb[S]
+    status, c = certificate(Dw, Db, S)
+    if status == 0 and c[0]:
+        out.update(verdict=UNARGMAXABLE, idx=c[1], lam=c[2], residual=c[3], seconds=time.perf_counter() - t0)
+        return out
     for rnd in range(params["max_rounds"]):
         out["rounds"] = rnd + 1
         Dw = wk - np.asarray(W[S], np.float64)
@@ -504,22 +529,12 @@ def _lp_class(W, b, k, work, params):
                 S = np.union1d(S, add)
                 continue
         # optimum ≤ 0 on S (or z is blocked only by rows already in S): look for the certificate
-        status, lam = _certificate_lp(Dw, Db, box, tl)
+        status, c = certificate(Dw, Db, S)
         if status == 0:
-            if box is None:
-                supp, lp = _polish(Dw, lam)
-            else:
-                supp = np.flatnonzero(lam > 0)
-                lp = lam[supp] / lam[supp].sum()
-            ok, res = verify_certificate(W, bb, k, S[supp], lp, box, tol)
-            if not ok and box is None:  # polishing may have moved off; try the raw LP weights
-                supp = np.flatnonzero(lam > 0)
-                lp = lam[supp] / lam[supp].sum()
-                ok, res = verify_certificate(W, bb, k, S[supp], lp, box, tol)
-            if ok:
-                out.update(verdict=UNARGMAXABLE, idx=S[supp], lam=lp, residual=res)
+            if c[0]:
+                out.update(verdict=UNARGMAXABLE, idx=c[1], lam=c[2], residual=c[3])
                 break
-            out["note"] = f"certificate residual {res:.2e} above tolerance {tol:g}"
+            out["note"] = f"certificate residual {c[3]:.2e} above tolerance {tol:g}"
             break
         if t > tiny:  # the certificate LP is infeasible: w_k is outside this hull; grow S
             lg = _logits(W, z[:, None], params["mem_mb"])[:, 0] + (0 if bb is None else bb)
@@ -603,7 +618,7 @@ def _fw_class(W, b, k, params):
             out.update(verdict=ARGMAXABLE, z=s[0] * p, margin=m[0])
     elif status == "zero":
         out["post"] = UNARGMAXABLE  # the post's criterion ignores the bias for large r (SPEC 3.3)
-        ok, res = verify_certificate(W, bb, k, idx, a, params["box"], params["fw_tol"] * 10)
+        ok, res = verify_certificate(W, bb, k, idx, a, params["box"], params["fw_tol"] * 10)  # FW's own tolerance
         if ok:
             out.update(verdict=UNARGMAXABLE, idx=idx, lam=a, residual=res)
         else:
@@ -669,7 +684,7 @@ def _validate(W, b):
 def audit(W, b=None, *, box: float | None = None, method: str = "lp", prechecks: bool = True,
           families=FAMILIES, reflections: int = 16, working_set: int | None = None, add_rows: int = 64,
           max_rounds: int = 50, lp_time_limit: float = 120.0, cert_tol: float = 1e-9,
-          fw_iters: int = 5000, fw_tol: float = 1e-9, n_jobs: int = 1, block: int | None = None,
+          fw_iters: int = 20000, fw_tol: float = 1e-7, n_jobs: int = 1, block: int | None = None,
           mem_mb: float = 256, f64_mb: float = 4096, keep_witnesses: bool = True, classes=None, tracker=None) -> AuditResult:
     """Certify every class of the softmax layer (W, b) as argmaxable or unargmaxable (SPEC 3).
 
