@@ -109,16 +109,20 @@ def discretized_logistic_log_prob(x01: torch.Tensor, loc: torch.Tensor, log_scal
     Pixel values are mapped to c = 2k/255 − 1 ∈ [−1, 1]; the bin of k is [c − 1/255, c + 1/255], with
     the two edge bins extended to ±∞ so the 256 probabilities sum to one (PixelCNN++ convention).
     """
-    c = (2 * x01 - 1).expand_as(loc)
+    c, loc, log_scale = torch.broadcast_tensors(2 * x01 - 1, loc, log_scale)
     inv_s = torch.exp(-log_scale)
     plus = inv_s * (c - loc + 1 / 255)
     minus = inv_s * (c - loc - 1 / 255)
     log_cdf_plus = plus - F.softplus(plus)  # log σ(plus), for k = 0
     log_sf_minus = -F.softplus(minus)  # log(1 − σ(minus)), for k = 255
-    # log(σ(plus) − σ(minus)) = log σ(plus) + log(1 − exp(log σ(minus) − log σ(plus)))
+    # interior bins: σ(plus) − σ(minus), computed on the side of the location where it does not
+    # cancel (left tail from the CDFs, right tail from the survival functions 1 − σ)
     log_sig_minus = minus - F.softplus(minus)
-    diff = (log_sig_minus - log_cdf_plus).clamp(max=-1e-6)
-    log_mid = log_cdf_plus + torch.log(-torch.expm1(diff))
+    log_sf_plus = -F.softplus(plus)
+    left = (plus + minus) < 0
+    hi = torch.where(left, log_cdf_plus, log_sf_minus)
+    lo = torch.where(left, log_sig_minus, log_sf_plus)
+    log_mid = hi + torch.log(-torch.expm1((lo - hi).clamp(max=-1e-12)))
     lp = torch.where(c < -0.999, log_cdf_plus, torch.where(c > 0.999, log_sf_minus, log_mid))
     return lp.sum(-1)
 
