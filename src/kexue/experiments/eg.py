@@ -1,0 +1,423 @@
+"""SPEC 2: exponentiated gradient on non-negative problems, and robustness of meta-learned step
+sizes to the initial learning rate (MNIST), plus a mid-training distribution shift.
+
+Parts
+1. EG vs projected gradient descent where EG is the natural tool: non-negative least squares
+   (MNIST test digits as non-negative combinations of training digits) and mixture weights on
+   the simplex (class proportions of a shifted sample of the 8×8 digits, with the classes'
+   Gaussian naive-Bayes densities as fixed mixture components). Optimum from scipy's NNLS / EM.
+2. Learning-rate sweep: logistic regression and an MLP on MNIST-5k (full mode adds a small CNN),
+   test loss on the official MNIST test set, initial LR in {1e-4, ..., 1}, seven optimisers.
+3. Distribution shift: the labels are permuted half way through training; the step-size trace
+   of each adaptive optimiser is plotted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+TITLE = "Exponentiated gradient and meta-learned step sizes"
+SPEC = "2"
+
+LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+OPTIMISERS = ["SGD", "Adam", "SGD-HD", "Adam-HD", "EGStep", "EGAdapt(SGD)", "EGAdapt(Adam)"]
+BASELINES = ["SGD", "Adam", "SGD-HD", "Adam-HD"]
+EGSTEP_GAMMA = 100.0  # chosen once (see the text); γ multiplies g_{t-1} g_t, whose scale is ~1e-4..1e-2 here
+MOMENTUM = 0.9  # every SGD variant uses heavy-ball momentum 0.9, so adaptation is the only difference
+
+
+@contextmanager
+def _threads(n: int):
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def make_optimizer(name: str, params, lr: float):
+    """The seven optimisers of the sweep, each started at initial learning rate ``lr``."""
+    import torch
+
+    from kexue.eg import EGAdapt, EGStep, AdamHD, SGDHD
+
+    params = list(params)
+    if name == "SGD":
+        return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM)
+    if name == "Adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "SGD-HD":
+        return SGDHD(params, lr=lr, hyper_lr=1e-3, momentum=MOMENTUM)
+    if name == "Adam-HD":
+        return AdamHD(params, lr=lr, hyper_lr=1e-7)
+    if name == "EGStep":
+        return EGStep(params, lr=lr, gamma=EGSTEP_GAMMA)
+    if name == "EGAdapt(SGD)":
+        return EGAdapt(torch.optim.SGD(params, lr=lr, momentum=MOMENTUM))
+    if name == "EGAdapt(Adam)":
+        return EGAdapt(torch.optim.Adam(params, lr=lr))
+    raise ValueError(name)
+
+
+def step_size(name: str, opt) -> float:
+    """The optimiser's current global step size (geometric mean of ν·η for EGStep)."""
+    if name.startswith("EGAdapt"):
+        return opt.effective_lrs()[0]
+    if name == "EGStep":
+        logs = [st["nu"].log().mean().item() for st in opt.state.values() if "nu" in st]
+        return opt.param_groups[0]["lr"] * math.exp(float(np.mean(logs))) if logs else opt.param_groups[0]["lr"]
+    return opt.param_groups[0]["lr"]
+
+
+def make_model(kind: str, seed: int):
+    import torch
+
+    from kexue.nets import MLP, SmallCNN
+
+    torch.manual_seed(10_007 * seed + {"logreg": 1, "mlp": 2, "cnn": 3}[kind])
+    if kind == "logreg":
+        return torch.nn.Linear(784, 10)
+    if kind == "mlp":
+        return MLP([784, 256, 10])
+    return SmallCNN(10, 28, width=8, feat_dim=64)
+
+
+def fit(model, opt, name, X, y, *, steps, batch_size, seed, trace=False, shift_at=None, perm=None):
+    """Minibatch training with the deterministic batches of kexue.train; None if it diverged."""
+    import torch
+    import torch.nn.functional as F
+
+    from kexue.train import batch_indices
+
+    losses, sizes = [], []
+    model.train()
+    for step in range(steps):
+        idx = batch_indices(len(X), batch_size, step, seed)
+        xb, yb = X[idx], y[idx]
+        if shift_at is not None and step >= shift_at:
+            yb = perm[yb]
+        loss = F.cross_entropy(model(xb), yb)
+        if not torch.isfinite(loss) or loss.item() > 1e4:
+            return None
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if trace:
+            losses.append(loss.item())
+            sizes.append(step_size(name, opt))
+    return losses, sizes
+
+
+def evaluate(model, X, y) -> tuple[float, float]:
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(X[i:i + 2000]) for i in range(0, len(X), 2000)])
+        loss = F.cross_entropy(logits, y).item()
+        acc = (logits.argmax(1) == y).float().mean().item()
+    return (loss, acc) if math.isfinite(loss) else (float("nan"), acc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 1: non-negative problems
+
+
+def _proj_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection onto the probability simplex (sort-based, Duchi et al. 2008)."""
+    if not np.all(np.isfinite(v)):  # a diverged run stays diverged (NaN gap)
+        return np.full_like(v, np.nan)
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - 1
+    ok = np.nonzero(u - css / np.arange(1, len(v) + 1) > 0)[0]
+    k = ok[-1] if len(ok) else 0  # empty only through rounding when |v| is huge
+    return np.maximum(v - css[k] / (k + 1), 0)
+
+
+def _eg_run(grad, x0, lr, iters, simplex):
+    import torch
+
+    from kexue.eg import EG
+
+    p = torch.nn.Parameter(torch.tensor(x0, dtype=torch.float64))
+    opt = EG([p], lr=lr, simplex=simplex)
+    xs = [x0.copy()]
+    for _ in range(iters):
+        p.grad = torch.from_numpy(grad(p.detach().numpy()))
+        opt.step()
+        xs.append(p.detach().numpy().copy())
+    return xs
+
+
+def _pgd_run(grad, x0, lr, iters, proj):
+    xs, x = [x0.copy()], x0.copy()
+    for _ in range(iters):
+        x = proj(x - lr * grad(x))
+        xs.append(x.copy())
+    return xs
+
+
+def _best_curve(f, fstar, runs: dict) -> tuple[float, np.ndarray]:
+    """(lr, gap curve) of the run with the smallest final gap f(x_T) - f*."""
+    curves = {lr: np.maximum(np.array([f(x) for x in xs]) - fstar, 1e-16) for lr, xs in runs.items()}
+    lr = min(curves, key=lambda k: (curves[k][-1] if np.isfinite(curves[k][-1]) else np.inf))
+    return lr, curves[lr]
+
+
+def nonneg_problems(ctx, iters: int):
+    import scipy.optimize
+    from matplotlib.figure import Figure
+    from sklearn.naive_bayes import GaussianNB
+
+    from kexue.data import load_digits, load_mnist5k, load_mnist_test
+
+    rng = np.random.default_rng(ctx.seed)
+    rows = []
+    fig = Figure(figsize=(10, 3.6))
+    # --- NNLS: a test digit as a non-negative combination of 200 training digits
+    Xtr, _ = load_mnist5k()
+    Xte, _ = load_mnist_test(ctx.data_dir)
+    M = Xtr[rng.choice(len(Xtr), 200, replace=False)].T.astype(np.float64) / 255.0  # 784 × 200
+    yv = Xte[rng.integers(len(Xte))].astype(np.float64) / 255.0
+    x_star, _ = scipy.optimize.nnls(M, yv, maxiter=5000)
+    f = lambda x: 0.5 * float(np.sum((M @ x - yv) ** 2))  # noqa: E731
+    grad = lambda x: M.T @ (M @ x - yv)  # noqa: E731
+    L = float(np.linalg.eigvalsh(M.T @ M).max())
+    m1 = M.sum(1)
+    x0 = np.full(200, float(m1 @ yv / (m1 @ m1)))  # the best start of the form c·1
+    fstar = f(x_star)
+    eg_lr, eg_c = _best_curve(f, fstar, {c / L: _eg_run(grad, x0, c / L, iters, False) for c in (1, 3, 10, 30, 100, 300)})
+    pg_lr, pg_c = _best_curve(f, fstar, {c / L: _pgd_run(grad, x0, c / L, iters, lambda v: np.maximum(v, 0)) for c in (0.5, 1.0, 1.9)})
+    ax = fig.add_subplot(1, 2, 1)
+    ax.semilogy(eg_c, label=f"EG (η={eg_lr * L:.3g}/L)")
+    ax.semilogy(pg_c, label=f"projected GD (η={pg_lr * L:.3g}/L)")
+    ax.set(title=f"NNLS: MNIST digit from 200 digits ({int((x_star > 0).sum())} active)",
+           xlabel="iteration", ylabel="f(x) - f*")
+    ax.legend()
+    rows.append(["NNLS (784×200)", "EG", eg_lr * L, eg_c[min(iters // 10, iters)], eg_c[-1]])
+    rows.append(["NNLS (784×200)", "projected GD", pg_lr * L, pg_c[min(iters // 10, iters)], pg_c[-1]])
+    ctx.metric("nnls_gap_eg", eg_c[-1])
+    ctx.metric("nnls_gap_pgd", pg_c[-1])
+
+    # --- mixture weights on the simplex: class proportions of a label-shifted digits sample
+    X, y = load_digits()
+    X = X.astype(np.float64)
+    perm = rng.permutation(len(X))
+    tr, pool = perm[: len(X) // 2], perm[len(X) // 2:]
+    nb = GaussianNB(var_smoothing=1e-2).fit(X[tr], y[tr])
+    w_true = rng.dirichlet(np.full(10, 0.7))
+    pw = w_true[y[pool]] / np.bincount(y[pool], minlength=10)[y[pool]]
+    sample = rng.choice(pool, 800, p=pw / pw.sum())
+    ll = nb.predict_joint_log_proba(X[sample]) - np.log(nb.class_prior_)  # log p(x | class k)
+    Fm = np.exp(ll - ll.max(1, keepdims=True))
+    g_mix = lambda w: -(Fm / (Fm @ w)[:, None]).mean(0)  # noqa: E731
+    f_mix = lambda w: -float(np.mean(np.log(Fm @ w)))  # noqa: E731
+    w = np.full(10, 0.1)
+    for _ in range(20000):  # EM (fixed-point) reference optimum
+        w = w * (Fm / (Fm @ w)[:, None]).mean(0)
+    fstar = f_mix(w)
+    w0 = np.full(10, 0.1)
+    grid = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+    eg_lr, eg_c = _best_curve(f_mix, fstar, {lr: _eg_run(g_mix, w0, lr, iters, True) for lr in grid})
+    pg_lr, pg_c = _best_curve(f_mix, fstar, {lr: _pgd_run(g_mix, w0, lr, iters, _proj_simplex) for lr in grid})
+    ax = fig.add_subplot(1, 2, 2)
+    ax.semilogy(eg_c, label=f"EG on the simplex (η={eg_lr:g})")
+    ax.semilogy(pg_c, label=f"projected GD (η={pg_lr:g})")
+    ax.set(title="mixture weights (10 classes, 800 digits)", xlabel="iteration", ylabel="NLL - NLL*")
+    ax.legend()
+    rows.append(["mixture weights (simplex)", "EG", eg_lr, eg_c[iters // 10], eg_c[-1]])
+    rows.append(["mixture weights (simplex)", "projected GD", pg_lr, pg_c[iters // 10], pg_c[-1]])
+    ctx.metric("mixture_gap_eg", eg_c[-1])
+    ctx.metric("mixture_gap_pgd", pg_c[-1])
+    ctx.metric("mixture_l1_error_of_optimum_vs_true", float(np.abs(w - w_true).sum()))
+    fig.tight_layout()
+    ctx.figure("nonneg", fig, caption="Gap to the optimum vs iteration, each method at its best step size from a grid.")
+    ctx.table("nonneg", ["problem", "method", "best step size", f"gap at {iters // 10}", f"gap at {iters}"], rows,
+              caption="EG vs projected gradient descent (optimum: scipy.optimize.nnls / 20,000 EM steps); step sizes "
+                      "tuned per method on a grid (NNLS: multiples of 1/L, L = λmax(MᵀM)).")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Part 2: learning-rate robustness
+
+
+def lr_sweep(ctx, models, seeds, steps, batch_size, Xtr, ytr, Xte, yte):
+    res = {}  # (model, opt, lr) -> list of (test_loss, test_acc) per seed; nan = diverged
+    jobs = [(m, o, lr, s) for m in models for o in OPTIMISERS for lr in LRS for s in seeds[m]]
+    for m, o, lr, s in ctx.track(jobs, "eg: learning-rate sweep", total=len(jobs)):
+        model = make_model(m, s)
+        opt = make_optimizer(o, model.parameters(), lr)
+        out = fit(model, opt, o, Xtr, ytr, steps=steps[m], batch_size=batch_size, seed=s)
+        val = (float("nan"), float("nan")) if out is None else evaluate(model, Xte, yte)
+        res.setdefault((m, o, lr), []).append(val)
+    return res
+
+
+def _mean_loss(vals):
+    losses = [v[0] for v in vals]
+    return float("inf") if any(not math.isfinite(x) for x in losses) else float(np.mean(losses))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def run(ctx):
+    import torch
+    from matplotlib.figure import Figure
+
+    from kexue.data import load_mnist5k, load_mnist_test
+
+    t0 = time.perf_counter()
+    quick = ctx.quick
+    models = ["logreg", "mlp"] + ([] if quick else ["cnn"])
+    # full mode is sized for a shared 2-core machine: 3 seeds for logreg/MLP, 1 for the CNN
+    three = [ctx.seed, ctx.seed + 1, ctx.seed + 2]
+    seeds = {"logreg": [ctx.seed], "mlp": [ctx.seed]} if quick else {"logreg": three, "mlp": three, "cnn": [ctx.seed]}
+    steps = {"logreg": 200, "mlp": 200} if quick else {"logreg": 600, "mlp": 600, "cnn": 300}
+    batch_size = 64
+    shift_steps = 400 if quick else 1000
+    nn_iters = 200 if quick else 2000
+
+    with _threads(1):
+        # ---- part 1
+        nonneg_problems(ctx, nn_iters)
+        ctx.log(f"eg: non-negative problems done in {time.perf_counter() - t0:.0f}s")
+
+        # ---- part 2
+        Xtr, ytr = load_mnist5k()
+        Xte, yte = load_mnist_test(ctx.data_dir)
+        Xtr = torch.tensor(Xtr, dtype=torch.float32) / 255.0
+        Xte = torch.tensor(Xte, dtype=torch.float32) / 255.0
+        ytr, yte = torch.tensor(ytr), torch.tensor(yte)
+        res = lr_sweep(ctx, models, seeds, steps, batch_size, Xtr, ytr, Xte, yte)
+
+        fig = Figure(figsize=(4.2 * len(models), 3.8))
+        summary, verdict = [], {}
+        for i, m in enumerate(models):
+            ax = fig.add_subplot(1, len(models), i + 1)
+            means = {(o, lr): _mean_loss(res[(m, o, lr)]) for o in OPTIMISERS for lr in LRS}
+            finite = [v for v in means.values() if math.isfinite(v)]
+            top = min(max(finite) * 1.05, 5.0) if finite else 5.0
+            for o in OPTIMISERS:
+                ys = [means[(o, lr)] for lr in LRS]
+                ax.plot(LRS, [min(v, top) for v in ys], marker="o", ls="--" if o in BASELINES else "-", label=o)
+                ax.plot([lr for lr, v in zip(LRS, ys) if v >= top], [top for v in ys if v >= top], "kx", ms=9)
+            ax.set(xscale="log", xlabel="initial learning rate", ylabel="final test loss (mean over seeds)",
+                   title=f"{m} ({steps[m]} steps)", ylim=(0, top * 1.02))
+            if i == 0:
+                ax.legend(fontsize=7)
+            best_base = min(means[(o, lr)] for o in BASELINES for lr in LRS)
+            verdict[m] = {"best_baseline": best_base}
+            for o in OPTIMISERS:
+                row = {lr: means[(o, lr)] for lr in LRS}
+                lb, lw = min(row, key=row.get), max(row, key=row.get)
+                accs = {lr: float(np.mean([v[1] for v in res[(m, o, lr)]])) for lr in LRS}
+                summary.append([m, o, lb, row[lb], accs[lb], lw, row[lw], accs[lw], row[lw] / best_base])
+                verdict[m][o] = row[lw] / best_base
+                ctx.metric(f"sweep_{m}_{o}_best", row[lb])
+                ctx.metric(f"sweep_{m}_{o}_worst", row[lw])
+            ctx.metric(f"sweep_{m}_best_tuned_baseline", best_base)
+            ctx.table(f"sweep_{m}", ["optimiser"] + [f"lr={lr:g}" for lr in LRS],
+                      [[o] + [means[(o, lr)] for lr in LRS] for o in OPTIMISERS],
+                      caption=f"{m}: final MNIST test loss (mean over {len(seeds[m])} seed(s)) per initial learning rate; "
+                              "inf = diverged in at least one seed.")
+        fig.tight_layout()
+        ctx.figure("lr_sweep", fig, caption="Final test loss vs initial learning rate (× = diverged or off the scale).")
+        ctx.table("sweep_summary", ["model", "optimiser", "best lr", "best loss", "best acc", "worst lr", "worst loss",
+                                    "worst acc", "worst / best tuned baseline"], summary,
+                  caption="Best and worst over the learning-rate sweep; the last column divides the worst-case loss by "
+                          "the best loss of any baseline (SGD, Adam, SGD-HD, Adam-HD) at its best learning rate.")
+        ctx.log(f"eg: sweep done in {time.perf_counter() - t0:.0f}s")
+
+        # ---- part 3: distribution shift on the MLP, each optimiser at its best LR from the sweep
+        g = torch.Generator().manual_seed(ctx.seed)
+        perm = torch.randperm(10, generator=g)
+        while bool((perm == torch.arange(10)).any()):  # a derangement: every label changes
+            perm = torch.randperm(10, generator=g)
+        shift_at = shift_steps // 2
+        fig2 = Figure(figsize=(10, 3.8))
+        ax1, ax2 = fig2.add_subplot(1, 2, 1), fig2.add_subplot(1, 2, 2)
+        shift_rows = []
+        for o in ctx.track(OPTIMISERS, "eg: distribution shift", total=len(OPTIMISERS)):
+            lr = min(LRS, key=lambda r: _mean_loss(res[("mlp", o, r)]))
+            model = make_model("mlp", ctx.seed)
+            opt = make_optimizer(o, model.parameters(), lr)
+            out = fit(model, opt, o, Xtr, ytr, steps=shift_steps, batch_size=batch_size, seed=ctx.seed,
+                      trace=True, shift_at=shift_at, perm=perm)
+            if out is None:
+                shift_rows.append([o, lr, float("nan"), float("nan"), float("nan"), float("nan")])
+                continue
+            losses, sizes = np.array(out[0]), np.array(out[1])
+            k = 25
+            smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+            ax1.plot(np.arange(k - 1, len(losses)), smooth, label=o, ls="--" if o in BASELINES else "-")
+            ax2.plot(sizes, label=o, ls="--" if o in BASELINES else "-")
+            w = max(shift_at // 10, 10)
+            pre, post = losses[shift_at - w:shift_at].mean(), losses[-w:].mean()
+            shift_rows.append([o, lr, pre, losses[shift_at:shift_at + w].mean(), post,
+                               sizes[shift_at:].max() / sizes[shift_at - 1]])
+            ctx.metric(f"shift_{o}_final_train_loss", post)
+        for ax in (ax1, ax2):
+            ax.axvline(shift_at, color="k", lw=0.8)
+            ax.set_xlabel("step")
+        ax1.set(ylabel="training loss (25-step mean)", title="labels permuted at the vertical line")
+        ax2.set(ylabel="effective step size", yscale="log", title="step-size trace")
+        ax2.legend(fontsize=7)
+        fig2.tight_layout()
+        ctx.figure("shift", fig2, caption="MLP on MNIST-5k; each optimiser at its best initial LR from the sweep.")
+        w = max(shift_at // 10, 10)
+        ctx.table("shift", ["optimiser", "initial lr", f"loss, last {w} steps before shift",
+                            f"loss, first {w} after", f"loss, last {w} steps", "max step size after / at shift"],
+                  shift_rows, caption="Distribution shift: training loss (on the permuted labels after the shift).")
+
+    _write_text(ctx, models, seeds, steps, verdict, shift_rows)
+    ctx.metric("seconds", time.perf_counter() - t0)
+
+
+def _write_text(ctx, models, seeds, steps, verdict, shift_rows):
+    mode = "quick" if ctx.quick else "full"
+    lines = []
+    for m in models:
+        v = verdict[m]
+        ok = {o: v[o] <= 1.1 for o in OPTIMISERS}
+        lines.append(
+            f"- **{m}**: worst/best-tuned-baseline ratios — "
+            + ", ".join(f"{o} {v[o]:.2f}" for o in OPTIMISERS)
+            + f". EGAdapt(SGD) {'is' if ok['EGAdapt(SGD)'] else 'is not'} within 10 %, "
+            f"EGAdapt(Adam) {'is' if ok['EGAdapt(Adam)'] else 'is not'}, EGStep {'is' if ok['EGStep'] else 'is not'}; "
+            f"plain SGD {'is' if ok['SGD'] else 'is not'}."
+        )
+    claim = {m: (min(verdict[m]["EGAdapt(SGD)"], verdict[m]["EGAdapt(Adam)"]) <= 1.1 and verdict[m]["SGD"] > 1.1)
+             for m in models}
+    answer = ("yes for " + ", ".join(m for m in models if claim[m])) if any(claim.values()) else "no"
+    if any(claim.values()) and not all(claim.values()):
+        answer += "; no for " + ", ".join(m for m in models if not claim[m])
+    ctx.text(f"""
+**Setting ({mode} mode).** Models: {', '.join(f'{m} ({steps[m]} steps)' for m in models)}, batch 64,
+trained on MNIST-5k and scored on the 10,000-image MNIST test set; initial LR swept over
+{', '.join(f'{lr:g}' for lr in LRS)}; seeds: {', '.join(f'{m} {len(seeds[m])}' for m in models)}; every SGD variant uses momentum 0.9;
+SGD-HD β = 1e-3 and Adam-HD β = 1e-7 (Baydin et al.'s values); EGStep γ = {EGSTEP_GAMMA:g} (set once
+from the gradient scale, not tuned per LR); EGAdapt with its library defaults (γ_s = 0.2,
+γ_p = 0.01; γ_s was picked between 0.05 and 0.2 in a pilot on this MLP, seed 0, 300 steps, LRs
+1e-4/1e-2/1, so for that one knob the MLP sweep is not out-of-sample). Divergence (non-finite loss or loss > 1e4) counts as an infinite loss.
+{"Quick mode uses 1 seed and 200 steps, so the numbers are noisy and the slow-start LRs (1e-4) are far from converged; the full-mode section is the one to quote." if ctx.quick else "Full mode here is scaled down from the issue's plan to fit a shared 2-core machine: 600 steps (≈ 7.7 epochs of MNIST-5k) for logreg/MLP, and the CNN (SmallCNN, width 8) with 1 seed and 300 steps."}
+
+**Is the adapted method's worst case over the LR sweep within 10 % of the best tuned baseline's loss,
+where plain SGD's is not?** Answer from the numbers above: **{answer}**.
+
+{chr(10).join(lines)}
+
+The SPEC gives no reference numbers for this section, so there is nothing to compare with
+directly; the paper (Amid et al. 2022) reports its claim on far longer training runs (ImageNet,
+CIFAR) than are possible here. Our EGAdapt rule is our own derivation of the paper's
+description (see the `EGAdapt` docstring), not the paper's code.
+""")
