@@ -107,7 +107,7 @@ def verify_certificate(W, b, k: int, idx, lam, box: float | None = None, tol: fl
         return False, np.inf
     if (lam < 0).any() or abs(lam.sum() - 1.0) > 1e-12 or not np.isfinite(lam).all():
         return False, np.inf
-    Wi = np.asarray(W[np.sort(idx)], dtype=np.float64)[np.argsort(np.argsort(idx))]
+    Wi = np.asarray(W[idx], dtype=np.float64)
     wk = np.asarray(W[k], dtype=np.float64)
     g = lam @ Wi - wk
     scale = max(float(np.linalg.norm(wk)), float(np.sqrt((Wi * Wi).sum(1)).max()), 1e-300)
@@ -235,7 +235,8 @@ def _check_columns(L, ks, b, dirs, box, max_norm, d):
     if b is None:  # the scale is free: vectorised over the block (no per-column passes)
         cols = np.arange(n)
         dnorm = np.linalg.norm(dirs, axis=0)
-        s = 1.0 / np.maximum(dnorm, 1e-300) if box is None else box / np.maximum(np.abs(dirs).max(0), 1e-300)
+        # with a box, stay a hair inside it so that rounding of s·z cannot leave it
+        s = 1.0 / np.maximum(dnorm, 1e-300) if box is None else box * (1 - 1e-12) / np.maximum(np.abs(dirs).max(0), 1e-300)
         own = L[ks, cols].copy()
         big = np.abs(L).max(0) * s
         L[ks, cols] = -np.inf
@@ -249,7 +250,7 @@ def _check_columns(L, ks, b, dirs, box, max_norm, d):
     for j, k in enumerate(ks):
         col = L[:, j]
         dnorm = float(np.linalg.norm(dirs[:, j]))
-        s_max = np.inf if box is None else box / max(np.abs(dirs[:, j]).max(), 1e-300)
+        s_max = np.inf if box is None else box * (1 - 1e-12) / max(np.abs(dirs[:, j]).max(), 1e-300)
         if b is None:
             s = 1.0 / max(dnorm, 1e-300) if box is None else s_max  # scale is free without bias
             if not np.isfinite(s):
@@ -631,28 +632,34 @@ def _fw_class(W, b, k, params):
 # the audit
 
 
-def _duplicates(W, b):
+def _duplicates(W, b, mem_mb=256):
     """Exact duplicate rows (with equal or lower bias): λ = e_i certifies them, residual 0.
 
+    Rows are hashed a block at a time (bounded memory), equal hashes confirmed byte for byte.
     Returns {k: i} for classes k that have an identical row i ≠ k with b_i ≥ b_k."""
+    import hashlib
+
     C, d = W.shape
-    rows = np.ascontiguousarray(np.asarray(W))
-    key = rows.view(np.dtype((np.void, rows.dtype.itemsize * d))).ravel()
-    _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+    rows = max(1, int(mem_mb * 2**20 / (W.dtype.itemsize * d)))
+    groups: dict = {}
+    for r in range(0, C, rows):
+        blk = np.ascontiguousarray(W[r:r + rows])
+        for j in range(blk.shape[0]):
+            groups.setdefault(hashlib.blake2b(blk[j].tobytes(), digest_size=16).digest(), []).append(r + j)
+    bb = None if b is None else np.asarray(b, np.float64)
     dup = {}
-    for g in np.flatnonzero(cnt > 1):
-        members = np.flatnonzero(inv == g)
-        if b is None:
-            for k in members:
-                dup[int(k)] = int(members[0] if members[0] != k else members[1])
-        else:
-            bm = np.asarray(b, np.float64)[members]
-            top = members[np.argmax(bm)]
-            for k in members:
-                others = members[members != k]
-                i = others[np.argmax(np.asarray(b, np.float64)[others])]
-                if b[i] >= b[k]:
-                    dup[int(k)] = int(i)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        first = np.asarray(W[members[0]])
+        members = [m for m in members if np.array_equal(np.asarray(W[m]), first)]
+        for k in members:
+            others = [m for m in members if m != k]
+            if not others:
+                continue
+            i = others[0] if bb is None else others[int(np.argmax(bb[others]))]
+            if bb is None or bb[i] >= bb[k]:
+                dup[k] = int(i)
     return dup
 
 
@@ -731,7 +738,7 @@ def audit(W, b=None, *, box: float | None = None, method: str = "lp", prechecks:
 
     # exact duplicates are certified by λ = e_i directly
     t0 = time.perf_counter()
-    for k, i in _duplicates(W, b).items():
+    for k, i in _duplicates(W, b, mem_mb).items():
         if audited[k]:
             verdict[k], stage[k], residual[k] = UNARGMAXABLE, STAGES.index("duplicate"), 0.0
             certs[k] = (np.array([i]), np.array([1.0]))
