@@ -587,7 +587,16 @@ def min_norm_fw(W, k: int, iters: int = 2000, tol: float = 1e-9, mem_mb: float =
             break
         act = np.fromiter(alpha.keys(), np.int64)
         v = int(act[np.argmax(g[act])])
-        if v == s:
+        if v == s:  # no pairwise move possible: a plain FW step towards vertex s
+            dd = D[s] - p
+            den = float(dd @ dd)
+            if den == 0:
+                break
+            gam = min(max(-(p @ dd) / den, 0.0), 1.0)
+            p += gam * dd
+            for key in alpha:
+                alpha[key] *= 1 - gam
+            alpha[s] = alpha.get(s, 0.0) + gam
             continue
         dd = D[s] - D[v]
         den = float(dd @ dd)
