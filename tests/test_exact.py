@@ -110,6 +110,19 @@ def test_genz_general_rho_against_monte_carlo():
     assert abs(p - p_mc) < 3 * se
 
 
+def test_quadrature_method_agrees_with_genz_including_gradient_and_truncation():
+    torch.manual_seed(3)
+    d = (torch.randn(5, 8, dtype=torch.float64) + 0.5).requires_grad_(True)
+    for k in (None, 4):
+        pg = orthant_probability(d, 0.7, n_samples=8192, truncate=k)
+        gg, = torch.autograd.grad(pg.sum(), d)
+        pq = orthant_probability(d, 0.7, n_samples=96, method="quadrature", truncate=k)
+        gq, = torch.autograd.grad(pq.sum(), d)
+        assert torch.allclose(pg, pq, rtol=3e-3, atol=1e-5)
+        assert torch.allclose(gg, gq, rtol=1e-2, atol=1e-5)
+    assert (gq.abs() > 0).sum(1).eq(4).all()  # truncation: only the 4 hardest classes get gradient
+
+
 def test_same_seed_same_value_and_batch_shape():
     d = torch.randn(2, 3, 5)
     torch.manual_seed(7)

@@ -154,8 +154,9 @@ class _Orthant(torch.autograd.Function):
 
 
 def _check_method(method: str) -> None:
-    if method not in ("sobol", "mc"):
-        raise KexueError(f"unknown sampling method {method!r}; use 'sobol' (quasi-random) or 'mc'")
+    if method not in ("sobol", "mc", "quadrature"):
+        raise KexueError(f"unknown method {method!r}; use 'sobol' (Genz, quasi-random), 'mc' (Genz, pseudo-random) "
+                         "or 'quadrature' (1-D Gauss–Hermite)")
 
 
 def orthant_probability(d: torch.Tensor, sigma: float | torch.Tensor = 1.0, n_samples: int = 16, *,
@@ -165,6 +166,11 @@ def orthant_probability(d: torch.Tensor, sigma: float | torch.Tensor = 1.0, n_sa
     ``d`` (..., n) are the deltas mu_y - mu_i; the result has shape (...). ``truncate=k`` keeps
     only the k smallest deltas (the hardest competitors). Differentiable in ``d`` (and
     ``sigma``) through the analytic gradient; the estimate itself is random (seeded by torch).
+
+    ``method``: 'sobol' or 'mc' — Genz's sequential conditioning with quasi- or pseudo-random
+    points (the paper's estimator); 'quadrature' — the deterministic one-factor integral of
+    :func:`orthant_probability_quadrature` (``n_samples`` = number of nodes), differentiated by
+    autograd through that closed formula. It only exists because I + 11^T is one-factor.
     """
     if not isinstance(d, torch.Tensor) or d.ndim < 1:
         raise KexueError("orthant_probability needs a tensor d of shape (..., n)")
@@ -178,6 +184,11 @@ def orthant_probability(d: torch.Tensor, sigma: float | torch.Tensor = 1.0, n_sa
         raise KexueError(f"truncate must be a positive number of classes, got {truncate}")
     if (torch.as_tensor(sigma) <= 0).any():
         raise KexueError(f"sigma must be positive, got {sigma}")
+    if method == "quadrature":
+        m = d / sigma
+        if truncate is not None and truncate < m.shape[-1]:
+            m = m.gather(-1, m.detach().topk(truncate, dim=-1, largest=False).indices)
+        return orthant_probability_quadrature(m, 1.0, max(int(n_samples), 8))
     return _Orthant.apply(d / sigma, int(n_samples), method, truncate)
 
 
