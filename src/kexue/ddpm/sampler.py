@@ -1,0 +1,173 @@
+"""Samplers: small objects into which any ε- (or x_0-, v-) network plugs, including diffusers'
+``UNet2DModel``. A network is called as ``model(x_t, t - 1)`` (diffusers' 0-based timestep).
+
+- :class:`DDPMSampler` — ancestral sampling (SPEC 7.3) with σ_t² = β̄_{t-1}²β_t²/β̄_t² ("posterior",
+  exact for a single data point) or σ_t² = β_t² ("beta", exact for standard normal data), SPEC 7.4.
+- :class:`DDIMSampler` — SPEC 7.5 on any decreasing sub-sequence of timesteps, η ∈ [0, 1]
+  scaling σ between deterministic DDIM (η = 0) and DDPM's posterior variance (η = 1).
+
+Both accept a given initial noise ``x_T``: with DDIM η = 0 the sampler is then a deterministic
+map from latents x_T to images (usable e.g. for hub-prior latent sampling, SPEC 8.3).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from kexue.ddpm.param import _check, call_model, to_eps_x0
+from kexue.ddpm.schedule import NoiseSchedule
+from kexue.utils import KexueError
+
+
+class Sampler:
+    """Shared driver: draw x_T (unless given), then ``step`` along ``timesteps()`` down to t = 0."""
+
+    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", clip_x0: float | None = None):
+        if not isinstance(schedule, NoiseSchedule):
+            raise KexueError("a sampler needs a kexue.ddpm.NoiseSchedule")
+        _check(prediction)
+        if clip_x0 is not None and not clip_x0 > 0:
+            raise KexueError("clip_x0 must be a positive number (x̂_0 is clipped to [-clip_x0, clip_x0]) or None")
+        self.schedule, self.prediction, self.clip_x0 = schedule, prediction, clip_x0
+
+    def timesteps(self) -> list[int]:
+        raise NotImplementedError
+
+    def eps_x0(self, out: torch.Tensor, x_t: torch.Tensor, t: int):
+        """(ε̂, x̂_0) from a network output; x̂_0 clipped if asked (ε̂ then left as the network gave it)."""
+        eps, x0 = to_eps_x0(self.schedule, out, x_t, t, self.prediction)
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        return eps, x0
+
+    @torch.no_grad()
+    def __call__(self, model: Callable, shape: Sequence[int] | None = None, x_T: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, tracker=None) -> torch.Tensor:
+        """Samples x_0 of ``shape`` (or of ``x_T.shape`` when the initial noise is given).
+
+        Noise (x_T if not given, then one draw per stochastic step) comes from ``generator``
+        on the CPU in the order of the steps, so a seed fixes the result.
+        """
+        if x_T is None:
+            if shape is None:
+                raise KexueError("give the sample shape or the initial noise x_T")
+            x = torch.randn(tuple(shape), generator=generator)
+        else:
+            x = torch.as_tensor(x_T)
+            if not torch.isfinite(x).all():
+                raise KexueError("the initial noise x_T contains NaN or inf")
+        ts = self.timesteps()
+        nxt = ts[1:] + [0]
+        pairs = list(zip(ts, nxt))
+        if tracker is not None:
+            pairs = tracker.track(pairs, type(self).__name__, total=len(pairs))
+        for t, s in pairs:
+            out = call_model(model, x, t)
+            noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if self.needs_noise(t, s) else None
+            x = self.step(out, t, s, x, noise)
+        return x
+
+    def needs_noise(self, t: int, s: int) -> bool:
+        raise NotImplementedError
+
+    def step(self, out, t, s, x_t, noise):
+        raise NotImplementedError
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling over all T steps (SPEC 7.3): x_{t-1} = posterior mean (SPEC 7.1) at x̂_0
+    (= (1/α_t)(x_t - β_t²/β̄_t ε̂) without clipping) + σ_t z, with ``variance`` "posterior"
+    (σ_t² = β̄_{t-1}²β_t²/β̄_t²) or "beta" (σ_t² = β_t²), SPEC 7.4. The last step (t = 1) returns
+    the mean unless ``final_noise``."""
+
+    def __init__(self, schedule: NoiseSchedule, variance: str = "posterior", prediction: str = "eps",
+                 clip_x0: float | None = None, final_noise: bool = False):
+        super().__init__(schedule, prediction, clip_x0)
+        if variance not in ("posterior", "beta"):
+            raise KexueError(f"unknown variance {variance!r}; choose posterior or beta")
+        self.variance, self.final_noise = variance, final_noise
+
+    def timesteps(self) -> list[int]:
+        return list(range(self.schedule.T, 0, -1))
+
+    def sigma2(self, t: int) -> float:
+        sc = self.schedule
+        return float(sc.posterior_variance(t) if self.variance == "posterior" else sc.beta_sq[t])
+
+    def needs_noise(self, t: int, s: int) -> bool:
+        return t > 1 or self.final_noise
+
+    def step(self, out: torch.Tensor, t: int, s: int, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        _, x0 = self.eps_x0(out, x_t, t)
+        mean, _ = self.schedule.posterior(x_t, x0, t)
+        if noise is None:
+            return mean
+        return mean + math.sqrt(self.sigma2(t)) * noise
+
+
+class DDIMSampler(Sampler):
+    """DDIM (SPEC 7.5): from t to the next s < t of the sub-sequence,
+    x_s = κ x_t + λ x̂_0 + σ z,  κ = sqrt(β̄_s² - σ²)/β̄_t,  λ = ᾱ_s - ᾱ_t κ,
+    σ = η (β̄_s/β̄_t) sqrt(1 - ᾱ_t²/ᾱ_s²)  (= η β̄_{t-1}β_t/β̄_t for s = t - 1, i.e. DDPM at η = 1).
+
+    ``timesteps`` (our t, strictly decreasing in 1..T) or ``steps`` with ``spacing``:
+    "leading" (diffusers' default: t = 1 + k·⌊T/steps⌋), "trailing" (starts at t = T) or
+    "linspace". The final step always goes to s = 0 (clean data).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0, timesteps: Sequence[int] | None = None,
+                 spacing: str = "leading", prediction: str = "eps", clip_x0: float | None = None):
+        super().__init__(schedule, prediction, clip_x0)
+        if not (0.0 <= eta <= 1.0):
+            raise KexueError(f"eta must lie in [0, 1], got {eta}")
+        T = schedule.T
+        if timesteps is not None:
+            ts = [int(v) for v in timesteps]
+            if not ts or any(not 1 <= v <= T for v in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+                raise KexueError(f"timesteps must be strictly decreasing integers in 1..{T}")
+        else:
+            if not 1 <= steps <= T:
+                raise KexueError(f"steps must lie in 1..{T}, got {steps}")
+            if spacing == "leading":
+                r = T // steps
+                ts = [1 + k * r for k in range(steps)][::-1]
+            elif spacing == "trailing":
+                ts = sorted({int(round(T - i * T / steps)) for i in range(steps)}, reverse=True)
+            elif spacing == "linspace":
+                ts = sorted({1 + int(round(i * (T - 1) / max(steps - 1, 1))) for i in range(steps)}, reverse=True)
+            else:
+                raise KexueError(f"unknown spacing {spacing!r}; choose leading, trailing or linspace")
+        self.eta, self._ts = float(eta), ts
+
+    def timesteps(self) -> list[int]:
+        return list(self._ts)
+
+    def coefficients(self, t: int, s: int) -> tuple[float, float, float]:
+        """(κ, λ, σ) of SPEC 7.5 in float64."""
+        sc = self.schedule
+        ab_t, ab_s, bb_t, bb_s = (float(v) for v in (sc.alpha_bars[t], sc.alpha_bars[s], sc.beta_bars[t], sc.beta_bars[s]))
+        sigma = self.eta * bb_s / bb_t * math.sqrt(max(1.0 - (ab_t / ab_s) ** 2, 0.0))
+        kappa = math.sqrt(max(bb_s ** 2 - sigma ** 2, 0.0)) / bb_t
+        return kappa, ab_s - ab_t * kappa, sigma
+
+    def needs_noise(self, t: int, s: int) -> bool:
+        return self.coefficients(t, s)[2] > 0
+
+    def step(self, out: torch.Tensor, t: int, s: int, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        _, x0 = self.eps_x0(out, x_t, t)
+        kappa, lam, sigma = self.coefficients(t, s)
+        x = kappa * x_t + lam * x0
+        return x if noise is None or sigma == 0 else x + sigma * noise
+
+
+def make_sampler(schedule: NoiseSchedule, name: str, steps: int | None = None, eta: float = 0.0,
+                 variance: str = "posterior", prediction: str = "eps", clip_x0: float | None = None) -> Sampler:
+    """``ddpm`` (all T steps, ``variance``) or ``ddim`` (``steps``, ``eta``) by name, for the CLI."""
+    if name == "ddpm":
+        return DDPMSampler(schedule, variance=variance, prediction=prediction, clip_x0=clip_x0)
+    if name == "ddim":
+        return DDIMSampler(schedule, steps=steps or 50, eta=eta, prediction=prediction, clip_x0=clip_x0)
+    raise KexueError(f"unknown sampler {name!r}; choose ddpm or ddim")
