@@ -101,7 +101,11 @@ def _exact_block(Qb, qid, Xw, xsq, Q64, X64, k, metric, margin, exclude_self):
     n = Xw.shape[0]
     d = Xw.shape[1]
     qsq = np.einsum("ij,ij->i", Qb, Qb)
-    D = qsq[:, None] + xsq[None, :] - 2.0 * (Qb @ Xw.T)  # float32 squared distances (or 2 - 2cos)
+    # float32 squared distances minus |q|^2 (a per-row constant, irrelevant for ranking and gaps):
+    # |x|^2 - 2 q.x, built in place to keep one block-sized array and few passes over it
+    D = Qb @ Xw.T
+    D *= -2.0
+    D += xsq[None, :]
     if exclude_self:
         D[np.arange(len(qid)), qid] = np.inf
     n_valid = n - (1 if exclude_self else 0)
@@ -112,7 +116,10 @@ def _exact_block(Qb, qid, Xw, xsq, Q64, X64, k, metric, margin, exclude_self):
     # the inputs): |err| <= 2 (d+4) u (|q|^2 + |x|^2); two of them can err in opposite directions.
     tol = 4.0 * (d + 4) * _U32 * (qsq + xsq.max())
     Qr = Q64[qid]
-    exact = pair_distances(Qr[:, None, :], X64[cand], metric)
+    exact = np.empty(cand.shape)
+    step = max(1, (4 << 20) // (m * d))  # re-score in chunks of ≤ 32 MB of gathered float64 rows
+    for s in range(0, len(qid), step):
+        exact[s:s + step] = pair_distances(Qr[s:s + step, None, :], X64[cand[s:s + step]], metric)
     dist, ind = _sort_rows(exact, cand, k)
     if m < n_valid:
         # a point outside the candidates can only beat the k-th if the gap is within the error bound
@@ -411,7 +418,9 @@ class _Reduction:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
 
     # ---- fitting
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, graph: tuple | None = None):
+        """Learn the index statistics. ``graph=(dist, ind)``: the index's own kNN graph (self
+        excluded, sorted, ``n_candidates`` columns), if already computed — saves one search."""
         _check_metric(self.metric)
         X = _as_matrix(X, "X")
         n = len(X)
@@ -420,8 +429,15 @@ class _Reduction:
         self.n_index_ = n
         self.X_ = np.asarray(X, dtype=np.float64)
         self.n_candidates_ = int(min(self.n_candidates, n - 1))
-        self.graph_ = kneighbors(self.X_, self.n_candidates_, metric=self.metric, backend=self.backend,
-                                 backend_params=self.backend_params)
+        if graph is None:
+            graph = kneighbors(self.X_, self.n_candidates_, metric=self.metric, backend=self.backend,
+                               backend_params=self.backend_params)
+        else:
+            gd, gi = (np.asarray(g) for g in graph)
+            if gd.shape != gi.shape or gd.shape[0] != n or gd.shape[1] < self.n_candidates_:
+                raise KexueError(f"graph must be (dist, ind) of shape ({n}, >= {self.n_candidates_}), got {gd.shape}, {gi.shape}")
+            graph = (gd[:, :self.n_candidates_].astype(np.float64), gi[:, :self.n_candidates_].astype(np.int64))
+        self.graph_ = graph
         self._fit_stats(self.X_, *self.graph_)
         return self
 

@@ -1,0 +1,365 @@
+"""Hubness (SPEC 8): ball/cube volumes, growth of N_k skewness with dimension, hubness reduction on
+real embeddings (MNIST pixels, MiniLM on STS-B) with its effect on k-NN classification and
+retrieval, exact vs approximate backends, and hub-prior latent sampling for our VAE decoder."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+TITLE = "Hubness: measures, reduction on real embeddings, hub-prior sampling"
+SPEC = "8"
+
+REDUCTIONS = ["mp", "mp-empirical", "ls", "nicdm", "csls", "centering"]
+
+
+def _fig(w=6.0, h=3.8, ncols=1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h))
+    return fig, fig.subplots(1, ncols)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.1 ball vs cube
+
+
+def ball_volume_log(n: int) -> float:
+    """log V_n of the unit n-ball, V_n = π^{n/2} / Γ(n/2 + 1) (SPEC 8.1)."""
+    return 0.5 * n * math.log(math.pi) - math.lgamma(n / 2 + 1)
+
+
+def part_volumes(ctx):
+    dims = [1, 2, 3, 5, 10, 20, 50, 100]
+    rng = np.random.default_rng(ctx.seed)
+    m = 20000 if ctx.quick else 200000
+    rows = []
+    for n in dims:
+        lv = ball_volume_log(n)
+        ratio = math.exp(lv - n * math.log(2))
+        # Monte Carlo check of the rejection-sampling acceptance (points of the cube [-1, 1]^n in the ball)
+        mc = float((np.sum(rng.uniform(-1, 1, (m, n)) ** 2, axis=1) <= 1).mean()) if n <= 10 else float("nan")
+        shell = 1 - 0.99**n  # fraction of the ball's volume within 1 % of its surface
+        rows.append([n, math.exp(lv), ratio, mc, shell])
+    ctx.table("ball_cube", ["n", "V_n", "V_n / 2^n", f"Monte Carlo acceptance ({m} draws)", "volume in outer 1 % shell"],
+              rows, caption="SPEC 8.1: unit n-ball volume, its share of the cube [-1, 1]^n (= acceptance of rejection "
+              "sampling a ball from the cube), and the share of the ball's volume within 1 % of the surface")
+    r10, r20 = rows[dims.index(10)][2], rows[dims.index(20)][2]
+    ctx.metric("ball_cube_ratio_n10", r10)
+    ctx.metric("ball_cube_ratio_n20", r20)
+    ctx.text(f"SPEC 8.1 states V_n/2ⁿ ≈ 2.5e-3 at n = 10 and ≈ 2.5e-8 at n = 20; we get {r10:.3g} and "
+             f"{r20:.3g} (exact formula), and the Monte Carlo acceptance at n = 10 is "
+             f"{rows[dims.index(10)][3]:.2g}.")
+    ns = np.arange(1, 101)
+    fig, ax = _fig()
+    ax.semilogy(ns, [math.exp(ball_volume_log(int(n)) - n * math.log(2)) for n in ns], label="V_n / 2^n")
+    ax.semilogy(ns, [math.exp(ball_volume_log(int(n))) for n in ns], label="V_n")
+    ax.set_xlabel("dimension n")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    ctx.figure("ball_cube", fig, caption="Unit-ball volume and its share of the enclosing cube vs dimension (SPEC 8.1).")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.2 skewness vs dimension
+
+
+def part_dimension(ctx):
+    from scipy.stats import spearmanr
+
+    from kexue import hubness as H
+
+    dims = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    n, k = 2000, 10
+    seeds = [ctx.seed] if ctx.quick else [ctx.seed + i for i in range(5)]
+    rows, keep = [], {}
+    for d in ctx.track(dims, "skewness vs dimension"):
+        sk, rho, rh = [], [], []
+        for s in seeds:
+            X = np.random.default_rng([s, d]).standard_normal((n, d))
+            nk = H.k_occurrence(X, k)
+            sk.append(H.skewness(nk))
+            rh.append(H.robin_hood(nk))
+            rho.append(spearmanr(nk, np.linalg.norm(X - X.mean(0), axis=1)).statistic)
+            if d == 128 and s == seeds[0]:
+                keep = (nk, np.linalg.norm(X - X.mean(0), axis=1))
+        rows.append([d, float(np.mean(sk)), float(np.std(sk)), float(np.mean(rh)), float(np.mean(rho))])
+    ctx.table("skew_vs_dim", ["d", "skewness of N_10", "± std over seeds", "robin-hood", "Spearman(N_10, |x - mean|)"],
+              rows, caption=f"i.i.d. N(0, I_d), n = {n}, k = {k}, exact kNN, {len(seeds)} seed(s)")
+    ctx.metric("skew_d2", rows[0][1])
+    ctx.metric("skew_d1024", rows[-1][1])
+    ctx.metric("spearman_d1024", rows[-1][4])
+    fig, (a1, a2) = _fig(10, 3.6, 2)
+    a1.errorbar([r[0] for r in rows], [r[1] for r in rows], yerr=[r[2] for r in rows], marker="o")
+    a1.set_xscale("log", base=2)
+    a1.set_xlabel("dimension d")
+    a1.set_ylabel("skewness of N_10")
+    a1.grid(alpha=0.3)
+    a2.scatter(keep[1], keep[0], s=4, alpha=0.5)
+    a2.set_xlabel("distance to the data mean")
+    a2.set_ylabel("N_10")
+    a2.set_title("d = 128")
+    ctx.figure("skew_vs_dim", fig, caption="Left: N_k skewness grows with dimension. Right: hubs are the points "
+               "closest to the mean (SPEC 8.2).")
+    ctx.text(f"Skewness rises from {rows[0][1]:.2f} (d = 2) to {rows[-1][1]:.2f} (d = 1024) (maximum "
+             f"{max(r[1] for r in rows):.2f}), robin-hood from {rows[0][3]:.2f} to {rows[-1][3]:.2f}, and N_k is strongly "
+             f"anti-correlated with the distance to the mean (Spearman {rows[-1][4]:.2f} at d = 1024): the points "
+             "near the centre are the hubs, as the post explains. (Skewness of one sample of 2000 points is itself "
+             "very variable in high dimension — hence the spread over seeds in the full run.)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.4 reduction on real embeddings
+
+
+def _vote(neigh_ind, y_index, n_classes):
+    """Majority vote of the k neighbours; ties go to the class of the nearest tied neighbour."""
+    labels = y_index[neigh_ind]
+    counts = np.zeros((len(labels), n_classes), int)
+    np.add.at(counts, (np.repeat(np.arange(len(labels)), labels.shape[1]), labels.ravel()), 1)
+    best = counts.max(1, keepdims=True)
+    tied = counts[np.arange(len(labels))[:, None], labels] == best  # neighbour's class is among the winners
+    return labels[np.arange(len(labels)), tied.argmax(1)]
+
+
+def _reduction_rows(ctx, X, Q, k, metric, score, label, n_candidates):
+    """Rows (method, skewness, hub occ., antihub occ., max N_k, *scores, seconds) for primary and reductions;
+    ``score(ind)`` returns a list of numbers for the re-ranked (n_queries, k) neighbour lists."""
+    from kexue import hubness as H
+
+    rows = []
+    t = time.perf_counter()
+    pd, pi = H.kneighbors(X, n_candidates, metric=metric, queries=Q)
+    t_primary = time.perf_counter() - t
+    # the index's own graph, shared by every reduction's fit (one search instead of six)
+    graph = (pd, pi) if Q is None else H.kneighbors(X, n_candidates, metric=metric)
+    nq = len(X) if Q is None else len(Q)
+    nk = H.occurrences(pi[:, :k], len(X))
+    m = H.hubness_measures(nk, k, nq)
+    rows.append(["none", m["skewness"], m["hub_occurrence"], m["antihub_occurrence"], m["max_nk"], *score(pi[:, :k]), t_primary])
+    for name in ctx.track(REDUCTIONS, f"{label}: reductions"):
+        t = time.perf_counter()
+        r = H.make_reduction(name, metric=metric, n_candidates=n_candidates)
+        r.fit(X, graph=graph)
+        _, ind = r.transform(pd, pi, Q)
+        ind = ind[:, :k]
+        sec = time.perf_counter() - t
+        m = H.hubness_measures(H.occurrences(ind, len(X)), k, nq)
+        rows.append([name, m["skewness"], m["hub_occurrence"], m["antihub_occurrence"], m["max_nk"], *score(ind), sec])
+    return rows
+
+
+def _backend_rows(ctx, X, Q, k, metric, score):
+    from kexue import hubness as H
+
+    rows = []
+    exact = None
+    for backend in ["exact", "faiss", "hnsw"]:
+        t = time.perf_counter()
+        _, ind = H.kneighbors(X, k, metric=metric, backend=backend, queries=Q, seed=ctx.seed)
+        sec = time.perf_counter() - t
+        exact = ind if exact is None else exact
+        nq = len(X) if Q is None else len(Q)
+        m = H.hubness_measures(H.occurrences(ind, len(X)), k, nq)
+        rows.append([backend, sec, H.knn_recall(ind, exact), m["skewness"], m["hub_occurrence"], score(ind)[0]])
+    return rows
+
+
+def part_mnist(ctx):
+    from kexue import data
+    from kexue.quality import to_unit
+
+    k = 10
+    Xtr, ytr = data.load_mnist5k()
+    Xte, yte = data.load_mnist_test(ctx.data_dir)
+    nq = 1000 if ctx.quick else len(Xte)
+    sel = np.random.default_rng(ctx.seed).permutation(len(Xte))[:nq]
+    X, Q, yq = to_unit(Xtr).astype(np.float64), to_unit(Xte[sel]).astype(np.float64), yte[sel]
+
+    def acc(ind):
+        return [float((_vote(ind, ytr, 10) == yq).mean())]
+
+    for metric in ["euclidean"] if ctx.quick else ["euclidean", "cosine"]:
+        rows = _reduction_rows(ctx, X, Q, k, metric, acc, f"MNIST {metric}", n_candidates=100)
+        ctx.table(f"mnist_{metric}", ["reduction", "skewness", "hub occ.", "antihub occ.", "max N_k", "10-NN accuracy", "seconds"],
+                  rows, caption=f"MNIST pixels in [0, 1], {metric}: index = MNIST-5k train, queries = {nq} official "
+                  f"test digits; N_{k} of index points from the queries (hub occ. normalised by k × {nq}); reductions "
+                  "re-rank the 100 exact primary candidates")
+        for r in rows:
+            ctx.metric(f"mnist_{metric}_{r[0]}_skew", r[1])
+            ctx.metric(f"mnist_{metric}_{r[0]}_acc", r[5])
+    rows = _backend_rows(ctx, X, Q, k, "euclidean", acc)
+    ctx.table("mnist_backends", ["backend", "seconds", "recall@10 vs exact", "skewness", "hub occ.", "10-NN accuracy"], rows,
+              caption="MNIST euclidean, exact vs approximate kNN (FAISS HNSW, hnswlib; default parameters)")
+    for r in rows:
+        ctx.metric(f"mnist_backend_{r[0]}_recall", r[2])
+
+
+def part_stsb(ctx):
+    from kexue import data
+    from kexue.encoders import encode
+
+    k = 10
+    st = data.load_stsb(ctx.data_dir)
+    splits = ["test"] if ctx.quick else ["train", "dev", "test"]
+    s1 = [s for sp in splits for s in st[sp].sentence1]
+    s2 = [s for sp in splits for s in st[sp].sentence2]
+    score = np.concatenate([st[sp].score for sp in splits])
+    uniq = list(dict.fromkeys(s1 + s2))
+    pos = {s: i for i, s in enumerate(uniq)}
+    a = np.array([pos[s] for s in s1])
+    b = np.array([pos[s] for s in s2])
+    good = (score >= 4.0) & (a != b)
+    # each near-paraphrase pair gives two queries: s1 must find s2 and s2 must find s1
+    qa = np.r_[a[good], b[good]]
+    qb = np.r_[b[good], a[good]]
+    t = time.perf_counter()
+    X = encode(uniq, encoder="minilm", tracker=ctx.tracker).astype(np.float64)
+    ctx.log(f"STS-B: encoded {len(uniq)} sentences in {time.perf_counter() - t:.1f} s")
+
+    def recall(ind):
+        return [float((ind[qa] == qb[:, None]).any(1).mean()), float((ind[qa, 0] == qb).mean())]
+
+    rows = _reduction_rows(ctx, X, None, k, "cosine", recall, "STS-B", n_candidates=100)
+    ctx.table("stsb", ["reduction", "skewness", "hub occ.", "antihub occ.", "max N_k", "partner in top-10", "partner is top-1",
+                       "seconds"], rows,
+              caption=f"MiniLM (all-MiniLM-L6-v2) embeddings of the {len(uniq)} distinct STS-B sentences of "
+              f"{'+'.join(splits)}, cosine, N_{k} within the set (self excluded); retrieval: {len(qa)} queries from "
+              "the pairs with gold score ≥ 4 (both directions), hit if the pair partner is among the neighbours")
+    for r in rows:
+        ctx.metric(f"stsb_{r[0]}_skew", r[1])
+        ctx.metric(f"stsb_{r[0]}_r10", r[5])
+        ctx.metric(f"stsb_{r[0]}_r1", r[6])
+    rows = _backend_rows(ctx, X, None, k, "cosine", recall)
+    ctx.table("stsb_backends", ["backend", "seconds", "recall@10 vs exact", "skewness", "hub occ.", "partner in top-10"], rows,
+              caption="STS-B MiniLM, exact vs approximate kNN")
+    ctx.metric("stsb_n_sentences", len(uniq))
+
+
+# ---------------------------------------------------------------------------------------------
+# 8.3 hub-prior latent sampling for our VAE
+
+
+def part_sampling(ctx):
+    import torch
+    from scipy.stats import chi
+
+    from kexue import data
+    from kexue import hubness as H
+    from kexue.quality import classify, mnist_classifier, sample_quality, to_unit
+    from kexue.vae import fit_vae
+
+    torch.set_num_threads(1)  # busy 2-core machine: one thread is faster under contention
+    Xtr, _ = data.load_mnist5k()
+    t = time.perf_counter()
+    vae = fit_vae(Xtr, seed=ctx.seed, steps=1500 if ctx.quick else 6000, tracker=ctx.tracker, description="VAE")
+    ctx.log(f"VAE trained in {time.perf_counter() - t:.0f} s")
+    clf = mnist_classifier(ctx.cache, seed=ctx.seed, tracker=ctx.tracker)
+    Xte, _ = data.load_mnist_test(ctx.data_dir)
+    nref = 2000 if ctx.quick else 10000
+    ref_feat, _ = classify(clf, to_unit(Xte[:nref]))
+    dim = vae.latent_dim
+    n = 100 if ctx.quick else 2000
+    pool = 10000
+    k, t_hub = 5, 50
+    reps = 1 if ctx.quick else 3
+
+    def decode(z):
+        with torch.no_grad():
+            return vae.decode_mean(torch.as_tensor(z, dtype=torch.float32)).numpy()
+
+    def diversity(imgs):
+        f, _ = classify(clf, imgs)
+        idx = np.random.default_rng(0).choice(len(f), min(len(f), 500), replace=False)
+        g = f[idx]
+        return float(np.sqrt(np.maximum(((g[:, None] - g[None]) ** 2).sum(-1), 0)).mean())
+
+    results: dict[str, list] = {}
+    accs = {}
+    for rep in range(reps):
+        seed = ctx.seed * 1000 + rep
+        rng = np.random.default_rng([seed, 1])
+        hub = H.hub_sample(n, dim, k=k, t=t_hub, pool=pool, seed=seed)
+        hub_img = H.hub_sample(n, dim, k=k, t=t_hub, pool=pool, seed=seed + 500, space=decode)
+        accs.setdefault("latent", []).append(hub.acceptance_rate)
+        accs.setdefault("image", []).append(hub_img.acceptance_rate)
+        sets = {"random N(0, I)": rng.standard_normal((n, dim)),
+                f"hub prior, N_{k} ≥ {t_hub} in latent space": hub.z,
+                f"hub prior, N_{k} ≥ {t_hub} in decoded-image space": hub_img.z}
+        for tag, acc in (("latent", hub.acceptance_rate), ("image", hub_img.acceptance_rate)):
+            # truncation at matched acceptance: keep |z| <= r with P(chi_dim <= r) = acceptance rate
+            r = chi.ppf(acc, dim)
+            z = rng.standard_normal((int(n / acc * 1.3) + 1000, dim))
+            zt = z[np.linalg.norm(z, axis=1) <= r]
+            while len(zt) < n:  # rare: draw more
+                z = rng.standard_normal((int(n / acc) + 1000, dim))
+                zt = np.r_[zt, z[np.linalg.norm(z, axis=1) <= r]]
+            sets[f"truncation |z| ≤ {r:.2f} (acceptance of {tag} hubs)"] = zt[:n]
+        # truncation trick at matched diversity of latents: scale so the mean norm equals the hubs'
+        psi = np.linalg.norm(hub.z, axis=1).mean() / np.linalg.norm(sets["random N(0, I)"], axis=1).mean()
+        sets[f"truncation trick ψ = {psi:.2f} (mean |z| of latent hubs)"] = psi * rng.standard_normal((n, dim))
+        for name, z in sets.items():
+            imgs = decode(z)
+            q = sample_quality(clf, imgs, ref_feat)
+            results.setdefault(name, []).append([float(np.linalg.norm(z, axis=1).mean()), q.fd, q.confidence,
+                                                 q.mode_entropy, diversity(imgs)])
+    rows = []
+    for name, vals in results.items():
+        v = np.array(vals)
+        mean, sd = v.mean(0), v.std(0)
+        rows.append([name, mean[0], mean[1], sd[1], mean[2], mean[3], mean[4]])
+    ctx.table("hub_sampling", ["latents", "mean |z|", "FD ↓", "FD ± std", "confidence ↑", "mode entropy (max 2.303)",
+                               "feature diversity"], rows,
+              caption=f"Our VAE (MNIST-5k, latent dim {dim}, decoder mean images), {n} samples per set, {reps} "
+              f"repetition(s); hubs: pools of {pool}, k = {k}, t = {t_hub}; FD/confidence/entropy from "
+              f"kexue.quality's MNIST classifier against {nref} real test digits; diversity = mean pairwise "
+              "distance of classifier features")
+    acc_l, acc_i = float(np.mean(accs["latent"])), float(np.mean(accs["image"]))
+    ctx.metric("hub_acceptance_latent", acc_l)
+    ctx.metric("hub_acceptance_image", acc_i)
+    by = {r[0]: r for r in rows}
+    keys = list(by)
+    rnd, hl, hi, tl, ti, tp = (by[x] for x in keys)
+    for key, r in zip(["random", "hub_latent", "hub_image", "trunc_latent", "trunc_image", "trunc_psi"], rows):
+        ctx.metric(f"sampling_{key}_fd", r[2])
+        ctx.metric(f"sampling_{key}_conf", r[4])
+        ctx.metric(f"sampling_{key}_entropy", r[5])
+
+    def cmp(a, b):
+        return "lower" if a < b else "higher"
+
+    ctx.text(
+        f"Hub acceptance rate: {acc_l:.4f} in latent space, {acc_i:.4f} in decoded-image space (the paper reports "
+        f"hub sampling in StyleGAN2's W space; we have no GAN, so this is our VAE's N(0, I_{dim}) latent). "
+        f"Latent-space hubs give FD {hl[2]:.2f} vs {rnd[2]:.2f} for random latents and {tl[2]:.2f} for truncation "
+        f"at the same acceptance rate ({cmp(hl[2], tl[2])} FD than truncation; confidence {hl[4]:.3f} vs "
+        f"{tl[4]:.3f}; mode entropy {hl[5]:.3f} vs {tl[5]:.3f}; feature diversity {hl[6]:.2f} vs {tl[6]:.2f}). "
+        f"Image-space hubs: FD {hi[2]:.2f} vs {ti[2]:.2f} for truncation at their acceptance rate. "
+        "In a Gaussian latent, hubs are the points near the centre, so latent hub selection behaves like a soft "
+        "norm truncation; whether it beats truncation at equal diversity is read off the table above "
+        "(FD differences smaller than the ± std over repetitions are not evidence either way).")
+
+
+def part_ddim(ctx):
+    ctx.text("DDIM (η = 0) hub-prior sampling: not run — training a DDPM on MNIST is too slow to repeat "
+             "inside this experiment on a 2-core CPU, and no trained DDPM model file is shared between "
+             "experiments; hub_sample works for it through `space=` / x_T once a trained model is at hand.")
+
+
+def run(ctx):
+    mode = "quick" if ctx.quick else "full"
+    ctx.text(f"Mode: **{mode}**. All kNN is exact (blocked, float64-verified) unless a table says otherwise; "
+             "points are never their own neighbour; hub occurrence is normalised by k × number of queries.")
+    ctx.text("### 8.1 Volume of the ball vs the cube")
+    part_volumes(ctx)
+    ctx.text("### 8.2 Hubness grows with dimension")
+    part_dimension(ctx)
+    ctx.text("### 8.4 Hubness reduction on MNIST pixels: k-NN classification")
+    part_mnist(ctx)
+    ctx.text("### 8.4 Hubness reduction on MiniLM sentence embeddings: STS-B pair retrieval")
+    part_stsb(ctx)
+    ctx.text("### 8.3 Hub-prior latent sampling (our VAE decoder)")
+    part_sampling(ctx)
+    part_ddim(ctx)
