@@ -78,6 +78,11 @@ def test_float32_input_loses_no_precision_in_the_fit():
     lam_ref = np.sort(np.linalg.eigvalsh(ref))[::-1]
     np.testing.assert_allclose(w.eigenvalues_, lam_ref, rtol=1e-9)
     assert w.transform(X32).dtype == np.float32 and w.transform(X64).dtype == np.float64
+    # the float32 transform path is as accurate as float32 allows, even with the mean at 1000
+    wz = Whitening(beta=1, gamma=1).fit(X32)
+    Z32, Z64 = wz.transform(X32), wz.transform(X32.astype(np.float64))
+    np.testing.assert_allclose(Z32, Z64, atol=1e-3 * np.abs(Z64).max())
+    np.testing.assert_allclose(Z32.astype(np.float64).T @ Z32 / len(Z32), np.eye(8), atol=1e-3)
 
 
 def test_truncation_and_inverse_transform():

@@ -118,10 +118,14 @@ class Whitening(TransformerMixin, BaseEstimator):
             self.shift_ = X[: min(len(X), CHUNK)].astype(np.float64).mean(axis=0)
             self.sum_ = np.zeros(d)
             self.gram_ = np.zeros((d, d))
+        from scipy.linalg.blas import dsyrk
+
         for s in range(0, len(X), CHUNK):
             Y = X[s : s + CHUNK].astype(np.float64) - self.shift_
             self.sum_ += Y.sum(axis=0)
-            self.gram_ += Y.T @ Y
+            # YᵀY with BLAS syrk: half the flops of a general product (Y.T is Fortran-ordered: no copy)
+            G = dsyrk(1.0, Y.T, trans=0, lower=0)
+            self.gram_ += np.triu(G) + np.triu(G, 1).T
             self.n_samples_seen_ += len(Y)
 
     def _decompose(self) -> "Whitening":
@@ -208,14 +212,17 @@ class Whitening(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "components_")
 
     def transform(self, X) -> np.ndarray:
-        """x̃ = (x − βμ) U_k Λ_k^{−γ/2} (SPEC 5.1); float32 in → float32 out, float64 otherwise."""
+        """x̃ = (x − βμ) U_k Λ_k^{−γ/2} (SPEC 5.1); float32 in → float32 out, float64 otherwise.
+
+        float32 input is transformed in float32: subtracting βμ in float32 adds an error no larger
+        than the input's own rounding (~6e-8·|x|), and the float32 product is twice as fast."""
         self._check_fitted()
         X = self._validate(X, reset=False)
-        W = self.components_.T * self._scale()  # (d, k)
-        shift = float(self.beta) * self.mean_
+        W = (self.components_.T * self._scale()).astype(X.dtype)  # (d, k)
+        shift = (float(self.beta) * self.mean_).astype(X.dtype)
         out = np.empty((len(X), W.shape[1]), dtype=X.dtype)
         for s in range(0, len(X), CHUNK):
-            out[s : s + CHUNK] = (X[s : s + CHUNK].astype(np.float64) - shift) @ W
+            np.matmul(X[s : s + CHUNK] - shift, W, out=out[s : s + CHUNK])
         return out
 
     def inverse_transform(self, Z) -> np.ndarray:
