@@ -204,7 +204,7 @@ class EGAdapt(Optimizer):
     the gradient scale — the reason plain hypergradient methods need a per-problem β — the
     alignments are normalised:
         global:  a_t = ⟨g_t, m_{t-1}⟩ / (‖g_t‖ ‖m_{t-1}‖)               ∈ [-1, 1]
-        local:   b_{t,i} = g_{t,i} m_{t-1,i} / (v_{t-1,i} + ε)          (v = EMA of g², same β)
+        local:   b_{t,i} = g_{t,i} m_{t-1,i} / v_{t-1,i}  (0/0 := 0)     (v = EMA of g², same β)
         s ← clamp(s · exp(γ_s a_t), s_min, s_max)
         p ← clamp(p ⊙ exp(clip(γ_p b_t)), p_min, p_max),  then p ← p / mean(p) per tensor
     so aligned gradients (consistent descent direction) grow the step and anti-aligned ones
