@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
         for k in res.undecided[:show]:
             out_console.print(f"undecided {k} {layer.token(int(k))!r}: {res.notes.get(int(k), '')}")
         if json_out is not None:
-            doc = {"source": layer.source, "weight": layer.weight_name, "bias": layer.bias_name, "tied": layer.tied,
+            doc = {"source": layer.source, "weight_tensor": layer.weight_name, "bias_tensor": layer.bias_name, "tied": layer.tied,
                    "normalized": normalize, "info": layer.info, **res.summary(),
                    "unargmaxable_classes": [{"id": int(k), "token": layer.token(int(k)), "stage": STAGES[res.stage[k]],
                                      "certificate": {"rows": res.certificates[int(k)][0].tolist(),

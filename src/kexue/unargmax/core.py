@@ -354,7 +354,8 @@ def _precheck_block(W, b, ks, params):
                 still.append(j)
                 continue
             h = own - top  # = ⟨Δ, x⟩ + Δb, the signed distance times ‖Δ‖
-            X[:, j] = x - (2.0 * h / nn) * delta + (1e-9 * np.sqrt(nn) * (1 if h == 0 else 0)) * delta / np.sqrt(nn)
+            # reflect x across ⟨Δ, x⟩ + Δb = 0; on an exact tie step a hair to k's side instead
+            X[:, j] = x - (2.0 * h / nn) * delta if h != 0 else x + 1e-9 * delta
             if box is not None:
                 np.clip(X[:, j], -box, box, out=X[:, j])
             still.append(j)
