@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,6 +29,14 @@ class TrainResult:
     ema: nn.Module | None
     losses: list[float] = field(default_factory=list)
     steps: int = 0
+
+
+@lru_cache(maxsize=1)
+def _default_accelerator():
+    """One Accelerator per process: building one probes the installed packages (~0.5 s)."""
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -71,7 +80,6 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
     ``resume=True`` continues from ``ckpt`` if it exists. ``ema_decay`` keeps an exponential
     moving average of the weights (torch.optim.swa_utils), returned as ``result.ema``.
     """
-    from accelerate import Accelerator
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     if not data or any(len(t) != len(data[0]) for t in data):
@@ -79,7 +87,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
     n = len(data[0])
     if n == 0:
         raise KexueError("training data is empty")
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    acc = accelerator or _default_accelerator()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
     start, losses = 0, []
