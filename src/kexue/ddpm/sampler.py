@@ -141,17 +141,21 @@ class DDIMSampler(Sampler):
             else:
                 raise KexueError(f"unknown spacing {spacing!r}; choose leading, trailing or linspace")
         self.eta, self._ts = float(eta), ts
+        self._coef: dict = {}
 
     def timesteps(self) -> list[int]:
         return list(self._ts)
 
     def coefficients(self, t: int, s: int) -> tuple[float, float, float]:
-        """(κ, λ, σ) of SPEC 7.5 in float64."""
+        """(κ, λ, σ) of SPEC 7.5 in float64 (cached per step pair)."""
+        if (t, s) in self._coef:
+            return self._coef[t, s]
         sc = self.schedule
         ab_t, ab_s, bb_t, bb_s = (float(v) for v in (sc.alpha_bars[t], sc.alpha_bars[s], sc.beta_bars[t], sc.beta_bars[s]))
         sigma = self.eta * bb_s / bb_t * math.sqrt(max(1.0 - (ab_t / ab_s) ** 2, 0.0))
         kappa = math.sqrt(max(bb_s ** 2 - sigma ** 2, 0.0)) / bb_t
-        return kappa, ab_s - ab_t * kappa, sigma
+        self._coef[t, s] = (kappa, ab_s - ab_t * kappa, sigma)
+        return self._coef[t, s]
 
     def needs_noise(self, t: int, s: int) -> bool:
         return self.coefficients(t, s)[2] > 0

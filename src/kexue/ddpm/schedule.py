@@ -56,8 +56,11 @@ class NoiseSchedule:
         return cls(1.0 - a / np.concatenate([[1.0], a[:-1]]), name)
 
     # ---- SPEC 7.1 / 7.2 pieces, all broadcast over a batch of integer times t
-    def coef(self, name: str, t, like: torch.Tensor) -> torch.Tensor:
-        """Coefficient ``name`` at times ``t`` shaped to broadcast against ``like`` (its dtype)."""
+    def coef(self, name: str, t, like: torch.Tensor):
+        """Coefficient ``name`` at times ``t`` shaped to broadcast against ``like`` (its dtype);
+        a Python float for an integer t (what samplers use: no per-step tensor bookkeeping)."""
+        if isinstance(t, int):
+            return float(getattr(self, name)[t])
         v = getattr(self, name)[torch.as_tensor(t, dtype=torch.long).cpu()]
         return v.reshape(v.shape + (1,) * (like.ndim - v.ndim)).to(like.device, like.dtype)
 
@@ -68,6 +71,10 @@ class NoiseSchedule:
     def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and variance of p(x_{t-1} | x_t, x_0)  (SPEC 7.1), t ≥ 1:
         mean = (α_t β̄_{t-1}²/β̄_t²) x_t + (ᾱ_{t-1} β_t²/β̄_t²) x_0,  var = β̄_{t-1}² β_t²/β̄_t²."""
+        if isinstance(t, int):  # scalar path used by the samplers
+            a, b2, bb2 = float(self.alphas[t]), float(self.beta_sq[t]), float(self.beta_bars[t]) ** 2
+            bbp2, abp = float(self.beta_bars[t - 1]) ** 2, float(self.alpha_bars[t - 1])
+            return (a * bbp2 / bb2) * x_t + (abp * b2 / bb2) * x0, bbp2 * b2 / bb2
         t = torch.as_tensor(t, dtype=torch.long)
         a, b2 = self.alphas[t], self.beta_sq[t]
         bb2, bbp2, abp = self.beta_bars[t] ** 2, self.beta_bars[t - 1] ** 2, self.alpha_bars[t - 1]
