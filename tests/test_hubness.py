@@ -300,3 +300,20 @@ def test_cli(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["hubness", str(tmp_path / "bad.npy")])
     assert e.value.code == 2
+
+
+# ---------------------------------------------------------------- experiment helpers
+
+
+def test_experiment_helpers():
+    import math
+
+    from kexue.experiments.hubness import _vote, ball_volume_log
+
+    assert math.exp(ball_volume_log(2)) == pytest.approx(math.pi)
+    assert math.exp(ball_volume_log(3)) == pytest.approx(4 * math.pi / 3)
+    assert math.exp(ball_volume_log(10)) / 2**10 == pytest.approx(2.49e-3, rel=0.01)  # SPEC 8.1
+    y = np.array([0, 1, 2, 1, 2])
+    # rows of neighbour ids, nearest first: majority wins; a tie goes to the nearest tied class
+    ind = np.array([[1, 3, 0], [0, 2, 4], [2, 1, 0]])
+    np.testing.assert_array_equal(_vote(ind, y, 3), [1, 2, 2])
