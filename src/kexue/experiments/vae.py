@@ -16,8 +16,8 @@ def _settings(quick: bool) -> dict:
     if quick:
         return dict(steps=60, n_test=300, K=50, n_curve=50, K_curve=200, n_ood=200, K_ood=20, n_base=1500,
                     bmm=10, bmm_iter=15, gmm=2, gmm_iter=10, kde_grid=[0.2], steps8=60, n_test8=200, K8=20)
-    # sized for a shared 2-core machine (~45 min): 2,000 test images for the NLL table, K = 1,000
-    return dict(steps=2000, n_test=2000, K=1000, n_curve=200, K_curve=5000, n_ood=1000, K_ood=100, n_base=5000,
+    # sized for a shared 2-core machine (~45 min incl. training): all 10,000 test images, K = 500
+    return dict(steps=2000, n_test=10000, K=500, n_curve=200, K_curve=5000, n_ood=1000, K_ood=100, n_base=5000,
                 bmm=50, bmm_iter=100, gmm=5, gmm_iter=100, kde_grid=[0.1, 0.15, 0.2, 0.3], steps8=2000,
                 n_test8=2000, K8=200)
 
