@@ -390,9 +390,10 @@ def _write_text(ctx, models, seeds, steps, verdict, shift_rows, nn_rows, nn_iter
     nn = []
     for i in (0, 2):
         (prob, _, _, eg_early, eg_final), (_, _, _, pg_early, pg_final) = nn_rows[i], nn_rows[i + 1]
-        nn.append(f"{prob}: after {nn_iters // 10} iterations EG is {'ahead' if eg_early < pg_early else 'behind'} "
+        rel = lambda a, b: "level with" if a == b else ("ahead of" if a < b else "behind")  # noqa: E731
+        nn.append(f"{prob}: after {nn_iters // 10} iterations EG is {rel(eg_early, pg_early)} projected GD "
                   f"(gap {eg_early:.2g} vs {pg_early:.2g}), after {nn_iters} "
-                  f"{'ahead' if eg_final < pg_final else 'behind'} ({eg_final:.2g} vs {pg_final:.2g})")
+                  f"{rel(eg_final, pg_final).split()[0]} ({eg_final:.2g} vs {pg_final:.2g})")
     lines = []
     for m in models:
         v = verdict[m]
