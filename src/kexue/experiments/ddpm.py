@@ -16,7 +16,7 @@ CONFIGS = {
               "steps": 400, "batch_size": 64, "lr": 2e-3, "ema_decay": 0.99, "n_samples": 64,
               "ddim_steps": [10, 20, 50]},
     "full": {"T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "unet": {"base": 16, "mults": [1, 2, 2]},
-             "steps": 1000, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.995, "n_samples": 64,
+             "steps": 2000, "batch_size": 64, "lr": 1e-3, "ema_decay": 0.995, "n_samples": 64,
              "ddim_steps": [10, 20, 50, 100]},
 }
 
