@@ -33,7 +33,10 @@ reproduce-full: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Benchmarks time ours against the reference libraries in one run each (long: tens of minutes).
+# pythae (the VAE baseline) pins an old torch in its metadata, so it goes in without its deps.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet --no-deps pythae
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
