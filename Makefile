@@ -34,9 +34,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # Benchmarks time ours against the reference libraries in one run each (long: tens of minutes).
-# pythae (the VAE baseline) pins an old torch in its metadata, so it goes in without its deps.
+# pythae (the VAE baseline) goes in without its deps: it lists the obsolete `dataclasses` backport.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet --no-deps pythae
+	$(BIN)/pip install --quiet --no-deps pythae cloudpickle imageio
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
