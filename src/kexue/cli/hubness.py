@@ -46,12 +46,15 @@ def register(app: typer.Typer) -> None:
                 kw["seed"] = seed
             r = H.make_reduction(reduce, **kw).fit(X)
             rows[reduce] = r.k_occurrence(n_neighbors=k)
+        from rich.table import Table
+
         names = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "max_nk"]
-        width = max(len(n) for n in rows) + 2
-        out_console.print("".ljust(width) + "".join(n.rjust(20) for n in names), highlight=False)
-        for label, nk in rows.items():
-            m = H.hubness_measures(nk, k)
-            out_console.print(label.ljust(width) + "".join(f"{m[n]:20.3f}" for n in names), highlight=False)
+        # one row per measure, one column per graph: stays narrow in any terminal
+        ms = {label: H.hubness_measures(nk, k) for label, nk in rows.items()}
+        table = Table("measure", *ms)
+        for n in names:
+            table.add_row(n, *(f"{m[n]:.3f}" for m in ms.values()))
+        out_console.print(table)
 
         from matplotlib.figure import Figure
 
