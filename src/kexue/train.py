@@ -32,7 +32,7 @@ class TrainResult:
 
 
 @lru_cache(maxsize=1)
-def _default_accelerator():
+def default_accelerator():
     """One Accelerator per process: building one probes the installed packages (~0.5 s)."""
     from accelerate import Accelerator
 
@@ -87,7 +87,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
     n = len(data[0])
     if n == 0:
         raise KexueError("training data is empty")
-    acc = accelerator or _default_accelerator()
+    acc = accelerator or default_accelerator()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
     start, losses = 0, []

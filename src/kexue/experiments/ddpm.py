@@ -133,16 +133,10 @@ def _grid_figure(panels: dict, side: int = 28, k: int = 8):
 
 
 def run(ctx) -> None:
-    import torch
+    from kexue.utils import torch_threads
 
-    # one intra-op thread: on a small shared machine the spin-waits of a second thread cost more
-    # than they give; restored afterwards so other experiments in the same process are unaffected
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         _run(ctx)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(ctx) -> None:

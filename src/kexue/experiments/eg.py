@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 
 import numpy as np
+
+from kexue.utils import torch_threads
 
 TITLE = "Exponentiated gradient and meta-learned step sizes"
 SPEC = "2"
@@ -28,18 +29,6 @@ OPTIMISERS = ["SGD", "Adam", "SGD-HD", "Adam-HD", "EGStep", "EGAdapt(SGD)", "EGA
 BASELINES = ["SGD", "Adam", "SGD-HD", "Adam-HD"]
 EGSTEP_GAMMA = 100.0  # chosen once (see the text); γ multiplies g_{t-1} g_t, whose scale is ~1e-4..1e-2 here
 MOMENTUM = 0.9  # every SGD variant uses heavy-ball momentum 0.9, so adaptation is the only difference
-
-
-@contextmanager
-def _threads(n: int):
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def make_optimizer(name: str, params, lr: float):
@@ -289,7 +278,7 @@ def run(ctx):
     shift_steps = 400 if quick else 1000
     nn_iters = 200 if quick else 2000
 
-    with _threads(1):
+    with torch_threads(1):
         # ---- part 1
         nn_rows = nonneg_problems(ctx, nn_iters)
         ctx.log(f"eg: non-negative problems done in {time.perf_counter() - t0:.0f}s")

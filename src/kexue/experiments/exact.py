@@ -252,107 +252,108 @@ def _verdict(results: dict) -> tuple[list, str]:
 
 
 def run(ctx) -> None:
+    from kexue.utils import torch_threads
+
+    with torch_threads(1):  # the machine is shared; small models gain nothing from threads
+        _run(ctx)
+
+
+def _run(ctx) -> None:
     import torch
     from matplotlib.figure import Figure
 
     from kexue.nets import MLP, SmallCNN
+    from kexue.train import default_accelerator
 
     cfg = _config(ctx.quick)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; small models gain nothing from threads
     t0 = time.perf_counter()
-    from accelerate import Accelerator
+    acc = default_accelerator()  # one for all runs: building one per run costs ~0.5 s of package probing
+    _toy(ctx)
+    mode = ("QUICK mode: " + f"{cfg['seeds']} seeds, {cfg['tab_steps']} steps for linear models, {cfg['mlp_steps']} for the MLP, "
+            "no CNN — numbers are indicative only." if ctx.quick else
+            f"Full mode (scaled to this 2-core shared CPU): {cfg['seeds']} seeds, {cfg['tab_steps']} Adam steps (batch 32) "
+            f"for linear models, {cfg['mlp_steps']} steps (batch 128) for the MLP, {cfg['cnn_steps']} for the CNN.")
+    ctx.text("### 2. Real data: CE vs hinge vs EXACT vs smooth accuracy\n\n" + mode + "\n\n"
+             "Protocol: Adam; each loss gets the same learning-rate grid; the rate is chosen by validation accuracy "
+             "of the first seed, then run with the other seeds: grid + seeds − 1 runs per loss and data set "
+             "(tables: 60/20/20 stratified train/val/test split per seed; MNIST: 4,500 of the 5,000 training digits "
+             "for training, 500 for validation, test = the official 10,000 MNIST test digits; curves score the first "
+             f"{CURVE_N} test digits during training). "
+             "EXACT: σ decays geometrically 1 → 0.1 over the run, no margin, batch standardisation of logits, gradient "
+             "normalisation, 16 Sobol points — fixed in advance, not tuned. Hinge = Crammer–Singer with margin 1. "
+             "−E[p] and −log E[p] use the softmax probability of the true class (SPEC 6.3). "
+             "Numbers are test accuracy % (mean ± sd over seeds).")
+    results, lrs = {}, {}
+    for name in ("breast_cancer", "wine", "iris", "digits"):
+        splits, C, shape = _tabular_splits(name, cfg["seeds"])
+        d = shape[1]
+        res = compare(ctx, name, lambda d=d, C=C: torch.nn.Linear(d, C), splits, steps=cfg["tab_steps"], batch_size=32,
+                      grid=cfg["tab_grid"], n_select=1, accelerator=acc)
+        results[f"{name} (linear, n={shape[0]}, C={C})"] = res
+    splits = _mnist_splits(ctx, cfg["seeds"])
+    mlp = compare(ctx, "mnist-mlp", lambda: MLP([784, 256, 10]), splits, steps=cfg["mlp_steps"], batch_size=128,
+                  grid=cfg["mlp_grid"], n_select=1, eval_every=cfg["eval_every"], curves=True, curve_n=CURVE_N,
+                  accelerator=acc)
+    results["MNIST-5k → test (MLP 784-256-10)"] = mlp
+    cnn = None
+    if cfg["cnn"]:
+        cnn = compare(ctx, "mnist-cnn", lambda: SmallCNN(10, 28, width=16, feat_dim=64), splits, steps=cfg["cnn_steps"],
+                      batch_size=64, grid=cfg["cnn_grid"], n_select=1, eval_every=cfg["cnn_steps"] // 6, curves=True,
+                      curve_n=CURVE_N, accelerator=acc)
+        results["MNIST-5k → test (SmallCNN width 16)"] = cnn
 
-    acc = Accelerator(cpu=True)  # one for all runs: building one per run costs ~0.5 s of package probing
-    try:
-        _toy(ctx)
-        mode = ("QUICK mode: " + f"{cfg['seeds']} seeds, {cfg['tab_steps']} steps for linear models, {cfg['mlp_steps']} for the MLP, "
-                "no CNN — numbers are indicative only." if ctx.quick else
-                f"Full mode (scaled to this 2-core shared CPU): {cfg['seeds']} seeds, {cfg['tab_steps']} Adam steps (batch 32) "
-                f"for linear models, {cfg['mlp_steps']} steps (batch 128) for the MLP, {cfg['cnn_steps']} for the CNN.")
-        ctx.text("### 2. Real data: CE vs hinge vs EXACT vs smooth accuracy\n\n" + mode + "\n\n"
-                 "Protocol: Adam; each loss gets the same learning-rate grid; the rate is chosen by validation accuracy "
-                 "of the first seed, then run with the other seeds: grid + seeds − 1 runs per loss and data set "
-                 "(tables: 60/20/20 stratified train/val/test split per seed; MNIST: 4,500 of the 5,000 training digits "
-                 "for training, 500 for validation, test = the official 10,000 MNIST test digits; curves score the first "
-                 f"{CURVE_N} test digits during training). "
-                 "EXACT: σ decays geometrically 1 → 0.1 over the run, no margin, batch standardisation of logits, gradient "
-                 "normalisation, 16 Sobol points — fixed in advance, not tuned. Hinge = Crammer–Singer with margin 1. "
-                 "−E[p] and −log E[p] use the softmax probability of the true class (SPEC 6.3). "
-                 "Numbers are test accuracy % (mean ± sd over seeds).")
-        results, lrs = {}, {}
-        for name in ("breast_cancer", "wine", "iris", "digits"):
-            splits, C, shape = _tabular_splits(name, cfg["seeds"])
-            d = shape[1]
-            res = compare(ctx, name, lambda d=d, C=C: torch.nn.Linear(d, C), splits, steps=cfg["tab_steps"], batch_size=32,
-                          grid=cfg["tab_grid"], n_select=1, accelerator=acc)
-            results[f"{name} (linear, n={shape[0]}, C={C})"] = res
-        splits = _mnist_splits(ctx, cfg["seeds"])
-        mlp = compare(ctx, "mnist-mlp", lambda: MLP([784, 256, 10]), splits, steps=cfg["mlp_steps"], batch_size=128,
-                      grid=cfg["mlp_grid"], n_select=1, eval_every=cfg["eval_every"], curves=True, curve_n=CURVE_N,
-                      accelerator=acc)
-        results["MNIST-5k → test (MLP 784-256-10)"] = mlp
-        cnn = None
-        if cfg["cnn"]:
-            cnn = compare(ctx, "mnist-cnn", lambda: SmallCNN(10, 28, width=16, feat_dim=64), splits, steps=cfg["cnn_steps"],
-                          batch_size=64, grid=cfg["cnn_grid"], n_select=1, eval_every=cfg["cnn_steps"] // 6, curves=True,
-                          curve_n=CURVE_N, accelerator=acc)
-            results["MNIST-5k → test (SmallCNN width 16)"] = cnn
+    rows = []
+    for ds, res in results.items():
+        rows.append([ds] + [_mean_sd(res[n]["test"]) for n in LOSSES])
+        for n in LOSSES:
+            ctx.metric(f"acc/{ds.split(' ')[0]}{'-cnn' if 'CNN' in ds else ''}/{n}", {"mean": float(res[n]["test"].mean()),
+                       "sd": float(res[n]["test"].std(ddof=1)) if len(res[n]["test"]) > 1 else 0.0,
+                       "runs": res[n]["test"].tolist(), "lr": res[n]["lr"]})
+        lrs[ds] = [f"{res[n]['lr']:g}" for n in LOSSES]
+    ctx.table("accuracy", ["data (model)"] + LOSSES, rows,
+              caption=f"Test accuracy %, mean ± sd over {cfg['seeds']} seeds (same lr-grid budget per loss).")
+    ctx.table("chosen_lr", ["data (model)"] + LOSSES, [[ds] + v for ds, v in lrs.items()],
+              caption="Learning rate chosen on the validation split.")
+    mean_tab = {n: float(np.mean([results[ds][n]["test"].mean() for ds in list(results)[:4]])) for n in LOSSES}
+    ctx.metric("linear_mean_acc", mean_tab)
+    ctx.text("Mean over the four linear-model tables: " + ", ".join(f"{n} {100 * v:.2f}" for n, v in mean_tab.items())
+             + " (SPEC 6.4 reports 92.74 / 92.84 / 93.38 for CE / hinge / EXACT over 10 UCI tables with its own "
+             "hyper-parameter search; different tables, so only the ordering is comparable).")
 
-        rows = []
-        for ds, res in results.items():
-            rows.append([ds] + [_mean_sd(res[n]["test"]) for n in LOSSES])
-            for n in LOSSES:
-                ctx.metric(f"acc/{ds.split(' ')[0]}{'-cnn' if 'CNN' in ds else ''}/{n}", {"mean": float(res[n]["test"].mean()),
-                           "sd": float(res[n]["test"].std(ddof=1)) if len(res[n]["test"]) > 1 else 0.0,
-                           "runs": res[n]["test"].tolist(), "lr": res[n]["lr"]})
-            lrs[ds] = [f"{res[n]['lr']:g}" for n in LOSSES]
-        ctx.table("accuracy", ["data (model)"] + LOSSES, rows,
-                  caption=f"Test accuracy %, mean ± sd over {cfg['seeds']} seeds (same lr-grid budget per loss).")
-        ctx.table("chosen_lr", ["data (model)"] + LOSSES, [[ds] + v for ds, v in lrs.items()],
-                  caption="Learning rate chosen on the validation split.")
-        mean_tab = {n: float(np.mean([results[ds][n]["test"].mean() for ds in list(results)[:4]])) for n in LOSSES}
-        ctx.metric("linear_mean_acc", mean_tab)
-        ctx.text("Mean over the four linear-model tables: " + ", ".join(f"{n} {100 * v:.2f}" for n, v in mean_tab.items())
-                 + " (SPEC 6.4 reports 92.74 / 92.84 / 93.38 for CE / hinge / EXACT over 10 UCI tables with its own "
-                 "hyper-parameter search; different tables, so only the ordering is comparable).")
+    fig = Figure(figsize=(11 if cnn else 6, 3.8))
+    for j, (title, res) in enumerate([("MLP", mlp)] + ([("SmallCNN", cnn)] if cnn else [])):
+        ax = fig.add_subplot(1, 2 if cnn else 1, j + 1)
+        for n in LOSSES:
+            c = np.array(res[n]["curves"])  # (seeds, points, 2)
+            steps, acc = c[0, :, 0], 100 * c[:, :, 1]
+            ax.plot(steps, acc.mean(0), label=n)
+            ax.fill_between(steps, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
+        ax.set_ylim(80, 100)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"accuracy % on {CURVE_N} MNIST test digits")
+        ax.set_title(f"{title} on MNIST-5k")
+        ax.legend(fontsize=7)
+    ctx.figure("curves", fig, caption="Test accuracy during training (mean ± sd over seeds, each loss at its chosen lr).")
 
-        fig = Figure(figsize=(11 if cnn else 6, 3.8))
-        for j, (title, res) in enumerate([("MLP", mlp)] + ([("SmallCNN", cnn)] if cnn else [])):
-            ax = fig.add_subplot(1, 2 if cnn else 1, j + 1)
-            for n in LOSSES:
-                c = np.array(res[n]["curves"])  # (seeds, points, 2)
-                steps, acc = c[0, :, 0], 100 * c[:, :, 1]
-                ax.plot(steps, acc.mean(0), label=n)
-                ax.fill_between(steps, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
-            ax.set_ylim(80, 100)
-            ax.set_xlabel("training step")
-            ax.set_ylabel(f"accuracy % on {CURVE_N} MNIST test digits")
-            ax.set_title(f"{title} on MNIST-5k")
-            ax.legend(fontsize=7)
-        ctx.figure("curves", fig, caption="Test accuracy during training (mean ± sd over seeds, each loss at its chosen lr).")
-
-        vrows, vtext, wins_losses = _verdict(results)
-        ctx.table("verdict", ["data (model)", "EXACT − CE (points)", "Welch p", "outcome", "best loss (mean)"], vrows,
-                  caption="EXACT vs CE per setting.")
-        ctx.metric("verdict", vtext)
-        mnist_ce, mnist_ex = mlp["CE"]["test"].mean(), mlp["EXACT"]["test"].mean()
-        if wins_losses[0] and not wins_losses[1]:
-            concl = "On our data this supports the paper: where a difference is significant, EXACT is ahead."
-        elif wins_losses[1] and not wins_losses[0]:
-            concl = ("On our data this supports the post's counter-claim: EXACT never beat CE significantly, "
-                     "and CE was significantly better in at least one setting.")
-        elif not any(wins_losses):
-            concl = ("On our data neither claim is confirmed: EXACT and CE are statistically indistinguishable "
-                     "everywhere — EXACT ≥ CE is not shown, and neither is the reverse.")
-        else:
-            concl = "On our data the picture is mixed: EXACT wins some settings and loses others."
-        ctx.text("### Verdict\n\n" + vtext + " " + concl + " The paper's claim (SPEC 6.4) is EXACT ≥ CE (e.g. MNIST "
-                 "99.67 vs 99.64, UCI mean 93.38 vs 92.74); the post's counter-claim is that EXACT did not beat CE on "
-                 f"the author's own tasks. On our MNIST-5k MLP, EXACT reaches {100 * mnist_ex:.2f} % vs CE "
-                 f"{100 * mnist_ce:.2f} % (the paper's MNIST numbers come from a CNN trained on all 60,000 digits for far "
-                 "longer, so absolute levels are not comparable). Caveats: only the learning rate was searched, with "
-                 "a small grid; the paper also tuned margin, σ and gradient clipping for EXACT, and trained with SGD.")
-        ctx.metric("seconds", time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(threads)
+    vrows, vtext, wins_losses = _verdict(results)
+    ctx.table("verdict", ["data (model)", "EXACT − CE (points)", "Welch p", "outcome", "best loss (mean)"], vrows,
+              caption="EXACT vs CE per setting.")
+    ctx.metric("verdict", vtext)
+    mnist_ce, mnist_ex = mlp["CE"]["test"].mean(), mlp["EXACT"]["test"].mean()
+    if wins_losses[0] and not wins_losses[1]:
+        concl = "On our data this supports the paper: where a difference is significant, EXACT is ahead."
+    elif wins_losses[1] and not wins_losses[0]:
+        concl = ("On our data this supports the post's counter-claim: EXACT never beat CE significantly, "
+                 "and CE was significantly better in at least one setting.")
+    elif not any(wins_losses):
+        concl = ("On our data neither claim is confirmed: EXACT and CE are statistically indistinguishable "
+                 "everywhere — EXACT ≥ CE is not shown, and neither is the reverse.")
+    else:
+        concl = "On our data the picture is mixed: EXACT wins some settings and loses others."
+    ctx.text("### Verdict\n\n" + vtext + " " + concl + " The paper's claim (SPEC 6.4) is EXACT ≥ CE (e.g. MNIST "
+             "99.67 vs 99.64, UCI mean 93.38 vs 92.74); the post's counter-claim is that EXACT did not beat CE on "
+             f"the author's own tasks. On our MNIST-5k MLP, EXACT reaches {100 * mnist_ex:.2f} % vs CE "
+             f"{100 * mnist_ce:.2f} % (the paper's MNIST numbers come from a CNN trained on all 60,000 digits for far "
+             "longer, so absolute levels are not comparable). Caveats: only the learning rate was searched, with "
+             "a small grid; the paper also tuned margin, σ and gradient clipping for EXACT, and trained with SGD.")
+    ctx.metric("seconds", time.perf_counter() - t0)

@@ -259,7 +259,6 @@ def part_sampling(ctx):
     from kexue.quality import classify, mnist_classifier, sample_quality, to_unit
     from kexue.vae import fit_vae
 
-    torch.set_num_threads(1)  # busy 2-core machine: one thread is faster under contention
     Xtr, _ = data.load_mnist5k()
     t = time.perf_counter()
     vae = fit_vae(Xtr, seed=ctx.seed, steps=1500 if ctx.quick else 4000, tracker=ctx.tracker, description="VAE")
@@ -394,5 +393,8 @@ def run(ctx):
     ctx.text("### 8.4 Hubness reduction on MiniLM sentence embeddings: STS-B pair retrieval")
     part_stsb(ctx)
     ctx.text("### 8.3 Hub-prior latent sampling (our VAE decoder)")
-    part_sampling(ctx)
+    from kexue.utils import torch_threads
+
+    with torch_threads(1):  # busy 2-core machine: one thread is faster under contention
+        part_sampling(ctx)
     part_ddim(ctx)

@@ -6,7 +6,6 @@ import math
 import time
 
 import numpy as np
-import torch
 
 TITLE = "VAE density estimation: VAE vs IWAE vs classical densities on MNIST"
 SPEC = "1"
@@ -46,13 +45,10 @@ def _ood_sets(Xt: np.ndarray, n: int, seed: int) -> dict:
 
 
 def run(ctx) -> None:
-    prev_threads = torch.get_num_threads()
-    # two torch threads on a shared 2-core machine were ~30× slower than one (spin-waiting)
-    torch.set_num_threads(1)
-    try:
+    from kexue.utils import torch_threads
+
+    with torch_threads(1):  # two threads on a busy 2-core machine were ~30× slower than one
         _run(ctx)
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _model(ctx, X, M, steps, decoder="bernoulli"):
