@@ -213,3 +213,19 @@ def test_cli_reproduce_writes_report(tmp_path):
     assert "logsumexp" in md and "figures/logsumexp/mnist_smooth_max_gap.png" in md
     res = json.loads((tmp_path / "rep" / "results.json").read_text())
     assert res["experiments"]["logsumexp"]["metrics"]["mnist/4.6 entropy, p = softmax(x)/violations"] == 0
+
+
+def test_load_npy_reads_arrays_and_refuses_pickles_and_garbage(tmp_path):
+    from kexue.utils import load_npy
+
+    good = tmp_path / "x.npy"
+    np.save(good, np.arange(6.0).reshape(2, 3))
+    assert load_npy(good).shape == (2, 3) and load_npy(good, mmap=True)[1, 2] == 5.0
+    with pytest.raises(KexueError, match="not found"):
+        load_npy(tmp_path / "missing.npy")
+    (tmp_path / "junk.npy").write_bytes(b"garbage")
+    with pytest.raises(KexueError, match="not a readable .npy"):
+        load_npy(tmp_path / "junk.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(KexueError, match="not a readable .npy"):
+        load_npy(tmp_path / "obj.npy")

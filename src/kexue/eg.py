@@ -311,7 +311,28 @@ class EGAdapt(Optimizer):
 
 
 class _HDBase(Optimizer):
-    """Shared hypergradient rule: α ← α + β ⟨g_t, u_{t-1}⟩, optionally kept ≥ ``min_lr``."""
+    """Shared hypergradient rule: α ← α + β ⟨g_t, u_{t-1}⟩, optionally kept ≥ ``min_lr``.
+
+    ``step`` adapts α from the previous direction u_{t-1}, then lets the subclass compute the new
+    direction u_t into ``state["u"]`` (``_direction``) and moves θ ← θ - α_t u_t.
+    """
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = _closure_loss(closure)
+        for group in self.param_groups:
+            pg = _grads(group)
+            if not pg:
+                continue
+            states = [self.state[p] for p, _ in pg]
+            self._adapt_lr(group, pg, states)
+            for (p, g), st in zip(pg, states):
+                self._direction(group, p, g, st)
+                p.add_(st["u"], alpha=-group["lr"])
+        return loss
+
+    def _direction(self, group: dict, p: torch.Tensor, g: torch.Tensor, st: dict) -> None:
+        raise NotImplementedError
 
     def _adapt_lr(self, group: dict, pg: list, states: list) -> None:
         if "u" not in states[0]:
@@ -345,25 +366,13 @@ class SGDHD(_HDBase):
         super().__init__(params, dict(lr=lr, hyper_lr=hyper_lr, momentum=momentum, keep_positive=keep_positive,
                                       min_lr=min_lr))
 
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
-            pg = _grads(group)
-            if not pg:
-                continue
-            states = [self.state[p] for p, _ in pg]
-            self._adapt_lr(group, pg, states)
-            for (p, g), st in zip(pg, states):
-                if group["momentum"] > 0:
-                    if "u" not in st:
-                        st["u"] = g.clone()
-                    else:
-                        st["u"].mul_(group["momentum"]).add_(g)
-                else:
-                    st["u"] = g.clone() if "u" not in st else st["u"].copy_(g)
-                p.add_(st["u"], alpha=-group["lr"])
-        return loss
+    def _direction(self, group, p, g, st):
+        if "u" not in st:
+            st["u"] = g.clone()
+        elif group["momentum"] > 0:
+            st["u"].mul_(group["momentum"]).add_(g)
+        else:
+            st["u"].copy_(g)
 
 
 class AdamHD(_HDBase):
@@ -389,25 +398,14 @@ class AdamHD(_HDBase):
         super().__init__(params, dict(lr=lr, hyper_lr=hyper_lr, betas=tuple(betas), eps=eps,
                                       keep_positive=keep_positive, min_lr=min_lr))
 
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = _closure_loss(closure)
-        for group in self.param_groups:
-            pg = _grads(group)
-            if not pg:
-                continue
-            states = [self.state[p] for p, _ in pg]
-            self._adapt_lr(group, pg, states)
-            b1, b2 = group["betas"]
-            for (p, g), st in zip(pg, states):
-                if "m" not in st:
-                    st["step"] = 0
-                    st["m"], st["v"], st["u"] = torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p)
-                st["step"] += 1
-                t = st["step"]
-                st["m"].mul_(b1).add_(g, alpha=1 - b1)
-                st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = (st["v"] / (1 - b2 ** t)).sqrt_().add_(group["eps"])
-                torch.div(st["m"], denom, out=st["u"]).div_(1 - b1 ** t)
-                p.add_(st["u"], alpha=-group["lr"])
-        return loss
+    def _direction(self, group, p, g, st):
+        b1, b2 = group["betas"]
+        if "m" not in st:
+            st["step"] = 0
+            st["m"], st["v"], st["u"] = torch.zeros_like(p), torch.zeros_like(p), torch.zeros_like(p)
+        st["step"] += 1
+        t = st["step"]
+        st["m"].mul_(b1).add_(g, alpha=1 - b1)
+        st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (st["v"] / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+        torch.div(st["m"], denom, out=st["u"]).div_(1 - b1 ** t)

@@ -115,6 +115,17 @@ def machine_info() -> dict:
     return info
 
 
+def load_npy(path: str | os.PathLike, what: str = "data", mmap: bool = False) -> np.ndarray:
+    """Read a .npy array without unpickling; a missing or unreadable file is a one-line KexueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise KexueError(f"{what} file {path} not found; pass an existing .npy array")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise KexueError(f"{path} is not a readable .npy array ({type(e).__name__}); save it with numpy.save") from None
+
+
 def check_finite(x: np.ndarray, what: str) -> None:
     """Raise KexueError if ``x`` has NaN or inf entries, naming ``what`` and the first bad index."""
     x = np.asarray(x)

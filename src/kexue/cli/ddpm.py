@@ -12,7 +12,7 @@ def _images(data: str):
     """(flat images in [0, 1], side) from 'mnist5k', 'digits' or a .npy of square images."""
     import numpy as np
 
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, load_npy
 
     if data == "mnist5k":
         from kexue.data import load_mnist5k
@@ -25,10 +25,7 @@ def _images(data: str):
     p = Path(data)
     if not p.is_file():
         raise KexueError(f"data {data!r} not found; pass mnist5k, digits or a .npy array (N, side²) of images")
-    try:
-        X = np.load(p, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise KexueError(f"{p} is not a readable .npy array ({type(e).__name__}); save images with numpy.save") from None
+    X = load_npy(p, "image")
     if X.ndim == 3:
         X = X.reshape(len(X), -1)
     side = int(round(X.shape[1] ** 0.5)) if X.ndim == 2 else 0

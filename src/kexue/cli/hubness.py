@@ -25,14 +25,9 @@ def register(app: typer.Typer) -> None:
 
         from kexue import hubness as H
         from kexue.cli import RichTracker, out_console
-        from kexue.utils import KexueError, atomic_path
+        from kexue.utils import KexueError, atomic_path, load_npy
 
-        if not emb.exists():
-            raise KexueError(f"embedding file {emb} does not exist; pass a .npy file")
-        try:
-            X = np.load(emb, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise KexueError(f"cannot read {emb} as a .npy array ({e}); save it with numpy.save") from None
+        X = load_npy(emb, "embedding")
         if X.ndim != 2:
             raise KexueError(f"{emb} holds an array of shape {X.shape}; expected 2-D (n_items, dim)")
         if reduce is not None and reduce not in H.REDUCTIONS:

@@ -8,19 +8,6 @@ from typing import Optional
 import typer
 
 
-def _load_npy(path: Path):
-    import numpy as np
-
-    from kexue.utils import KexueError
-
-    if not path.is_file():
-        raise KexueError(f"data file {path} not found; pass a .npy array of shape (N, D)")
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise KexueError(f"{path} is not a readable .npy array ({type(e).__name__}); save data with numpy.save") from None
-
-
 def _hidden(s: str) -> list[int]:
     from kexue.utils import KexueError
 
@@ -62,7 +49,7 @@ def register(app: typer.Typer) -> None:
 
         from kexue.cli import RichTracker, out_console
         from kexue.data import load_mnist5k
-        from kexue.utils import KexueError
+        from kexue.utils import KexueError, load_npy
         from kexue.vae import fit_vae, save_vae
 
         if binarize not in ("dynamic", "stochastic", "threshold", "none"):
@@ -70,7 +57,7 @@ def register(app: typer.Typer) -> None:
         if resume and ckpt is None:
             raise KexueError("--resume needs --ckpt FILE")
         torch.set_num_threads(max(1, threads))
-        X = load_mnist5k()[0] if data == "mnist5k" else _load_npy(Path(data))
+        X = load_mnist5k()[0] if data == "mnist5k" else load_npy(Path(data))
         model = fit_vae(X, decoder=decoder, latent_dim=latent, latent2_dim=latent2, hidden=_hidden(hidden), M=m,
                         binarize=binarize, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ckpt=ckpt,
                         ckpt_every=ckpt_every if ckpt else 0, resume=resume, tracker=RichTracker())
@@ -93,14 +80,14 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from kexue.cli import RichTracker, out_console
-        from kexue.utils import KexueError, atomic_path
+        from kexue.utils import KexueError, atomic_path, load_npy
         from kexue.vae import load_vae, log_likelihood, prepare
 
         if k < 1:
             raise KexueError("-K must be a positive integer")
         torch.set_num_threads(max(1, threads))
         model = load_vae(model_path)
-        X = _load_npy(data)
+        X = load_npy(data)
         if X.ndim != 2 or X.shape[1] != model.in_dim:
             raise KexueError(f"{data} has shape {X.shape}; this model needs (N, {model.in_dim})")
         x = prepare(X, model.data_kind, binarize=binarize, seed=seed)

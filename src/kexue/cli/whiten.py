@@ -16,17 +16,14 @@ def _chunks(path: Path, chunk: int, key: Optional[str]):
     so files larger than memory are streamed."""
     import numpy as np
 
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, load_npy
 
     if not path.is_file():
         raise KexueError(f"embedding file {path} does not exist; pass a .npy or .safetensors file")
     if chunk < 1:
         raise KexueError(f"--chunk must be at least 1, got {chunk}")
     if path.suffix == ".npy":
-        try:
-            X = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise KexueError(f"cannot read {path} as a .npy array ({e}); save it with numpy.save") from None
+        X = load_npy(path, "embedding", mmap=True)
         if X.ndim != 2:
             raise KexueError(f"{path} holds an array of shape {X.shape}; expected 2-D (n_vectors, dim)")
         return X.shape[0], X.shape[1], lambda: (np.asarray(X[s : s + chunk]) for s in range(0, X.shape[0], chunk))
