@@ -28,7 +28,7 @@ reproduce: $(STAMP)
 
 # Full mode (real numbers, long); NAMES="eg vae" restricts it. Publishes to docs/RESULTS.md.
 reproduce-full: $(STAMP)
-	$(BIN)/kexue reproduce $(NAMES) --out $(OUT)-full --seed $(SEED) --publish docs
+	$(BIN)/kexue reproduce $(if $(NAMES),$(NAMES),--all) --out $(OUT)-full --seed $(SEED) --publish docs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -216,7 +216,7 @@ def test_cli_reproduce_writes_report(tmp_path):
 
 
 def test_load_npy_reads_arrays_and_refuses_pickles_and_garbage(tmp_path):
-    from kexue.utils import load_npy
+    from kexue.io import load_npy
 
     good = tmp_path / "x.npy"
     np.save(good, np.arange(6.0).reshape(2, 3))
@@ -224,8 +224,11 @@ def test_load_npy_reads_arrays_and_refuses_pickles_and_garbage(tmp_path):
     with pytest.raises(KexueError, match="not found"):
         load_npy(tmp_path / "missing.npy")
     (tmp_path / "junk.npy").write_bytes(b"garbage")
-    with pytest.raises(KexueError, match="not a readable .npy"):
+    with pytest.raises(KexueError, match="not a .npy array"):
         load_npy(tmp_path / "junk.npy")
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(KexueError, match="not a readable .npy"):
+    with pytest.raises(KexueError, match="holds Python objects"):
         load_npy(tmp_path / "obj.npy")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(KexueError, match="is empty"):
+        load_npy(tmp_path / "empty.npy")

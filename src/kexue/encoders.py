@@ -269,6 +269,6 @@ def encode(sentences: list[str], encoder: str = "minilm", pooling: str = "defaul
     results = {p: np.ascontiguousarray(E[inverse]) for p, E in run(uniq, int(batch_size), tracker).items()}
     if cdir is not None:
         for p, E in results.items():
-            with atomic_path(cdir / cache_key(sentences, encoder, p)) as tmp:
+            with atomic_path(cdir / cache_key(sentences, encoder, p), parents=True) as tmp:
                 np.save(tmp, E, allow_pickle=False)
     return results[pooling]

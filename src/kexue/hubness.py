@@ -38,7 +38,8 @@ from typing import Callable
 
 import numpy as np
 
-from kexue.utils import KexueError, check_finite
+from kexue.utils import KexueError
+from kexue.validate import finite as check_finite
 
 METRICS = ("euclidean", "cosine")
 BACKENDS = ("exact", "faiss", "hnsw")

@@ -62,7 +62,7 @@ def mnist_classifier(cache_dir: str | Path | None = None, seed: int = 0, epochs:
                     description="MNIST classifier")
     clf = res.model.eval()
     if path is not None:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, parents=True) as tmp:
             save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp))
     return clf
 

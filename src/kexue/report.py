@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from kexue.utils import KexueError, atomic_write, machine_info, seed_everything
+from kexue.utils import KexueError, NullTracker, Tracker, atomic_write, machine_info, seed_everything, tracker_or_null
 
 # SPEC order; experiments found in kexue.experiments but not listed here run after these
 ORDER = ["vae", "eg", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness"]
@@ -52,16 +52,6 @@ def load(name: str):
     return importlib.import_module(f"kexue.experiments.{name}")
 
 
-class _Tracker:
-    """Progress reporting hook. The library never prints; the CLI passes a rich-backed one."""
-
-    def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
-        yield from iterable
-
-    def log(self, message: str) -> None:
-        pass
-
-
 @dataclass
 class Context:
     """What an experiment sees: its settings, and where its results go.
@@ -77,7 +67,7 @@ class Context:
     root: Path = Path("report")
     data_dir: str | None = None
     cache: Path | None = None
-    tracker: _Tracker = field(default_factory=_Tracker)
+    tracker: Tracker = field(default_factory=NullTracker)
     metrics: dict = field(default_factory=dict)
     tables: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)
@@ -117,7 +107,7 @@ class Context:
 
         rel = Path("figures") / self.name / f"{key}.png"
         path = self.root / rel
-        with atomic_write(path) as f:
+        with atomic_write(path, parents=True) as f:
             fig.savefig(f, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
         self.figures.append({"key": key, "path": str(rel), "caption": caption})
@@ -169,7 +159,7 @@ def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, trac
     mod = load(name)
     seed_everything(seed)
     ctx = Context(name=name, seed=seed, quick=quick, root=Path(out), data_dir=data_dir,
-                  tracker=tracker or _Tracker())
+                  tracker=tracker_or_null(tracker))
     ctx.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     mod.run(ctx)
@@ -210,9 +200,9 @@ def write_report(sections: list[Section], out: Path, meta: dict) -> Path:
     md = [f"# kexue report\n\n*{meta['date']} · `{meta['command']}` · seed {meta['seed']} · {meta['mode']} mode*\n\n"
           f"Machine: {_machine_line(meta)}.\n"]
     md += [_section_md(s, meta, False) for s in secs]
-    with atomic_write(out / "results.json", "w") as f:
+    with atomic_write(out / "results.json", "w", parents=True) as f:
         json.dump(_jsonable({"meta": meta, "experiments": {s["name"]: s for s in secs}}), f, indent=1)
-    with atomic_write(out / "report.md", "w") as f:
+    with atomic_write(out / "report.md", "w", parents=True) as f:
         f.write("\n".join(md))
     return out / "report.md"
 
@@ -227,7 +217,7 @@ def publish(sections: list[Section], out: Path, docs: Path, meta: dict) -> Path:
             shutil.rmtree(dst)
         if src.exists():
             shutil.copytree(src, dst)
-        with atomic_write(docs / "results" / f"{s.name}.json", "w") as f:
+        with atomic_write(docs / "results" / f"{s.name}.json", "w", parents=True) as f:
             json.dump(_jsonable({"meta": meta, **s.__dict__}), f, indent=1)
     return rebuild_results(docs)
 
@@ -242,7 +232,7 @@ def rebuild_results(docs: Path) -> Path:
     for n in order:
         d = found[n]
         md.append(_section_md(d, d["meta"], True))
-    with atomic_write(docs / "RESULTS.md", "w") as f:
+    with atomic_write(docs / "RESULTS.md", "w", parents=True) as f:
         f.write("\n".join(md))
     return docs / "RESULTS.md"
 

@@ -1,5 +1,6 @@
-"""One training loop for every technique: accelerate, deterministic batches, EMA, atomic
-checkpoints and exact resume.
+"""One training loop for every technique: accelerate, deterministic batches, EMA, learning-rate
+schedules, hooks (``on_step``, evaluation every N steps, non-finite losses), atomic checkpoints
+that remember their run's config and data, and exact resume.
 
 Determinism by construction: the batch and the random state at step ``s`` depend only on
 ``(seed, s)`` — the epoch's permutation is drawn from ``seed`` and the epoch number, and the
@@ -9,16 +10,18 @@ a checkpoint at step ``s`` therefore follows the same loss curve as an uninterru
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from kexue.utils import KexueError, atomic_path
+from kexue.utils import KexueError, atomic_path, tracker_or_null
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 
@@ -29,6 +32,8 @@ class TrainResult:
     ema: nn.Module | None
     losses: list[float] = field(default_factory=list)
     steps: int = 0
+    evals: list[dict] = field(default_factory=list)  # what ``evaluate_fn`` returned, with "step"
+    stopped: str | None = None  # why training stopped early (on_nonfinite="stop"), else None
 
 
 @lru_cache(maxsize=1)
@@ -43,19 +48,62 @@ def _step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919) % (2**63 - 1)
 
 
+@lru_cache(maxsize=4)
+def _epoch_perm(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(_step_seed(seed, -1 - epoch))
+    return torch.randperm(n, generator=g)
+
+
 def batch_indices(n: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """Indices of the batch at ``step``: epochs of a seeded permutation, sliced per process."""
     per_epoch = max(n // (batch_size * world), 1)
     epoch, pos = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(_step_seed(seed, -1 - epoch))
-    perm = torch.randperm(n, generator=g)
+    perm = _epoch_perm(n, seed, epoch)  # cached: one permutation per epoch, not one per step
     start = (pos * world + rank) * batch_size
     return perm[start:start + batch_size] if start + batch_size <= n else perm[:batch_size]
 
 
+# ---------------------------------------------------------------- learning-rate schedules
+# A schedule maps the step to a multiplier of the optimiser's base learning rate. Being a pure
+# function of the step, it resumes exactly with no state of its own.
+Schedule = Callable[[int], float]
+
+
+def constant() -> Schedule:
+    return lambda step: 1.0
+
+
+def warmup_cosine(steps: int, warmup: int = 0, final: float = 0.0) -> Schedule:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``final`` × the base rate."""
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def iwae_schedule(steps_per_epoch: int, stages: int = 8) -> Schedule:
+    """The IWAE paper's schedule (Burda et al. 2016, sec. 5): stage i = 0..stages-1 lasts 3^i
+    epochs at 10^(-i/7) × the base rate (0.001 in the paper); the last stage continues after."""
+    def f(step: int) -> float:
+        epoch, i, end = step // steps_per_epoch, 0, 1
+        while epoch >= end and i < stages - 1:
+            i += 1
+            end += 3 ** i
+        return 10 ** (-i / 7)
+    return f
+
+
+def iwae_epochs(stages: int = 8) -> int:
+    """Epochs in the IWAE paper's schedule: sum of 3^i (3,280 for 8 stages)."""
+    return sum(3 ** i for i in range(stages))
+
+
+# ---------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write ``state`` (tensors, numbers, lists, dicts) atomically."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, parents=True) as tmp:
         torch.save(state, tmp)
 
 
@@ -69,16 +117,69 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or start without --resume") from None
 
 
+def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
+    """A short hash of the training data (shapes, dtypes and every byte), stored in checkpoints
+    so that a resumed run can tell it is being fed other data."""
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def check_resume(st: dict, config: dict, data_fp: str, steps: int, path) -> None:
+    """Refuse to resume a checkpoint written by another run: one line naming what differs."""
+    old = st.get("config")
+    if old is not None:
+        diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
+        if diff:
+            what = ", ".join(f"{k}={old.get(k)!r} there vs {config.get(k)!r} now" for k in diff[:4])
+            raise KexueError(f"checkpoint {path} is from another run ({what}); use another --ckpt or drop --resume")
+    if st.get("data") not in (None, data_fp):
+        raise KexueError(f"checkpoint {path} was trained on other data; use the same data, another --ckpt, or drop --resume")
+    if int(st["step"]) > steps:
+        raise KexueError(f"checkpoint {path} is at step {int(st['step'])}, past --steps {steps}; ask for at least that many steps")
+
+
+def _restore(st: dict, path, model, optimizer, ema) -> None:
+    try:
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        if ema is not None and "ema" in st:
+            ema.load_state_dict(st["ema"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise KexueError(f"checkpoint {path} does not fit this model ({first}); use the same architecture or another --ckpt") from None
+
+
+# ---------------------------------------------------------------- the loop
+@dataclass
+class _State:
+    losses: list
+    evals: list
+
+
 def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, steps: int, batch_size: int,
           optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3, seed: int = 0,
           ema_decay: float | None = None, ckpt: str | os.PathLike | None = None, ckpt_every: int = 0,
           resume: bool = False, tracker=None, description: str = "train",
-          accelerator=None, grad_clip: float | None = None) -> TrainResult:
+          accelerator=None, grad_clip: float | None = None, schedule: Schedule | None = None,
+          config: dict | None = None, on_step: Callable[[int, float], Any] | None = None,
+          eval_every: int = 0, evaluate_fn: Callable[[nn.Module, int], dict] | None = None,
+          on_nonfinite: str = "raise") -> TrainResult:
     """Minimise ``loss_fn(model, batch)`` for ``steps`` steps over tensors ``data`` (same first dim).
 
-    ``ckpt`` with ``ckpt_every > 0`` writes a checkpoint every that many steps and at the end;
-    ``resume=True`` continues from ``ckpt`` if it exists. ``ema_decay`` keeps an exponential
-    moving average of the weights (torch.optim.swa_utils), returned as ``result.ema``.
+    - ``schedule(step)`` multiplies each parameter group's base learning rate (see
+      :func:`warmup_cosine`, :func:`iwae_schedule`); ``None`` keeps it constant.
+    - ``on_step(step, loss)`` is called after every step; ``evaluate_fn(model, step)`` every
+      ``eval_every`` steps and at the end, its dicts collected in ``result.evals`` (and resumed).
+    - ``on_nonfinite``: ``"raise"`` (a KexueError) or ``"stop"`` (return what was trained so far,
+      with ``result.stopped`` saying why) when the loss is NaN or inf.
+    - ``ckpt`` with ``ckpt_every > 0`` writes a checkpoint every that many steps and at the end;
+      ``resume=True`` continues from ``ckpt`` if it exists, after checking that it was written for
+      the same ``config`` (a dict of plain values) and the same data.
+    - ``ema_decay`` keeps an exponential moving average of the weights (``result.ema``).
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -87,17 +188,20 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
     n = len(data[0])
     if n == 0:
         raise KexueError("training data is empty")
+    if on_nonfinite not in ("raise", "stop"):
+        raise KexueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
     acc = accelerator or default_accelerator()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
-    start, losses = 0, []
+    config = dict(config or {})
+    data_fp = fingerprint(data) if ckpt is not None else ""
+    start, state = 0, _State([], [])
     if resume and ckpt is not None and Path(ckpt).exists():
         st = load_checkpoint(ckpt)
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        if ema is not None and "ema" in st:
-            ema.load_state_dict(st["ema"])
-        start, losses = int(st["step"]), list(st["losses"])
+        check_resume(st, config, data_fp, steps, ckpt)
+        _restore(st, ckpt, model, optimizer, ema)
+        start, state = int(st["step"]), _State(list(st["losses"]), list(st.get("evals", [])))
     model, optimizer = acc.prepare(model, optimizer)
     if ema is not None:
         ema.to(acc.device)
@@ -107,21 +211,40 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
         if ckpt is None or not acc.is_main_process:
             return
         st = {"model": acc.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-              "step": step, "losses": losses}
+              "step": step, "losses": state.losses, "evals": state.evals, "config": config, "data": data_fp}
         if ema is not None:
             st["ema"] = ema.state_dict()
         save_checkpoint(ckpt, st)
 
-    steps_iter = range(start, steps)
-    if tracker is not None:
-        steps_iter = tracker.track(steps_iter, description, total=steps - start)
+    def run_eval(step):
+        if evaluate_fn is None or (state.evals and state.evals[-1].get("step") == step):
+            return
+        m = acc.unwrap_model(model)
+        was = m.training
+        m.eval()
+        with torch.no_grad():
+            out = dict(evaluate_fn(ema.module if ema is not None else m, step))
+        m.train(was)
+        state.evals.append({"step": step, **out})
+
+    steps_iter = tracker_or_null(tracker).track(range(start, steps), description, total=steps - start)
+    stopped = None
     model.train()
     for step in steps_iter:
+        if schedule is not None:
+            mult = schedule(step)
+            for g, base in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = base * mult
         idx = batch_indices(n, batch_size, step, seed, acc.process_index, acc.num_processes).to(acc.device)
         torch.manual_seed(_step_seed(seed, step) + acc.process_index)
         loss = loss_fn(model, [t[idx] for t in data])
-        if not torch.isfinite(loss):
-            raise KexueError(f"loss became {loss.item()} at step {step}; lower the learning rate")
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            if on_nonfinite == "stop":
+                stopped = f"loss became {value} at step {step}"
+                steps = step
+                break
+            raise KexueError(f"loss became {value} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         acc.backward(loss)
         if grad_clip is not None:
@@ -129,11 +252,37 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
         optimizer.step()
         if ema is not None:
             ema.update_parameters(acc.unwrap_model(model))
-        losses.append(float(loss.detach()))
+        state.losses.append(value)
+        if on_step is not None:
+            on_step(step, value)
+        if eval_every and (step + 1) % eval_every == 0:
+            run_eval(step + 1)
         if ckpt_every and (step + 1) % ckpt_every == 0:
             checkpoint(step + 1)
-    if ckpt is not None:
+    if stopped is None:
+        run_eval(steps)
+    if ckpt is not None and stopped is None:
         checkpoint(steps)
     model = acc.unwrap_model(model)
     model.eval()
-    return TrainResult(model, ema.module.eval() if ema is not None else None, losses, steps)
+    return TrainResult(model, ema.module.eval() if ema is not None else None, state.losses, steps, state.evals, stopped)
+
+
+@torch.no_grad()
+def evaluate(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """``fn`` applied to row chunks of ``tensors`` (same first dim) and concatenated, without
+    gradients: e.g. ``evaluate(model, X).argmax(1)`` over 10,000 images without 1 GB of
+    activations. ``fn`` returns a tensor with one leading row per input row (or a scalar per chunk)."""
+    n = len(tensors[0])
+    outs = [fn(*(t[i:i + batch_size] for t in tensors)) for i in range(0, n, batch_size)]
+    outs = [o.reshape(1) if o.ndim == 0 else o for o in outs]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 2048) -> float:
+    """Top-1 accuracy of ``model`` on ``(X, y)``, in chunks (see :func:`evaluate`)."""
+    was = model.training
+    model.eval()
+    hits = evaluate(lambda xb, yb: (model(xb).argmax(1) == yb).sum(), X, y, batch_size=batch_size)
+    model.train(was)
+    return float(hits.sum()) / max(1, len(y))

@@ -1,4 +1,5 @@
-"""Small shared pieces: the user-error type, atomic file writes, seeding, machine facts."""
+"""Small shared pieces: the error types, atomic file writes, the progress protocol, seeding,
+threads, machine facts."""
 
 from __future__ import annotations
 
@@ -8,34 +9,67 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
 
-class KexueError(Exception):
-    """A problem with the user's input or environment.
+class KexueError(ValueError):
+    """A problem with the user's input or environment (a ``ValueError``).
 
     The message is one line that names the problem and what to do about it; the CLI prints
-    it without a traceback and exits with code 2.
+    it without a traceback and exits with code 2. Importable as ``kexue.KexueError``.
     """
 
 
+class KexueTypeError(KexueError, TypeError):
+    """An input of the wrong type (also a ``TypeError``), e.g. complex where reals are needed."""
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; do it once, at import, single-threaded
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+_UMASK = _umask()
+
+
+def _publish(tmp: str | os.PathLike, path: Path) -> None:
+    """Give ``tmp`` the permissions a plain ``open(path, "w")`` would have, then rename it over
+    ``path`` (mkstemp creates files with mode 600)."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
+def _parent(path: Path, parents: bool) -> Path:
+    """The folder ``path`` goes in. A user's output folder must exist (no silent ``mkdir -p``);
+    caches and report folders that kexue owns pass ``parents=True``."""
+    parent = path.parent
+    if parents:
+        parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise KexueError(f"output {path} is a directory; give a file name")
+    if not parent.is_dir():
+        raise KexueError(f"folder {parent} for output {path.name} does not exist; create it first")
+    return parent
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike, mode: str = "wb", parents: bool = False) -> Iterator[IO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success.
 
     A crash or an exception leaves either the old file or none, never half a file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=_parent(path, parents), prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -43,20 +77,49 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, parents: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` for writers that want a file name
     (``np.save``, ``fig.savefig``, ``safetensors.save_file``); renamed over ``path`` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=_parent(path, parents), prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """How long-running library code reports progress; the library never prints.
+
+    Every function or method that loops for long takes ``tracker: Tracker | None = None``
+    (``None`` means :data:`NULL_TRACKER`); the CLI passes a rich-backed one.
+    """
+
+    def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator: ...
+
+    def log(self, message: str) -> None: ...
+
+
+class NullTracker:
+    """The silent default :class:`Tracker`."""
+
+    def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
+        yield from iterable
+
+    def log(self, message: str) -> None:
+        pass
+
+
+NULL_TRACKER = NullTracker()
+
+
+def tracker_or_null(tracker: "Tracker | None") -> "Tracker":
+    return NULL_TRACKER if tracker is None else tracker
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -113,22 +176,3 @@ def machine_info() -> dict:
             pass
     info["versions"] = versions
     return info
-
-
-def load_npy(path: str | os.PathLike, what: str = "data", mmap: bool = False) -> np.ndarray:
-    """Read a .npy array without unpickling; a missing or unreadable file is a one-line KexueError."""
-    path = Path(path)
-    if not path.is_file():
-        raise KexueError(f"{what} file {path} not found; pass an existing .npy array")
-    try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise KexueError(f"{path} is not a readable .npy array ({type(e).__name__}); save it with numpy.save") from None
-
-
-def check_finite(x: np.ndarray, what: str) -> None:
-    """Raise KexueError if ``x`` has NaN or inf entries, naming ``what`` and the first bad index."""
-    x = np.asarray(x)
-    if x.size and not np.isfinite(x).all():
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise KexueError(f"{what} has a non-finite value (NaN or inf) at index {tuple(int(i) for i in bad)}; clean or drop those entries")

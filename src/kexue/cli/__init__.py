@@ -39,8 +39,9 @@ try:
 except ImportError:
     pass
 
-console = Console(stderr=True)
-out_console = Console()
+# soft_wrap: messages are one line even when stderr is not a terminal (rich would wrap at 80)
+console = Console(stderr=True, soft_wrap=True)
+out_console = Console(soft_wrap=True)
 
 app = typer.Typer(
     name="kexue",
@@ -84,8 +85,9 @@ def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
 
 @app.command()
 def reproduce(
-    names: Optional[List[str]] = typer.Argument(None, help="Experiments to run (default: all). See --list."),
+    names: Optional[List[str]] = typer.Argument(None, help="Experiments to run. See --list."),
     quick: bool = typer.Option(False, "--quick", help="Small settings that finish in minutes (CI)."),
+    all_: bool = typer.Option(False, "--all", help="Run every experiment (needed for full mode without names: hours)."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Report directory."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed on the same machine gives the same numbers."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/ (default: $KEXUE_DATA or ../shared/data)."),
@@ -104,6 +106,8 @@ def reproduce(
         return
     data.check_data_dir(data_dir)
     names = names or []
+    if not names and not quick and not all_:
+        raise KexueError("full mode of every experiment takes hours: name experiments (see --list), add --quick, or pass --all")
     for n in names:
         report.load(n)
     command = "kexue " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -142,7 +146,7 @@ def data_list(ctx: typer.Context,
 
 
 @data_app.command("download")
-def data_download(name: str = typer.Argument(..., help="mnist-test or stsb"),
+def data_download(name: str = typer.Argument(..., help="mnist (training and test sets), mnist-train, mnist-test or stsb"),
                   data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data).")):
     """Download a public data set (needs internet; verified by SHA-256)."""
     from kexue import data

@@ -12,7 +12,8 @@ def _images(data: str):
     """(flat images in [0, 1], side) from 'mnist5k', 'digits' or a .npy of square images."""
     import numpy as np
 
-    from kexue.utils import KexueError, load_npy
+    from kexue.utils import KexueError
+    from kexue.io import load_npy
 
     if data == "mnist5k":
         from kexue.data import load_mnist5k

@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
 
         from kexue import hubness as H
         from kexue.cli import RichTracker, out_console
-        from kexue.utils import KexueError, atomic_path, load_npy
+        from kexue.utils import KexueError, atomic_path
+        from kexue.io import load_npy
 
         X = load_npy(emb, "embedding")
         if X.ndim != 2:

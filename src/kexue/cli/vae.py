@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
 
         from kexue.cli import RichTracker, out_console
         from kexue.data import load_mnist5k
-        from kexue.utils import KexueError, load_npy
+        from kexue.utils import KexueError
+        from kexue.io import load_npy
         from kexue.vae import fit_vae, save_vae
 
         if binarize not in ("dynamic", "stochastic", "threshold", "none"):
@@ -80,7 +81,8 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from kexue.cli import RichTracker, out_console
-        from kexue.utils import KexueError, atomic_path, load_npy
+        from kexue.utils import KexueError, atomic_path
+        from kexue.io import load_npy
         from kexue.vae import load_vae, log_likelihood, prepare
 
         if k < 1:

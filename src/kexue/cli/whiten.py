@@ -16,7 +16,8 @@ def _chunks(path: Path, chunk: int, key: Optional[str]):
     so files larger than memory are streamed."""
     import numpy as np
 
-    from kexue.utils import KexueError, load_npy
+    from kexue.utils import KexueError
+    from kexue.io import load_npy
 
     if not path.is_file():
         raise KexueError(f"embedding file {path} does not exist; pass a .npy or .safetensors file")

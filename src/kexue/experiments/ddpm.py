@@ -221,7 +221,7 @@ calibration rows computed at the same N, not with published FIDs.
             t0 = time.perf_counter()
             S = model_to_images(smp(net, x_T=xT.clone(), generator=torch.Generator().manual_seed(ctx.seed + 2)))
             wall = time.perf_counter() - t0
-            with atomic_path(cache) as tmp:
+            with atomic_path(cache, parents=True) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, samples=S, wall=np.float64(wall))
         q = sample_quality(clf, S, ref_f)

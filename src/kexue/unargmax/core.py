@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kexue.utils import KexueError, check_finite
+from kexue.utils import KexueError
+from kexue.validate import finite as check_finite
 
 U64 = np.finfo(np.float64).eps / 2  # unit roundoff of float64
 ARGMAXABLE, UNARGMAXABLE, UNDECIDED = 1, 0, -1

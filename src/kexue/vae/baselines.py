@@ -19,7 +19,8 @@ import math
 import numpy as np
 from scipy.special import logsumexp
 
-from kexue.utils import KexueError, check_finite
+from kexue.utils import KexueError
+from kexue.validate import finite as check_finite
 
 
 def _check_levels(K: np.ndarray, levels: int) -> np.ndarray:

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kexue.nets import MLP
-from kexue.utils import KexueError, atomic_path, check_finite
+from kexue.utils import KexueError, atomic_path
+from kexue.validate import finite as check_finite
 
 DECODERS = {"bernoulli": "binary", "logistic": "8bit", "gaussian": "continuous"}
 _ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}

@@ -1,0 +1,75 @@
+"""Shared test fixtures: a temporary kexue cache, an in-process CLI runner, a timing helper.
+
+The suite leaves nothing outside the checkout and the temp dir: ``KEXUE_CACHE`` (SmolLM2
+conversions, embeddings), matplotlib's config and Hugging Face's home point into a per-run temp
+folder, unless ``KEXUE_TEST_CACHE`` names a cache to reuse between runs (developers' speed-up).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="kexue-tests-"))
+os.environ["KEXUE_CACHE"] = os.environ.get("KEXUE_TEST_CACHE") or str(_TMP / "cache")
+os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "matplotlib"))
+os.environ["HF_HOME"] = str(_TMP / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    shutil.rmtree(_TMP, ignore_errors=True)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def one_line_error(self) -> bool:
+        """Exit 2 with exactly one stderr line and no traceback: the CLI's user-error promise."""
+        return self.code == 2 and "Traceback" not in self.err and len(self.err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``kexue ARGS`` in-process (a subprocess per call costs seconds of imports):
+    ``cli("hubness", path, "-k", 5)`` → CliResult(code, out, err)."""
+    from kexue.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            main([str(a) for a in args])
+        c = capsys.readouterr()
+        code = e.value.code
+        return CliResult(0 if code is None else int(code), c.out, c.err)
+
+    return run
+
+
+@pytest.fixture
+def timed():
+    """``with timed() as t: ...``; then ``t.seconds``: a wall-clock helper for speed assertions
+    that compare two paths in the same test (never an absolute budget)."""
+    class _T:
+        seconds = 0.0
+
+        def __enter__(self):
+            self._t0 = time.perf_counter()
+            return self
+
+        def __exit__(self, *exc):
+            self.seconds = time.perf_counter() - self._t0
+
+    return _T
