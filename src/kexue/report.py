@@ -142,6 +142,31 @@ def _jsonable(v):
     return v
 
 
+def image_grid(images, path: str | Path | None = None, *, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile a batch of grey images with values in [0, 1] into one 2-D array (``pad`` white pixels
+    between tiles, ``ncols`` tiles per row, default ⌈√N⌉); with ``path`` also write it as a PNG,
+    one image pixel per PNG pixel, atomically. Images may be flat square (N, H·W), (N, H, W) or
+    (N, 1, H, W) — the samples of ``kexue ddpm sample`` and ``kexue vae sample`` alike."""
+    from kexue import validate
+
+    X = validate.images(images, "images", channels=1)[:, 0]
+    n, h, w = X.shape
+    k = ncols or math.ceil(math.sqrt(n))
+    rows = -(-n // k)
+    grid = np.ones((rows * (h + pad) - pad, k * (w + pad) - pad), dtype=np.float32)
+    for j, img in enumerate(np.clip(X, 0.0, 1.0)):
+        r, c = divmod(j, k)
+        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img
+    if path is not None:
+        from matplotlib.image import imsave
+
+        if Path(path).suffix.lower() != ".png":
+            raise KexueError(f"image grids are written as PNG; name the file {Path(path).with_suffix('.png').name}")
+        with atomic_write(path) as f:
+            imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return grid
+
+
 @dataclass
 class Section:
     name: str
