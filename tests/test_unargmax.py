@@ -7,7 +7,7 @@ import pytest
 
 from kexue.unargmax import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, audit, example_2d, load_output_layer, planted_layer,
                             verify_certificate, verify_witness)
-from kexue.unargmax import core
+from kexue.unargmax import lp as core
 from kexue.utils import KexueError
 
 
@@ -204,23 +204,45 @@ def test_minilm_folder_tied_embeddings_and_tokenizer():
 
 # ---- CLI
 
-def test_cli_json_and_errors(tmp_path):
-    from kexue.cli import main
-
+def test_cli_json_document(tmp_path, cli):
     W, b = example_2d()
     np.save(tmp_path / "w.npy", W)
     out = tmp_path / "r.json"
-    with pytest.raises(SystemExit) as e:
-        main(["unargmax", str(tmp_path / "w.npy"), "--json", str(out)])
-    assert e.value.code == 0
+    r = cli("unargmax", tmp_path / "w.npy", "--json", out)
+    assert r.code == 0, r.err
     doc = json.loads(out.read_text())
     assert doc["unargmaxable_classes"][0]["id"] == 4 and doc["argmaxable"] == 4 and doc["undecided"] == 0
-    with pytest.raises(SystemExit) as e:
-        main(["unargmax", str(tmp_path / "missing.npy")])
-    assert e.value.code == 2
-    with pytest.raises(SystemExit) as e:
-        main(["unargmax", str(tmp_path / "w.npy"), "--method", "simplex"])
-    assert e.value.code == 2
+    assert doc["classes"]["verdict"] == [1, 1, 1, 1, 0] and doc["unargmaxable_classes"][0]["certificate"]["rows"]
+    assert doc["precision"] == "float64"
+    r = cli("unargmax", tmp_path / "w.npy", "--json", "-", "--threads", 1)
+    assert r.code == 0 and json.loads(r.out)["unargmaxable"] == 1  # stdout holds only the JSON
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--show", "-1"], "--show"),
+    (["--bias-tensor", "b"], ".npy"),
+    (["--method", "simplex"], "--method"),
+    (["--jobs", "0"], "--jobs"),
+    (["--box", "-1"], "--box"),
+    (["--min-margin", "2"], "--min-margin"),
+    (["--cluster", "remote:3"], "--cluster"),
+    (["--scheduler", "host:1", "--cluster", "local:2"], "not both"),
+    (["--json", "{missing}/r.json"], "does not exist"),
+    (["--json", "r.txt"], ".json"),
+])
+def test_cli_bad_options_are_one_line_errors(tmp_path, cli, args, words):
+    np.save(tmp_path / "w.npy", example_2d()[0])
+    args = [a.format(missing=tmp_path / "nope") for a in args]
+    r = cli("unargmax", tmp_path / "w.npy", *args)
+    assert r.one_line_error and words in r.err, r.err
+    assert not list(tmp_path.glob("*.json")) and not (tmp_path / "r.txt").exists()
+
+
+def test_cli_missing_file_and_unknown_model_id(tmp_path, cli):
+    r = cli("unargmax", tmp_path / "missing.npy")
+    assert r.one_line_error and "does not exist" in r.err
+    r = cli("unargmax", "no-such-org/no-such-model")
+    assert r.one_line_error and "Hugging Face cache" in r.err
 
 
 def test_blocked_float32_path_matches_in_memory_path():

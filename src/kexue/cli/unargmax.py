@@ -7,81 +7,110 @@ from typing import Optional
 
 import typer
 
+from kexue.cli._common import check_output, positive_float, threads_option, unit_float, use_threads, write_json
+
+
+def _checked_options(method, jobs, show, scheduler, cluster):
+    from kexue.utils import KexueError
+
+    if method not in ("lp", "fw"):
+        raise KexueError(f"--method must be 'lp' or 'fw'; got {method!r}")
+    if jobs < 1:
+        raise KexueError(f"--jobs must be at least 1; got {jobs}")
+    if show < 0:
+        raise KexueError(f"--show must be 0 or more (how many classes to list); got {show}")
+    if scheduler is not None and cluster is not None:
+        raise KexueError("give --scheduler tcp://HOST:PORT or --cluster local:N, not both")
+    if cluster is not None and not (cluster.startswith("local:") and cluster[6:].isdigit() and int(cluster[6:]) >= 1):
+        raise KexueError(f"--cluster must be local:N with N ≥ 1 workers; got {cluster!r}")
+    if scheduler is not None and "://" not in scheduler:
+        raise KexueError(f"--scheduler must be a Dask address like tcp://HOST:8786; got {scheduler!r}")
+    return scheduler or cluster
+
+
+def _print_tables(res, layer, show, console):
+    import numpy as np
+    from rich.table import Table
+
+    from kexue.unargmax import STAGES
+
+    cnt = res.counts()
+    t = Table("classes", "argmaxable (witness)", "near-unargmaxable", "unargmaxable (certificate)", "undecided",
+              "wall s", title="kexue unargmax")
+    t.add_row(str(res.n_classes), str(cnt["argmaxable"]), str(cnt["near-unargmaxable"]), str(cnt["unargmaxable"]),
+              str(cnt["undecided"]), f"{res.seconds:.1f}")
+    console.print(t)
+    st = Table("stage", "decided", "compute s", title="per stage (compute s = summed over workers: can exceed wall time)")
+    decided = res.stage_counts()
+    for s in ["duplicate", "setup", *STAGES[1:], "working_sets"]:
+        if s in decided or s in res.stage_seconds:
+            st.add_row(s, str(decided.get(s, "")), f"{res.stage_seconds.get(s, 0.0):.2f}")
+    console.print(st)
+    ua = res.unargmaxable
+    if ua.size and show:
+        ut = Table("id", "token", "decided by", "certificate rows", title=f"unargmaxable classes ({ua.size})")
+        for k in ua[:show]:
+            idx, lam = res.certificates[int(k)]
+            top = np.argsort(-lam)[:3]
+            ut.add_row(str(k), repr(layer.token(int(k))), STAGES[res.stage[k]],
+                       ", ".join(f"{lam[j]:.2f}·{idx[j]}" for j in top) + (" …" if len(idx) > 3 else ""))
+        console.print(ut)
+    for k in res.near[:show]:
+        console.print(f"near-unargmaxable {k} {layer.token(int(k))!r}: relative margin {res.rel_margin[k]:.2e} "
+                      f"< --min-margin {res.min_margin:.2e}")
+    if ua.size > show or res.near.size > show:
+        console.print(f"… more not shown (--show N, or --json OUT for all)")
+    for k in res.undecided[:show]:
+        console.print(f"undecided {k} {layer.token(int(k))!r}: {res.notes.get(int(k), '')}")
+
+
+def unargmax_cmd(
+    path: str = typer.Argument(..., help="Output layer: .npy, .npz, .safetensors, .gguf, a Hugging Face model folder, "
+                                         "or a model id (org/name) from the local Hugging Face cache."),
+    bias: str = typer.Option("auto", "--bias", help="auto: use the layer's bias if it has one; none: ignore it."),
+    box: Optional[float] = typer.Option(None, "--box", callback=positive_float,
+                                        help="Bound inputs to [-R, R]^d (the paper uses 100); default: unbounded (convex-hull question)."),
+    method: str = typer.Option("lp", "--method", help="lp: exact LP (HiGHS) for classes the pre-checks leave open; fw: the post's Frank–Wolfe criterion."),
+    min_margin: Optional[float] = typer.Option(None, "--min-margin", callback=unit_float,
+                                               help="Witnesses whose relative margin is below this make the class 'near-unargmaxable' "
+                                                    "(default: twice the unit roundoff of the weights' format; 0 = off)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Parallel worker processes (joblib)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the blocks and classes on a Dask cluster: tcp://HOST:PORT."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", help="Start a local Dask cluster: local:N (N worker processes)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the certificate document (per-class verdicts, certificates, margins) to PATH, or - for stdout."),
+    tensor: Optional[str] = typer.Option(None, "--tensor", help="Weight tensor / .npz key (default: the LM head, else the tied embeddings)."),
+    bias_tensor: Optional[str] = typer.Option(None, "--bias-tensor", help="Bias tensor / .npz key (not for .npy: it holds W only)."),
+    normalize: bool = typer.Option(False, "--normalize", help="Equalise row norms first (SPEC 3.5: then every distinct row is argmaxable)."),
+    show: int = typer.Option(50, "--show", help="How many unargmaxable / near / undecided classes to print (0 = none)."),
+    threads: Optional[int] = threads_option(),
+):
+    """Audit every class: argmaxable (verified witness z), near-unargmaxable (margin at the weights'
+    rounding level), unargmaxable (certificate λ) or undecided."""
+    from kexue.cli import RichTracker, console, out_console
+    from kexue.hub import resolve_model
+    from kexue.unargmax import audit, load_output_layer
+
+    where = _checked_options(method, jobs, show, scheduler, cluster)
+    check_output(json_out, (".json",), "--json", stdout=True)
+    use_threads(threads)
+    layer = load_output_layer(resolve_model(path), tensor=tensor, bias_tensor=bias_tensor, bias=bias)
+    if normalize:
+        layer = layer.normalized()
+    C, d = layer.W.shape
+    tr = RichTracker()
+    tr.log(f"{layer.source}: {layer.weight_name} {C} × {d} ({layer.precision})" + (" (tied embeddings)" if layer.tied else "")
+           + (f", bias {layer.bias_name}" if layer.b is not None else ", no bias")
+           + (f", box ±{box:g}" if box else ", unbounded inputs"))
+    res = audit(layer.W, layer.b, box=box, method=method, n_jobs=jobs, scheduler=where, min_margin=min_margin,
+                precision=layer.precision, keep_witnesses=False, tracker=tr)
+    _print_tables(res, layer, show, console if json_out is not None and str(json_out) == "-" else out_console)
+    if json_out is not None:
+        write_json(res.to_dict(vocab=layer.vocab, source=layer.source, weight_tensor=layer.weight_name,
+                               bias_tensor=layer.bias_name, tied=layer.tied, precision=layer.precision,
+                               normalized=normalize, info=layer.info), json_out)
+        if str(json_out) != "-":
+            out_console.print(f"wrote {json_out}")
+
 
 def register(app: typer.Typer) -> None:
-    @app.command("unargmax")
-    def unargmax_cmd(
-        path: Path = typer.Argument(..., help="Output layer: .npy, .npz, .safetensors, .gguf or a Hugging Face model folder."),
-        bias: str = typer.Option("auto", "--bias", help="auto: use the layer's bias if it has one; none: ignore it."),
-        box: Optional[float] = typer.Option(None, "--box", help="Bound inputs to [-R, R]^d (the paper uses 100); default: unbounded (convex-hull question)."),
-        method: str = typer.Option("lp", "--method", help="lp: exact LP (HiGHS) for classes the pre-checks leave open; fw: the post's Frank–Wolfe criterion."),
-        jobs: int = typer.Option(1, "--jobs", "-j", help="Parallel worker processes (joblib)."),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary, every unargmaxable class with its certificate, and the undecided ones."),
-        tensor: Optional[str] = typer.Option(None, "--tensor", help="Weight tensor / .npz key (default: the LM head, else the tied embeddings)."),
-        bias_tensor: Optional[str] = typer.Option(None, "--bias-tensor", help="Bias tensor / .npz key."),
-        normalize: bool = typer.Option(False, "--normalize", help="Equalise row norms first (SPEC 3.5: then every distinct row is argmaxable)."),
-        show: int = typer.Option(50, "--show", help="How many unargmaxable tokens to print."),
-    ):
-        """Audit every class: argmaxable (verified witness z), unargmaxable (certificate λ) or undecided."""
-        import json
-
-        import numpy as np
-        from rich.table import Table
-
-        from kexue.cli import RichTracker, out_console
-        from kexue.unargmax import STAGES, VERDICT_NAMES, audit, load_output_layer
-        from kexue.utils import KexueError, atomic_write
-
-        if method not in ("lp", "fw"):
-            raise KexueError(f"--method must be 'lp' or 'fw'; got {method!r}")
-        if jobs < 1:
-            raise KexueError("--jobs must be at least 1")
-        if box is not None and not box > 0:
-            raise KexueError("--box must be a positive number")
-        layer = load_output_layer(path, tensor=tensor, bias_tensor=bias_tensor, bias=bias)
-        W = layer.W
-        if normalize:
-            W = np.asarray(W, np.float64)
-            W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-300)
-        C, d = W.shape
-        tr = RichTracker()
-        tr.log(f"{layer.source}: {layer.weight_name} {C} × {d}" + (" (tied embeddings)" if layer.tied else "")
-               + (f", bias {layer.bias_name}" if layer.b is not None else ", no bias")
-               + (f", box ±{box:g}" if box else ", unbounded inputs"))
-        res = audit(W, layer.b, box=box, method=method, n_jobs=jobs, keep_witnesses=False, tracker=tr)
-        cnt = res.counts()
-        t = Table("classes", "argmaxable (witness)", "unargmaxable (certificate)", "undecided", "seconds", title="kexue unargmax")
-        t.add_row(str(C), str(cnt["argmaxable"]), str(cnt["unargmaxable"]), str(cnt["undecided"]), f"{res.seconds:.1f}")
-        out_console.print(t)
-        st = Table("stage", "decided", "compute s", title="per stage")
-        decided = res.stage_counts()
-        for s in ["duplicate", "setup", *STAGES[1:], "working_sets"]:
-            if s in decided or s in res.stage_seconds:
-                st.add_row(s, str(decided.get(s, "")), f"{res.stage_seconds.get(s, 0.0):.2f}")
-        out_console.print(st)
-        ua = res.unargmaxable
-        if ua.size:
-            ut = Table("id", "token", "decided by", "certificate rows", title=f"unargmaxable classes ({ua.size})")
-            for k in ua[:show]:
-                idx, lam = res.certificates[int(k)]
-                top = np.argsort(-lam)[:3]
-                ut.add_row(str(k), repr(layer.token(int(k))), STAGES[res.stage[k]],
-                           ", ".join(f"{lam[j]:.2f}·{idx[j]}" for j in top) + (" …" if len(idx) > 3 else ""))
-            out_console.print(ut)
-            if ua.size > show:
-                out_console.print(f"… and {ua.size - show} more (--show N or --json OUT for all)")
-        for k in res.undecided[:show]:
-            out_console.print(f"undecided {k} {layer.token(int(k))!r}: {res.notes.get(int(k), '')}")
-        if json_out is not None:
-            doc = {"source": layer.source, "weight_tensor": layer.weight_name, "bias_tensor": layer.bias_name, "tied": layer.tied,
-                   "normalized": normalize, "info": layer.info, **res.summary(),
-                   "unargmaxable_classes": [{"id": int(k), "token": layer.token(int(k)), "stage": STAGES[res.stage[k]],
-                                     "certificate": {"rows": res.certificates[int(k)][0].tolist(),
-                                                     "lambda": res.certificates[int(k)][1].tolist()},
-                                     "residual": float(res.residual[k])} for k in ua],
-                   "undecided_classes": [{"id": int(k), "token": layer.token(int(k)), "note": res.notes.get(int(k), "")}
-                                 for k in res.undecided],
-                   "verdict_names": VERDICT_NAMES}
-            with atomic_write(json_out, "w") as f:
-                json.dump(doc, f, indent=1, ensure_ascii=False)
-            out_console.print(f"wrote {json_out}")
+    app.command("unargmax")(unargmax_cmd)

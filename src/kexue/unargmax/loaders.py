@@ -43,6 +43,20 @@ class OutputLayer:
             return f"<id {i}>"
         return self.vocab[i]
 
+    @property
+    def precision(self) -> str:
+        """The format the weights were stored in (GGUF type, safetensors dtype or NumPy dtype):
+        what :func:`~kexue.unargmax.default_min_margin` reads."""
+        return str(self.info.get("quantisation") or self.info.get("dtype") or self.W.dtype)
+
+    def normalized(self) -> "OutputLayer":
+        """The same layer with every row scaled to unit norm (SPEC 3.5: then every distinct row
+        is argmaxable without a bias), in float64."""
+        W = np.asarray(self.W, np.float64)
+        W = W / np.maximum(np.linalg.norm(W, axis=1, keepdims=True), 1e-300)
+        return OutputLayer(W, self.b, self.source, self.weight_name, self.bias_name, self.tied, self.vocab,
+                           {**self.info, "normalized": True})
+
 
 def _check_matrix(W, what):
     if W.ndim != 2:
@@ -102,11 +116,14 @@ def _bias_name(names, shapes, C, wanted, weight_name):
 
 
 def _load_npy(path, tensor, bias_tensor, bias):
+    if tensor is not None or bias_tensor is not None:
+        raise KexueError(f"{path} is a .npy file holding one array (W, no bias); --tensor/--bias-tensor name tensors of "
+                         ".npz/.safetensors/.gguf files: save W and b together with np.savez(path, W=W, b=b)")
     try:
         W = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise KexueError(f"cannot read {path} as a .npy array ({e}); is the file complete?") from None
-    return OutputLayer(_check_matrix(W, str(path)), None, str(path), weight_name="(npy)")
+    return OutputLayer(_check_matrix(W, str(path)), None, str(path), weight_name="(npy)", info={"dtype": str(W.dtype)})
 
 
 def _load_npz(path, tensor, bias_tensor, bias):
@@ -146,6 +163,13 @@ def _safetensors_index(files):
     return where, shapes
 
 
+def _st_dtype(f, name) -> str:
+    """The stored dtype of a safetensors tensor ("BF16", "F16", "F32"…), read from the header."""
+    with open(f, "rb") as h:
+        n = int.from_bytes(h.read(8), "little")
+        return str(json.loads(h.read(n)).get(name, {}).get("dtype", ""))
+
+
 def _read_tensor(f, name):
     from safetensors import safe_open
 
@@ -168,7 +192,8 @@ def _load_safetensors(files, source, tensor, bias_tensor, bias, tied_hint=None):
     bname = None if bias == "none" else _bias_name(names, shapes, W.shape[0], bias_tensor, wname)
     b = _check_bias(_read_tensor(where[bname], bname), W.shape[0], f"{source}:{bname}") if bname else None
     tied = wname in EMBED_NAMES
-    return OutputLayer(W, b, str(source), weight_name=wname, bias_name=bname, tied=tied)
+    return OutputLayer(W, b, str(source), weight_name=wname, bias_name=bname, tied=tied,
+                       info={"dtype": _st_dtype(where[wname], wname)})
 
 
 def _hf_vocab(folder: Path):
@@ -194,6 +219,11 @@ def _load_hf_folder(folder: Path, tensor, bias_tensor, bias):
             raise KexueError(f"{index} is not a valid safetensors index ({e})") from None
     else:
         files = sorted(folder.glob("*.safetensors"))
+    if not files and list(folder.glob("*.gguf")):
+        ggufs = sorted(folder.glob("*.gguf"))
+        if len(ggufs) > 1:
+            raise KexueError(f"{folder} holds several GGUF files; pass one of them: {', '.join(g.name for g in ggufs)}")
+        return _load_gguf(ggufs[0], tensor, bias_tensor, bias)
     if not files:
         if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
             raise KexueError(f"{folder} has only pickled PyTorch weights, which kexue never unpickles; convert them to safetensors first")

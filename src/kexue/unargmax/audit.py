@@ -1,0 +1,253 @@
+"""Certified audit of a softmax output layer for unargmaxable classes (SPEC 3).
+
+Class k of a layer with rows w_i and biases b_i is *argmaxable* iff some z makes it the strict
+maximum of Wz + b (SPEC 3.1). Every verdict carries a certificate
+(:mod:`kexue.unargmax.certificates`). Pipeline, cheapest first, each stage only on the classes
+still open: exact duplicates (λ = e_i), batched candidates and the braid walk on blocks of
+classes (:mod:`~kexue.unargmax.stages`), then the exact LP or Frank–Wolfe per class
+(:mod:`~kexue.unargmax.lp`). Blocks and classes run on joblib processes or a Dask cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from kexue import validate
+from kexue.unargmax.certificates import ARGMAXABLE, NEAR, STAGES, UNARGMAXABLE, UNDECIDED, default_min_margin
+from kexue.unargmax.config import AuditConfig, LayerStats, layer_stats
+from kexue.unargmax.lp import fw_class, lp_class
+from kexue.unargmax.result import AuditResult
+from kexue.unargmax.stages import precheck_block
+from kexue.utils import KexueError, tracker_or_null
+
+
+def duplicates(W, b, mem_mb=256) -> dict:
+    """Exact duplicate rows (with equal or lower bias): λ = e_i certifies them, residual 0.
+
+    Rows are hashed a block at a time (bounded memory), equal hashes confirmed byte for byte.
+    Returns {k: i} for classes k that have an identical row i ≠ k with b_i ≥ b_k."""
+    C, d = W.shape
+    rows = max(1, int(mem_mb * 2**20 / (W.dtype.itemsize * d)))
+    groups: dict = {}
+    for r in range(0, C, rows):
+        blk = np.ascontiguousarray(W[r:r + rows])
+        for j in range(blk.shape[0]):
+            groups.setdefault(hashlib.blake2b(blk[j].tobytes(), digest_size=16).digest(), []).append(r + j)
+    dup = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        first = np.asarray(W[members[0]])
+        members = [m for m in members if np.array_equal(np.asarray(W[m]), first)]
+        for k in members:
+            others = [m for m in members if m != k]
+            if not others:
+                continue
+            i = others[0] if b is None else others[int(np.argmax(b[others]))]
+            if b is None or b[i] >= b[k]:
+                dup[k] = int(i)
+    return dup
+
+
+def check_layer(W, b):
+    """(W, b) checked: W 2-D floating (float32/float64 kept, memmaps not copied), ≥ 2 classes,
+    finite (a block at a time); b one finite entry per class. Returns (W, b float64 or None)."""
+    if not hasattr(W, "shape") or not hasattr(W, "dtype"):
+        W = validate.matrix(W, "the output layer W", min_rows=2)
+    if W.ndim != 2:
+        raise KexueError(f"the output layer must be a 2-D matrix (classes × dim); got shape {tuple(W.shape)}")
+    if W.shape[0] < 2 or W.shape[1] < 1:
+        raise KexueError(f"the output layer needs at least 2 classes and 1 dimension; got shape {tuple(W.shape)}")
+    if not np.issubdtype(W.dtype, np.floating):
+        W = np.asarray(W, np.float64)
+    elif W.dtype not in (np.float32, np.float64):
+        W = np.asarray(W, np.float32)
+    rows = max(1, int(2**26 / W.shape[1]))
+    for r in range(0, W.shape[0], rows):
+        blk = np.asarray(W[r:r + rows])
+        if not np.isfinite(blk).all():
+            bad = r + int(np.argwhere(~np.isfinite(blk))[0][0])
+            raise KexueError(f"row {bad} of the output layer has NaN or inf; clean the weights (or drop that class) before the audit")
+    if b is not None:
+        b = np.asarray(b, np.float64)
+        if b.shape != (W.shape[0],):
+            raise KexueError(f"the bias must have one entry per class ({W.shape[0]}); got shape {b.shape}")
+        validate.finite(b, "the bias")
+    return W, b
+
+
+@contextmanager
+def _runner(config: AuditConfig):
+    """A joblib ``Parallel`` on local processes, or on a Dask cluster (joblib's dask backend)."""
+    from joblib import Parallel, parallel_config
+
+    if config.scheduler is None:
+        yield Parallel(n_jobs=config.n_jobs, return_as="generator_unordered", max_nbytes="1M", mmap_mode="r")
+        return
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise KexueError("a Dask scheduler needs dask.distributed; pip install 'kexue[dask]'") from None
+    cluster = None
+    if config.scheduler.startswith("local:"):
+        n = config.scheduler.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise KexueError(f"--cluster local:N needs a worker count N ≥ 1; got {config.scheduler!r}")
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, dashboard_address=None)
+        client = Client(cluster)
+    else:
+        try:
+            client = Client(config.scheduler, timeout=30)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise KexueError(f"cannot reach the Dask scheduler {config.scheduler} ({e}); is `dask scheduler` running there?") from None
+    try:
+        with parallel_config(backend="dask"):
+            yield Parallel(n_jobs=-1, return_as="generator_unordered")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+class _Collector:
+    """The result arrays, filled stage by stage."""
+
+    def __init__(self, C, d, keep, fw):
+        self.verdict = np.full(C, UNDECIDED, np.int8)
+        self.stage = np.full(C, -1, np.int16)
+        self.margin, self.rel, self.residual = np.full(C, np.nan), np.full(C, np.nan), np.full(C, np.nan)
+        self.Z = np.zeros((C, d)) if keep else None
+        self.certs, self.notes, self.rounds, self.secs, self.weak = {}, {}, {}, {}, {}
+        self.post = np.full(C, UNDECIDED, np.int8) if fw else None
+
+    def add_sec(self, key, v):
+        self.secs[key] = self.secs.get(key, 0.0) + v
+
+    def witness(self, k, verdict, stage, margin, rel, z):
+        self.verdict[k], self.stage[k], self.margin[k], self.rel[k] = verdict, stage, margin, rel
+        if self.Z is not None and z is not None:
+            self.Z[k] = z
+
+    def certificate(self, k, stage, idx, lam, residual):
+        self.verdict[k], self.stage[k], self.residual[k] = UNARGMAXABLE, stage, residual
+        self.certs[k] = (np.asarray(idx), np.asarray(lam))
+
+
+def _prechecks(W, b, todo, stats: LayerStats, out: _Collector, par, tracker) -> dict:
+    cfg = stats.config
+    workers = max(1, cfg.n_jobs)
+    bs = cfg.block or max(16, min(1024, int(cfg.mem_mb / workers * 2**20 / (8 * W.shape[0] * 2))))
+    blocks = [todo[i:i + bs] for i in range(0, todo.size, bs)]
+    work = {}
+    from joblib import delayed
+
+    gen = par(delayed(precheck_block)(W, b, blk, stats) for blk in blocks)
+    for r in tracker.track(gen, "pre-checks", total=len(blocks)):
+        for c, k in enumerate(r["ks"]):
+            if r["stage"][c] >= 0:
+                out.witness(k, ARGMAXABLE, r["stage"][c], r["margin"][c], r["rel"][c], None if r["Z"] is None else r["Z"][c])
+                if out.post is not None and b is None:
+                    out.post[k] = ARGMAXABLE  # without bias the post's criterion is exact (SPEC 3.3)
+        out.weak.update(r["weak"])
+        work.update(r["work"])
+        for key, v in r["secs"].items():
+            out.add_sec(key, v)
+    return work
+
+
+def _exact(W, b, todo, work, stats: LayerStats, out: _Collector, par, tracker):
+    from joblib import delayed
+
+    C = W.shape[0]
+    name = stats.config.method
+    if name == "lp":
+        allrows = np.arange(C)
+        gen = par(delayed(lp_class)(W, b, int(k), work.get(int(k), allrows[allrows != k]), stats) for k in todo)
+    else:
+        gen = par(delayed(fw_class)(W, b, int(k), stats) for k in todo)
+    for r in tracker.track(gen, "exact LP" if name == "lp" else "Frank–Wolfe", total=int(todo.size)):
+        k = r["k"]
+        out.add_sec(name, r["seconds"])
+        out.rounds[k] = r["rounds"]
+        if out.post is not None:
+            out.post[k] = r["post"]
+        if out.verdict[k] != UNDECIDED:
+            continue
+        if r["verdict"] == ARGMAXABLE:
+            out.witness(k, ARGMAXABLE, STAGES.index(name), r["margin"], r["rel"], r["z"])
+        elif r["verdict"] == UNARGMAXABLE:
+            out.certificate(k, STAGES.index(name), r["idx"], r["lam"], r["residual"])
+        else:
+            out.notes[k] = r["note"]
+
+
+def _near(out: _Collector, min_margin: float):
+    """Weak pre-check witnesses fill in where the LP found nothing better; every certified witness
+    below ``min_margin`` becomes near-unargmaxable."""
+    for k, (rel, z, m) in out.weak.items():
+        if out.verdict[k] == UNDECIDED or (out.verdict[k] == ARGMAXABLE and rel > out.rel[k]):
+            out.notes.pop(k, None)
+            out.witness(k, ARGMAXABLE, STAGES.index("lda") if out.stage[k] < 0 else out.stage[k], m, rel, z)
+    if min_margin > 0:
+        out.verdict[(out.verdict == ARGMAXABLE) & (out.rel < min_margin)] = NEAR
+
+
+def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precision=None, tracker=None,
+          **settings) -> AuditResult:
+    """Certify every class of the softmax layer (W, b) as argmaxable or unargmaxable (SPEC 3).
+
+    ``W`` (C, d) (a NumPy array or memmap; not copied), ``b`` (C,) or None; ``config`` an
+    :class:`AuditConfig`, any of whose fields can also be given as keywords (``n_jobs=2``);
+    ``classes`` audits a subset of the classes (against all rows); ``precision`` names the format
+    the weights came in (a dtype or a GGUF type like "Q8_0") when ``min_margin`` is None; a
+    progress ``tracker`` (:class:`kexue.utils.Tracker`)."""
+    t_start = time.perf_counter()
+    cfg = AuditConfig.with_overrides(config, settings)
+    W, b = check_layer(W, b)
+    tracker = tracker_or_null(tracker)
+    C, d = W.shape
+    min_margin = cfg.min_margin if cfg.min_margin is not None else default_min_margin(precision or W.dtype)
+    if W.dtype != np.float64 and C * d * 8 <= cfg.f64_mb * 2**20:
+        W = np.asarray(W, np.float64)  # exact; saves a conversion per matrix product
+    ks_all = np.arange(C) if classes is None else np.unique(np.asarray(classes, np.int64))
+    if ks_all.size and (ks_all.min() < 0 or ks_all.max() >= C):
+        raise KexueError(f"class ids must be in 0..{C - 1}")
+    audited = np.zeros(C, bool)
+    audited[ks_all] = True
+    out = _Collector(C, d, cfg.keep_witnesses, cfg.method == "fw")
+    walls = {}
+    t0 = time.perf_counter()
+    for k, i in duplicates(W, b, cfg.mem_mb).items():
+        if audited[k]:
+            out.certificate(k, STAGES.index("duplicate"), [i], [1.0], 0.0)
+            if out.post is not None:
+                out.post[k] = UNARGMAXABLE
+    out.add_sec("duplicate", time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    stats = layer_stats(W, b, cfg, min_margin, 1 if cfg.scheduler else cfg.n_jobs)
+    out.add_sec("setup", time.perf_counter() - t0)
+    walls["setup"] = time.perf_counter() - t_start
+    with _runner(cfg) as par:
+        t0 = time.perf_counter()
+        todo = ks_all[out.verdict[ks_all] == UNDECIDED]
+        work = _prechecks(W, b, todo, stats, out, par, tracker) if cfg.prechecks and todo.size else {}
+        walls["prechecks"] = time.perf_counter() - t0
+        todo = ks_all[out.verdict[ks_all] == UNDECIDED]
+        if cfg.method == "fw" and b is not None:
+            # with a bias the post's criterion can disagree with a pre-check witness: evaluate it on
+            # every class so that the comparison is complete (verdicts stay those with certificates)
+            todo = ks_all[out.post[ks_all] == UNDECIDED]
+        t0 = time.perf_counter()
+        if todo.size:
+            _exact(W, b, todo, work, stats, out, par, tracker)
+        walls[cfg.method] = time.perf_counter() - t0
+    _near(out, min_margin)
+    return AuditResult(n_classes=int(ks_all.size), dim=d, bias=b is not None, box=cfg.box, method=cfg.method,
+                       verdict=out.verdict, stage=out.stage, margin=out.margin, residual=out.residual,
+                       witnesses=out.Z, certificates=out.certs, notes=out.notes, post_verdict=out.post,
+                       stage_seconds=out.secs, lp_rounds=out.rounds, audited=audited, rel_margin=out.rel,
+                       min_margin=float(min_margin), wall_seconds=walls, seconds=time.perf_counter() - t_start)
