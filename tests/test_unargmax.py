@@ -253,3 +253,57 @@ def test_blocked_float32_path_matches_in_memory_path():
     blocked = audit(W32, b, f64_mb=0, mem_mb=0.01)
     assert np.array_equal(whole.verdict, blocked.verdict)
     _all_certificates_hold(W32, b, blocked)
+
+
+# ---- margins (issue 13.4)
+
+def test_float32_midpoint_is_near_unargmaxable_not_argmaxable():
+    from kexue.unargmax import NEAR, default_min_margin
+
+    W, _, _ = planted_layer(30, 8, 0, seed=4)
+    W = W.astype(np.float32)
+    W[5] = (W[3] + W[9]) / np.float32(2)  # rounding leaves it a hair outside the segment
+    res = audit(W)  # min_margin from the dtype
+    assert res.min_margin == default_min_margin(np.float32) and res.verdict[5] == NEAR
+    assert 0 < res.rel_margin[5] < res.min_margin
+    assert verify_witness(W, None, 5, res.witnesses[5]) > 0  # still a certified witness
+    assert (res.verdict != NEAR).sum() == 29 and res.counts()["near-unargmaxable"] == 1
+    plain = audit(W, min_margin=0.0)
+    assert plain.verdict[5] == ARGMAXABLE and np.array_equal(np.delete(plain.verdict, 5), np.delete(res.verdict, 5))
+    doc = res.to_dict()
+    assert doc["near_unargmaxable_classes"][0]["id"] == 5 and doc["classes"]["verdict"][5] == NEAR
+    assert all(m is None or m > 0 for m in doc["classes"]["relative_margin"])
+
+
+def test_default_min_margin_follows_the_format():
+    from kexue.unargmax import default_min_margin
+
+    assert default_min_margin("BF16") > default_min_margin("F16") > default_min_margin(np.float32) > default_min_margin(np.float64)
+    assert default_min_margin("Q8_0") == 2 * 2.0**-8 and default_min_margin(None) == 0.0
+
+
+def test_near_verdict_from_the_cli(tmp_path, cli):
+    W, _, _ = planted_layer(30, 8, 0, seed=4)
+    W = W.astype(np.float32)
+    W[5] = (W[3] + W[9]) / np.float32(2)
+    np.save(tmp_path / "w.npy", W)
+    r = cli("unargmax", tmp_path / "w.npy", "--json", "-")
+    assert r.code == 0 and json.loads(r.out)["near-unargmaxable"] == 1
+    r = cli("unargmax", tmp_path / "w.npy", "--json", "-", "--min-margin", "0")
+    assert r.code == 0 and json.loads(r.out)["near-unargmaxable"] == 0 and json.loads(r.out)["argmaxable"] == 30
+
+
+def test_config_object_and_keyword_overrides():
+    from kexue.unargmax import AuditConfig
+
+    W, b, truth = planted_layer(120, 6, 8, bias=True, seed=5)
+    cfg = AuditConfig(reflections=0, families=("wk",))
+    r1 = audit(W, b, cfg)
+    r2 = audit(W, b, reflections=0, families=["wk"])
+    assert np.array_equal(r1.verdict, r2.verdict) and np.array_equal(r1.verdict == ARGMAXABLE, truth)
+    with pytest.raises(KexueError, match="unknown audit setting"):
+        audit(W, b, n_job=2)
+    with pytest.raises(KexueError, match="method"):
+        AuditConfig(method="simplex")
+    with pytest.raises(KexueError, match="box"):
+        AuditConfig(box=-1.0)

@@ -38,7 +38,7 @@ class AuditConfig:
     max_rounds: int = 50
     lp_time_limit: float = 120.0
     cert_tol: float = 1e-9
-    min_margin: float | None = 0.0
+    min_margin: float | None = None
     fw_iters: int = 20000
     fw_tol: float = 1e-7
     n_jobs: int = 1
