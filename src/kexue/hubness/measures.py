@@ -1,0 +1,109 @@
+"""Hubness measures (SPEC 8.2): functions of the k-occurrence vector ``N_k``; see :func:`hubness_measures`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kexue.utils import KexueError
+from kexue.validate import finite as check_finite
+
+
+def _nk(Nk) -> np.ndarray:
+    Nk = np.asarray(Nk, dtype=np.float64)
+    if Nk.ndim != 1 or Nk.size == 0:
+        raise KexueError(f"N_k must be a non-empty 1-D array, got shape {Nk.shape}")
+    check_finite(Nk, "N_k")
+    if (Nk < 0).any():
+        raise KexueError("N_k must be non-negative counts")
+    return Nk
+
+
+def skewness(Nk) -> float:
+    """Skewness of N_k: ``S = mean((N_k - μ)^3) / σ^3`` with population moments (μ mean, σ std).
+
+    0 for symmetric N_k; large positive values mean a few hubs. 0 if all N_k are equal.
+    """
+    Nk = _nk(Nk)
+    c = Nk - Nk.mean()
+    s2 = np.mean(c**2)
+    return 0.0 if s2 == 0 else float(np.mean(c**3) / s2**1.5)
+
+
+def robin_hood(Nk) -> float:
+    """Robin-Hood (Hoover) index: ``RH = Σ_i |N_k(i) - μ| / (2 Σ_i N_k(i))``.
+
+    The fraction of all k-occurrences that would have to move from rich to poor points for every
+    point to have the mean μ; 0 = equal, → 1 = one point takes all.
+    """
+    Nk = _nk(Nk)
+    tot = Nk.sum()
+    return 0.0 if tot == 0 else float(np.abs(Nk - Nk.mean()).sum() / (2 * tot))
+
+
+def gini(Nk) -> float:
+    """Gini coefficient: ``G = Σ_i Σ_j |N_k(i) - N_k(j)| / (2 n Σ_i N_k(i))``.
+
+    Computed from the sorted values, ``G = Σ_i (2i - n - 1) N_(i) / (n Σ N)`` (i = 1..n), which
+    is the same number. 0 = equal, (n-1)/n = one point takes all.
+    """
+    Nk = np.sort(_nk(Nk))
+    n, tot = len(Nk), Nk.sum()
+    if tot == 0:
+        return 0.0
+    i = np.arange(1, n + 1)
+    return float(np.sum((2 * i - n - 1) * Nk) / (n * tot))
+
+
+def atkinson(Nk, epsilon: float = 0.5) -> float:
+    """Atkinson index with inequality aversion ε ≥ 0:
+    ``A_ε = 1 - (mean(N_k^{1-ε}))^{1/(1-ε)} / μ`` for ε ≠ 1 and ``A_1 = 1 - geomean(N_k) / μ``.
+
+    0 = equal; with ε ≥ 1 a single zero (antihub) gives A = 1.
+    """
+    Nk = _nk(Nk)
+    if epsilon < 0:
+        raise KexueError(f"Atkinson epsilon must be >= 0, got {epsilon}")
+    mu = Nk.mean()
+    if mu == 0:
+        return 0.0
+    if epsilon == 1:
+        if (Nk == 0).any():
+            return 1.0
+        return float(1 - np.exp(np.mean(np.log(Nk))) / mu)
+    if epsilon > 1 and (Nk == 0).any():
+        return 1.0
+    return float(1 - np.mean(Nk ** (1 - epsilon)) ** (1 / (1 - epsilon)) / mu)
+
+
+def hub_occurrence(Nk, k: int, n_queries: int | None = None, hub_size: float = 2.0) -> float:
+    """Share of all k-occurrences that fall on hubs: ``Σ_{hubs} N_k / (k × n_queries)``.
+
+    Hubs are points with ``N_k > hub_size × μ``, where ``μ = k × n_queries / n_index`` is the mean
+    N_k (= k when queries are the index itself). ``n_queries`` defaults to ``len(N_k)``.
+    """
+    Nk = _nk(Nk)
+    nq = len(Nk) if n_queries is None else int(n_queries)
+    mu = k * nq / len(Nk)
+    return float(Nk[Nk > hub_size * mu].sum() / (k * nq))
+
+
+def antihub_occurrence(Nk, threshold: float = 0) -> float:
+    """Share of index points that are antihubs, ``|{i : N_k(i) <= threshold}| / n_index``
+    (threshold 0: points that are nobody's neighbour)."""
+    Nk = _nk(Nk)
+    return float(np.mean(Nk <= threshold))
+
+
+def hubness_measures(Nk, k: int, n_queries: int | None = None, hub_size: float = 2.0,
+                     epsilon: float = 0.5) -> dict:
+    """All measures of SPEC 8.2 for one N_k vector, as a dict of floats (plus max N_k)."""
+    Nk = _nk(Nk)
+    return {
+        "skewness": skewness(Nk),
+        "robin_hood": robin_hood(Nk),
+        "gini": gini(Nk),
+        "atkinson": atkinson(Nk, epsilon),
+        "hub_occurrence": hub_occurrence(Nk, k, n_queries, hub_size),
+        "antihub_occurrence": antihub_occurrence(Nk),
+        "max_nk": float(Nk.max()),
+    }
