@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from kexue.exact import (EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, genz_orthant, logit_deltas,
-                         orthant_probability, orthant_probability_quadrature, sigma_schedule, toy_loss, toy_optimum)
-from kexue.utils import KexueError
+from kexue.exact import (EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, conditional_orthant_grad, genz_orthant,
+                         genz_orthant_grad, logit_deltas, orthant_probability, orthant_probability_quadrature,
+                         sigma_schedule, toy_loss, toy_optimum)
+from kexue.utils import KexueError, KexueTypeError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -242,3 +243,152 @@ def test_exact_trains_a_linear_model_on_digits():
     res = train(model, lambda m, b: loss(m(b[0]), b[1]), [X[:1400], y[:1400]], steps=150, batch_size=64, lr=0.05, seed=0)
     acc = float((res.model(X[1400:]).argmax(1) == y[1400:]).float().mean())
     assert acc > 0.85, acc
+
+
+# ------------------------------------------------------------------ the fast path (issue 14)
+
+
+@pytest.mark.parametrize("method", ["sobol", "mc"])
+@pytest.mark.parametrize("n", [1, 2, 5, 12])
+def test_fast_path_value_is_the_reference_value(method, n):
+    m = torch.randn(7, n, dtype=torch.float64) + 0.5
+    torch.manual_seed(3)
+    ref = genz_orthant(m, 1.0, 16, method)
+    torch.manual_seed(3)
+    p, g = genz_orthant_grad(m, 1.0, 16, method)
+    assert torch.equal(p, ref)
+    assert g.shape == m.shape and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rho", [1.0, 0.5])
+def test_fast_gradient_matches_the_conditional_reference(dtype, rho):
+    torch.manual_seed(4)
+    m = (torch.randn(6, 9, dtype=torch.float64) * 0.8 + 0.6)
+    _, g = genz_orthant_grad(m.to(dtype), rho, 8192)
+    ref = conditional_orthant_grad(m, rho, 8192)
+    assert g.dtype == dtype
+    assert torch.allclose(g.double(), ref, rtol=1e-2, atol=2e-5), (g.double() - ref).abs().max()
+
+
+def test_float32_path_matches_quadrature_and_stays_finite_for_many_classes():
+    torch.manual_seed(5)
+    d = torch.randn(32, 9) + 1.0
+    p = orthant_probability(d, 0.8, n_samples=4096)
+    assert p.dtype == torch.float32
+    assert torch.allclose(p.double(), orthant_probability_quadrature(d.double(), 0.8), atol=2e-3)
+    # 300 classes: the float32 products and the erfinv clamp must not overflow or give NaN,
+    # including rows whose true class is far behind (p ~ 0) and far ahead (p ~ 1)
+    logits = torch.randn(8, 300, requires_grad=True)
+    y = torch.randint(0, 300, (8,))
+    big = logits.detach().clone()
+    big[0, y[0]] += 30.0
+    big[1, y[1]] -= 30.0
+    big.requires_grad_(True)
+    loss = EXACTLoss(sigma=0.5, grad_norm=False, standardize=False)
+    loss(big, y).backward()
+    assert torch.isfinite(big.grad).all() and (loss.expected_accuracy(big.detach(), y)[:2] - torch.tensor([1.0, 0.0])).abs().max() < 1e-3
+
+
+# ------------------------------------------------------------------ torch.nn loss conventions (issues 15, 17.4)
+
+LOSSES = [
+    lambda **kw: EXACTLoss(sigma=0.7, n_samples=64, **kw),
+    lambda **kw: EXACTLoss(sigma=0.7, truncate=3, margin=2.0, standardize=False, **kw),
+    lambda **kw: MulticlassHingeLoss(**kw),
+    lambda **kw: SmoothAccuracyLoss(**kw),
+]
+
+
+def _seeded(loss, logits, y):
+    torch.manual_seed(11)
+    return loss(logits, y)
+
+
+@pytest.mark.parametrize("make", LOSSES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_spatial_inputs_equal_their_flattening(make, reduction):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 4, 2, dtype=torch.float64, requires_grad=True)  # (N, C, d1, d2)
+    y = torch.randint(0, 5, (3, 4, 2))
+    flat = logits.detach().permute(0, 2, 3, 1).reshape(-1, 5).requires_grad_(True)
+    a = _seeded(make(reduction=reduction), logits, y)
+    b = _seeded(make(reduction=reduction), flat, y.reshape(-1))
+    assert a.shape == ((3, 4, 2) if reduction == "none" else ())
+    assert torch.allclose(a.reshape(-1), b.reshape(-1), rtol=1e-12, atol=1e-14)
+    a.sum().backward()
+    b.sum().backward()
+    assert torch.allclose(logits.grad.permute(0, 2, 3, 1).reshape(-1, 5), flat.grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("make", LOSSES)
+def test_reductions_are_mean_and_sum_of_the_per_sample_losses(make):
+    torch.manual_seed(1)
+    logits = torch.randn(10, 4, dtype=torch.float64)
+    y = torch.randint(0, 4, (10,))
+    per = _seeded(make(reduction="none"), logits, y)
+    assert per.shape == (10,)
+    assert torch.allclose(_seeded(make(reduction="mean"), logits, y), per.mean(), rtol=1e-12)
+    assert torch.allclose(_seeded(make(reduction="sum"), logits, y), per.sum(), rtol=1e-12)
+
+
+def test_per_sample_losses_by_brute_force():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 3.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    p = torch.softmax(logits, 1)[[0, 1], [0, 1]]
+    assert torch.allclose(SmoothAccuracyLoss(reduction="none")(logits, y), -p)
+    assert torch.allclose(MulticlassHingeLoss(reduction="none")(logits, y), torch.tensor([0.0, 3.0], dtype=torch.float64))
+    # EXACT per sample = 1 - the orthant probability of that sample's deltas (quadrature reference)
+    ex = EXACTLoss(sigma=0.6, standardize=False, grad_norm=False, n_samples=8192, reduction="none")
+    ref = 1 - orthant_probability_quadrature(logit_deltas(logits, y), 0.6)
+    assert torch.allclose(ex(logits, y), ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", LOSSES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ignore_index_equals_dropping_those_rows(make, reduction):
+    torch.manual_seed(2)
+    logits = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, 4, (9,))
+    y[[1, 4, 5]] = -100
+    keep = y != -100
+    a = _seeded(make(reduction=reduction), logits, y)
+    kept = logits.detach()[keep].requires_grad_(True)
+    b = _seeded(make(reduction=reduction), kept, y[keep])
+    if reduction == "none":
+        assert (a[~keep] == 0).all() and torch.allclose(a[keep], b, rtol=1e-12)
+    else:
+        assert torch.allclose(a, b, rtol=1e-12)
+    a.sum().backward()
+    b.sum().backward()
+    assert (logits.grad[~keep] == 0).all() and torch.allclose(logits.grad[keep], kept.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_custom_ignore_index_and_unbatched_input():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    assert MulticlassHingeLoss(ignore_index=1, reduction="sum")(logits, torch.tensor([1, 1])) == 0
+    one = MulticlassHingeLoss(reduction="none")(torch.tensor([0.5, 0.0]), torch.tensor(0))
+    assert one.shape == () and torch.isclose(one, torch.tensor(0.5))
+
+
+def test_float_labels_give_a_one_line_type_error():
+    for loss in (EXACTLoss(), MulticlassHingeLoss(), SmoothAccuracyLoss()):
+        with pytest.raises(KexueTypeError, match="integer class indices") as e:
+            loss(torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 1.0]))
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", [
+    lambda: EXACTLoss(reduction="avg"),
+    lambda: EXACTLoss(n_samples=0),
+    lambda: EXACTLoss(truncate=0),
+    lambda: EXACTLoss(margin=-1.0),
+    lambda: MulticlassHingeLoss(reduction="max"),
+    lambda: SmoothAccuracyLoss(log=True, reduction="none"),
+    lambda: EXACTLoss()(torch.randn(4, 3, 2), torch.randint(0, 3, (4, 3))),  # labels (N, d) must match
+    lambda: EXACTLoss()(torch.randn(4, 1), torch.zeros(4, dtype=torch.long)),  # one class
+])
+def test_bad_settings_and_shapes_raise_one_line_kexue_error(bad):
+    with pytest.raises(KexueError) as e:
+        bad()
+    assert "\n" not in str(e.value)
