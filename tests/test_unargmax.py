@@ -307,3 +307,27 @@ def test_config_object_and_keyword_overrides():
         AuditConfig(method="simplex")
     with pytest.raises(KexueError, match="box"):
         AuditConfig(box=-1.0)
+
+
+# ---- scale-out on Dask (issue 13.3)
+
+def test_dask_local_cluster_gives_the_local_verdicts():
+    distributed = pytest.importorskip("dask.distributed")
+    W, b, truth = planted_layer(300, 8, 15, bias=True, seed=7)
+    local = audit(W, b)
+    with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client, distributed.get_task_stream(client) as ts:
+        remote = audit(W, b, scheduler=cluster.scheduler_address, block=64)
+    assert len(ts.data) >= 300 // 64  # the blocks (and the LPs) ran as tasks on the cluster
+    assert np.array_equal(remote.verdict, local.verdict) and np.array_equal(remote.verdict == ARGMAXABLE, truth)
+    _all_certificates_hold(W, b, remote)
+
+
+def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
+    pytest.importorskip("dask.distributed")
+    import sys
+
+    monkeypatch.setattr(sys.modules["kexue.unargmax.audit"], "CONNECT_TIMEOUT", 1)
+    W, b = example_2d()
+    with pytest.raises(KexueError, match="cannot reach the Dask scheduler"):
+        audit(W, b, scheduler="tcp://127.0.0.1:1")

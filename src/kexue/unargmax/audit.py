@@ -80,6 +80,9 @@ def check_layer(W, b):
     return W, b
 
 
+CONNECT_TIMEOUT = 30  # seconds to reach a Dask scheduler
+
+
 @contextmanager
 def _runner(config: AuditConfig):
     """A joblib ``Parallel`` on local processes, or on a Dask cluster (joblib's dask backend)."""
@@ -101,7 +104,7 @@ def _runner(config: AuditConfig):
         client = Client(cluster)
     else:
         try:
-            client = Client(config.scheduler, timeout=30)
+            client = Client(config.scheduler, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
             raise KexueError(f"cannot reach the Dask scheduler {config.scheduler} ({e}); is `dask scheduler` running there?") from None
     try:
