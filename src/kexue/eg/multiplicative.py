@@ -1,0 +1,131 @@
+"""SPEC 2.1: exponentiated gradient (EG) for non-negative parameters, and EG± for signed ones."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+from kexue.eg._common import (by_device, check_foreach, check_pos, closure_loss, foreach_mexp_, grads, mexp_,
+                              use_foreach)
+from kexue.utils import KexueError
+
+
+class EG(Optimizer):
+    """Exponentiated gradient for non-negative parameters (SPEC 2.1).
+
+    θ ← θ ⊙ exp(-η ∇L(θ)): gradient descent on φ = log θ with the e^φ factor dropped, so θ
+    stays ≥ 0 (and exactly 0 stays 0). With ``simplex=True`` each parameter tensor is also
+    renormalised to sum to one after every step — the normalised EG of Kivinen & Warmuth for
+    mixture weights and probability vectors — computed as a softmax of log θ - η g, so nothing
+    overflows or underflows to an all-zero vector.
+
+    Args: ``lr`` η > 0; ``simplex`` renormalise each tensor to sum 1; ``max_exp`` clip of the
+    exponent η g (default 30: a factor ≤ 1e13 per step); ``foreach`` None/True: multi-tensor
+    path, False: the per-tensor reference path.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.1, simplex: bool = False, max_exp: float = 30.0,
+                 foreach: bool | None = None):
+        check_pos("lr", lr)
+        check_pos("max_exp", max_exp)
+        super().__init__(params, dict(lr=lr, simplex=simplex, max_exp=max_exp, foreach=check_foreach(foreach)))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if bool((p.detach() < 0).any()) or not bool(torch.isfinite(p.detach()).all()):
+                    raise KexueError("EG needs finite, non-negative initial parameters; use EGPlusMinus for signed ones")
+                if group["simplex"] and not float(p.detach().sum()) > 0:
+                    raise KexueError("EG with simplex=True needs each parameter tensor to have a positive sum")
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            pg = grads(group)
+            if not pg:
+                continue
+            if group["simplex"] or not use_foreach(group):
+                self._step_reference(group, pg)
+            else:
+                self._step_foreach(group, pg)
+        return loss
+
+    @staticmethod
+    def _step_reference(group, pg):
+        lr, m = group["lr"], group["max_exp"]
+        for p, g in pg:
+            e = torch.mul(g, -lr).nan_to_num_(nan=0.0).clamp_(-m, m)
+            if group["simplex"]:
+                # θ_i e^{e_i} / Σ_j θ_j e^{e_j} = softmax(log θ + e); log 0 = -inf stays at weight 0
+                p.copy_(torch.softmax((p.log() + e).flatten(), 0).view_as(p))
+            else:
+                # repeated ×e^max_exp could overflow; cap at the dtype's largest value
+                p.mul_(e.exp_()).clamp_(max=torch.finfo(p.dtype).max)
+
+    @staticmethod
+    def _step_foreach(group, pg):
+        for ps, gs in by_device([p for p, _ in pg], [g for _, g in pg]):
+            e = torch._foreach_mul(gs, -group["lr"])
+            foreach_mexp_(e, group["max_exp"])
+            torch._foreach_mul_(ps, e)
+            torch._foreach_clamp_max_(ps, torch.finfo(ps[0].dtype).max)
+
+
+class EGPlusMinus(Optimizer):
+    """EG± (Kivinen & Warmuth) for signed parameters (SPEC 2.1).
+
+    Each parameter is written θ = u - v with u, v ≥ 0 and both halves follow EG on their own
+    gradients ∂L/∂u = g, ∂L/∂v = -g:  u ← u ⊙ exp(-η g),  v ← v ⊙ exp(+η g),  θ ← u - v.
+    The halves start at u₀ = relu(θ₀) + c, v₀ = relu(-θ₀) + c with ``init_scale`` c > 0 (EG
+    cannot move a weight that is exactly zero, so c sets how fast small weights can grow).
+
+    Args: ``lr`` η; ``init_scale`` c; ``max_exp`` exponent clip; ``foreach`` as in :class:`EG`.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.1, init_scale: float = 0.1, max_exp: float = 30.0,
+                 foreach: bool | None = None):
+        check_pos("lr", lr)
+        check_pos("init_scale", init_scale)
+        check_pos("max_exp", max_exp)
+        super().__init__(params, dict(lr=lr, init_scale=init_scale, max_exp=max_exp, foreach=check_foreach(foreach)))
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            pg = grads(group)
+            if not pg:
+                continue
+            c = group["init_scale"]
+            for p, _ in pg:
+                st = self.state[p]
+                if not st:
+                    st["u"] = p.detach().clamp(min=0) + c
+                    st["v"] = (-p.detach()).clamp(min=0) + c
+            (self._step_foreach if use_foreach(group) else self._step_reference)(group, pg)
+        return loss
+
+    def _step_reference(self, group, pg):
+        lr, m = group["lr"], group["max_exp"]
+        for p, g in pg:
+            st = self.state[p]
+            f = mexp_(torch.mul(g, -lr), m)
+            big = torch.finfo(p.dtype).max / 2  # so that u - v cannot overflow
+            st["u"].mul_(f).clamp_(max=big)
+            st["v"].div_(f).clamp_(max=big)  # exp(+η g) = 1 / exp(-η g), same clipping
+            torch.sub(st["u"], st["v"], out=p)
+
+    def _step_foreach(self, group, pg):
+        states = [self.state[p] for p, _ in pg]
+        lists = by_device([p for p, _ in pg], [g for _, g in pg], [s["u"] for s in states], [s["v"] for s in states])
+        for ps, gs, us, vs in lists:
+            f = torch._foreach_mul(gs, -group["lr"])
+            foreach_mexp_(f, group["max_exp"])
+            big = torch.finfo(ps[0].dtype).max / 2
+            torch._foreach_mul_(us, f)
+            torch._foreach_clamp_max_(us, big)
+            torch._foreach_div_(vs, f)
+            torch._foreach_clamp_max_(vs, big)
+            for p, u, v in zip(ps, us, vs):  # θ = u - v written into θ's own storage: no temporary
+                torch.sub(u, v, out=p)
