@@ -1,0 +1,241 @@
+"""kexue.eg inside torch training: every lr_scheduler, the multi-tensor paths pinned to the
+per-tensor reference, EGAdapt's bound warning, argument checks, accelerate and torch.compile."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch.optim import lr_scheduler as sched
+
+from kexue.eg import EG, EGAdapt, EGPlusMinus, EGStep, AdamHD, SGDHD, ScaleBoundWarning
+from kexue.utils import KexueError, KexueTypeError
+
+OPTS = {
+    "EG": lambda ps, **kw: EG(ps, lr=0.05, **kw),
+    "EGPlusMinus": lambda ps, **kw: EGPlusMinus(ps, lr=0.05, **kw),
+    "EGStep": lambda ps, **kw: EGStep(ps, lr=0.05, gamma=5.0, max_exp=1.0, **kw),
+    "SGDHD": lambda ps, **kw: SGDHD(ps, lr=0.05, hyper_lr=1e-3, momentum=0.9, **kw),
+    "AdamHD": lambda ps, **kw: AdamHD(ps, lr=0.01, hyper_lr=1e-4, **kw),
+    "EGAdapt(SGD)": lambda ps, **kw: EGAdapt(torch.optim.SGD(ps, lr=0.05, momentum=0.9), scale_lr=0.3,
+                                            gain_lr=0.1, **kw),
+    "EGAdapt(Adam)": lambda ps, **kw: EGAdapt(torch.optim.Adam(ps, lr=0.01), scale_lr=0.3, gain_lr=0.1, **kw),
+}
+HD = ("SGDHD", "AdamHD")  # their rule moves group["lr"] itself after the scheduler set it
+MOMENTUM = ("SGDHD", "AdamHD", "EGAdapt(SGD)", "EGAdapt(Adam)")
+
+
+def problem(seed=0, dtype=torch.float64):
+    """A small positive-weight MLP regression: several tensors of different shapes."""
+    g = torch.Generator().manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) * 0.3)  # EG needs θ ≥ 0
+    X = torch.randn(64, 6, generator=g, dtype=dtype)
+    Y = torch.randn(64, 3, generator=g, dtype=dtype)
+    return net, X, Y
+
+
+def train_steps(net, opt, X, Y, n, scheduler=None, on_step=None):
+    for k in range(n):
+        opt.zero_grad()
+        loss = ((net(X[k % 4 * 16:(k % 4 + 1) * 16]) - Y[k % 4 * 16:(k % 4 + 1) * 16]) ** 2).mean()
+        loss.backward()
+        if on_step is not None:
+            on_step(k)
+        opt.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+SCHEDULERS = {
+    "StepLR": lambda o: sched.StepLR(o, step_size=3, gamma=0.5),
+    "MultiStepLR": lambda o: sched.MultiStepLR(o, milestones=[2, 5], gamma=0.3),
+    "ExponentialLR": lambda o: sched.ExponentialLR(o, gamma=0.9),
+    "LambdaLR": lambda o: sched.LambdaLR(o, lambda e: 1.0 / (1 + e)),
+    "MultiplicativeLR": lambda o: sched.MultiplicativeLR(o, lambda e: 0.95),
+    "CosineAnnealingLR": lambda o: sched.CosineAnnealingLR(o, T_max=10),
+    "LinearLR": lambda o: sched.LinearLR(o, start_factor=0.2, total_iters=5),
+    "ConstantLR": lambda o: sched.ConstantLR(o, factor=0.5, total_iters=4),
+    "PolynomialLR": lambda o: sched.PolynomialLR(o, total_iters=10, power=2.0),
+    "CyclicLR": lambda o: sched.CyclicLR(o, base_lr=0.001, max_lr=0.05, step_size_up=3, cycle_momentum=False),
+    "OneCycleLR(no momentum)": lambda o: sched.OneCycleLR(o, max_lr=0.05, total_steps=12, cycle_momentum=False),
+    "SequentialLR": lambda o: sched.SequentialLR(o, [sched.LinearLR(o, 0.1, total_iters=3),
+                                                     sched.ExponentialLR(o, 0.9)], milestones=[3]),
+}
+
+
+@pytest.mark.parametrize("sname", list(SCHEDULERS))
+@pytest.mark.parametrize("oname", list(OPTS))
+def test_every_scheduler_sets_the_lr_every_optimiser_uses(oname, sname):
+    net, X, Y = problem()
+    opt = OPTS[oname](list(net.parameters()))
+    s = SCHEDULERS[sname](opt)
+    seen = []
+
+    def check(k):  # before each step, the group's lr is the scheduler's last value
+        seen.append(opt.param_groups[0]["lr"])
+        if oname not in HD:
+            assert opt.param_groups[0]["lr"] == pytest.approx(s.get_last_lr()[0], rel=1e-12)
+        if oname.startswith("EGAdapt"):
+            assert opt.base.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleBoundWarning)
+        train_steps(net, opt, X, Y, 12, scheduler=s, on_step=check)
+    assert len(set(seen)) > 1, "the schedule never changed the learning rate"
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_steplr_on_egadapt_scales_the_base_lr_and_keeps_the_learned_scale():
+    net, X, Y = problem()
+    opt = OPTS["EGAdapt(SGD)"](list(net.parameters()))
+    s = sched.StepLR(opt, step_size=1, gamma=0.5)
+    train_steps(net, opt, X, Y, 4, scheduler=s)
+    assert opt.base.param_groups[0]["lr"] == pytest.approx(0.05 * 0.5**4)
+    scale = opt.param_groups[0]["scale"]
+    assert scale != 1.0
+    assert opt.effective_lrs()[0] == pytest.approx(0.05 * 0.5**4 * scale)
+
+
+@pytest.mark.parametrize("oname", list(OPTS))
+def test_onecycle_cycles_momentum_or_says_how_to_turn_it_off(oname):
+    net, X, Y = problem()
+    opt = OPTS[oname](list(net.parameters()))
+    if oname not in MOMENTUM:  # EG-type updates have no momentum for OneCycleLR to cycle
+        with pytest.raises(ValueError, match="cycle_momentum"):
+            sched.OneCycleLR(opt, max_lr=0.05, total_steps=12)
+        return
+    s = sched.OneCycleLR(opt, max_lr=0.05, total_steps=12)
+    groups = opt.base.param_groups if oname.startswith("EGAdapt") else opt.param_groups
+    key = "momentum" if "momentum" in groups[0] and "SGD" in oname else "betas"
+    first = groups[0][key]
+    train_steps(net, opt, X, Y, 6, scheduler=s)
+    assert groups[0][key] != first
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
+def test_reduce_on_plateau_works_on_egadapt():
+    net, X, Y = problem()
+    opt = OPTS["EGAdapt(Adam)"](list(net.parameters()))
+    s = sched.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    for _ in range(3):
+        s.step(1.0)  # no improvement: halve
+    assert opt.base.param_groups[0]["lr"] < 0.01
+
+
+# ---------------------------------------------------------------- foreach vs the reference path
+
+@pytest.mark.parametrize("oname", list(OPTS))
+def test_foreach_path_matches_per_tensor_reference(oname):
+    nets, opts = [], []
+    for fe in (True, False):
+        net, X, Y = problem(seed=1)
+        opt = OPTS[oname](list(net.parameters()), foreach=fe)
+        train_steps(net, opt, X, Y, 40)
+        nets.append(net)
+        opts.append(opt)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    start = problem(seed=1)[0]
+    assert all(not torch.equal(a, s) for a, s in zip(nets[0].parameters(), start.parameters()))
+    sa, sb = opts[0].state_dict(), opts[1].state_dict()
+    for k in ("lr", "scale"):
+        if k in opts[0].param_groups[0]:
+            assert opts[0].param_groups[0][k] == pytest.approx(opts[1].param_groups[0][k], rel=1e-9)
+    for i, st in sa["state"].items():
+        for n, t in st.items():
+            if torch.is_tensor(t) and t.numel() > 1:
+                torch.testing.assert_close(t, sb["state"][i][n], rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("oname", list(OPTS))
+def test_foreach_state_dict_resumes_on_the_reference_path(oname):
+    net, X, Y = problem(seed=2)
+    opt = OPTS[oname](list(net.parameters()), foreach=True)
+    train_steps(net, opt, X, Y, 5)
+    net2, _, _ = problem(seed=2)
+    net2.load_state_dict(net.state_dict())
+    opt2 = OPTS[oname](list(net2.parameters()), foreach=False)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))  # a state_dict aliases the live buffers
+    for g in opt2.param_groups:  # like torch.optim, the saved groups' settings (foreach too) come back
+        g["eg_foreach" if oname.startswith("EGAdapt") else "foreach"] = False
+    train_steps(net, opt, X, Y, 5)
+    train_steps(net2, opt2, X, Y, 5)
+    for a, b in zip(net.parameters(), net2.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_foreach_handles_mixed_dtypes_and_params_without_grad():
+    a = torch.nn.Parameter(torch.rand(5, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.rand(3, dtype=torch.float32))
+    c = torch.nn.Parameter(torch.rand(2))  # never gets a gradient
+    for make in OPTS.values():
+        opt = make([a, b, c])
+        for _ in range(3):
+            a.grad, b.grad = torch.randn(5, dtype=torch.float64), torch.randn(3)
+            opt.step()
+        assert torch.isfinite(a).all() and torch.isfinite(b).all()
+        assert c.grad is None
+
+
+# ---------------------------------------------------------------- warnings and argument checks
+
+def test_egadapt_warns_once_when_the_scale_reaches_its_cap(capsys):
+    p = torch.nn.Parameter(torch.zeros(10))
+    opt = EGAdapt(torch.optim.SGD([p], lr=1e-3), scale_bounds=(1e-4, 10.0))
+    with pytest.warns(ScaleBoundWarning, match="upper bound 10.*effective lr 0.01") as rec:
+        for _ in range(40):
+            p.grad = torch.ones(10)
+            opt.step()
+    assert opt.param_groups[0]["scale"] == 10.0
+    assert sum(issubclass(w.category, ScaleBoundWarning) for w in rec) == 1
+    assert capsys.readouterr() == ("", "")  # the library warns, never prints
+
+
+def test_egadapt_is_silent_inside_its_bounds():
+    p = torch.nn.Parameter(torch.zeros(10))
+    opt = EGAdapt(torch.optim.SGD([p], lr=1e-3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScaleBoundWarning)
+        for k in range(30):
+            p.grad = torch.ones(10) * (-1) ** k
+            opt.step()
+
+
+@pytest.mark.parametrize("make, err", [
+    (lambda p: EG(p, lr=float("nan")), KexueError),
+    (lambda p: EG(p, lr="0.1"), KexueTypeError),
+    (lambda p: EGPlusMinus(p, init_scale=0.0), KexueError),
+    (lambda p: EGStep(p, nu_min=-1.0), KexueError),
+    (lambda p: EGStep(p, foreach="yes"), KexueError),
+    (lambda p: SGDHD(p, momentum=1.0), KexueError),
+    (lambda p: AdamHD(p, eps=0.0), KexueError),
+    (lambda p: EGAdapt(torch.optim.SGD(p, lr=0.1), beta=1.0), KexueError),
+    (lambda p: EGAdapt(torch.optim.SGD(p, lr=0.1), scale_bounds=(2.0, 10.0)), KexueError),
+    (lambda p: EGAdapt(torch.optim.SGD(p, lr=0.1), gain_bounds=(0.1,)), KexueError),
+    (lambda p: EGAdapt(torch.optim.SGD(p, lr=0.1), scale_lr=float("inf")), KexueError),
+    (lambda p: EGAdapt(EGAdapt(torch.optim.SGD(p, lr=0.1))), KexueError),
+    (lambda p: EGAdapt(p), KexueTypeError),
+])
+def test_bad_arguments_raise_one_line_kexue_errors(make, err):
+    with pytest.raises(err) as e:
+        make([torch.nn.Parameter(torch.ones(2))])
+    assert "\n" not in str(e.value)
+    assert isinstance(e.value, ValueError if err is KexueError else TypeError)
+
+
+def test_egadapt_param_groups_are_the_bases():
+    ps = [torch.nn.Parameter(torch.ones(2))]
+    base = torch.optim.Adam(ps, lr=0.01)
+    opt = EGAdapt(base)
+    assert opt.param_groups is base.param_groups
+    assert opt.param_groups[0]["scale"] == 1.0 and opt.param_groups[0]["eps"] == 1e-8  # Adam's eps untouched
+    q = torch.nn.Parameter(torch.ones(3))
+    opt.add_param_group({"params": [q], "lr": 0.1})
+    assert len(base.param_groups) == 2 and base.param_groups[1]["scale"] == 1.0
+    with pytest.raises(KexueError, match="base optimiser"):
+        opt.param_groups = []
