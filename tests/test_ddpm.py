@@ -9,9 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from kexue.ddpm import (DDIMSampler, DDPMSampler, NoiseSchedule, UNet, cosine_schedule, diffusion_loss, fit_ddpm,
-                        linear_schedule, load_model, save_model, target, to_eps_x0)
+from kexue.ddpm import (DDPM, DDIMSampler, DDPMSampler, NoiseSchedule, UNet, UNetConfig, cosine_schedule,
+                        decoder_nll, diffusion_loss, discretized_gaussian_nll, fit_ddpm, gaussian_kl, kl_term,
+                        linear_schedule, reverse_variances, target, to_eps_x0, variational_bound)
 from kexue.utils import KexueError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the project's thread policy (small tensors: a second intra-op thread mostly spin-waits)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_schedule_notation_matches_ddpm_paper():
@@ -201,28 +211,155 @@ def test_loss_weightings_and_unet_shapes():
 
 
 def test_model_file_roundtrip_and_errors(tmp_path):
-    s = cosine_schedule(30)
-    m = UNet(base=8, mults=(1, 2)).eval()
+    m = DDPM(UNetConfig(base=8, mults=(1, 2)), cosine_schedule(30), side=8, info={"steps": 3})
     p = tmp_path / "m.safetensors"
-    save_model(p, m, s, extra={"steps": 3})
-    m2, s2, pred, extra = load_model(p)
+    m.save(p)
+    m2 = DDPM.load(p)
     x = torch.randn(2, 1, 8, 8)
-    assert torch.equal(m(x, torch.tensor([3, 4])), m2(x, torch.tensor([3, 4])))
-    assert torch.allclose(s2.alpha_bars, s.alpha_bars) and pred == "eps" and extra == {"steps": 3}
+    assert torch.equal(m.net(x, torch.tensor([3, 4])), m2.net(x, torch.tensor([3, 4])))
+    assert torch.equal(m2.schedule.alpha_bars, m.schedule.alpha_bars) and m2.prediction == "eps"
+    assert m2.info == {"steps": 3} and m2.net.config == m.net.config and m2.side == 8
+    assert np.array_equal(m.sample(3, steps=4, seed=1), m2.sample(3, steps=4, seed=1))
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    with pytest.raises(KexueError):
-        load_model(tmp_path / "bad.safetensors")
-    with pytest.raises(KexueError):
-        load_model(tmp_path / "missing.safetensors")
+    for bad in ("bad.safetensors", "missing.safetensors"):
+        with pytest.raises(KexueError):
+            DDPM.load(tmp_path / bad)
+    from kexue.io import save_fitted
+
+    save_fitted(tmp_path / "other.safetensors", "kexue.VAE", {"w": np.zeros(2)}, {})
+    with pytest.raises(KexueError, match="not a kexue.DDPM"):
+        DDPM.load(tmp_path / "other.safetensors")
     for bad in ([], [0.5, 1.5], [float("nan")]):
         with pytest.raises(KexueError):
             NoiseSchedule(bad)
+    s = m.schedule
     with pytest.raises(KexueError):
         DDIMSampler(s, steps=5, eta=2.0)
     with pytest.raises(KexueError):
         DDIMSampler(s, timesteps=[3, 5])
     with pytest.raises(KexueError):
         DDPMSampler(s)(lambda x, k: x, x_T=torch.tensor([[float("nan")]]))
+    with pytest.raises(KexueError):
+        m.sample(2, steps=0)
+    with pytest.raises(KexueError):
+        DDPM(UNetConfig(base=8, mults=(1, 2, 2)), s, side=6)
+
+
+# ---------------------------------------------------------------- the variational bound (SPEC 7.6)
+# Gaussian toy data x_0 ~ N(m, s² I): q(x_t) = N(ᾱ_t m, ᾱ_t² s² + β̄_t²) and the optimal ε-predictor
+# is E[ε | x_t] = β̄_t (x_t - ᾱ_t m)/(ᾱ_t² s² + β̄_t²); the exact NLL is -log N(x_0; m, s²).
+TOY_M, TOY_S = 0.3, 0.5
+
+
+def _toy_predictor(sched):
+    ab, bb = sched.alpha_bars, sched.beta_bars
+
+    def f(x, k):
+        t = (k + 1).long()
+        a, b = (v[t].reshape(-1, *[1] * (x.ndim - 1)) for v in (ab, bb))
+        return b * (x - a * TOY_M) / (a ** 2 * TOY_S ** 2 + b ** 2)
+    return f
+
+
+def _toy_gap(T, variance, dim=16):
+    n = 16384 if T <= 50 else 4096  # enough images that the T = 50 gap stands ~10 s.e. above 0
+    sched = linear_schedule(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)
+    x0 = TOY_M + TOY_S * torch.randn(n, dim, generator=torch.Generator().manual_seed(T), dtype=torch.float64)
+    exact = 0.5 * ((x0 - TOY_M) ** 2).sum(1) / TOY_S ** 2 + 0.5 * dim * math.log(2 * math.pi * TOY_S ** 2)
+    vb = variational_bound(_toy_predictor(sched), x0, sched, variance=variance, decoder="gaussian", seed=1,
+                           batch_size=n)
+    gap = vb.nats - exact.numpy()
+    return gap.mean(), gap.std(ddof=1) / math.sqrt(n)
+
+
+def test_bound_on_gaussian_toy_is_above_the_exact_nll_and_tightens_with_T():
+    # With σ_t² = β_t² the expected gap is ≈ 1.1 nats/dim / T for this schedule family (it is the
+    # reverse chain's discretisation error, which vanishes as T grows); the stated gap is 1.5 D/T.
+    dim = 16
+    for T in (50, 400):
+        gap, se = _toy_gap(T, "beta", dim=dim)
+        assert gap > -3 * se, (T, gap, se)
+        assert gap < 1.5 * dim / T + 3 * se, (T, gap, se)
+    g50, se50 = _toy_gap(50, "beta", dim=dim)
+    assert g50 > 4 * se50  # the gap at small T is real, not Monte Carlo noise
+    # σ_t² = posterior variance: still a bound, looser (≈ 0.9 nats/dim at T = 200), also tightening
+    p50, _ = _toy_gap(50, "posterior", dim=dim)
+    p400, se = _toy_gap(400, "posterior", dim=dim)
+    assert p400 > 0.3 * dim and p50 > p400 + 10 * se
+
+
+def test_each_kl_term_matches_numerical_integration():
+    from scipy import integrate
+    from scipy.stats import norm
+
+    sched = linear_schedule(100, 1e-3, 0.2)
+    model = _toy_predictor(sched)
+    x0 = torch.tensor([[0.4, -0.7]], dtype=torch.float64)
+    x_t = torch.tensor([[0.9, 0.1]], dtype=torch.float64)
+    for variance in ("posterior", "beta"):
+        for t in (2, 10, 60, 100):
+            got = float(kl_term(model, x0, x_t, t, sched, variance=variance)[0])
+            # reference: SPEC 7.1 for q, SPEC 7.3's ε-form of the mean for p, each dimension integrated
+            a, b2, ab_p = (float(v) for v in (sched.alphas[t], sched.beta_sq[t], sched.alpha_bars[t - 1]))
+            bb2, bbp2 = float(sched.beta_bars[t]) ** 2, float(sched.beta_bars[t - 1]) ** 2
+            eps = model(x_t, torch.tensor([t - 1]))
+            var_p = bbp2 * b2 / bb2 if variance == "posterior" else b2
+            ref = 0.0
+            for d in range(2):
+                mq = a * bbp2 / bb2 * float(x_t[0, d]) + ab_p * b2 / bb2 * float(x0[0, d])
+                mp = (float(x_t[0, d]) - b2 / math.sqrt(bb2) * float(eps[0, d])) / a
+                q, p = norm(mq, math.sqrt(bbp2 * b2 / bb2)), norm(mp, math.sqrt(var_p))
+                f = lambda x: q.pdf(x) * (q.logpdf(x) - p.logpdf(x))  # noqa: E731
+                ref += integrate.quad(f, mq - 12 * q.std(), mq + 12 * q.std(), limit=200, epsabs=1e-13)[0]
+            assert got == pytest.approx(ref, rel=1e-6, abs=1e-10), (variance, t)
+    # the closed form itself against a case worked by hand: KL(N(1, 1) ‖ N(0, 4)) = log 2 + 2/8 - 1/2
+    one = torch.ones(1, 1, dtype=torch.float64)
+    assert float(gaussian_kl(one, 1.0, 0 * one, 4.0)) == pytest.approx(math.log(2) + 2 / 8 - 0.5, rel=1e-12)
+
+
+def test_discretised_decoder_is_a_distribution_over_256_levels():
+    from scipy.stats import norm
+
+    levels = torch.linspace(-1, 1, 256, dtype=torch.float64)[:, None]
+    for mean, var in ((0.3, 1e-4), (-0.99, 4e-3), (1.0, 0.5), (0.0, 1e-7)):
+        nll = discretized_gaussian_nll(levels, torch.full_like(levels, mean), var)
+        assert float(torch.exp(-nll).sum()) == pytest.approx(1.0, abs=1e-9)
+        # brute force with scipy's Φ at the bin edges of three levels: the two ends and a middle one
+        sd = math.sqrt(var)
+        for i in (0, 100, 255):
+            lo = -np.inf if i == 0 else (float(levels[i]) - 1 / 255 - mean) / sd
+            hi = np.inf if i == 255 else (float(levels[i]) + 1 / 255 - mean) / sd
+            ref = -math.log(max(norm.cdf(hi) - norm.cdf(lo), 1e-300)) if norm.cdf(hi) - norm.cdf(lo) > 1e-300 else None
+            if ref is not None:
+                assert float(nll[i]) == pytest.approx(ref, rel=1e-7)
+    # deep in a tail the log-difference stays finite (plain Φ(b) - Φ(a) would be 0 - 0)
+    far = discretized_gaussian_nll(torch.tensor([[0.5]], dtype=torch.float64), torch.tensor([[-0.9]]).double(), 1e-4)
+    assert torch.isfinite(far).all() and float(far) > 1000
+    # the decoder term uses σ_1² = β_1² for "beta" and the t = 2 posterior variance for "posterior"
+    s = linear_schedule(100, 1e-3, 0.2)
+    assert float(reverse_variances(s, "beta")[1]) == pytest.approx(1e-3)
+    assert float(reverse_variances(s, "posterior")[1]) == pytest.approx(float(s.posterior_variance(2)))
+    x0 = torch.zeros(1, 4, dtype=torch.float64)
+    assert torch.isfinite(decoder_nll(_toy_predictor(s), x0, x0 + 0.01, s)).all()
+
+
+def test_stratified_bound_is_unbiased_and_model_nll_reports_bits_per_dim():
+    T = 60
+    sched = linear_schedule(T, 1e-3 * 1000 / 600, 0.2)
+    x0 = TOY_M + TOY_S * torch.randn(2000, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    full = variational_bound(_toy_predictor(sched), x0, sched, decoder="gaussian", seed=2, batch_size=2000)
+    est = variational_bound(_toy_predictor(sched), x0, sched, decoder="gaussian", timesteps=6, seed=3,
+                            batch_size=2000)
+    se = math.hypot(full.nats.std() / math.sqrt(2000), est.nats.std() / math.sqrt(2000))
+    assert abs(est.nats.mean() - full.nats.mean()) < 4 * se
+    assert full.prior.mean() == pytest.approx(est.prior.mean())
+    # on a model: bits/dim = mean nats / (D ln 2), deterministic given the seed
+    m = DDPM(UNetConfig(base=8, mults=(1, 2)), linear_schedule(20, 1e-3, 0.3), side=8)
+    X = np.random.default_rng(0).integers(0, 256, (6, 64)).astype(np.uint8)
+    a, b = m.nll(X, timesteps=4, seed=5), m.nll(X, timesteps=4, seed=5)
+    assert a.bits_per_dim == b.bits_per_dim == pytest.approx(a.nats.mean() / (64 * math.log(2)))
+    with pytest.raises(KexueError):
+        m.nll(np.zeros((2, 81)))
 
 
 def test_diffusers_unet_plugs_into_sampler():
@@ -237,3 +374,76 @@ def test_diffusers_unet_plugs_into_sampler():
     a = DDIMSampler(s, steps=5)(net, x_T=xT)
     b = DDIMSampler(s, steps=5)(net, x_T=xT)
     assert a.shape == xT.shape and torch.equal(a, b) and torch.isfinite(a).all()
+
+
+# ---------------------------------------------------------------- the CLI
+TINY = ("--T", 20, "--base", 8, "--mults", "1,2", "--batch-size", 8, "--ckpt-every", 2)
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    X = np.random.default_rng(0).integers(0, 256, (32, 8, 8)).astype(np.uint8)
+    p = tmp_path / "imgs.npy"
+    np.save(p, X)
+    return p
+
+
+def test_cli_train_sample_nll_roundtrip(cli, tiny_data, tmp_path):
+    import json
+    import stat
+
+    model = tmp_path / "m.safetensors"
+    r = cli("ddpm", "train", tiny_data, "-o", model, "--steps", 3, *TINY)
+    assert r.code == 0, r.err
+    grid, arr = tmp_path / "g.png", tmp_path / "s.npy"
+    assert cli("ddpm", "sample", "-m", model, "-n", 5, "--steps", 4, "-o", grid, "--threads", 1).code == 0
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and stat.S_IMODE(grid.stat().st_mode) & 0o044
+    assert cli("ddpm", "sample", "-m", model, "-n", 5, "--steps", 4, "-o", arr).code == 0
+    S = np.load(arr)
+    assert S.shape == (5, 64) and S.min() >= 0 and S.max() <= 1
+    r = cli("ddpm", "nll", model, tiny_data, "-n", 4, "--timesteps", 3, "--json", "-")
+    assert r.code == 0, r.err
+    d = json.loads(r.out)
+    assert d["images"] == 4 and d["dim"] == 64 and d["bits_per_dim"] > 0
+
+
+def test_cli_bad_options_are_one_line_errors_and_write_nothing(cli, tiny_data, tmp_path):
+    model = tmp_path / "m.safetensors"
+    bad_train = [("--lr", -1), ("--lr", "nan"), ("--ema", 1.5), ("--steps", 0), ("--T", 1), ("--mults", "1,x"),
+                 ("--schedule", "cubic"), ("--prediction", "y")]
+    for flag, value in bad_train:
+        r = cli("ddpm", "train", tiny_data, "-o", model, "--steps", 2, *TINY, flag, value)
+        assert r.one_line_error, (flag, value, r.err)
+    for out in (tmp_path / "m.pt", tmp_path / "nodir" / "m.safetensors", tmp_path):
+        assert cli("ddpm", "train", tiny_data, "-o", out, "--steps", 2, *TINY).one_line_error
+    assert cli("ddpm", "train", tmp_path / "none.npy", "-o", model, *TINY).one_line_error
+    assert not model.exists()
+    assert cli("ddpm", "train", tiny_data, "-o", model, "--steps", 2, *TINY).code == 0
+    grid = tmp_path / "g.png"
+    for extra in (("--steps", 0), ("--eta", 2), ("-n", 0), ("--sampler", "euler"), ("--threads", 0)):
+        r = cli("ddpm", "sample", "-m", model, "-o", grid, *extra)
+        assert r.one_line_error, (extra, r.err)
+    for out in (tmp_path / "g.jpg", tmp_path / "nodir" / "g.png"):
+        assert cli("ddpm", "sample", "-m", model, "-o", out, "--steps", 2).one_line_error
+    assert cli("ddpm", "sample", "-m", tmp_path / "none.safetensors", "-o", grid).one_line_error
+    assert cli("ddpm", "sample", "-m", tiny_data, "-o", grid).one_line_error  # not a model file
+    assert not grid.exists()
+    assert cli("ddpm", "nll", model, tiny_data, "--json", tmp_path / "x.txt").one_line_error
+    assert cli("ddpm", "nll", model, tmp_path / "none.npy").one_line_error
+
+
+def test_cli_resume_refuses_another_run(cli, tiny_data, tmp_path):
+    model, ck = tmp_path / "m.safetensors", tmp_path / "m.ckpt"
+    assert cli("ddpm", "train", tiny_data, "-o", model, "--steps", 4, *TINY, "--ckpt", ck).code == 0
+    other = tmp_path / "other.npy"
+    np.save(other, np.random.default_rng(1).integers(0, 256, (32, 8, 8)).astype(np.uint8))
+    cases = [((tiny_data, "--base", 16), "base=8 there vs 16 now"), ((tiny_data, "--T", 30), "T=20 there vs 30 now"),
+             ((other,), "other data"), ((tiny_data, "--steps", 2), "past --steps 2")]
+    for args, words in cases:
+        data, *extra = args
+        r = cli("ddpm", "train", data, "-o", tmp_path / "r.safetensors", "--steps", 6, *TINY, "--ckpt", ck, "--resume",
+                *extra)
+        assert r.one_line_error and words in r.err, (args, r.err)
+    assert not (tmp_path / "r.safetensors").exists()
+    # the same run resumes
+    assert cli("ddpm", "train", tiny_data, "-o", model, "--steps", 6, *TINY, "--ckpt", ck, "--resume").code == 0

@@ -173,5 +173,5 @@ def make_sampler(schedule: NoiseSchedule, name: str, steps: int | None = None, e
     if name == "ddpm":
         return DDPMSampler(schedule, variance=variance, prediction=prediction, clip_x0=clip_x0)
     if name == "ddim":
-        return DDIMSampler(schedule, steps=steps or 50, eta=eta, prediction=prediction, clip_x0=clip_x0)
+        return DDIMSampler(schedule, steps=50 if steps is None else steps, eta=eta, prediction=prediction, clip_x0=clip_x0)
     raise KexueError(f"unknown sampler {name!r}; choose ddpm or ddim")

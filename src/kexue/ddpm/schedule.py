@@ -92,6 +92,12 @@ class NoiseSchedule:
         t = torch.as_tensor(t, dtype=torch.long)
         return self.alpha_bars[t] ** 2 / self.beta_bars[t] ** 2
 
+    def fingerprint(self) -> str:
+        """A short hash of β_t², so checkpoints can tell two schedules with one name apart."""
+        import hashlib
+
+        return hashlib.sha256(self.beta_sq.numpy().tobytes()).hexdigest()[:12]
+
     def to_dict(self) -> dict:
         return {"name": self.name, "T": self.T}
 

@@ -8,6 +8,7 @@ at the lowest resolution. Called as ``net(x, k)`` with diffusers' 0-based timest
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -59,19 +60,48 @@ class Attention(nn.Module):
         return x + y.transpose(1, 2).reshape(b, c, h, w)
 
 
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of :class:`UNet`: ``base`` channels at the top level, multiplied by ``mults``
+    per resolution level, ``n_res`` residual blocks per level, optional self-attention at the
+    lowest resolution."""
+
+    channels: int = 1
+    base: int = 32
+    mults: tuple[int, ...] = (1, 2, 2)
+    n_res: int = 1
+    attention: bool = False
+    groups: int = 8
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "mults", tuple(int(m) for m in self.mults))
+        if self.n_res < 1 or not self.mults or self.base < 1 or self.channels < 1 or min(self.mults) < 1:
+            raise KexueError("UNet needs channels, base, n_res ≥ 1 and at least one positive level in mults")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mults": list(self.mults)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UNetConfig":
+        return cls(**{**d, "mults": tuple(d["mults"])})
+
+
 class UNet(nn.Module):
-    """ε-network: ``UNet(channels=1, base=32, mults=(1, 2, 2), n_res=1, attention=False)``.
+    """ε-network: ``UNet(UNetConfig(base=16, mults=(1, 2, 2)))`` or ``UNet(base=16, mults=(1, 2, 2))``.
 
     Input (B, C, H, W) with H, W divisible by 2^(len(mults)-1); output has the same shape.
     """
 
-    def __init__(self, channels: int = 1, base: int = 32, mults: tuple[int, ...] = (1, 2, 2), n_res: int = 1,
-                 attention: bool = False, groups: int = 8, dropout: float = 0.0):
+    def __init__(self, config: UNetConfig | None = None, **kwargs):
         super().__init__()
-        self.config = {"channels": channels, "base": base, "mults": list(mults), "n_res": n_res,
-                       "attention": attention, "groups": groups, "dropout": dropout}
-        if n_res < 1 or not mults:
-            raise KexueError("UNet needs n_res ≥ 1 and at least one level in mults")
+        if config is None:
+            config = UNetConfig(**kwargs)
+        elif kwargs:
+            raise KexueError("give UNet either a UNetConfig or keyword arguments, not both")
+        self.config = config
+        channels, base, mults, n_res = config.channels, config.base, config.mults, config.n_res
+        attention, groups, dropout = config.attention, config.groups, config.dropout
         tdim = 4 * base
         self.temb = nn.Sequential(nn.Linear(base, tdim), nn.SiLU(), nn.Linear(tdim, tdim))
         self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
@@ -107,7 +137,7 @@ class UNet(nn.Module):
         k = torch.as_tensor(k, device=x.device)
         if k.ndim == 0:
             k = k.expand(x.shape[0])
-        temb = self.temb(timestep_embedding(k, self.config["base"]))
+        temb = self.temb(timestep_embedding(k, self.config.base))
         h = self.conv_in(x)
         skips = []
         for i, blocks in enumerate(self.down):
