@@ -1,10 +1,14 @@
-"""Tests of kexue.whitening (SPEC 5.1, 5.2): the transform, streaming fit, save/load, search."""
+"""Tests of kexue.whitening (SPEC 5.1, 5.2) and kexue.sts: the transform, streaming fit,
+save/load, the conditioning warning, the STS harness and search, the CLI."""
+
+import json
 
 import numpy as np
 import pytest
 
-from kexue.utils import KexueError
-from kexue.whitening import STSPairs, Whitening, WhiteningError, cosine_rows, k_grid, search, spearman100
+from kexue.sts import STSPairs, cosine_rows, k_grid, pairs_embeddings, read_pairs, search, spearman100
+from kexue.utils import KexueError, KexueTypeError
+from kexue.whitening import Whitening
 
 
 def anisotropic(n=2000, d=24, seed=0, mean_scale=3.0, dtype=np.float64):
@@ -108,13 +112,13 @@ def test_set_params_refits_from_accumulators_without_data():
 
 
 @pytest.mark.parametrize("kwargs, X, match", [
-    ({}, np.array([[1.0, np.nan], [2.0, 3.0]]), "NaN"),
-    ({}, np.array([[1.0, np.inf], [2.0, 3.0]]), "infinity"),
+    ({}, np.array([[1.0, np.nan], [2.0, 3.0]]), r"non-finite value \(NaN or inf\) at index \(0, 1\)"),
+    ({}, np.array([[1.0, 2.0], [np.inf, 3.0]]), r"at index \(1, 0\)"),
     ({}, np.ones((1, 3)), "at least 2 samples"),
     ({"n_components": 5}, np.random.default_rng(0).random((10, 3)), "larger than the dimension"),
-    ({"n_components": 0}, np.ones((10, 3)), "positive integer"),
+    ({"n_components": 0}, np.ones((10, 3)), "n_components .k. must be >= 1"),
     ({"gamma": -1}, np.ones((10, 3)), "gamma must be >= 0"),
-    ({"beta": float("nan")}, np.ones((10, 3)), "finite number"),
+    ({"beta": float("nan")}, np.ones((10, 3)), "beta must be a finite number"),
     ({}, np.ones(5), "2D array"),
 ])
 def test_bad_input_raises_one_line_kexue_error(kwargs, X, match):
@@ -123,43 +127,96 @@ def test_bad_input_raises_one_line_kexue_error(kwargs, X, match):
     assert "\n" not in str(e.value)
 
 
+def test_type_errors_are_kexue_type_errors():
+    with pytest.raises(KexueTypeError, match="must be an integer"):
+        Whitening(n_components=2.5).fit(np.ones((10, 3)))
+    X = np.ones((4, 2), dtype=object)
+    X[0, 0] = {"a": 1}
+    with pytest.raises(KexueTypeError) as e:
+        Whitening().fit(X)
+    assert isinstance(e.value, TypeError) and "\n" not in str(e.value)
+
+
 def test_wrong_dims_at_transform_and_unfitted():
     from sklearn.exceptions import NotFittedError
 
     w = Whitening().fit(anisotropic(n=50, d=6))
-    with pytest.raises(WhiteningError, match="6 features"):
+    with pytest.raises(KexueError, match="6 features"):
         w.transform(np.ones((3, 5)))
-    with pytest.raises(WhiteningError, match="6 features"):
+    with pytest.raises(KexueError, match="6 features"):
         w.partial_fit(np.ones((3, 5)))
     with pytest.raises(NotFittedError):
         Whitening().transform(np.ones((3, 5)))
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
-def test_save_load_roundtrip(tmp_path, suffix):
+def test_save_load_roundtrip(tmp_path):
     X = anisotropic(n=400, d=9)
     w = Whitening(beta=0.5, gamma=0.25, n_components=7).fit(X)
-    p = w.save(tmp_path / f"t{suffix}")
+    p = w.save(tmp_path / "t.safetensors")
     v = Whitening.load(p)
     assert (v.beta, v.gamma, v.n_components, v.n_samples_seen_) == (0.5, 0.25, 7, 400)
     np.testing.assert_array_equal(v.transform(X), w.transform(X))
     v.partial_fit(X)  # the accumulators travel too: streaming can resume after a reload
     np.testing.assert_allclose(v.mean_, w.mean_, rtol=1e-12)
+    # one kexue fitted file: the shared loader reads it and knows its kind
+    from kexue.io import load_fitted
+
+    tensors, config = load_fitted(p, "Whitening")
+    assert config == {"beta": 0.5, "gamma": 0.25, "n_components": 7} and tensors["gram"].shape == (9, 9)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_files_of_the_earlier_format_still_load(tmp_path, suffix):
+    # files written before save/load went through kexue.io: tensors + {"format": "kexue.whitening/1", ...}
+    X = anisotropic(n=300, d=5)
+    w = Whitening(beta=0.75, gamma=1.0, n_components=None).fit(X)
+    tensors = {"mean": w.mean_, "eigenvalues": w.eigenvalues_, "eigenvectors": w.eigenvectors_, "shift": w.shift_,
+               "sum": w.sum_, "gram": w.gram_, "n_samples_seen": np.asarray([300], dtype=np.int64)}
+    meta = {"format": "kexue.whitening/1", "beta": "0.75", "gamma": "1.0", "n_components": ""}
+    p = tmp_path / f"old{suffix}"
+    if suffix == ".npz":
+        np.savez(p, **tensors, meta=np.asarray(json.dumps(meta)))
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(tensors, str(p), metadata=meta)
+    v = Whitening.load(p)
+    assert (v.beta, v.gamma, v.n_components) == (0.75, 1.0, None)
+    np.testing.assert_array_equal(v.transform(X), w.transform(X))
 
 
 def test_load_rejects_missing_corrupt_and_foreign_files(tmp_path):
-    with pytest.raises(KexueError, match="does not exist"):
+    with pytest.raises(KexueError, match="not found"):
         Whitening.load(tmp_path / "nope.safetensors")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage")
-    with pytest.raises(KexueError, match="not a readable"):
+    with pytest.raises(KexueError, match="cannot read"):
         Whitening.load(bad)
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, x=np.ones(3))
     with pytest.raises(KexueError, match="not a kexue whitening"):
         Whitening.load(foreign)
-    with pytest.raises(KexueError, match=r"\.safetensors or \.npz"):
-        Whitening().fit(np.random.default_rng(0).random((5, 2))).save(tmp_path / "t.pkl")
+    from kexue.io import save_fitted
+
+    save_fitted(tmp_path / "vae.safetensors", "VAE", {"w": np.ones(2)}, {})
+    with pytest.raises(KexueError, match="is a VAE, not a Whitening"):
+        Whitening.load(tmp_path / "vae.safetensors")
+    with pytest.raises(KexueError, match=r"\.safetensors"):
+        Whitening().fit(np.random.default_rng(0).random((5, 2))).save(tmp_path / "t.npz")
+
+
+def test_conditioning_warning_names_rank_and_the_k_to_keep():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3)) @ rng.standard_normal((3, 8))  # rank 3 in R^8
+    w = Whitening().fit(X)
+    msg = w.conditioning_warning(flag="-k")
+    assert "rank 3 of 8" in msg and msg.endswith("-k 3") and "\n" not in msg
+    assert Whitening(gamma=0).fit(X).conditioning_warning() is None  # a rotation amplifies nothing
+    assert Whitening().fit(anisotropic(n=500, d=8)).conditioning_warning() is None
+    # full rank but λ_max/λ_min = 1e14: badly conditioned, keep the directions above λ_max/1e12
+    Y = rng.standard_normal((2000, 4)) * np.array([1.0, 1e-2, 1e-4, 1e-7])
+    msg = Whitening().fit(Y).conditioning_warning()
+    assert "badly conditioned" in msg and msg.endswith("n_components 3")
 
 
 def test_sklearn_check_estimator():
@@ -224,56 +281,135 @@ def test_stspairs_and_search():
         search(splits, fit_on="dev")
 
 
-def _cli(args):
-    from kexue.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    return e.value.code
-
-
-def test_cli_fit_apply_streams_and_matches_library(tmp_path, capsys):
+def test_cli_fit_apply_streams_and_matches_library(tmp_path, cli):
     from safetensors.numpy import save_file
 
     X = anisotropic(n=3000, d=12, dtype=np.float32)
     np.save(tmp_path / "emb.npy", X)
+    np.savez(tmp_path / "emb.npz", vectors=X)
     save_file({"vectors": X, "other": X[:2]}, str(tmp_path / "emb.safetensors"))
     t = tmp_path / "t.safetensors"
-    assert _cli(["whiten", "fit", str(tmp_path / "emb.npy"), "--beta", "0.5", "--gamma", "1", "--dim", "6",
-                 "-o", str(t), "--chunk", "700"]) == 0
-    out = tmp_path / "z.npy"
-    assert _cli(["whiten", "apply", str(t), str(tmp_path / "emb.safetensors"), "--key", "vectors", "-o", str(out),
-                 "--chunk", "999"]) == 0
+    r = cli("whiten", "fit", tmp_path / "emb.npy", "--beta", "0.5", "--gamma", "1", "--dim", "6", "-o", t,
+            "--chunk", "700", "--threads", "1")
+    assert r.code == 0 and "warning" not in r.err
     ref = Whitening(beta=0.5, gamma=1, n_components=6).fit(X)
-    Z = np.load(out, allow_pickle=False)
-    assert Z.shape == (3000, 6) and Z.dtype == np.float32
-    np.testing.assert_allclose(Z, ref.transform(X), rtol=1e-5, atol=1e-5)
-    # user errors: one line, exit 2, no output file
-    capsys.readouterr()
-    assert _cli(["whiten", "fit", str(tmp_path / "missing.npy"), "-o", str(tmp_path / "u.npz")]) == 2
-    assert _cli(["whiten", "fit", str(tmp_path / "emb.npy"), "--dim", "13", "-o", str(tmp_path / "u.npz")]) == 2
-    assert _cli(["whiten", "apply", str(t), str(tmp_path / "emb.safetensors"), "-o", str(tmp_path / "v.npy")]) == 2
+    for src in ("emb.safetensors", "emb.npz"):
+        out = tmp_path / f"z_{src.replace('.', '_')}.npy"
+        assert cli("whiten", "apply", t, tmp_path / src, "--key", "vectors", "-o", out, "--chunk", "999").code == 0
+        Z = np.load(out, allow_pickle=False)
+        assert Z.shape == (3000, 6) and Z.dtype == np.float32
+        np.testing.assert_allclose(Z, ref.transform(X), rtol=1e-5, atol=1e-5)
+
+
+def test_cli_fit_warns_on_a_rank_deficient_covariance(tmp_path, cli):
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "low.npy", (rng.standard_normal((500, 3)) @ rng.standard_normal((3, 8))).astype(np.float32))
+    r = cli("whiten", "fit", tmp_path / "low.npy", "-o", tmp_path / "t.safetensors")
+    assert r.code == 0 and (tmp_path / "t.safetensors").is_file()
+    warn = [line for line in r.err.splitlines() if "warning" in line]
+    assert len(warn) == 1 and "rank" in warn[0] and "-k 3" in warn[0]
+
+
+def _bad_inputs(tmp_path):
+    X = anisotropic(n=50, d=12, dtype=np.float32)
+    np.save(tmp_path / "emb.npy", X)
+    np.save(tmp_path / "one.npy", X[:1])
     np.save(tmp_path / "bad.npy", np.ones((4, 5), dtype=np.float32))
-    assert _cli(["whiten", "apply", str(t), str(tmp_path / "bad.npy"), "-o", str(tmp_path / "v.npy")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("kexue: error:") == 4 and "Traceback" not in err
-    assert "choose one with --key" in err and "d=12" in err
-    assert not (tmp_path / "u.npz").exists() and not (tmp_path / "v.npy").exists()
+    (tmp_path / "empty.npy").write_bytes(b"")
+    (tmp_path / "text.npy").write_text("1,2,3\n")
+    from safetensors.numpy import save_file
+
+    save_file({"a": X, "b": X}, str(tmp_path / "two.safetensors"))
+    Whitening().fit(X).save(tmp_path / "t.safetensors")
+    (tmp_path / "adir.npy").mkdir()
+    e, t, o = tmp_path / "emb.npy", tmp_path / "t.safetensors", tmp_path / "out.safetensors"
+    v = tmp_path / "v.npy"
+    return [
+        (("fit", e, "--dim", "0", "-o", o), "--dim"),
+        (("fit", e, "-k", "13", "-o", o), "--dim 13 is larger than the embedding dimension 12"),
+        (("fit", e, "--gamma", "-1", "-o", o), "--gamma"),
+        (("fit", e, "--beta", "nan", "-o", o), "--beta"),
+        (("fit", e, "--chunk", "0", "-o", o), "--chunk"),
+        (("fit", e, "--threads", "0", "-o", o), "--threads"),
+        (("fit", tmp_path / "missing.npy", "-o", o), "not found"),
+        (("fit", tmp_path / "one.npy", "-o", o), "at least 2 vectors"),
+        (("fit", tmp_path / "empty.npy", "-o", o), "empty"),
+        (("fit", tmp_path / "text.npy", "-o", o), "not a .npy array"),
+        (("fit", tmp_path / "two.safetensors", "-o", o), "choose one with --key"),
+        (("fit", e, "-o", tmp_path / "t.npz"), ".safetensors"),
+        (("fit", e, "-o", tmp_path / "no" / "t.safetensors"), "does not exist"),
+        (("fit", e, "-o", tmp_path / "adir.npy"), "directory"),
+        (("apply", t, tmp_path / "bad.npy", "-o", v), "d=12"),
+        (("apply", t, e, "-o", tmp_path / "v.csv"), ".npy"),
+        (("apply", tmp_path / "nope.safetensors", e, "-o", v), "not found"),
+        (("apply", tmp_path / "two.safetensors", e, "-o", v), "not a Whitening"),
+        (("search", "--encoder", "bert"), "unknown encoder"),
+        (("search", "--fit-on", "dev"), "--fit-on"),
+        (("search", "--limit", "3"), "--limit"),
+        (("search", "--json", tmp_path / "g.txt"), ".json"),
+        (("search", "--pairs", tmp_path / "nope.tsv"), "not found"),
+        (("search", "--pairs", e, "--fit-on", "train"), "with --pairs"),
+    ]
 
 
-def test_cli_search_on_synthetic_splits(monkeypatch, tmp_path, capsys):
-    import kexue.whitening as W
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli):
+    for args, match in _bad_inputs(tmp_path):
+        before = set(tmp_path.rglob("*"))
+        r = cli("whiten", *args)
+        assert r.one_line_error, (args, r.code, r.err)
+        assert match in r.err, (args, r.err)
+        assert set(tmp_path.rglob("*")) == before, args  # no output file, no temp file left behind
+
+
+def test_cli_search_on_synthetic_splits(monkeypatch, tmp_path, cli):
+    import kexue.sts as S
 
     splits = {"train": synthetic_sts(seed=1), "dev": synthetic_sts(seed=2), "test": synthetic_sts(seed=3)}
-    monkeypatch.setattr(W, "stsb_embeddings", lambda *a, **k: splits)
+    monkeypatch.setattr(S, "stsb_embeddings", lambda *a, **k: splits)
     js = tmp_path / "grid.json"
-    assert _cli(["whiten", "search", "--encoder", "minilm", "--json", str(js)]) == 0
-    import json
+    r = cli("whiten", "search", "--encoder", "minilm", "--json", js)
+    assert r.code == 0 and "tuned" in r.out
+    g = json.loads(js.read_text())
+    assert g["best"]["dev"] == pytest.approx(np.max(g["dev"]))
+    r = cli("whiten", "search", "--json", "-")  # stdout carries only the JSON
+    assert r.code == 0 and json.loads(r.out)["best"] == g["best"]
 
-    r = json.loads(js.read_text())
-    assert r["best"]["dev"] == pytest.approx(np.max(r["dev"]))
-    assert "tuned" in capsys.readouterr().out
-    assert _cli(["whiten", "search", "--encoder", "bert"]) == 2
+
+def test_read_pairs(tmp_path):
+    p = tmp_path / "pairs.tsv"
+    rows = [f"a {i}\tb {i}\t{i / 4}" for i in range(12)]
+    p.write_text("sentence1\tsentence2\tscore\n" + "\n".join(rows) + "\n\n", encoding="utf-8")
+    s1, s2, score = read_pairs(p)
+    assert s1[3] == "a 3" and s2[11] == "b 11" and score.tolist() == [i / 4 for i in range(12)]
+    p.write_text("\n".join(rows[:5] + ["x\ty\tgood"] + rows[5:]), encoding="utf-8")
+    with pytest.raises(KexueError, match=r"pairs.tsv:6: score 'good' is not a number"):
+        read_pairs(p)
+    p.write_text("\n".join(rows[:5] + ["only one field"]), encoding="utf-8")
+    with pytest.raises(KexueError, match="pairs.tsv:6 has 1 tab-separated fields"):
+        read_pairs(p)
+    p.write_text("\n".join(rows[:4]), encoding="utf-8")
+    with pytest.raises(KexueError, match="at least 10"):
+        read_pairs(p)
+
+
+def test_cli_search_on_a_users_pairs_file(tmp_path, cli):
+    # a user's own STS-style file (here: 40 STS-B test pairs as TSV), encoded with the installed MiniLM
+    from kexue import data
+
+    te = data.load_stsb()["test"]
+    n = 40
+    p = tmp_path / "mine.tsv"
+    p.write_text("".join(f"{a}\t{b}\t{s}\n" for a, b, s in zip(te.sentence1[:n], te.sentence2[:n], te.score[:n])),
+                 encoding="utf-8")
+    js = tmp_path / "g.json"
+    r = cli("whiten", "search", "--pairs", p, "--seed", "3", "--json", js)
+    assert r.code == 0 and "mine.tsv" in r.out
+    g = json.loads(js.read_text())
+    halves = pairs_embeddings(p, seed=3)
+    assert len(halves["dev"].score) == 20 and len(halves["test"].score) == 20
+    assert sorted(np.concatenate([halves["dev"].score, halves["test"].score])) == sorted(te.score[:n])
+    assert g["raw_test"] == pytest.approx(halves["test"].spearman(), abs=1e-9)
+    assert g["pairs"] == str(p) and len(g["ks"]) == len(k_grid(384))
 
 
 def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
@@ -284,7 +420,7 @@ def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
 
     from kexue import data
     from kexue.encoders import load_minilm
-    from kexue.whitening import stsb_embeddings
+    from kexue.sts import stsb_embeddings
 
     n = 60
     ours = stsb_embeddings("minilm", splits=("test",), limit=n, cache_dir=tmp_path)["test"]

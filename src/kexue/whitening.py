@@ -1,4 +1,4 @@
-"""BERT-whitening with hyperparameters β, γ and k (SPEC 5), plus the STS-B evaluation harness.
+"""BERT-whitening with hyperparameters β, γ and k (SPEC 5) as a scikit-learn transformer.
 
 For sentence vectors x_i ∈ R^d (rows) — SPEC 5.1:
 
@@ -18,53 +18,49 @@ fitted chunk by chunk in O(d²) memory (:meth:`Whitening.partial_fit`). Then, wi
 
 which is SPEC 5.1 expanded. The accumulators do not depend on β, γ or k, so
 :meth:`Whitening.set_params` after a fit re-decomposes without another pass over the data.
+
+The STS evaluation harness (encoding STS-B or a user's pairs, the (β, γ, k) grid search) is in
+:mod:`kexue.sts`; the sentence-transformers module is :mod:`kexue.whitening_st`.
 """
 
 from __future__ import annotations
 
 import json
-import numbers
-from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from kexue.utils import KexueError, atomic_path
+from kexue import validate
+from kexue.io import load_fitted, save_fitted
+from kexue.utils import KexueError, KexueTypeError
 
 CHUNK = 65536  # rows converted to float64 at a time: bounds the fit's extra memory to ~CHUNK·d·8 bytes
-FORMAT = "kexue.whitening/1"
+KIND = "Whitening"
+LEGACY_FORMAT = "kexue.whitening/1"  # files written before save/load went through kexue.io
+ILL_CONDITIONED = 1e12  # λ_max/λ_min above this: Λ^(-γ/2) multiplies rounding noise by up to 1e6 at γ = 1
 
-
-class WhiteningError(KexueError, ValueError):
-    """Bad input to :class:`Whitening`: a KexueError for the CLI, a ValueError for scikit-learn."""
-
-
-class WhiteningTypeError(KexueError, TypeError):
-    """Input of a type that is not numbers (e.g. an object array of dicts)."""
+# kept as names for code written against earlier releases; they are the shared error types
+WhiteningError = KexueError
+WhiteningTypeError = KexueTypeError
 
 
 def _one_line(e: Exception) -> Exception:
-    """sklearn's validation message squeezed to one line, with the fix named."""
+    """scikit-learn's validation message squeezed to one line, with the fix named."""
     text = str(e) or type(e).__name__
     msg = text.splitlines()[0].rstrip(":")
     if "Reshape your data" in text:
         msg += "; Reshape your data: X.reshape(1, -1) for one vector, X.reshape(-1, 1) for one feature"
-    elif "NaN" in msg or "infinity" in msg:
-        msg += " (whitening needs finite vectors; drop or fix those rows)"
-    return WhiteningTypeError(msg) if isinstance(e, TypeError) else WhiteningError(msg)
+    return KexueTypeError(msg) if isinstance(e, TypeError) else KexueError(msg)
 
 
 def _check_params(beta, gamma, n_components) -> None:
-    for name, v in (("beta", beta), ("gamma", gamma)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not np.isfinite(v):
-            raise WhiteningError(f"{name} must be a finite number (the post uses 0..1), got {v!r}")
-    if gamma < 0:
-        raise WhiteningError(f"gamma must be >= 0 (it is the power of Λ^(-γ/2)), got {gamma}")
-    if n_components is not None and (isinstance(n_components, bool) or not isinstance(n_components, numbers.Integral)
-                                     or n_components < 1):
-        raise WhiteningError(f"n_components must be a positive integer or None (keep all d), got {n_components!r}")
+    validate.real(beta, "beta")
+    validate.real(gamma, "gamma", lo=0.0)  # the power of Λ^(-γ/2); negative would amplify the big directions
+    if n_components is not None:
+        validate.integer(n_components, "n_components (k)", lo=1)
 
 
 class Whitening(TransformerMixin, BaseEstimator):
@@ -89,6 +85,9 @@ class Whitening(TransformerMixin, BaseEstimator):
         self.gamma = gamma
         self.n_components = n_components
 
+    # declared for scikit-learn's tooling; the checks themselves go through kexue.validate (one wording)
+    _parameter_constraints: dict = {"beta": [Real], "gamma": [Real], "n_components": [Integral, None]}
+
     # ----- input checking ---------------------------------------------------------------------
 
     def _validate(self, X, reset: bool):
@@ -96,11 +95,12 @@ class Whitening(TransformerMixin, BaseEstimator):
 
         try:
             X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_min_samples=1,
-                              accept_sparse=False)
-        except WhiteningError:
+                              accept_sparse=False, ensure_all_finite=False)
+        except KexueError:
             raise
         except (ValueError, TypeError) as e:
             raise _one_line(e) from None
+        validate.finite(X, "X")
         return X
 
     # ----- fitting ----------------------------------------------------------------------------
@@ -133,10 +133,10 @@ class Whitening(TransformerMixin, BaseEstimator):
         _check_params(self.beta, self.gamma, self.n_components)
         N, d = self.n_samples_seen_, self.n_features_in_
         if N < 2:
-            raise WhiteningError(f"got {N} sample; whitening needs at least 2 samples (N < 2) to estimate Σ")
+            raise KexueError(f"got {N} sample; whitening needs at least 2 samples (N < 2) to estimate Σ")
         k = d if self.n_components is None else int(self.n_components)
         if k > d:
-            raise WhiteningError(f"n_components={k} is larger than the dimension d={d}; choose k <= {d}")
+            raise KexueError(f"n_components={k} is larger than the dimension d={d}; choose k <= {d}")
         mu_y = self.sum_ / N  # μ − c
         mu = self.shift_ + mu_y
         a = float(self.beta) * mu - self.shift_  # βμ − c
@@ -187,7 +187,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             first = False
             self._accumulate(C)
         if first:
-            raise WhiteningError("no chunks to fit; pass at least one (n, d) array")
+            raise KexueError("no rows to fit: the chunks were empty; pass at least 2 rows (n, d)")
         return self._decompose()
 
     def set_params(self, **params):
@@ -237,7 +237,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             raise _one_line(e) from None
         k = self.components_.shape[0]
         if Z.shape[1] != k:
-            raise WhiteningError(f"inverse_transform got {Z.shape[1]} columns but the transform keeps k={k}")
+            raise KexueError(f"inverse_transform got {Z.shape[1]} columns but the transform keeps k={k}")
         W = (self.components_.T / self._scale()).T  # (k, d)
         return (Z.astype(np.float64) @ W + float(self.beta) * self.mean_).astype(Z.dtype, copy=False)
 
@@ -250,190 +250,84 @@ class Whitening(TransformerMixin, BaseEstimator):
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
+    # ----- conditioning ------------------------------------------------------------------------
+
+    def conditioning_warning(self, flag: str = "n_components") -> str | None:
+        """One line saying Σ is rank-deficient or badly conditioned (λ_max/λ_min > ILL_CONDITIONED),
+        naming how many coordinates to keep (``flag``: the parameter or option the caller knows);
+        ``None`` when Σ is well conditioned or γ = 0 (a rotation amplifies nothing)."""
+        self._check_fitted()
+        lam = self.eigenvalues_
+        d = len(lam)
+        floor = max(float(lam[0]), np.finfo(np.float64).tiny) * d * np.finfo(np.float64).eps
+        rank = int(np.sum(lam > floor))
+        cond = float(lam[0] / lam[-1]) if lam[-1] > 0 else float("inf")
+        if float(self.gamma) == 0 or (rank == d and cond <= ILL_CONDITIONED):
+            return None
+        well = int(np.sum(lam * ILL_CONDITIONED >= lam[0]))  # directions within the conditioning limit
+        what = f"rank-deficient (rank {rank} of {d})" if rank < d else "badly conditioned"
+        return (f"Σ is {what}, condition {cond:.3g}: Λ^(-γ/2) turns its smallest directions into amplified "
+                f"noise; keep only the leading ones, e.g. {flag} {min(rank, well)}")
+
     # ----- saving -----------------------------------------------------------------------------
 
     def save(self, path) -> Path:
-        """Write the fitted transform (parameters, μ, U, Λ and the accumulators) to ``.safetensors``
-        or ``.npz`` (no pickle), atomically."""
+        """Write the fitted transform (β, γ, k, μ, U, Λ and the accumulators, so a reloaded transform
+        can keep streaming) to one ``.safetensors`` file (:func:`kexue.io.save_fitted`), atomically."""
         self._check_fitted()
-        path = Path(path)
         tensors = {"mean": self.mean_, "eigenvalues": self.eigenvalues_, "eigenvectors": self.eigenvectors_,
                    "shift": self.shift_, "sum": self.sum_, "gram": self.gram_,
                    "n_samples_seen": np.asarray([self.n_samples_seen_], dtype=np.int64)}
-        meta = {"format": FORMAT, "beta": repr(float(self.beta)), "gamma": repr(float(self.gamma)),
-                "n_components": "" if self.n_components is None else str(int(self.n_components))}
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import save_file
+        save_fitted(path, KIND, tensors, self._config())
+        return Path(path)
 
-            with atomic_path(path) as tmp:
-                save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata=meta)
-        elif path.suffix == ".npz":
-            with atomic_path(path) as tmp:
-                np.savez(tmp, **tensors, meta=np.asarray(json.dumps(meta)))
-        else:
-            raise WhiteningError(f"cannot save to {path.name}: use a .safetensors or .npz file name")
-        return path
+    def _config(self) -> dict:
+        return {"beta": float(self.beta), "gamma": float(self.gamma),
+                "n_components": None if self.n_components is None else int(self.n_components)}
 
     @classmethod
     def load(cls, path) -> "Whitening":
-        """Read a transform written by :meth:`save`; a WhiteningError for a missing/corrupt/foreign file."""
+        """Read a transform written by :meth:`save` (or by releases before it, .npz/.safetensors);
+        a one-line KexueError for a missing, corrupt or foreign file."""
         path = Path(path)
-        if not path.is_file():
-            raise WhiteningError(f"{path} does not exist; fit a transform first (kexue whiten fit)")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(path), framework="numpy") as f:
-                    meta = f.metadata() or {}
-                    t = {k: f.get_tensor(k) for k in f.keys()}
-            elif path.suffix == ".npz":
-                with np.load(path, allow_pickle=False) as z:
-                    t = {k: z[k] for k in z.files}
-                meta = json.loads(str(t.pop("meta"))) if "meta" in t else {}
-            else:
-                raise WhiteningError(f"cannot read {path.name}: a transform is a .safetensors or .npz file")
-        except WhiteningError:
-            raise
-        except Exception as e:  # safetensors/zip raise assorted types for corrupt files
-            raise WhiteningError(f"{path} is not a readable whitening transform ({type(e).__name__}: {e}); fit it again") from None
-        if meta.get("format") != FORMAT:
-            raise WhiteningError(f"{path} is not a kexue whitening transform (format {meta.get('format')!r}); fit it again")
+        legacy = _read_legacy(path)
+        t, config = legacy if legacy is not None else load_fitted(path, KIND)
         need = {"mean", "eigenvalues", "eigenvectors", "shift", "sum", "gram", "n_samples_seen"}
-        if not need <= set(t):
-            raise WhiteningError(f"{path} lacks {', '.join(sorted(need - set(t)))}; fit it again")
-        k = meta.get("n_components", "")
-        w = cls(beta=float(meta["beta"]), gamma=float(meta["gamma"]), n_components=int(k) if k else None)
+        if not need <= set(t) or not {"beta", "gamma", "n_components"} <= set(config):
+            raise KexueError(f"{path} lacks parts of a whitening transform; fit it again")
+        w = cls(beta=config["beta"], gamma=config["gamma"], n_components=config["n_components"])
         d = len(t["mean"])
         if t["gram"].shape != (d, d) or t["eigenvectors"].shape != (d, d):
-            raise WhiteningError(f"{path} has inconsistent shapes; fit it again")
+            raise KexueError(f"{path} has inconsistent shapes; fit it again")
         w.n_features_in_ = d
         w.n_samples_seen_ = int(t["n_samples_seen"][0])
         w.shift_, w.sum_, w.gram_ = t["shift"], t["sum"], t["gram"]
         return w._decompose()
 
 
-# ---------------------------------------------------------------------------------------------
-# STS evaluation harness (SPEC 5: cosine + Spearman ×100 on STS-B)
+def _read_legacy(path: Path) -> tuple[dict, dict] | None:
+    """(tensors, config) of a file in the earlier format (.npz, or .safetensors whose metadata
+    says ``format: kexue.whitening/1``); None for anything else (then :func:`load_fitted` judges)."""
+    if not path.is_file() or path.suffix not in (".npz", ".safetensors"):
+        return None
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
 
-
-def cosine_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """cos(a_i, b_i) for each row pair, in float64."""
-    A = np.asarray(A, dtype=np.float64)
-    B = np.asarray(B, dtype=np.float64)
-    na = np.linalg.norm(A, axis=1)
-    nb = np.linalg.norm(B, axis=1)
-    return (A * B).sum(1) / np.maximum(na * nb, np.finfo(np.float64).tiny)
-
-
-def spearman100(pred, gold) -> float:
-    """Spearman rank correlation ×100, the STS metric."""
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(pred, gold).statistic * 100.0)
-
-
-@dataclass
-class STSPairs:
-    """Embeddings of one STS split: A[i], B[i] are the two sentences of pair i, score its gold."""
-
-    A: np.ndarray
-    B: np.ndarray
-    score: np.ndarray
-
-    def spearman(self, transform=None) -> float:
-        A, B = (self.A, self.B) if transform is None else (transform(self.A), transform(self.B))
-        return spearman100(cosine_rows(A, B), self.score)
-
-
-def stsb_embeddings(encoder: str = "minilm", pooling: str = "default", data_dir=None, cache_dir=None,
-                    tracker=None, splits=("train", "dev", "test"), limit: int | None = None) -> dict[str, STSPairs]:
-    """Encode STS-B with a kexue encoder: {split: STSPairs}. Each split is encoded as one list
-    sentence1 + sentence2 (so the disk cache is shared with anyone encoding the same split).
-    ``limit`` keeps the first ``limit`` pairs of each split (for quick runs and tests)."""
-    from kexue import data, encoders
-
-    st = data.load_stsb(data_dir)
-    out = {}
-    for name in splits:
-        s = st[name]
-        n = len(s) if limit is None else min(limit, len(s))
-        E = encoders.encode(s.sentence1[:n] + s.sentence2[:n], encoder, pooling, cache_dir=cache_dir, tracker=tracker)
-        out[name] = STSPairs(E[:n], E[n:], s.score[:n])
-    return out
-
-
-def k_grid(d: int) -> list[int]:
-    """k ∈ {d, d/2, d/3, d/4, d/8, d/16, ...} (rounded, >= 8), descending and distinct."""
-    ks = [d, d // 2, d // 3, d // 4]
-    q = 8
-    while d // q >= 8:
-        ks.append(d // q)
-        q *= 2
-    return sorted(set(k for k in ks if k >= 1), reverse=True)
-
-
-GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-@dataclass
-class SearchResult:
-    """Spearman ×100 on dev and test for every (β, γ, k); ``best`` is the dev-chosen setting."""
-
-    betas: list[float]
-    gammas: list[float]
-    ks: list[int]
-    dev: np.ndarray  # (nβ, nγ, nk)
-    test: np.ndarray
-    raw_dev: float
-    raw_test: float
-    fit_on: str
-    best: dict = field(default_factory=dict)
-
-    def at(self, beta: float, gamma: float, k: int) -> tuple[float, float]:
-        i, j, l = self.betas.index(beta), self.gammas.index(gamma), self.ks.index(k)
-        return float(self.dev[i, j, l]), float(self.test[i, j, l])
-
-    def to_dict(self) -> dict:
-        return {"betas": self.betas, "gammas": self.gammas, "ks": self.ks, "dev": self.dev.tolist(),
-                "test": self.test.tolist(), "raw_dev": self.raw_dev, "raw_test": self.raw_test,
-                "fit_on": self.fit_on, "best": self.best}
-
-
-def search(splits: dict[str, STSPairs], betas=GRID, gammas=GRID, ks=None, fit_on: str = "all") -> SearchResult:
-    """Grid search over (β, γ, k): choose by STS-B dev Spearman, report test (SPEC 5.3 conclusion).
-
-    ``fit_on="all"`` fits μ, Σ on every sentence of train+dev+test, as the post does
-    (unsupervised: no labels are used); ``fit_on="train"`` uses the train sentences only.
-    One pass builds the accumulators; each β needs one eigendecomposition; γ and k only rescale
-    and truncate the rotated vectors. Ties on dev go to the first setting in grid order.
-    """
-    if fit_on not in ("all", "train"):
-        raise KexueError(f"fit_on must be 'all' or 'train', got {fit_on!r}")
-    for s in ("dev", "test") + (("train",) if fit_on == "train" else ()):
-        if s not in splits:
-            raise KexueError(f"search needs the {s} split of STS-B")
-    fit_splits = list(splits) if fit_on == "all" else ["train"]
-    d = splits["dev"].A.shape[1]
-    ks = k_grid(d) if ks is None else sorted(set(int(k) for k in ks), reverse=True)
-    betas, gammas = [float(b) for b in betas], [float(g) for g in gammas]
-    w = Whitening(beta=betas[0], gamma=1.0)
-    w.fit_chunks(M for s in fit_splits for M in (splits[s].A, splits[s].B))
-    scores = {s: np.zeros((len(betas), len(gammas), len(ks))) for s in ("dev", "test")}
-    for i, b in enumerate(betas):
-        w.set_params(beta=b, gamma=0.0, n_components=None)  # rotation only; rescale per γ below
-        lam = np.maximum(w.eigenvalues_, w.eigenvalues_[0] * d * np.finfo(np.float64).eps)
-        rot = {s: (w.transform(splits[s].A.astype(np.float64)), w.transform(splits[s].B.astype(np.float64)))
-               for s in ("dev", "test")}
-        for j, g in enumerate(gammas):
-            sc = lam ** (-g / 2.0)
-            for s, (A, B) in rot.items():
-                A, B = A * sc, B * sc
-                for l, k in enumerate(ks):
-                    scores[s][i, j, l] = spearman100(cosine_rows(A[:, :k], B[:, :k]), splits[s].score)
-    flat = int(np.argmax(scores["dev"]))  # first maximum in (β, γ, k) order
-    i, j, l = np.unravel_index(flat, scores["dev"].shape)
-    best = {"beta": betas[i], "gamma": gammas[j], "k": ks[l], "dev": float(scores["dev"][i, j, l]),
-            "test": float(scores["test"][i, j, l])}
-    return SearchResult(betas, gammas, ks, scores["dev"], scores["test"], splits["dev"].spearman(),
-                        splits["test"].spearman(), fit_on, best)
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                if meta.get("format") != LEGACY_FORMAT:
+                    return None
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                t = {k: z[k] for k in z.files}
+            meta = json.loads(str(t.pop("meta"))) if "meta" in t else {}
+    except Exception as e:  # safetensors/zip raise assorted types for corrupt files
+        if path.suffix == ".safetensors":
+            return None  # load_fitted gives the message for a damaged .safetensors file
+        raise KexueError(f"{path} is not a readable whitening transform ({type(e).__name__}); fit it again") from None
+    if meta.get("format") != LEGACY_FORMAT:
+        raise KexueError(f"{path} is not a kexue whitening transform; fit it again (transforms are .safetensors)")
+    k = meta.get("n_components", "")
+    return t, {"beta": float(meta["beta"]), "gamma": float(meta["gamma"]), "n_components": int(k) if k else None}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kexue.whitening import k_grid, search, stsb_embeddings
+from kexue.sts import k_grid, nearest_k, search, stsb_embeddings
 
 TITLE = "BERT-whitening with β, γ, k on STS-B (MiniLM and SmolLM2)"
 SPEC = "5"
@@ -32,10 +32,6 @@ def _embed(ctx, enc, pool, limit, train_limit):
     ev = stsb_embeddings(enc, pool, data_dir=ctx.data_dir, tracker=ctx.tracker, splits=("dev", "test"), limit=limit)
     tr = stsb_embeddings(enc, pool, data_dir=ctx.data_dir, tracker=ctx.tracker, splits=("train",), limit=train_limit)
     return {"train": tr["train"], **ev}
-
-
-def _nearest_k(ks, target):
-    return min(ks, key=lambda k: (abs(k - target), -k))
 
 
 def run(ctx) -> None:
@@ -70,7 +66,7 @@ def run(ctx) -> None:
         splits = _embed(ctx, enc, pool, limit, train_limit)
         d = splits["dev"].A.shape[1]
         ks = k_grid(d)
-        k3 = _nearest_k(ks, d / 3)
+        k3 = nearest_k(ks, d / 3)
         res = {fit_on: search(splits, ks=ks, fit_on=fit_on) for fit_on in ("all", "train")}
         results[(enc, pool)] = (label, d, ks, k3, res)
         key = f"{enc}_{pool}".replace("-", "_")
