@@ -1,26 +1,23 @@
-"""Per-step overhead of kexue's samplers vs diffusers' schedulers with the same network.
+"""kexue's DDPM/DDIM samplers vs diffusers' schedulers driving the same network.
 
-Two measurements in one run, same inputs for both sides:
+Same inputs on both sides, timed interleaved (A B A B …, medians) with the load average printed
+before and after (benchmarks/_bench.py):
 1. scheduler overhead alone — a null network (returns a constant), so the time is the step maths
    and bookkeeping; reported per step;
-2. end to end with the same small U-Net (kexue.ddpm.UNet) — network time dominates there.
-Prints the ratios ours/diffusers (< 1 means ours is faster).
+2. end to end with the same U-Net (kexue.ddpm.UNet, base 16, levels 1,2,2: the full-mode model),
+   64 images of 28×28: DDIM-20 and DDIM-50 (η = 0), as a user calls each library.
+Ratios are ours/diffusers (below 1 means kexue is faster). Usage: python benchmarks/bench_ddpm.py [threads]
 """
 
 from __future__ import annotations
 
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-
-def best_of(fn, repeat=3):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import interleaved, load, ratio_line  # noqa: E402
 
 
 def main():
@@ -28,9 +25,7 @@ def main():
 
     from kexue.ddpm import DDIMSampler, DDPMSampler, NoiseSchedule, UNet, linear_schedule
 
-    import sys
-
-    # one intra-op thread by default: on a busy 2-core machine a second thread mostly spin-waits
+    # one intra-op thread by default: the project's policy ($KEXUE_THREADS or 1)
     torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
     torch.manual_seed(0)
     T = 1000
@@ -58,18 +53,21 @@ def main():
         return run
 
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, threads {torch.get_num_threads()}")
+    print(load())
     print("1) scheduler overhead per step (null network, batch 64×1×28×28)")
-    cases = [("DDIM-50 η=0", DDIMSampler(sched, 50, 0.0), theirs(ref_ddim, 50, null, eta=0.0), 50),
-             ("DDIM-50 η=1", DDIMSampler(sched, 50, 1.0), theirs(ref_ddim, 50, null, eta=1.0), 50),
-             ("DDPM-1000", DDPMSampler(sched, "posterior"), theirs(ref_ddpm, T, null), T)]
-    for name, smp, ref, n in cases:
-        r = 3 if n <= 50 else 2
-        a, b = best_of(ours(smp, null), r), best_of(ref, r)
-        print(f"   {name:12s} ours {a / n * 1e6:8.1f} µs/step   diffusers {b / n * 1e6:8.1f} µs/step   ratio {a / b:.2f}")
-    print("2) end to end with the same U-Net (kexue UNet base 16, 188k parameters), DDIM-20 η=0")
-    a = best_of(ours(DDIMSampler(sched, 20, 0.0), unet), repeat=2)
-    b = best_of(theirs(ref_ddim, 20, unet, eta=0.0), repeat=2)
-    print(f"   ours {a:.3f} s   diffusers {b:.3f} s   ratio {a / b:.3f}")
+    cases = [("DDIM-50 η=0", DDIMSampler(sched, 50, 0.0), theirs(ref_ddim, 50, null, eta=0.0), 50, 7),
+             ("DDIM-50 η=1", DDIMSampler(sched, 50, 1.0), theirs(ref_ddim, 50, null, eta=1.0), 50, 7),
+             ("DDPM-1000", DDPMSampler(sched, "posterior"), theirs(ref_ddpm, T, null), T, 3)]
+    for name, smp, ref, n, reps in cases:
+        t = interleaved({"ours": ours(smp, null), "diffusers": ref}, repeats=reps)
+        print(f"   {name:12s} ours {t['ours'] / n * 1e6:8.1f} µs/step   diffusers {t['diffusers'] / n * 1e6:8.1f} µs/step"
+              f"   ratio {t['ours'] / t['diffusers']:.2f}")
+    print("2) end to end with the same U-Net (kexue UNet base 16, levels 1,2,2), 64 images")
+    for steps, reps in ((20, 7), (50, 3)):
+        t = interleaved({"ours": ours(DDIMSampler(sched, steps, 0.0), unet),
+                         "diffusers": theirs(ref_ddim, steps, unet, eta=0.0)}, repeats=reps)
+        print("   " + ratio_line(f"DDIM-{steps} η=0", t["ours"], t["diffusers"], "diffusers"))
+    print(load())
 
 
 if __name__ == "__main__":

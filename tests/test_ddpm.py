@@ -104,6 +104,23 @@ def test_ddim_eta1_all_steps_equals_ddpm_posterior():
     assert torch.equal(c, DDIMSampler(s, timesteps=range(100, 0, -1), eta=0.0)(m, x_T=xT))
 
 
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_fused_sampling_path_equals_the_reference_step(prediction):
+    s = cosine_schedule(60)
+    m = _lin_model(1)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        xT = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=dtype)
+        for make in (lambda f: DDPMSampler(s, "beta", prediction=prediction, clip_x0=1.0, fused=f),
+                     lambda f: DDPMSampler(s, "posterior", prediction=prediction, final_noise=True, fused=f),
+                     lambda f: DDIMSampler(s, steps=12, eta=0.5, prediction=prediction, clip_x0=1.0, fused=f),
+                     lambda f: DDIMSampler(s, steps=7, eta=0.0, prediction=prediction, fused=f)):
+            a = make(True)(m, x_T=xT, generator=torch.Generator().manual_seed(2))
+            b = make(False)(m, x_T=xT, generator=torch.Generator().manual_seed(2))
+            assert a.dtype == dtype and torch.allclose(a, b, rtol=tol, atol=tol), (prediction, dtype)
+            assert not a.is_inference()  # usable with autograd afterwards
+    assert torch.equal(xT, torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(7), dtype=dtype))
+
+
 def _diffusers_pair(kind, sched, **kw):
     import diffusers
 

@@ -25,13 +25,15 @@ from kexue.utils import KexueError
 class Sampler:
     """Shared driver: draw x_T (unless given), then ``step`` along ``timesteps()`` down to t = 0."""
 
-    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", clip_x0: float | None = None):
+    def __init__(self, schedule: NoiseSchedule, prediction: str = "eps", clip_x0: float | None = None,
+                 fused: bool = True):
         if not isinstance(schedule, NoiseSchedule):
             raise KexueError("a sampler needs a kexue.ddpm.NoiseSchedule")
         _check(prediction)
         if clip_x0 is not None and not clip_x0 > 0:
             raise KexueError("clip_x0 must be a positive number (x̂_0 is clipped to [-clip_x0, clip_x0]) or None")
-        self.schedule, self.prediction, self.clip_x0 = schedule, prediction, clip_x0
+        self.schedule, self.prediction, self.clip_x0, self.fused = schedule, prediction, clip_x0, fused
+        self._combine: dict = {}
 
     def timesteps(self) -> list[int]:
         raise NotImplementedError
@@ -43,13 +45,13 @@ class Sampler:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return eps, x0
 
-    @torch.no_grad()
     def __call__(self, model: Callable, shape: Sequence[int] | None = None, x_T: torch.Tensor | None = None,
                  generator: torch.Generator | None = None, tracker=None) -> torch.Tensor:
         """Samples x_0 of ``shape`` (or of ``x_T.shape`` when the initial noise is given).
 
         Noise (x_T if not given, then one draw per stochastic step) comes from ``generator``
-        on the CPU in the order of the steps, so a seed fixes the result.
+        on the CPU in the order of the steps, so a seed fixes the result. The loop runs in
+        inference mode with the fused step (``fused=False``: the reference :meth:`step`).
         """
         if x_T is None:
             if shape is None:
@@ -60,15 +62,39 @@ class Sampler:
             if not torch.isfinite(x).all():
                 raise KexueError("the initial noise x_T contains NaN or inf")
         ts = self.timesteps()
-        nxt = ts[1:] + [0]
-        pairs = list(zip(ts, nxt))
+        pairs = list(zip(ts, ts[1:] + [0]))
         if tracker is not None:
             pairs = tracker.track(pairs, type(self).__name__, total=len(pairs))
-        for t, s in pairs:
-            out = call_model(model, x, t)
-            noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if self.needs_noise(t, s) else None
-            x = self.step(out, t, s, x, noise)
-        return x
+        step = self.fused_step if self.fused else self.step
+        with torch.inference_mode():
+            for t, s in pairs:
+                out = call_model(model, x, t)
+                noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if self.needs_noise(t, s) else None
+                x = step(out, t, s, x, noise)
+        return x.clone()  # an ordinary tensor again (inference tensors refuse later autograd use)
+
+    def x0_hat(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """x̂_0 (SPEC 7.2) as a fresh tensor, clipped in place if asked: the fused step's one allocation."""
+        a, b = float(self.schedule.alpha_bars[t]), float(self.schedule.beta_bars[t])
+        if self.prediction == "eps":
+            x0 = torch.sub(x_t, out, alpha=b).div_(a)
+        elif self.prediction == "x0":
+            x0 = out.to(torch.promote_types(out.dtype, x_t.dtype), copy=True)
+        else:  # v: x_0 = ᾱ_t x_t - β̄_t v
+            x0 = torch.mul(x_t, a).sub_(out, alpha=b)
+        return x0.clamp_(-self.clip_x0, self.clip_x0) if self.clip_x0 is not None else x0
+
+    def fused_step(self, out: torch.Tensor, t: int, s: int, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`step` as c_x x_t + c_0 x̂_0 + σ z with the coefficients of the pair (t, s) computed
+        once, in place on x̂_0 (tests pin it to :meth:`step`)."""
+        if (t, s) not in self._combine:
+            self._combine[t, s] = self.combine(t, s)
+        cx, c0, sigma = self._combine[t, s]
+        x = self.x0_hat(out, x_t, t).mul_(c0).add_(x_t, alpha=cx)
+        return x.add_(noise, alpha=sigma) if noise is not None and sigma else x
+
+    def combine(self, t: int, s: int) -> tuple[float, float, float]:
+        raise NotImplementedError
 
     def needs_noise(self, t: int, s: int) -> bool:
         raise NotImplementedError
@@ -84,8 +110,8 @@ class DDPMSampler(Sampler):
     the mean unless ``final_noise``."""
 
     def __init__(self, schedule: NoiseSchedule, variance: str = "posterior", prediction: str = "eps",
-                 clip_x0: float | None = None, final_noise: bool = False):
-        super().__init__(schedule, prediction, clip_x0)
+                 clip_x0: float | None = None, final_noise: bool = False, fused: bool = True):
+        super().__init__(schedule, prediction, clip_x0, fused)
         if variance not in ("posterior", "beta"):
             raise KexueError(f"unknown variance {variance!r}; choose posterior or beta")
         self.variance, self.final_noise = variance, final_noise
@@ -99,6 +125,13 @@ class DDPMSampler(Sampler):
 
     def needs_noise(self, t: int, s: int) -> bool:
         return t > 1 or self.final_noise
+
+    def combine(self, t: int, s: int) -> tuple[float, float, float]:
+        """(α_t β̄_{t-1}²/β̄_t², ᾱ_{t-1}β_t²/β̄_t², σ_t): the posterior mean's weights (SPEC 7.1) and σ."""
+        sc = self.schedule
+        bb2 = float(sc.beta_bars[t]) ** 2
+        return (float(sc.alphas[t]) * float(sc.beta_bars[t - 1]) ** 2 / bb2,
+                float(sc.alpha_bars[t - 1]) * float(sc.beta_sq[t]) / bb2, math.sqrt(self.sigma2(t)))
 
     def step(self, out: torch.Tensor, t: int, s: int, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         _, x0 = self.eps_x0(out, x_t, t)
@@ -119,8 +152,9 @@ class DDIMSampler(Sampler):
     """
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0, timesteps: Sequence[int] | None = None,
-                 spacing: str = "leading", prediction: str = "eps", clip_x0: float | None = None):
-        super().__init__(schedule, prediction, clip_x0)
+                 spacing: str = "leading", prediction: str = "eps", clip_x0: float | None = None,
+                 fused: bool = True):
+        super().__init__(schedule, prediction, clip_x0, fused)
         if not (0.0 <= eta <= 1.0):
             raise KexueError(f"eta must lie in [0, 1], got {eta}")
         T = schedule.T
@@ -159,6 +193,9 @@ class DDIMSampler(Sampler):
 
     def needs_noise(self, t: int, s: int) -> bool:
         return self.coefficients(t, s)[2] > 0
+
+    def combine(self, t: int, s: int) -> tuple[float, float, float]:
+        return self.coefficients(t, s)
 
     def step(self, out: torch.Tensor, t: int, s: int, x_t: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         _, x0 = self.eps_x0(out, x_t, t)

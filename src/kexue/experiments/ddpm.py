@@ -379,7 +379,7 @@ def _hub_prior(ctx, cfg, model, clf, ref_f, key) -> None:
     noises = {"random N(0, I)": torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(ctx.seed + 3)),
               f"hub-selected (N_k ≥ {cfg.hub_t}, k = {cfg.hub_k}, pool {cfg.hub_pool})":
                   torch.from_numpy(hub.z.astype(np.float32)).reshape(n, 1, 28, 28),
-              "truncated |z| at matched acceptance":
+              "truncated ‖z‖ at matched acceptance":
                   torch.from_numpy(_truncated_noise(n, dim, hub.acceptance_rate, rng).astype(np.float32)).reshape(n, 1, 28, 28)}
     smp = DDIMSampler(model.schedule, steps=50, eta=0.0, clip_x0=1.0)
     rows = []
@@ -392,7 +392,7 @@ def _hub_prior(ctx, cfg, model, clf, ref_f, key) -> None:
         rows.append([label, n, norm, q.fd, q.confidence, q.mode_entropy])
         ctx.metric(f"hub_prior/{label}", {"fd": q.fd, "confidence": q.confidence, "mean_norm": norm})
     ctx.metric("hub_acceptance_rate", hub.acceptance_rate)
-    ctx.table("hub_prior", ["initial noise x_T", "N", "mean |x_T|", "FD ↓", "confidence ↑", "mode entropy ↑"], rows,
+    ctx.table("hub_prior", ["initial noise x_T", "N", "mean ‖x_T‖", "FD ↓", "confidence ↑", "mode entropy ↑"], rows,
               caption=f"Hub-prior sampling (SPEC 8.3) through DDIM-50, η = 0; hub acceptance rate "
                       f"{hub.acceptance_rate:.4f}, the truncation keeps the same fraction; model trained on "
                       f"{_train_name(cfg)}")
