@@ -182,9 +182,9 @@ def test_ddim_steps_agree_with_diffusers(eta, steps, clip):
 
 
 def test_spec_7_4_which_variance_is_exact():
-    from kexue.experiments.ddpm import toy_variance_check
+    from kexue.ddpm.toy import variance_check
 
-    rows = {(r[0], r[1]): r for r in toy_variance_check(n=2000, dim=8, T=100, seed=0)}
+    rows = {(r[0], r[1]): r for r in variance_check(n=2000, dim=8, T=100, seed=0)}
     # closed form (column 2): the exact choice reproduces every marginal q(x_t) to rounding error
     assert rows[("single point", "posterior")][2] < 1e-9
     assert rows[("standard normal", "beta")][2] < 1e-9

@@ -79,53 +79,6 @@ def trained_model(cfg: Config, cache: Path, seed: int, data_dir=None, tracker=No
                      ema_decay=cfg.ema_decay, ckpt=ckpt, ckpt_every=200, resume=True, tracker=tracker)
 
 
-def toy_variance_check(n: int = 2000, dim: int = 64, T: int = 1000, seed: int = 0) -> list[list]:
-    """SPEC 7.4 on two toy data sets with the *exact* ε-model, run through DDPMSampler.step.
-
-    Single point x_0 = c: ε*(x_t, t) = (x_t - ᾱ_t c)/β̄_t, q(x_t) = N(ᾱ_t c, β̄_t² I).
-    Standard normal data: ε*(x_t, t) = E[ε | x_t] = β̄_t x_t, q(x_t) = N(0, I) for every t.
-    The chain starts from the exact q(x_T); a variance choice is exact when every reverse marginal
-    p(x_t) equals q(x_t). Rows: [data, variance, max_t |Var p(x_t)/Var q(x_t) - 1| in closed form
-    (float64 mean/variance recursion of the linear-Gaussian chain), the same by Monte Carlo with
-    ``n`` chains of dimension ``dim``, |E p(x_0) - E q(x_0)| by Monte Carlo].
-    The last step also draws its noise (``final_noise``), as the exact reverse chain does.
-    """
-    import torch
-
-    from kexue.ddpm import DDPMSampler, linear_schedule
-
-    sched = linear_schedule(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)
-    c = 0.8
-    ab, bb = sched.alpha_bars, sched.beta_bars
-    models = {  # exact ε-models; the network index is k = t - 1
-        "single point": (lambda x, k: (x - float(ab[int(k[0]) + 1]) * c) / float(bb[int(k[0]) + 1]),
-                         lambda t: (float(ab[t]) * c, float(bb[t]) ** 2)),
-        "standard normal": (lambda x, k: float(bb[int(k[0]) + 1]) * x, lambda t: (0.0, 1.0)),
-    }
-    rows = []
-    for data, (model, q) in models.items():
-        for variance in ("posterior", "beta"):
-            smp = DDPMSampler(sched, variance, final_noise=True)
-            g = torch.Generator().manual_seed(seed)
-            m, v = q(T)
-            x = m + v ** 0.5 * torch.randn(n, dim, generator=g, dtype=torch.float64)
-            cf_err = mc_err = 0.0
-            for t in range(T, 0, -1):
-                k = torch.full((n,), t - 1)
-                x = smp.step(model(x, k), t, t - 1, x, torch.randn(n, dim, generator=g, dtype=torch.float64))
-                # closed form of the same step: x ← a x + b + σ z with x̂_0 = c or ᾱ_t x_t
-                k1 = float(sched.alphas[t] * bb[t - 1] ** 2 / bb[t] ** 2)
-                k2 = float(ab[t - 1] * sched.betas[t] ** 2 / bb[t] ** 2)
-                a, b = (k1, k2 * c) if data == "single point" else (k1 + k2 * float(ab[t]), 0.0)
-                m, v = a * m + b, a * a * v + smp.sigma2(t)
-                if t > 1:  # Var q(x_0) = 0 for the single point; compare the means there instead
-                    qv = q(t - 1)[1]
-                    cf_err = max(cf_err, abs(v / qv - 1))
-                    mc_err = max(mc_err, abs(float(x.var(0).mean()) / qv - 1))
-            rows.append([data, variance, cf_err, mc_err, abs(float(x.mean()) - q(0)[0])])
-    return rows
-
-
 def _baselines(X01, n: int, rng):
     """Weak samplers that give the FD a scale: per-pixel Gaussian noise with MNIST's pixel means and
     standard deviations, and a Gaussian in the top-30 PCA space of MNIST-5k."""
@@ -168,7 +121,7 @@ def run(ctx) -> None:
         _run(ctx)
 
 
-def _sample(ctx, cfg, net_key: str, label: str, smp, net, xT, seed: int):
+def _sample(ctx, net_key: str, label: str, smp, net, xT, seed: int):
     """Samples of ``smp`` from ``xT``, cached beside the report so an interrupted run resumes."""
     import time
 
@@ -267,7 +220,7 @@ the key samplers on {cfg.fd_samples} and {cfg.ddpm_fd_samples} samples.
     key = _key(cfg, ctx.seed)
     rows, panels = [], {}
     for label, steps, eta, smp in ctx.track(samplers, "samplers", total=len(samplers)):
-        S, wall = _sample(ctx, cfg, key, label, smp, net, xT, ctx.seed + 2)
+        S, wall = _sample(ctx, key, label, smp, net, xT, ctx.seed + 2)
         q = sample_quality(clf, S, ref_f)
         rows.append([label, steps, eta, q.fd, q.confidence, q.mode_entropy, wall])
         ctx.metric(f"samplers/{label}", {"fd": q.fd, "confidence": q.confidence, "mode_entropy": q.mode_entropy,
@@ -310,7 +263,7 @@ def _fd_at_scale(ctx, cfg, model, clf, ref_f, X01, key) -> None:
         if smp is None:
             S, wall = X01[rng.choice(len(X01), n, replace=False)], float("nan")
         else:
-            S, wall = _sample(ctx, cfg, key, f"scale/{label}", smp, model.net, xT[:n], ctx.seed + 4)
+            S, wall = _sample(ctx, key, f"scale/{label}", smp, model.net, xT[:n], ctx.seed + 4)
         q = sample_quality(clf, S, ref_f)
         rows.append([label, n, q.fd, q.confidence, q.mode_entropy, wall])
         fd[label, n] = q.fd
@@ -386,7 +339,7 @@ def _hub_prior(ctx, cfg, model, clf, ref_f, key) -> None:
     for label, xT in ctx.track(list(noises.items()), "hub prior", total=len(noises)):
         # the random row is the FD-at-scale DDIM-50 η=0 run (same x_T, same cache entry)
         tag = "scale/DDIM-50, η=0" if label.startswith("random") else f"hub/{label}"
-        S, _ = _sample(ctx, cfg, key, tag, smp, model.net, xT, ctx.seed + 4)
+        S, _ = _sample(ctx, key, tag, smp, model.net, xT, ctx.seed + 4)
         q = sample_quality(clf, S, ref_f)
         norm = float(xT.flatten(1).norm(dim=1).mean())
         rows.append([label, n, norm, q.fd, q.confidence, q.mode_entropy])
@@ -399,7 +352,9 @@ def _hub_prior(ctx, cfg, model, clf, ref_f, key) -> None:
 
 
 def _spec74(ctx, cfg) -> None:
-    trows = toy_variance_check(n=500 if ctx.quick else 1000, dim=64, T=cfg.T, seed=ctx.seed)
+    from kexue.ddpm.toy import variance_check
+
+    trows = variance_check(n=500 if ctx.quick else 1000, dim=64, T=cfg.T, seed=ctx.seed)
     ctx.table("spec74", ["data", "σ_t²", "max over t of rel. error of Var p(x_t) (closed form)", "same (Monte Carlo)",
                          "error of E p(x₀) (Monte Carlo)"], trows, caption="SPEC 7.4 with the exact ε-model, "
               "linear schedule with T = %d, chains started from q(x_T)" % cfg.T)
