@@ -54,6 +54,17 @@ def unit_float(ctx: typer.Context, param, value: Optional[float]) -> Optional[fl
     return value
 
 
+def int_list(text: str, flag: str, example: str = "1,2,2") -> tuple[int, ...]:
+    """Comma-separated positive integers (layer sizes, channel multipliers), named by ``flag``."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise KexueError(f"{flag} must be comma-separated positive integers such as {example}, got {text!r}")
+    return values
+
+
 # ------------------------------------------------------------------ outputs
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from kexue.cli._common import check_input, check_output, positive_float, threads_option, unit_float
+from kexue.cli._common import check_input, check_output, int_list, positive_float, threads_option, unit_float
 
 ddpm_app = typer.Typer(help="DDPM/DDIM diffusion models (SPEC 7): train a U-Net, sample image grids, "
                             "bound the likelihood.", no_args_is_help=True)
@@ -15,18 +15,6 @@ ddpm_app = typer.Typer(help="DDPM/DDIM diffusion models (SPEC 7): train a U-Net,
 
 def register(app: typer.Typer) -> None:
     app.add_typer(ddpm_app, name="ddpm")
-
-
-def _mults(text: str) -> tuple[int, ...]:
-    from kexue.utils import KexueError
-
-    try:
-        mult = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        mult = ()
-    if not mult or min(mult) < 1:
-        raise KexueError(f"--mults must be comma-separated positive integers such as 1,2,2, got {text!r}")
-    return mult
 
 
 def _data_arg(data: str) -> str:
@@ -75,7 +63,7 @@ def train_cmd(
     validate.choice(schedule, ("linear", "cosine"), "--schedule")
     validate.choice(prediction, ("eps", "x0", "v"), "--prediction")
     validate.choice(weighting, ("eps", "x0", "min_snr"), "--weighting")
-    cfg = UNetConfig(base=base, mults=_mults(mults), attention=attention)
+    cfg = UNetConfig(base=base, mults=int_list(mults, "--mults"), attention=attention)
     use_threads(threads)
     X = load_images(_data_arg(data))
     model = DDPM(cfg, make_schedule(schedule, T), side=int(round(X.shape[1] ** 0.5)), prediction=prediction, seed=seed)
