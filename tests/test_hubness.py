@@ -1,6 +1,6 @@
 """Hubness (SPEC 8): kNN / N_k against brute force (ties, duplicates, both metrics), every measure
-against its textbook definition, reductions against full-matrix references, approximate-backend
-recall, the skewness reduction of SPEC 8.4 on Gaussian data, hub sampling and the CLI."""
+against its textbook definition, approximate-backend recall, hub sampling and the CLI (the
+reductions of SPEC 8.4 are tested in test_hubness_reduction.py)."""
 
 from __future__ import annotations
 
@@ -172,91 +172,12 @@ def test_measures_on_real_graph_match_reference():
         h.gini([-1, 2])
 
 
-# ---------------------------------------------------------------- reductions
+# ---------------------------------------------------------------- shared data (reductions: test_hubness_reduction.py)
 
 
 @pytest.fixture(scope="module")
 def gauss100():
     return np.random.default_rng(0).standard_normal((2000, 100))
-
-
-def test_skewness_reduction_gaussian_d100(gauss100):
-    """SPEC 8.4 claim: MP and LS bring the N_10 skewness of N(0, I_100), n = 2000 from ≈ 8.7 below 2.5."""
-    base = h.skewness(h.k_occurrence(gauss100, 10))
-    assert 8.0 < base < 9.5
-    got = {}
-    for name in ["mp", "ls", "nicdm", "csls", "centering"]:
-        r = h.make_reduction(name, metric="euclidean", n_candidates=50).fit(gauss100)
-        nk = r.k_occurrence(n_neighbors=10)
-        assert nk.sum() == 10 * len(gauss100)
-        got[name] = h.skewness(nk)
-    assert got["mp"] < 2.5 and got["ls"] < 2.5 and got["nicdm"] < 2.5, got
-    assert all(v < base for v in got.values()), got
-
-
-def full_rerank(sec, k):
-    out = []
-    for r, row in enumerate(sec):
-        cand = [j for j in range(len(row)) if j != r]
-        cand.sort(key=lambda j: (row[j], j))
-        out.append(cand[:k])
-    return np.array(out)
-
-
-def test_reductions_equal_full_matrix_formulas():
-    from scipy.stats import norm
-
-    X = np.random.default_rng(7).standard_normal((80, 20))
-    n, k = len(X), 6
-    D = ref_dist(X, X, "euclidean")
-    off = D + np.diag(np.full(n, np.inf))
-    srt = np.sort(off, 1)
-    # local scaling, sigma = distance to the 5th neighbour
-    s = srt[:, 4]
-    ls = 1 - np.exp(-D**2 / np.outer(s, s))
-    r = h.LocalScaling(k=5, n_candidates=n - 1).fit(X)
-    np.testing.assert_array_equal(r.kneighbors(n_neighbors=k)[1], full_rerank(ls, k))
-    # NICDM
-    mu5 = srt[:, :5].mean(1)
-    r = h.LocalScaling(method="nicdm", k=5, n_candidates=n - 1).fit(X)
-    np.testing.assert_array_equal(r.kneighbors(n_neighbors=k)[1], full_rerank(D / np.sqrt(np.outer(mu5, mu5)), k))
-    # empirical MP over all points as reference set
-    mp = np.array([[np.mean((D[i] > D[i, j]) & (D[j] > D[i, j])) for j in range(n)] for i in range(n)])
-    r = h.MutualProximity(method="empirical", n_samples=None, n_candidates=n - 1).fit(X)
-    np.testing.assert_array_equal(r.kneighbors(n_neighbors=k)[1], full_rerank(1 - mp, k))
-    # Gaussian MP
-    mu, sd = D.mean(1), D.std(1)
-    mpg = norm.sf(D, mu[:, None], sd[:, None]) * norm.sf(D, mu[None, :], sd[None, :])
-    r = h.MutualProximity(method="gaussian", n_samples=None, n_candidates=n - 1).fit(X)
-    np.testing.assert_array_equal(r.kneighbors(n_neighbors=k)[1], full_rerank(1 - mpg, k))
-    # CSLS (cosine)
-    C = 1 - ref_dist(X, X, "cosine")
-    rr = np.sort(C - np.diag(np.full(n, np.inf)), 1)[:, ::-1][:, :5].mean(1)
-    r = h.CSLS(k=5, n_candidates=n - 1).fit(X)
-    np.testing.assert_array_equal(r.kneighbors(n_neighbors=k)[1], full_rerank(rr[:, None] + rr[None, :] - 2 * C, k))
-    # centering
-    Xc = X - X.mean(0)
-    r = h.Centering(n_candidates=n - 1).fit(X)
-    np.testing.assert_array_equal(r.kneighbors(n_neighbors=k)[1], full_rerank(ref_dist(Xc, Xc, "cosine"), k))
-
-
-def test_reduction_query_form_and_transform():
-    rng = np.random.default_rng(8)
-    X, Q = rng.standard_normal((300, 30)), rng.standard_normal((50, 30))
-    for name in h.REDUCTIONS:
-        r = h.make_reduction(name, n_candidates=40).fit(X)
-        d, ind = r.kneighbors(Q, n_neighbors=10)
-        assert ind.shape == (50, 10) and (np.diff(d, axis=1) >= 0).all()
-        pd, pi = h.kneighbors(X, 40, queries=Q, metric=r.metric)
-        d2, i2 = r.transform(pd, pi, Q)
-        np.testing.assert_array_equal(i2[:, :10], ind)
-        assert set(map(tuple, np.sort(i2, 1))) == set(map(tuple, np.sort(pi, 1)))  # a re-ranking, same candidates
-    with pytest.raises(KexueError, match="not fitted"):
-        h.LocalScaling().kneighbors()
-    with pytest.raises(KexueError, match="unknown hubness reduction"):
-        h.make_reduction("whiten")
-    with pytest.raises(KexueError, match="outside"):
-        h.LocalScaling(n_candidates=10).fit(X).transform(np.ones((2, 3)), np.full((2, 3), 999), Q[:2])
 
 
 # ---------------------------------------------------------------- hub sampling

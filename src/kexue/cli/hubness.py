@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         if reduce is not None:
             kw = dict(metric=metric, n_candidates=max(candidates, k), backend=backend)
             if reduce.startswith("mp"):
-                kw["seed"] = seed
+                kw["random_state"] = seed
             r = H.make_reduction(reduce, **kw).fit(X)
             rows[reduce] = r.k_occurrence(n_neighbors=k)
         from rich.table import Table

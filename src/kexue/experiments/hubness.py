@@ -143,7 +143,7 @@ def _reduction_rows(ctx, X, Q, k, metric, score, label, n_candidates):
         t = time.perf_counter()
         r = H.make_reduction(name, metric=metric, n_candidates=n_candidates)
         r.fit(X, graph=graph)
-        _, ind = r.transform(pd, pi, Q)
+        _, ind = r.rerank(pd, pi, Q)
         ind = ind[:, :k]
         sec = time.perf_counter() - t
         m = H.hubness_measures(H.occurrences(ind, len(X)), k, nq)

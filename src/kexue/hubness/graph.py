@@ -1,0 +1,128 @@
+"""Candidate graphs for the hubness reductions (SPEC 8.4): searching an index (kexue's backends or a
+user's built FAISS index), sparse neighbour graphs in and out, and sampled per-point statistics.
+
+A candidate graph is a pair ``(dist, ind)`` of shape (n_queries, c): each query's ``c`` nearest
+index points by primary distance, sorted ascending. Sparse graphs follow scikit-learn's
+``KNeighborsTransformer`` contract: CSR (n_queries, n_index), explicit entries = the neighbours'
+distances (explicit zeros allowed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import sparse
+
+from kexue.hubness.knn import _normalise, kneighbors
+from kexue.utils import KexueError
+
+
+def is_faiss_index(obj) -> bool:
+    """True for a FAISS index object (any ``faiss.Index`` subclass)."""
+    return type(obj).__module__.split(".")[0] == "faiss" and hasattr(obj, "search") and hasattr(obj, "ntotal")
+
+
+def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
+    """A built FAISS index must hold exactly the fitted rows (id i = row i) with the right metric."""
+    import faiss
+
+    if index.ntotal != len(X) or index.d != X.shape[1]:
+        raise KexueError(f"the FAISS index holds {index.ntotal} vectors of dimension {index.d} but X is "
+                         f"{X.shape[0]} × {X.shape[1]}; fit on the same vectors the index holds, in the same order")
+    if not index.is_trained:
+        raise KexueError("the FAISS index is not trained; train it and add the vectors before fitting")
+    if index.metric_type == faiss.METRIC_INNER_PRODUCT and metric != "cosine":
+        raise KexueError("an inner-product FAISS index ranks by cosine only for unit vectors; use metric='cosine'")
+
+
+def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool = False):
+    """``(dist, ind)`` of the ``k`` nearest of each query in a built FAISS index, as kexue distances:
+    Euclidean ``|q - x|`` for an L2 index; cosine ``1 - cos`` (L2 index over unit vectors:
+    ``|q̂ - x̂|² / 2``; inner-product index: ``1 - <q̂, x̂>``). ``exclude_self``: the queries are the
+    indexed rows themselves and each row's own id is dropped (wherever it ranks)."""
+    import faiss
+
+    Qf = np.ascontiguousarray((_normalise(Q) if metric == "cosine" else Q).astype(np.float32))
+    kk = k + (1 if exclude_self else 0)
+    D, I = index.search(Qf, kk)
+    if (I < 0).any():
+        raise KexueError(f"the FAISS index returned fewer than {kk} neighbours for some queries "
+                         "(an IVF index probing too few lists?); raise nprobe or lower n_candidates")
+    D = D.astype(np.float64)
+    if index.metric_type == faiss.METRIC_INNER_PRODUCT:
+        D = 1.0 - D
+    else:
+        D = np.maximum(D, 0.0)
+        D = D / 2.0 if metric == "cosine" else np.sqrt(D)
+    I = I.astype(np.int64)
+    if exclude_self:
+        own = I == np.arange(len(I))[:, None]
+        drop = np.where(own.any(1), own.argmax(1), kk - 1)
+        keep = np.ones(I.shape, dtype=bool)
+        keep[np.arange(len(I)), drop] = False
+        D, I = D[keep].reshape(len(I), k), I[keep].reshape(len(I), k)
+    order = np.argsort(D, axis=1, kind="stable")
+    return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+
+def search(X: np.ndarray, Q: np.ndarray | None, k: int, metric: str, backend, backend_params, seed: int):
+    """Candidate graph of queries ``Q`` (None: the rows of ``X`` themselves, self excluded)."""
+    if is_faiss_index(backend):
+        return faiss_search(backend, X if Q is None else Q, k, metric, exclude_self=Q is None)
+    d, i = kneighbors(X, k, metric=metric, backend=backend, queries=Q, backend_params=backend_params, seed=seed)
+    return np.asarray(d, dtype=np.float64), np.asarray(i, dtype=np.int64)
+
+
+def sampled_rows(X: np.ndarray, width: int, metric: str, n_samples: int, seed: int) -> np.ndarray:
+    """Each index point's ``w`` smallest distances to a random sample of ``n_samples`` other index
+    points, sorted, with ``w = max(1, round(width · n_samples / (n - 1)))``: the same fraction of
+    its distance distribution as its ``width`` nearest among all ``n - 1`` other points, so
+    statistics over these rows estimate those over its ``width`` nearest neighbours."""
+    n = len(X)
+    rows = np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False))
+    w = int(min(n_samples - 1, max(1, round(width * n_samples / (n - 1)))))
+    A = _normalise(X) if metric == "cosine" else X - X.mean(0)  # centring: smaller norms, less cancellation
+    S = A[rows]
+    D = (A * A).sum(1)[:, None] + (S * S).sum(1)[None, :] - 2.0 * (A @ S.T)
+    D[rows, np.arange(n_samples)] = np.inf  # a sampled point is not its own neighbour
+    D = np.sort(np.partition(D, w - 1, axis=1)[:, :w], axis=1)
+    D = np.maximum(D, 0.0)
+    return D / 2.0 if metric == "cosine" else np.sqrt(D)
+
+
+def graph_rows(G, what: str, drop_diagonal: bool):
+    """Sorted ``(dist, ind)`` rows of a sparse neighbour graph; every row must hold the same number
+    of entries. ``drop_diagonal``: the graph is the index's own (square), and each point's entry
+    for itself is removed (if a row has none, its farthest entry goes, so rows stay equal)."""
+    G = sparse.csr_matrix(G, dtype=np.float64)
+    G.sort_indices()
+    counts = np.diff(G.indptr)
+    if G.shape[0] == 0 or counts.min() != counts.max() or counts[0] == 0:
+        raise KexueError(f"a sparse X is read as a kNN graph; {what} must hold the same number (≥ 1) of "
+                         "neighbours in every row, as KNeighborsTransformer(mode='distance') gives; got rows with "
+                         f"{counts.min() if len(counts) else 0}..{counts.max() if len(counts) else 0}")
+    if not np.isfinite(G.data).all() or (G.data < 0).any():
+        raise KexueError(f"{what} must hold finite non-negative distances")
+    c = int(counts[0])
+    dist = G.data.reshape(-1, c).copy()
+    ind = G.indices.reshape(-1, c).astype(np.int64)
+    order = np.lexsort((ind, dist), axis=1)
+    dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
+    if drop_diagonal:
+        if G.shape[0] != G.shape[1]:
+            raise KexueError(f"a sparse X is read as a kNN graph; {what} must be square (n_index, n_index); got {G.shape}")
+        if c < 2:
+            raise KexueError(f"{what} needs at least 2 entries per row (the point itself and a neighbour)")
+        own = ind == np.arange(len(ind))[:, None]
+        drop = np.where(own.any(1), own.argmax(1), c - 1)
+        keep = np.ones(ind.shape, dtype=bool)
+        keep[np.arange(len(ind)), drop] = False
+        dist, ind = dist[keep].reshape(-1, c - 1), ind[keep].reshape(-1, c - 1)
+    return dist, ind
+
+
+def to_graph(dist: np.ndarray, ind: np.ndarray, n_index: int) -> sparse.csr_matrix:
+    """CSR (n_queries, n_index) holding ``dist`` at ``ind``, rows sorted by value (explicit zeros kept)."""
+    order = np.lexsort((ind, dist), axis=1)
+    d, i = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
+    n, c = d.shape
+    return sparse.csr_matrix((d.ravel(), i.ravel(), np.arange(0, n * c + 1, c)), shape=(n, n_index))

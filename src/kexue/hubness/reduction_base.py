@@ -1,0 +1,278 @@
+"""The shared estimator behind every hubness reduction (SPEC 8.4; the formulas are in
+:mod:`kexue.hubness.reduction`).
+
+Each reduction is a scikit-learn estimator with the ``KNeighborsTransformer`` contract:
+
+- ``fit(X)`` — ``X`` is either the index vectors (n_index, dim), searched with kexue's kNN
+  backends or a built FAISS index passed as ``backend``; or a sparse kNN distance graph of the
+  index against itself (from ``KNeighborsTransformer(mode="distance")``). It learns each index
+  point's statistic from its nearest index neighbours (itself excluded).
+- ``transform(X)`` — new queries (vectors, or their sparse graph against the index) → a CSR graph
+  (n_queries, n_index) of **secondary distances** over each query's ``n_candidates`` primary
+  candidates. A query's statistic comes from its own candidate row; an index point's from the
+  fitted index. So ``make_pipeline(KNeighborsTransformer(...), MutualProximity(),
+  KNeighborsClassifier(metric="precomputed"))`` works.
+- ``kneighbors(X=None, n_neighbors)`` — ``(secondary_dist, ind)`` re-ranked; ``X=None`` is the
+  in-sample path (each index point against the others). ``rerank(dist, ind, X=None)`` re-ranks a
+  candidate graph computed elsewhere.
+
+Secondary distances are computed for the whole candidate block at once (no per-query Python).
+``n_samples``: when set, the index statistics are estimated from a random sample of that many
+index points (see :func:`kexue.hubness.graph.sampled_rows`), which makes ``fit`` cost
+``n_index × n_samples`` distances instead of a full kNN search of the index.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+import numpy as np
+from scipy import sparse
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import InvalidParameterError, Interval, StrOptions
+from sklearn.exceptions import NotFittedError
+
+from kexue import validate
+from kexue.hubness import graph as G
+from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences
+from kexue.utils import KexueError, KexueTypeError
+
+_TINY = np.finfo(np.float64).tiny
+
+
+class NotFitted(KexueError, NotFittedError):
+    """A reduction used before ``fit`` (a KexueError and scikit-learn's NotFittedError)."""
+
+
+def _vectors(X, what: str = "X") -> np.ndarray:
+    """A float64 matrix; scikit-learn's array checks first (their wording is what its estimator
+    checks expect), each failure re-raised as one KexueError line, then kexue's own checks."""
+    from sklearn.utils import check_array
+
+    try:
+        X = check_array(X, dtype=np.float64, input_name=what)
+    except TypeError as e:
+        raise KexueTypeError(f"{what}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise KexueError(f"{what}: {' '.join(str(e).split())}") from None
+    return validate.matrix(X, what)
+
+
+def check_is_fitted(est) -> None:
+    if not hasattr(est, "stats_"):
+        raise NotFitted(f"{type(est).__name__} is not fitted; call fit(X) first")
+
+
+class _Reduction(TransformerMixin, BaseEstimator):
+    """Shared fitting, searching, persistence; subclasses define the statistic and the formula."""
+
+    _parameter_constraints: dict = {
+        "n_candidates": [Interval(Integral, 1, None, closed="left")],
+        "metric": [StrOptions(set(METRICS))],
+        "backend": "no_validation",  # a name or a built FAISS index: checked in _check_params
+        "backend_params": [dict, None],
+        "n_samples": [Interval(Integral, 2, None, closed="left"), None],
+        "random_state": [Interval(Integral, 0, None, closed="left")],
+    }
+    _needs_vectors = False  # True: the formula reads the vectors, a graph alone is not enough
+
+    # ---- hooks
+    def _width(self) -> int:
+        """How many nearest distances of a point its statistic reads."""
+        return self.n_candidates_
+
+    def _stats(self, dist: np.ndarray, width: int) -> tuple:
+        """Per-row statistics from sorted distances (first ``width`` columns)."""
+        return ()
+
+    def _secondary(self, dist, ind, q_stats, Q) -> np.ndarray:
+        raise NotImplementedError
+
+    # ---- fitting
+    def _check_params(self):
+        try:
+            self._validate_params()
+        except InvalidParameterError as e:
+            raise KexueError(str(e).replace("\n", " ")) from None
+        if isinstance(self.backend, str):
+            validate.choice(self.backend, BACKENDS, "backend")
+        elif not G.is_faiss_index(self.backend):
+            raise KexueError(f"backend must be one of {', '.join(BACKENDS)} or a built FAISS index; "
+                             f"got {type(self.backend).__name__}")
+
+    def fit(self, X, y=None, graph: tuple | None = None):
+        """Learn each index point's statistic. ``X``: index vectors or a sparse self-kNN graph.
+        ``graph=(dist, ind)``: the index's own kNN graph (self excluded, sorted, at least
+        ``n_candidates`` columns) if already computed — saves the search."""
+        self._check_params()
+        if sparse.issparse(X):
+            return self._fit_graph(X)
+        X = _vectors(X)
+        n = len(X)
+        if n < 2:
+            raise KexueError(f"a hubness reduction needs at least 2 index points; got {n} sample")
+        if not isinstance(self.backend, str):
+            G.check_faiss_index(self.backend, X, self.metric)
+        if self.metric == "cosine":
+            _normalise(X)  # rejects zero rows now rather than at query time
+        self.fit_mode_, self.n_features_in_, self.n_index_ = "vectors", X.shape[1], n
+        self.n_candidates_ = min(self.n_candidates, n - 1)  # no point has more neighbours than this
+        self.X_ = X
+        self._check_width(self.n_candidates_)
+        self._graph = None
+        if graph is not None:
+            self._graph = self._given_graph(graph, n)
+        if self._width() == 0:
+            self.stats_ = ()
+        elif self.n_samples is not None and self.n_samples < n:
+            rows = G.sampled_rows(X, self._width(), self.metric, self.n_samples, self.random_state)
+            self.stats_ = self._stats(rows, rows.shape[1])
+        else:
+            self.stats_ = self._stats(self._index_graph()[0], self._width())
+        return self
+
+    def _given_graph(self, graph, n):
+        gd, gi = (np.asarray(g) for g in graph)
+        c = self.n_candidates_
+        if gd.shape != gi.shape or gd.ndim != 2 or gd.shape[0] != n or gd.shape[1] < c:
+            raise KexueError(f"graph must be (dist, ind) of shape ({n}, >= {c}); got {gd.shape}, {gi.shape}")
+        return gd[:, :c].astype(np.float64), gi[:, :c].astype(np.int64)
+
+    def _fit_graph(self, X):
+        if self._needs_vectors:
+            raise KexueError(f"{type(self).__name__} reads the vectors: sparse input (a kNN graph) is not "
+                             "supported; fit it on the embeddings")
+        dist, ind = G.graph_rows(X, "the index graph", drop_diagonal=True)
+        self.fit_mode_, self.n_index_ = "graph", X.shape[1]
+        self.n_features_in_ = X.shape[1]
+        self.n_candidates_ = dist.shape[1]
+        self._check_width(dist.shape[1])
+        self._graph, self.X_ = (dist, ind), None
+        self.stats_ = self._stats(dist, self._width())
+        return self
+
+    def _check_width(self, c: int):
+        k = getattr(self, "k", None)
+        if k is not None and k > c:
+            raise KexueError(f"k={k} exceeds the {c} candidates per point; lower k or raise n_candidates")
+
+    def _index_graph(self):
+        """The index's own candidate graph (self excluded), searched once and kept."""
+        if self._graph is None:
+            self._graph = G.search(self.X_, None, self.n_candidates_, self.metric, self.backend,
+                                   self.backend_params, self.random_state)
+        return self._graph
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "stats_")
+
+    # ---- queries
+    def _candidates(self, X):
+        """``(dist, ind, Q)`` for queries ``X`` (vectors, a sparse graph, or None = in-sample)."""
+        check_is_fitted(self)
+        if X is None:
+            d, i = self._index_graph() if self.fit_mode_ == "vectors" else self._graph
+            return d, i, self.X_
+        if sparse.issparse(X):
+            if self._needs_vectors:
+                raise KexueError(f"{type(self).__name__} reads the vectors: sparse input (a kNN graph) is not "
+                                 "supported; pass the query vectors")
+            if X.shape[1] != self.n_index_:
+                raise KexueError(f"the query graph has {X.shape[1]} columns but the index has {self.n_index_} points")
+            d, i = G.graph_rows(X, "the query graph", drop_diagonal=False)
+            self._check_width(d.shape[1])
+            return d, i, None
+        if self.fit_mode_ == "graph":
+            raise KexueError(f"{type(self).__name__} was fitted on a graph; pass the queries' graph against the index")
+        Q = _vectors(X)
+        if Q.shape[1] != self.n_features_in_:
+            raise KexueError(f"X has {Q.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input")
+        d, i = G.search(self.X_, Q, self.n_candidates_, self.metric, self.backend, self.backend_params,
+                        self.random_state)
+        return d, i, Q
+
+    def _reduce(self, dist, ind, Q, in_sample: bool):
+        q_stats = self.stats_ if in_sample else self._stats(dist, min(self._width(), dist.shape[1]))
+        return self._secondary(dist, ind, q_stats, Q)
+
+    def transform(self, X):
+        """CSR graph (n_queries, n_index) of secondary distances over each query's candidates.
+        Values are shifted by a per-row constant where a formula can go negative (CSLS), so that
+        precomputed-distance estimators accept the graph; each row's ranking is unchanged."""
+        dist, ind, Q = self._candidates(X)
+        sec = self._reduce(dist, ind, Q, in_sample=False)
+        low = sec.min(1, keepdims=True)
+        return G.to_graph(np.where(low < 0, sec - low, sec), ind, self.n_index_)
+
+    def rerank(self, dist, ind, X=None):
+        """Re-rank a candidate graph ``(dist, ind)`` (n_queries, c) computed elsewhere: ``X`` the
+        query vectors (None: row i is index point i, in-sample). Returns ``(secondary, ind)`` sorted."""
+        check_is_fitted(self)
+        dist = validate.matrix(dist, "neigh_dist")
+        ind = np.asarray(ind, dtype=np.int64)
+        if ind.shape != dist.shape:
+            raise KexueError(f"neigh_dist and neigh_ind must have equal shapes; got {dist.shape}, {ind.shape}")
+        if ind.min() < 0 or ind.max() >= self.n_index_:
+            raise KexueError(f"neigh_ind refers to points outside the fitted index of {self.n_index_}")
+        if X is None and len(dist) != self.n_index_:
+            raise KexueError("without X the graph's rows must be the fitted index points")
+        Q = None if X is None else _vectors(X)
+        if self._needs_vectors and X is None:
+            Q = self.X_
+        self._check_width(dist.shape[1])
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None), ind, dist.shape[1])
+
+    def kneighbors(self, X=None, n_neighbors: int = 10):
+        """The ``n_neighbors`` nearest by secondary distance among each query's ``n_candidates``
+        primary candidates: ``(secondary_dist, ind)`` sorted; ``X=None``: the index itself."""
+        dist, ind, Q = self._candidates(X)
+        validate.integer(n_neighbors, "n_neighbors", 1)
+        if n_neighbors > dist.shape[1]:
+            raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None), ind, n_neighbors)
+
+    def k_occurrence(self, X=None, n_neighbors: int = 10) -> np.ndarray:
+        """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""
+        return occurrences(self.kneighbors(X, n_neighbors)[1], self.n_index_)
+
+    # ---- persistence
+    def save(self, path) -> None:
+        """One .safetensors file: parameters, fitted statistics and (vector mode) the index vectors."""
+        from kexue.io import save_fitted
+
+        check_is_fitted(self)
+        if not isinstance(self.backend, str):
+            raise KexueError("a reduction over your own FAISS index cannot be saved with it; save the index "
+                             "with faiss.write_index and fit again on load")
+        tensors = {f"stat{i}": s for i, s in enumerate(self.stats_)}
+        tensors.update({"X": self.X_} if self.X_ is not None else {"gd": self._graph[0], "gi": self._graph[1]})
+        tensors.update(self._extra_tensors())
+        config = {"params": self.get_params(), "n_index": self.n_index_, "n_candidates": self.n_candidates_,
+                  "n_features_in": self.n_features_in_, "fit_mode": self.fit_mode_, "n_stats": len(self.stats_)}
+        save_fitted(path, f"hubness.{type(self).__name__}", tensors, config)
+
+    def _extra_tensors(self) -> dict:
+        return {}
+
+    @classmethod
+    def load(cls, path):
+        """The reduction saved by :meth:`save`, ready to transform new queries."""
+        from kexue.io import load_fitted
+
+        t, cfg = load_fitted(path, f"hubness.{cls.__name__}")
+        self = cls(**cfg["params"])
+        self.n_index_, self.n_candidates_ = cfg["n_index"], cfg["n_candidates"]
+        self.n_features_in_, self.fit_mode_ = cfg["n_features_in"], cfg["fit_mode"]
+        self.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
+        self.X_ = t.get("X")
+        self._graph = (t["gd"], t["gi"]) if "gd" in t else None
+        self._load_extra(t)
+        return self
+
+    def _load_extra(self, tensors: dict) -> None:
+        pass
+
+
+def _sort(sec, ind, k):
+    order = np.lexsort((ind, sec), axis=1)[:, :k]
+    return np.take_along_axis(sec, order, 1), np.take_along_axis(ind, order, 1)
