@@ -1,86 +1,90 @@
-"""Per-step time of the kexue.eg optimisers vs their torch.optim base, on a ~10M-parameter MLP.
+"""Whole training step (forward + backward + ``optimizer.step()``) of the kexue.eg optimisers vs
+their torch.optim base, on an 11.2M-parameter MLP (issue 14: goal ≤ 1.3× the base).
 
-Prints, for each optimiser, the median time of ``optimizer.step()`` alone and of a whole
-training step (forward + backward + step), and both as ratios to the base optimiser
-(torch.optim.SGD for the SGD family and EG types, torch.optim.Adam for the Adam family).
-All optimisers are timed in the same run, interleaved round by round, so machine load affects
-them alike. Usage: ``.venv/bin/python benchmarks/bench_eg.py [--rounds 5] [--steps 10]``.
+Every contender has its own copy of the model and its own optimiser state; one training step of
+each is timed in turn (A B C … A B C …, ``_bench.interleaved``), so machine load affects them
+alike, and the medians are compared. The base is torch.optim.SGD(momentum=0.9) for the SGD
+family and the EG types, torch.optim.Adam for the Adam family, both with torch's default
+implementation for CPU tensors. kexue's optimisers run their default multi-tensor path; the
+per-tensor reference path (``foreach=False``) is timed too, for the speed-up.
+
+    .venv/bin/python benchmarks/bench_eg.py [--repeats 15] [--batch 128] [--only EGStep,…]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _bench import interleaved, load
 
 from kexue.eg import EG, EGAdapt, EGPlusMinus, EGStep, AdamHD, SGDHD
 
 
-def model_10m() -> torch.nn.Module:
-    # 784·2560 + 2560·2560 + 2560·1024 + 1024·10 ≈ 10.2M parameters
+def model_11m() -> torch.nn.Module:
+    # 784·2560 + 2560·2560 + 2560·1024 + 1024·10 + biases ≈ 11.2M parameters
     return torch.nn.Sequential(torch.nn.Linear(784, 2560), torch.nn.ReLU(), torch.nn.Linear(2560, 2560),
                                torch.nn.ReLU(), torch.nn.Linear(2560, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
 
 
-OPTS = {
-    "torch SGD(m=0.9)": ("SGD", lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9)),
-    "torch Adam": ("Adam", lambda ps: torch.optim.Adam(ps, lr=1e-3)),
-    "EG": ("SGD", lambda ps: EG(ps, lr=1e-3)),
-    "EGPlusMinus": ("SGD", lambda ps: EGPlusMinus(ps, lr=1e-3)),
-    "EGStep": ("SGD", lambda ps: EGStep(ps, lr=1e-3)),
-    "SGDHD(m=0.9)": ("SGD", lambda ps: SGDHD(ps, lr=1e-3, momentum=0.9)),
-    "EGAdapt(SGD m=0.9)": ("SGD", lambda ps: EGAdapt(torch.optim.SGD(ps, lr=1e-3, momentum=0.9))),
-    "AdamHD": ("Adam", lambda ps: AdamHD(ps, lr=1e-3)),
-    "EGAdapt(Adam)": ("Adam", lambda ps: EGAdapt(torch.optim.Adam(ps, lr=1e-3))),
+SGD = "torch SGD(m=0.9)"
+ADAM = "torch Adam"
+OPTS = {  # name: (base name, factory(params, foreach))
+    SGD: (SGD, lambda ps, fe: torch.optim.SGD(ps, lr=1e-3, momentum=0.9)),
+    ADAM: (ADAM, lambda ps, fe: torch.optim.Adam(ps, lr=1e-3)),
+    "EG": (SGD, lambda ps, fe: EG(ps, lr=1e-3, foreach=fe)),
+    "EGPlusMinus": (SGD, lambda ps, fe: EGPlusMinus(ps, lr=1e-3, foreach=fe)),
+    "EGStep": (SGD, lambda ps, fe: EGStep(ps, lr=1e-3, foreach=fe)),
+    "SGDHD(m=0.9)": (SGD, lambda ps, fe: SGDHD(ps, lr=1e-3, momentum=0.9, foreach=fe)),
+    "EGAdapt(SGD m=0.9)": (SGD, lambda ps, fe: EGAdapt(torch.optim.SGD(ps, lr=1e-3, momentum=0.9), foreach=fe)),
+    "AdamHD": (ADAM, lambda ps, fe: AdamHD(ps, lr=1e-3, foreach=fe)),
+    "EGAdapt(Adam)": (ADAM, lambda ps, fe: EGAdapt(torch.optim.Adam(ps, lr=1e-3), foreach=fe)),
 }
-BASE = {"SGD": "torch SGD(m=0.9)", "Adam": "torch Adam"}
+
+
+def train_step(name: str, foreach: bool, x, y):
+    torch.manual_seed(0)
+    model = model_11m()
+    if name == "EG":  # EG needs non-negative weights; |w| costs the same per step
+        with torch.no_grad():
+            for p in model.parameters():
+                p.abs_()
+    opt = OPTS[name][1](list(model.parameters()), foreach)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--only", default="", help="comma-separated optimiser names (the bases are always timed)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the foreach=False rows")
     args = ap.parse_args()
+    names = [n for n in OPTS if n in (SGD, ADAM) or not args.only or n in args.only.split(",")]
     torch.manual_seed(0)
     x, y = torch.rand(args.batch, 784), torch.randint(0, 10, (args.batch,))
-    setups = {}
-    for name, (_, make) in OPTS.items():
-        model = model_10m()
-        # EG types need non-negative weights; start them at |w| (same cost per step)
-        if name in ("EG",):
-            with torch.no_grad():
-                for p in model.parameters():
-                    p.abs_()
-        setups[name] = (model, make(list(model.parameters())))
-    n_params = sum(p.numel() for p in model_10m().parameters())
-    step_t = {k: [] for k in OPTS}
-    full_t = {k: [] for k in OPTS}
-    for r in range(args.rounds + 1):  # round 0 warms up (allocates optimiser state)
-        for name, (model, opt) in setups.items():
-            st, ft = [], []
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                t1 = time.perf_counter()
-                opt.step()
-                t2 = time.perf_counter()
-                st.append(t2 - t1)
-                ft.append(t2 - t0)
-            if r > 0:
-                step_t[name] += st
-                full_t[name] += ft
+    fns = {}
+    for n in names:
+        fns[n] = train_step(n, None, x, y)
+        if n not in (SGD, ADAM) and not args.no_reference:
+            fns[n + " [reference]"] = train_step(n, False, x, y)
+    before = load()
+    t = interleaved(fns, repeats=args.repeats, warmup=2)
+    after = load()
+    n_params = sum(p.numel() for p in model_11m().parameters())
     print(f"model: {n_params / 1e6:.1f}M parameters, batch {args.batch}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; medians over {args.rounds}×{args.steps} steps")
-    print(f"{'optimiser':<22}{'step() ms':>11}{'ratio':>8}{'train step ms':>15}{'ratio':>8}   base")
-    for name, (base, _) in OPTS.items():
-        s, f = statistics.median(step_t[name]), statistics.median(full_t[name])
-        bs, bf = statistics.median(step_t[BASE[base]]), statistics.median(full_t[BASE[base]])
-        print(f"{name:<22}{s * 1e3:>11.2f}{s / bs:>8.2f}{f * 1e3:>15.1f}{f / bf:>8.2f}   {BASE[base]}")
+          f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved train steps")
+    print(f"before: {before}\nafter:  {after}")
+    print(f"{'optimiser':<34}{'train step ms':>14}{'ratio to base':>15}   base")
+    for k, v in t.items():
+        base = OPTS[k.replace(" [reference]", "")][0]
+        print(f"{k:<34}{v * 1e3:>14.1f}{v / t[base]:>15.2f}   {base}")
 
 
 if __name__ == "__main__":
