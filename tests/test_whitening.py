@@ -432,3 +432,49 @@ def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
     assert ours.A.shape == (n, 384)
     assert ours.spearman() == pytest.approx(ref, abs=0.05)
     assert ours.spearman() > 60  # a working encoder, not noise
+
+
+def test_sentence_transformers_round_trip(tmp_path):
+    # whitening appended to the installed MiniLM, saved with the model and loaded back offline:
+    # safetensors + JSON only, the same vectors as the library's transform, identical after reload
+    from sentence_transformers import SentenceTransformer
+
+    from kexue import data
+    from kexue.whitening_st import fit_whitening
+
+    st_ = data.load_stsb()["dev"]
+    corpus = st_.sentence1[:150] + st_.sentence2[:150]
+    model = SentenceTransformer(str(data.minilm_path()), device="cpu", local_files_only=True)
+    raw = model.encode(corpus, convert_to_numpy=True)
+    layer = fit_whitening(model, corpus, beta=1.0, gamma=0.5, k=48, batch_size=64)
+    ref = Whitening(beta=1.0, gamma=0.5, n_components=48).fit(raw)
+    model.append(layer)
+    assert model.get_embedding_dimension() == 48
+    ours = model.encode(corpus[:40], convert_to_numpy=True)
+    np.testing.assert_allclose(ours, ref.transform(raw[:40]), rtol=1e-4, atol=1e-4 * np.abs(ours).max())
+    model.save(str(tmp_path / "m"))
+    files = {p.suffix for p in (tmp_path / "m").rglob("*") if p.is_file()}
+    assert not files & {".bin", ".pkl", ".pt", ".pth"}
+    again = SentenceTransformer(str(tmp_path / "m"), device="cpu", local_files_only=True)
+    np.testing.assert_array_equal(again.encode(corpus[:40], convert_to_numpy=True), ours)
+    # the same layer built from a list of modules
+    built = SentenceTransformer(modules=[*again], device="cpu")
+    np.testing.assert_array_equal(built.encode(corpus[:40], convert_to_numpy=True), ours)
+
+
+def test_fit_whitening_checks_its_input_before_encoding():
+    from kexue.whitening_st import fit_whitening
+
+    class NoEncode:
+        def get_embedding_dimension(self):
+            return 8
+
+        def encode(self, *a, **k):
+            raise AssertionError("encoded before the checks")
+
+    for kwargs, match in [({"k": 9}, "larger than the model's embedding dimension 8"), ({"gamma": -1}, "gamma"),
+                          ({"sentences": "one string"}, "list of strings"), ({"sentences": ["a"]}, ">= 2"),
+                          ({"sentences": ["a", 3]}, "sentence 1 is a int")]:
+        kwargs = {"sentences": ["a", "b", "c"], **kwargs}
+        with pytest.raises(KexueError, match=match):
+            fit_whitening(NoEncode(), **kwargs)

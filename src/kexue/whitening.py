@@ -206,6 +206,12 @@ class Whitening(TransformerMixin, BaseEstimator):
         floor = max(float(self.eigenvalues_[0]), np.finfo(np.float64).tiny) * len(self.eigenvalues_) * np.finfo(np.float64).eps
         return np.maximum(lam, floor) ** (-float(self.gamma) / 2.0)
 
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W, shift) in float64 with transform(x) = (x − shift) W: W = U_k Λ_k^{−γ/2} (d, k) and
+        shift = βμ (d,) — SPEC 5.1 as one affine map, e.g. for a linear layer elsewhere."""
+        self._check_fitted()
+        return self.components_.T * self._scale(), float(self.beta) * self.mean_
+
     def _check_fitted(self):
         from sklearn.utils.validation import check_is_fitted
 
@@ -218,8 +224,8 @@ class Whitening(TransformerMixin, BaseEstimator):
         than the input's own rounding (~6e-8·|x|), and the float32 product is twice as fast."""
         self._check_fitted()
         X = self._validate(X, reset=False)
-        W = (self.components_.T * self._scale()).astype(X.dtype)  # (d, k)
-        shift = (float(self.beta) * self.mean_).astype(X.dtype)
+        W, shift = self.affine()
+        W, shift = W.astype(X.dtype), shift.astype(X.dtype)
         out = np.empty((len(X), W.shape[1]), dtype=X.dtype)
         for s in range(0, len(X), CHUNK):
             np.matmul(X[s : s + CHUNK] - shift, W, out=out[s : s + CHUNK])
