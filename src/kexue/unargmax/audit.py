@@ -140,15 +140,15 @@ class _Collector:
         self.certs[k] = (np.asarray(idx), np.asarray(lam))
 
 
-def _prechecks(W, b, todo, stats: LayerStats, out: _Collector, par, tracker) -> dict:
+def _prechecks(W, W32, b, todo, stats: LayerStats, out: _Collector, par, tracker) -> dict:
     cfg = stats.config
-    workers = max(1, cfg.n_jobs)
-    bs = cfg.block or max(16, min(1024, int(cfg.mem_mb / workers * 2**20 / (8 * W.shape[0] * 2))))
+    # a block's float32 logits (C × block) fill at most screen_mb per worker
+    bs = cfg.block or max(16, min(1024, int(cfg.screen_mb * 2**20 / (4 * W.shape[0]))))
     blocks = [todo[i:i + bs] for i in range(0, todo.size, bs)]
     work = {}
     from joblib import delayed
 
-    gen = par(delayed(precheck_block)(W, b, blk, stats) for blk in blocks)
+    gen = par(delayed(precheck_block)(W, W32, b, blk, stats) for blk in blocks)
     for r in tracker.track(gen, "pre-checks", total=len(blocks)):
         for c, k in enumerate(r["ks"]):
             if r["stage"][c] >= 0:
@@ -214,6 +214,8 @@ def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precisi
     tracker = tracker_or_null(tracker)
     C, d = W.shape
     min_margin = cfg.min_margin if cfg.min_margin is not None else default_min_margin(precision or W.dtype)
+    # float32 for the screening products (exact if W came in float32), float64 for the rest
+    W32 = W if W.dtype == np.float32 else np.asarray(W, np.float32)
     if W.dtype != np.float64 and C * d * 8 <= cfg.f64_mb * 2**20:
         W = np.asarray(W, np.float64)  # exact; saves a conversion per matrix product
     ks_all = np.arange(C) if classes is None else np.unique(np.asarray(classes, np.int64))
@@ -237,7 +239,7 @@ def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precisi
     with _runner(cfg) as par:
         t0 = time.perf_counter()
         todo = ks_all[out.verdict[ks_all] == UNDECIDED]
-        work = _prechecks(W, b, todo, stats, out, par, tracker) if cfg.prechecks and todo.size else {}
+        work = _prechecks(W, W32, b, todo, stats, out, par, tracker) if cfg.prechecks and todo.size else {}
         walls["prechecks"] = time.perf_counter() - t0
         todo = ks_all[out.verdict[ks_all] == UNDECIDED]
         if cfg.method == "fw" and b is not None:

@@ -26,7 +26,7 @@ class AuditConfig:
     ``LocalCluster`` of N workers) to run the blocks and classes on instead; ``mem_mb`` bounds
     the float64 blocks of the matrix products; a float32 W of at most ``f64_mb`` MiB in float64 is
     converted once (and shared), larger ones a block at a time; ``screen_mb`` bounds the float32
-    screening blocks of the candidate stage."""
+    logits of one block of the candidate stage (per worker; it sets the block size)."""
 
     box: float | None = None
     method: str = "lp"
@@ -45,6 +45,7 @@ class AuditConfig:
     scheduler: str | None = None
     block: int | None = None
     mem_mb: float = 256
+    screen_mb: float = 512
     f64_mb: float = 4096
     keep_witnesses: bool = True
 
@@ -59,7 +60,7 @@ class AuditConfig:
             validate.integer(self.working_set, "working_set", 1)
         if self.block is not None:
             validate.integer(self.block, "block", 1)
-        for name in ("lp_time_limit", "cert_tol", "fw_tol", "mem_mb"):
+        for name in ("lp_time_limit", "cert_tol", "fw_tol", "mem_mb", "screen_mb"):
             validate.positive(getattr(self, name), name)
         validate.real(self.f64_mb, "f64_mb", 0.0)
         if self.min_margin is not None:

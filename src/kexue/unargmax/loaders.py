@@ -17,10 +17,12 @@ import numpy as np
 from kexue.utils import KexueError
 
 # output heads first, then input embeddings that a tied head reuses
-HEAD_NAMES = ["lm_head.weight", "cls.predictions.decoder.weight", "output.weight", "embed_out.weight"]
+HEAD_NAMES = ["lm_head.weight", "cls.predictions.decoder.weight", "output.weight", "embed_out.weight",
+              "decoder/projection/weight", "output/output/kernel:0"]
 EMBED_NAMES = ["model.embed_tokens.weight", "embed_tokens.weight", "embeddings.word_embeddings.weight",
                "bert.embeddings.word_embeddings.weight", "transformer.wte.weight", "wte.weight", "shared.weight",
-               "gpt_neox.embed_in.weight", "tok_embeddings.weight", "word_embeddings.weight"]
+               "gpt_neox.embed_in.weight", "tok_embeddings.weight", "word_embeddings.weight",
+               "decoder/embeddings/weight"]
 BIAS_NAMES = ["lm_head.bias", "cls.predictions.bias", "cls.predictions.decoder.bias", "final_logits_bias", "output.bias",
               "embed_out.bias"]
 
@@ -85,6 +87,10 @@ def _pick(names, wanted, kind, path, shapes):
     for n in HEAD_NAMES + EMBED_NAMES:
         if n in names:
             return n
+    for n in HEAD_NAMES + EMBED_NAMES:  # the same under a prefix (ONNX exports of wrapped models)
+        hits = [m for m in names if m.endswith("." + n)]
+        if len(hits) == 1:
+            return hits[0]
     mats = [n for n in names if len(shapes[n]) == 2]
     if len(mats) == 1:
         return mats[0]
@@ -104,8 +110,9 @@ def _bias_name(names, shapes, C, wanted, weight_name):
             raise KexueError(f"no bias tensor named {wanted!r}; 1-D tensors: {', '.join(n for n in names if len(shapes[n]) == 1) or 'none'}")
         return wanted
     cands = list(BIAS_NAMES)
-    if weight_name.endswith(".weight"):
-        cands.insert(0, weight_name[: -len(".weight")] + ".bias")
+    for w, bn in ((".weight", ".bias"), ("/weight", "/bias"), ("kernel:0", "bias:0")):
+        if weight_name.endswith(w):
+            cands.insert(0, weight_name[: -len(w)] + bn)
     for n in cands:
         if n in names and int(np.prod(shapes[n])) == C:
             return n
@@ -196,6 +203,34 @@ def _load_safetensors(files, source, tensor, bias_tensor, bias, tied_hint=None):
                        info={"dtype": _st_dtype(where[wname], wname)})
 
 
+def _load_tensor_file(tf, source, tensor, bias_tensor, bias):
+    """W and b from a :class:`~kexue.unargmax.formats.TensorFile` (ONNX, Keras HDF5, CTranslate2)."""
+    names = list(tf.shapes)
+    wname = _pick(names, tensor, "weight", source, tf.shapes)
+    W = _check_matrix(np.asarray(tf.read(wname)), f"{source}:{wname}")
+    bname = None if bias == "none" else _bias_name(names, tf.shapes, W.shape[0], bias_tensor, wname)
+    b = _check_bias(tf.read(bname), W.shape[0], f"{source}:{bname}") if bname else None
+    tied = any(n == e or n.endswith("." + e) for e in EMBED_NAMES for n in (wname, tf.aliases.get(wname, "")))
+    return OutputLayer(W, b, str(source), weight_name=wname, bias_name=bname, tied=tied,
+                       info={"dtype": tf.dtypes.get(tf.aliases.get(wname, wname), str(W.dtype))})
+
+
+def _load_other(p: Path, tensor, bias_tensor, bias):
+    from kexue.unargmax import formats
+
+    suf = p.suffix.lower()
+    if suf == ".onnx":
+        return _load_tensor_file(formats.read_onnx(p), p, tensor, bias_tensor, bias)
+    if suf in (".h5", ".hdf5"):
+        return _load_tensor_file(formats.read_keras_h5(p), p, tensor, bias_tensor, bias)
+    if suf == ".bin" and formats.is_ctranslate2(p):
+        layer = _load_tensor_file(formats.read_ctranslate2(p), p, tensor, bias_tensor, bias)
+        layer.vocab = _hf_vocab(p.parent)
+        return layer
+    raise KexueError(f"unsupported file type {p.suffix!r}; use .npy, .npz, .safetensors, .gguf, .onnx, .h5, a CTranslate2 "
+                     "model.bin or a model folder (pickled .bin/.pt weights are never read)")
+
+
 def _hf_vocab(folder: Path):
     tj = folder / "tokenizer.json"
     if tj.is_file():
@@ -204,9 +239,9 @@ def _hf_vocab(folder: Path):
         tok = Tokenizer.from_file(str(tj))
         n = tok.get_vocab_size(with_added_tokens=True)
         return [tok.id_to_token(i) for i in range(n)]
-    vt = folder / "vocab.txt"
-    if vt.is_file():
-        return vt.read_text(encoding="utf-8").splitlines()
+    for name in ("vocab.txt", "vocabulary.txt"):
+        if (folder / name).is_file():
+            return (folder / name).read_text(encoding="utf-8").splitlines()
     return None
 
 
@@ -224,6 +259,8 @@ def _load_hf_folder(folder: Path, tensor, bias_tensor, bias):
         if len(ggufs) > 1:
             raise KexueError(f"{folder} holds several GGUF files; pass one of them: {', '.join(g.name for g in ggufs)}")
         return _load_gguf(ggufs[0], tensor, bias_tensor, bias)
+    if not files and (folder / "model.bin").is_file():
+        return _load_other(folder / "model.bin", tensor, bias_tensor, bias)
     if not files:
         if list(folder.glob("*.bin")) or list(folder.glob("*.pt")):
             raise KexueError(f"{folder} has only pickled PyTorch weights, which kexue never unpickles; convert them to safetensors first")
@@ -306,7 +343,7 @@ def load_output_layer(path, *, tensor: str | None = None, bias_tensor: str | Non
         elif suf == ".gguf":
             layer = _load_gguf(p, tensor, bias_tensor, bias)
         else:
-            raise KexueError(f"unsupported file type {p.suffix!r}; use .npy, .npz, .safetensors, .gguf or a model folder")
+            layer = _load_other(p, tensor, bias_tensor, bias)
     if bias == "none":
         layer.b, layer.bias_name = None, None
     return layer

@@ -64,7 +64,8 @@ def _own_and_top(L, ks):
     L[ks, cols] = -np.inf
     top = L.max(0)
     L[ks, cols] = own
-    return own.astype(np.float64), top.astype(np.float64)
+    big = np.maximum(np.maximum(top, own), -L.min(0))  # max |L| per column without an |L| copy
+    return own.astype(np.float64), top.astype(np.float64), big.astype(np.float64)
 
 
 def check_columns(L, ks, b, dirs, box, max_norm, u=U64):
@@ -77,9 +78,8 @@ def check_columns(L, ks, b, dirs, box, max_norm, u=U64):
     if b is None:  # the scale is free: vectorised over the block (no per-column passes)
         # with a box, stay a hair inside it so that rounding of s·z cannot leave it
         s = 1.0 / np.maximum(dnorm, 1e-300) if box is None else smax
-        own, top = _own_and_top(L, ks)
-        big = np.abs(L).max(0).astype(np.float64) * s
-        e = err_bound(d, max_norm, s * dnorm, big, u)
+        own, top, big = _own_and_top(L, ks)
+        e = err_bound(d, max_norm, s * dnorm, big * s, u)
         m = s * own - s * top
         ok = np.isfinite(s)
         return np.where(ok, m - e, -np.inf), np.where(ok, m + e, -np.inf), s
@@ -112,11 +112,12 @@ def directions(W, ks, family, stats: LayerStats):
     return np.ascontiguousarray(D.astype(np.float32).astype(np.float64))
 
 
-def screen_family(W, b, ks, D, stats: LayerStats):
-    """Certified margins of the family's directions: float32 screening, float64 only where the
-    float32 verdict is within rounding. Returns (certified margin or -inf, scales, L32)."""
+def screen_family(W, W32, b, ks, D, stats: LayerStats):
+    """Certified margins of the family's directions: float32 screening (on ``W32``, W in
+    float32), float64 only where the float32 verdict is within rounding. Returns (certified
+    margin or -inf, scales, L32)."""
     box = stats.config.box
-    L32 = logits(W, D, stats.mem_mb, np.float32)
+    L32 = logits(W32, D, stats.mem_mb, np.float32)
     lo, hi, s = check_columns(L32, ks, b, D, box, stats.max_norm, U32)
     unsure = np.flatnonzero((lo <= 0) & (hi > 0))
     if unsure.size:
@@ -126,7 +127,7 @@ def screen_family(W, b, ks, D, stats: LayerStats):
     return np.where(lo > 0, lo, -np.inf), s, L32
 
 
-def candidate_stage(W, b, ks, stats: LayerStats):
+def candidate_stage(W, W32, b, ks, stats: LayerStats):
     """Stage 1 on the classes ``ks``. Returns (stage, margin, witnesses, best point, weak) where
     the best point is the strongest uncertified direction per class (the walk's start) and
     ``weak`` holds certified witnesses whose relative margin is below ``min_margin``."""
@@ -142,7 +143,7 @@ def candidate_stage(W, b, ks, stats: LayerStats):
         if open_.size == 0:
             break
         D = directions(W, ks[open_], fam, stats)
-        m, s, L = screen_family(W, b, ks[open_], D, stats)
+        m, s, L = screen_family(W, W32, b, ks[open_], D, stats)
         rel = relative_margin(m, stats.max_norm, s * np.linalg.norm(D, axis=0), stats.max_abs_bias)
         for j in np.flatnonzero(m > 0):
             c = open_[j]
@@ -233,12 +234,12 @@ def working_sets(W, b, ks, open_, P, stats: LayerStats) -> dict:
     return work
 
 
-def precheck_block(W, b, ks, stats: LayerStats) -> dict:
+def precheck_block(W, W32, b, ks, stats: LayerStats) -> dict:
     """Stages 1–2 on a block of classes (one worker task). Returns per-class stages, margins and
     witnesses, the weak witnesses (below ``min_margin``) and the working sets of the open ones."""
     ks = np.asarray(ks)
     b = None if b is None else np.asarray(b, np.float64)
-    stage, margins, Z, best_pt, weak, secs = candidate_stage(W, b, ks, stats)
+    stage, margins, Z, best_pt, weak, secs = candidate_stage(W, W32, b, ks, stats)
     t0 = time.perf_counter()
     open_ = np.flatnonzero(stage < 0)
     X = best_pt[:, open_].copy()
