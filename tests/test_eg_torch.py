@@ -239,3 +239,96 @@ def test_egadapt_param_groups_are_the_bases():
     assert len(base.param_groups) == 2 and base.param_groups[1]["scale"] == 1.0
     with pytest.raises(KexueError, match="base optimiser"):
         opt.param_groups = []
+
+
+# ---------------------------------------------------------------- accelerate (2 CPU processes) and torch.compile
+
+ACC_OPTS = ["EG", "EGStep", "SGDHD", "AdamHD", "EGAdapt(SGD)", "EGAdapt(Adam)"]
+
+
+def _acc_train(world: int, batch: int, accelerator=None) -> dict[str, list[torch.Tensor]]:
+    """Each optimiser trains the float64 problem for 8 steps with kexue.train.train; final weights."""
+    from kexue.train import train
+
+    out = {}
+    for name in ACC_OPTS:
+        net, X, Y = problem(seed=3)
+        opt = OPTS[name](list(net.parameters()))
+        res = train(net, lambda m, b: ((m(b[0]) - b[1]) ** 2).mean(), [X, Y], steps=8, batch_size=batch,
+                    optimizer=opt, seed=5, accelerator=accelerator)
+        out[name] = [p.detach().clone() for p in res.model.parameters()]
+    return out
+
+
+def _acc_worker(rank: int, world: int, port: int, path: str) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=True)
+    assert acc.num_processes == world, acc.state
+    out = _acc_train(world, 8 // world, acc)
+    if rank == 0:
+        torch.save(out, path)
+    acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_accelerate_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """2 gloo processes × 4 rows per step (DDP averages the gradients) = 1 process × 8 rows."""
+    import torch.multiprocessing as mp
+
+    path = str(tmp_path / "two.pt")
+    mp.spawn(_acc_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    two = torch.load(path, weights_only=True)
+    one = _acc_train(1, 8)
+    for name in ACC_OPTS:
+        start = list(problem(seed=3)[0].parameters())
+        for a, b, s in zip(one[name], two[name], start):
+            torch.testing.assert_close(b, a, rtol=1e-7, atol=1e-9, msg=name)
+            assert not torch.equal(a, s.detach()), name
+
+
+def _compile_works() -> str | None:
+    """Why torch.compile cannot run here, or None when it can (inductor needs a C++ compiler on CPU)."""
+    import shutil
+
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        return "torch.compile's inductor backend needs a C++ compiler on CPU and none is installed"
+    return None
+
+
+@pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
+def test_compiled_model_and_compiled_step_match_eager():
+    """torch.compile(model) trained by each optimiser, and one optimiser's step compiled too."""
+    X = torch.randn(32, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    Y = X[:, :3].sin()
+
+    def run(name, compile_model, compile_step):
+        net, _, _ = problem(seed=4)
+        opt = OPTS[name](list(net.parameters()))
+        model = torch.compile(net, dynamic=False) if compile_model else net
+        step = torch.compile(opt.step) if compile_step else opt.step
+        for _ in range(4):
+            opt.zero_grad()
+            ((model(X) - Y) ** 2).mean().backward()
+            step()
+        return [p.detach() for p in net.parameters()]
+
+    for a, b in zip(run("EGAdapt(Adam)", False, False), run("EGAdapt(Adam)", True, False)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    for a, b in zip(run("EGStep", False, False), run("EGStep", False, True)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
