@@ -47,6 +47,8 @@ def available() -> list[str]:
 def load(name: str):
     """The experiment module ``name``; a KexueError naming the choices if it does not exist."""
     names = available()
+    if name not in names and name.replace("-", "_") in names:  # `unargmax-zoo` names unargmax_zoo
+        name = name.replace("-", "_")
     if name not in names:
         raise KexueError(f"unknown experiment {name!r}; choose from: {', '.join(names)}")
     return importlib.import_module(f"kexue.experiments.{name}")
@@ -182,6 +184,7 @@ class Section:
 def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, tracker=None) -> Section:
     """Run one experiment with a fresh seed and return its section."""
     mod = load(name)
+    name = mod.__name__.rsplit(".", 1)[-1]  # the module's name, however it was spelled
     seed_everything(seed)
     ctx = Context(name=name, seed=seed, quick=quick, root=Path(out), data_dir=data_dir,
                   tracker=tracker_or_null(tracker))

