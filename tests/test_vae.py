@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kexue.utils import KexueError
-from kexue.vae import VAE, fit_vae, iwae_loss, k_curve, load_vae, log_likelihood, prepare, save_vae
+from kexue.vae import VAE, VAEConfig, fit_vae, iwae_loss, k_curve, log_likelihood, prepare
 from kexue.vae.baselines import BernoulliMixture, BernoulliProduct, Dequantized, GaussianKDE
 from kexue.vae.model import discretized_logistic_log_prob
 
@@ -43,7 +43,7 @@ def ppca_vae(pca, mean_shift: float = 0.0, var_scale: float = 1.0) -> VAE:
     Mdiag = (W ** 2).sum(0) + s2
     A = (W / Mdiag).T  # M⁻¹Wᵀ, (L, D)
     post_var = s2 / Mdiag
-    m = VAE(in_dim=D, latent_dim=L, hidden=(), decoder="gaussian")
+    m = VAE(VAEConfig(in_dim=D, latent_dim=L, hidden=(), decoder="gaussian"))
     with torch.no_grad():
         enc = m.enc1.net[0]
         enc.weight.zero_()
@@ -105,10 +105,55 @@ def test_estimator_is_deterministic_and_chunking_only_changes_noise(ppca):
     a = log_likelihood(model, X[:50], K=200, seed=5)
     b = log_likelihood(model, X[:50], K=200, seed=5)
     np.testing.assert_array_equal(a.log_q, b.log_q)
-    c = log_likelihood(model, X[:50], K=200, seed=5, batch=7, max_rows=60)  # many small blocks
+    c = log_likelihood(model, X[:50], K=200, seed=5, batch=7, rows=60)  # many small blocks
     z = (a.log_q - c.log_q) / np.sqrt(a.stderr ** 2 + c.stderr ** 2 + 1e-12)
     assert np.abs(z).max() < 5
     assert a.bits_per_dim == pytest.approx(a.nll / (64 * math.log(2)))
+
+
+# ------------------------------------------------------------------ the fast estimator (issue 14)
+
+
+def _bernoulli_model(in_dim=64, scale=3.0, seed=0) -> VAE:
+    """A Bernoulli VAE with large random weights, so logits reach ±30 and weights vary a lot."""
+    torch.manual_seed(seed)
+    m = VAE(VAEConfig(in_dim=in_dim, latent_dim=5, hidden=(24, 24))).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(scale)
+    return m
+
+
+@pytest.mark.parametrize("K, batch, rows", [(7, None, None), (300, None, 128), (40, 3, 50), (1, None, None)])
+def test_fast_estimator_equals_the_reference_path(K, batch, rows):
+    m = _bernoulli_model(in_dim=70)  # 70 dims: not a multiple of the softplus group size
+    x = (torch.rand(23, 70, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    a = log_likelihood(m, x, K=K, batch=batch, rows=rows, seed=4, keep_weights=True)
+    b = log_likelihood(m, x, K=K, batch=batch, rows=rows, seed=4, keep_weights=True, fast=False)
+    np.testing.assert_allclose(a.log_weights, b.log_weights, rtol=2e-5, atol=2e-3)
+    np.testing.assert_allclose(a.log_q, b.log_q, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(a.ess, b.ess, rtol=1e-3)
+    # and both equal one direct model.log_weights call with the same draws (one chunk holds all here)
+    if batch is None and rows is None and K == 7:
+        with torch.no_grad():
+            ref = m.log_weights(x, K, generator=torch.Generator().manual_seed(4)).T.numpy()
+        np.testing.assert_allclose(a.log_weights, ref, rtol=2e-5, atol=2e-3)
+
+
+def test_softplus_sum_matches_torch_at_extremes():
+    from kexue.vae.estimate import softplus_sum
+
+    a = torch.cat([torch.linspace(-90, 90, 37 * 5), torch.tensor([0.0, 1e-8, -1e-8, 88.0, -88.0])]).reshape(5, -1)
+    ref = torch.nn.functional.softplus(a.double()).sum(-1)
+    got = softplus_sum(a.clone())
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-4)
+
+
+def test_chunks_are_sized_to_the_cache_and_bounded():
+    from kexue.vae.estimate import chunk_rows
+
+    r = chunk_rows(VAE())
+    assert 128 <= r <= 4096
 
 
 # ------------------------------------------------------------------ decoders are normalised
@@ -124,7 +169,7 @@ def test_discretized_logistic_sums_to_one():
 
 
 def test_bernoulli_decoder_is_a_pmf_over_all_binary_vectors():
-    m = VAE(in_dim=6, latent_dim=2, hidden=(8,), decoder="bernoulli").eval()
+    m = VAE(VAEConfig(in_dim=6, latent_dim=2, hidden=(8,), decoder="bernoulli")).eval()
     allx = torch.tensor([[(i >> d) & 1 for d in range(6)] for i in range(64)], dtype=torch.float32)
     z = torch.randn(1, 1, 2).expand(1, 64, 2)
     lp = m.dec.log_prob(allx, z)
@@ -132,7 +177,7 @@ def test_bernoulli_decoder_is_a_pmf_over_all_binary_vectors():
 
 
 def test_gaussian_decoder_matches_torch_normal():
-    m = VAE(in_dim=4, latent_dim=2, hidden=(8,), decoder="gaussian").eval()
+    m = VAE(VAEConfig(in_dim=4, latent_dim=2, hidden=(8,), decoder="gaussian")).eval()
     with torch.no_grad():
         m.dec.logvar.copy_(torch.tensor([0.1, -0.5, 1.0, 0.0]))
     z, x = torch.randn(3, 2), torch.randn(3, 4)
@@ -152,7 +197,7 @@ def tiny_data():
 
 
 def test_fit_vae_learns_is_deterministic_and_resumes(tiny_data, tmp_path):
-    kw = dict(latent_dim=4, hidden=(32,), steps=120, batch_size=64, lr=3e-3, seed=1)
+    kw = dict(config=VAEConfig(latent_dim=4, hidden=(32,)), steps=120, batch_size=64, lr=3e-3, seed=1)
     a = fit_vae(tiny_data, M=5, **kw)
     b = fit_vae(tiny_data, M=5, **kw)
     assert a.losses_ == b.losses_
@@ -168,7 +213,7 @@ def test_fit_vae_learns_is_deterministic_and_resumes(tiny_data, tmp_path):
 
 
 def test_iwae_beats_vae_bound_on_same_model(tiny_data):
-    m = fit_vae(tiny_data, latent_dim=4, hidden=(32,), steps=80, batch_size=64, seed=0)
+    m = fit_vae(tiny_data, VAEConfig(latent_dim=4, hidden=(32,)), steps=80, batch_size=64, seed=0)
     x = prepare(tiny_data[:300], "binary", "stochastic", seed=0)
     torch.manual_seed(0)
     with torch.no_grad():
@@ -178,34 +223,35 @@ def test_iwae_beats_vae_bound_on_same_model(tiny_data):
 
 
 def test_two_stochastic_layers_and_logistic_decoder_run(tiny_data):
-    m2 = fit_vae(tiny_data, latent_dim=6, latent2_dim=3, hidden=(32,), hidden2=(16,), steps=30, M=2, seed=0)
+    m2 = fit_vae(tiny_data, VAEConfig(latent_dim=6, latent2_dim=3, hidden=(32,), hidden2=(16,)), steps=30, M=2, seed=0)
     assert m2.latent_dim == 3 and m2.decode_mean(torch.zeros(2, 3)).shape == (2, 64)
     r = log_likelihood(m2, prepare(tiny_data[:20], "binary", "threshold"), K=20)
     assert np.isfinite(r.log_q).all() and (r.elbo <= r.log_q + 1e-9).all()
-    ml = fit_vae(tiny_data, decoder="logistic", latent_dim=4, hidden=(32,), steps=30, seed=0)
+    ml = fit_vae(tiny_data, VAEConfig(decoder="logistic", latent_dim=4, hidden=(32,)), steps=30, seed=0)
     r = log_likelihood(ml, prepare(tiny_data[:20], "8bit"), K=20)
     # a pmf over 256^64 values: log q ≤ 0 for every image
     assert np.isfinite(r.log_q).all() and (r.log_q < 0).all()
 
 
 def test_save_load_roundtrip_and_bad_files(tiny_data, tmp_path):
-    m = fit_vae(tiny_data, latent_dim=3, hidden=(16,), steps=5, seed=0)
+    m = fit_vae(tiny_data, VAEConfig(latent_dim=3, hidden=(16,)), steps=5, seed=0)
     path = tmp_path / "m.safetensors"
-    save_vae(m, path)
-    m2 = load_vae(path)
+    m.save(path)
+    m2 = VAE.load(path)
+    assert m2.config == m.config
     x = prepare(tiny_data[:10], "binary", "threshold")
     np.testing.assert_array_equal(log_likelihood(m, x, K=10).log_q, log_likelihood(m2, x, K=10).log_q)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a model")
-    with pytest.raises(KexueError, match="not a readable safetensors"):
-        load_vae(bad)
+    with pytest.raises(KexueError, match="cannot read"):
+        VAE.load(bad)
     from safetensors.torch import save_file
 
     save_file({"a": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(KexueError, match="not a kexue VAE"):
-        load_vae(tmp_path / "other.safetensors")
+    with pytest.raises(KexueError, match="not a kexue file"):
+        VAE.load(tmp_path / "other.safetensors")
     with pytest.raises(KexueError, match="not found"):
-        load_vae(tmp_path / "missing.safetensors")
+        VAE.load(tmp_path / "missing.safetensors")
 
 
 def test_prepare_and_estimator_reject_bad_input():
@@ -217,7 +263,7 @@ def test_prepare_and_estimator_reject_bad_input():
         prepare(np.zeros(5), "binary")
     with pytest.raises(KexueError, match="0..255"):
         prepare(np.array([[1.5, 3.0]]), "8bit")
-    m = VAE(in_dim=4, latent_dim=2, hidden=(4,))
+    m = VAE(VAEConfig(in_dim=4, latent_dim=2, hidden=(4,)))
     with pytest.raises(KexueError, match=r"shape \(N, 4\)"):
         log_likelihood(m, np.zeros((2, 5)), K=3)
     with pytest.raises(KexueError, match="K must be"):
@@ -225,6 +271,29 @@ def test_prepare_and_estimator_reject_bad_input():
 
 
 # ------------------------------------------------------------------ baselines
+
+
+def test_baselines_are_scikit_learn_estimators():
+    from sklearn.base import clone
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = (np.random.default_rng(0).random((60, 6)) < 0.4).astype(np.uint8)
+    for est in (BernoulliProduct(alpha=0.5), BernoulliMixture(3, random_state=2), GaussianKDE(0.3),
+                Dequantized(GaussianKDE(0.3), levels=2, random_state=1)):
+        c = clone(est)
+        assert c.get_params() == est.get_params() or isinstance(est, Dequantized)
+        a, b = clone(est).fit(X).score_samples(X), clone(est).fit(X).score_samples(X)
+        np.testing.assert_array_equal(a, b)  # same random_state, same numbers
+    with pytest.raises(InvalidParameterError):
+        BernoulliMixture(n_components=0).fit(X)
+    with pytest.raises(InvalidParameterError):
+        GaussianKDE(bandwidth=-1).fit(X)
+    with pytest.raises(ValueError, match="0..1"):
+        BernoulliProduct().fit(X * 3)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        BernoulliProduct().score_samples(X)
 
 
 def test_bernoulli_baselines_are_pmfs():
@@ -245,7 +314,7 @@ def test_dequantized_density_is_a_lower_bound_on_the_pmf():
     rng = np.random.default_rng(0)
     X = rng.binomial(3, 0.4, size=(3000, 1))  # integers 0..3, L = 4
     est = Dequantized(GaussianMixture(1, random_state=0), levels=4).fit(X)
-    mu, var = est.estimator.means_[0, 0], est.estimator.covariances_[0, 0, 0]
+    mu, var = est.estimator_.means_[0, 0], est.estimator_.covariances_[0, 0, 0]
     for k in range(4):
         a, b = k / 4, (k + 1) / 4
         exact = math.log(norm.cdf(b, mu, math.sqrt(var)) - norm.cdf(a, mu, math.sqrt(var)))  # log ∫_bin p(y) dy
@@ -269,34 +338,93 @@ def test_gaussian_kde_matches_scikit_learn_in_low_dimension():
 # ------------------------------------------------------------------ CLI
 
 
-def _kexue(capsys, *args) -> tuple[int, str]:
-    """Run the CLI in-process (a subprocess per call costs ~10 s of imports here); (exit code, stderr)."""
-    from kexue.cli import main
+@pytest.fixture(scope="module")
+def cli_files(tiny_data, tmp_path_factory):
+    """A small trained model file and train/test arrays, shared by the CLI tests."""
+    d = tmp_path_factory.mktemp("vae_cli")
+    np.save(d / "train.npy", tiny_data[:500])
+    np.save(d / "test.npy", tiny_data[500:560])
+    fit_vae(tiny_data[:500], VAEConfig(latent_dim=3, hidden=(16,)), steps=20, seed=0).save(d / "m.safetensors")
+    return d
 
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    return e.value.code, capsys.readouterr().err
 
-
-def test_cli_train_and_score(tiny_data, tmp_path, capsys):
-    np.save(tmp_path / "train.npy", tiny_data[:500])
-    np.save(tmp_path / "test.npy", tiny_data[500:560])
-    code, err = _kexue(capsys, "vae", "train", tmp_path / "train.npy", "--latent", 3, "--hidden", "16", "--steps", 20,
-                       "-o", tmp_path / "m.safetensors")
-    assert code == 0, err
-    code, err = _kexue(capsys, "vae", "score", tmp_path / "m.safetensors", tmp_path / "test.npy", "-K", 30,
-                       "--binarize", "stochastic", "-o", tmp_path / "s.npy")
-    assert code == 0, err
+def test_cli_train_score_and_sample(cli, cli_files, tmp_path):
+    d = cli_files
+    r = cli("vae", "train", d / "train.npy", "--latent", 3, "--hidden", "16", "--steps", 20, "-o", tmp_path / "m.safetensors")
+    assert r.code == 0, r.err
+    # the CLI and the library train the same model from the same seed
+    a, b = VAE.load(tmp_path / "m.safetensors"), VAE.load(d / "m.safetensors")
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(p, q)
+    r = cli("vae", "score", d / "m.safetensors", d / "test.npy", "-K", 30, "--binarize", "stochastic", "-o", tmp_path / "s.npy")
+    assert r.code == 0, r.err
     s = np.load(tmp_path / "s.npy")
     assert s.shape == (60,) and np.isfinite(s).all() and (s > 0).all()
-    # bad inputs: one line, exit code 2, no output file
-    np.save(tmp_path / "wrong.npy", np.zeros((4, 10)))
-    code, err = _kexue(capsys, "vae", "score", tmp_path / "m.safetensors", tmp_path / "wrong.npy", "-o", tmp_path / "w.npy")
-    assert code == 2 and "Traceback" not in err and "(N, 64)" in err
-    assert not (tmp_path / "w.npy").exists()
-    (tmp_path / "corrupt.npy").write_bytes(b"garbage")
-    code, err = _kexue(capsys, "vae", "score", tmp_path / "m.safetensors", tmp_path / "corrupt.npy", "-o", tmp_path / "w.npy")
-    assert code == 2 and "not a .npy array" in err
-    code, err = _kexue(capsys, "vae", "score", tmp_path / "m.safetensors", tmp_path / "test.npy", "-o", tmp_path / "w.npy")
-    assert code == 2 and "--binarize" in err  # 8-bit data given to a Bernoulli model
-    assert not (tmp_path / "w.npy").exists()
+    assert oct((tmp_path / "s.npy").stat().st_mode & 0o777) != oct(0o600)  # normal permissions, not the temp file's
+    r = cli("vae", "sample", d / "m.safetensors", "-n", 10, "-o", tmp_path / "grid.png", "--seed", 3)
+    assert r.code == 0, r.err
+    from matplotlib.image import imread
+
+    grid = imread(tmp_path / "grid.png")
+    assert grid.shape[:2] == (3 * 8 + 2, 4 * 8 + 3)  # ⌈√10⌉ = 4 tiles of 8×8 per row, 3 rows, 1-pixel gaps
+    r = cli("vae", "sample", d / "m.safetensors", "-n", 10, "-o", tmp_path / "x.npy", "--seed", 3)
+    assert r.code == 0, r.err
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), b.sample(10, seed=3).numpy())
+
+
+def test_sample_from_python_is_seeded_and_in_unit_range(cli_files):
+    m = VAE.load(cli_files / "m.safetensors")
+    a, b, c = m.sample(16, seed=1), m.sample(16, seed=1), m.sample(16, seed=2)
+    assert a.shape == (16, 64) and float(a.min()) >= 0 and float(a.max()) <= 1
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    with pytest.raises(KexueError, match="n must be"):
+        m.sample(0)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (("vae", "train", "{d}/train.npy", "--lr", "-1"), "--lr"),
+    (("vae", "train", "{d}/train.npy", "--lr", "nan"), "--lr"),
+    (("vae", "train", "{d}/train.npy", "--steps", "0"), "--steps"),
+    (("vae", "train", "{d}/train.npy", "--hidden", "20,x"), "--hidden"),
+    (("vae", "train", "{d}/train.npy", "--decoder", "poisson"), "--decoder"),
+    (("vae", "train", "{d}/train.npy", "--schedule", "step"), "--schedule"),
+    (("vae", "train", "{d}/train.npy", "-o", "{t}/model.pt"), ".safetensors"),
+    (("vae", "train", "{d}/train.npy", "-o", "{t}/missing/m.safetensors"), "does not exist"),
+    (("vae", "train", "{d}/train.npy", "-o", "{t}"), "is a directory"),
+    (("vae", "train", "{t}/nothing.npy", "-o", "{t}/m.safetensors"), "not found"),
+    (("vae", "train", "{d}/train.npy", "--resume", "-o", "{t}/m.safetensors"), "--ckpt"),
+    (("vae", "score", "{d}/m.safetensors", "{d}/test.npy", "-o", "{t}/x.csv"), ".npy"),
+    (("vae", "score", "{d}/m.safetensors", "{d}/test.npy", "-K", "0", "-o", "{t}/x.npy"), "-K"),
+    (("vae", "score", "{d}/m.safetensors", "{d}/test.npy", "-o", "{t}/x.npy"), "--binarize"),
+    (("vae", "score", "{d}/m.safetensors", "{d}/wrong.npy", "-o", "{t}/x.npy"), "(N, 64)"),
+    (("vae", "score", "{d}/m.safetensors", "{d}/corrupt.npy", "-o", "{t}/x.npy"), "not a .npy array"),
+    (("vae", "score", "{d}/train.npy", "{d}/test.npy", "-o", "{t}/x.npy"), "cannot read"),
+    (("vae", "sample", "{d}/m.safetensors", "-n", "0", "-o", "{t}/g.png"), "-n"),
+    (("vae", "sample", "{d}/m.safetensors", "-o", "{t}/g.jpg"), ".png"),
+    (("vae", "sample", "{t}/none.safetensors", "-o", "{t}/g.png"), "not found"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(cli, cli_files, tmp_path, args, needle):
+    d = cli_files
+    np.save(d / "wrong.npy", np.zeros((4, 10)))
+    (d / "corrupt.npy").write_bytes(b"garbage")
+    r = cli(*[a.format(d=d, t=tmp_path) for a in args])
+    assert r.one_line_error, (r.code, r.err)
+    assert needle in r.err, r.err
+    assert not any(tmp_path.iterdir()), "no output may be left behind"
+
+
+def test_cli_resume_refuses_a_mismatched_run(cli, cli_files, tmp_path):
+    d, ck = cli_files, tmp_path / "run.pt"
+    base = ("vae", "train", d / "train.npy", "--latent", 3, "--hidden", "16", "--ckpt", ck, "--ckpt-every", 10)
+    assert cli(*base, "--steps", 10, "-o", tmp_path / "a.safetensors").code == 0
+    for extra, needle in ((("-M", 5), "M=1"), (("--lr", "0.01"), "lr"), (("--latent", 4), "latent_dim")):
+        r = cli(*base, *extra, "--steps", 20, "--resume", "-o", tmp_path / "b.safetensors")
+        assert r.one_line_error and "another run" in r.err and needle in r.err, r.err
+    np.save(tmp_path / "other.npy", np.asarray(np.load(d / "train.npy"))[::-1])
+    r = cli("vae", "train", tmp_path / "other.npy", *base[3:], "--steps", 20, "--resume", "-o", tmp_path / "b.safetensors")
+    assert r.one_line_error and "other data" in r.err, r.err
+    r = cli(*base, "--steps", 5, "--resume", "-o", tmp_path / "b.safetensors")
+    assert r.one_line_error and "past --steps" in r.err, r.err
+    assert not (tmp_path / "b.safetensors").exists()
+    assert cli(*base, "--steps", 20, "--resume", "-o", tmp_path / "b.safetensors").code == 0

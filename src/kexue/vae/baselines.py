@@ -15,46 +15,58 @@ Pixels are integers k ∈ {0, …, L−1} (L = 2 for binarised images, L = 256 f
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.utils._param_validation import HasMethods, Interval
+from sklearn.utils.validation import check_is_fitted
 
+from kexue import validate
 from kexue.utils import KexueError
-from kexue.validate import finite as check_finite
+
+_SEED = [Interval(Integral, 0, None, closed="left")]
 
 
-def _check_levels(K: np.ndarray, levels: int) -> np.ndarray:
-    K = np.asarray(K)
-    if K.ndim != 2 or K.shape[0] == 0:
-        raise KexueError(f"data must be a non-empty 2-D array, got shape {K.shape}")
-    check_finite(K, "data")
-    if K.min() < 0 or K.max() > levels - 1 or not np.all(K == np.round(K)):
+def _check_levels(X, levels: int) -> np.ndarray:
+    X = validate.matrix(X, "data")
+    if X.min() < 0 or X.max() > levels - 1 or not np.all(X == np.round(X)):
         raise KexueError(f"data must hold integers 0..{levels - 1} for this density")
-    return K.astype(np.float64)
+    return X
 
 
-class BernoulliProduct:
+class BernoulliProduct(DensityMixin, BaseEstimator):
     """Independent pixels: log P(x) = Σ_d x_d log p_d + (1 − x_d) log(1 − p_d), p smoothed by ``alpha``."""
+
+    _parameter_constraints = {"alpha": [Interval(Real, 0, None, closed="left")]}
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
 
-    def fit(self, X):
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
         X = _check_levels(X, 2)
         self.p_ = (X.sum(0) + self.alpha) / (len(X) + 2 * self.alpha)
         return self
 
     def score_samples(self, X) -> np.ndarray:
+        check_is_fitted(self)
         X = _check_levels(X, 2)
         return X @ np.log(self.p_) + (1 - X) @ np.log1p(-self.p_)
 
 
-class BernoulliMixture:
+class BernoulliMixture(DensityMixin, BaseEstimator):
     """Mixture of independent-Bernoulli components fitted by EM (the discrete analogue of a GMM).
 
     log P(x) = lse_c(log π_c + Σ_d x_d log p_cd + (1 − x_d) log(1 − p_cd)); the M-step smooths the
     p_cd with a Beta(``alpha``+1, ``alpha``+1) prior so no pixel probability reaches 0 or 1.
     """
+
+    _parameter_constraints = {"n_components": [Interval(Integral, 1, None, closed="left")],
+                              "n_iter": [Interval(Integral, 1, None, closed="left")],
+                              "alpha": [Interval(Real, 0, None, closed="neither")],
+                              "tol": [Interval(Real, 0, None, closed="left")], "random_state": _SEED}
 
     def __init__(self, n_components: int = 50, n_iter: int = 100, alpha: float = 1.0, tol: float = 1e-4,
                  random_state: int = 0):
@@ -63,7 +75,8 @@ class BernoulliMixture:
     def _joint(self, X):
         return np.log(self.weights_) + X @ np.log(self.p_).T + (1 - X) @ np.log1p(-self.p_).T
 
-    def fit(self, X):
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
         X = _check_levels(X, 2)
         rng = np.random.default_rng(self.random_state)
         n = len(X)
@@ -84,51 +97,68 @@ class BernoulliMixture:
         return self
 
     def score_samples(self, X) -> np.ndarray:
+        check_is_fitted(self)
         return logsumexp(self._joint(_check_levels(X, 2)), axis=1)
 
 
-class Dequantized:
+class Dequantized(DensityMixin, BaseEstimator):
     """A continuous density (anything with ``fit``/``score_samples``) turned into a bound on a log-pmf.
 
-    ``fit`` trains ``estimator`` on ``n_copies`` dequantised copies y = (k + u)/L of the data;
-    ``score_samples`` returns log p(y) − D log L for one fresh y per row (module docstring).
+    ``fit`` trains a clone of ``estimator`` (as ``estimator_``) on ``n_copies`` dequantised copies
+    y = (k + u)/L of the data; ``score_samples`` returns log p(y) − D log L for one fresh y per row
+    (module docstring), the noise drawn from ``random_state + 1`` unless ``seed`` is given.
     """
+
+    _parameter_constraints = {"estimator": [HasMethods(["fit", "score_samples"])],
+                              "levels": [Interval(Integral, 2, None, closed="left")],
+                              "n_copies": [Interval(Integral, 1, None, closed="left")], "random_state": _SEED}
 
     def __init__(self, estimator, levels: int = 2, n_copies: int = 1, random_state: int = 0):
         self.estimator, self.levels, self.n_copies, self.random_state = estimator, levels, n_copies, random_state
 
-    def dequantize(self, X, rng) -> np.ndarray:
+    def _dequantize(self, X, rng) -> np.ndarray:
         return (X + rng.random(X.shape)) / self.levels
 
-    def fit(self, X):
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        from sklearn.base import clone
+
         X = _check_levels(X, self.levels)
         rng = np.random.default_rng(self.random_state)
-        Y = np.concatenate([self.dequantize(X, rng) for _ in range(self.n_copies)])
-        self.estimator.fit(Y)
+        Y = np.concatenate([self._dequantize(X, rng) for _ in range(self.n_copies)])
+        self.estimator_ = clone(self.estimator).fit(Y)
         return self
 
-    def score_samples(self, X, seed: int = 1) -> np.ndarray:
+    def score_samples(self, X, seed: int | None = None) -> np.ndarray:
+        check_is_fitted(self)
         X = _check_levels(X, self.levels)
-        rng = np.random.default_rng(seed)
-        return self.estimator.score_samples(self.dequantize(X, rng)) - X.shape[1] * math.log(self.levels)
+        rng = np.random.default_rng(self.random_state + 1 if seed is None else seed)
+        return self.estimator_.score_samples(self._dequantize(X, rng)) - X.shape[1] * math.log(self.levels)
 
 
-class GaussianKDE:
+class GaussianKDE(DensityMixin, BaseEstimator):
     """Gaussian kernel density p(y) = (1/n) Σ_i N(y; y_i, h² I), the same density as scikit-learn's
     ``KernelDensity(kernel="gaussian", bandwidth=h)`` (checked in the tests), computed by blocks of
     exact pairwise distances with BLAS (scikit-learn's trees do not help in 784 dimensions and were
     ~50× slower here)."""
 
+    _parameter_constraints = {"bandwidth": [Interval(Real, 0, None, closed="neither")],
+                              "block": [Interval(Integral, 1, None, closed="left")]}
+
     def __init__(self, bandwidth: float = 0.1, block: int = 2048):
         self.bandwidth, self.block = bandwidth, block
 
-    def fit(self, Y):
-        self.Y_ = np.asarray(Y, dtype=np.float64)
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, Y, y=None):
+        self.Y_ = validate.matrix(Y, "data")
         self.sq_ = (self.Y_ ** 2).sum(1)
         return self
 
     def score_samples(self, Y) -> np.ndarray:
-        Y = np.asarray(Y, dtype=np.float64)
+        check_is_fitted(self)
+        Y = validate.matrix(Y, "data")
+        if Y.shape[1] != self.Y_.shape[1]:
+            raise KexueError(f"data has {Y.shape[1]} columns; the density was fitted on {self.Y_.shape[1]}")
         n, d = self.Y_.shape
         h2 = self.bandwidth ** 2
         out = np.empty(len(Y))
@@ -146,14 +176,15 @@ def select_kde_bandwidth(X, levels: int, grid, random_state: int = 0, val_fracti
     idx = rng.permutation(len(X))
     nv = max(1, int(val_fraction * len(X)))
     va, tr = X[idx[:nv]], X[idx[nv:]]
-    scores = [Dequantized(GaussianKDE(h), levels, random_state=random_state).fit(tr).score_samples(va).mean()
+    scores = [Dequantized(GaussianKDE(h), levels=levels, random_state=random_state).fit(tr).score_samples(va).mean()
               for h in grid]
     return float(grid[int(np.argmax(scores))])
 
 
-def classical_densities(levels: int, *, gmm_components: int = 10, bmm_components: int = 50, ppca_components: int = 50,
-                        kde_bandwidth: float = 0.1, gmm_reg: float | None = None, seed: int = 0) -> dict:
-    """The baseline set of the experiment, by name (unfitted). Bernoulli models only when L = 2.
+def classical_densities(levels: int, *, gmm_components: int = 10, gmm_iter: int = 100, bmm_components: int = 50,
+                        bmm_iter: int = 100, ppca_components: int = 50, kde_bandwidth: float = 0.1,
+                        gmm_reg: float | None = None, random_state: int = 0) -> dict:
+    """The baseline set of the experiment, by name (unfitted estimators). Bernoulli models only when L = 2.
 
     ``gmm_reg`` (added to each component's covariance diagonal) defaults to 1/(12 L²), the
     variance of the dequantisation noise: no component should be narrower than that noise, and
@@ -164,15 +195,16 @@ def classical_densities(levels: int, *, gmm_components: int = 10, bmm_components
     from sklearn.mixture import GaussianMixture
 
     reg = 1.0 / (12 * levels ** 2) if gmm_reg is None else gmm_reg
-
+    rs = random_state
     out = {}
     if levels == 2:
         out["independent Bernoulli"] = BernoulliProduct()
-        out[f"Bernoulli mixture ({bmm_components})"] = BernoulliMixture(bmm_components, random_state=seed)
-    out["diagonal Gaussian"] = Dequantized(GaussianMixture(1, covariance_type="diag", random_state=seed), levels)
-    out["full Gaussian"] = Dequantized(GaussianMixture(1, covariance_type="full", random_state=seed), levels)
-    out[f"PPCA ({ppca_components})"] = Dequantized(PCA(ppca_components, random_state=seed), levels)
-    out[f"GMM ({gmm_components}, full)"] = Dequantized(
-        GaussianMixture(gmm_components, covariance_type="full", reg_covar=reg, random_state=seed, max_iter=100), levels)
-    out[f"KDE (h={kde_bandwidth:.3g})"] = Dequantized(GaussianKDE(kde_bandwidth), levels)
+        out[f"Bernoulli mixture ({bmm_components})"] = BernoulliMixture(bmm_components, n_iter=bmm_iter, random_state=rs)
+    gauss = {"diagonal Gaussian": GaussianMixture(1, covariance_type="diag", random_state=rs, max_iter=gmm_iter),
+             "full Gaussian": GaussianMixture(1, covariance_type="full", random_state=rs, max_iter=gmm_iter),
+             f"PPCA ({ppca_components})": PCA(ppca_components, random_state=rs),
+             f"GMM ({gmm_components}, full)": GaussianMixture(gmm_components, covariance_type="full", reg_covar=reg,
+                                                              random_state=rs, max_iter=gmm_iter),
+             f"KDE (h={kde_bandwidth:.3g})": GaussianKDE(kde_bandwidth)}
+    out.update({name: Dequantized(est, levels=levels) for name, est in gauss.items()})
     return out

@@ -1,6 +1,6 @@
 """The VAE as a density model (SPEC 1.1–1.3): Gaussian encoder, N(0, I) prior, decoders that are
-properly normalised densities, the importance-weighted objective for any M, training through
-:func:`kexue.train.train`, and safetensors persistence.
+properly normalised densities, the importance-weighted objective for any M, and persistence
+(``model.save(path)`` / ``VAE.load(path)``, one safetensors file with the architecture).
 
 Data conventions (``model.data_kind``):
 
@@ -15,19 +15,18 @@ continuous data a log-density.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kexue.nets import MLP
-from kexue.utils import KexueError, atomic_path
-from kexue.validate import finite as check_finite
+from kexue import validate
+from kexue.utils import KexueError, KexueTypeError
 
 DECODERS = {"bernoulli": "binary", "logistic": "8bit", "gaussian": "continuous"}
 _ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
@@ -69,9 +68,7 @@ class Decoder(nn.Module):
 
     def __init__(self, kind: str, latent: int, out: int, hidden: Sequence[int], act: str):
         super().__init__()
-        if kind not in DECODERS:
-            raise KexueError(f"unknown decoder {kind!r}; choose from: {', '.join(DECODERS)}")
-        self.kind = kind
+        self.kind = validate.choice(kind, DECODERS, "decoder")
         n_out = 2 * out if kind == "logistic" else out
         self.net = _body([latent, *hidden, n_out], act)
         if kind == "gaussian":
@@ -128,40 +125,60 @@ def discretized_logistic_log_prob(x01: torch.Tensor, loc: torch.Tensor, log_scal
     return lp.sum(-1)
 
 
+@dataclass(frozen=True)
+class VAEConfig:
+    """The architecture of a :class:`VAE` (stored in its file, so ``VAE.load`` rebuilds it).
+
+    The IWAE paper's one-stochastic-layer MNIST model is the default: 784–200–200–50 encoder,
+    50–200–200–784 Bernoulli decoder, tanh. ``latent2_dim`` adds a second stochastic layer
+    (x → z1 → z2, prior on z2) with ``hidden2`` MLPs; ``hidden=()`` makes the maps linear.
+    """
+
+    in_dim: int = 784
+    latent_dim: int = 50
+    hidden: tuple[int, ...] = (200, 200)
+    decoder: str = "bernoulli"
+    act: str = "tanh"
+    latent2_dim: int | None = None
+    hidden2: tuple[int, ...] = field(default=(100, 100))
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise in place once
+        set_(self, "in_dim", validate.integer(self.in_dim, "in_dim", 1))
+        set_(self, "latent_dim", validate.integer(self.latent_dim, "latent_dim", 1))
+        if self.latent2_dim is not None:
+            set_(self, "latent2_dim", validate.integer(self.latent2_dim, "latent2_dim", 1))
+        for name in ("hidden", "hidden2"):
+            set_(self, name, tuple(validate.integer(h, f"{name} sizes", 1) for h in getattr(self, name)))
+        validate.choice(self.decoder, DECODERS, "decoder")
+        validate.choice(self.act, _ACTS, "activation")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
 class VAE(nn.Module):
     """Latent-variable density q_θ(x) = ∫ q_θ(x|z) q(z) dz with proposal p_θ(z|x) (SPEC 1.1–1.2).
 
-    One stochastic layer by default; ``latent2_dim`` adds a second one (x → z1 → z2, prior on z2).
+    ``VAE(VAEConfig(...))`` builds the networks (default: the IWAE paper's MNIST model).
     ``latent_dim`` is always the dimension of the latent with the N(0, I) prior (the top one), so
-    ``decode_mean(torch.randn(n, model.latent_dim))`` samples pixel means from the model.
+    ``model.sample(n, seed=0)`` and ``decode_mean(torch.randn(n, model.latent_dim))`` draw from it.
     """
 
-    def __init__(self, in_dim: int = 784, latent_dim: int = 50, hidden: Sequence[int] = (200, 200),
-                 decoder: str = "bernoulli", act: str = "tanh", latent2_dim: int | None = None,
-                 hidden2: Sequence[int] = (100, 100)):
+    def __init__(self, config: VAEConfig | None = None):
         super().__init__()
-        if act not in _ACTS:
-            raise KexueError(f"unknown activation {act!r}; choose from: {', '.join(_ACTS)}")
-        if decoder not in DECODERS:
-            raise KexueError(f"unknown decoder {decoder!r}; choose from: {', '.join(DECODERS)}")
-        if in_dim < 1 or latent_dim < 1 or (latent2_dim is not None and latent2_dim < 1):
-            raise KexueError("in_dim and latent sizes must be positive integers")
-        self.config = {"in_dim": int(in_dim), "latent_dim": int(latent_dim), "hidden": [int(h) for h in hidden],
-                       "decoder": decoder, "act": act,
-                       "latent2_dim": None if latent2_dim is None else int(latent2_dim),
-                       "hidden2": [int(h) for h in hidden2]}
-        self.in_dim = int(in_dim)
-        self.data_kind = DECODERS[decoder]
-        z1 = int(latent_dim)  # the first stochastic layer (the only one unless latent2_dim is given)
-        self.enc1 = GaussianLayer(in_dim, z1, hidden, act)
-        self.dec = Decoder(decoder, z1, in_dim, list(hidden)[::-1], act)
-        self.two_layer = latent2_dim is not None
+        if config is not None and not isinstance(config, VAEConfig):
+            raise KexueTypeError(f"VAE takes a VAEConfig, got {type(config).__name__}; e.g. VAE(VAEConfig(latent_dim=20))")
+        c = self.config = config or VAEConfig()
+        self.in_dim = c.in_dim
+        self.data_kind = DECODERS[c.decoder]
+        self.enc1 = GaussianLayer(c.in_dim, c.latent_dim, c.hidden, c.act)
+        self.dec = Decoder(c.decoder, c.latent_dim, c.in_dim, list(c.hidden)[::-1], c.act)
+        self.two_layer = c.latent2_dim is not None
         if self.two_layer:
-            self.enc2 = GaussianLayer(z1, latent2_dim, hidden2, act)
-            self.prior1 = GaussianLayer(latent2_dim, z1, list(hidden2)[::-1], act)
-            self.latent_dim = int(latent2_dim)
-        else:
-            self.latent_dim = z1
+            self.enc2 = GaussianLayer(c.latent_dim, c.latent2_dim, c.hidden2, c.act)
+            self.prior1 = GaussianLayer(c.latent2_dim, c.latent_dim, list(c.hidden2)[::-1], c.act)
+        self.latent_dim = c.latent2_dim if self.two_layer else c.latent_dim
 
     # -------------------------------------------------------------- the importance weights
     def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -200,14 +217,42 @@ class VAE(nn.Module):
         return self.dec.mean(z)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Pixel means of n draws from the model (z ~ N(0, I))."""
-        return self.decode_mean(torch.randn(n, self.latent_dim, generator=generator))
+    def sample(self, n: int, *, seed: int | None = None) -> torch.Tensor:
+        """n draws from the model as pixel means E[x|z], z ~ N(0, I) (SPEC 1.1): an (n, in_dim)
+        tensor, in [0, 1] for image decoders (what pythae's samplers return). ``seed`` fixes
+        the draws (same seed, same images); ``None`` uses the global torch RNG."""
+        n = validate.integer(n, "n", 1)
+        g = None if seed is None else torch.Generator().manual_seed(validate.integer(seed, "seed", 0))
+        return self.decode_mean(torch.randn(n, self.latent_dim, generator=g))
 
     @torch.no_grad()
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Posterior mean of the first latent layer (for embeddings/plots)."""
         return self.enc1(x)[0]
+
+    # -------------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the weights and the architecture to one .safetensors file, atomically."""
+        from kexue.io import save_fitted
+
+        save_fitted(path, "vae", self.state_dict(), self.config.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "VAE":
+        """A model written by :meth:`save`, in eval mode; a one-line KexueError for missing,
+        foreign or damaged files (nothing is unpickled)."""
+        import numpy as np
+
+        from kexue.io import load_fitted
+
+        tensors, config = load_fitted(path, "vae")
+        try:
+            model = cls(VAEConfig(**config))
+            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise KexueError(f"{path}: weights do not match the stored architecture ({type(e).__name__}); "
+                             "the file is damaged, write it again") from None
+        return model.eval()
 
 
 def iwae_loss(model: VAE, x: torch.Tensor, m: int = 1) -> torch.Tensor:
@@ -217,139 +262,3 @@ def iwae_loss(model: VAE, x: torch.Tensor, m: int = 1) -> torch.Tensor:
     """
     lw = model.log_weights(x, m)
     return -(torch.logsumexp(lw, 0) - math.log(m)).mean()
-
-
-# ------------------------------------------------------------------ data preparation
-
-
-def prepare(X, kind: str, binarize: str = "none", seed: int = 0) -> torch.Tensor:
-    """Validate an array for a decoder's data kind and return float32 in the model's convention.
-
-    ``binarize`` (binary kind only): ``"none"`` requires values in {0, 1}; ``"threshold"`` maps
-    x/255 > 0.5 (or x > 0.5 for [0, 1] floats) to 1; ``"stochastic"`` draws Bernoulli(x/255) with
-    ``seed`` (the usual fixed binarisation of a test set).
-    """
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise KexueError(f"data must be a non-empty 2-D array (samples × features), got shape {X.shape}")
-    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-        raise KexueError(f"data must be numeric, got dtype {X.dtype}")
-    X = X.astype(np.float64) if X.dtype == bool else X
-    check_finite(X, "data")
-    if kind == "continuous":
-        return torch.as_tensor(np.asarray(X, dtype=np.float32))
-    Xf = np.asarray(X, dtype=np.float64)
-    is_binary = bool(np.isin(Xf, (0.0, 1.0)).all())
-    if kind == "binary":
-        if binarize == "none":
-            if not is_binary:
-                raise KexueError("the Bernoulli decoder needs data in {0, 1}; pass binarize='stochastic' or 'threshold' (CLI: --binarize)")
-            return torch.as_tensor(Xf.astype(np.float32))
-        p = _unit(Xf)
-        if binarize == "threshold":
-            return torch.as_tensor((p > 0.5).astype(np.float32))
-        if binarize == "stochastic":
-            rng = np.random.default_rng(seed)
-            return torch.as_tensor((rng.random(p.shape) < p).astype(np.float32))
-        raise KexueError(f"unknown binarize {binarize!r}; choose none, threshold or stochastic")
-    if kind == "8bit":
-        if Xf.min() < 0 or Xf.max() > 255 or not np.all(Xf == np.round(Xf)):
-            raise KexueError("the logistic (8-bit) decoder needs integer pixel values 0..255 (e.g. uint8 images)")
-        return torch.as_tensor((Xf / 255.0).astype(np.float32))
-    raise KexueError(f"unknown data kind {kind!r}")
-
-
-def _unit(Xf: np.ndarray) -> np.ndarray:
-    """Scale to [0, 1]: values above 1 are read as 0..255 pixels."""
-    if Xf.min() < 0:
-        raise KexueError("pixel data must be non-negative (0..255 or [0, 1])")
-    if Xf.max() > 1:
-        if Xf.max() > 255:
-            raise KexueError("pixel data must be in 0..255 or [0, 1]")
-        return Xf / 255.0
-    return Xf
-
-
-# ------------------------------------------------------------------ training
-
-
-def fit_vae(X, *, decoder: str = "bernoulli", latent_dim: int = 50, hidden: Sequence[int] = (200, 200),
-            latent2_dim: int | None = None, hidden2: Sequence[int] = (100, 100), act: str = "tanh",
-            M: int = 1, binarize: str = "dynamic", steps: int = 2000, batch_size: int = 100, lr: float = 1e-3,
-            seed: int = 0, ckpt: str | os.PathLike | None = None, ckpt_every: int = 0, resume: bool = False,
-            tracker=None, description: str | None = None) -> VAE:
-    """Train a VAE (M = 1) or IWAE (M > 1) on rows of ``X`` with SPEC 1.3; return the model in eval mode.
-
-    ``X``: (N, D) array. For ``decoder="bernoulli"`` uint8 0..255 or [0, 1] values are binarised
-    according to ``binarize``: ``"dynamic"`` (a fresh Bernoulli(x) draw every step, as in the IWAE
-    paper), ``"stochastic"``/``"threshold"`` (once), or ``"none"`` (data already in {0, 1}).
-    ``decoder="logistic"`` wants 0..255 integers, ``"gaussian"`` any real vectors.
-    Training goes through :func:`kexue.train.train` (accelerate, deterministic batches,
-    checkpoint/resume with ``ckpt``/``resume``). Attributes set on the result: ``losses_``.
-    """
-    from kexue.train import train
-
-    if M < 1 or steps < 1 or batch_size < 1:
-        raise KexueError("M, steps and batch_size must be positive integers")
-    kind = DECODERS.get(decoder)
-    if kind is None:
-        raise KexueError(f"unknown decoder {decoder!r}; choose from: {', '.join(DECODERS)}")
-    dynamic = kind == "binary" and binarize == "dynamic"
-    if dynamic:
-        Xa = np.asarray(X)
-        if Xa.ndim != 2 or Xa.shape[0] == 0:
-            raise KexueError(f"data must be a non-empty 2-D array (samples × features), got shape {Xa.shape}")
-        check_finite(Xa, "data")
-        data = torch.as_tensor(_unit(Xa.astype(np.float64)).astype(np.float32))
-    else:
-        data = prepare(X, kind, binarize=binarize, seed=seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = VAE(data.shape[1], latent_dim, hidden, decoder, act, latent2_dim, hidden2)
-
-    def loss_fn(m, batch):
-        x = batch[0]
-        if dynamic:
-            x = torch.bernoulli(x)  # the torch RNG is seeded from (seed, step) by train(): reproducible
-        return iwae_loss(m, x, M)
-
-    res = train(model, loss_fn, [data], steps=steps, batch_size=min(batch_size, len(data)), lr=lr, seed=seed,
-                ckpt=ckpt, ckpt_every=ckpt_every, resume=resume, tracker=tracker,
-                description=description or (f"IWAE M={M}" if M > 1 else "VAE"))
-    model = res.model.eval()
-    model.losses_ = res.losses
-    return model
-
-
-# ------------------------------------------------------------------ persistence
-
-
-def save_vae(model: VAE, path: str | os.PathLike) -> None:
-    """Write the weights and the architecture (as safetensors metadata) atomically."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"kexue": "vae", "config": json.dumps(model.config)})
-
-
-def load_vae(path: str | os.PathLike) -> VAE:
-    """Read a model written by :func:`save_vae`; a KexueError for missing, foreign or corrupt files."""
-    from safetensors import safe_open
-
-    if not os.path.isfile(path):
-        raise KexueError(f"model file {path} not found; train one with `kexue vae train -o {path}`")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise KexueError(f"{path} is not a readable safetensors file ({type(e).__name__}); pass a model written by `kexue vae train`") from None
-    if meta.get("kexue") != "vae" or "config" not in meta:
-        raise KexueError(f"{path} is a safetensors file but not a kexue VAE (no VAE config in its metadata)")
-    try:
-        model = VAE(**json.loads(meta["config"]))
-        model.load_state_dict(tensors)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise KexueError(f"{path}: weights do not match the stored architecture ({type(e).__name__}); the file is damaged") from None
-    return model.eval()
