@@ -1,7 +1,10 @@
-"""Benchmark: the pre-check pipeline vs the exact LP for every class (SPEC 3.4/3.6), and the full
-SmolLM2-135M audit time, from one run.
+"""Benchmark: the pre-check pipeline vs the exact LP for every class (SPEC 3.4/3.6), the full
+SmolLM2-135M audit time and the full Gemma 3 270M audit (262,144 × 640) time per stage, from one run.
 
-    .venv/bin/python benchmarks/bench_unargmax.py [--jobs 2] [--baseline-classes 60] [--skip-smollm2]
+    .venv/bin/python benchmarks/bench_unargmax.py [--jobs 2] [--baseline-classes 60] [--skip-smollm2] [--skip-gemma]
+
+Gemma's weights come from the survey's cache (``make zoo`` fetches them); the run is skipped with a
+message when they are absent.
 
 The baseline is the paper's exact LP (HiGHS, all C-1 constraints) for every class, with no
 pre-checks. At C = 5000 one such LP takes seconds, so by default it is timed on a random sample
@@ -28,6 +31,7 @@ def main():
     ap.add_argument("--bias", action="store_true")
     ap.add_argument("--baseline-classes", type=int, default=60, help="0 = every class")
     ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--skip-gemma", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
@@ -73,6 +77,32 @@ def main():
               f"load average now {os.getloadavg()[0]:.1f}; {res.counts()}")
         print("  stage compute seconds:", {k: round(v, 1) for k, v in res.stage_seconds.items()})
         print("  unargmaxable:", [(int(k), layer.token(int(k))) for k in res.unargmaxable])
+
+
+    if not a.skip_gemma:
+        gemma(a.jobs)
+
+
+def gemma(jobs):
+    from kexue.experiments.unargmax_zoo import PeakMemory
+    from kexue.unargmax import audit, zoo
+
+    try:
+        t0 = time.perf_counter()
+        layer = zoo.load("gemma3-270m", download=False)
+    except zoo.ZooUnavailable as e:
+        print(f"Gemma 3 270M skipped: {e}")
+        return
+    t_load = time.perf_counter() - t0
+    print(f"Gemma 3 270M {layer.W.shape} ({layer.precision}): load {t_load:.1f} s, load average {os.getloadavg()[0]:.1f}")
+    with PeakMemory() as mem:
+        res = audit(layer.W, layer.b, n_jobs=jobs, keep_witnesses=False, precision=layer.precision)
+    print(f"  audit {res.seconds:.1f} s wall on {jobs} jobs, peak memory {mem.gib:.2f} GiB, load average now "
+          f"{os.getloadavg()[0]:.1f}; {res.counts()}")
+    print("  wall seconds per phase:", {k: round(v, 1) for k, v in res.wall_seconds.items()})
+    print("  compute seconds per stage (summed over workers):", {k: round(v, 1) for k, v in res.stage_seconds.items()})
+    print("  decided by stage:", res.stage_counts())
+    print("  unargmaxable:", [(int(k), layer.token(int(k))) for k in res.unargmaxable][:50])
 
 
 if __name__ == "__main__":

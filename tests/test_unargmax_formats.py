@@ -126,3 +126,23 @@ def test_hugging_face_id_from_the_local_cache(tmp_path, monkeypatch, cli):
     assert sorted(c["id"] for c in doc["unargmaxable_classes"]) == np.flatnonzero(~truth).tolist()
     with pytest.raises(KexueError, match="HF_HUB_OFFLINE"):
         resolve_model("TinyOrg/absent-model")
+
+
+def test_encoders_accept_a_hugging_face_id(tmp_path, monkeypatch):
+    from kexue import encoders
+    from kexue.data import minilm_path
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    src = minilm_path()
+    snap = _hf_cache(tmp_path / "hf", "TinyOrg/minilm-copy", {})
+    for f in src.rglob("*"):  # the cache's snapshot files are links, as huggingface_hub makes them
+        if f.is_file():
+            (snap / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            (snap / f.relative_to(src)).symlink_to(f)
+    sents = ["a cat sits on the mat", "stock prices fell sharply"]
+    ours = encoders.encode(sents, "TinyOrg/minilm-copy", cache_dir=False)
+    ref = encoders.encode(sents, "minilm", cache_dir=False)
+    assert ours.shape == (2, 384) and np.allclose(ours, ref, atol=1e-5)
+    with pytest.raises(KexueError, match="pooling"):
+        encoders.resolve("TinyOrg/minilm-copy", "last-mean")

