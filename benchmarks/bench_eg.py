@@ -8,7 +8,7 @@ family and the EG types, torch.optim.Adam for the Adam family, both with torch's
 implementation for CPU tensors. kexue's optimisers run their default multi-tensor path; the
 per-tensor reference path (``foreach=False``) is timed too, for the speed-up.
 
-    .venv/bin/python benchmarks/bench_eg.py [--repeats 15] [--batch 128] [--only EGStep,…]
+    .venv/bin/python benchmarks/bench_eg.py [--repeats 15] [--batch 128] [--only EGStep,…] [--compiled]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ OPTS = {  # name: (base name, factory(params, foreach))
 }
 
 
-def train_step(name: str, foreach: bool, x, y):
+def train_step(name: str, foreach: bool | None, x, y, compiled: bool = False):
     torch.manual_seed(0)
     model = model_11m()
     if name == "EG":  # EG needs non-negative weights; |w| costs the same per step
@@ -50,12 +50,13 @@ def train_step(name: str, foreach: bool, x, y):
             for p in model.parameters():
                 p.abs_()
     opt = OPTS[name][1](list(model.parameters()), foreach)
+    opt_step = torch.compile(opt.step) if compiled else opt.step  # inductor fuses the element-wise chain
 
     def step():
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        opt_step()
     return step
 
 
@@ -65,6 +66,8 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--only", default="", help="comma-separated optimiser names (the bases are always timed)")
     ap.add_argument("--no-reference", action="store_true", help="skip the foreach=False rows")
+    ap.add_argument("--compiled", action="store_true",
+                    help="also time each kexue optimiser with torch.compile(opt.step) (compile time excluded)")
     args = ap.parse_args()
     names = [n for n in OPTS if n in (SGD, ADAM) or not args.only or n in args.only.split(",")]
     torch.manual_seed(0)
@@ -74,6 +77,8 @@ def main():
         fns[n] = train_step(n, None, x, y)
         if n not in (SGD, ADAM) and not args.no_reference:
             fns[n + " [reference]"] = train_step(n, False, x, y)
+        if n not in (SGD, ADAM) and args.compiled:
+            fns[n + " [compiled step]"] = train_step(n, None, x, y, compiled=True)
     before = load()
     t = interleaved(fns, repeats=args.repeats, warmup=2)
     after = load()
@@ -83,7 +88,7 @@ def main():
     print(f"before: {before}\nafter:  {after}")
     print(f"{'optimiser':<34}{'train step ms':>14}{'ratio to base':>15}   base")
     for k, v in t.items():
-        base = OPTS[k.replace(" [reference]", "")][0]
+        base = OPTS[k.split(" [")[0]][0]
         print(f"{k:<34}{v * 1e3:>14.1f}{v / t[base]:>15.2f}   {base}")
 
 

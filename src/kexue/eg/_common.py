@@ -63,3 +63,20 @@ def foreach_mexp_(xs: list[torch.Tensor], max_exp: float) -> None:
     for x in xs:
         x.nan_to_num_(nan=0.0).clamp_(-max_exp, max_exp)
     torch._foreach_exp_(xs)
+
+
+class GroupwiseOptimizer(Optimizer):
+    """``step()`` = the closure, then ``_group_step(group, [(param, grad), ...])`` for every group
+    with gradients; the subclasses differ only in ``_group_step``."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        loss = closure_loss(closure)
+        for group in self.param_groups:
+            pg = grads(group)
+            if pg:
+                self._group_step(group, pg)
+        return loss
+
+    def _group_step(self, group: dict, pg: list) -> None:
+        raise NotImplementedError

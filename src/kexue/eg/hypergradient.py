@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
-from torch.optim import Optimizer
 
-from kexue.eg._common import by_device, check_foreach, check_pos, check_unit, closure_loss, grads, use_foreach
+from kexue.eg._common import GroupwiseOptimizer, by_device, check_foreach, check_pos, check_unit, use_foreach
 
 
-class _HDBase(Optimizer):
+class _HDBase(GroupwiseOptimizer):
     """Shared hypergradient rule: α ← α + β ⟨g_t, u_{t-1}⟩, optionally kept ≥ ``min_lr``.
 
     ``step`` adapts α from the previous direction u_{t-1} (one host read per group and step),
@@ -22,23 +21,16 @@ class _HDBase(Optimizer):
     learned correction whenever they step; chainable ones such as ``StepLR`` scale it).
     """
 
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            pg = grads(group)
-            if not pg:
-                continue
-            states = [self.state[p] for p, _ in pg]
-            self._adapt_lr(group, pg, states)
-            if use_foreach(group):
-                for ps, gs, us in self._directions(group, pg, states):
-                    torch._foreach_add_(ps, us, alpha=-group["lr"])
-            else:
-                for (p, g), st in zip(pg, states):
-                    self._direction(group, p, g, st)
-                    p.add_(st["u"], alpha=-group["lr"])
-        return loss
+    def _group_step(self, group, pg):
+        states = [self.state[p] for p, _ in pg]
+        self._adapt_lr(group, pg, states)
+        if use_foreach(group):
+            for ps, gs, us in self._directions(group, pg, states):
+                torch._foreach_add_(ps, us, alpha=-group["lr"])
+        else:
+            for (p, g), st in zip(pg, states):
+                self._direction(group, p, g, st)
+                p.add_(st["u"], alpha=-group["lr"])
 
     def _direction(self, group: dict, p: torch.Tensor, g: torch.Tensor, st: dict) -> None:
         raise NotImplementedError

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
-from torch.optim import Optimizer
 
-from kexue.eg._common import (by_device, check_foreach, check_pos, closure_loss, foreach_mexp_, grads, mexp_,
-                              use_foreach)
+from kexue.eg._common import GroupwiseOptimizer, by_device, check_foreach, check_pos, foreach_mexp_, mexp_, use_foreach
 from kexue.utils import KexueError
 
 
-class EG(Optimizer):
+class EG(GroupwiseOptimizer):
     """Exponentiated gradient for non-negative parameters (SPEC 2.1).
 
     θ ← θ ⊙ exp(-η ∇L(θ)): gradient descent on φ = log θ with the e^φ factor dropped, so θ
@@ -38,18 +36,11 @@ class EG(Optimizer):
                 if group["simplex"] and not float(p.detach().sum()) > 0:
                     raise KexueError("EG with simplex=True needs each parameter tensor to have a positive sum")
 
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            pg = grads(group)
-            if not pg:
-                continue
-            if group["simplex"] or not use_foreach(group):
-                self._step_reference(group, pg)
-            else:
-                self._step_foreach(group, pg)
-        return loss
+    def _group_step(self, group, pg):
+        if group["simplex"] or not use_foreach(group):
+            self._step_reference(group, pg)
+        else:
+            self._step_foreach(group, pg)
 
     @staticmethod
     def _step_reference(group, pg):
@@ -72,7 +63,7 @@ class EG(Optimizer):
             torch._foreach_clamp_max_(ps, torch.finfo(ps[0].dtype).max)
 
 
-class EGPlusMinus(Optimizer):
+class EGPlusMinus(GroupwiseOptimizer):
     """EG± (Kivinen & Warmuth) for signed parameters (SPEC 2.1).
 
     Each parameter is written θ = u - v with u, v ≥ 0 and both halves follow EG on their own
@@ -90,21 +81,14 @@ class EGPlusMinus(Optimizer):
         check_pos("max_exp", max_exp)
         super().__init__(params, dict(lr=lr, init_scale=init_scale, max_exp=max_exp, foreach=check_foreach(foreach)))
 
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            pg = grads(group)
-            if not pg:
-                continue
-            c = group["init_scale"]
-            for p, _ in pg:
-                st = self.state[p]
-                if not st:
-                    st["u"] = p.detach().clamp(min=0) + c
-                    st["v"] = (-p.detach()).clamp(min=0) + c
-            (self._step_foreach if use_foreach(group) else self._step_reference)(group, pg)
-        return loss
+    def _group_step(self, group, pg):
+        c = group["init_scale"]
+        for p, _ in pg:
+            st = self.state[p]
+            if not st:
+                st["u"] = p.detach().clamp(min=0) + c
+                st["v"] = (-p.detach()).clamp(min=0) + c
+        (self._step_foreach if use_foreach(group) else self._step_reference)(group, pg)
 
     def _step_reference(self, group, pg):
         lr, m = group["lr"], group["max_exp"]

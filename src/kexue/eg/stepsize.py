@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
-from torch.optim import Optimizer
 
-from kexue.eg._common import by_device, check_foreach, check_pos, closure_loss, foreach_mexp_, grads, mexp_, use_foreach
+from kexue.eg._common import GroupwiseOptimizer, by_device, check_foreach, check_pos, foreach_mexp_, mexp_, use_foreach
 from kexue.utils import KexueError
 
 
-class EGStep(Optimizer):
+class EGStep(GroupwiseOptimizer):
     """SGD with per-coordinate step sizes ν learned by EG (SPEC 2.2).
 
     From the chain rule ∇_{ν_t} L = -η g_{t-1} ⊙ g_t, EG on ν gives
@@ -42,19 +41,13 @@ class EGStep(Optimizer):
         super().__init__(params, dict(lr=lr, gamma=gamma, nu0=nu0, nu_min=nu_min, nu_max=nu_max, max_exp=max_exp,
                                       foreach=check_foreach(foreach)))
 
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = closure_loss(closure)
-        for group in self.param_groups:
-            pg = grads(group)
-            for p, _ in pg:
-                st = self.state[p]
-                if not st:
-                    st["nu"] = torch.full_like(p, group["nu0"])
-                    st["prev_grad"] = torch.zeros_like(p)
-            if pg:
-                (self._step_foreach if use_foreach(group) else self._step_reference)(group, pg)
-        return loss
+    def _group_step(self, group, pg):
+        for p, _ in pg:
+            st = self.state[p]
+            if not st:
+                st["nu"] = torch.full_like(p, group["nu0"])
+                st["prev_grad"] = torch.zeros_like(p)
+        (self._step_foreach if use_foreach(group) else self._step_reference)(group, pg)
 
     def _step_reference(self, group, pg):
         for p, g in pg:
