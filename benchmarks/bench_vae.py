@@ -1,66 +1,43 @@
-"""Benchmark: kexue.vae.log_likelihood vs pythae's VAE.get_nll on the same model and data.
+"""Benchmark: kexue.vae.log_likelihood vs a plain per-image loop and pythae's VAE.get_nll.
 
-    .venv/bin/python benchmarks/bench_vae.py [--n 1000] [-K 1000] [--threads 1]
+    .venv/bin/python benchmarks/bench_vae.py [--n 1000] [-K 1000] [--threads 1] [--repeats 3]
 
-Both estimate log q(x) with K importance samples from the encoder (SPEC 1.4). pythae loops over
-images and, per image, over chunks of ``batch_size`` samples; ours batches rows and samples
-together in memory-bounded blocks. The pythae model wraps *our* encoder and decoder weights
-(pythae's BaseEncoder/BaseDecoder interface), so both compute the same estimator on the same
-network; the two estimates must agree within Monte-Carlo error. A plain per-image loop over our
-own ``log_weights`` is timed too. (pythae 0.1.2 is installed with ``pip install --no-deps pythae``;
-it imports and runs with this project's torch.)
+All three estimate log q(x) with K importance samples from the encoder (SPEC 1.4) on the same
+network (the IWAE paper's 784–200–200–50 Bernoulli model, briefly trained on MNIST-5k):
+
+- ours: chunks of images × samples sized to the cache, one decoder pass per chunk, Σ x·a from a
+  small matrix product, running logsumexps (:func:`kexue.vae.log_likelihood`);
+- loop: the straightforward per-image loop, ``logsumexp(model.log_weights(x_i, K))``;
+- pythae: ``VAE.get_nll`` of pythae 0.1.2 wrapping *our* encoder and decoder weights (its
+  BaseEncoder/BaseDecoder interface), so it computes the same estimator on the same network.
+  ``make bench`` installs it with ``pip install --no-deps pythae cloudpickle imageio``.
+
+Timed interleaved (A B C A B C …, medians; benchmarks/_bench.py) with the load average printed.
+The estimates must agree within Monte-Carlo error.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _bench import interleaved, load  # noqa: E402
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=1000, help="test images")
-    ap.add_argument("-K", type=int, default=1000, help="importance samples")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=300, help="training steps for the benchmarked model")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
 
-    from kexue.data import load_mnist5k, load_mnist_test
-    from kexue.vae import fit_vae, log_likelihood, prepare
-
-    X, _ = load_mnist5k()
-    Xt, _ = load_mnist_test()
-    model = fit_vae(X, steps=a.steps, seed=0)
-    x = prepare(Xt[:a.n], "binary", "stochastic", seed=1)
-
-    t0 = time.perf_counter()
-    ours = log_likelihood(model, x, K=a.K, seed=0)
-    t_ours = time.perf_counter() - t0
-    print(f"kexue log_likelihood  N={a.n} K={a.K}: {t_ours:7.2f} s   NLL {ours.nll:.3f} nats "
-          f"(mean MC s.e. {ours.stderr.mean():.3f})")
-
-    # the straightforward per-image loop (one image, all K samples at once)
-    t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        loop = np.array([float(torch.logsumexp(model.log_weights(x[i:i + 1], a.K, generator=g)[:, 0], 0)) - np.log(a.K)
-                         for i in range(len(x))])
-    t_loop = time.perf_counter() - t0
-    print(f"per-image loop                        : {t_loop:7.2f} s   NLL {-loop.mean():.3f} nats   "
-          f"ratio loop/ours = {t_loop / t_ours:.2f}")
-
+def _pythae(model):
     try:
         from pythae.models import VAE as PVAE
         from pythae.models import VAEConfig
         from pythae.models.base.base_utils import ModelOutput
         from pythae.models.nn import BaseDecoder, BaseEncoder
-    except Exception as e:  # pythae not installed or broken: say so, keep the loop comparison
-        print(f"pythae unavailable ({type(e).__name__}: {e}); compared with the per-image loop only")
-        return
+    except Exception as e:  # not installed or broken: say so, keep the loop comparison
+        print(f"# pythae unavailable ({type(e).__name__}: {e}); compared with the per-image loop only")
+        return None
 
     class Enc(BaseEncoder):
         def __init__(self, m):
@@ -79,17 +56,51 @@ def main() -> None:
         def forward(self, z):
             return ModelOutput(reconstruction=self.m.dec.mean(z))
 
-    pv = PVAE(VAEConfig(input_dim=(784,), latent_dim=model.latent_dim, reconstruction_loss="bce"),
-              encoder=Enc(model), decoder=Dec(model)).eval()
-    torch.manual_seed(0)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        ll = pv.get_nll(x, n_samples=a.K, batch_size=100)
-    t_py = time.perf_counter() - t0
-    print(f"pythae VAE.get_nll (batch_size=100)   : {t_py:7.2f} s   NLL {-ll:.3f} nats   "
-          f"ratio pythae/ours = {t_py / t_ours:.2f}")
-    print(f"agreement: |ours − pythae| = {abs(ours.nll + ll):.3f} nats (MC s.e. of the mean ≈ {ours.stderr.mean() / np.sqrt(a.n):.3f}; "
-          "pythae's BCE clamps log-probabilities at −100, ours uses logits)")
+    return PVAE(VAEConfig(input_dim=(784,), latent_dim=model.latent_dim, reconstruction_loss="bce"),
+                encoder=Enc(model), decoder=Dec(model)).eval()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000, help="test images")
+    ap.add_argument("-K", type=int, default=1000, help="importance samples")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=300, help="training steps for the benchmarked model")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+
+    from kexue.data import load_mnist5k, load_mnist_test
+    from kexue.vae import fit_vae, log_likelihood, prepare
+
+    model = fit_vae(load_mnist5k()[0], steps=a.steps, seed=0)
+    x = prepare(load_mnist_test()[0][:a.n], "binary", "stochastic", seed=1)
+    res = {}
+
+    def ours():
+        res["ours"] = log_likelihood(model, x, K=a.K, seed=0).nll
+
+    def loop():
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            lq = [float(torch.logsumexp(model.log_weights(x[i:i + 1], a.K, generator=g)[:, 0], 0)) - np.log(a.K)
+                  for i in range(len(x))]
+        res["loop"] = -float(np.mean(lq))
+
+    fns = {"ours": ours, "loop": loop}
+    pv = _pythae(model)
+    if pv is not None:
+        def pythae():
+            torch.manual_seed(0)
+            with torch.no_grad():
+                res["pythae"] = -float(pv.get_nll(x, n_samples=a.K, batch_size=100))
+        fns["pythae"] = pythae
+    print(f"# log q(x): N={a.n} test images, K={a.K}, {a.threads} thread(s), {a.repeats} interleaved repeats; {load()}")
+    t = interleaved(fns, repeats=a.repeats)
+    for k in fns:
+        extra = "" if k == "ours" else f"   {k}/ours = {t[k] / t['ours']:5.2f}x"
+        print(f"{k:<7} {t[k]:8.2f} s   NLL {res[k]:.3f} nats{extra}")
+    print(f"# after: {load()}")
 
 
 if __name__ == "__main__":

@@ -197,16 +197,26 @@ def tiny_data():
 
 
 def test_fit_vae_learns_is_deterministic_and_resumes(tiny_data, tmp_path):
-    kw = dict(config=VAEConfig(latent_dim=4, hidden=(32,)), steps=120, batch_size=64, lr=3e-3, seed=1)
+    xe = prepare(tiny_data[:30], "binary", "threshold")
+
+    def nll(model, step):
+        return {"nll": log_likelihood(model, xe, K=5, seed=0).nll}
+
+    # the IWAE paper's schedule (28 steps per epoch here: stages change at epochs 1 and 4)
+    kw = dict(config=VAEConfig(latent_dim=4, hidden=(32,)), steps=120, batch_size=64, lr=3e-3, seed=1,
+              schedule="iwae", eval_every=40, evaluate_fn=nll)
     a = fit_vae(tiny_data, M=5, **kw)
     b = fit_vae(tiny_data, M=5, **kw)
     assert a.losses_ == b.losses_
     assert np.mean(a.losses_[-20:]) < np.mean(a.losses_[:20]) - 5
+    assert [e["step"] for e in a.evals_] == [40, 80, 120] and a.evals_[-1]["nll"] < a.evals_[0]["nll"]
     ck = tmp_path / "ck.pt"
     fit_vae(tiny_data, M=5, ckpt=ck, ckpt_every=60, **{**kw, "steps": 60})
     c = fit_vae(tiny_data, M=5, ckpt=ck, resume=True, **kw)
     for p, q in zip(a.state_dict().values(), c.state_dict().values()):
         torch.testing.assert_close(p, q)
+    assert c.losses_ == a.losses_  # resumed exactly; the curve gains the point where the first run stopped
+    assert all(e in c.evals_ for e in a.evals_) and len(c.evals_) == len(a.evals_) + 1
     # the hub-prior API: latent_dim and decode_mean in [0, 1]
     p = a.decode_mean(torch.randn(10, a.latent_dim))
     assert p.shape == (10, 64) and float(p.min()) >= 0 and float(p.max()) <= 1
