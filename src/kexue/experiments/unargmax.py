@@ -105,6 +105,7 @@ def _jobs():
 
 
 def _audit_layer(ctx, name, layer, normalize, n_sub):
+    from kexue.experiments.unargmax_zoo import weak_witnesses
     from kexue.unargmax import STAGES, audit
 
     W = layer.normalized().W if normalize else layer.W
@@ -112,14 +113,14 @@ def _audit_layer(ctx, name, layer, normalize, n_sub):
     classes = None
     if n_sub is not None and n_sub < C:
         classes = np.sort(np.random.default_rng(ctx.seed).choice(C, n_sub, replace=False))
-    res = audit(W, layer.b, n_jobs=_jobs(), keep_witnesses=False, classes=classes, tracker=ctx.tracker,
-                precision="F64" if normalize else layer.precision)
+    res = audit(W, layer.b, n_jobs=_jobs(), keep_witnesses=False, classes=classes, tracker=ctx.tracker, min_margin=0.0)
     cnt = res.counts()
     tag = f"{name}{'_normalized' if normalize else ''}"
     for k, v in cnt.items():
         ctx.metric(f"{tag}_{k}", v)
     ctx.metric(f"{tag}_seconds", round(res.seconds, 1))
     ctx.metric(f"{tag}_classes_audited", res.n_classes)
+    ctx.metric(f"{tag}_weak_witnesses", weak_witnesses(res, "F64" if normalize else layer.precision))
     toks = [(int(k), layer.token(int(k)), STAGES[res.stage[k]], len(res.certificates[int(k)][0])) for k in res.unargmaxable]
     ctx.metric(f"{tag}_unargmaxable_ids", [t[0] for t in toks])
     ctx.metric(f"{tag}_unargmaxable_tokens", [t[1] for t in toks])
@@ -186,7 +187,8 @@ def run(ctx):
             c = res.counts()
             st = res.stage_seconds
             real_rows.append([label + (" · equal norms" if normalize else ""), f"{layer.W.shape[0]}×{layer.W.shape[1]}",
-                              res.n_classes, c["argmaxable"], c["near-unargmaxable"], c["unargmaxable"], c["undecided"],
+                              res.n_classes, c["argmaxable"], ctx.metrics[f"{name}{'_normalized' if normalize else ''}_weak_witnesses"],
+                              c["unargmaxable"], c["undecided"],
                               round(sum(st.get(s, 0) for s in ("lda", "wk", "wk-mu")), 1), round(st.get("braid", 0), 1),
                               round(st.get("lp", 0), 1), round(res.seconds, 1),
                               ", ".join(f"{k}:{v}" for k, v in res.stage_counts().items())])
@@ -200,13 +202,15 @@ def run(ctx):
                 summary.append((label + (" · equal norms" if normalize else ""), len(toks), n_dup))
             else:
                 summary.append((label + (" · equal norms" if normalize else ""), 0, 0))
-    ctx.table("real", ["layer", "shape", "classes audited", "argmaxable", "near-unargmaxable", "unargmaxable", "undecided",
+    ctx.table("real", ["layer", "shape", "classes audited", "argmaxable", "witness margin < rounding", "unargmaxable", "undecided",
                        "candidates s", "braid s", "LP s", "wall s", "decided by stage"], real_rows,
               caption="Compute seconds per stage are CPU-side seconds summed over the worker processes, so with "
                       f"{_jobs()} workers their total can exceed the wall time (which also includes the setup). "
                       "'duplicate' = an identical row exists (a tie is never a strict argmax). "
-                      "'near-unargmaxable' = argmaxable only by a relative margin below twice the unit roundoff of "
-                      "the weights' format (Q8_0 for SmolLM2's head; F64 after equalising the norms).")
+                      "'witness margin < rounding' = argmaxable classes whose witness wins by a relative margin below "
+                      "twice the unit roundoff of the weights' format (Q8_0 for SmolLM2's head, F32 for MiniLM, F64 after "
+                      "equalising the norms): an upper bound on the near-unargmaxable ones (min_margin=0 here; "
+                      "`kexue unargmax` widens those margins with the LP).")
     ctx.text("\n".join(token_lines) if token_lines else "No unargmaxable classes.")
     parts = [f"{lab}: {n} ({dup} duplicates)" for lab, n, dup in summary]
     non_dup_normalized = sum(n - dup for lab, n, dup in summary if "equal norms" in lab)
@@ -248,5 +252,5 @@ def _survey(ctx):
         ctx.text(f"Gemma 3 270M ({gem['C']} × {gem['d']}, {gem['precision']}): {gem['audited']} classes audited in "
                  f"{gem['seconds']:.0f} s wall on {zoo_exp.jobs()} workers (phases: "
                  + ", ".join(f"{k} {v:.0f} s" for k, v in gem["wall_seconds"].items())
-                 + f"), peak memory {gem['peak_gib']:.2f} GiB; {gem['unargmaxable']} unargmaxable, "
-                 f"{gem['near_unargmaxable']} near-unargmaxable, {gem['undecided']} undecided.")
+                 + f"; load {gem['load_seconds']:.0f} s), peak memory {gem['peak_gib']:.2f} GiB; {gem['unargmaxable']} "
+                 f"unargmaxable, {gem['undecided']} undecided, {gem['weak_witnesses']} witnesses below the Q8_0 rounding.")

@@ -61,6 +61,16 @@ def jobs() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def weak_witnesses(res, precision) -> int:
+    """Argmaxable classes whose witness wins by a relative margin below the format's rounding
+    (twice its unit roundoff): an upper bound on the near-unargmaxable ones — the audit runs with
+    ``min_margin=0`` here, so no LP tries to widen those margins (that costs minutes per model)."""
+    from kexue.unargmax import ARGMAXABLE, default_min_margin
+
+    with np.errstate(invalid="ignore"):
+        return int(((res.verdict == ARGMAXABLE) & res.audited & (res.rel_margin < default_min_margin(precision))).sum())
+
+
 def audit_model(ctx, key: str, layer, n_sub: int | None):
     """Audit one layer (all classes, or ``n_sub`` random ones); returns (result, peak GiB)."""
     from kexue.unargmax import audit
@@ -70,13 +80,13 @@ def audit_model(ctx, key: str, layer, n_sub: int | None):
     if n_sub is not None and n_sub < C:
         classes = np.sort(np.random.default_rng(ctx.seed).choice(C, n_sub, replace=False))
     with PeakMemory() as mem:
-        res = audit(layer.W, layer.b, n_jobs=jobs(), keep_witnesses=False, classes=classes,
-                    precision=layer.precision, tracker=ctx.tracker)
+        res = audit(layer.W, layer.b, n_jobs=jobs(), keep_witnesses=False, classes=classes, min_margin=0.0,
+                    tracker=ctx.tracker)
     return res, mem.gib
 
 
 def _row(model, layer, res, load_s, peak):
-    from kexue.unargmax import STAGES
+    from kexue.unargmax import STAGES, default_min_margin
 
     C, d = layer.W.shape
     c = res.counts()
@@ -84,8 +94,8 @@ def _row(model, layer, res, load_s, peak):
             for k in res.unargmaxable]
     return {"model": model.key, "title": model.title, "C": C, "d": d, "C/d": round(C / d, 1),
             "bias": layer.b is not None, "precision": layer.precision, "audited": res.n_classes,
-            "unargmaxable": c["unargmaxable"], "near_unargmaxable": c["near-unargmaxable"], "undecided": c["undecided"],
-            "min_margin": res.min_margin, "tokens": toks[:30] + (["…"] if len(toks) > 30 else []),
+            "unargmaxable": c["unargmaxable"], "weak_witnesses": weak_witnesses(res, layer.precision),
+            "undecided": c["undecided"], "format_rounding": default_min_margin(layer.precision), "tokens": toks[:30] + (["…"] if len(toks) > 30 else []),
             "load_seconds": round(load_s, 1), "seconds": round(res.seconds, 1),
             "stage_seconds": {k: round(v, 1) for k, v in res.stage_seconds.items()},
             "wall_seconds": {k: round(v, 1) for k, v in res.wall_seconds.items()}, "peak_gib": round(peak, 2)}
@@ -120,14 +130,16 @@ def survey(ctx, *, download: bool, n_sub: int | None, keys=None) -> list[dict]:
 def publish(ctx, rows: list[dict]) -> None:
     ctx.metric("zoo", rows)
     ctx.table("zoo", ["model", "C", "d", "C/d", "bias", "weights", "classes audited", "unargmaxable",
-                      "near-unargmaxable", "undecided", "unargmaxable tokens", "audit s", "peak GiB"],
+                      "witness margin < rounding", "undecided", "unargmaxable tokens", "audit s", "peak GiB"],
               [[r["title"], r["C"], r["d"], r["C/d"], "yes" if r["bias"] else "no", r["precision"], r["audited"],
-                r["unargmaxable"], r["near_unargmaxable"], r["undecided"], ", ".join(r["tokens"][:8])
+                r["unargmaxable"], r["weak_witnesses"], r["undecided"], ", ".join(r["tokens"][:8])
                 + (" …" if len(r["tokens"]) > 8 else ""), r["seconds"], r["peak_gib"]] for r in rows],
               caption=f"Every verdict certified (witness or certificate); {jobs()} worker processes. "
-                      "'near-unargmaxable' = argmaxable only by a relative margin below twice the unit roundoff of the "
-                      "weights' format (Q8_0: 2⁻⁷, F16: 2⁻¹⁰, F32: 2⁻²³). Peak memory: resident memory of the audit's "
-                      "processes, sampled (shared weights counted per process).")
+                      "'witness margin < rounding' = argmaxable classes whose witness wins by a relative margin below "
+                      "twice the unit roundoff of the weights' format (Q8_0: 2⁻⁷, F16: 2⁻¹⁰, F32: 2⁻²³): an upper bound on "
+                      "the near-unargmaxable ones (`kexue unargmax` widens those margins with the LP; the survey skips "
+                      "that). Peak memory: resident memory of the audit's processes, sampled (shared weights counted "
+                      "per process).")
 
 
 def run(ctx):

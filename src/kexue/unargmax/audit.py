@@ -142,8 +142,9 @@ class _Collector:
 
 def _prechecks(W, W32, b, todo, stats: LayerStats, out: _Collector, par, tracker) -> dict:
     cfg = stats.config
-    # a block's float32 logits (C × block) fill at most screen_mb per worker
-    bs = cfg.block or max(16, min(1024, int(cfg.screen_mb * 2**20 / (4 * W.shape[0]))))
+    # without a bias the screening is streamed (no C × block logits); with one, a block's float32
+    # logits fill at most screen_mb per worker
+    bs = cfg.block or (1024 if b is None else max(16, min(1024, int(cfg.screen_mb * 2**20 / (4 * W.shape[0])))))
     blocks = [todo[i:i + bs] for i in range(0, todo.size, bs)]
     work = {}
     from joblib import delayed

@@ -68,21 +68,50 @@ def _own_and_top(L, ks):
     return own.astype(np.float64), top.astype(np.float64), big.astype(np.float64)
 
 
+def column_extremes(W, D, ks, dtype=np.float32):
+    """Per column j of W @ D: the entry of row ks[j], the largest other entry and the largest
+    |entry|, streamed over row chunks of W that stay in cache (the C × n logits are never held)."""
+    n = D.shape[1]
+    Dd = np.ascontiguousarray(D, dtype)
+    own, top, low = np.zeros(n, dtype), np.full(n, -np.inf, dtype), np.full(n, np.inf, dtype)
+    rows = max(512, int(2**23 / (np.dtype(dtype).itemsize * n)))
+    cols = np.arange(n)
+    for r in range(0, W.shape[0], rows):
+        Lc = np.asarray(W[r:r + rows], dtype) @ Dd
+        inside = (ks >= r) & (ks < r + Lc.shape[0])
+        j, i = cols[inside], ks[inside] - r
+        own[j] = Lc[i, j]
+        Lc[i, j] = -np.inf
+        np.maximum(top, Lc.max(0), out=top)
+        Lc[i, j] = own[j]
+        np.minimum(low, Lc.min(0), out=low)
+    big = np.maximum(np.maximum(top, own), -low)
+    return own.astype(np.float64), top.astype(np.float64), big.astype(np.float64)
+
+
+def free_scale_bounds(own, top, big, dirs, box, max_norm, u=U64):
+    """Bias-free candidates: the scale of z is free (1/‖z‖, or up to the box), so the margin
+    bounds are vectorised over the block. Returns (lower, upper, scales) as :func:`check_columns`."""
+    d = dirs.shape[0]
+    dnorm = np.linalg.norm(dirs, axis=0)
+    # with a box, stay a hair inside it so that rounding of s·z cannot leave it
+    s = 1.0 / np.maximum(dnorm, 1e-300) if box is None else box * (1 - 1e-12) / np.maximum(np.abs(dirs).max(0), 1e-300)
+    e = err_bound(d, max_norm, s * dnorm, big * s, u)
+    m = s * own - s * top
+    ok = np.isfinite(s)
+    return np.where(ok, m - e, -np.inf), np.where(ok, m + e, -np.inf), s
+
+
 def check_columns(L, ks, b, dirs, box, max_norm, u=U64):
     """For candidate directions (columns of L = W @ dirs, computed with unit roundoff ``u``),
     choose a scale and bound the margin from below. Returns (lower bound of the certified
     margin, upper bound, scales): lower > 0 certifies, upper < 0 rejects, else undetermined."""
-    n, d = len(ks), dirs.shape[0]
+    n = len(ks)
     dnorm = np.linalg.norm(dirs, axis=0)
     smax = np.full(n, np.inf) if box is None else box * (1 - 1e-12) / np.maximum(np.abs(dirs).max(0), 1e-300)
-    if b is None:  # the scale is free: vectorised over the block (no per-column passes)
-        # with a box, stay a hair inside it so that rounding of s·z cannot leave it
-        s = 1.0 / np.maximum(dnorm, 1e-300) if box is None else smax
-        own, top, big = _own_and_top(L, ks)
-        e = err_bound(d, max_norm, s * dnorm, big * s, u)
-        m = s * own - s * top
-        ok = np.isfinite(s)
-        return np.where(ok, m - e, -np.inf), np.where(ok, m + e, -np.inf), s
+    if b is None:
+        return free_scale_bounds(*_own_and_top(L, ks), dirs, box, max_norm, u)
+    d = dirs.shape[0]
     lo, hi, scales = np.full(n, -np.inf), np.full(n, -np.inf), np.zeros(n)
     for j, k in enumerate(ks):
         col = np.asarray(L[:, j], np.float64)
@@ -115,16 +144,23 @@ def directions(W, ks, family, stats: LayerStats):
 def screen_family(W, W32, b, ks, D, stats: LayerStats):
     """Certified margins of the family's directions: float32 screening (on ``W32``, W in
     float32), float64 only where the float32 verdict is within rounding. Returns (certified
-    margin or -inf, scales, L32)."""
+    margin or -inf, scales, bias-free gap own - top of each column)."""
     box = stats.config.box
-    L32 = logits(W32, D, stats.mem_mb, np.float32)
-    lo, hi, s = check_columns(L32, ks, b, D, box, stats.max_norm, U32)
+    if b is None:  # streamed: no C × n logits in memory
+        own, top, big = column_extremes(W32, D, ks)
+        lo, hi, s = free_scale_bounds(own, top, big, D, box, stats.max_norm, U32)
+        gap = own - top
+    else:
+        L32 = logits(W32, D, stats.mem_mb, np.float32)
+        lo, hi, s = check_columns(L32, ks, b, D, box, stats.max_norm, U32)
+        own, top, _ = _own_and_top(L32, ks)
+        gap = own - top
     unsure = np.flatnonzero((lo <= 0) & (hi > 0))
     if unsure.size:
         L64 = logits(W, D[:, unsure], stats.mem_mb)
         lo64, _, s64 = check_columns(L64, ks[unsure], b, D[:, unsure], box, stats.max_norm, U64)
         lo[unsure], s[unsure] = lo64, s64
-    return np.where(lo > 0, lo, -np.inf), s, L32
+    return np.where(lo > 0, lo, -np.inf), s, gap
 
 
 def candidate_stage(W, W32, b, ks, stats: LayerStats):
@@ -143,7 +179,7 @@ def candidate_stage(W, W32, b, ks, stats: LayerStats):
         if open_.size == 0:
             break
         D = directions(W, ks[open_], fam, stats)
-        m, s, L = screen_family(W, W32, b, ks[open_], D, stats)
+        m, s, gap = screen_family(W, W32, b, ks[open_], D, stats)
         rel = relative_margin(m, stats.max_norm, s * np.linalg.norm(D, axis=0), stats.max_abs_bias)
         for j in np.flatnonzero(m > 0):
             c = open_[j]
@@ -154,13 +190,11 @@ def candidate_stage(W, W32, b, ks, stats: LayerStats):
             stage[c], margin[c], relm[c] = STAGES.index(fam), m[j], rel[j]
             if Z is not None:
                 Z[c] = s[j] * D[:, j]
+        val = gap / np.maximum(np.linalg.norm(D, axis=0), 1e-300)
         for j in np.flatnonzero(stage[open_] < 0):  # remember the best uncertified point (bias ignored)
             c = open_[j]
-            col = L[:, j].astype(np.float64) / max(np.linalg.norm(D[:, j]), 1e-300)
-            own = col[ks[c]]
-            col[ks[c]] = -np.inf
-            if own - col.max() > best_val[c]:
-                best_val[c], best_pt[:, c] = own - col.max(), D[:, j]
+            if val[j] > best_val[c]:
+                best_val[c], best_pt[:, c] = val[j], D[:, j]
         secs[fam] = time.perf_counter() - t0
     return stage, (margin, relm), Z, best_pt, weak, secs
 
