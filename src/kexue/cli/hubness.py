@@ -1,4 +1,4 @@
-"""``kexue hubness EMB.npy``: k-occurrence and hubness measures of an embedding matrix (SPEC 8)."""
+"""``kexue hubness EMB``: k-occurrence and hubness measures of an embedding matrix (SPEC 8)."""
 
 from __future__ import annotations
 
@@ -7,63 +7,107 @@ from typing import Optional
 
 import typer
 
+from kexue.cli._common import check_input, check_output, threads_option, unit_float, use_threads, write_json
 
-def register(app: typer.Typer) -> None:
-    @app.command("hubness")
-    def hubness_cmd(
-        emb: Path = typer.Argument(..., help="Embeddings: a .npy file holding a 2-D float array (one row per item)."),
-        k: int = typer.Option(10, "-k", "--k", help="Number of nearest neighbours."),
-        metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
-        backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), faiss or hnsw (approximate)."),
-        reduce: Optional[str] = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, centering."),
-        candidates: int = typer.Option(100, "--candidates", help="Primary candidates re-ranked by --reduce."),
-        histogram: Path = typer.Option(Path("nk_hist.png"), "--histogram", help="Where to write the N_k histogram (PNG)."),
-        seed: int = typer.Option(0, "--seed", help="Seed for approximate backends and MP's reference sample."),
-    ):
-        """Print skewness, robin-hood, Gini, Atkinson, hub and antihub occurrence of N_k; write a histogram."""
-        import numpy as np
+MEASURES = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "max_nk"]
 
-        from kexue import hubness as H
-        from kexue.cli import RichTracker, out_console
-        from kexue.utils import KexueError, atomic_path
-        from kexue.io import load_npy
 
-        X = load_npy(emb, "embedding")
-        if X.ndim != 2:
-            raise KexueError(f"{emb} holds an array of shape {X.shape}; expected 2-D (n_items, dim)")
-        if reduce is not None and reduce not in H.REDUCTIONS:
-            raise KexueError(f"unknown --reduce {reduce!r}; choose from: {', '.join(H.REDUCTIONS)}")
-        log = RichTracker()
-        log.log(f"{emb}: {X.shape[0]} × {X.shape[1]}, k = {k}, {metric}, backend {backend}")
-        rows = {"primary": H.k_occurrence(X, k, metric=metric, backend=backend, seed=seed)}
-        if reduce is not None:
-            kw = dict(metric=metric, n_candidates=max(candidates, k), backend=backend)
-            if reduce.startswith("mp"):
-                kw["random_state"] = seed
-            r = H.make_reduction(reduce, **kw).fit(X)
-            rows[reduce] = r.k_occurrence(n_neighbors=k)
-        from rich.table import Table
+def hubness_cmd(
+    emb: Path = typer.Argument(..., help="Embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items)."),
+    k: int = typer.Option(10, "-k", "--k", min=1, help="Number of nearest neighbours."),
+    metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
+    backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (hnswlib), ivf (FAISS) or faiss."),
+    recall: float = typer.Option(0.95, "--recall", callback=unit_float, help="Recall target of an approximate backend (its search parameter is chosen for it)."),
+    reduce: Optional[str] = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, centering."),
+    candidates: int = typer.Option(100, "--candidates", help="Primary candidates re-ranked by --reduce (>= -k)."),
+    histogram: Optional[Path] = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
+    nk_out: Optional[Path] = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
+    graph_out: Optional[Path] = typer.Option(None, "--graph-out", help="Write the (reduced) neighbour graph to this .npz: indices, distances."),
+    key: Optional[str] = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
+    seed: int = typer.Option(0, "--seed", help="Seed for approximate backends and MP's reference sample."),
+    threads: Optional[int] = threads_option(),
+):
+    """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
+    from kexue import hubness as H
+    from kexue import validate
+    from kexue.cli import RichTracker, console, out_console
+    from kexue.io import open_matrix
+    from kexue.utils import KexueError, atomic_write
 
-        names = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "max_nk"]
-        # one row per measure, one column per graph: stays narrow in any terminal
-        ms = {label: H.hubness_measures(nk, k) for label, nk in rows.items()}
-        table = Table("measure", *ms)
-        for n in names:
-            table.add_row(n, *(f"{m[n]:.3f}" for m in ms.values()))
-        out_console.print(table)
+    validate.choice(metric, H.METRICS, "--metric")
+    validate.choice(backend, H.BACKENDS, "--backend")
+    if reduce is not None:
+        validate.choice(reduce, H.REDUCTIONS, "--reduce")
+        if candidates < k:
+            raise KexueError(f"--candidates {candidates} is smaller than -k {k}; the reduction re-ranks "
+                             f"--candidates primary neighbours, so give --candidates >= {k}")
+    if recall == 0:
+        raise KexueError("--recall must be > 0")
+    for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
+                                 (graph_out, (".npz",), "--graph-out")]:
+        check_output(path, suffixes, flag)
+    check_output(json_out, (".json",), "--json", stdout=True)
+    src = open_matrix(check_input(emb, "EMB"), key)
+    if src.n < k + 1:
+        raise KexueError(f"{emb} has {src.n} row{'' if src.n == 1 else 's'}; N_{k} needs at least {k + 1} "
+                         f"(k + 1: a point is not its own neighbour) — lower -k or add rows")
+    if reduce is not None and candidates > src.n - 1:
+        raise KexueError(f"--candidates {candidates} exceeds the {src.n - 1} other points of {emb}; "
+                         f"give --candidates <= {src.n - 1}")
+    use_threads(threads)
+    X = src.read()
+    tracker = RichTracker()
+    tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, backend {backend}")
+    width = k if reduce is None else candidates
+    g = H.kneighbors(X, width, metric=metric, backend=backend, recall=recall, seed=seed, tracker=tracker)
+    nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
+    dist, ind = g.dist[:, :k], g.ind[:, :k]
+    if reduce is not None:
+        kw = dict(metric=metric, n_candidates=candidates, backend=backend)
+        if reduce.startswith("mp"):
+            kw["seed"] = seed
+        red = H.make_reduction(reduce, **kw).fit(X, graph=(g.dist, g.ind))
+        dist, ind = red.kneighbors(n_neighbors=k)
+        nks[reduce] = H.occurrences(ind, src.n)
+    ms = {label: H.hubness_measures(nk, k) for label, nk in nks.items()}
+    _print_table(ms, console if json_out is not None and str(json_out) == "-" else out_console)
+    if backend != "exact":
+        console.print(f"{backend}: recall {g.recall:.3f} on {g.recall_sample} sampled queries against exact search "
+                      f"({', '.join(f'{a}={v}' for a, v in g.params.items()) or 'no parameter'})", highlight=False)
+    if json_out is not None:
+        write_json({"file": str(emb), "n": src.n, "dim": src.d, "k": k, "metric": metric, "backend": backend,
+                    "recall": g.recall, "recall_sample": g.recall_sample, "params": g.params, "reduce": reduce,
+                    "candidates": candidates if reduce else None, "seed": seed, "measures": ms}, json_out)
+    if nk_out is not None:
+        with atomic_write(nk_out) as f:
+            import numpy as np
 
-        from matplotlib.figure import Figure
+            np.save(f, nks[reduce or "primary"], allow_pickle=False)
+    if graph_out is not None:
+        with atomic_write(graph_out) as f:
+            import numpy as np
 
-        fig = Figure(figsize=(6, 3.5))
-        ax = fig.subplots()
-        top = max(int(nk.max()) for nk in rows.values())
-        bins = np.arange(top + 2) - 0.5 if top < 80 else 60
-        for label, nk in rows.items():
-            ax.hist(nk, bins=bins, alpha=0.6, label=label, log=True)
-        ax.set_xlabel(f"N_{k}")
-        ax.set_ylabel("points")
-        ax.legend()
-        ax.set_title(f"{emb.name}: k-occurrence ({metric}, {backend})")
+            np.savez(f, indices=ind, distances=dist)
+    if histogram is not None:
+        from kexue.utils import atomic_path
+
+        fig = H.nk_histogram(nks, k, f"{emb.name}: k-occurrence ({metric}, {backend})")
         with atomic_path(histogram) as tmp:
             fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        out_console.print(f"histogram: {histogram}")
+    for path in (histogram, nk_out, graph_out, None if json_out is None or str(json_out) == "-" else json_out):
+        if path is not None:
+            console.print(f"wrote {path}", highlight=False)
+
+
+def _print_table(ms: dict, where) -> None:
+    from rich.table import Table
+
+    table = Table("measure", *ms)  # one row per measure, one column per graph: narrow in any terminal
+    for n in MEASURES:
+        table.add_row(n, *(f"{m[n]:.3f}" for m in ms.values()))
+    where.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("hubness")(hubness_cmd)

@@ -1,6 +1,7 @@
 """Hubness (SPEC 8): k-occurrence, hubness measures, hubness reduction and hub-prior sampling.
 
-- :mod:`kexue.hubness.knn` — the kNN graph (exact and approximate backends), N_k, recall;
+- :mod:`kexue.hubness.knn` — the exact kNN graph (near-ties ordered by index), N_k, recall;
+- :mod:`kexue.hubness.ann` — HNSW and IVF search tuned for a recall target;
 - :mod:`kexue.hubness.measures` — skewness, Robin-Hood, Gini, Atkinson, hub/antihub occurrence;
 - :mod:`kexue.hubness.reduction` — mutual proximity, local scaling/NICDM, CSLS, centering;
 - :mod:`kexue.hubness.sampling` — hub-prior latent sampling.
@@ -10,17 +11,17 @@ Every public name is re-exported here: ``from kexue.hubness import kneighbors``.
 
 from __future__ import annotations
 
-from kexue.hubness.knn import (BACKENDS, METRICS, k_occurrence, kneighbors, knn_recall, occurrences,
-                               pair_distances)
+from kexue.hubness.knn import (BACKENDS, METRICS, TIE_RTOL, KNNGraph, k_occurrence, kneighbors, knn_recall,
+                               occurrences, order_rows, pair_distances)
 from kexue.hubness.measures import (antihub_occurrence, atkinson, gini, hub_occurrence, hubness_measures,
-                                    robin_hood, skewness)
+                                    nk_histogram, robin_hood, skewness)
 from kexue.hubness.reduction import (CSLS, REDUCTIONS, Centering, LocalScaling, MutualProximity,
                                      make_reduction)
 from kexue.hubness.sampling import HubSample, hub_sample
 
 __all__ = [
-    "BACKENDS", "METRICS", "pair_distances", "kneighbors", "k_occurrence", "occurrences", "knn_recall",
-    "skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "hubness_measures",
+    "BACKENDS", "METRICS", "TIE_RTOL", "KNNGraph", "order_rows", "pair_distances", "kneighbors", "k_occurrence", "occurrences", "knn_recall",
+    "skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "hubness_measures", "nk_histogram",
     "MutualProximity", "LocalScaling", "CSLS", "Centering", "REDUCTIONS", "make_reduction",
     "HubSample", "hub_sample",
 ]

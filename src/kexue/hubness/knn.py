@@ -6,52 +6,80 @@ When ``Q = X`` a point is never its own neighbour (``exclude_self=True``): the p
 *same row index* is removed, not "the first neighbour" — so a duplicate of ``x`` (distance 0)
 still counts as a neighbour of ``x``. Hence ``sum(N_k) = k × n_queries`` always.
 
+Distances are float64: Euclidean ``|q - x|`` and cosine ``1 - cos(q, x)``, the latter computed as
+``|q̂ - x̂|² / 2`` on unit vectors, so a point's distance to an identical point is exactly 0.
+
+**Near-ties.** Two float64 distances ``a <= b`` of one query are *near-tied* when
+``b - a <= TIE_RTOL · b`` (cosine: ``TIE_RTOL · (b + sqrt(2b))``, the rounding of unit vectors
+being absolute), ``TIE_RTOL = 1e-12`` (about 4,500 float64 ulps). Chains of near-ties form one
+group; neighbours are ordered by (group, index), i.e. near-ties by the smaller index, and every
+member is reported with the group's smallest distance. Rounding of a float64 distance is a few
+ulps whatever the BLAS kernel or summation order, so mathematically equal distances always fall
+in one group and the result does not depend on the machine.
+
 Backends
-  ``exact``  blocked brute force. Distances of a block of queries to all ``N`` index points are
-             computed in float32 with BLAS (``block × N`` at a time, so memory stays bounded);
-             the ``k + margin`` best candidates of each row are re-scored in float64 from the
-             differences themselves, and a row whose float32 gap between the k-th and the last
-             candidate is smaller than the float32 error bound is recomputed wholly in float64.
-             The result therefore equals a float64 brute-force search. **Ties** (equal float64
-             distances, e.g. duplicates) are broken by the smaller index point id.
-  ``faiss``  FAISS, approximate: ``IndexHNSWFlat`` (default), ``IndexIVFFlat`` or exact
-             ``IndexFlatL2`` (``backend_params={"index": "hnsw"|"ivf"|"flat", ...}``).
-  ``hnsw``   hnswlib (approximate HNSW graph).
-Cosine distance is ``1 - cos``; the approximate backends search normalised vectors with L2,
-which ranks identically.
+  ``exact``  blocked brute force (this module). Float32 screening by BLAS over square blocks —
+             for ``Q = X`` only one triangle of the distance matrix, used for both rows and
+             columns — keeps per query the ``k + margin`` best candidates under a running
+             threshold; the candidates are re-scored in float64 from the differences, and a row
+             whose screened gap between the k-th and the last candidate is within the float32
+             error bound is recomputed wholly in float64. The result equals a float64 brute-force
+             search with the near-tie rule above.
+  ``hnsw``, ``ivf``, ``faiss``: approximate, see :mod:`kexue.hubness.ann`.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from kexue.utils import KexueError
-from kexue.validate import finite as check_finite
+from kexue import validate
+from kexue.utils import KexueError, Tracker, tracker_or_null
 
 METRICS = ("euclidean", "cosine")
-BACKENDS = ("exact", "faiss", "hnsw")
+BACKENDS = ("exact", "hnsw", "ivf", "faiss")
+TIE_RTOL = 1e-12
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit round-off of float32
 
 
+@dataclass
+class KNNGraph:
+    """A kNN graph: ``dist``, ``ind`` (n_queries, k), sorted by (near-tie group, index).
+
+    Unpacks as ``dist, ind = graph`` (and ``graph[1]`` is ``ind``). ``recall`` is 1.0 for the exact
+    backend and, for approximate ones, the recall measured against exact search on
+    ``recall_sample`` random queries with the chosen ``params`` (e.g. ``{"ef_search": 96}``).
+    """
+
+    dist: np.ndarray
+    ind: np.ndarray
+    backend: str = "exact"
+    recall: float = 1.0
+    recall_sample: int = 0
+    params: dict = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.dist, self.ind))
+
+    def __getitem__(self, i):
+        return (self.dist, self.ind)[i]
+
+    def __len__(self):
+        return 2
+
+
 # ---------------------------------------------------------------------------------------------
-# validation
+# inputs
 
 
 def _as_matrix(X, what: str) -> np.ndarray:
-    X = np.asarray(X)
-    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise KexueError(f"{what} must be a non-empty 2-D array (n_samples, n_features), got shape {X.shape}")
-    if not np.issubdtype(X.dtype, np.number) or np.iscomplexobj(X):
-        raise KexueError(f"{what} must be real numbers, got dtype {X.dtype}")
-    check_finite(X, what)
-    return X
+    """The shared check (kept under this name for kexue.hubness.reduction)."""
+    return validate.matrix(X, what, dtype=None)
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise KexueError(f"unknown metric {metric!r}; choose from: {', '.join(METRICS)}")
+    validate.choice(metric, METRICS, "metric")
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
@@ -64,80 +92,203 @@ def _normalise(X: np.ndarray) -> np.ndarray:
 
 
 def pair_distances(A: np.ndarray, B: np.ndarray, metric: str = "euclidean") -> np.ndarray:
-    """Float64 distances between rows ``A[i]`` and ``B[i]`` (same shape, or B broadcast (m, c, d)).
-
-    Euclidean ``sqrt(sum((a - b)^2))`` computed from the differences (no cancellation);
-    cosine ``1 - <a, b>`` for already normalised rows.
-    """
-    if metric == "euclidean":
-        return np.sqrt(np.sum((A - B) ** 2, axis=-1))
-    return 1.0 - np.sum(A * B, axis=-1)
+    """Float64 distances between rows ``A[i]`` and ``B[i]`` (same shape, or B broadcast (m, c, d)),
+    from the differences (no cancellation): Euclidean ``sqrt(Σ (a - b)²)``; cosine ``Σ (a - b)² / 2``
+    for already normalised rows, which is ``1 - <a, b>`` and exactly 0 for identical rows."""
+    sq = np.sum((A - B) ** 2, axis=-1)
+    return np.sqrt(sq) if metric == "euclidean" else sq / 2.0
 
 
 # ---------------------------------------------------------------------------------------------
-# kNN search
+# ordering
 
 
 def _sort_rows(dist: np.ndarray, ind: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sort each row by (distance, index) — the documented tie-breaking — and keep k."""
+    """Sort each row by (distance, index) and keep k (used for secondary distances)."""
     order = np.lexsort((ind, dist), axis=1)
-    d = np.take_along_axis(dist, order, 1)[:, :k]
-    i = np.take_along_axis(ind, order, 1)[:, :k]
-    return d, i
+    return np.take_along_axis(dist, order, 1)[:, :k], np.take_along_axis(ind, order, 1)[:, :k]
 
 
-def _exact_block(Qb, qid, Xw, xsq, Q64, X64, k, metric, margin, exclude_self):
-    """kNN of one query block: float32 screening, float64 re-scoring, float64 fallback rows."""
-    n = Xw.shape[0]
-    d = Xw.shape[1]
-    qsq = np.einsum("ij,ij->i", Qb, Qb)
-    # float32 squared distances minus |q|^2 (a per-row constant, irrelevant for ranking and gaps):
-    # |x|^2 - 2 q.x, built in place to keep one block-sized array and few passes over it
-    D = Qb @ Xw.T
-    D *= -2.0
-    D += xsq[None, :]
-    if exclude_self:
-        D[np.arange(len(qid)), qid] = np.inf
-    n_valid = n - (1 if exclude_self else 0)
-    m = min(k + margin, n_valid)
-    cand = np.argpartition(D, m - 1, axis=1)[:, :m] if m < n else np.argsort(D, axis=1)[:, :m]
-    cd32 = np.take_along_axis(D, cand, 1)
-    # Error bound of a screened squared distance (dot products, norms and the float32 rounding of
-    # the inputs): |err| <= 2 (d+4) u (|q|^2 + |x|^2); two of them can err in opposite directions.
-    tol = 4.0 * (d + 4) * _U32 * (qsq + xsq.max())
-    Qr = Q64[qid]
-    exact = np.empty(cand.shape)
-    step = max(1, (4 << 20) // (m * d))  # re-score in chunks of ≤ 32 MB of gathered float64 rows
-    for s in range(0, len(qid), step):
-        exact[s:s + step] = pair_distances(Qr[s:s + step, None, :], X64[cand[s:s + step]], metric)
-    dist, ind = _sort_rows(exact, cand, k)
-    if m < n_valid:
-        # a point outside the candidates can only beat the k-th if the gap is within the error bound
-        srt = np.sort(cd32, axis=1)
-        bad = np.nonzero(srt[:, -1] - srt[:, k - 1] <= tol)[0]
-        for r in bad:  # rare: near-ties at the k-th place: recompute the whole row in float64
-            full = pair_distances(Qr[r][None, :], X64, metric)
-            idx = np.arange(n)
-            if exclude_self:
-                keep = idx != qid[r]
-                full, idx = full[keep], idx[keep]
-            dr, ir = _sort_rows(full[None, :], idx[None, :], k)
-            dist[r], ind[r] = dr[0], ir[0]
+def _tie_width(d: np.ndarray, metric: str) -> np.ndarray:
+    return TIE_RTOL * (d + np.sqrt(2.0 * d)) if metric == "cosine" else TIE_RTOL * d
+
+
+def order_rows(dist: np.ndarray, ind: np.ndarray, k: int, metric: str = "euclidean") -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest by the near-tie rule: sort by distance, chain gaps within the near-tie
+    width into groups, order by (group, index); report each member with its group's first distance."""
+    d, i = _sort_rows(dist, ind, dist.shape[1])
+    new = np.ones(d.shape, dtype=bool)
+    new[:, 1:] = np.diff(d, axis=1) > _tie_width(np.where(np.isfinite(d[:, 1:]), d[:, 1:], 0.0), metric)
+    group = np.cumsum(new, axis=1)
+    first = np.maximum.accumulate(np.where(new, np.arange(d.shape[1]), 0), axis=1)
+    gd = np.take_along_axis(d, first, 1)
+    o = np.lexsort((i, group), axis=1)[:, :k]
+    return np.take_along_axis(gd, o, 1), np.take_along_axis(i, o, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# exact search
+
+
+@dataclass
+class _Prepared:
+    """Float64 rows for re-scoring and float32 augmented rows for screening: one GEMM of
+    ``[q, |q|², 1]`` with ``[-2x, 1, |x|²]`` gives ``|q|² + |x|² - 2 q·x`` (no passes over the block
+    to add the norms, and a symmetric matrix when Q = X)."""
+
+    X64: np.ndarray
+    Q64: np.ndarray
+    Xa: np.ndarray
+    Qa: np.ndarray
+    scale: np.ndarray  # per query: |q|² + max |x|², the size of a screened value's rounding error
+
+    def tol(self, m: int) -> np.ndarray:
+        """Gap between screened values beyond which the order (and any near-tie chain of ``m``
+        links) is certain: one value errs by <= 2 (d+6) u scale (a GEMM of d+2 terms of total
+        magnitude <= 2 scale plus the float32 rounding of the inputs), two can err both ways."""
+        return 4.0 * (self.X64.shape[1] + 6) * _U32 * self.scale + 8.0 * (m + 1) * TIE_RTOL * (self.scale + 1.0)
+
+
+def _prepare(X, Q, metric, same) -> _Prepared:
+    if metric == "cosine":
+        X64 = _normalise(X)
+        Q64 = X64 if same else _normalise(Q)
+        shift = 0.0
+    else:
+        X64 = np.asarray(X, dtype=np.float64)
+        Q64 = X64 if same else np.asarray(Q, dtype=np.float64)
+        shift = X64.mean(0)  # centring is free for L2 and shrinks the norms, hence the float32 error
+
+    def centred(A):
+        C = A - shift
+        return C, np.einsum("ij,ij->i", C, C)
+
+    Xc, xsq = centred(X64)
+    Qc, qsq = (Xc, xsq) if same else centred(Q64)
+    Xa = np.ascontiguousarray(np.column_stack([-2.0 * Xc, np.ones_like(xsq), xsq]).astype(np.float32))
+    Qa = np.ascontiguousarray(np.column_stack([Qc, qsq, np.ones_like(qsq)]).astype(np.float32))
+    return _Prepared(X64, Q64, Xa, Qa, qsq + xsq.max())
+
+
+class _Candidates:
+    """Per query the ``m`` best screened values seen so far and a threshold (the m-th of them)."""
+
+    def __init__(self, nq: int, m: int):
+        self.m = m
+        self.val = np.full((nq, m), np.inf, np.float32)
+        self.ind = np.full((nq, m), -1, np.int64)
+        self.tau = np.full(nq, np.inf, np.float32)
+
+    def offer(self, D: np.ndarray, r0: int, c0: int, transposed: bool = False) -> None:
+        """Offer block ``D`` (rows r0.., columns c0..; with ``transposed`` the block's columns are
+        the queries and its rows the index points)."""
+        nr = D.shape[1] if transposed else D.shape[0]
+        tau = self.tau[r0:r0 + nr]
+        width = D.shape[0] if transposed else D.shape[1]
+        if np.isinf(tau).all() and width > self.m:  # first visit: plain selection, no threshold yet
+            B = D.T if transposed else D
+            sel = np.argpartition(B, self.m - 1, axis=1)[:, :self.m]
+            rows = np.repeat(np.arange(nr), self.m)
+            cols, vals = sel.ravel(), np.take_along_axis(B, sel, 1).ravel()
+        elif transposed:
+            cols, rows = np.nonzero(D < tau[None, :])
+            vals = D[cols, rows]
+        else:
+            rows, cols = np.nonzero(D < tau[:, None])
+            vals = D[rows, cols]
+        if len(rows):
+            self._merge(rows + r0, cols + c0, vals)
+
+    def _merge(self, rows, cols, vals):
+        hit = np.unique(rows)
+        m = self.m
+        allr = np.concatenate([np.repeat(hit, m), rows])
+        allv = np.concatenate([self.val[hit].ravel(), vals])
+        alli = np.concatenate([self.ind[hit].ravel(), cols])
+        o = np.lexsort((allv, allr))
+        allr, allv, alli = allr[o], allv[o], alli[o]
+        start = np.searchsorted(allr, hit)
+        rank = np.arange(len(allr)) - np.repeat(start, np.diff(np.r_[start, len(allr)]))
+        keep = rank < m
+        self.val[allr[keep], rank[keep]] = allv[keep]
+        self.ind[allr[keep], rank[keep]] = alli[keep]
+        self.tau[hit] = self.val[hit, m - 1]
+
+
+def _screen(P: _Prepared, same: bool, self_ids, m: int, block: int, tracker: Tracker) -> _Candidates:
+    nq, n = len(P.Qa), len(P.Xa)
+    cand = _Candidates(nq, m)
+    pairs = [(i, j) for i in range(0, nq, block) for j in range(i if same else 0, n, block)]
+    for i0, j0 in tracker.track(pairs, "kNN search"):
+        D = P.Qa[i0:i0 + block] @ P.Xa[j0:j0 + block].T
+        if self_ids is not None:
+            own = self_ids[i0:i0 + block] - j0
+            r = np.flatnonzero((own >= 0) & (own < D.shape[1]))
+            D[r, own[r]] = np.inf
+        cand.offer(D, i0, j0)
+        if same and j0 != i0:
+            cand.offer(D, j0, i0, transposed=True)
+    return cand
+
+
+def _rescore(P: _Prepared, cand: _Candidates, k: int, metric: str, self_ids, n_valid: int):
+    """Float64 distances of the candidates; rows with a near-tie at the k-th place in float32 redone in full."""
+    nq, m, d = len(P.Q64), cand.m, P.X64.shape[1]
+    exact = np.empty((nq, m))
+    step = max(1, (4 << 20) // (m * d))  # ≤ 32 MB of gathered float64 rows at a time
+    for s in range(0, nq, step):
+        exact[s:s + step] = pair_distances(P.Q64[s:s + step, None, :], P.X64[cand.ind[s:s + step]], metric)
+    dist, ind = order_rows(exact, cand.ind, k, metric)
+    if m >= n_valid:
+        return dist, ind
+    srt = np.sort(cand.val, axis=1)
+    bad = np.flatnonzero(srt[:, -1] - srt[:, k - 1] <= P.tol(m))
+    for r in bad:  # rare: a near-tie at the k-th place: the whole row in float64
+        dist[r], ind[r] = _full_row(P, r, k, metric, -1 if self_ids is None else self_ids[r])
     return dist, ind
+
+
+def _full_row(P: _Prepared, r: int, k: int, metric: str, own: int):
+    n, d = P.X64.shape
+    step = max(1, (4 << 20) // d)  # index points per chunk of float64 differences (≤ 32 MB)
+    full = np.concatenate([pair_distances(P.Q64[r], P.X64[s:s + step], metric) for s in range(0, n, step)])
+    if own >= 0:
+        full[own] = np.inf  # sorts last, beyond k
+    dr, ir = order_rows(full[None, :], np.arange(n)[None, :], k, metric)
+    return dr[0], ir[0]
+
+
+def _exact(X, Q, k, metric, self_ids, block, margin, tracker) -> KNNGraph:
+    same = Q is X
+    n = len(X)
+    n_valid = n - (1 if self_ids is not None else 0)
+    m = min(k + margin, n_valid)
+    P = _prepare(X, Q, metric, same)
+    block = max(1, min(block or 4096, max(len(Q), n)))
+    cand = _screen(P, same, self_ids, m, block, tracker)
+    dist, ind = _rescore(P, cand, k, metric, self_ids, n_valid)
+    return KNNGraph(dist, ind.astype(np.int64), "exact", 1.0, 0, {})
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry points
 
 
 def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", queries=None,
                exclude_self: bool = True, block: int | None = None, margin: int = 16,
-               backend_params: dict | None = None, seed: int = 0, n_jobs: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The kNN graph: ``(dist, ind)`` of shape (n_queries, k), sorted by (distance, index).
+               backend_params: dict | None = None, recall: float = 0.95, seed: int = 0,
+               tracker: Tracker | None = None) -> KNNGraph:
+    """The kNN graph of queries (default: ``X`` itself) among the rows of ``X`` (SPEC 8.2).
 
-    ``queries=None`` searches ``X`` against itself and, with ``exclude_self``, drops each row's own
-    index (SPEC 8.2). ``block`` is the number of query rows per distance block (default so a block
-    of float32 distances is about 128 MB); ``n_jobs > 1`` runs blocks through joblib.
+    Returns a :class:`KNNGraph` (unpacks as ``dist, ind``), rows sorted by the near-tie rule of
+    this module. ``queries=None`` searches ``X`` against itself and, with ``exclude_self``, drops
+    each row's own index. ``block``: rows and columns per screening block (default 4096, 64 MB of
+    float32). Approximate backends (``hnsw``, ``ivf``, ``faiss``) pick their search parameter for
+    ``recall`` (measured on a sample against exact search) unless ``backend_params`` fixes it;
+    ``seed`` makes the sample and the index reproducible. ``tracker`` reports progress.
     """
     _check_metric(metric)
-    if backend not in BACKENDS:
-        raise KexueError(f"unknown backend {backend!r}; choose from: {', '.join(BACKENDS)}")
+    validate.choice(backend, BACKENDS, "backend")
     X = _as_matrix(X, "X")
     self_search = queries is None
     Q = X if self_search else _as_matrix(queries, "queries")
@@ -145,100 +296,21 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", que
         raise KexueError(f"queries have {Q.shape[1]} features but X has {X.shape[1]}; embed both the same way")
     exclude_self = bool(exclude_self and self_search)
     n = X.shape[0]
-    if not isinstance(k, (int, np.integer)) or k < 1 or k > n - (1 if exclude_self else 0):
-        raise KexueError(f"k must be an integer in 1..{n - (1 if exclude_self else 0)} for {n} index points, got {k}")
-    k = int(k)
+    hi = n - (1 if exclude_self else 0)
+    if hi < 1:
+        raise KexueError(f"X has {n} row{'s' if n != 1 else ''}; a neighbour search needs at least "
+                         f"{2 if exclude_self else 1} points")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= hi:
+        raise KexueError(f"k must be an integer in 1..{hi} for {n} index points, got {k}")
+    k, margin = int(k), validate.integer(margin, "margin", 0)
+    tracker = tracker_or_null(tracker)
+    self_ids = np.arange(n) if exclude_self else None
     if backend == "exact":
-        return _exact(X, Q, k, metric, exclude_self, block, margin, n_jobs)
-    return _approx(X, Q, k, metric, backend, exclude_self, dict(backend_params or {}), seed)
+        return _exact(X, Q, k, metric, self_ids, block, margin, tracker)
+    from kexue.hubness import ann
 
-
-def _exact(X, Q, k, metric, exclude_self, block, margin, n_jobs):
-    if metric == "cosine":
-        X64 = _normalise(X)
-        Q64 = X64 if Q is X else _normalise(Q)
-        shift = 0.0
-    else:
-        X64 = np.asarray(X, dtype=np.float64)
-        Q64 = X64 if Q is X else np.asarray(Q, dtype=np.float64)
-        shift = X64.mean(0)  # centring is free for L2 and shrinks norms, hence the float32 error
-    Xw = np.ascontiguousarray((X64 - shift).astype(np.float32))
-    Qw = Xw if Q is X else np.ascontiguousarray((Q64 - shift).astype(np.float32))
-    xsq = np.einsum("ij,ij->i", Xw, Xw)
-    n = X.shape[0]
-    if block is None:
-        block = max(1, min(Qw.shape[0], (128 << 20) // (4 * n)))
-    starts = range(0, Qw.shape[0], block)
-
-    def run(s):
-        qid = np.arange(s, min(s + block, Qw.shape[0]))
-        return _exact_block(Qw[qid], qid, Xw, xsq, Q64, X64, k, metric, margin, exclude_self)
-
-    if n_jobs == 1:
-        parts = [run(s) for s in starts]
-    else:
-        from joblib import Parallel, delayed
-
-        parts = Parallel(n_jobs=n_jobs, prefer="threads")(delayed(run)(s) for s in starts)
-    dist = np.concatenate([p[0] for p in parts])
-    ind = np.concatenate([p[1] for p in parts]).astype(np.int64)
-    return dist, ind
-
-
-def _approx(X, Q, k, metric, backend, exclude_self, params, seed):
-    Xf = (_normalise(X) if metric == "cosine" else np.asarray(X, np.float64)).astype(np.float32)
-    Qf = Xf if Q is X else (_normalise(Q) if metric == "cosine" else np.asarray(Q, np.float64)).astype(np.float32)
-    kk = k + (1 if exclude_self else 0)
-    n, d = Xf.shape
-    if backend == "faiss":
-        import faiss
-
-        kind = params.pop("index", "hnsw")
-        if kind == "flat":
-            index = faiss.IndexFlatL2(d)
-        elif kind == "hnsw":
-            index = faiss.IndexHNSWFlat(d, int(params.pop("M", 32)))
-            index.hnsw.efConstruction = int(params.pop("ef_construction", 200))
-            index.hnsw.efSearch = int(params.pop("ef_search", max(128, 2 * kk)))
-        elif kind == "ivf":
-            nlist = int(params.pop("nlist", max(1, int(4 * math.sqrt(n)))))
-            quant = faiss.IndexFlatL2(d)
-            index = faiss.IndexIVFFlat(quant, d, nlist)
-            index.cp.seed = seed
-            index.train(Xf)
-            index.nprobe = int(params.pop("nprobe", max(1, nlist // 8)))
-        else:
-            raise KexueError(f"unknown FAISS index {kind!r}; choose from: hnsw, ivf, flat")
-        if params:
-            raise KexueError(f"unknown FAISS backend parameters: {', '.join(params)}")
-        index.add(Xf)
-        D, I = index.search(Qf, kk)
-        D = np.sqrt(np.maximum(D, 0)).astype(np.float64)
-    else:
-        import hnswlib
-
-        index = hnswlib.Index(space="l2", dim=d)
-        index.init_index(max_elements=n, M=int(params.pop("M", 32)),
-                         ef_construction=int(params.pop("ef_construction", 200)), random_seed=seed)
-        index.set_num_threads(int(params.pop("num_threads", 1)))  # 1 thread: deterministic graph
-        index.add_items(Xf, np.arange(n))
-        index.set_ef(int(params.pop("ef_search", max(128, 2 * kk))))
-        if params:
-            raise KexueError(f"unknown hnsw backend parameters: {', '.join(params)}")
-        I, D = index.knn_query(Qf, k=kk)
-        I = I.astype(np.int64)
-        D = np.sqrt(np.maximum(D, 0)).astype(np.float64)
-    if metric == "cosine":
-        D = D**2 / 2.0  # |a - b|^2 = 2 - 2cos for unit vectors
-    if exclude_self:
-        # drop the row's own id wherever it appears (not "the first column": duplicates tie with it)
-        own = I == np.arange(len(I))[:, None]
-        drop = np.where(own.any(1), own.argmax(1), kk - 1)
-        keep = np.ones_like(I, dtype=bool)
-        keep[np.arange(len(I)), drop] = False
-        I = I[keep].reshape(len(I), k)
-        D = D[keep].reshape(len(I), k)
-    return D, I.astype(np.int64)
+    return ann.search(X, Q, k, metric, backend, self_ids, dict(backend_params or {}),
+                      validate.real(recall, "recall", 0.0, 1.0, lo_open=True), seed, tracker)
 
 
 def k_occurrence(X, k: int, metric: str = "euclidean", backend: str = "exact", exclude_self: bool = True,
@@ -247,7 +319,8 @@ def k_occurrence(X, k: int, metric: str = "euclidean", backend: str = "exact", e
 
     ``N_k(x) = |{q in queries : x in kNN_k(q)}|``; with ``queries=None`` the queries are ``X`` and a
     point is not its own neighbour unless ``exclude_self=False``. ``sum(N_k) = k × n_queries``.
-    Further keywords go to :func:`kneighbors` (``block``, ``backend_params``, ``seed``, ``n_jobs``).
+    Further keywords go to :func:`kneighbors` (``block``, ``backend_params``, ``recall``, ``seed``,
+    ``tracker``).
     """
     X = _as_matrix(X, "X")
     _, ind = kneighbors(X, k, metric=metric, backend=backend, queries=queries, exclude_self=exclude_self, **kw)
@@ -262,7 +335,9 @@ def occurrences(neigh_ind: np.ndarray, n_index: int) -> np.ndarray:
 def knn_recall(approx_ind: np.ndarray, exact_ind: np.ndarray) -> float:
     """Recall of an approximate kNN graph: mean over queries of |approx ∩ exact| / k."""
     a, e = np.asarray(approx_ind), np.asarray(exact_ind)
-    if a.shape != e.shape:
+    if a.shape != e.shape or a.ndim != 2:
         raise KexueError(f"kNN graphs differ in shape: {a.shape} vs {e.shape}")
-    hits = sum(len(np.intersect1d(x, y)) for x, y in zip(a, e))
-    return hits / e.size
+    a, e = np.sort(a, 1), np.sort(e, 1)
+    hits = (a[:, :, None] == e[:, None, :]).any(2) if a.shape[1] <= 64 else \
+        np.array([np.isin(x, y) for x, y in zip(a, e)])
+    return float(hits.sum() / e.size)

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from kexue import validate
 from kexue.utils import KexueError
-from kexue.validate import finite as check_finite
 
 
 def _nk(Nk) -> np.ndarray:
-    Nk = np.asarray(Nk, dtype=np.float64)
-    if Nk.ndim != 1 or Nk.size == 0:
-        raise KexueError(f"N_k must be a non-empty 1-D array, got shape {Nk.shape}")
-    check_finite(Nk, "N_k")
+    Nk = validate.vector(Nk, "N_k")
     if (Nk < 0).any():
         raise KexueError("N_k must be non-negative counts")
     return Nk
@@ -61,8 +58,7 @@ def atkinson(Nk, epsilon: float = 0.5) -> float:
     0 = equal; with ε ≥ 1 a single zero (antihub) gives A = 1.
     """
     Nk = _nk(Nk)
-    if epsilon < 0:
-        raise KexueError(f"Atkinson epsilon must be >= 0, got {epsilon}")
+    epsilon = validate.real(epsilon, "epsilon", 0.0)
     mu = Nk.mean()
     if mu == 0:
         return 0.0
@@ -107,3 +103,20 @@ def hubness_measures(Nk, k: int, n_queries: int | None = None, hub_size: float =
         "antihub_occurrence": antihub_occurrence(Nk),
         "max_nk": float(Nk.max()),
     }
+
+
+def nk_histogram(nks: dict, k: int, title: str = ""):
+    """A matplotlib Figure of the N_k distributions (one histogram per labelled vector, log counts)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    top = max(int(np.max(nk)) for nk in nks.values())
+    bins = np.arange(top + 2) - 0.5 if top < 80 else 60  # one bar per count while that stays readable
+    for label, nk in nks.items():
+        ax.hist(nk, bins=bins, alpha=0.6, label=label, log=True)
+    ax.set_xlabel(f"N_{k}")
+    ax.set_ylabel("points")
+    ax.legend()
+    ax.set_title(title)
+    return fig

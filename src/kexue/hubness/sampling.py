@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from kexue.hubness.knn import k_occurrence
+from kexue import validate
 from kexue.utils import KexueError
 
 
@@ -32,9 +33,8 @@ def hub_sample(n: int, dim: int, k: int = 5, t: int = 50, pool: int = 10000, spa
     until ``n`` are accepted. Pools are independent, so the accepted set is a sample of the
     hub-prior distribution. ``acceptance_rate`` = accepted / drawn.
     """
-    for name, v in (("n", n), ("dim", dim), ("k", k), ("pool", pool)):
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise KexueError(f"{name} must be a positive integer, got {v!r}")
+    for name, v in (("n", n), ("dim", dim), ("k", k), ("pool", pool), ("max_pools", max_pools)):
+        validate.integer(v, name, 1)
     if k >= pool:
         raise KexueError(f"k={k} must be smaller than pool={pool}")
     rng = np.random.default_rng(seed)
