@@ -121,7 +121,7 @@ def sample_cmd(
 @ddpm_app.command("nll")
 def nll_cmd(
     model: Path = typer.Argument(..., help="Model file from `kexue ddpm train`."),
-    data: str = typer.Argument(..., help="Images: a .npy (N, side²) or (N, side, side) in [0,1] or 0..255, or mnist5k/mnist/digits."),
+    data: str = typer.Argument(..., help="Images: a .npy (N, side²) or (N, side, side) in [0,1] or 0..255, or mnist5k/mnist/mnist-test/digits."),
     n: Optional[int] = typer.Option(None, "-n", min=1, help="Use the first n images (default: all)."),
     timesteps: Optional[int] = typer.Option(None, "--timesteps", min=1, help="Estimate the sum over t from this many stratified t per image (default: all T)."),
     variance: str = typer.Option("posterior", "--variance", help="σ_t² of the reverse steps: posterior or beta (SPEC 7.4)."),

@@ -14,7 +14,7 @@ from kexue.ddpm.param import PREDICTIONS, diffusion_loss
 from kexue.ddpm.schedule import NoiseSchedule
 from kexue.utils import KexueError
 
-DATASETS = ("mnist5k", "mnist", "digits")
+DATASETS = ("mnist5k", "mnist", "mnist-test", "digits")
 
 
 def images_to_model(X01, channels: int = 1) -> torch.Tensor:
@@ -33,7 +33,7 @@ def model_to_images(x: torch.Tensor) -> np.ndarray:
 
 def load_images(data: str | os.PathLike, data_dir=None) -> np.ndarray:
     """Flat square images in [0, 1] from a data set name — ``mnist5k``, ``mnist`` (the 60,000
-    training images), ``digits`` (8×8) — or a .npy of (N, side²) / (N, side, side) images with
+    training images), ``mnist-test`` (the 10,000 test images), ``digits`` (8×8) — or a .npy of (N, side²) / (N, side, side) images with
     values in [0, 1] or 0..255."""
     from kexue.io import load_npy
 
@@ -42,8 +42,9 @@ def load_images(data: str | os.PathLike, data_dir=None) -> np.ndarray:
 
         if data == "digits":
             return datasets.load_digits()[0] / 16.0
-        X = datasets.load_mnist5k()[0] if data == "mnist5k" else datasets.load_mnist_train(data_dir)[0]
-        return X / 255.0
+        load = {"mnist5k": lambda: datasets.load_mnist5k(), "mnist": lambda: datasets.load_mnist_train(data_dir),
+                "mnist-test": lambda: datasets.load_mnist_test(data_dir)}[str(data)]
+        return load()[0] / 255.0
     p = Path(data)
     if not p.is_file():
         raise KexueError(f"data {str(data)!r} not found; pass {', '.join(DATASETS)} or a .npy array (N, side²) of images")
