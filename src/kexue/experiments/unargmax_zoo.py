@@ -104,6 +104,7 @@ def _row(model, layer, res, load_s, peak):
 def survey(ctx, *, download: bool, n_sub: int | None, keys=None) -> list[dict]:
     """Audit each available survey model; returns one row per audited model, skipped ones noted."""
     from kexue.unargmax import zoo
+    from kexue.utils import KexueError
 
     rows, skipped = [], []
     for model in zoo.MODELS:
@@ -112,7 +113,7 @@ def survey(ctx, *, download: bool, n_sub: int | None, keys=None) -> list[dict]:
         t0 = time.perf_counter()
         try:
             layer = zoo.load(model, download=download)
-        except zoo.ZooUnavailable as e:
+        except KexueError as e:  # not fetched (ZooUnavailable), or its file cannot be read: say so, go on
             skipped.append(f"{model.key}: {e}")
             continue
         load_s = time.perf_counter() - t0
