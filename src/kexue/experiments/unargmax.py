@@ -238,7 +238,7 @@ def _survey(ctx):
              "checked; skipped when absent). " + ("**Quick mode**: 512 random classes of each of the small models already in "
                                                  "the cache." if ctx.quick else "Every class of every layer."))
     rows = zoo_exp.survey(ctx, download=not ctx.quick, n_sub=512 if ctx.quick else None,
-                             keys=zoo_exp.QUICK_KEYS if ctx.quick else None)
+                          keys=zoo_exp.QUICK_KEYS if ctx.quick else None, budget_s=None if ctx.quick else 2700)
     zoo_exp.publish(ctx, rows)
     gem = next((r for r in rows if r["model"] == "gemma3-270m"), None)
     if gem is not None:

