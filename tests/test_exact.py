@@ -9,7 +9,7 @@ import torch
 
 from kexue.exact import (EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, conditional_orthant_grad, genz_orthant,
                          genz_orthant_grad, logit_deltas, orthant_probability, orthant_probability_quadrature,
-                         sigma_schedule, toy_loss, toy_optimum)
+                         ToyThreshold, compare_runs, mean_sd, sigma_schedule, toy_loss, toy_optimum)
 from kexue.utils import KexueError, KexueTypeError
 
 
@@ -392,3 +392,34 @@ def test_bad_settings_and_shapes_raise_one_line_kexue_error(bad):
     with pytest.raises(KexueError) as e:
         bad()
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ helpers used by the experiment
+
+
+def test_compare_runs_welch_outcomes_and_mean_sd():
+    from scipy.stats import ttest_ind
+
+    a, b = [0.991, 0.992, 0.990, 0.993], [0.981, 0.983, 0.980, 0.982]
+    c = compare_runs(a, b)
+    assert c.outcome == "a better" and c.pvalue == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
+    assert compare_runs(b, a).outcome == "b better" and compare_runs(b, a).diff == pytest.approx(-c.diff)
+    assert compare_runs([0.5, 0.6], [0.55, 0.52]).outcome == "no significant difference"
+    same = compare_runs([0.9, 0.9], [0.9, 0.9])  # no spread: untestable, not "significant"
+    assert math.isnan(same.pvalue) and same.outcome == "no significant difference"
+    assert mean_sd([0.99, 0.98]) == "98.50 ± 0.71" and mean_sd([0.5]) == "50.00"
+    with pytest.raises(KexueError):
+        compare_runs([0.9, float("nan")], [0.8, 0.7])
+
+
+def test_exact_loss_trains_the_toy_threshold_into_the_perfect_interval():
+    from kexue.train import train
+
+    x = torch.tensor([[-0.25], [0.0], [0.25]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1])
+    loss = EXACTLoss(sigma=sigma_schedule(1.0, 0.01, 500), standardize=False)
+    model = ToyThreshold(0.7)
+    assert model(x).shape == (3, 2)
+    res = train(model, lambda m, b: loss(m(b[0]), b[1]), [x, y], steps=500, batch_size=3,
+                optimizer=torch.optim.SGD(model.parameters(), lr=0.01), seed=0)
+    assert 0 < res.model.b.item() < 0.25  # CE from the same start stays at 0.7 (SPEC 6.1)

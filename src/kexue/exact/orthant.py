@@ -70,7 +70,7 @@ def _sobol_net(dim: int, n_points: int) -> np.ndarray:
 
 
 def _uniforms(rows: int, n_points: int, dim: int, method: str, dtype, device) -> torch.Tensor | None:
-    """(dim, rows, n_points) uniforms in [0, 1).
+    """(dim, 2, rows, n_points): ``1 - u`` and ``-u`` for uniforms u in [0, 1).
 
     ``sobol``: one scrambled Sobol net plus an independent Cranley–Patterson shift per row
     (drawn from torch's RNG, so the caller's seed decides it), so rows are independent unbiased
@@ -79,10 +79,14 @@ def _uniforms(rows: int, n_points: int, dim: int, method: str, dtype, device) ->
     if dim == 0:
         return None
     if method == "mc":
-        return torch.rand(dim, rows, n_points, dtype=dtype, device=device)
-    net = torch.tensor(_sobol_net(dim, n_points), dtype=dtype, device=device).T  # (dim, N)
-    shift = torch.rand(dim, rows, 1, dtype=dtype, device=device)
-    return torch.frac(net[:, None, :] + shift)
+        u = torch.rand(dim, rows, n_points, dtype=dtype, device=device)
+    else:
+        net = torch.tensor(_sobol_net(dim, n_points), dtype=dtype, device=device).T  # (dim, N)
+        u = torch.frac(net[:, None, :] + torch.rand(dim, rows, 1, dtype=dtype, device=device))
+    out = torch.empty(dim, 2, rows, n_points, dtype=dtype, device=device)
+    torch.sub(1.0, u, out=out[:, 0])
+    torch.neg(u, out=out[:, 1])
+    return out
 
 
 def _step(S: torch.Tensor, P: torch.Tensor, mi: torch.Tensor, Di: float, Ai: float, u: torch.Tensor | None,
@@ -116,20 +120,21 @@ _TINY64, _EPS64 = torch.finfo(torch.float64).tiny, torch.finfo(torch.float64).ep
 _ONE32 = 1.0 - 2.0 ** -24  # the float32 next to 1
 
 
-def _setup(m: torch.Tensor, rho: float, n_samples: int, method: str):
-    R, n = m.shape
-    m = m.sort(dim=1).values  # most restrictive first (Genz); the exchangeable covariance is unchanged
+@lru_cache(maxsize=256)
+def _cholesky_lists(n: int, rho: float) -> tuple[list, list]:
     D, A = _structured_cholesky(n, rho)
-    N = 1 if n == 1 else n_samples  # one dimension is exact: no sampling
-    u = _uniforms(R, N, n - 1, method, m.dtype, m.device)
-    return m, D.tolist(), A.tolist(), N, None if u is None else torch.stack([1.0 - u, -u], dim=1)
+    return D.tolist(), A.tolist()
 
 
 def _genz(m: torch.Tensor, rho: float, n_samples: int, method: str, grad: bool) -> torch.Tensor:
-    """Row 0: the value estimate; with ``grad``, row k + 1: the gradient problem k (sorted
-    order). Returns (1 or n + 1, R) means over the points."""
+    """Genz on rows of ``m`` (R, n) already sorted ascending (most restrictive first, as Genz
+    recommends; the exchangeable covariance is unchanged by the order). Row 0 of the result is
+    the value estimate; with ``grad``, row k + 1 is the gradient problem k. Returns
+    (1 or n + 1, R), the means over the points."""
     R, n = m.shape
-    m, D, A, N, u = _setup(m, rho, n_samples, method)
+    D, A = _cholesky_lists(n, float(rho))
+    N = 1 if n == 1 else n_samples  # one dimension is exact: no sampling
+    u = _uniforms(R, N, n - 1, method, m.dtype, m.device)
     rows = n + 1 if grad else 1
     S = m.new_zeros(rows, R, N)  # sum_{j<i} L_ij eps_j per row
     P = m.new_ones(rows, R, N)
@@ -156,7 +161,7 @@ def genz_orthant(m: torch.Tensor, rho: float = 1.0, n_samples: int = 16, method:
     R, n = m.shape
     if n == 0:
         return torch.ones(R, dtype=m.dtype, device=m.device)
-    return _genz(m, rho, n_samples, method, grad=False)[0]
+    return _genz(m.sort(dim=1).values, rho, n_samples, method, grad=False)[0]
 
 
 def genz_orthant_grad(m: torch.Tensor, rho: float = 1.0, n_samples: int = 16,
@@ -171,7 +176,7 @@ def genz_orthant_grad(m: torch.Tensor, rho: float = 1.0, n_samples: int = 16,
     R, n = m.shape
     if n == 0:
         return torch.ones(R, dtype=m.dtype, device=m.device), m.new_zeros(R, 0)
-    order = m.argsort(dim=1)
+    m, order = m.sort(dim=1)
     p = _genz(m, rho, n_samples, method, grad=True)
     grad = torch.empty(R, n, dtype=m.dtype, device=m.device).scatter_(1, order, p[1:].T)
     return p[0], grad
@@ -205,20 +210,16 @@ class _Orthant(torch.autograd.Function):
     def forward(ctx, m, n_samples, method, truncate):
         shape = m.shape
         flat = m.detach().reshape(-1, shape[-1])
-        keep = None
         if truncate is not None and truncate < flat.shape[1]:
             # the smallest deltas are the competitive classes; the rest contribute factors ~ 1
-            keep = flat.topk(truncate, dim=1, largest=False, sorted=False).indices
-            flat = flat.gather(1, keep)
-        if ctx.needs_input_grad[0]:
-            p, g = genz_orthant_grad(flat, 1.0, n_samples, method)
-            if keep is not None:
-                g = flat.new_zeros(flat.shape[0], shape[-1]).scatter_(1, keep, g)
-            ctx.save_for_backward(g)
+            flat, order = flat.topk(truncate, dim=1, largest=False, sorted=True)
         else:
-            p = genz_orthant(flat, 1.0, n_samples, method)
+            flat, order = flat.sort(dim=1)
+        rows = _genz(flat, 1.0, n_samples, method, grad=ctx.needs_input_grad[0])
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(flat.new_zeros(flat.shape[0], shape[-1]).scatter_(1, order, rows[1:].T))
         ctx.shape = shape
-        return p.reshape(shape[:-1])
+        return rows[0].reshape(shape[:-1])
 
     @staticmethod
     def backward(ctx, grad_p):

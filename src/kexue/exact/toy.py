@@ -6,11 +6,24 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from kexue.utils import KexueError
 
 TOY_X = np.array([-0.25, 0.0, 0.25])
 TOY_Y = np.array([-1.0, -1.0, 1.0])
+
+
+class ToyThreshold(torch.nn.Module):
+    """The SPEC 6.1 model f(x) = x - b as two-class logits [0, x - b] (class 1 = positive), so
+    that the multi-class losses can be trained on the toy: ``x`` (n, 1) -> logits (n, 2)."""
+
+    def __init__(self, b: float = 0.0):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.tensor([float(b)], dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), x - self.b], 1)
 
 
 def toy_loss(b: float, kind: str, k: float = 1.0, sigma: float = 1.0, margin: float | None = None) -> float:
