@@ -126,10 +126,9 @@ def _load_npy(path, tensor, bias_tensor, bias):
     if tensor is not None or bias_tensor is not None:
         raise KexueError(f"{path} is a .npy file holding one array (W, no bias); --tensor/--bias-tensor name tensors of "
                          ".npz/.safetensors/.gguf files: save W and b together with np.savez(path, W=W, b=b)")
-    try:
-        W = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise KexueError(f"cannot read {path} as a .npy array ({e}); is the file complete?") from None
+    from kexue.io import load_npy
+
+    W = load_npy(path, "the output layer", mmap=True)
     return OutputLayer(_check_matrix(W, str(path)), None, str(path), weight_name="(npy)", info={"dtype": str(W.dtype)})
 
 
