@@ -1,61 +1,71 @@
-"""Benchmark: N_k of 100,000 × 384 float32 points, k = 10 (SPEC 8, issue 5).
+"""Benchmark: the kNN graph behind N_k (SPEC 8.2), ours against scikit-learn's brute force.
 
-Ours (exact blocked backend; FAISS backend with a flat (exact) and an IVF (approximate) index) vs scikit-learn ``NearestNeighbors(algorithm=
-"brute")``, each in its own subprocess so peak memory (max RSS) is per method. Prints wall time,
-ratios to scikit-learn from this one run, peak memory, and agreement with our exact graph
-(identical neighbour sets for exact methods; recall for the approximate one).
+1. Exact: 100,000 × 384 float32 i.i.d. Gaussian points (seed 0), k = 10, self excluded —
+   ``kneighbors(X, 10)`` against ``NearestNeighbors(algorithm="brute").kneighbors()``, timed
+   interleaved (A B A B, medians; ``benchmarks/_bench.py``), with the neighbour sets compared.
+2. Approximate at ``recall=0.95`` (the search parameter chosen on a 1,000-query sample): IVF
+   (FAISS) and HNSW (hnswlib, 2 build threads), on the same Gaussian data — no cluster structure,
+   the hardest case — and on MNIST's 60,000 training images (784-d, real data), each against
+   scikit-learn brute on the same data. Recall is reported twice: the sample's (what the library
+   returns) and the whole graph's against our exact graph.
 
-    .venv/bin/python benchmarks/bench_hubness.py [--n 100000] [--dim 384] [--k 10]
+    .venv/bin/python benchmarks/bench_hubness.py [--n 100000] [--dim 384] [--repeats 2] [--no-mnist]
 
-Data: i.i.d. Gaussian (seed 0) — the hardest case for approximate search (no cluster structure).
+Heavy (about 10 minutes on 2 cores): run it under the CPU lock.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-# our backends as benchmarked; HNSW graphs on 100k × 384 Gaussian points take 10+ minutes to build
-# on 2 cores, so the default run uses FAISS flat (exact, BLAS) and IVF (approximate)
-VARIANTS = {
-    "ours-exact": ("exact", None),
-    "ours-faiss-flat": ("faiss", {"index": "flat"}),
-    "ours-faiss-ivf": ("faiss", {"index": "ivf", "nlist": 1024, "nprobe": 64}),
-    "ours-faiss-hnsw": ("faiss", {"index": "hnsw", "M": 16, "ef_construction": 40, "ef_search": 64}),
-    "ours-hnswlib": ("hnsw", {"M": 16, "ef_construction": 40, "ef_search": 64}),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import interleaved, load  # noqa: E402
 
 
-def data(n, dim):
-    return np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
+def sklearn_brute(X, k):
+    from sklearn.neighbors import NearestNeighbors
+
+    # kneighbors() without X excludes each point itself, as ours does
+    return NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(return_distance=False)
 
 
-def child(method, n, dim, k, out):
-    X = data(n, dim)
-    t = time.perf_counter()
-    if method == "sklearn-brute":
-        from sklearn.neighbors import NearestNeighbors
+def same_sets(a, b) -> float:
+    return float((np.sort(a, 1) == np.sort(b, 1)).all(1).mean())
 
-        # kneighbors() without X excludes each point itself, as ours does
-        ind = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(return_distance=False)
-    else:
-        from kexue.hubness import kneighbors
 
-        backend, params = VARIANTS[method]
-        ind = kneighbors(X, k, backend=backend, backend_params=params)[1]
-    sec = time.perf_counter() - t
-    np.save(out, ind.astype(np.int64))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
-    print(json.dumps({"method": method, "seconds": sec, "peak_gib": peak}))
+def exact_part(X, k, repeats):
+    from kexue.hubness import kneighbors
+
+    got = {}
+
+    def ours():
+        got["ours"] = kneighbors(X, k).ind
+
+    def peer():
+        got["sklearn"] = sklearn_brute(X, k)
+
+    t = interleaved({"sklearn-brute": peer, "ours-exact": ours}, repeats=repeats, warmup=0)
+    print(f"  sklearn brute  {t['sklearn-brute']:8.1f} s")
+    print(f"  ours exact     {t['ours-exact']:8.1f} s   ours/sklearn {t['ours-exact'] / t['sklearn-brute']:.2f}x   "
+          f"rows with the same neighbour set as sklearn: {same_sets(got['ours'], got['sklearn']):.4f}", flush=True)
+    return t["sklearn-brute"], got["ours"]
+
+
+def approx_part(X, k, peer_seconds, exact_ind):
+    from kexue.hubness import kneighbors, knn_recall
+
+    for backend, params in [("ivf", {}), ("hnsw", {"num_threads": 2})]:
+        t = time.perf_counter()
+        g = kneighbors(X, k, backend=backend, recall=0.95, backend_params=params)
+        sec = time.perf_counter() - t
+        true = knn_recall(g.ind, exact_ind)
+        print(f"  ours {backend:<9} {sec:8.1f} s   sklearn/ours {peer_seconds / sec:5.2f}x   {g.params}   "
+              f"recall: sample {g.recall:.3f}, whole graph {true:.3f}", flush=True)
 
 
 def main():
@@ -63,43 +73,33 @@ def main():
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--methods", default="ours-exact,ours-faiss-flat,ours-faiss-ivf,sklearn-brute",
-                    help=f"comma-separated, from: {', '.join(VARIANTS)}, sklearn-brute")
-    ap.add_argument("--child", default=None)
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-mnist", action="store_true")
     a = ap.parse_args()
-    if a.child:
-        return child(a.child, a.n, a.dim, a.k, a.out)
     import faiss
     import sklearn
+    from threadpoolctl import threadpool_info
 
-    print(f"N_k for {a.n} × {a.dim} float32, k = {a.k}; threads: faiss {faiss.omp_get_max_threads()}; "
-          f"sklearn {sklearn.__version__}")
-    res, inds = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for m in a.methods.split(","):
-            out = str(Path(tmp) / f"{m}.npy")
-            r = subprocess.run([sys.executable, __file__, "--child", m, "--n", str(a.n), "--dim", str(a.dim),
-                                "--k", str(a.k), "--out", out], capture_output=True, text=True)
-            if r.returncode:
-                print(f"{m}: failed\n{r.stderr[-2000:]}")
-                continue
-            res[m] = json.loads(r.stdout.strip().splitlines()[-1])
-            inds[m] = np.load(out)
-            print(f"{m:18s} {res[m]['seconds']:8.1f} s   peak RSS {res[m]['peak_gib']:.2f} GiB", flush=True)
-    ref = inds.get("ours-exact")
-    base = res.get("sklearn-brute", {}).get("seconds")
-    print()
-    print(f"{'method':18s} {'seconds':>8s} {'vs sklearn':>10s} {'peak GiB':>9s} {'same sets / recall vs ours-exact':>34s}")
-    for m, r in res.items():
-        ratio = f"{base / r['seconds']:.2f}x" if base else "-"
-        agree = "-"
-        if ref is not None and m != "ours-exact":
-            hits = (np.sort(inds[m], 1)[:, :, None] == np.sort(ref, 1)[:, None, :]).any(2).mean()
-            agree = f"{hits:.4f}"
-        print(f"{m:18s} {r['seconds']:8.1f} {ratio:>10s} {r['peak_gib']:9.2f} {agree:>34s}")
-    if base:
-        print("(vs sklearn = sklearn time / our time; > 1 means ours is faster)")
+    blas = [f"{i['internal_api']} {i['num_threads']} threads" for i in threadpool_info() if i["user_api"] == "blas"]
+    print(f"sklearn {sklearn.__version__}, faiss {faiss.__version__}, {', '.join(blas)}")
+    print(load(), flush=True)
+    X = np.random.default_rng(0).standard_normal((a.n, a.dim), dtype=np.float32)
+    print(f"\n1. exact kNN, {a.n} × {a.dim} float32 Gaussian, k = {a.k} (median of {a.repeats}, interleaved)")
+    peer, exact_ind = exact_part(X, a.k, a.repeats)
+    print(f"\n2. approximate at recall 0.95, same data (vs the sklearn median above)")
+    approx_part(X, a.k, peer, exact_ind)
+    if not a.no_mnist:
+        from kexue.data import load_mnist_train
+        from kexue.hubness import kneighbors
+
+        M = np.asarray(load_mnist_train()[0], dtype=np.float32).reshape(60000, -1)
+        print(f"\n3. MNIST train {M.shape[0]} × {M.shape[1]}, k = {a.k}", flush=True)
+        t = time.perf_counter()
+        sklearn_brute(M, a.k)
+        peer = time.perf_counter() - t
+        print(f"  sklearn brute  {peer:8.1f} s", flush=True)
+        approx_part(M, a.k, peer, kneighbors(M, a.k).ind)
+    print(f"\n{load()}")
 
 
 if __name__ == "__main__":

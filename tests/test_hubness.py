@@ -311,6 +311,8 @@ def test_cli_outputs(cli, emb, tmp_path, monkeypatch):
         r = cli("hubness", src, "--key", "emb", "-k", 5, "--json", "-")
         assert r.code == 0, r.err
         assert json.loads(r.out)["measures"]["primary"]["skewness"] == pytest.approx(doc["measures"]["primary"]["skewness"])
+    r = cli("hubness", path, "-k", 5, "--reduce", "mp", "--candidates", 30, "--seed", 3)
+    assert r.code == 0 and "mp" in r.out, r.err
     r = cli("hubness", path, "-k", 5, "--backend", "ivf", "--recall", 0.9, "--json", "-")
     assert r.code == 0 and json.loads(r.out)["recall"] >= 0.9 and "recall" in r.err
 
@@ -357,7 +359,7 @@ def test_cli_errors(cli, emb, tmp_path):
 def test_experiment_helpers():
     import math
 
-    from kexue.experiments.hubness import _vote, ball_volume_log
+    from kexue.experiments.hubness import knn_vote, ball_volume_log
 
     assert math.exp(ball_volume_log(2)) == pytest.approx(math.pi)
     assert math.exp(ball_volume_log(3)) == pytest.approx(4 * math.pi / 3)
@@ -365,4 +367,4 @@ def test_experiment_helpers():
     y = np.array([0, 1, 2, 1, 2])
     # rows of neighbour ids, nearest first: majority wins; a tie goes to the nearest tied class
     ind = np.array([[1, 3, 0], [0, 2, 4], [2, 1, 0]])
-    np.testing.assert_array_equal(_vote(ind, y, 3), [1, 2, 2])
+    np.testing.assert_array_equal(knn_vote(ind, y, 3), [1, 2, 2])

@@ -30,45 +30,29 @@ def hubness_cmd(
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
     from kexue import hubness as H
-    from kexue import validate
     from kexue.cli import RichTracker, console, out_console
     from kexue.io import open_matrix
-    from kexue.utils import KexueError, atomic_write
 
-    validate.choice(metric, H.METRICS, "--metric")
-    validate.choice(backend, H.BACKENDS, "--backend")
-    if reduce is not None:
-        validate.choice(reduce, H.REDUCTIONS, "--reduce")
-        if candidates < k:
-            raise KexueError(f"--candidates {candidates} is smaller than -k {k}; the reduction re-ranks "
-                             f"--candidates primary neighbours, so give --candidates >= {k}")
-    if recall == 0:
-        raise KexueError("--recall must be > 0")
+    _check_options(k, metric, backend, recall, reduce, candidates)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
     check_output(json_out, (".json",), "--json", stdout=True)
     src = open_matrix(check_input(emb, "EMB"), key)
-    if src.n < k + 1:
-        raise KexueError(f"{emb} has {src.n} row{'' if src.n == 1 else 's'}; N_{k} needs at least {k + 1} "
-                         f"(k + 1: a point is not its own neighbour) — lower -k or add rows")
-    if reduce is not None and candidates > src.n - 1:
-        raise KexueError(f"--candidates {candidates} exceeds the {src.n - 1} other points of {emb}; "
-                         f"give --candidates <= {src.n - 1}")
+    _check_rows(emb, src.n, k, reduce, candidates)
     use_threads(threads)
     X = src.read()
     tracker = RichTracker()
     tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, backend {backend}")
-    width = k if reduce is None else candidates
-    g = H.kneighbors(X, width, metric=metric, backend=backend, recall=recall, seed=seed, tracker=tracker)
+    g = H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=backend, recall=recall,
+                     seed=seed, tracker=tracker)
     nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
     dist, ind = g.dist[:, :k], g.ind[:, :k]
     if reduce is not None:
         kw = dict(metric=metric, n_candidates=candidates, backend=backend)
         if reduce.startswith("mp"):
-            kw["seed"] = seed
-        red = H.make_reduction(reduce, **kw).fit(X, graph=(g.dist, g.ind))
-        dist, ind = red.kneighbors(n_neighbors=k)
+            kw["random_state"] = seed
+        dist, ind = H.make_reduction(reduce, **kw).fit(X, graph=(g.dist, g.ind)).kneighbors(n_neighbors=k)
         nks[reduce] = H.occurrences(ind, src.n)
     ms = {label: H.hubness_measures(nk, k) for label, nk in nks.items()}
     _print_table(ms, console if json_out is not None and str(json_out) == "-" else out_console)
@@ -79,16 +63,7 @@ def hubness_cmd(
         write_json({"file": str(emb), "n": src.n, "dim": src.d, "k": k, "metric": metric, "backend": backend,
                     "recall": g.recall, "recall_sample": g.recall_sample, "params": g.params, "reduce": reduce,
                     "candidates": candidates if reduce else None, "seed": seed, "measures": ms}, json_out)
-    if nk_out is not None:
-        with atomic_write(nk_out) as f:
-            import numpy as np
-
-            np.save(f, nks[reduce or "primary"], allow_pickle=False)
-    if graph_out is not None:
-        with atomic_write(graph_out) as f:
-            import numpy as np
-
-            np.savez(f, indices=ind, distances=dist)
+    _write_arrays(nk_out, nks[reduce or "primary"], graph_out, ind, dist)
     if histogram is not None:
         from kexue.utils import atomic_path
 
@@ -98,6 +73,46 @@ def hubness_cmd(
     for path in (histogram, nk_out, graph_out, None if json_out is None or str(json_out) == "-" else json_out):
         if path is not None:
             console.print(f"wrote {path}", highlight=False)
+
+
+def _check_options(k, metric, backend, recall, reduce, candidates) -> None:
+    from kexue import hubness as H
+    from kexue import validate
+    from kexue.utils import KexueError
+
+    validate.choice(metric, H.METRICS, "--metric")
+    validate.choice(backend, H.BACKENDS, "--backend")
+    if recall == 0:
+        raise KexueError("--recall must be > 0")
+    if reduce is not None:
+        validate.choice(reduce, H.REDUCTIONS, "--reduce")
+        if candidates < k:
+            raise KexueError(f"--candidates {candidates} is smaller than -k {k}; the reduction re-ranks "
+                             f"--candidates primary neighbours, so give --candidates >= {k}")
+
+
+def _check_rows(emb, n, k, reduce, candidates) -> None:
+    from kexue.utils import KexueError
+
+    if n < k + 1:
+        raise KexueError(f"{emb} has {n} row{'' if n == 1 else 's'}; N_{k} needs at least {k + 1} "
+                         f"(k + 1: a point is not its own neighbour) — lower -k or add rows")
+    if reduce is not None and candidates > n - 1:
+        raise KexueError(f"--candidates {candidates} exceeds the {n - 1} other points of {emb}; "
+                         f"give --candidates <= {n - 1}")
+
+
+def _write_arrays(nk_out, nk, graph_out, ind, dist) -> None:
+    import numpy as np
+
+    from kexue.utils import atomic_write
+
+    if nk_out is not None:
+        with atomic_write(nk_out) as f:
+            np.save(f, nk, allow_pickle=False)
+    if graph_out is not None:
+        with atomic_write(graph_out) as f:
+            np.savez(f, indices=ind, distances=dist)
 
 
 def _print_table(ms: dict, where) -> None:

@@ -114,7 +114,7 @@ def part_dimension(ctx):
 # 8.4 reduction on real embeddings
 
 
-def _vote(neigh_ind, y_index, n_classes):
+def knn_vote(neigh_ind, y_index, n_classes):
     """Majority vote of the k neighbours; ties go to the class of the nearest tied neighbour."""
     labels = y_index[neigh_ind]
     counts = np.zeros((len(labels), n_classes), int)
@@ -179,7 +179,7 @@ def part_mnist(ctx):
     X, Q, yq = to_unit(Xtr).astype(np.float64), to_unit(Xte[sel]).astype(np.float64), yte[sel]
 
     def acc(ind):
-        return [float((_vote(ind, ytr, 10) == yq).mean())]
+        return [float((knn_vote(ind, ytr, 10) == yq).mean())]
 
     for metric in ["euclidean"] if ctx.quick else ["euclidean", "cosine"]:
         rows = _reduction_rows(ctx, X, Q, k, metric, acc, f"MNIST {metric}", n_candidates=100)

@@ -73,15 +73,6 @@ class KNNGraph:
 # inputs
 
 
-def _as_matrix(X, what: str) -> np.ndarray:
-    """The shared check (kept under this name for kexue.hubness.reduction)."""
-    return validate.matrix(X, what, dtype=None)
-
-
-def _check_metric(metric: str) -> None:
-    validate.choice(metric, METRICS, "metric")
-
-
 def _normalise(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     n = np.linalg.norm(X, axis=1, keepdims=True)
@@ -287,11 +278,11 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", que
     ``recall`` (measured on a sample against exact search) unless ``backend_params`` fixes it;
     ``seed`` makes the sample and the index reproducible. ``tracker`` reports progress.
     """
-    _check_metric(metric)
+    validate.choice(metric, METRICS, "metric")
     validate.choice(backend, BACKENDS, "backend")
-    X = _as_matrix(X, "X")
+    X = validate.matrix(X, "X", dtype=None)
     self_search = queries is None
-    Q = X if self_search else _as_matrix(queries, "queries")
+    Q = X if self_search else validate.matrix(queries, "queries", dtype=None)
     if Q.shape[1] != X.shape[1]:
         raise KexueError(f"queries have {Q.shape[1]} features but X has {X.shape[1]}; embed both the same way")
     exclude_self = bool(exclude_self and self_search)
@@ -322,7 +313,7 @@ def k_occurrence(X, k: int, metric: str = "euclidean", backend: str = "exact", e
     Further keywords go to :func:`kneighbors` (``block``, ``backend_params``, ``recall``, ``seed``,
     ``tracker``).
     """
-    X = _as_matrix(X, "X")
+    X = validate.matrix(X, "X", dtype=None)
     _, ind = kneighbors(X, k, metric=metric, backend=backend, queries=queries, exclude_self=exclude_self, **kw)
     return occurrences(ind, len(X))
 
