@@ -24,10 +24,10 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def logit_deltas(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """d_i = mu_y - mu_i for i != y: (B, C) logits, (B,) labels -> (B, C - 1)."""
-    B, C = logits.shape
-    d = logits.gather(1, target[:, None]) - logits
-    mask = torch.ones_like(d, dtype=torch.bool).scatter(1, target[:, None], False)
-    return d[mask].reshape(B, C - 1)
+    C = logits.shape[1]
+    others = torch.arange(C - 1, device=logits.device)
+    others = others + (others >= target[:, None])  # the C - 1 columns that are not y, in order
+    return logits.gather(1, target[:, None]) - logits.gather(1, others)
 
 
 class _Flat:

@@ -69,6 +69,12 @@ def _sobol_net(dim: int, n_points: int) -> np.ndarray:
     return net
 
 
+@lru_cache(maxsize=64)
+def _sobol_tensor(dim: int, n_points: int, dtype, device) -> torch.Tensor:
+    """:func:`_sobol_net` as a (dim, 1, n_points) tensor, cached (only ever read)."""
+    return torch.tensor(_sobol_net(dim, n_points).T[:, None, :], dtype=dtype, device=device)
+
+
 def _uniforms(rows: int, n_points: int, dim: int, method: str, dtype, device) -> torch.Tensor | None:
     """(dim, 2, rows, n_points): ``1 - u`` and ``-u`` for uniforms u in [0, 1).
 
@@ -81,8 +87,8 @@ def _uniforms(rows: int, n_points: int, dim: int, method: str, dtype, device) ->
     if method == "mc":
         u = torch.rand(dim, rows, n_points, dtype=dtype, device=device)
     else:
-        net = torch.tensor(_sobol_net(dim, n_points), dtype=dtype, device=device).T  # (dim, N)
-        u = torch.frac(net[:, None, :] + torch.rand(dim, rows, 1, dtype=dtype, device=device))
+        net = _sobol_tensor(dim, n_points, dtype, device)  # (dim, 1, N)
+        u = torch.frac(net + torch.rand(dim, rows, 1, dtype=dtype, device=device))
     out = torch.empty(dim, 2, rows, n_points, dtype=dtype, device=device)
     torch.sub(1.0, u, out=out[:, 0])
     torch.neg(u, out=out[:, 1])
