@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _bench import load
+
 
 def generate(path: Path, n: int, d: int, chunk: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
@@ -138,6 +140,7 @@ def main() -> None:
         generate(path, a.n, a.d, a.chunk)
         print(f"generated {a.n:,} × {a.d} float32 ({path.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t:.1f} s;"
               f" chunk {a.chunk:,} rows; {os.cpu_count()} CPU cores")
+        print(f"before: {load()}", flush=True)
         res = {}
         for m in a.methods.split(","):
             out = subprocess.run([sys.executable, __file__, "--_child", m, "--_path", str(path), "--chunk", str(a.chunk)]
@@ -166,6 +169,7 @@ def main() -> None:
                       f"{r['peak_bytes'] / k['peak_bytes']:.2f}x")
             print(f"kexue peak memory {'<' if k['peak_bytes'] < 2 * 2**30 else '>='} 2 GiB "
                   f"({k['peak_bytes'] / 2**30:.2f} GiB)")
+        print(f"after: {load()}")
     finally:
         path.unlink(missing_ok=True)
         os.rmdir(tmpdir)

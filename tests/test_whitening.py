@@ -478,3 +478,18 @@ def test_fit_whitening_checks_its_input_before_encoding():
         kwargs = {"sentences": ["a", "b", "c"], **kwargs}
         with pytest.raises(KexueError, match=match):
             fit_whitening(NoEncode(), **kwargs)
+
+
+def test_whitening_dense_computes_the_transform():
+    import torch
+
+    from kexue.whitening_st import whitening_dense
+
+    X = anisotropic(n=500, d=10, mean_scale=2.0, dtype=np.float32)
+    w = Whitening(beta=0.75, gamma=1.0, n_components=6).fit(X)
+    W, shift = w.affine()
+    np.testing.assert_allclose((X.astype(np.float64) - shift) @ W, w.transform(X.astype(np.float64)), rtol=1e-12)
+    layer = whitening_dense(w)
+    out = layer({"sentence_embedding": torch.from_numpy(X)})["sentence_embedding"].detach().numpy()
+    assert out.shape == (500, 6) and layer.get_embedding_dimension() == 6
+    np.testing.assert_allclose(out, w.transform(X), rtol=1e-4, atol=1e-4 * np.abs(out).max())
