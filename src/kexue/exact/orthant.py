@@ -96,17 +96,26 @@ def _uniforms(rows: int, n_points: int, dim: int, method: str, dtype, device) ->
 
 
 def _step(S: torch.Tensor, P: torch.Tensor, mi: torch.Tensor, Di: float, Ai: float, u: torch.Tensor | None,
-          T: torch.Tensor) -> None:
+          T: torch.Tensor, pin: tuple | None = None) -> None:
     """One conditioning step for the live rows, in place: P *= e_i = P(z_i > 0 | eps_<i), then
     S += A_i eps_i with eps_i drawn above its bound by inverse CDF of the uniform u.
 
-    S, P, T are (rows, R, N), mi is (R, 1), u is (2, R, N): (1 - u, -u). Float32 works in erf
-    space: T = erf(x / sqrt 2) = 2 e_i - 1, and the draw's 2 q - 1 = 2 e_i (1 - u) - 1 =
-    T (1 - u) - u, one fused pass; float64 uses ndtr/ndtri (exact in the tails).
+    S, P, T are (rows, R, N), mi is (R, 1), u is (2, R, N): (1 - u, -u). ``pin`` = (P', S')
+    receives the gradient problem of this step from row 0: P' = P_0 phi(x) / D_i (the density of
+    the bound x = (m_i + S_0) / D_i) and S' = S_0 - A_i x (eps_i at its bound, z_i = 0).
+    Float32 works in erf space: T = erf(x / sqrt 2) = 2 e_i - 1, and the draw's 2 q - 1 =
+    2 e_i (1 - u) - 1 = T (1 - u) - u, one fused pass; float64 uses ndtr/ndtri (exact in the tails).
     """
+    f64 = T.dtype == torch.float64
     torch.add(S, mi, out=T)
-    if T.dtype == torch.float64:
-        T.div_(Di)
+    T.div_(Di) if f64 else T.mul_(1.0 / (Di * _SQRT2))  # T_0 = x (float64) or x / sqrt 2
+    if pin is not None:
+        t0, half_sq = (T[0], -0.5) if f64 else (T[0], -1.0)  # -x^2 / 2 in either scaling
+        torch.addcmul(torch.full((), math.log(_INV_SQRT_2PI / Di), dtype=T.dtype), t0, t0, value=half_sq,
+                      out=pin[0]).exp_().mul_(P[0])
+        if pin[1] is not None:
+            torch.sub(S[0], t0, alpha=Ai if f64 else Ai * _SQRT2, out=pin[1])
+    if f64:
         torch.special.ndtr(T, out=T)
         P.mul_(T)
         if u is not None:
@@ -114,7 +123,7 @@ def _step(S: torch.Tensor, P: torch.Tensor, mi: torch.Tensor, Di: float, Ai: flo
             torch.special.ndtri(T, out=T)
             S.sub_(T, alpha=Ai)
         return
-    T.mul_(1.0 / (Di * _SQRT2)).erf_()
+    T.erf_()
     P.addcmul_(P, T).mul_(0.5)
     if u is not None:
         # the clamp keeps erfinv finite where e_i is ~0 (such rows carry a ~0 weight anyway)
@@ -146,14 +155,9 @@ def _genz(m: torch.Tensor, rho: float, n_samples: int, method: str, grad: bool) 
     P = m.new_ones(rows, R, N)
     T = torch.empty_like(S)
     for i in range(n):
-        mi = m[:, i, None]
-        if grad:  # pin problem i: density of the bound, eps_i at the bound (z_i = 0)
-            x = (mi + S[0]) / D[i]
-            torch.mul(P[0], torch.exp(-0.5 * x * x), out=P[i + 1]).mul_(_INV_SQRT_2PI / D[i])
-            if i < n - 1:
-                torch.sub(S[0], x, alpha=A[i], out=S[i + 1])
         live = i + 1 if grad else 1
-        _step(S[:live], P[:live], mi, D[i], A[i], u[i] if i < n - 1 else None, T[:live])
+        pin = (P[i + 1], S[i + 1] if i < n - 1 else None) if grad else None
+        _step(S[:live], P[:live], m[:, i, None], D[i], A[i], u[i] if i < n - 1 else None, T[:live], pin)
     return P.mean(dim=2)
 
 
