@@ -39,19 +39,20 @@ class Config:
     cnn_steps: int
     cnn_grid: tuple
     eval_every: int
+    n_jobs: int  # joblib processes for the independent training runs
     mnist: MnistConfig  # the full-MNIST CNN at convergence (issue 18)
 
     @classmethod
     def quick(cls) -> "Config":
         return cls(seeds=2, tab_steps=100, tab_grid=(1e-2, 1e-1), mlp_steps=150, mlp_grid=(1e-3, 3e-3),
-                   cnn=False, cnn_steps=0, cnn_grid=(), eval_every=50,
+                   cnn=False, cnn_steps=0, cnn_grid=(), eval_every=50, n_jobs=2,
                    mnist=MnistConfig(seeds=2, train=4000, val=1000, epochs=2, batch_size=128, lrs=(1e-3,),
                                      exact_settings=tuple(EXACT_SETTINGS), n_jobs=2))
 
     @classmethod
     def full(cls) -> "Config":
         return cls(seeds=5, tab_steps=300, tab_grid=(1e-3, 1e-2, 1e-1), mlp_steps=600, mlp_grid=(3e-4, 1e-3, 3e-3),
-                   cnn=True, cnn_steps=300, cnn_grid=(1e-3, 3e-3), eval_every=50,
+                   cnn=True, cnn_steps=300, cnn_grid=(1e-3, 3e-3), eval_every=50, n_jobs=2,
                    mnist=MnistConfig(seeds=5, train=60000, val=5000, epochs=FULL_EPOCHS, batch_size=128,
                                      lrs=(1e-3, 3e-3), exact_settings=tuple(EXACT_SETTINGS), n_jobs=2))
 
@@ -77,7 +78,7 @@ def make_loss(name: str, steps: int, sigma: tuple = (1.0, 0.1), margin: float | 
     raise ValueError(name)
 
 
-def fit(make_model, loss_name, Xtr, ytr, *, steps, batch_size, lr, seed, curve=None, eval_every=0, accelerator=None):
+def fit(make_model, loss_name, Xtr, ytr, *, steps, batch_size, lr, seed, curve=None, eval_every=0):
     """Train one model with kexue.train; return (model, curve) where curve rows are (step, accuracy
     on ``curve`` = (X, y)) at step 0, every ``eval_every`` steps and at the end."""
     import torch
@@ -92,38 +93,50 @@ def fit(make_model, loss_name, Xtr, ytr, *, steps, batch_size, lr, seed, curve=N
         rows = [[0, accuracy(model, *curve, batch_size=EVAL_CHUNK)]]
         evaluate_fn = lambda m, step: {"acc": accuracy(m, *curve, batch_size=EVAL_CHUNK)}  # noqa: E731
     res = train(model, lambda m, b: loss(m(b[0]), b[1]), [Xtr, ytr], steps=steps, batch_size=batch_size, lr=lr,
-                seed=seed, description=f"{loss_name} lr={lr:g}", accelerator=accelerator,
+                seed=seed, description=f"{loss_name} lr={lr:g}",
                 eval_every=eval_every if curve is not None else 0, evaluate_fn=evaluate_fn)
     return res.model, rows + [[e["step"], e["acc"]] for e in res.evals]
 
 
-def compare(ctx, key, make_model, splits, *, steps, batch_size, grid, n_select, eval_every=0, curves=False,
-            curve_n=None, accelerator=None):
-    """Same budget per loss: every lr of ``grid`` on the first ``n_select`` seeds (scored by mean
-    validation accuracy), then the chosen lr on the remaining seeds. Returns per-loss dicts."""
-    from kexue.exact import mean_sd
+def _one_run(make_model, name, split, *, steps, batch_size, lr, seed, curve_n, eval_every):
+    """One training run (in a joblib worker): (validation accuracy, test accuracy, curve rows)."""
+    import torch
+
     from kexue.train import accuracy
 
+    torch.set_num_threads(1)
+    Xtr, ytr, Xva, yva, Xte, yte = split
+    curve = (Xte[:curve_n], yte[:curve_n]) if curve_n else None
+    model, rows = fit(make_model, name, Xtr, ytr, steps=steps, batch_size=batch_size, lr=lr, seed=seed, curve=curve,
+                      eval_every=eval_every)
+    return accuracy(model, Xva, yva, EVAL_CHUNK), accuracy(model, Xte, yte, EVAL_CHUNK), rows
+
+
+def compare(ctx, key, make_model, splits, *, steps, batch_size, grid, n_select, eval_every=0, curves=False,
+            curve_n=None, n_jobs=1):
+    """Same budget per loss: every lr of ``grid`` on the first ``n_select`` seeds (scored by mean
+    validation accuracy), then the chosen lr on the remaining seeds. Runs are independent and
+    deterministic, so they go to ``n_jobs`` joblib processes in two rounds. Returns per-loss dicts."""
+    from joblib import Parallel, delayed
+
+    from kexue.exact import mean_sd
+
+    par = Parallel(n_jobs=n_jobs, backend="loky")
+    kw = dict(steps=steps, batch_size=batch_size, curve_n=curve_n if curves else None, eval_every=eval_every)
+
+    def round_(jobs):  # (name, lr, s) -> (val, test, curve)
+        res = par(delayed(_one_run)(make_model, n, splits[s], lr=lr, seed=1000 * s + 17 + ctx.seed, **kw)
+                  for n, lr, s in jobs)
+        return dict(zip(jobs, res))
+
+    runs = round_([(n, lr, s) for n in LOSSES for lr in grid for s in range(n_select)])
+    best = {n: max(grid, key=lambda lr: (np.mean([runs[(n, lr, s)][0] for s in range(n_select)]), -lr)) for n in LOSSES}
+    runs.update(round_([(n, best[n], s) for n in LOSSES for s in range(n_select, len(splits))]))
     out = {}
-    for name in LOSSES:
-        runs = {}  # (lr, seed) -> (val, test, curve)
-
-        def run(lr, s):
-            Xtr, ytr, Xva, yva, Xte, yte = splits[s]
-            curve = (Xte[:curve_n], yte[:curve_n]) if curves else None
-            model, rows = fit(make_model, name, Xtr, ytr, steps=steps, batch_size=batch_size, lr=lr,
-                              seed=1000 * s + 17 + ctx.seed, curve=curve, eval_every=eval_every, accelerator=accelerator)
-            runs[(lr, s)] = (accuracy(model, Xva, yva, EVAL_CHUNK), accuracy(model, Xte, yte, EVAL_CHUNK), rows)
-
-        for lr in grid:
-            for s in range(n_select):
-                run(lr, s)
-        best = max(grid, key=lambda lr: (np.mean([runs[(lr, s)][0] for s in range(n_select)]), -lr))
-        for s in range(n_select, len(splits)):
-            run(best, s)
-        test = np.array([runs[(best, s)][1] for s in range(len(splits))])
-        out[name] = {"lr": best, "test": test, "curves": [runs[(best, s)][2] for s in range(len(splits))]}
-        ctx.log(f"{key} {name}: lr={best:g} test={mean_sd(test)}")
+    for n in LOSSES:
+        test = np.array([runs[(n, best[n], s)][1] for s in range(len(splits))])
+        out[n] = {"lr": best[n], "test": test, "curves": [runs[(n, best[n], s)][2] for s in range(len(splits))]}
+        ctx.log(f"{key} {n}: lr={best[n]:g} test={mean_sd(test)}")
     return out
 
 
@@ -254,11 +267,9 @@ def _run(ctx) -> None:
 
     from kexue.exact import mean_sd
     from kexue.nets import MLP, SmallCNN
-    from kexue.train import default_accelerator
 
     cfg = Config.quick() if ctx.quick else Config.full()
     t0 = time.perf_counter()
-    acc = default_accelerator()  # one for all runs: building one per run costs ~0.5 s of package probing
     _toy(ctx)
     mode = ("QUICK mode: " + f"{cfg.seeds} seeds, {cfg.tab_steps} steps for linear models, {cfg.mlp_steps} for the MLP, "
             "no CNN — numbers are indicative only." if ctx.quick else
@@ -279,18 +290,18 @@ def _run(ctx) -> None:
         splits, C, shape = _tabular_splits(name, cfg.seeds, ctx.seed)
         d = shape[1]
         res = compare(ctx, name, lambda d=d, C=C: torch.nn.Linear(d, C), splits, steps=cfg.tab_steps, batch_size=32,
-                      grid=cfg.tab_grid, n_select=1, accelerator=acc)
+                      grid=cfg.tab_grid, n_select=1, n_jobs=cfg.n_jobs)
         results[f"{name} (linear, n={shape[0]}, C={C})"] = res
     splits = _mnist_splits(ctx, cfg.seeds)
     mlp = compare(ctx, "mnist-mlp", lambda: MLP([784, 256, 10]), splits, steps=cfg.mlp_steps, batch_size=128,
                   grid=cfg.mlp_grid, n_select=1, eval_every=cfg.eval_every, curves=True, curve_n=CURVE_N,
-                  accelerator=acc)
+                  n_jobs=cfg.n_jobs)
     results["MNIST-5k → test (MLP 784-256-10)"] = mlp
     cnn = None
     if cfg.cnn:
         cnn = compare(ctx, "mnist-cnn", lambda: SmallCNN(10, 28, width=16, feat_dim=64), splits, steps=cfg.cnn_steps,
                       batch_size=64, grid=cfg.cnn_grid, n_select=1, eval_every=cfg.cnn_steps // 6, curves=True,
-                      curve_n=CURVE_N, accelerator=acc)
+                      curve_n=CURVE_N, n_jobs=cfg.n_jobs)
         results["MNIST-5k → test (SmallCNN width 16)"] = cnn
 
     rows = []
