@@ -86,7 +86,8 @@ def pair_distances(A: np.ndarray, B: np.ndarray, metric: str = "euclidean") -> n
     """Float64 distances between rows ``A[i]`` and ``B[i]`` (same shape, or B broadcast (m, c, d)),
     from the differences (no cancellation): Euclidean ``sqrt(Σ (a - b)²)``; cosine ``Σ (a - b)² / 2``
     for already normalised rows, which is ``1 - <a, b>`` and exactly 0 for identical rows."""
-    sq = np.sum((A - B) ** 2, axis=-1)
+    diff = A - B
+    sq = np.einsum("...k,...k->...", diff, diff)
     return np.sqrt(sq) if metric == "euclidean" else sq / 2.0
 
 
@@ -172,38 +173,44 @@ class _Candidates:
 
     def offer(self, D: np.ndarray, r0: int, c0: int, transposed: bool = False) -> None:
         """Offer block ``D`` (rows r0.., columns c0..; with ``transposed`` the block's columns are
-        the queries and its rows the index points)."""
-        nr = D.shape[1] if transposed else D.shape[0]
+        the queries and its rows the index points). Only entries under a query's threshold are
+        gathered: one vectorised comparison and a flat nonzero, far cheaper than a selection."""
+        ax = 0 if transposed else 1
+        nr, width = D.shape[1 - ax], D.shape[ax]
         tau = self.tau[r0:r0 + nr]
-        width = D.shape[0] if transposed else D.shape[1]
-        if np.isinf(tau).all() and width > self.m:  # first visit: plain selection, no threshold yet
-            B = D.T if transposed else D
-            sel = np.argpartition(B, self.m - 1, axis=1)[:, :self.m]
-            rows = np.repeat(np.arange(nr), self.m)
-            cols, vals = sel.ravel(), np.take_along_axis(B, sel, 1).ravel()
-        elif transposed:
-            cols, rows = np.nonzero(D < tau[None, :])
-            vals = D[cols, rows]
-        else:
-            rows, cols = np.nonzero(D < tau[:, None])
-            vals = D[rows, cols]
-        if len(rows):
-            self._merge(rows + r0, cols + c0, vals)
+        below = np.less
+        if np.isinf(tau).all() and width > self.m:
+            # first visit: a provisional threshold, the m-th smallest of the first w entries, which
+            # is >= the block's m-th smallest, so at least m entries per query pass (≤, for ties)
+            w = min(width, max(4 * self.m, 1024))
+            head = D[:w] if transposed else D[:, :w]
+            tau = np.partition(head, self.m - 1, axis=ax).take(self.m - 1, axis=ax)
+            below = np.less_equal
+        flat = np.flatnonzero(below(D, tau[None, :] if transposed else tau[:, None]))
+        if len(flat):
+            i, j = np.divmod(flat, D.shape[1])
+            rows, cols = (j, i) if transposed else (i, j)
+            self._merge(rows + r0, cols + c0, D.ravel()[flat])
 
     def _merge(self, rows, cols, vals):
-        hit = np.unique(rows)
-        m = self.m
-        allr = np.concatenate([np.repeat(hit, m), rows])
-        allv = np.concatenate([self.val[hit].ravel(), vals])
-        alli = np.concatenate([self.ind[hit].ravel(), cols])
-        o = np.lexsort((allv, allr))
-        allr, allv, alli = allr[o], allv[o], alli[o]
-        start = np.searchsorted(allr, hit)
-        rank = np.arange(len(allr)) - np.repeat(start, np.diff(np.r_[start, len(allr)]))
-        keep = rank < m
-        self.val[allr[keep], rank[keep]] = allv[keep]
-        self.ind[allr[keep], rank[keep]] = alli[keep]
-        self.tau[hit] = self.val[hit, m - 1]
+        """Merge entries into the buffers: one dense (hit rows × (m + most new)) array per call
+        and a row-wise partial selection — no sort of all entries."""
+        if len(rows) > 1 and (np.diff(rows) < 0).any():
+            o = np.argsort(rows, kind="stable")
+            rows, cols, vals = rows[o], cols[o], vals[o]
+        start = np.r_[0, np.flatnonzero(np.diff(rows)) + 1]
+        counts = np.diff(np.r_[start, len(rows)])
+        hit, m = rows[start], self.m
+        V = np.full((len(hit), m + counts.max()), np.inf, np.float32)
+        I = np.full(V.shape, -1, np.int64)
+        V[:, :m], I[:, :m] = self.val[hit], self.ind[hit]
+        slot = np.repeat(np.arange(len(hit)), counts)
+        pos = m + np.arange(len(rows)) - np.repeat(start, counts)
+        V[slot, pos], I[slot, pos] = vals, cols
+        sel = np.argpartition(V, m - 1, axis=1)[:, :m]
+        self.val[hit] = np.take_along_axis(V, sel, 1)
+        self.ind[hit] = np.take_along_axis(I, sel, 1)
+        self.tau[hit] = self.val[hit].max(1)
 
 
 def _screen(P: _Prepared, same: bool, self_ids, m: int, block: int, tracker: Tracker) -> _Candidates:
@@ -223,17 +230,23 @@ def _screen(P: _Prepared, same: bool, self_ids, m: int, block: int, tracker: Tra
 
 
 def _rescore(P: _Prepared, cand: _Candidates, k: int, metric: str, self_ids, n_valid: int):
-    """Float64 distances of the candidates; rows with a near-tie at the k-th place in float32 redone in full."""
-    nq, m, d = len(P.Q64), cand.m, P.X64.shape[1]
-    exact = np.empty((nq, m))
-    step = max(1, (4 << 20) // (m * d))  # ≤ 32 MB of gathered float64 rows at a time
-    for s in range(0, nq, step):
-        exact[s:s + step] = pair_distances(P.Q64[s:s + step, None, :], P.X64[cand.ind[s:s + step]], metric)
-    dist, ind = order_rows(exact, cand.ind, k, metric)
-    if m >= n_valid:
-        return dist, ind
-    srt = np.sort(cand.val, axis=1)
-    bad = np.flatnonzero(srt[:, -1] - srt[:, k - 1] <= P.tol(m))
+    """Float64 distances of the candidates that can still reach the k first places (screened
+    value within the error bound of the k-th); rows where a candidate outside the buffer could,
+    i.e. a near-tie at the k-th place in float32, are redone in full."""
+    m, d = cand.m, P.X64.shape[1]
+    o = np.argsort(cand.val, axis=1)
+    sv, si = np.take_along_axis(cand.val, o, 1), np.take_along_axis(cand.ind, o, 1)
+    tol = P.tol(m)
+    bad = np.flatnonzero(sv[:, -1] - sv[:, k - 1] <= tol) if m < n_valid else np.empty(0, int)
+    need = (sv <= (sv[:, k - 1] + tol)[:, None]).sum(1)
+    need[bad] = k
+    c = int(max(k, need.max()))  # columns worth re-scoring (sorted screened order)
+    dist, ind = np.empty((len(sv), k)), np.empty((len(sv), k), np.int64)
+    step = max(1, (4 << 20) // (c * d))  # ≤ 32 MB of gathered float64 rows at a time
+    for s in range(0, len(sv), step):
+        ids = si[s:s + step, :c]
+        exact = pair_distances(P.Q64[s:s + step, None, :], P.X64[ids], metric)
+        dist[s:s + step], ind[s:s + step] = order_rows(exact, ids, k, metric)
     for r in bad:  # rare: a near-tie at the k-th place: the whole row in float64
         dist[r], ind[r] = _full_row(P, r, k, metric, -1 if self_ids is None else self_ids[r])
     return dist, ind
