@@ -62,21 +62,23 @@ class LogLikelihood:
         return -self.log_q
 
 
-def _l2_bytes() -> int:
+def _cache_bytes(level: int, default: int) -> int:
     try:
-        text = open("/sys/devices/system/cpu/cpu0/cache/index2/size").read().strip()
+        text = open(f"/sys/devices/system/cpu/cpu0/cache/index{level}/size").read().strip()
         return int(text[:-1]) * {"K": 1024, "M": 1024 ** 2}[text[-1]] if text[-1] in "KM" else int(text)
     except (OSError, ValueError, KeyError, IndexError):
-        return 512 * 1024
+        return default
 
 
 def chunk_rows(model) -> int:
-    """Decoder rows evaluated at once: as many as keep one chunk's activations (output logits
-    plus two hidden layers, float32) within twice the per-core L2 cache — so the passes over
-    the chunk after the matrix product read cached data — and at least 128 for an efficient
-    matrix product."""
+    """Decoder rows evaluated at once, sized to the cache: one chunk's activations (output logits
+    plus two hidden layers, float32) take an eighth of the last-level cache (L3, read from
+    /sys; 32 MiB → ~900 rows for the MNIST model), so the passes that follow the matrix product
+    read cached data, while the product itself is large enough to run at full speed (measured:
+    docs/vae.md). Between 128 and 4096 rows."""
     width = max(model.config.hidden or (model.latent_dim,))
-    return int(min(4096, max(128, 2 * _l2_bytes() // (4 * (model.in_dim + 2 * width)))))
+    llc = _cache_bytes(3, 0) or 4 * _cache_bytes(2, 512 * 1024)
+    return int(min(4096, max(128, llc // 8 // (4 * (model.in_dim + 2 * width)))))
 
 
 def _fast_ok(model) -> bool:
