@@ -63,7 +63,7 @@ def main():
         print(f"   {name:12s} ours {t['ours'] / n * 1e6:8.1f} µs/step   diffusers {t['diffusers'] / n * 1e6:8.1f} µs/step"
               f"   ratio {t['ours'] / t['diffusers']:.2f}")
     print("2) end to end with the same U-Net (kexue UNet base 16, levels 1,2,2), 64 images")
-    for steps, reps in ((20, 7), (50, 3)):
+    for steps, reps in ((20, 9), (50, 5)):
         t = interleaved({"ours": ours(DDIMSampler(sched, steps, 0.0), unet),
                          "diffusers": theirs(ref_ddim, steps, unet, eta=0.0)}, repeats=reps)
         print("   " + ratio_line(f"DDIM-{steps} η=0", t["ours"], t["diffusers"], "diffusers"))
