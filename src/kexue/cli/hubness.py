@@ -19,13 +19,13 @@ def hubness_cmd(
     backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (hnswlib), ivf (FAISS) or faiss."),
     recall: float = typer.Option(0.95, "--recall", callback=unit_float, help="Recall target of an approximate backend (its search parameter is chosen for it)."),
     reduce: Optional[str] = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, centering."),
-    candidates: int = typer.Option(100, "--candidates", help="Primary candidates re-ranked by --reduce (>= -k)."),
+    candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k)."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
     nk_out: Optional[Path] = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
     graph_out: Optional[Path] = typer.Option(None, "--graph-out", help="Write the (reduced) neighbour graph to this .npz: indices, distances."),
     key: Optional[str] = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
-    seed: int = typer.Option(0, "--seed", help="Seed for approximate backends and MP's reference sample."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and MP's reference sample."),
     threads: Optional[int] = threads_option(),
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
