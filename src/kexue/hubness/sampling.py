@@ -9,7 +9,7 @@ import numpy as np
 
 from kexue.hubness.knn import k_occurrence
 from kexue import validate
-from kexue.utils import KexueError
+from kexue.utils import KexueError, Tracker, tracker_or_null
 
 
 @dataclass
@@ -24,14 +24,15 @@ class HubSample:
 
 
 def hub_sample(n: int, dim: int, k: int = 5, t: int = 50, pool: int = 10000, space: Callable | None = None,
-               seed: int = 0, max_pools: int = 100, metric: str = "euclidean", backend: str = "exact") -> HubSample:
+               seed: int = 0, max_pools: int = 100, metric: str = "euclidean", backend: str = "exact",
+               tracker: Tracker | None = None) -> HubSample:
     """Hubness-prior latent sampling (SPEC 8.3, Liang et al. 2022).
 
     Repeatedly draw ``pool`` latents ``z ~ N(0, I_dim)``, compute N_k (``k`` nearest neighbours,
     self excluded) among them — in ``space(z)`` if a mapping is given (e.g. a generator's
     intermediate space), else in the latent space — and keep the latents with ``N_k >= t``,
     until ``n`` are accepted. Pools are independent, so the accepted set is a sample of the
-    hub-prior distribution. ``acceptance_rate`` = accepted / drawn.
+    hub-prior distribution. ``acceptance_rate`` = accepted / drawn. ``tracker`` reports the pools.
     """
     for name, v in (("n", n), ("dim", dim), ("k", k), ("pool", pool), ("max_pools", max_pools)):
         validate.integer(v, name, 1)
@@ -39,7 +40,7 @@ def hub_sample(n: int, dim: int, k: int = 5, t: int = 50, pool: int = 10000, spa
         raise KexueError(f"k={k} must be smaller than pool={pool}")
     rng = np.random.default_rng(seed)
     got, nks, drawn = [], [], 0
-    for p in range(max_pools):
+    for p in tracker_or_null(tracker).track(range(max_pools), "hub-prior pools"):
         z = rng.standard_normal((pool, dim))
         feats = z if space is None else np.asarray(space(z))
         if feats.ndim != 2 or len(feats) != pool:
