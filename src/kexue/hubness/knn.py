@@ -240,11 +240,10 @@ def _rescore(P: _Prepared, cand: _Candidates, k: int, metric: str, self_ids, n_v
     bad = np.flatnonzero(sv[:, -1] - sv[:, k - 1] <= tol) if m < n_valid else np.empty(0, int)
     need = (sv <= (sv[:, k - 1] + tol)[:, None]).sum(1)
     need[bad] = k
-    c = int(max(k, need.max()))  # columns worth re-scoring (sorted screened order)
     dist, ind = np.empty((len(sv), k)), np.empty((len(sv), k), np.int64)
-    step = max(1, (4 << 20) // (c * d))  # ≤ 32 MB of gathered float64 rows at a time
+    step = max(1, (4 << 20) // (m * d))  # ≤ 32 MB of gathered float64 rows at a time
     for s in range(0, len(sv), step):
-        ids = si[s:s + step, :c]
+        ids = si[s:s + step, :int(need[s:s + step].max())]  # the columns worth re-scoring
         exact = pair_distances(P.Q64[s:s + step, None, :], P.X64[ids], metric)
         dist[s:s + step], ind[s:s + step] = order_rows(exact, ids, k, metric)
     for r in bad:  # rare: a near-tie at the k-th place: the whole row in float64
