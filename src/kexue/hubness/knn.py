@@ -43,7 +43,7 @@ TIE_RTOL = 1e-12
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit round-off of float32
 
 
-@dataclass
+@dataclass(eq=False)
 class KNNGraph:
     """A kNN graph: ``dist``, ``ind`` (n_queries, k), sorted by (near-tie group, index).
 
