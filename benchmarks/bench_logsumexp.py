@@ -1,46 +1,50 @@
 """logsumexp on 10^7 float64 values (a 10^4 × 10^3 array), along axis 0 and axis 1:
-kexue (NumPy and torch paths) vs scipy.special.logsumexp vs torch.logsumexp, in one run.
+kexue's NumPy path vs scipy.special.logsumexp, and kexue's torch path vs torch.logsumexp,
+timed interleaved (A B A B …, medians) in one process, with the load average before and after.
 
-Prints the best of R repeats for each and the ratios ours / reference. Run:
-    .venv/bin/python benchmarks/bench_logsumexp.py
+Run (under the CPU lock on a shared machine):
+    .venv/bin/python benchmarks/bench_logsumexp.py [--repeats 7] [--threads 1]
 """
 
 from __future__ import annotations
 
-import time
+import argparse
 
 import numpy as np
 import torch
 from scipy.special import logsumexp as scipy_lse
 
+from _bench import interleaved, load, ratio_line
 from kexue.logsumexp import logsumexp as ours
-
-R = 5
-
-
-def best(f) -> float:
-    f()  # warm up
-    ts = []
-    for _ in range(R):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (NumPy's ufuncs use one)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
     x = np.random.default_rng(0).standard_normal((10_000, 1_000)) * 30
     xt = torch.from_numpy(x)
-    print(f"array {x.shape} float64, torch threads {torch.get_num_threads()}, best of {R}")
-    print(f"{'axis':>4} {'kexue/np':>10} {'scipy':>10} {'kexue/torch':>12} {'torch':>10} {'np/scipy':>9} {'torch/torch':>11}")
+    print(f"array {x.shape} float64, torch threads {torch.get_num_threads()}, medians of {a.repeats} interleaved runs")
+    print(f"before: {load()}")
     for axis in (0, 1):
-        t_ours = best(lambda: ours(x, axis=axis))
-        t_scipy = best(lambda: scipy_lse(x, axis=axis))
-        t_ours_t = best(lambda: ours(xt, dim=axis))
-        t_torch = best(lambda: torch.logsumexp(xt, dim=axis))
-        np.testing.assert_allclose(ours(x, axis=axis), scipy_lse(x, axis=axis), rtol=1e-12)
-        print(f"{axis:>4} {t_ours * 1e3:>8.1f}ms {t_scipy * 1e3:>8.1f}ms {t_ours_t * 1e3:>10.1f}ms {t_torch * 1e3:>8.1f}ms "
-              f"{t_ours / t_scipy:>8.2f}x {t_ours_t / t_torch:>10.2f}x")
+        t = interleaved({"kexue/np": lambda: ours(x, axis=axis), "scipy": lambda: scipy_lse(x, axis=axis),
+                         "kexue/torch": lambda: ours(xt, dim=axis), "torch": lambda: torch.logsumexp(xt, dim=axis)},
+                        repeats=a.repeats)
+        np.testing.assert_allclose(ours(x, axis=axis), scipy_lse(x, axis=axis), rtol=1e-13)
+        torch.testing.assert_close(ours(xt, dim=axis), torch.logsumexp(xt, dim=axis), rtol=1e-13, atol=0)
+        print(ratio_line(f"axis {axis}, NumPy path", t["kexue/np"], t["scipy"], "scipy"))
+        print(ratio_line(f"axis {axis}, torch path", t["kexue/torch"], t["torch"], "torch"))
+    # the case the torch path recomputes: |lse| small against log Σ e^(x−m) (rows shifted to lse ≈ 0)
+    xs = x - scipy_lse(x, axis=1, keepdims=True)
+    xst = torch.from_numpy(xs)
+    t = interleaved({"kexue/np": lambda: ours(xs, axis=1), "scipy": lambda: scipy_lse(xs, axis=1),
+                     "kexue/torch": lambda: ours(xst, dim=1), "torch": lambda: torch.logsumexp(xst, dim=1)},
+                    repeats=a.repeats)
+    print(ratio_line("axis 1, lse ≈ 0 rows, NumPy path", t["kexue/np"], t["scipy"], "scipy"))
+    print(ratio_line("axis 1, lse ≈ 0 rows, torch path", t["kexue/torch"], t["torch"], "torch"))
+    print(f"after: {load()}")
 
 
 if __name__ == "__main__":

@@ -327,3 +327,99 @@ def test_renyi_entropy_is_accurate_near_t1_and_for_tiny_p():
     q = np.array([1 - 2e-300, 1e-300, 1e-300])  # p^t underflows for t = 10
     assert K.renyi_entropy(q, 10.0) == pytest.approx(0.0, abs=1e-12)
     assert np.isclose(K.renyi_entropy(np.full(8, 1 / 8), 2.0), np.log(8), rtol=1e-15)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast paths, pinned to the reference (split) paths. A weight vector of ones takes the
+# weighted code, which is the reference; no weights take the fast path.
+
+
+def test_small_terms_are_exact_on_both_paths():
+    ref = math.log1p(math.exp(-40.0))  # 4.248e-18
+    for dtype, rel in ((np.float64, 1e-15), (np.float32, 1e-6)):
+        assert float(K.logsumexp(np.array([0.0, -40.0], dtype=dtype))) == pytest.approx(ref, rel=rel)
+        t = torch.tensor([[0.0, -40.0], [5.0, 1.0]], dtype=getattr(torch, np.dtype(dtype).name))
+        out = K.logsumexp(t, dim=1)
+        assert float(out[0]) == pytest.approx(ref, rel=rel)
+        assert float(out[1]) == pytest.approx(5 + math.log1p(math.exp(-4.0)), rel=rel)
+
+
+def _arrays():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((700, 130)) * 30
+    x[x < -60] = -np.inf  # scattered -inf
+    x[:, 3] = -np.inf  # an all -inf column
+    x[5] = -np.inf  # an all -inf row
+    x[:, 7] = 2.5  # ties at the max of column 7
+    x[9, :4] = 200.0  # ties at the max of row 9
+    y = rng.standard_normal((40, 30, 20)).astype(np.float32) * 10
+    return [x, np.asfortranarray(x), x[::3, 1::2], y, rng.standard_normal(5000) - 8.0]
+
+
+@pytest.mark.parametrize("block", [1 << 15, 97])  # 97: many blocks, so the online merge runs a lot
+def test_numpy_fast_path_matches_the_reference(monkeypatch, block):
+    monkeypatch.setattr(K, "BLOCK", block)
+    for x in _arrays():
+        for axis in [None] + list(range(x.ndim)) + ([(0, 2), (1, 2)] if x.ndim == 3 else []):
+            fast = K.logsumexp(x, axis=axis, return_sign=True)
+            ref = K.logsumexp(x, axis=axis, b=np.ones_like(x), return_sign=True)
+            u = np.finfo(x.dtype).eps
+            np.testing.assert_array_equal(fast[1], ref[1])
+            np.testing.assert_array_equal(np.isfinite(fast[0]), np.isfinite(ref[0]))
+            np.testing.assert_allclose(fast[0], ref[0], rtol=8 * u, atol=8 * u)
+            assert np.asarray(fast[0]).dtype == np.asarray(ref[0]).dtype
+
+
+def test_numpy_fast_path_is_bit_identical_when_rows_fit_a_block():
+    x = _arrays()[0]
+    np.testing.assert_array_equal(K.logsumexp(x, axis=1), K.logsumexp(x, axis=1, b=np.ones_like(x)))
+
+
+def test_numpy_fast_path_keeps_nonfinite_semantics():
+    x = np.random.default_rng(1).standard_normal((6, 5))
+    x[1, 2], x[2, 0], x[3, :] = np.inf, np.nan, -np.inf
+    np.testing.assert_array_equal(K.logsumexp(x, axis=1), scipy_lse(x, axis=1))
+    out = K.logsumexp(x, axis=0)
+    assert np.isnan(out[0]) and out[2] == np.inf and np.isfinite(out[[1, 3, 4]]).all()
+
+
+def test_numpy_fast_path_has_no_input_sized_temporaries():
+    import tracemalloc
+
+    x = np.random.default_rng(2).standard_normal((2000, 500))  # 8 MB
+    for axis in (0, 1, None):
+        K.logsumexp(x[:10], axis=axis)  # warm-up: imports and caches are not the point
+        tracemalloc.start()
+        K.logsumexp(x, axis=axis)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < x.nbytes / 8, (axis, peak)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_torch_fast_path_matches_the_split(dtype):
+    torch.manual_seed(0)
+    # rows chosen so that |lse| is small (recomputed) or large (torch's kernel kept)
+    x = torch.randn(64, 50, dtype=dtype) * 3
+    x[::2] -= torch.logsumexp(x[::2], dim=1, keepdim=True)  # lse ≈ 0: the recomputed rows
+    x[1, 0], x[3, :] = 0.0, -torch.inf
+    fast = K.logsumexp(x, dim=1)
+    ref = K.logsumexp(x, dim=1, b=torch.ones_like(x))
+    u = torch.finfo(dtype).eps
+    torch.testing.assert_close(fast, ref, rtol=64 * u, atol=0.0)
+    assert fast[3] == -torch.inf
+    # gradients through both branches are the softmax
+    xr = x[:8].clone().requires_grad_()
+    K.logsumexp(xr, dim=1).sum().backward()
+    torch.testing.assert_close(xr.grad[[0, 1, 2]], torch.softmax(x[[0, 1, 2]], 1), rtol=16 * u, atol=16 * u)
+
+
+def test_complex_input_is_a_type_error_on_both_paths():
+    from kexue.utils import KexueTypeError
+
+    with pytest.raises(KexueTypeError, match="real input"):
+        K.logsumexp(torch.tensor([1 + 2j, 0j]))
+    with pytest.raises(KexueTypeError, match="real input"):
+        K.logsumexp(torch.ones(2), b=torch.tensor([1 + 0j, 1j]))
+    with pytest.raises(KexueTypeError, match="real input"):
+        K.logsumexp(np.array([1 + 2j]))

@@ -24,9 +24,12 @@ They accept NumPy arrays (torch tensors are converted).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+
+from kexue.utils import KexueError, KexueTypeError
 
 __all__ = [
     "logsumexp", "smooth_max", "smooth_min", "renyi_entropy",
@@ -50,10 +53,10 @@ def _axes(axis, ndim: int) -> tuple[int, ...]:
     out = []
     for ax in axes:
         if not -ndim <= ax < ndim:
-            raise ValueError(f"axis {ax} is out of bounds for an array of dimension {ndim}")
+            raise KexueError(f"axis {ax} is out of bounds for an array of dimension {ndim}")
         out.append(int(ax) % ndim)
     if len(set(out)) != len(out):
-        raise ValueError("repeated axis")
+        raise KexueError(f"repeated axis in {axis}; give each axis once")
     return tuple(sorted(out))
 
 
@@ -69,7 +72,7 @@ def logsumexp(a, axis=None, b=None, keepdims: bool = False, return_sign: bool = 
     """
     if dim is not None:
         if axis is not None:
-            raise TypeError("give axis or dim, not both")
+            raise KexueTypeError("give axis or dim, not both")
         axis = dim
     if _is_torch(a) or _is_torch(b):
         return _lse_torch(a, axis, b, keepdims, return_sign)
@@ -80,7 +83,7 @@ def _lse_numpy(a, axis, b, keepdims, return_sign):
     a = np.asarray(a)
     dtype = np.result_type(a, np.float16) if b is None else np.result_type(a, np.asarray(b), np.float16)
     if not np.issubdtype(dtype, np.floating):
-        raise TypeError(f"logsumexp needs real input, got {dtype}")
+        raise KexueTypeError(f"logsumexp needs real input, got {dtype}; pass the real part or abs()")
     if np.issubdtype(a.dtype, np.integer) or (b is not None and np.issubdtype(np.asarray(b).dtype, np.integer)):
         dtype = np.result_type(dtype, np.float64)  # integers promote to float64, as in scipy
     a = np.atleast_1d(a.astype(dtype, copy=False))
@@ -94,13 +97,62 @@ def _lse_numpy(a, axis, b, keepdims, return_sign):
             out = np.full(shape, -np.inf, dtype=dtype)
             sign = np.zeros(shape, dtype=dtype)
         else:
-            out, sign = _lse_core_numpy(a, b, axes)
+            fast = _lse_fast_numpy(a, axes) if b is None and a.dtype in (np.float32, np.float64) else None
+            out, sign = fast if fast is not None else _lse_core_numpy(a, b, axes)
         if not keepdims:
             out, sign = np.squeeze(out, axis=axes), np.squeeze(sign, axis=axes)
         if not return_sign:
             out = np.where(sign < 0, np.nan, out)
     out, sign = out[()], sign[()]
     return (out, sign) if return_sign else out
+
+
+BLOCK = 1 << 15  # elements per block of the NumPy fast path: the block's temporaries stay in L2 cache
+
+
+def _lse_fast_numpy(a: np.ndarray, axes: tuple[int, ...]):
+    """The unweighted reduction in cache-sized blocks along the outermost axis, with the same
+    split as :func:`_lse_core_numpy` (m + log c + log1p(R/c), c = #max terms, R = the rest).
+
+    One pass over memory: each block's max, shifted exp (in place, in a block buffer) and sums are
+    taken while the block is in cache. When the outermost axis is reduced too, blocks are merged
+    online — (M, c, R) of the running max is rescaled by exp(M_old − M_new) when a larger max
+    arrives. Returns None (the caller uses the reference core) if a block has +inf or NaN, whose
+    IEEE semantics the reference handles."""
+    if a.ndim and not a.flags.c_contiguous and a.flags.f_contiguous:
+        out = _lse_fast_numpy(a.T, tuple(sorted(a.ndim - 1 - ax for ax in axes)))
+        return None if out is None else (out[0].T, out[1].T)
+    merge = 0 in axes
+    step = max(1, BLOCK // max(1, a[0].size))
+    kshape = tuple(1 if i in axes else s for i, s in enumerate(a.shape))
+    M = np.full(kshape, -np.inf, dtype=a.dtype)
+    C = np.zeros(kshape, dtype=a.dtype)
+    R = np.zeros(kshape, dtype=a.dtype)
+    buf = np.empty((min(step, a.shape[0]),) + a.shape[1:], dtype=a.dtype)
+    for s in range(0, a.shape[0], step):
+        blk = a[s:s + step]
+        d = buf[:len(blk)]
+        m = np.max(blk, axis=axes, keepdims=True)
+        if np.isnan(m).any() or (m == np.inf).any():
+            return None
+        np.subtract(blk, np.where(m == -np.inf, 0, m), out=d)
+        below = d < 0  # the rest; entries at the max are exactly 0 here (and -inf stays below)
+        np.exp(d, out=d)
+        np.multiply(d, below, out=d)
+        r = np.sum(d, axis=axes, keepdims=True)
+        c = math.prod(blk.shape[i] for i in axes) - np.sum(below, axis=axes, keepdims=True, dtype=a.dtype)
+        c = np.where(m == -np.inf, 0, c)  # an all -inf block has no max terms: it adds nothing
+        if not merge:
+            M[s:s + step], C[s:s + step], R[s:s + step] = m, c, r
+            continue
+        up, same = m > M, m == M
+        scale = np.exp(np.where(up, M - m, m - M), where=np.isfinite(M) & np.isfinite(m), out=np.zeros_like(M))
+        R[...] = np.where(up, r + (R + C) * scale, np.where(same, R + r, R + (r + c) * scale))
+        C[...] = np.where(up, c, np.where(same, C + c, C))
+        M[...] = np.maximum(M, m)
+    top = np.where(C > 0, C, 1)
+    out = np.where(C > 0, np.log1p(R / top) + np.log(top) + M, -np.inf)
+    return out, np.where(C > 0, 1, 0).astype(a.dtype)
 
 
 def _lse_core_numpy(a, b, axes):
@@ -130,6 +182,8 @@ def _lse_torch(a, axis, b, keepdims, return_sign):
     a = torch.as_tensor(a)
     if b is not None:
         b = torch.as_tensor(b, device=a.device)
+    if a.is_complex() or (b is not None and b.is_complex()):
+        raise KexueTypeError("logsumexp needs real input, got a complex tensor; pass its real part or abs()")
     if not a.is_floating_point():
         a = a.to(torch.get_default_dtype() if b is None or not b.is_floating_point() else b.dtype)
     if b is not None:
@@ -142,35 +196,60 @@ def _lse_torch(a, axis, b, keepdims, return_sign):
         out = torch.full(shape, -torch.inf, dtype=a.dtype, device=a.device)
         sign = torch.zeros_like(out)
     elif b is None and not return_sign:
-        # unweighted, unsigned: torch's fused kernel (max shift, same ±inf/NaN semantics) is
-        # ~4x faster than the split below and differs from it by a few ulps at most
-        return torch.logsumexp(a, dim=axes, keepdim=keepdims)
+        return _lse_fast_torch(a, axes, keepdims)
     else:
-        if b is not None:
-            a = torch.where(b == 0, torch.full_like(a, -torch.inf), a)
-        w = torch.ones_like(a) if b is None else b
-        m = torch.amax(a, dim=axes, keepdim=True).detach()
-        # the shift carries no gradient of its own: the derivative of lse is the softmax either way
-        shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        e = w * torch.exp(a - shift)
-        at_max = a.detach() == m
-        zero = torch.zeros_like(e)
-        top = torch.where(at_max, e, zero).sum(dim=axes, keepdim=True)
-        rest = torch.where(at_max, zero, e).sum(dim=axes, keepdim=True)
-        split = torch.isfinite(m) & (top.detach() != 0)
-        one = torch.ones_like(top)
-        safe_top = torch.where(split, top, one)  # keeps NaN out of the unused branch's gradient
-        ratio = rest / safe_top
-        folded = torch.where(ratio < -1, -ratio - 2, ratio)
-        out_split = torch.log1p(torch.where(split, folded, torch.zeros_like(folded))) + torch.log(torch.abs(safe_top))
-        total = torch.where(split, one, top + rest)
-        out = torch.where(split, out_split, torch.log(torch.abs(total))) + shift
-        sign = torch.where(split, torch.sign(ratio + 1) * torch.sign(safe_top), torch.sign(total))
-        sign = torch.where(torch.isnan(out), out, sign)  # torch.sign(nan) is 0; NumPy and scipy say nan
+        out, sign = _lse_split_torch(a, b, axes)
     if not keepdims:
         out, sign = out.squeeze(axes), sign.squeeze(axes)
     if not return_sign:
         return torch.where(sign < 0, torch.full_like(out, torch.nan), out)
+    return out, sign
+
+
+def _lse_fast_torch(a, axes, keepdims):
+    """torch's kernel, m + log Σ e^(x−m), with the outputs it cannot give to full relative accuracy
+    recomputed by the split. Its absolute error is ~ε·(log₂ n + log S) with S = Σ e^(x−m), so it is
+    accurate to a few ε relative unless |lse| < 1 + log S (e.g. lse([0, −40]) = 4.2e-18, where
+    torch returns 0); only then is the split path taken, and only its values are used."""
+    import torch
+
+    y = torch.logsumexp(a, dim=axes, keepdim=True)
+    yd = y.detach()
+    n = math.prod(a.shape[i] for i in axes)
+    maybe = torch.isfinite(yd) & (yd.abs() < 1 + math.log(n))  # log S <= log n: cheap pre-filter
+    if bool(maybe.any()):
+        m = torch.amax(a.detach(), dim=axes, keepdim=True)
+        need = maybe & (yd.abs() < 1 + (yd - m))
+        if bool(need.any()):
+            y = torch.where(need, _lse_split_torch(a, None, axes)[0], y)
+    return y if keepdims else y.squeeze(axes)
+
+
+def _lse_split_torch(a, b, axes):
+    """The torch twin of :func:`_lse_core_numpy`, differentiable: (out, sign) with keepdims."""
+    import torch
+
+    if b is not None:
+        a = torch.where(b == 0, torch.full_like(a, -torch.inf), a)
+    w = torch.ones_like(a) if b is None else b
+    m = torch.amax(a, dim=axes, keepdim=True).detach()
+    # the shift carries no gradient of its own: the derivative of lse is the softmax either way
+    shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = w * torch.exp(a - shift)
+    at_max = a.detach() == m
+    zero = torch.zeros_like(e)
+    top = torch.where(at_max, e, zero).sum(dim=axes, keepdim=True)
+    rest = torch.where(at_max, zero, e).sum(dim=axes, keepdim=True)
+    split = torch.isfinite(m) & (top.detach() != 0)
+    one = torch.ones_like(top)
+    safe_top = torch.where(split, top, one)  # keeps NaN out of the unused branch's gradient
+    ratio = rest / safe_top
+    folded = torch.where(ratio < -1, -ratio - 2, ratio)
+    out_split = torch.log1p(torch.where(split, folded, torch.zeros_like(folded))) + torch.log(torch.abs(safe_top))
+    total = torch.where(split, one, top + rest)
+    out = torch.where(split, out_split, torch.log(torch.abs(total))) + shift
+    sign = torch.where(split, torch.sign(ratio + 1) * torch.sign(safe_top), torch.sign(total))
+    sign = torch.where(torch.isnan(out), out, sign)  # torch.sign(nan) is 0; NumPy and scipy say nan
     return out, sign
 
 
@@ -184,7 +263,7 @@ def smooth_max(x, tau: float = 1.0, axis=-1, keepdims: bool = False):
     Computed as m + τ·lse((x - m)/τ) with m = max x, so a small τ never overflows.
     """
     if tau <= 0:
-        raise ValueError(f"temperature tau must be > 0, got {tau}")
+        raise KexueError(f"temperature tau must be > 0, got {tau}")
     if _is_torch(x):
         import torch
 
@@ -253,12 +332,12 @@ def renyi_entropy(p, t: float) -> np.ndarray:
     """
     p = _np(p)
     if np.any(p < 0):
-        raise ValueError("p must be non-negative")
+        raise KexueError("p must be non-negative")
     if t == 1:
         with np.errstate(divide="ignore", invalid="ignore"):
             return -np.sum(np.where(p > 0, p * np.log(p), 0.0), axis=-1)
     if t <= 0:
-        raise ValueError(f"order t must be > 0, got {t}")
+        raise KexueError(f"order t must be > 0, got {t}")
     with np.errstate(divide="ignore", invalid="ignore"):
         logp = np.where(p > 0, np.log(p), -np.inf)
         if abs(t - 1) >= 0.5:
@@ -272,9 +351,9 @@ def renyi_entropy(p, t: float) -> np.ndarray:
 
 def _check_simplex(p: np.ndarray, x: np.ndarray) -> None:
     if p.shape[-1] != x.shape[-1]:
-        raise ValueError(f"p has {p.shape[-1]} entries per row, x has {x.shape[-1]}")
+        raise KexueError(f"p has {p.shape[-1]} entries per row, x has {x.shape[-1]}")
     if np.any(p < 0) or not np.allclose(p.sum(-1), 1.0, rtol=0, atol=1e-9 * p.shape[-1]):
-        raise ValueError("p must lie on the probability simplex (p >= 0, sum 1)")
+        raise KexueError("p must lie on the probability simplex (p >= 0, sum 1)")
 
 
 def collision_lower_bound(x, p) -> np.ndarray:
@@ -285,7 +364,7 @@ def collision_lower_bound(x, p) -> np.ndarray:
 def holder_lower_bound(x, p, t: float) -> np.ndarray:
     """SPEC 4.5: Σ p_i x_i - log(Σ p_i^t)/(t - 1) ≤ lse(x) for t > 1 (Hölder)."""
     if t <= 1:
-        raise ValueError(f"Hölder's bound needs t > 1, got {t}; use entropy_lower_bound for t = 1")
+        raise KexueError(f"Hölder's bound needs t > 1, got {t}; use entropy_lower_bound for t = 1")
     x, p = _np(x), _np(p)
     _check_simplex(p, x)
     return _dot0(p, x) + renyi_entropy(p, t)
@@ -307,6 +386,6 @@ def lipschitz_bound(x, y) -> np.ndarray:
 def convexity_upper_bound(x, y, t: float) -> np.ndarray:
     """SPEC 4.8: t·lse(x) + (1 - t)·lse(y) ≥ lse(t x + (1 - t) y) for t ∈ [0, 1]."""
     if not 0 <= t <= 1:
-        raise ValueError(f"t must be in [0, 1], got {t}")
+        raise KexueError(f"t must be in [0, 1], got {t}")
     x, y = _np(x), _np(y)
     return t * logsumexp(x, axis=-1) + (1 - t) * logsumexp(y, axis=-1)
