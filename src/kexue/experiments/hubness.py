@@ -222,7 +222,7 @@ def part_retrieval(ctx):
         else:  # everything from the vectors: fit on the index, then search and re-rank the queries
             ind = H.make_reduction(name, metric="euclidean", n_candidates=100).fit(Xi).kneighbors(Q, 10)[1]
         sec = time.perf_counter() - t
-        acc = float((_vote(ind, yi, 10) == yq).mean())
+        acc = float((knn_vote(ind, yi, 10) == yq).mean())
         skew = H.skewness(H.occurrences(ind, ni))
         rows.append([name, sec, acc, skew, *kiez.get(name, ("–", "–", "–"))])
         ctx.metric(f"retrieval_{name}_skew", skew)
