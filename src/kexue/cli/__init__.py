@@ -89,7 +89,7 @@ def reproduce(
     quick: bool = typer.Option(False, "--quick", help="Small settings that finish in minutes (CI)."),
     all_: bool = typer.Option(False, "--all", help="Run every experiment (needed for full mode without names: hours)."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Report directory."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed on the same machine gives the same numbers."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed (>= 0); the same seed on the same machine gives the same numbers."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/ (default: $KEXUE_DATA or ../shared/data)."),
     publish: Optional[Path] = typer.Option(None, "--publish", help="Also publish the sections to DIR/results and rebuild DIR/RESULTS.md."),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
