@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kexue.experiments._exact_mnist import EXACT_SETTINGS, MnistConfig, report_mnist_cnn, run_mnist_cnn
 
 TITLE = "Training for accuracy: EXACT vs cross-entropy, hinge and smooth accuracy"
 SPEC = "6"
