@@ -55,13 +55,20 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
         D = D / 2.0 if metric == "cosine" else np.sqrt(D)
     I = I.astype(np.int64)
     if exclude_self:
-        own = I == np.arange(len(I))[:, None]
-        drop = np.where(own.any(1), own.argmax(1), kk - 1)
-        keep = np.ones(I.shape, dtype=bool)
-        keep[np.arange(len(I)), drop] = False
-        D, I = D[keep].reshape(len(I), k), I[keep].reshape(len(I), k)
+        D, I = _drop_own(D, I)
     order = np.argsort(D, axis=1, kind="stable")
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+
+def _drop_own(D: np.ndarray, I: np.ndarray):
+    """Remove row r's entry for id r wherever it ranks (a duplicate may tie with it); a row
+    without it loses its last entry, so every row keeps one entry fewer."""
+    own = I == np.arange(len(I))[:, None]
+    drop = np.where(own.any(1), own.argmax(1), I.shape[1] - 1)
+    keep = np.ones(I.shape, dtype=bool)
+    keep[np.arange(len(I)), drop] = False
+    c = I.shape[1] - 1
+    return D[keep].reshape(-1, c), I[keep].reshape(-1, c)
 
 
 def search(X: np.ndarray, Q: np.ndarray | None, k: int, metric: str, backend, backend_params, seed: int):
@@ -112,11 +119,7 @@ def graph_rows(G, what: str, drop_diagonal: bool):
             raise KexueError(f"a sparse X is read as a kNN graph; {what} must be square (n_index, n_index); got {G.shape}")
         if c < 2:
             raise KexueError(f"{what} needs at least 2 entries per row (the point itself and a neighbour)")
-        own = ind == np.arange(len(ind))[:, None]
-        drop = np.where(own.any(1), own.argmax(1), c - 1)
-        keep = np.ones(ind.shape, dtype=bool)
-        keep[np.arange(len(ind)), drop] = False
-        dist, ind = dist[keep].reshape(-1, c - 1), ind[keep].reshape(-1, c - 1)
+        dist, ind = _drop_own(dist, ind)
     return dist, ind
 
 
