@@ -231,15 +231,13 @@ def _lse_split_torch(a, b, axes):
 
     if b is not None:
         a = torch.where(b == 0, torch.full_like(a, -torch.inf), a)
-    w = torch.ones_like(a) if b is None else b
     m = torch.amax(a, dim=axes, keepdim=True).detach()
     # the shift carries no gradient of its own: the derivative of lse is the softmax either way
     shift = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    e = w * torch.exp(a - shift)
+    e = torch.exp(a - shift) if b is None else b * torch.exp(a - shift)  # no weights: no full-size ones
     at_max = a.detach() == m
-    zero = torch.zeros_like(e)
-    top = torch.where(at_max, e, zero).sum(dim=axes, keepdim=True)
-    rest = torch.where(at_max, zero, e).sum(dim=axes, keepdim=True)
+    top = torch.where(at_max, e, 0.0).sum(dim=axes, keepdim=True)
+    rest = torch.where(at_max, 0.0, e).sum(dim=axes, keepdim=True)
     split = torch.isfinite(m) & (top.detach() != 0)
     one = torch.ones_like(top)
     safe_top = torch.where(split, top, one)  # keeps NaN out of the unused branch's gradient
