@@ -147,6 +147,7 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     rows = validate.integer(rows, "rows", 1) if rows is not None else chunk_rows(model)
     batch = validate.integer(batch, "batch", 1) if batch is not None else max(1, min(n, rows // K))
     k_chunk = max(1, min(K, rows // batch))
+    k_chunk = -(-K // -(-K // k_chunk))  # equal chunks (K=1000 at 885 rows: 500 + 500, not 885 + 115)
     gen = torch.Generator().manual_seed(int(seed))
     weights = _bernoulli_weights if fast and _fast_ok(model) else (lambda m, xb, k, g: m.log_weights(xb, k, generator=g))
     out = np.empty((4, n))
