@@ -15,7 +15,9 @@ Numerics: with m = max x and the set M of positions attaining it,
 
 so the dominant term is exact and ``log1p`` keeps the small rest accurate (the rest is < n - 1
 relative to the max terms, so nothing overflows). ``smooth_max`` shifts *before* dividing by τ,
-so τ·lse(x/τ) is finite for |x| up to the float range and any τ > 0.
+so τ·lse(x/τ) is finite for |x| up to the float range and any τ > 0. Without weights, NumPy
+arrays take a blocked one-pass path and torch tensors torch's kernel with its inexact outputs
+recomputed (:func:`_lse_fast_numpy`, :func:`_lse_fast_torch`); both keep the formula above.
 
 The bound functions take the last axis as the vector axis (batched rows of logits) and return
 the bound's value, so that ``lower <= lse(x) <= upper`` can be checked or its gap measured.
