@@ -1,6 +1,6 @@
 """Benchmark: training steps/s of kexue.train on the IWAE paper's MNIST model vs a plain PyTorch loop.
 
-    .venv/bin/python benchmarks/bench_vae_train.py [--steps 200] [-M 1 5 50] [--threads 1]
+    .venv/bin/python benchmarks/bench_vae_train.py [--steps 60] [-M 1 5 50] [--threads 1]
 
 Same model (784–200–200–50 tanh, Bernoulli decoder), same loss (kexue.vae.iwae_loss with M
 samples), same optimiser (Adam, lr 1e-3), batches of 100 dynamically binarised images of the
@@ -30,7 +30,7 @@ from _bench import interleaved, load  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=200, help="training steps per timed run")
+    ap.add_argument("--steps", type=int, default=60, help="training steps per timed run")
     ap.add_argument("-M", type=int, nargs="+", default=[1, 5, 50], help="importance samples in the objective")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
