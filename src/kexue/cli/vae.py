@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from kexue.cli._common import check_input, check_output, positive_float, threads_option, use_threads
+from kexue.cli._common import check_input, check_output, int_list, positive_float, threads_option, use_threads
 
 vae_app = typer.Typer(help="VAE/IWAE density estimation (SPEC 1): train models, score data with log q(x), "
                            "sample images.", no_args_is_help=True)
@@ -17,18 +17,6 @@ DATASETS = ("mnist5k", "mnist")
 
 def register(app: typer.Typer) -> None:
     app.add_typer(vae_app, name="vae")
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    from kexue.utils import KexueError
-
-    try:
-        h = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        h = (0,)
-    if any(v < 1 for v in h):
-        raise KexueError(f"--hidden must be comma-separated positive integers such as 200,200, got {text!r}")
-    return h
 
 
 def _choice(value: str, options, flag: str) -> str:
@@ -68,7 +56,7 @@ def train_cmd(
     _choice(decoder, DECODERS, "--decoder")
     _choice(binarize, BINARIZE, "--binarize")
     _choice(schedule, SCHEDULES, "--schedule")
-    config = VAEConfig(latent_dim=latent, latent2_dim=latent2, hidden=_hidden(hidden), decoder=decoder)
+    config = VAEConfig(latent_dim=latent, latent2_dim=latent2, hidden=int_list(hidden, "--hidden", "200,200"), decoder=decoder)
     check_output(out, (".safetensors",), "--out")
     if ckpt is not None:
         check_output(ckpt, (".pt", ".ckpt"), "--ckpt")
