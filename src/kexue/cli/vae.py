@@ -19,14 +19,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(vae_app, name="vae")
 
 
-def _choice(value: str, options, flag: str) -> str:
-    from kexue.utils import KexueError
-
-    if value not in options:
-        raise KexueError(f"{flag} must be one of {', '.join(options)}, got {value!r}")
-    return value
-
-
 @vae_app.command("train")
 def train_cmd(
     data: str = typer.Argument("mnist5k", help="mnist5k (5,000 digits), mnist (the 60,000 training digits), "
@@ -50,12 +42,13 @@ def train_cmd(
 ):
     """Train a VAE (M=1) or IWAE (M>1) and save it as safetensors."""
     from kexue.utils import KexueError
+    from kexue.validate import choice
     from kexue.vae.fit import BINARIZE, SCHEDULES
     from kexue.vae.model import DECODERS, VAEConfig
 
-    _choice(decoder, DECODERS, "--decoder")
-    _choice(binarize, BINARIZE, "--binarize")
-    _choice(schedule, SCHEDULES, "--schedule")
+    choice(decoder, DECODERS, "--decoder")
+    choice(binarize, BINARIZE, "--binarize")
+    choice(schedule, SCHEDULES, "--schedule")
     config = VAEConfig(latent_dim=latent, latent2_dim=latent2, hidden=int_list(hidden, "--hidden", "200,200"), decoder=decoder)
     check_output(out, (".safetensors",), "--out")
     if ckpt is not None:
@@ -99,9 +92,10 @@ def score_cmd(
     from kexue.cli import RichTracker, out_console
     from kexue.io import read_matrix
     from kexue.utils import KexueError, atomic_path
+    from kexue.validate import choice
     from kexue.vae import VAE, log_likelihood, prepare
 
-    _choice(binarize, ("none", "stochastic", "threshold"), "--binarize")
+    choice(binarize, ("none", "stochastic", "threshold"), "--binarize")
     check_input(model_path, "MODEL")
     check_input(data, "DATA")
     check_output(out, (".npy",), "--out")
