@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from kexue import validate
-from kexue.exact.orthant import METHODS, check_tensor_finite, orthant_probability
+from kexue.exact.orthant import METHODS, check_tensor_finite, orthant_unchecked
 from kexue.utils import KexueError, KexueTypeError
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -164,7 +164,8 @@ class EXACTLoss(nn.Module):
         d = logit_deltas(logits, target)
         if self.margin is not None:
             d = d.clamp(max=self.margin)
-        return orthant_probability(d, self.current_sigma(), self.n_samples, method=self.method, truncate=self.truncate)
+        sigma = validate.positive(self.current_sigma(), "sigma")  # a schedule could return anything
+        return orthant_unchecked(d, sigma, self.n_samples, self.method, self.truncate)
 
     def expected_accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """p(y|x) per element under the loss's settings, shape of ``target`` (NaN where ignored)."""

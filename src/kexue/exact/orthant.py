@@ -274,6 +274,12 @@ def orthant_probability(d: torch.Tensor, sigma: float | torch.Tensor = 1.0, n_sa
             raise KexueError(f"sigma must be positive; got {sigma}")
     else:
         validate.positive(sigma, "sigma")
+    return orthant_unchecked(d, sigma, n_samples, method, truncate)
+
+
+def orthant_unchecked(d: torch.Tensor, sigma, n_samples: int, method: str, truncate: int | None) -> torch.Tensor:
+    """:func:`orthant_probability` without its input checks, for callers that validated already
+    (the losses check their settings once, at construction, and the logits on every call)."""
     if method == "quadrature":
         m = d / sigma
         if truncate is not None and truncate < m.shape[-1]:
