@@ -40,7 +40,7 @@ def train_cmd(
     batch_size: int = typer.Option(64, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr", callback=positive_float, help="Adam learning rate."),
     ema: float = typer.Option(0.995, "--ema", callback=unit_float, help="EMA decay in [0, 1) (0 disables; then raw weights are saved)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Training checkpoint (written every --ckpt-every steps)."),
     ckpt_every: int = typer.Option(200, "--ckpt-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from --ckpt if it exists (same settings and data)."),
@@ -87,7 +87,7 @@ def sample_cmd(
     out: Path = typer.Option(Path("grid.png"), "-o", "--out", help=".png image grid, or .npy array (n, side²) in [0, 1]."),
     x_T: Optional[Path] = typer.Option(None, "--x-T", help="Initial noise as .npy (n, 1, side, side); overrides -n."),
     clip: bool = typer.Option(True, "--clip/--no-clip", help="Clip x̂_0 to [-1, 1] at every step."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     threads: Optional[int] = threads_option(),
 ):
     """Draw samples with DDPM or DDIM and write an image grid (.png) or the array (.npy)."""
@@ -126,7 +126,7 @@ def nll_cmd(
     timesteps: Optional[int] = typer.Option(None, "--timesteps", min=1, help="Estimate the sum over t from this many stratified t per image (default: all T)."),
     variance: str = typer.Option("posterior", "--variance", help="σ_t² of the reverse steps: posterior or beta (SPEC 7.4)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the terms as JSON (- for stdout)."),
     threads: Optional[int] = threads_option(),
 ):
