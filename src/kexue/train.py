@@ -154,10 +154,60 @@ def _restore(st: dict, path, model, optimizer, ema) -> None:
 
 
 # ---------------------------------------------------------------- the loop
-@dataclass
-class _State:
-    losses: list
-    evals: list
+class _Run:
+    """One training run's moving parts: the prepared model and optimiser, the EMA, the loss and
+    evaluation history, and the checkpoint writer. ``train`` drives it step by step."""
+
+    def __init__(self, model, optimizer, ema, acc, ckpt, config, data_fp, evaluate_fn):
+        self.model, self.optimizer, self.ema, self.acc = model, optimizer, ema, acc
+        self.ckpt, self.config, self.data_fp, self.evaluate_fn = ckpt, config, data_fp, evaluate_fn
+        self.losses: list[float] = []
+        self.evals: list[dict] = []
+
+    def resume(self, steps: int) -> int:
+        """Load ``ckpt`` (checked against this run's config, data and steps); the step to start at."""
+        st = load_checkpoint(self.ckpt)
+        check_resume(st, self.config, self.data_fp, steps, self.ckpt)
+        _restore(st, self.ckpt, self.model, self.optimizer, self.ema)
+        self.losses, self.evals = list(st["losses"]), list(st.get("evals", []))
+        return int(st["step"])
+
+    def checkpoint(self, step: int) -> None:
+        if self.ckpt is None or not self.acc.is_main_process:
+            return
+        st = {"model": self.acc.unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+              "step": step, "losses": self.losses, "evals": self.evals, "config": self.config, "data": self.data_fp}
+        if self.ema is not None:
+            st["ema"] = self.ema.state_dict()
+        save_checkpoint(self.ckpt, st)
+
+    def evaluate(self, step: int) -> None:
+        """``evaluate_fn`` on the EMA weights if kept, else the model, in eval mode, once per step."""
+        if self.evaluate_fn is None or (self.evals and self.evals[-1].get("step") == step):
+            return
+        m = self.acc.unwrap_model(self.model)
+        was = m.training
+        m.eval()
+        with torch.no_grad():
+            out = dict(self.evaluate_fn(self.ema.module if self.ema is not None else m, step))
+        m.train(was)
+        self.evals.append({"step": step, **out})
+
+    def step(self, loss: torch.Tensor, grad_clip: float | None) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.acc.backward(loss)
+        if grad_clip is not None:
+            self.acc.clip_grad_norm_(self.model.parameters(), grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.acc.unwrap_model(self.model))
+
+
+def _set_lr(optimizer, base_lrs: list[float], schedule: Schedule | None, step: int) -> None:
+    if schedule is not None:
+        mult = schedule(step)
+        for g, base in zip(optimizer.param_groups, base_lrs):
+            g["lr"] = base * mult
 
 
 def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, steps: int, batch_size: int,
@@ -183,89 +233,48 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    if not data or any(len(t) != len(data[0]) for t in data):
-        raise KexueError("training data must be one or more tensors with the same number of rows")
-    n = len(data[0])
-    if n == 0:
-        raise KexueError("training data is empty")
+    if not data or any(len(t) != len(data[0]) for t in data) or len(data[0]) == 0:
+        raise KexueError("training data must be one or more non-empty tensors with the same number of rows")
     if on_nonfinite not in ("raise", "stop"):
         raise KexueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
-    acc = accelerator or default_accelerator()
+    n, acc = len(data[0]), accelerator or default_accelerator()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay)) if ema_decay else None
-    config = dict(config or {})
-    data_fp = fingerprint(data) if ckpt is not None else ""
-    start, state = 0, _State([], [])
-    if resume and ckpt is not None and Path(ckpt).exists():
-        st = load_checkpoint(ckpt)
-        check_resume(st, config, data_fp, steps, ckpt)
-        _restore(st, ckpt, model, optimizer, ema)
-        start, state = int(st["step"]), _State(list(st["losses"]), list(st.get("evals", [])))
-    model, optimizer = acc.prepare(model, optimizer)
+    run = _Run(model, optimizer, ema, acc, ckpt, dict(config or {}), fingerprint(data) if ckpt is not None else "",
+               evaluate_fn)
+    start = run.resume(steps) if resume and ckpt is not None and Path(ckpt).exists() else 0
+    run.model, run.optimizer = acc.prepare(model, optimizer)
     if ema is not None:
         ema.to(acc.device)
     data = [t.to(acc.device) for t in data]
-
-    def checkpoint(step):
-        if ckpt is None or not acc.is_main_process:
-            return
-        st = {"model": acc.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-              "step": step, "losses": state.losses, "evals": state.evals, "config": config, "data": data_fp}
-        if ema is not None:
-            st["ema"] = ema.state_dict()
-        save_checkpoint(ckpt, st)
-
-    def run_eval(step):
-        if evaluate_fn is None or (state.evals and state.evals[-1].get("step") == step):
-            return
-        m = acc.unwrap_model(model)
-        was = m.training
-        m.eval()
-        with torch.no_grad():
-            out = dict(evaluate_fn(ema.module if ema is not None else m, step))
-        m.train(was)
-        state.evals.append({"step": step, **out})
-
-    steps_iter = tracker_or_null(tracker).track(range(start, steps), description, total=steps - start)
     stopped = None
-    model.train()
-    for step in steps_iter:
-        if schedule is not None:
-            mult = schedule(step)
-            for g, base in zip(optimizer.param_groups, base_lrs):
-                g["lr"] = base * mult
+    run.model.train()
+    for step in tracker_or_null(tracker).track(range(start, steps), description, total=steps - start):
+        _set_lr(run.optimizer, base_lrs, schedule, step)
         idx = batch_indices(n, batch_size, step, seed, acc.process_index, acc.num_processes).to(acc.device)
         torch.manual_seed(_step_seed(seed, step) + acc.process_index)
-        loss = loss_fn(model, [t[idx] for t in data])
+        loss = loss_fn(run.model, [t[idx] for t in data])
         value = float(loss.detach())
         if not math.isfinite(value):
-            if on_nonfinite == "stop":
-                stopped = f"loss became {value} at step {step}"
-                steps = step
-                break
-            raise KexueError(f"loss became {value} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        if grad_clip is not None:
-            acc.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(acc.unwrap_model(model))
-        state.losses.append(value)
+            if on_nonfinite == "raise":
+                raise KexueError(f"loss became {value} at step {step}; lower the learning rate")
+            stopped, steps = f"loss became {value} at step {step}", step
+            break
+        run.step(loss, grad_clip)
+        run.losses.append(value)
         if on_step is not None:
             on_step(step, value)
         if eval_every and (step + 1) % eval_every == 0:
-            run_eval(step + 1)
+            run.evaluate(step + 1)
         if ckpt_every and (step + 1) % ckpt_every == 0:
-            checkpoint(step + 1)
+            run.checkpoint(step + 1)
     if stopped is None:
-        run_eval(steps)
-    if ckpt is not None and stopped is None:
-        checkpoint(steps)
-    model = acc.unwrap_model(model)
+        run.evaluate(steps)
+        run.checkpoint(steps)
+    model = acc.unwrap_model(run.model)
     model.eval()
-    return TrainResult(model, ema.module.eval() if ema is not None else None, state.losses, steps, state.evals, stopped)
+    return TrainResult(model, ema.module.eval() if ema is not None else None, run.losses, steps, run.evals, stopped)
 
 
 @torch.no_grad()
