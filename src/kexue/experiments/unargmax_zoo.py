@@ -131,6 +131,9 @@ def survey(ctx, *, download: bool, n_sub: int | None, keys=None, budget_s: float
                 f"{os.getloadavg()[0]:.1f}")
         res, peak = audit_model(ctx, model.key, layer, OVER_BUDGET_CLASSES if over else n_sub)
         rows.append(_row(model, layer, res, load_s, peak))
+        # each model's outcome goes to the log at once: a long survey that is stopped keeps a trace
+        ctx.log(f"{model.key}: {res.counts()} in {res.seconds:.0f} s (phases {rows[-1]['wall_seconds']}), peak "
+                f"{peak:.2f} GiB, load average {os.getloadavg()[0]:.1f}")
         del layer
     if skipped:
         ctx.text("Skipped (not in the cache and not fetched): " + "; ".join(skipped))
