@@ -85,7 +85,7 @@ def search_cmd(
     encoder: str = typer.Option("minilm", "--encoder", help="minilm (all-MiniLM-L6-v2) or smollm2 (SmolLM2-135M)."),
     pooling: str = typer.Option("default", "--pooling", help="default; for smollm2: last-mean or first-last-mean."),
     pairs: Optional[Path] = typer.Option(None, "--pairs", help="Your own pairs instead of STS-B: a TSV file of sentence1<TAB>sentence2<TAB>score lines, split at random (--seed) into dev and test halves."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the dev/test split of --pairs."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the dev/test split of --pairs (>= 0)."),
     fit_on: str = typer.Option("all", "--fit-on", help="all: fit on every sentence (the post); train: STS-B train only."),
     limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Use only the first N pairs of each STS-B split (faster)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with stsb/ (default: $KEXUE_DATA or ../shared/data)."),
