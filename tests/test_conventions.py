@@ -231,3 +231,29 @@ def test_full_mnist_training_set_loads_and_rejects_altered_copies(tmp_path):
 def test_reproduce_without_names_needs_quick_or_all(cli):
     r = cli("reproduce")
     assert r.one_line_error and "--all" in r.err
+
+
+# ------------------------------------------------------------------ the guides (issue 16)
+
+GUIDES = ("vae", "eg", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness")
+FOUR = ["Construct", "Fit or call", "Save and load", "Command line"]
+
+
+def _level2_headings(path: Path) -> list[str]:
+    heads, fenced = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            heads.append(line[3:].strip())
+    return heads
+
+
+@pytest.mark.parametrize("guide", GUIDES)
+def test_guide_shows_construct_fit_save_cli_in_order(guide):
+    heads = _level2_headings(Path(__file__).resolve().parents[1] / "docs" / f"{guide}.md")
+    missing = [h for h in FOUR if h not in heads]
+    assert not missing, f"docs/{guide}.md lacks ## {missing}; its sections: {heads}"
+    i = heads.index(FOUR[0])
+    assert heads[i:i + 4] == FOUR, f"docs/{guide}.md: the four sections must come together, in this order: {heads}"
+    assert i <= 1, f"docs/{guide}.md: only a short intro may come before ## Construct; got {heads[:i]}"
