@@ -210,6 +210,13 @@ def _set_lr(optimizer, base_lrs: list[float], schedule: Schedule | None, step: i
             g["lr"] = base * mult
 
 
+def _check_train_args(data: Sequence[torch.Tensor], on_nonfinite: str) -> None:
+    if not data or any(len(t) != len(data[0]) for t in data) or len(data[0]) == 0:
+        raise KexueError("training data must be one or more non-empty tensors with the same number of rows")
+    if on_nonfinite not in ("raise", "stop"):
+        raise KexueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+
+
 def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, steps: int, batch_size: int,
           optimizer: torch.optim.Optimizer | None = None, lr: float = 1e-3, seed: int = 0,
           ema_decay: float | None = None, ckpt: str | os.PathLike | None = None, ckpt_every: int = 0,
@@ -233,10 +240,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    if not data or any(len(t) != len(data[0]) for t in data) or len(data[0]) == 0:
-        raise KexueError("training data must be one or more non-empty tensors with the same number of rows")
-    if on_nonfinite not in ("raise", "stop"):
-        raise KexueError(f"on_nonfinite must be 'raise' or 'stop', got {on_nonfinite!r}")
+    _check_train_args(data, on_nonfinite)
     n, acc = len(data[0]), accelerator or default_accelerator()
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
