@@ -97,7 +97,7 @@ def gemma(jobs):
     print(f"Gemma 3 270M {layer.W.shape} ({layer.precision}): load {t_load:.1f} s, load average {os.getloadavg()[0]:.1f}")
     with PeakMemory() as mem:
         res = audit(layer.W, layer.b, n_jobs=jobs, keep_witnesses=False, precision=layer.precision)
-    print(f"  audit {res.seconds:.1f} s wall on {jobs} jobs, peak memory {mem.gib:.2f} GiB, load average now "
+    print(f"  audit {res.seconds:.1f} s wall on {jobs} jobs, peak memory {mem.gib:.2f} GiB (PSS; RSS summed over processes {mem.peak_rss / 2**30:.2f} GiB), load average now "
           f"{os.getloadavg()[0]:.1f}; {res.counts()}")
     print("  wall seconds per phase:", {k: round(v, 1) for k, v in res.wall_seconds.items()})
     print("  compute seconds per stage (summed over workers):", {k: round(v, 1) for k, v in res.stage_seconds.items()})

@@ -253,8 +253,10 @@ def _survey(ctx):
         ctx.metric("gemma3_stage_seconds", gem["stage_seconds"])
         ctx.metric("gemma3_wall_seconds", gem["wall_seconds"])
         ctx.metric("gemma3_peak_gib", gem["peak_gib"])
+        ctx.metric("gemma3_peak_rss_sum_gib", gem["peak_rss_sum_gib"])
         ctx.text(f"Gemma 3 270M ({gem['C']} × {gem['d']}, {gem['precision']}): {gem['audited']} classes audited in "
                  f"{gem['seconds']:.0f} s wall on {zoo_exp.jobs()} workers (phases: "
                  + ", ".join(f"{k} {v:.0f} s" for k, v in gem["wall_seconds"].items())
-                 + f"; load {gem['load_seconds']:.0f} s), peak memory {gem['peak_gib']:.2f} GiB; {gem['unargmaxable']} "
+                 + f"; load {gem['load_seconds']:.0f} s), peak memory {gem['peak_gib']:.2f} GiB (proportional set size of the process and its workers; "
+                 f"resident sizes summed, counting the shared weights once per process: {gem['peak_rss_sum_gib']:.2f} GiB); {gem['unargmaxable']} "
                  f"unargmaxable, {gem['undecided']} undecided, {gem['weak_witnesses']} witnesses below the Q8_0 rounding.")

@@ -22,25 +22,29 @@ SPEC = "3"
 
 
 class PeakMemory:
-    """Largest resident memory of this process plus its children (joblib workers), sampled
-    every ``period`` seconds in a thread. Shared memory-mapped weights count once per process,
-    so this over- rather than under-states the peak."""
+    """Largest memory of this process plus its children (joblib workers), sampled every
+    ``period`` seconds in a thread, as the sum of proportional set sizes (PSS: a page shared by n
+    processes, like the memory-mapped weights joblib hands its workers, counts 1/n in each), so
+    shared weights count once. ``peak_rss`` keeps the plain sum of resident sizes, which counts
+    shared pages once per process and over-states the footprint."""
 
     def __init__(self, period: float = 0.5):
-        self.period, self.peak, self._stop = period, 0, threading.Event()
+        self.period, self.peak, self.peak_rss, self._stop = period, 0, 0, threading.Event()
 
     def _sample(self):
         import psutil
 
         me = psutil.Process()
         while not self._stop.is_set():
-            total = 0
+            pss = rss = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    info = p.memory_full_info()
                 except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
+                    continue
+                pss += getattr(info, "pss", info.rss)  # PSS is Linux-only; elsewhere RSS
+                rss += info.rss
+            self.peak, self.peak_rss = max(self.peak, pss), max(self.peak_rss, rss)
             self._stop.wait(self.period)
 
     def __enter__(self):
@@ -72,7 +76,7 @@ def weak_witnesses(res, precision) -> int:
 
 
 def audit_model(ctx, key: str, layer, n_sub: int | None):
-    """Audit one layer (all classes, or ``n_sub`` random ones); returns (result, peak GiB)."""
+    """Audit one layer (all classes, or ``n_sub`` random ones); returns (result, its PeakMemory)."""
     from kexue.unargmax import audit
 
     C = layer.W.shape[0]
@@ -82,10 +86,10 @@ def audit_model(ctx, key: str, layer, n_sub: int | None):
     with PeakMemory() as mem:
         res = audit(layer.W, layer.b, n_jobs=jobs(), keep_witnesses=False, classes=classes, min_margin=0.0,
                     tracker=ctx.tracker)
-    return res, mem.gib
+    return res, mem
 
 
-def _row(model, layer, res, load_s, peak):
+def _row(model, layer, res, load_s, mem):
     from kexue.unargmax import STAGES, default_min_margin
 
     C, d = layer.W.shape
@@ -98,7 +102,8 @@ def _row(model, layer, res, load_s, peak):
             "undecided": c["undecided"], "format_rounding": default_min_margin(layer.precision), "tokens": toks[:30] + (["…"] if len(toks) > 30 else []),
             "load_seconds": round(load_s, 1), "seconds": round(res.seconds, 1),
             "stage_seconds": {k: round(v, 1) for k, v in res.stage_seconds.items()},
-            "wall_seconds": {k: round(v, 1) for k, v in res.wall_seconds.items()}, "peak_gib": round(peak, 2)}
+            "wall_seconds": {k: round(v, 1) for k, v in res.wall_seconds.items()}, "peak_gib": round(mem.gib, 2),
+            "peak_rss_sum_gib": round(mem.peak_rss / 2**30, 2)}
 
 
 OVER_BUDGET_CLASSES = 4096
@@ -129,11 +134,11 @@ def survey(ctx, *, download: bool, n_sub: int | None, keys=None, budget_s: float
         load_s = time.perf_counter() - t0
         ctx.log(f"{model.key}: {layer.W.shape[0]} × {layer.W.shape[1]} loaded in {load_s:.0f} s; load average "
                 f"{os.getloadavg()[0]:.1f}")
-        res, peak = audit_model(ctx, model.key, layer, OVER_BUDGET_CLASSES if over else n_sub)
-        rows.append(_row(model, layer, res, load_s, peak))
+        res, mem = audit_model(ctx, model.key, layer, OVER_BUDGET_CLASSES if over else n_sub)
+        rows.append(_row(model, layer, res, load_s, mem))
         # each model's outcome goes to the log at once: a long survey that is stopped keeps a trace
         ctx.log(f"{model.key}: {res.counts()} in {res.seconds:.0f} s (phases {rows[-1]['wall_seconds']}), peak "
-                f"{peak:.2f} GiB, load average {os.getloadavg()[0]:.1f}")
+                f"{mem.gib:.2f} GiB (PSS; RSS summed {mem.peak_rss / 2**30:.2f}), load average {os.getloadavg()[0]:.1f}")
         del layer
     if skipped:
         ctx.text("Skipped (not in the cache and not fetched): " + "; ".join(skipped))
@@ -144,7 +149,7 @@ def survey(ctx, *, download: bool, n_sub: int | None, keys=None, budget_s: float
 def publish(ctx, rows: list[dict]) -> None:
     ctx.metric("zoo", rows)
     ctx.table("zoo", ["model", "C", "d", "C/d", "bias", "weights", "classes audited", "unargmaxable",
-                      "witness margin < rounding", "undecided", "unargmaxable tokens", "audit s", "peak GiB"],
+                      "witness margin < rounding", "undecided", "unargmaxable tokens", "audit s", "peak GiB (PSS)"],
               [[r["title"], r["C"], r["d"], r["C/d"], "yes" if r["bias"] else "no", r["precision"], r["audited"],
                 r["unargmaxable"], r["weak_witnesses"], r["undecided"], ", ".join(r["tokens"][:8])
                 + (" …" if len(r["tokens"]) > 8 else ""), r["seconds"], r["peak_gib"]] for r in rows],
