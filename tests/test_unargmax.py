@@ -119,10 +119,60 @@ def test_witness_check_rejects_ties_and_losers():
 def test_solver_failure_is_undecided(monkeypatch):
     W, b, truth = planted_layer(200, 6, 10, seed=2)
     monkeypatch.setattr(core, "_highs", lambda *a, **k: (4, None, None))  # HiGHS "numerical error"
+    monkeypatch.setattr(core._MarginLP, "solve", lambda self: (4, None, None))
     res = audit(W, b)
     assert set(res.undecided) == set(np.flatnonzero(~truth))  # never folded into a verdict
     assert res.counts()["unargmaxable"] == 0
     assert all("status 4" in res.notes[k] for k in res.undecided)
+
+
+@pytest.mark.parametrize("bias,box", [(False, None), (True, None), (True, 3.0)])
+def test_warm_started_margin_lp_matches_a_cold_solve(bias, box):
+    # rows added in three batches and re-solved from the kept basis give the optimum of the whole
+    # LP solved from scratch through SciPy (the margin LP as written in SPEC 3.4)
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(3)
+    d, m = 6, 60
+    Dw, Db = rng.standard_normal((m, d)), (rng.standard_normal(m) if bias else None)
+    lp = core._MarginLP(d, bias, box, 10.0)
+    for part in np.array_split(np.arange(m), 3):
+        lp.add(Dw[part], None if Db is None else Db[part])
+        status, t, z = lp.solve()
+        assert status == 0
+    use_s = bias and box is None
+    nrm = np.linalg.norm(Dw, axis=1)
+    A = np.c_[-Dw, -Db if use_s else np.zeros((m, 0)), nrm]
+    rhs = Db if (bias and not use_s) else np.zeros(m)
+    if use_s:
+        A, rhs = np.r_[A, [[0.0] * d + [-1.0, 1.0]]], np.r_[rhs, 0.0]
+    zb = (-1, 1) if box is None else (-box, box)
+    bounds = [zb] * d + ([(0, 1)] if use_s else []) + [(None, None if box is not None or use_s else 1)]
+    c = np.zeros(A.shape[1])
+    c[-1] = -1
+    ref = linprog(c, A_ub=A, b_ub=rhs, bounds=bounds, method="highs")
+    assert t == pytest.approx(-ref.fun, rel=1e-8, abs=1e-10)
+
+
+def test_margin_lp_solves_within_a_time_limit_each():
+    # HiGHS counts a model's whole run time against time_limit; each solve must get its own
+    rng = np.random.default_rng(0)
+    lp = core._MarginLP(40, False, None, 0.5)
+    for _ in range(4):
+        lp.add(rng.standard_normal((200, 40)), None)
+        before = lp.h.getRunTime()
+        assert lp.solve()[0] == 0
+        assert lp.h.getOptionValue("time_limit")[1] == pytest.approx(before + 0.5)
+
+
+def test_highs_banner_stays_off_stdout():
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from kexue.unargmax import lp; m = lp._MarginLP(2, False, None, 5.0); "
+            "m.add(np.eye(2), None); print(m.solve()[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == "0\n"
 
 
 # ---- inputs
