@@ -381,3 +381,27 @@ def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
     W, b = example_2d()
     with pytest.raises(KexueError, match="cannot reach the Dask scheduler"):
         audit(W, b, scheduler="tcp://127.0.0.1:1")
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_prechecks_in_memory_bounded_column_slices_match_one_product(bias):
+    # the braid walk and the working sets take W @ X a few columns at a time (so a worker never
+    # holds C × n logits); with slices of 1-2 columns they must give what one product gives
+    import dataclasses
+
+    from kexue.unargmax.config import AuditConfig, layer_stats
+    from kexue.unargmax.stages import column_slices, precheck_block
+
+    W, b, _ = planted_layer(400, 8, 40, seed=5)
+    b = b if bias else None
+    stats = layer_stats(W, b, AuditConfig(), 0.0, 1)
+    tiny = dataclasses.replace(stats, mem_mb=400 * 8 * 1.5 / 2**20)  # 1 column (2 for pairs) per product
+    assert [s.stop - s.start for s in column_slices(400, 5, tiny.mem_mb)] == [1] * 5
+    assert [s.stop - s.start for s in column_slices(400, 6, tiny.mem_mb, 2)] == [2] * 3
+    ks = np.arange(400)
+    one, sliced = precheck_block(W, W.astype(np.float32), b, ks, stats), precheck_block(W, W.astype(np.float32), b, ks, tiny)
+    assert (one["stage"] < 0).any()  # some classes reach the walk and the working sets
+    np.testing.assert_array_equal(one["stage"], sliced["stage"])
+    assert one["work"].keys() == sliced["work"].keys()
+    for k in one["work"]:
+        np.testing.assert_array_equal(one["work"][k], sliced["work"][k])

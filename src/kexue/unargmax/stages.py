@@ -35,6 +35,14 @@ def logits(W, Z, mem_mb, dtype=np.float64):
     return out
 
 
+def column_slices(C: int, n: int, mem_mb: float, multiple: int = 1) -> list[slice]:
+    """Slices of the n columns of a C-row float64 product that fit in ``mem_mb`` MiB each (a
+    multiple of ``multiple`` columns), so a worker never holds C × n logits (262,144 × 2,048
+    would be 4 GiB on Gemma)."""
+    step = max(multiple, int(mem_mb * 2**20 / (8 * C)) // multiple * multiple)
+    return [slice(j, min(j + step, n)) for j in range(0, n, step)]
+
+
 def best_scale(a, c, s_max):
     """Largest-margin s in [0, s_max] for margins s·a_i + c_i (all > 0 required); None if none.
 
@@ -156,10 +164,9 @@ def screen_family(W, W32, b, ks, D, stats: LayerStats):
         own, top, _ = _own_and_top(L32, ks)
         gap = own - top
     unsure = np.flatnonzero((lo <= 0) & (hi > 0))
-    if unsure.size:
-        L64 = logits(W, D[:, unsure], stats.mem_mb)
-        lo64, _, s64 = check_columns(L64, ks[unsure], b, D[:, unsure], box, stats.max_norm, U64)
-        lo[unsure], s[unsure] = lo64, s64
+    for sl in column_slices(W.shape[0], unsure.size, stats.mem_mb):
+        u = unsure[sl]
+        lo[u], _, s[u] = check_columns(logits(W, D[:, u], stats.mem_mb), ks[u], b, D[:, u], box, stats.max_norm, U64)
     return np.where(lo > 0, lo, -np.inf), s, gap
 
 
@@ -214,38 +221,54 @@ def _reflect(W, k, win, x, own, top, box):
 def braid_stage(W, b, ks, open_, X, stats: LayerStats, stage, margins, Z, weak):
     """Stage 2 (SPEC 3.4): the braid-reflect walk from the columns of X for the classes
     ``ks[open_]``; certifies in place (``margins`` = (margin, relative margin)). Returns the walk's end points (one column per open class)."""
-    d, box = W.shape[1], stats.config.box
     for _ in range(stats.config.reflections if open_.size else 0):
-        L = logits(W, X, stats.mem_mb)
-        if b is not None:
-            L += b[:, None]
         still = []
-        for j, c in enumerate(open_):
-            k, col, x = ks[c], L[:, j], X[:, j]
-            own = col[k]
-            col[k] = -np.inf
-            win = int(np.argmax(col))
-            top = col[win]
-            col[k] = own
-            if own > top and (box is None or np.abs(x).max() <= box):
-                xn = float(np.linalg.norm(x))
-                cert = own - top - err_bound(d, stats.max_norm, xn, float(np.abs(col).max()))
-                rel = float(relative_margin(cert, stats.max_norm, xn, stats.max_abs_bias))
-                if cert > 0 and rel >= stats.min_margin:
-                    stage[c], margins[0][c], margins[1][c] = STAGES.index("braid"), cert, rel
-                    if Z is not None:
-                        Z[c] = x
-                    continue
-                if cert > 0 and rel > weak.get(c, (-1, None, 0))[0]:
-                    weak[c] = (rel, x.copy(), cert)
-            nx = _reflect(W, k, win, x, own, top, box)
-            if nx is not None:
-                X[:, j] = nx
-            still.append(j)
+        for sl, L in _logit_slices(W, b, X, stats.mem_mb):
+            still += _reflect_columns(W, b, ks, open_, X, L, sl, stats, stage, margins, Z, weak)
         open_, X = open_[still], X[:, still]
         if open_.size == 0:
             break
     return X
+
+
+def _logit_slices(W, b, X, mem_mb, multiple=1):
+    """(columns, W @ X[:, columns] + b) a memory-bounded slice of columns at a time."""
+    for sl in column_slices(W.shape[0], X.shape[1], mem_mb, multiple):
+        L = logits(W, X[:, sl], mem_mb)
+        if b is not None:
+            L += b[:, None]
+        yield sl, L
+
+
+def _reflect_columns(W, b, ks, open_, X, L, sl, stats: LayerStats, stage, margins, Z, weak) -> list:
+    """One braid step for the open classes in the columns ``sl`` (L = their logits): certifies in
+    place, reflects the others' points in X, and returns the column indices still open."""
+    d, box = W.shape[1], stats.config.box
+    still = []
+    for jj, c in enumerate(open_[sl]):
+        j = sl.start + jj
+        k, col, x = ks[c], L[:, jj], X[:, j]
+        own = col[k]
+        col[k] = -np.inf
+        win = int(np.argmax(col))
+        top = col[win]
+        col[k] = own
+        if own > top and (box is None or np.abs(x).max() <= box):
+            xn = float(np.linalg.norm(x))
+            cert = own - top - err_bound(d, stats.max_norm, xn, float(np.abs(col).max()))
+            rel = float(relative_margin(cert, stats.max_norm, xn, stats.max_abs_bias))
+            if cert > 0 and rel >= stats.min_margin:
+                stage[c], margins[0][c], margins[1][c] = STAGES.index("braid"), cert, rel
+                if Z is not None:
+                    Z[c] = x
+                continue
+            if cert > 0 and rel > weak.get(c, (-1, None, 0))[0]:
+                weak[c] = (rel, x.copy(), cert)
+        nx = _reflect(W, k, win, x, own, top, box)
+        if nx is not None:
+            X[:, j] = nx
+        still.append(j)
+    return still
 
 
 def working_sets(W, b, ks, open_, P, stats: LayerStats) -> dict:
@@ -253,18 +276,17 @@ def working_sets(W, b, ks, open_, P, stats: LayerStats) -> dict:
     columns of P (two per class: best candidate, then walk end, in the order of ``open_``)."""
     C = W.shape[0]
     m = min(C - 1, stats.working_set)
-    L = logits(W, P, stats.mem_mb)
-    if b is not None:
-        L += b[:, None]
     na, work = open_.size, {}
-    for j, c in enumerate(open_):
-        k, sel = ks[c], set()
-        for col in (L[:, j], L[:, na + j]):
-            col = col.copy()
-            col[k] = -np.inf
-            sel.update(np.argpartition(-col, m - 1)[:m].tolist() if m < C - 1 else np.flatnonzero(np.isfinite(col)).tolist())
-        sel.discard(int(k))
-        work[int(k)] = np.array(sorted(sel), np.int64)
+    pairs = np.stack([P[:, :na], P[:, na:]], 2).reshape(P.shape[0], 2 * na)  # class j's two points side by side
+    for sl, L in _logit_slices(W, b, pairs, stats.mem_mb, multiple=2):
+        for jj in range(0, sl.stop - sl.start, 2):
+            k, sel = ks[open_[(sl.start + jj) // 2]], set()
+            for col in (L[:, jj], L[:, jj + 1]):
+                col = col.copy()
+                col[k] = -np.inf
+                sel.update(np.argpartition(-col, m - 1)[:m].tolist() if m < C - 1 else np.flatnonzero(np.isfinite(col)).tolist())
+            sel.discard(int(k))
+            work[int(k)] = np.array(sorted(sel), np.int64)
     return work
 
 
