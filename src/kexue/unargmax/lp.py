@@ -228,7 +228,6 @@ def lp_class(W, b, k, work, stats: LayerStats) -> dict:
     lp, in_lp = _MarginLP(wk.size, b is not None, cfg.box, cfg.lp_time_limit), np.zeros(0, np.int64)
     for rnd in range(cfg.max_rounds):
         out["rounds"] = rnd + 1
-        Dw, Db = deltas(S)
         lp.add(*deltas(np.setdiff1d(S, in_lp)))  # only the new rows; the basis is kept
         in_lp = S
         status, t, z = lp.solve()
@@ -245,7 +244,7 @@ def lp_class(W, b, k, work, stats: LayerStats) -> dict:
         if out["verdict"] == ARGMAXABLE:  # the best margin is known; it is below min_margin
             break
         # optimum ≤ 0 on S (or z is blocked only by rows already in S): look for the certificate
-        status, c = _certificate(W, b, k, S, Dw, Db, stats)
+        status, c = _certificate(W, b, k, S, *deltas(S), stats)
         if status == 0:
             if c[0]:
                 out.update(verdict=UNARGMAXABLE, idx=c[1], lam=c[2], residual=c[3])
