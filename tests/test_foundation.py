@@ -128,6 +128,43 @@ def test_report_pipeline_writes_report_results_and_publishes(tmp_path, monkeypat
     assert "seed 3" in results_md and "`test`" in results_md and (tmp_path / "docs" / "figures" / "toy" / "line.png").exists()
 
 
+def _counted_run(log: str, x: float, n: int):
+    """A stand-in for one training run: logs that it ran, returns floats, an array and a NaN."""
+    with open(log, "a") as f:
+        f.write(f"{x}\n")
+    return {"x": x, "arr": np.arange(n) * x, "nan": float("nan"), "pair": (x, n)}
+
+
+def test_resumable_runs_resume_and_match_fresh(tmp_path):
+    from joblib import Parallel, delayed
+
+    log = tmp_path / "ran.txt"
+    xs = [0.5, 1.5, 2.5]
+    calls = lambda: [delayed(_counted_run)(str(log), x, 3) for x in xs]  # noqa: E731
+    keys = [["run", x] for x in xs]
+    par = Parallel(n_jobs=1, return_as="generator")
+    ctx = report.Context(name="toy", seed=1, root=tmp_path / "r")
+    fresh = ctx.resumable(par, calls(), keys)
+    assert log.read_text().split() == ["0.5", "1.5", "2.5"]
+    assert fresh[1]["arr"] == [0.0, 1.5, 3.0] and fresh[1]["pair"] == [1.5, 3] and np.isnan(fresh[0]["nan"])
+    runs = sorted((tmp_path / "r" / "toy" / "runs").glob("*.json"))
+    assert len(runs) == 3
+    # an interrupted run: one result missing, one corrupt -> only those two run again
+    runs[0].unlink()
+    runs[1].write_text("{not json")
+    log.write_text("")
+    again = report.Context(name="toy", seed=1, root=tmp_path / "r").resumable(par, calls(), keys)
+    assert len(log.read_text().split()) == 2
+    assert json.dumps(again) == json.dumps(fresh)  # resumed and fresh results are the same values
+    # nothing left to run: the function is not called at all
+    log.write_text("")
+    report.Context(name="toy", seed=1, root=tmp_path / "r").resumable(par, calls(), keys)
+    assert log.read_text() == ""
+    # another seed is another run
+    report.Context(name="toy", seed=2, root=tmp_path / "r").resumable(par, calls()[:1], keys[:1])
+    assert log.read_text().split() == ["0.5"]
+
+
 def test_every_registered_experiment_has_title_spec_run():
     names = report.available()
     assert "logsumexp" in names

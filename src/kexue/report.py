@@ -17,6 +17,7 @@ every published section (so experiments run at different times share one results
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import importlib
 import json
 import math
@@ -125,6 +126,35 @@ class Context:
 
     def markdown(self) -> str:
         return "\n".join(self.parts)
+
+    # ---- resumable runs
+    def resumable(self, par, calls: list, keys: list, description: str = "") -> list:
+        """Results of the joblib ``calls`` (``delayed(f)(...)``, run on ``par``, a ``Parallel``
+        with ``return_as="generator"``), in order. Each result is stored in ``out/runs/`` as it
+        arrives (atomically, JSON) under a hash of its key, and read back when the experiment runs
+        again into the same report directory, so an interrupted full run resumes where it
+        stopped. ``keys`` name the runs (JSON-able: settings, seed, config); results come back as
+        JSON values (lists, not arrays) whether fresh or resumed, so both give the same numbers.
+        ``description`` labels the progress bar."""
+        folder = self.out / "runs"
+
+        def encode(v):
+            return json.dumps(v, sort_keys=True, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+
+        names = [hashlib.sha256(encode([self.name, self.seed, k]).encode()).hexdigest()[:24] for k in keys]
+        results, todo = [None] * len(calls), []
+        for i, n in enumerate(names):
+            try:
+                results[i] = json.loads((folder / f"{n}.json").read_text())["result"]
+            except (OSError, ValueError, KeyError):  # absent (or unreadable: run it again)
+                todo.append(i)
+        fresh = self.track(par(calls[i] for i in todo), description, total=len(todo)) if todo else ()
+        for i, r in zip(todo, fresh):
+            text = encode({"key": keys[i], "result": r})
+            with atomic_write(folder / f"{names[i]}.json", "w", parents=True) as f:
+                f.write(text)
+            results[i] = json.loads(text)["result"]
+        return results
 
 
 def _jsonable(v):

@@ -12,7 +12,7 @@ warm-up + cosine learning-rate schedule, ±2-pixel random shifts, test accuracy 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -127,16 +127,20 @@ def run_mnist_cnn(ctx, cfg: MnistConfig) -> dict:
     va, tr = np.sort(perm[:cfg.val]), np.sort(perm[cfg.val:])
     seed_of = lambda s: 1000 * s + 29 + ctx.seed  # noqa: E731
     grid = [(n, lr, st) for n in LOSSES for lr in cfg.lrs for st in (cfg.exact_settings if n == "EXACT" else (None,))]
-    par = Parallel(n_jobs=cfg.n_jobs, backend="loky")
-    first = par(delayed(_one_run)(X, y, Xte, yte, tr, va, n, lr, st, seed_of(0), cfg) for n, lr, st in grid)
+    par = Parallel(n_jobs=cfg.n_jobs, backend="loky", return_as="generator")
+    spec = asdict(cfg)
+    # each finished run is kept in the report directory: a rerun into it resumes (full mode: hours)
+    first = ctx.resumable(par, [delayed(_one_run)(X, y, Xte, yte, tr, va, n, lr, st, seed_of(0), cfg) for n, lr, st in grid],
+                          [["mnist-cnn", n, lr, st, seed_of(0), spec] for n, lr, st in grid])
     chosen = {}
     for n in LOSSES:
         cands = [(r["val"], -lr, lr, st, r) for (m, lr, st), r in zip(grid, first) if m == n]
         best = max(cands, key=lambda c: c[:2])
         chosen[n] = (best[2], best[3], best[4])
     rest = [(n, s) for n in LOSSES for s in range(1, cfg.seeds)]
-    later = par(delayed(_one_run)(X, y, Xte, yte, tr, va, n, chosen[n][0], chosen[n][1], seed_of(s), cfg)
-                for n, s in rest)
+    later = ctx.resumable(par, [delayed(_one_run)(X, y, Xte, yte, tr, va, n, chosen[n][0], chosen[n][1], seed_of(s), cfg)
+                                for n, s in rest],
+                          [["mnist-cnn", n, chosen[n][0], chosen[n][1], seed_of(s), spec] for n, s in rest])
     out = {}
     for n in LOSSES:
         runs = [chosen[n][2]] + [r for (m, _), r in zip(rest, later) if m == n]

@@ -65,11 +65,13 @@ class Config:
 
 
 def _parallel(ctx, cfg: Config, fn, jobs: list, description: str) -> list:
-    """``fn(*job)`` for every job, in ``cfg.jobs`` joblib processes, in order, with progress."""
+    """``fn(*job)`` for every job, in ``cfg.jobs`` joblib processes, in order, with progress;
+    resumable (:meth:`kexue.report.Context.resumable`)."""
     from joblib import Parallel, delayed
 
     par = Parallel(n_jobs=cfg.jobs, backend="loky", return_as="generator")
-    return list(ctx.track(par(delayed(fn)(*job) for job in jobs), description, total=len(jobs)))
+    keys = [[fn.__name__, *job] for job in jobs]  # finished runs are kept: a rerun resumes
+    return ctx.resumable(par, [delayed(fn)(*job) for job in jobs], keys, description)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +176,8 @@ def distribution_shift(ctx, cfg: Config, res: dict) -> list:
     best = {o: min(LRS, key=lambda r: _mean_loss(res[("mlp", o, r)])) for o in OPTIMISERS}
     seeds = [ctx.seed + k for k in range(cfg.seeds)]
     jobs = [(o, best[o], s, perm, cfg, ctx.data_dir) for o in OPTIMISERS for s in seeds]
-    outs = _parallel(ctx, cfg, _shift_run, jobs, "eg: distribution shift")
+    outs = [None if r is None else (np.asarray(r[0]), np.asarray(r[1]))  # (losses, step sizes) per run
+            for r in _parallel(ctx, cfg, _shift_run, jobs, "eg: distribution shift")]
     fig2 = Figure(figsize=(10, 3.8))
     ax1, ax2 = fig2.add_subplot(1, 2, 1), fig2.add_subplot(1, 2, 2)
     rows, w, k = [], max(shift_at // 10, 10), 25
