@@ -5,10 +5,13 @@ Every contender has its own copy of the model and its own optimiser state; one t
 each is timed in turn (A B C … A B C …, ``_bench.interleaved``), so machine load affects them
 alike, and the medians are compared. The base is torch.optim.SGD(momentum=0.9) for the SGD
 family and the EG types, torch.optim.Adam for the Adam family, both with torch's default
-implementation for CPU tensors. kexue's optimisers run their default multi-tensor path; the
-per-tensor reference path (``foreach=False``) is timed too, for the speed-up.
+implementation for CPU tensors. kexue's optimisers run their default path — for EGPlusMinus,
+EGStep and EGAdapt on a group this large that is the compiled kernel (``compile=None``; its
+one-off compile falls in the untimed warm-up rounds); ``--eager`` adds their multi-tensor rows
+(``compile=False``); the per-tensor reference path (``foreach=False``) is timed too, for the
+speed-up, unless ``--no-reference``.
 
-    .venv/bin/python benchmarks/bench_eg.py [--repeats 15] [--batch 128] [--only EGStep,…] [--compiled]
+    .venv/bin/python benchmarks/bench_eg.py [--repeats 15] [--batch 128] [--only EGStep,…] [--eager] [--compiled]
 """
 
 from __future__ import annotations
@@ -29,27 +32,28 @@ def model_11m() -> torch.nn.Module:
 
 SGD = "torch SGD(m=0.9)"
 ADAM = "torch Adam"
-OPTS = {  # name: (base name, factory(params, foreach))
-    SGD: (SGD, lambda ps, fe: torch.optim.SGD(ps, lr=1e-3, momentum=0.9)),
-    ADAM: (ADAM, lambda ps, fe: torch.optim.Adam(ps, lr=1e-3)),
-    "EG": (SGD, lambda ps, fe: EG(ps, lr=1e-3, foreach=fe)),
-    "EGPlusMinus": (SGD, lambda ps, fe: EGPlusMinus(ps, lr=1e-3, foreach=fe)),
-    "EGStep": (SGD, lambda ps, fe: EGStep(ps, lr=1e-3, foreach=fe)),
-    "SGDHD(m=0.9)": (SGD, lambda ps, fe: SGDHD(ps, lr=1e-3, momentum=0.9, foreach=fe)),
-    "EGAdapt(SGD m=0.9)": (SGD, lambda ps, fe: EGAdapt(torch.optim.SGD(ps, lr=1e-3, momentum=0.9), foreach=fe)),
-    "AdamHD": (ADAM, lambda ps, fe: AdamHD(ps, lr=1e-3, foreach=fe)),
-    "EGAdapt(Adam)": (ADAM, lambda ps, fe: EGAdapt(torch.optim.Adam(ps, lr=1e-3), foreach=fe)),
+OPTS = {  # name: (base name, factory(params, keyword arguments: foreach, compile))
+    SGD: (SGD, lambda ps, kw: torch.optim.SGD(ps, lr=1e-3, momentum=0.9)),
+    ADAM: (ADAM, lambda ps, kw: torch.optim.Adam(ps, lr=1e-3)),
+    "EG": (SGD, lambda ps, kw: EG(ps, lr=1e-3, **kw)),
+    "EGPlusMinus": (SGD, lambda ps, kw: EGPlusMinus(ps, lr=1e-3, **kw)),
+    "EGStep": (SGD, lambda ps, kw: EGStep(ps, lr=1e-3, **kw)),
+    "SGDHD(m=0.9)": (SGD, lambda ps, kw: SGDHD(ps, lr=1e-3, momentum=0.9, **kw)),
+    "EGAdapt(SGD m=0.9)": (SGD, lambda ps, kw: EGAdapt(torch.optim.SGD(ps, lr=1e-3, momentum=0.9), **kw)),
+    "AdamHD": (ADAM, lambda ps, kw: AdamHD(ps, lr=1e-3, **kw)),
+    "EGAdapt(Adam)": (ADAM, lambda ps, kw: EGAdapt(torch.optim.Adam(ps, lr=1e-3), **kw)),
 }
+HAS_COMPILE = ("EGPlusMinus", "EGStep", "EGAdapt(SGD m=0.9)", "EGAdapt(Adam)")  # take compile=
 
 
-def train_step(name: str, foreach: bool | None, x, y, compiled: bool = False):
+def train_step(name: str, kw: dict, x, y, compiled: bool = False):
     torch.manual_seed(0)
     model = model_11m()
     if name == "EG":  # EG needs non-negative weights; |w| costs the same per step
         with torch.no_grad():
             for p in model.parameters():
                 p.abs_()
-    opt = OPTS[name][1](list(model.parameters()), foreach)
+    opt = OPTS[name][1](list(model.parameters()), kw)
     opt_step = torch.compile(opt.step) if compiled else opt.step  # inductor fuses the element-wise chain
 
     def step():
@@ -66,6 +70,8 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--only", default="", help="comma-separated optimiser names (the bases are always timed)")
     ap.add_argument("--no-reference", action="store_true", help="skip the foreach=False rows")
+    ap.add_argument("--eager", action="store_true",
+                    help="also time the optimisers that take compile= with compile=False (multi-tensor path)")
     ap.add_argument("--compiled", action="store_true",
                     help="also time each kexue optimiser with torch.compile(opt.step) (compile time excluded)")
     args = ap.parse_args()
@@ -74,11 +80,13 @@ def main():
     x, y = torch.rand(args.batch, 784), torch.randint(0, 10, (args.batch,))
     fns = {}
     for n in names:
-        fns[n] = train_step(n, None, x, y)
+        fns[n] = train_step(n, {}, x, y)
+        if n in HAS_COMPILE and args.eager:
+            fns[n + " [eager]"] = train_step(n, dict(compile=False), x, y)
         if n not in (SGD, ADAM) and not args.no_reference:
-            fns[n + " [reference]"] = train_step(n, False, x, y)
+            fns[n + " [reference]"] = train_step(n, dict(foreach=False), x, y)
         if n not in (SGD, ADAM) and args.compiled:
-            fns[n + " [compiled step]"] = train_step(n, None, x, y, compiled=True)
+            fns[n + " [compiled step]"] = train_step(n, {}, x, y, compiled=True)
     before = load()
     t = interleaved(fns, repeats=args.repeats, warmup=2)
     after = load()

@@ -224,6 +224,8 @@ def test_egadapt_is_silent_inside_its_bounds():
     (lambda p: EGPlusMinus(p, init_scale=0.0), KexueError),
     (lambda p: EGStep(p, nu_min=-1.0), KexueError),
     (lambda p: EGStep(p, foreach="yes"), KexueError),
+    (lambda p: EGPlusMinus(p, compile="auto"), KexueError),
+    (lambda p: EGAdapt(torch.optim.SGD(p, lr=0.1), compile=1), KexueError),
     (lambda p: SGDHD(p, momentum=1.0), KexueError),
     (lambda p: AdamHD(p, eps=0.0), KexueError),
     (lambda p: EGAdapt(torch.optim.SGD(p, lr=0.1), beta=1.0), KexueError),
@@ -344,3 +346,97 @@ def test_compiled_model_and_compiled_step_match_eager():
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     for a, b in zip(run("EGStep", False, False), run("EGStep", False, True)):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the compiled kernels (compile=True)
+
+FUSED = ["EGPlusMinus", "EGStep", "EGAdapt(SGD)", "EGAdapt(Adam)"]
+
+
+@pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
+@pytest.mark.parametrize("oname", FUSED)
+def test_compiled_kernels_match_the_reference_and_compile_once(oname):
+    """compile=True against the per-tensor reference, float64, under a scheduler that moves the
+    lr every step: same weights, state and scale; after the first two steps (state creation,
+    first adaptation) no recompilation although lr and s change every step."""
+    res, opts = [], []
+    for kw in (dict(foreach=False), dict(compile=True)):
+        net, X, Y = problem(seed=1)
+        opt = OPTS[oname](list(net.parameters()), **kw)
+        sch = sched.ExponentialLR(opt, gamma=0.95)
+        train_steps(net, opt, X, Y, 2, scheduler=sch)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            train_steps(net, opt, X, Y, 10, scheduler=sch)
+        res.append(list(net.parameters()))
+        opts.append(opt)
+    for a, b in zip(*res):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    if oname.startswith("EGAdapt"):
+        assert opts[1].param_groups[0]["scale"] == pytest.approx(opts[0].param_groups[0]["scale"], rel=1e-9)
+        assert opts[0].param_groups[0]["scale"] != 1.0
+    sa, sb = opts[0].state_dict(), opts[1].state_dict()
+    for i, st in sa["state"].items():
+        for n, t in st.items():
+            if torch.is_tensor(t) and t.numel() > 1:
+                torch.testing.assert_close(sb["state"][i][n], t, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
+def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager():
+    """torch.compile(opt.step) traces the fused kernels with s as a tensor: after the first two
+    steps nothing recompiles (s used to be baked into the graph, one recompilation per step)."""
+    res = []
+    for compiled in (False, True):
+        net, X, Y = problem(seed=2)
+        opt = OPTS["EGAdapt(SGD)"](list(net.parameters()), compile=False)
+        step = torch.compile(opt.step) if compiled else opt.step
+
+        def run(n):
+            for k in range(n):
+                opt.zero_grad()
+                ((net(X[k % 4 * 16:(k % 4 + 1) * 16]) - Y[k % 4 * 16:(k % 4 + 1) * 16]) ** 2).mean().backward()
+                step()
+        run(2)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            run(8)
+        res.append((list(net.parameters()), opt.param_groups[0]["scale"]))
+    for a, b in zip(res[0][0], res[1][0]):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert res[1][1] == pytest.approx(res[0][1], rel=1e-9) and res[0][1] != 1.0
+
+
+@pytest.mark.parametrize("oname", FUSED)
+def test_compile_falls_back_to_the_eager_path_when_torch_compile_fails(oname, monkeypatch):
+    import kexue.eg._common as common
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler")
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(common, "_compiled", {})
+    monkeypatch.setattr(common, "_broken", set())
+    res = []
+    for kw in (dict(compile=False), dict(compile=True)):
+        net, X, Y = problem(seed=1, dtype=torch.float32)
+        opt = OPTS[oname](list(net.parameters()), **kw)
+        if kw["compile"]:
+            with pytest.warns(common.CompileFallbackWarning, match="no C.. compiler"):
+                train_steps(net, opt, X, Y, 6)
+        else:
+            train_steps(net, opt, X, Y, 6)
+        res.append(list(net.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(*res))  # exactly the multi-tensor path
+
+
+def test_compile_default_is_off_for_small_groups(monkeypatch):
+    import kexue.eg._common as common
+
+    def never(*a, **k):
+        raise AssertionError("compiled a small group")
+    monkeypatch.setattr(torch, "compile", never)
+    monkeypatch.setattr(common, "_compiled", {})
+    for oname in FUSED:
+        net, X, Y = problem()
+        train_steps(net, OPTS[oname](list(net.parameters())), X, Y, 3)
+    big = torch.nn.Parameter(torch.zeros(common.COMPILE_MIN_NUMEL))
+    assert common.want_compiled({"compile": None}, [(big, big)])
+    assert not common.want_compiled({"compile": False}, [(big, big)])

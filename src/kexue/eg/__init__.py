@@ -18,15 +18,20 @@ Each has two implementations of the same update, chosen by ``foreach=``: the mul
 does, with the element-wise chain shortened) and the per-tensor reference path (``False``). The
 tests pin one to the other. Neither reads a value back to the host per parameter: the adaptive
 rules read one number per param group and step (the alignment or hypergradient).
+``EGPlusMinus``, ``EGStep`` and ``EGAdapt`` also run their update as ``torch.compile``d kernels
+(``compile=True``; by default for groups of at least 2^20 elements), falling back to the
+multi-tensor path with a ``CompileFallbackWarning`` where torch.compile does not work.
 
 Overflow safeguard shared by all EG-type updates: the exponent of every multiplicative update
 is clipped to ``[-max_exp, max_exp]`` before ``exp``; so a gradient of 1e30 moves a weight by
 at most a factor e^max_exp per step and an exactly zero gradient leaves it unchanged.
 """
 
+from kexue.eg._common import CompileFallbackWarning
 from kexue.eg.adapt import EGAdapt, ScaleBoundWarning
 from kexue.eg.hypergradient import AdamHD, SGDHD
 from kexue.eg.multiplicative import EG, EGPlusMinus
 from kexue.eg.stepsize import EGStep
 
-__all__ = ["EG", "EGPlusMinus", "EGStep", "EGAdapt", "SGDHD", "AdamHD", "ScaleBoundWarning"]
+__all__ = ["EG", "EGPlusMinus", "EGStep", "EGAdapt", "SGDHD", "AdamHD", "ScaleBoundWarning",
+           "CompileFallbackWarning"]

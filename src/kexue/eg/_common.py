@@ -1,8 +1,10 @@
 """Pieces shared by the kexue.eg optimisers: argument checks, closures, the clipped EG factor,
-and the grouping of tensors for the multi-tensor (``torch._foreach_*``) paths."""
+the grouping of tensors for the multi-tensor (``torch._foreach_*``) paths, and the compiled
+(``torch.compile``) update kernels."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -28,6 +30,13 @@ def check_foreach(foreach) -> bool | None:
     return foreach
 
 
+def check_compile(compile) -> bool | None:
+    if compile is not None and not isinstance(compile, bool):
+        raise KexueError(f"compile must be True, False or None (None: compiled for groups of >= {COMPILE_MIN_NUMEL:,} "
+                         f"elements); got {compile!r}")
+    return compile
+
+
 def closure_loss(closure: Callable | None):
     if closure is None:
         return None
@@ -43,6 +52,72 @@ def grads(group: dict) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def use_foreach(group: dict) -> bool:
     """The multi-tensor path unless the group asks for the per-tensor reference (foreach=False)."""
     return group.get("foreach") is not False
+
+
+# ---------------------------------------------------------------- compiled update kernels
+COMPILE_MIN_NUMEL = 1 << 20
+"""``compile=None`` compiles a group's update when the group holds at least this many elements:
+below it the one-off compile time (seconds) outweighs what fusing saves per step."""
+
+
+class CompileFallbackWarning(RuntimeWarning):
+    """torch.compile could not build a kexue.eg update kernel here; the eager multi-tensor path runs instead."""
+
+
+_compiled: dict[Callable, Callable] = {}
+_broken: set[Callable] = set()
+
+
+def want_compiled(group: dict, pg: list, key: str = "compile") -> bool:
+    """Whether a group's step runs the fused kernel: inside an enclosing ``torch.compile`` always
+    (dynamo traces the kernel with the rest), else when ``group[key]`` is True, or None and the
+    group is large (:data:`COMPILE_MIN_NUMEL`)."""
+    if torch.compiler.is_compiling():
+        return True
+    c = group.get(key)
+    return c is True or (c is None and sum(p.numel() for p, _ in pg) >= COMPILE_MIN_NUMEL)
+
+
+def run_fused(kernel: Callable, *args):
+    """``kernel(*args)`` compiled once by ``torch.compile(fullgraph=True)`` (as torch.optim's compiled
+    path fuses its element-wise chain into one loop per tensor), or traced inline when already
+    inside ``torch.compile``. Returns ``(True, result)``, or ``(False, None)`` having done nothing
+    when torch.compile is unavailable or fails for this kernel (then a
+    :class:`CompileFallbackWarning`, once per kernel, and the caller runs its eager path).
+
+    Kernels take every per-step value that changes (learning rate, scale) as a 0-d tensor, so the
+    compiled graph does not bake it in as a constant and recompile when it moves."""
+    if torch.compiler.is_compiling():
+        return True, kernel(*args)
+    if kernel in _broken:
+        return False, None
+    try:
+        fn = _compiled.get(kernel)
+        if fn is None:
+            fn = _compiled[kernel] = torch.compile(kernel, fullgraph=True)
+        return True, fn(*args)
+    except Exception as e:  # no C++ compiler, unsupported Python/platform, inductor errors: fall back
+        _broken.add(kernel)
+        warnings.warn(f"kexue.eg: torch.compile failed for {kernel.__name__} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); using the eager multi-tensor path",
+                      CompileFallbackWarning, stacklevel=3)
+        return False, None
+
+
+def kernel_mexp(x: torch.Tensor, max_exp: float) -> torch.Tensor:
+    """:func:`mexp_` for the compiled kernels: NaN → 0 by ``x == x`` rather than ``nan_to_num``,
+    which inductor's CPU code tests one element at a time instead of in vector registers."""
+    return torch.where(x == x, x.clamp(-max_exp, max_exp), 0.0).exp()
+
+
+def kernel_finite(x: torch.Tensor) -> torch.Tensor:
+    """``nan_to_num(x, 0, 0, 0)`` for the compiled kernels (vectorisable, see :func:`kernel_mexp`)."""
+    return torch.where(x.abs() < float("inf"), x, 0.0)
+
+
+def scalar(x: float, like: torch.Tensor) -> torch.Tensor:
+    """A 0-d float64 tensor on ``like``'s device: a per-step value passed to a compiled kernel."""
+    return torch.tensor(x, dtype=torch.float64, device=like.device)
 
 
 def by_device(*lists: list[torch.Tensor]) -> list[list[list[torch.Tensor]]]:

@@ -12,7 +12,8 @@ import torch
 from torch.optim import Optimizer
 
 from kexue import validate
-from kexue.eg._common import by_device, check_foreach, check_pos, check_unit, closure_loss, foreach_mexp_, grads
+from kexue.eg._common import (by_device, check_compile, check_foreach, check_pos, check_unit, closure_loss, foreach_mexp_,
+                              grads, kernel_mexp, run_fused, scalar, want_compiled)
 from kexue.utils import KexueError, KexueTypeError
 
 _SCRATCH = ("tmp", "old")  # per-tensor buffers reused every step; not part of state_dict
@@ -56,11 +57,17 @@ class EGAdapt(Optimizer):
     learning rate of group k is ``lr * scale`` (:meth:`effective_lrs`). When s reaches a bound a
     :class:`ScaleBoundWarning` is issued (once per group and bound until s leaves it).
     ``foreach`` None/True: multi-tensor path; False: the per-tensor reference path.
+    ``compile`` True: EGAdapt's own work as two compiled kernels per step (:func:`_adapt_kernel`
+    before the base step, :func:`_combine_kernel` after it; the base optimiser runs as it is),
+    None (default): compiled for groups of at least ``kexue.eg._common.COMPILE_MIN_NUMEL``
+    elements, False: never; where torch.compile does not work it falls back to the multi-tensor
+    path (a ``CompileFallbackWarning``). The kernels take s as a 0-d tensor, so they compile once;
+    the same holds for ``torch.compile(opt.step)`` (after its first step, which creates the state).
     """
 
     def __init__(self, base: Optimizer, scale_lr: float = 0.2, gain_lr: float = 0.01, beta: float = 0.9,
                  scale_bounds: tuple[float, float] = (1e-4, 1e4), gain_bounds: tuple[float, float] = (0.1, 10.0),
-                 max_exp: float = 1.0, eps: float = 1e-30, foreach: bool | None = None):
+                 max_exp: float = 1.0, eps: float = 1e-30, foreach: bool | None = None, compile: bool | None = None):
         if not isinstance(base, Optimizer):
             raise KexueTypeError(f"EGAdapt wraps a torch.optim.Optimizer, got {type(base).__name__}")
         if isinstance(base, EGAdapt):
@@ -76,7 +83,7 @@ class EGAdapt(Optimizer):
                 raise KexueError(f"{name} must be (low, high) with 0 < low <= 1 <= high, got {tuple(bounds)}")
         ours = dict(scale_lr=scale_lr, gain_lr=gain_lr, beta=beta, scale_bounds=tuple(scale_bounds),
                     gain_bounds=tuple(gain_bounds), max_exp=max_exp, align_eps=eps, scale=1.0,
-                    eg_foreach=check_foreach(foreach))
+                    eg_foreach=check_foreach(foreach), eg_compile=check_compile(compile))
         super().__init__([{"params": list(g["params"])} for g in base.param_groups], ours)
         self.base, self._ours = base, ours
         for g in base.param_groups:
@@ -124,14 +131,23 @@ class EGAdapt(Optimizer):
                 if "tmp" not in st:
                     st["tmp"], st["old"] = torch.empty_like(p), torch.empty_like(p)
             fast = group.get("eg_foreach") is not False
-            if started:
-                (self._adapt_foreach if fast else self._adapt_reference)(group, pg, states)
-                self._check_bounds(k, group)
-            (self._moments_foreach if fast else self._moments_reference)(group, pg, states)
-            touched.append((group, pg, states, fast))
+            path = "fused" if fast and want_compiled(group, pg, "eg_compile") else "foreach" if fast else "reference"
+            if path == "fused":
+                path, done = self._adapt_fused(k, group, pg, states, started)
+            else:
+                done = None
+            if path != "fused":
+                if started:
+                    (self._adapt_foreach if fast else self._adapt_reference)(group, pg, states)
+                    self._check_bounds(k, group)
+                (self._moments_foreach if fast else self._moments_reference)(group, pg, states)
+            touched.append((group, pg, states, path, done))
         self.base.step()
-        for group, pg, states, fast in touched:
-            (self._combine_foreach if fast else self._combine_reference)(group, pg, states)
+        for group, pg, states, path, done in touched:
+            if path == "fused":
+                self._combine_fused(group, pg, states, *done)
+            else:
+                (self._combine_foreach if path == "foreach" else self._combine_reference)(group, pg, states)
         return loss
 
     # ---------------------------------------------------------------- per-tensor reference path
@@ -210,6 +226,57 @@ class EGAdapt(Optimizer):
             # θ_base + (1 - s p)(θ_old - θ_base) = θ_old + s p (θ_base - θ_old), in θ's storage
             torch._foreach_lerp_(ps, olds, tmps)
 
+    # ---------------------------------------------------------------- compiled path
+    def _adapt_fused(self, k, group, pg, states, started):
+        """Before the base step: gains, moments and the snapshot by :func:`_adapt_kernel` (or only
+        the moments and snapshot on the first step), then s from the summed alignment terms.
+        Returns ``(path, (scale tensor, per-tensor gain means))``; ``path`` is "foreach" (nothing
+        done) when torch.compile is not usable here."""
+        lists = self._lists(pg, states, "m", "v", "gain", "old")
+        if not started:
+            self._moments_foreach(group, pg, states)
+            return "fused", (self._scale_tensor(k, group, pg[0][0]), [None] * len(lists))
+        sums, means = [], []
+        for ps, gs, ms, vs, gains, olds in lists:
+            ok, out = run_fused(_adapt_kernel, ps, gs, ms, vs, gains, olds, group["gain_lr"], group["beta"],
+                                group["max_exp"], *group["gain_bounds"])
+            if not ok:
+                if sums:  # cannot happen: one kernel either compiles for every run or for none
+                    raise KexueError("EGAdapt: torch.compile failed part-way through a step")
+                return "foreach", None
+            sums.append(out[0])
+            means.append(out[1])
+        return "fused", (self._new_scale(k, group, sums, pg[0][0]), means)
+
+    def _combine_fused(self, group, pg, states, scale, means):
+        glo, ghi = group["gain_bounds"]
+        for (ps, _, olds, gains), mean in zip(self._lists(pg, states, "old", "gain"), means):
+            if mean is None:  # first step: gains are 1, s unchanged
+                mean = [torch.ones((), dtype=ps[0].dtype, device=ps[0].device)] * len(ps)
+            ok, _ = run_fused(_combine_kernel, ps, olds, gains, mean, scale, glo, ghi)
+            if not ok:  # only if compiling this kernel failed after _adapt_kernel's worked
+                for p, old, gain, m in zip(ps, olds, gains, mean):
+                    gain.div_(m).clamp_(glo, ghi)
+                    p.copy_(old.addcmul_(p.sub_(old), gain, value=float(scale)))
+
+    @torch.compiler.disable
+    def _scale_tensor(self, k: int, group: dict, like: torch.Tensor) -> torch.Tensor:
+        """s as the 0-d tensor the compiled kernels take, read outside any enclosing
+        torch.compile so that dynamo never guards on the Python float (which moves every step)."""
+        return scalar(group["scale"], like)
+
+    @torch.compiler.disable
+    def _new_scale(self, k: int, group: dict, sums: list, like: torch.Tensor) -> torch.Tensor:
+        """s ← clamp(s · exp(γ_s a), s_min, s_max) from the runs' (⟨g, m⟩, ‖g‖², ‖m‖²): the one host
+        read per group and step; kept out of an enclosing torch.compile (see :meth:`_scale_tensor`)."""
+        dot, gn2, mn2 = (float(x) for x in torch.stack([t.double().cpu() for t in sums]).sum(0))
+        a = dot / (math.sqrt(gn2) * math.sqrt(mn2) + group["align_eps"])
+        a = 0.0 if math.isnan(a) else min(max(a, -1.0), 1.0)
+        lo, hi = group["scale_bounds"]
+        group["scale"] = min(max(group["scale"] * math.exp(group["scale_lr"] * a), lo), hi)
+        self._check_bounds(k, group)
+        return scalar(group["scale"], like)
+
     def _check_bounds(self, k: int, group: dict) -> None:
         lo, hi = group["scale_bounds"]
         where = "upper" if group["scale"] >= hi else "lower" if group["scale"] <= lo else None
@@ -254,3 +321,33 @@ class EGAdapt(Optimizer):
             p = params[int(i)]
             self.state[p] = {n: t.to(device=p.device, dtype=p.dtype) if torch.is_tensor(t) else t for n, t in st.items()}
         self._at_bound = {}
+
+
+def _adapt_kernel(ps, gs, ms, vs, gains, olds, gain_lr: float, beta: float, max_exp: float, glo: float, ghi: float):
+    """EGAdapt's work before the base step (SPEC 2.3) for one device/dtype run, written for
+    torch.compile: the alignment sums (⟨g, m⟩, ‖g‖², ‖m‖²) with m = m_{t-1}, the gains
+    p ← clamp(p ⊙ exp(clip(γ_p g m / v)), p_min, p_max) and their per-tensor means, the moment
+    EMAs and the snapshot θ_old = θ — one loop over g, m, v, p, θ per tensor. The renormalisation
+    p ← clamp(p / mean(p)) is left to :func:`_combine_kernel`, which reads p anyway (nothing uses
+    p in between), so that p is not read twice here. Same arithmetic as the reference path."""
+    dot = gn2 = mn2 = 0.0
+    means = []
+    for p, g, m, v, gain, old in zip(ps, gs, ms, vs, gains, olds):
+        dot = dot + (g * m).sum()
+        gn2 = gn2 + (g * g).sum()
+        mn2 = mn2 + (m * m).sum()
+        f = kernel_mexp(g * m / v * gain_lr, max_exp)
+        gain.copy_((gain * f).clamp(glo, ghi))
+        means.append(gain.mean())
+        m.copy_(m * beta + g * (1 - beta))
+        v.copy_(v * beta + g * g * (1 - beta))
+        old.copy_(p)
+    return torch.stack([dot, gn2, mn2]), means
+
+
+def _combine_kernel(ps, olds, gains, means, scale, glo: float, ghi: float) -> None:
+    """After the base step: p ← clamp(p / mean(p), p_min, p_max) (deferred from :func:`_adapt_kernel`)
+    and θ ← θ_old + s · p ⊙ (θ_base - θ_old), one loop per tensor; ``scale`` s is a 0-d tensor."""
+    for p, old, gain, mean in zip(ps, olds, gains, means):
+        gain.copy_((gain / mean).clamp(glo, ghi))
+        p.copy_(old + (p - old) * gain * scale)

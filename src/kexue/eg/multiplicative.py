@@ -6,7 +6,8 @@ from typing import Iterable
 
 import torch
 
-from kexue.eg._common import GroupwiseOptimizer, by_device, check_foreach, check_pos, foreach_mexp_, mexp_, use_foreach
+from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_, mexp_,
+                              kernel_mexp, run_fused, scalar, use_foreach, want_compiled)
 from kexue.utils import KexueError
 
 
@@ -71,15 +72,20 @@ class EGPlusMinus(GroupwiseOptimizer):
     The halves start at u₀ = relu(θ₀) + c, v₀ = relu(-θ₀) + c with ``init_scale`` c > 0 (EG
     cannot move a weight that is exactly zero, so c sets how fast small weights can grow).
 
-    Args: ``lr`` η; ``init_scale`` c; ``max_exp`` exponent clip; ``foreach`` as in :class:`EG`.
+    Args: ``lr`` η; ``init_scale`` c; ``max_exp`` exponent clip; ``foreach`` as in :class:`EG`;
+    ``compile`` True: the update as one compiled kernel per tensor (:func:`_egpm_kernel`, about
+    one pass over θ, g, u, v instead of eleven), None (default): compiled for groups of at least
+    ``kexue.eg._common.COMPILE_MIN_NUMEL`` elements, False: never. Without a working
+    torch.compile it falls back to the multi-tensor path (a ``CompileFallbackWarning``).
     """
 
     def __init__(self, params: Iterable, lr: float = 0.1, init_scale: float = 0.1, max_exp: float = 30.0,
-                 foreach: bool | None = None):
+                 foreach: bool | None = None, compile: bool | None = None):
         check_pos("lr", lr)
         check_pos("init_scale", init_scale)
         check_pos("max_exp", max_exp)
-        super().__init__(params, dict(lr=lr, init_scale=init_scale, max_exp=max_exp, foreach=check_foreach(foreach)))
+        super().__init__(params, dict(lr=lr, init_scale=init_scale, max_exp=max_exp, foreach=check_foreach(foreach),
+                                      compile=check_compile(compile)))
 
     def _group_step(self, group, pg):
         c = group["init_scale"]
@@ -88,7 +94,10 @@ class EGPlusMinus(GroupwiseOptimizer):
             if not st:
                 st["u"] = p.detach().clamp(min=0) + c
                 st["v"] = (-p.detach()).clamp(min=0) + c
-        (self._step_foreach if use_foreach(group) else self._step_reference)(group, pg)
+        if not use_foreach(group):
+            self._step_reference(group, pg)
+        elif not (want_compiled(group, pg) and self._step_fused(group, pg)):
+            self._step_foreach(group, pg)
 
     def _step_reference(self, group, pg):
         lr, m = group["lr"], group["max_exp"]
@@ -113,3 +122,25 @@ class EGPlusMinus(GroupwiseOptimizer):
             torch._foreach_clamp_max_(vs, big)
             for p, u, v in zip(ps, us, vs):  # θ = u - v written into θ's own storage: no temporary
                 torch.sub(u, v, out=p)
+
+    def _step_fused(self, group, pg) -> bool:
+        states = [self.state[p] for p, _ in pg]
+        lists = by_device([p for p, _ in pg], [g for _, g in pg], [s["u"] for s in states], [s["v"] for s in states])
+        for i, (ps, gs, us, vs) in enumerate(lists):
+            ok, _ = run_fused(_egpm_kernel, ps, gs, us, vs, scalar(group["lr"], ps[0]), group["max_exp"],
+                              torch.finfo(ps[0].dtype).max / 2)
+            if not ok:  # torch.compile unavailable: this run and the rest on the eager path
+                self._step_foreach(group, [(p, g) for run in lists[i:] for p, g in zip(run[0], run[1])])
+                break
+        return True
+
+
+def _egpm_kernel(ps, gs, us, vs, lr, max_exp: float, big: float) -> None:
+    """EG± (SPEC 2.1) for one device/dtype run, written for torch.compile: the same arithmetic as
+    :meth:`EGPlusMinus._step_reference`, fused by inductor into one loop per tensor. ``lr`` is a
+    0-d tensor so that a scheduler moving it does not recompile the kernel."""
+    for p, g, u, v in zip(ps, gs, us, vs):
+        f = kernel_mexp(g * -lr, max_exp)
+        u.copy_((u * f).clamp(max=big))
+        v.copy_((v / f).clamp(max=big))
+        p.copy_(u - v)

@@ -6,7 +6,8 @@ from typing import Iterable
 
 import torch
 
-from kexue.eg._common import GroupwiseOptimizer, by_device, check_foreach, check_pos, foreach_mexp_, mexp_, use_foreach
+from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_, mexp_,
+                              kernel_finite, kernel_mexp, run_fused, scalar, use_foreach, want_compiled)
 from kexue.utils import KexueError
 
 
@@ -25,11 +26,15 @@ class EGStep(GroupwiseOptimizer):
     scale of the problem (γ ≈ 1/E[g²] makes a one-unit exponent for aligned gradients).
 
     Args: ``lr`` η, ``gamma`` γ ≥ 0 (γ = 0 is SGD), ``nu0`` initial ν; ``foreach`` None/True:
-    multi-tensor path, False: the per-tensor reference path.
+    multi-tensor path, False: the per-tensor reference path; ``compile`` True: the update as one
+    compiled kernel per tensor (:func:`_egstep_kernel`), None (default): compiled for groups of at
+    least ``kexue.eg._common.COMPILE_MIN_NUMEL`` elements, False: never (falls back to the
+    multi-tensor path with a ``CompileFallbackWarning`` where torch.compile does not work).
     """
 
     def __init__(self, params: Iterable, lr: float = 0.01, gamma: float = 1.0, nu0: float = 1.0,
-                 nu_min: float = 1e-4, nu_max: float = 1e4, max_exp: float = 0.5, foreach: bool | None = None):
+                 nu_min: float = 1e-4, nu_max: float = 1e4, max_exp: float = 0.5, foreach: bool | None = None,
+                 compile: bool | None = None):
         check_pos("lr", lr)
         check_pos("gamma", gamma, allow_zero=True)
         check_pos("nu0", nu0)
@@ -39,7 +44,7 @@ class EGStep(GroupwiseOptimizer):
         if not nu_min <= nu0 <= nu_max:
             raise KexueError(f"need 0 < nu_min <= nu0 <= nu_max, got {nu_min}, {nu0}, {nu_max}")
         super().__init__(params, dict(lr=lr, gamma=gamma, nu0=nu0, nu_min=nu_min, nu_max=nu_max, max_exp=max_exp,
-                                      foreach=check_foreach(foreach)))
+                                      foreach=check_foreach(foreach), compile=check_compile(compile)))
 
     def _group_step(self, group, pg):
         for p, _ in pg:
@@ -47,7 +52,10 @@ class EGStep(GroupwiseOptimizer):
             if not st:
                 st["nu"] = torch.full_like(p, group["nu0"])
                 st["prev_grad"] = torch.zeros_like(p)
-        (self._step_foreach if use_foreach(group) else self._step_reference)(group, pg)
+        if not use_foreach(group):
+            self._step_reference(group, pg)
+        elif not (want_compiled(group, pg) and self._step_fused(group, pg)):
+            self._step_foreach(group, pg)
 
     def _step_reference(self, group, pg):
         for p, g in pg:
@@ -71,3 +79,26 @@ class EGStep(GroupwiseOptimizer):
                 nu.clamp_(group["nu_min"], group["nu_max"])  # one pass; foreach has only one-sided clamps
                 torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0, out=gp)
             torch._foreach_addcmul_(ps, nus, gps, value=-group["lr"])
+
+    def _step_fused(self, group, pg) -> bool:
+        states = [self.state[p] for p, _ in pg]
+        lists = by_device([p for p, _ in pg], [g for _, g in pg], [s["nu"] for s in states],
+                          [s["prev_grad"] for s in states])
+        for i, (ps, gs, nus, gps) in enumerate(lists):
+            ok, _ = run_fused(_egstep_kernel, ps, gs, nus, gps, scalar(group["lr"], ps[0]), group["gamma"],
+                              group["max_exp"], group["nu_min"], group["nu_max"])
+            if not ok:  # torch.compile unavailable: this run and the rest on the eager path
+                self._step_foreach(group, [(p, g) for run in lists[i:] for p, g in zip(run[0], run[1])])
+                break
+        return True
+
+
+def _egstep_kernel(ps, gs, nus, gps, lr, gamma: float, max_exp: float, nu_min: float, nu_max: float) -> None:
+    """EGStep (SPEC 2.2) for one device/dtype run, written for torch.compile: the arithmetic of
+    :meth:`EGStep._step_reference`, fused by inductor into one loop per tensor (reads θ, g, ν,
+    g_{t-1}; writes θ, ν, g_{t-1}). ``lr`` is a 0-d tensor so a scheduler does not recompile it."""
+    for p, g, nu, gp in zip(ps, gs, nus, gps):
+        f = kernel_mexp(gp * g * gamma, max_exp)
+        nu.copy_((nu * f).clamp(nu_min, nu_max))
+        gp.copy_(kernel_finite(g))
+        p.add_(nu * gp * -lr)
