@@ -157,9 +157,15 @@ def _prepare(X, Q, metric, same) -> _Prepared:
 
     Xc, xsq = centred(X64)
     Qc, qsq = (Xc, xsq) if same else centred(Q64)
-    Xa = np.ascontiguousarray(np.column_stack([-2.0 * Xc, np.ones_like(xsq), xsq]).astype(np.float32))
-    Qa = np.ascontiguousarray(np.column_stack([Qc, qsq, np.ones_like(qsq)]).astype(np.float32))
-    return _Prepared(X64, Q64, Xa, Qa, qsq + xsq.max())
+    return _Prepared(X64, Q64, _augmented(Xc, -2.0, 1.0, xsq), _augmented(Qc, 1.0, qsq, 1.0), qsq + xsq.max())
+
+
+def _augmented(C, scale, a, b) -> np.ndarray:
+    """Float32 ``[scale · C, a, b]``, written straight into one array (no float64 intermediate)."""
+    out = np.empty((len(C), C.shape[1] + 2), np.float32)
+    np.multiply(C, scale, out=out[:, :-2], casting="unsafe")
+    out[:, -2], out[:, -1] = a, b
+    return out
 
 
 class _Candidates:

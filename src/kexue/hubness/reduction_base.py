@@ -128,13 +128,18 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self._graph = None
         if graph is not None:
             self._graph = self._given_graph(graph, n)
-        if self._width() == 0:
+        w = self._width()
+        if w == 0:
             self.stats_ = ()
+        elif self._graph is not None:
+            self.stats_ = self._stats(self._graph[0], w)
         elif self.n_samples is not None and self.n_samples < n:
-            rows = G.sampled_rows(X, self._width(), self.metric, self.n_samples, self.random_state)
+            rows = G.sampled_rows(X, w, self.metric, self.n_samples, self.random_state)
             self.stats_ = self._stats(rows, rows.shape[1])
-        else:
-            self.stats_ = self._stats(self._index_graph()[0], self._width())
+        elif isinstance(self.backend, str) and self.backend == "exact":
+            self.stats_ = self._stats(G.nearest_rows(X, w, self.metric), w)
+        else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep
+            self.stats_ = self._stats(self._search(None, w)[0], w)
         return self
 
     def _given_graph(self, graph, n):
@@ -162,11 +167,15 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if k is not None and k > c:
             raise KexueError(f"k={k} exceeds the {c} candidates per point; lower k or raise n_candidates")
 
+    def _search(self, Q, c):
+        """The ``c`` nearest index points of queries ``Q`` (None: of the index points, self excluded)."""
+        return G.search(self.X_, Q, c, self.metric, self.backend, self.backend_params, self.random_state)
+
     def _index_graph(self):
-        """The index's own candidate graph (self excluded), searched once and kept."""
+        """The index's own candidate graph (self excluded) for the in-sample path, searched on first
+        use and kept (``fit`` itself reads only the statistics' ``_width()`` nearest)."""
         if self._graph is None:
-            self._graph = G.search(self.X_, None, self.n_candidates_, self.metric, self.backend,
-                                   self.backend_params, self.random_state)
+            self._graph = self._search(None, self.n_candidates_)
         return self._graph
 
     def __sklearn_is_fitted__(self):
@@ -194,8 +203,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if Q.shape[1] != self.n_features_in_:
             raise KexueError(f"X has {Q.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input")
-        d, i = G.search(self.X_, Q, self.n_candidates_, self.metric, self.backend, self.backend_params,
-                        self.random_state)
+        d, i = self._search(Q, self.n_candidates_)
         return d, i, Q
 
     def _reduce(self, dist, ind, Q, in_sample: bool):
