@@ -74,8 +74,9 @@ def exact_rows(DX, w):
 def test_both_sides_equal_brute_force_definition(name):
     """Query side (q's own candidate row) and index side (x's nearest in the index, self excluded),
     out of sample and in sample, equal a pair-by-pair implementation of each formula: to float64
-    rounding once the index statistics are taken from float64 rows, and to the float32 rounding of
-    the fitted statistics (nearest_rows) as fitted."""
+    rounding given float64 index statistics and float64 candidate rows (``rerank`` of the
+    brute-force candidates; in sample, the exact backend's graph), and to float32 rounding as
+    fitted and searched (index statistics from nearest_rows, new queries' candidates screened)."""
     rng = np.random.default_rng(3)
     X, Q = rng.standard_normal((90, 7)), rng.standard_normal((25, 7))
     c, k = 20, 4
@@ -90,6 +91,9 @@ def test_both_sides_equal_brute_force_definition(name):
         for rows, Dq, q_self in [(Q, brute_dist(Q, X, metric), None), (None, DX, np.arange(len(X)))]:
             want = brute_secondary(name, X, Q, Dq, DX, c, k, metric, q_self)
             sec, ind = r.kneighbors(rows, n_neighbors=c)
+            if r is exact and rows is not None:
+                ci = np.array([nearest(row, c) for row in Dq])
+                sec, ind = r.rerank(np.take_along_axis(Dq, ci, 1), ci, rows)
             got = {(i, x): s for i, (srow, irow) in enumerate(zip(sec, ind)) for s, x in zip(srow, irow)}
             assert got.keys() == want.keys()
             np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=rtol, atol=atol)
@@ -125,6 +129,26 @@ def test_nearest_rows_fast_path_matches_reference(metric):
         ref = r._stats(h.kneighbors(X, r._width(), metric=metric)[0], r._width())
         for a, b in zip(r.stats_, ref):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_screened_candidates_match_exact_backend(metric):
+    """New queries' candidate rows (float32, no float64 re-check) hold the exact backend's
+    neighbours, at its distances to float32 rounding, and a query's row is the same whatever other
+    queries share the call (each pair is re-scored on its own, not read off a batch GEMM)."""
+    rng = np.random.default_rng(9)
+    X, Q = rng.standard_normal((400, 25)) + 2.0, rng.standard_normal((90, 25)) + 2.0
+    Q[5] = X[11]  # a query equal to an index point: distance ~0 (float32), still the first candidate
+    d, i = h.knn.screened(X, Q, 30, metric, block=64)
+    D, I = h.kneighbors(X, 30, metric=metric, queries=Q)
+    np.testing.assert_array_equal(i, I)
+    far = D > 1e-9
+    np.testing.assert_allclose(d[far], D[far], rtol=1e-5)
+    assert d[5, 0] < 1e-2 and i[5, 0] == 11
+    for rows in (slice(5, 6), slice(0, 1), slice(17, 90), slice(3, 40)):
+        np.testing.assert_array_equal(h.knn.screened(X, Q[rows], 30, metric)[0], d[rows])
+    r = h.MutualProximity(n_candidates=30, metric=metric).fit(X)
+    np.testing.assert_array_equal(r.transform(Q[7:8]).toarray(), r.transform(Q).toarray()[7:8])
 
 
 def _boot_skew(ind, n_index, rng, reps=200):

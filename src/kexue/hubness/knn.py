@@ -126,7 +126,10 @@ def order_rows(dist: np.ndarray, ind: np.ndarray, k: int, metric: str = "euclide
 class _Prepared:
     """Float64 rows for re-scoring and float32 augmented rows for screening: one GEMM of
     ``[q, |q|², 1]`` with ``[-2x, 1, |x|²]`` gives ``|q|² + |x|² - 2 q·x`` (no passes over the block
-    to add the norms, and a symmetric matrix when Q = X)."""
+    to add the norms, and a symmetric matrix when Q = X). The rows are centred on the index mean
+    (L2), and the columns where every centred index row is 0 (a feature constant over the index,
+    e.g. a blank pixel) are left out of the products — they add exactly 0 to ``q·x`` — while the
+    norms keep every column."""
 
     X64: np.ndarray
     Q64: np.ndarray
@@ -157,6 +160,10 @@ def _prepare(X, Q, metric, same) -> _Prepared:
 
     Xc, xsq = centred(X64)
     Qc, qsq = (Xc, xsq) if same else centred(Q64)
+    used = Xc.any(0)
+    if not used.all():
+        Xc = Xc[:, used]
+        Qc = Xc if same else Qc[:, used]
     return _Prepared(X64, Q64, _augmented(Xc, -2.0, 1.0, xsq), _augmented(Qc, 1.0, qsq, 1.0), qsq + xsq.max())
 
 
@@ -277,6 +284,25 @@ def _exact(X, Q, k, metric, self_ids, block, margin, tracker) -> KNNGraph:
     cand = _screen(P, same, self_ids, m, block, tracker)
     dist, ind = _rescore(P, cand, k, metric, self_ids, n_valid)
     return KNNGraph(dist, ind.astype(np.int64), "exact", 1.0, 0, {})
+
+
+def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` nearest rows of ``X`` by float32 distances, without the exact backend's
+    float64 re-check and near-tie rule: ``(dist, ind)`` sorted by (distance, index). The exact
+    backend's float32 screening picks the ``k``; each picked pair's squared distance is then
+    recomputed on its own (the augmented rows' dot product), so a query's row does not depend on
+    the other queries of the call, as a GEMM's rounding does. A squared distance errs by about
+    ``sqrt(dim) · 6e-8 · (|q|² + max |x|²)`` after centring; the set can differ from the exact one
+    only where the k-th and (k+1)-th distances agree to that rounding. For candidate rows whose
+    values feed statistics and secondary distances (:mod:`kexue.hubness.reduction`)."""
+    P = _prepare(X, Q, metric, same=False)
+    cand = _screen(P, False, None, k, max(1, min(block or 4096, max(len(Q), len(X)))), tracker_or_null(None))
+    v = np.empty(cand.ind.shape)
+    step = max(1, (1 << 20) // (k * P.Xa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
+    for s in range(0, len(v), step):
+        v[s:s + step] = np.einsum("bd,bcd->bc", P.Qa[s:s + step], P.Xa[cand.ind[s:s + step]])
+    v = np.maximum(v, 0.0)
+    return _sort_rows(v / 2.0 if metric == "cosine" else np.sqrt(v), cand.ind, k)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from sklearn.exceptions import NotFittedError
 
 from kexue import validate
 from kexue.hubness import graph as G
-from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences
+from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, screened
 from kexue.utils import KexueError, KexueTypeError
 
 _TINY = np.finfo(np.float64).tiny
@@ -168,7 +168,12 @@ class _Reduction(TransformerMixin, BaseEstimator):
             raise KexueError(f"k={k} exceeds the {c} candidates per point; lower k or raise n_candidates")
 
     def _search(self, Q, c):
-        """The ``c`` nearest index points of queries ``Q`` (None: of the index points, self excluded)."""
+        """The ``c`` nearest index points of queries ``Q`` (None: of the index points, self excluded).
+        New queries on the exact backend: its float32 screening without the float64 re-check
+        (:func:`kexue.hubness.knn.screened`) — the candidates' distances feed statistics and
+        secondary distances whose index side is float32 already (:func:`G.nearest_rows`)."""
+        if Q is not None and isinstance(self.backend, str) and self.backend == "exact":
+            return screened(self.X_, Q, c, self.metric)
         return G.search(self.X_, Q, c, self.metric, self.backend, self.backend_params, self.random_state)
 
     def _index_graph(self):
