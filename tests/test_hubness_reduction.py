@@ -115,14 +115,14 @@ def test_nearest_rows_fast_path_matches_reference(metric):
     want = exact_rows(DX, 25)
     np.testing.assert_allclose(h.kneighbors(X, 25, metric=metric)[0], want, rtol=1e-12, atol=1e-12)
     for block in (7, 64, 100, 230, 4096):
-        got = h.graph.nearest_rows(X, 25, metric, block=block)
+        got = h.screen.nearest_rows(X, 25, metric, block=block)
         apart = want > 1e-9  # a duplicate's distance is sqrt(float32 rounding of |x|² terms), not 0
         np.testing.assert_allclose(got[apart], want[apart], rtol=1e-5)
         assert (~apart).sum() == 6 and got[~apart].max() < 1e-2
     cols = np.sort(rng.choice(len(X), 60, replace=False))
     sub = DX[:, cols].copy()
     sub[cols, np.arange(len(cols))] = np.inf
-    np.testing.assert_allclose(h.graph.nearest_rows(X, 6, metric, among=cols, block=16),
+    np.testing.assert_allclose(h.screen.nearest_rows(X, 6, metric, among=cols, block=16),
                                np.sort(sub, axis=1)[:, :6], rtol=1e-5, atol=1e-2)
     for name in ["mp", "ls", "nicdm", "csls"]:
         r = h.make_reduction(name, n_candidates=40, metric=metric).fit(X)
@@ -139,14 +139,14 @@ def test_screened_candidates_match_exact_backend(metric):
     rng = np.random.default_rng(9)
     X, Q = rng.standard_normal((400, 25)) + 2.0, rng.standard_normal((90, 25)) + 2.0
     Q[5] = X[11]  # a query equal to an index point: distance ~0 (float32), still the first candidate
-    d, i = h.knn.screened(X, Q, 30, metric, block=64)
+    d, i = h.screen.screened(X, Q, 30, metric, block=64)
     D, I = h.kneighbors(X, 30, metric=metric, queries=Q)
     np.testing.assert_array_equal(i, I)
     far = D > 1e-9
     np.testing.assert_allclose(d[far], D[far], rtol=1e-5)
     assert d[5, 0] < 1e-2 and i[5, 0] == 11
     for rows in (slice(5, 6), slice(0, 1), slice(17, 90), slice(3, 40)):
-        np.testing.assert_array_equal(h.knn.screened(X, Q[rows], 30, metric)[0], d[rows])
+        np.testing.assert_array_equal(h.screen.screened(X, Q[rows], 30, metric)[0], d[rows])
     r = h.MutualProximity(n_candidates=30, metric=metric).fit(X)
     np.testing.assert_array_equal(r.transform(Q[7:8]).toarray(), r.transform(Q).toarray()[7:8])
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from kexue.hubness.knn import _normalise, _prepare, kneighbors
+from kexue.hubness.knn import _normalise, kneighbors
+from kexue.hubness.screen import nearest_rows
 from kexue.utils import KexueError
 
 
@@ -79,69 +80,16 @@ def search(X: np.ndarray, Q: np.ndarray | None, k: int, metric: str, backend, ba
     return np.asarray(d, dtype=np.float64), np.asarray(i, dtype=np.int64)
 
 
-def sampled_rows(X: np.ndarray, width: int, metric: str, n_samples: int, seed: int) -> np.ndarray:
+def sampled_rows(X: np.ndarray, width: int, metric: str, n_samples: int, seed: int, screen=None) -> np.ndarray:
     """Each index point's ``w`` smallest distances to a random sample of ``n_samples`` other index
     points, sorted, with ``w = max(1, round(width · n_samples / (n - 1)))``: the same fraction of
     its distance distribution as its ``width`` nearest among all ``n - 1`` other points, so
-    statistics over these rows estimate those over its ``width`` nearest neighbours. Screened in
-    float32 like :func:`nearest_rows`."""
+    statistics over these rows estimate those over its ``width`` nearest neighbours. Float32 BLAS
+    distances (:func:`kexue.hubness.screen.nearest_rows`; ``screen``: X's prepared rows, if built)."""
     n = len(X)
     rows = np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False))
     w = int(min(n_samples - 1, max(1, round(width * n_samples / (n - 1)))))
-    return nearest_rows(X, w, metric, among=rows)
-
-
-def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = None,
-                 block: int = 2048) -> np.ndarray:
-    """Each row's ``w`` smallest distances to the other rows of ``X`` (``among``: to the rows with
-    those ids only), sorted ascending; a row is never its own neighbour (by id, so a duplicate
-    still counts, at distance ~0). For **statistics** (the reductions' per-point scales), not for
-    reported neighbours: the values are float32 BLAS distances — one GEMM of the centred rows
-    augmented with their squared norms (:func:`kexue.hubness.knn._prepare`), over square blocks
-    and, without ``among``, only one triangle of the symmetric matrix (each block serves its rows
-    and, transposed, its columns) — then ``sqrt`` (Euclidean) or ``/ 2`` (cosine, unit rows). No
-    near-tie rule: the multiset of the w smallest values does not depend on how ties are ordered.
-    A distance errs by about ``sqrt(dim) · 6e-8 · (|x|² + max |y|²)`` in squared units (the
-    float32 rounding), so relative errors are ~1e-6 unless the points nearly coincide. Memory:
-    one ``block × block`` float32 block and the ``(n, w)`` result."""
-    n = len(X)
-    P = _prepare(X, X, metric, same=True)  # Qa: [x, |x|², 1], Xa: [-2x, 1, |x|²] (centred, float32)
-    same = among is None
-    ids = np.arange(n) if same else np.asarray(among, dtype=np.int64)
-    R, C = P.Qa, (P.Xa if same else P.Xa[ids])
-    pos = np.full(n, -1, np.int64)  # column of each row's own id, -1 if not among the columns
-    pos[ids] = np.arange(len(ids))
-    best = np.full((n, w), np.inf, np.float32)
-    for i in range(0, n, block):
-        own = pos[i:i + block]
-        for j in range(i if same else 0, len(ids), block):
-            D = R[i:i + block] @ C[j:j + block].T
-            r = np.flatnonzero((own >= j) & (own < j + D.shape[1]))
-            D[r, own[r] - j] = np.inf
-            if same and j != i:  # the block's transpose: rows j.. against columns i..
-                _keep_smallest(best, j, _transposed(D))
-            _keep_smallest(best, i, D)
-    best = np.maximum(np.sort(best, axis=1).astype(np.float64), 0.0)
-    return best / 2.0 if metric == "cosine" else np.sqrt(best)
-
-
-def _transposed(D: np.ndarray, strip: int = 64) -> np.ndarray:
-    """``D.T`` as a C-ordered copy, a strip of rows at a time (about twice as fast as one strided copy)."""
-    out = np.empty(D.shape[::-1], D.dtype)
-    for i in range(0, len(D), strip):
-        out[:, i:i + strip] = D[i:i + strip].T
-    return out
-
-
-def _keep_smallest(best: np.ndarray, r0: int, D: np.ndarray) -> None:
-    """Merge block ``D`` (rows r0..; partitioned in place) into the running ``w`` smallest per row."""
-    w = best.shape[1]
-    if D.shape[1] > w:
-        D.partition(w - 1, axis=1)
-        D = D[:, :w]
-    both = np.concatenate([best[r0:r0 + len(D)], D], axis=1)
-    both.partition(w - 1, axis=1)
-    best[r0:r0 + len(D)] = both[:, :w]
+    return nearest_rows(X, w, metric, among=rows, screen=screen)
 
 
 def graph_rows(G, what: str, drop_diagonal: bool):

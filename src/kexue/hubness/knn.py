@@ -144,27 +144,53 @@ class _Prepared:
         return 4.0 * (self.X64.shape[1] + 6) * _U32 * self.scale + 8.0 * (m + 1) * TIE_RTOL * (self.scale + 1.0)
 
 
-def _prepare(X, Q, metric, same) -> _Prepared:
+@dataclass(eq=False)
+class Screening:
+    """The index side of the float32 screening, built once per index and reusable for any queries:
+    the centring shift (the index mean for L2, 0 for cosine's unit rows), the columns kept in the
+    products (None: all; see :class:`_Prepared`), the float32 rows ``[-2x, 1, |x|²]`` and the
+    float64 ``|x|²`` of the centred rows."""
+
+    shift: np.ndarray | float
+    used: np.ndarray | None
+    Xa: np.ndarray
+    xsq: np.ndarray
+
+    def rows(self, Q64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 rows ``[q, |q|², 1]`` of queries (unit rows for cosine) and their float64 ``|q|²``."""
+        C = Q64 - self.shift
+        qsq = np.einsum("ij,ij->i", C, C)
+        return _augmented(C if self.used is None else C[:, self.used], 1.0, qsq, 1.0), qsq
+
+
+def screening(X64: np.ndarray, metric: str, with_rows: bool = False):
+    """The :class:`Screening` of index rows ``X64`` (float64, unit rows for cosine); with
+    ``with_rows`` also ``X64``'s own query rows ``[x, |x|², 1]`` (one centring pass for both)."""
+    shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
+    C = X64 - shift
+    xsq = np.einsum("ij,ij->i", C, C)
+    used = C.any(0)
+    used = None if used.all() else np.flatnonzero(used)
+    if used is not None:
+        C = C[:, used]
+    S = Screening(shift, used, _augmented(C, -2.0, 1.0, xsq), xsq)
+    return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
+
+
+def _prepare(X, Q, metric, same, screen: Screening | None = None) -> _Prepared:
     if metric == "cosine":
         X64 = _normalise(X)
         Q64 = X64 if same else _normalise(Q)
-        shift = 0.0
     else:
         X64 = np.asarray(X, dtype=np.float64)
         Q64 = X64 if same else np.asarray(Q, dtype=np.float64)
-        shift = X64.mean(0)  # centring is free for L2 and shrinks the norms, hence the float32 error
-
-    def centred(A):
-        C = A - shift
-        return C, np.einsum("ij,ij->i", C, C)
-
-    Xc, xsq = centred(X64)
-    Qc, qsq = (Xc, xsq) if same else centred(Q64)
-    used = Xc.any(0)
-    if not used.all():
-        Xc = Xc[:, used]
-        Qc = Xc if same else Qc[:, used]
-    return _Prepared(X64, Q64, _augmented(Xc, -2.0, 1.0, xsq), _augmented(Qc, 1.0, qsq, 1.0), qsq + xsq.max())
+    if screen is None and same:
+        screen, Qa = screening(X64, metric, with_rows=True)
+        qsq = screen.xsq
+    else:
+        screen = screen or screening(X64, metric)
+        Qa, qsq = screen.rows(Q64)
+    return _Prepared(X64, Q64, screen.Xa, Qa, qsq + screen.xsq.max())
 
 
 def _augmented(C, scale, a, b) -> np.ndarray:
@@ -284,25 +310,6 @@ def _exact(X, Q, k, metric, self_ids, block, margin, tracker) -> KNNGraph:
     cand = _screen(P, same, self_ids, m, block, tracker)
     dist, ind = _rescore(P, cand, k, metric, self_ids, n_valid)
     return KNNGraph(dist, ind.astype(np.int64), "exact", 1.0, 0, {})
-
-
-def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Each query's ``k`` nearest rows of ``X`` by float32 distances, without the exact backend's
-    float64 re-check and near-tie rule: ``(dist, ind)`` sorted by (distance, index). The exact
-    backend's float32 screening picks the ``k``; each picked pair's squared distance is then
-    recomputed on its own (the augmented rows' dot product), so a query's row does not depend on
-    the other queries of the call, as a GEMM's rounding does. A squared distance errs by about
-    ``sqrt(dim) · 6e-8 · (|q|² + max |x|²)`` after centring; the set can differ from the exact one
-    only where the k-th and (k+1)-th distances agree to that rounding. For candidate rows whose
-    values feed statistics and secondary distances (:mod:`kexue.hubness.reduction`)."""
-    P = _prepare(X, Q, metric, same=False)
-    cand = _screen(P, False, None, k, max(1, min(block or 4096, max(len(Q), len(X)))), tracker_or_null(None))
-    v = np.empty(cand.ind.shape)
-    step = max(1, (1 << 20) // (k * P.Xa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
-    for s in range(0, len(v), step):
-        v[s:s + step] = np.einsum("bd,bcd->bc", P.Qa[s:s + step], P.Xa[cand.ind[s:s + step]])
-    v = np.maximum(v, 0.0)
-    return _sort_rows(v / 2.0 if metric == "cosine" else np.sqrt(v), cand.ind, k)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ from sklearn.exceptions import NotFittedError
 
 from kexue import validate
 from kexue.hubness import graph as G
-from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, screened
+from kexue.hubness import screen as S
+from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences
 from kexue.utils import KexueError, KexueTypeError
 
 _TINY = np.finfo(np.float64).tiny
@@ -125,7 +126,8 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_candidates_ = min(self.n_candidates, n - 1)  # no point has more neighbours than this
         self.X_ = X
         self._check_width(self.n_candidates_)
-        self._graph = None
+        self._graph, self._screen = None, None
+        self._screening()  # built now, so transform never changes the estimator
         if graph is not None:
             self._graph = self._given_graph(graph, n)
         w = self._width()
@@ -134,10 +136,10 @@ class _Reduction(TransformerMixin, BaseEstimator):
         elif self._graph is not None:
             self.stats_ = self._stats(self._graph[0], w)
         elif self.n_samples is not None and self.n_samples < n:
-            rows = G.sampled_rows(X, w, self.metric, self.n_samples, self.random_state)
+            rows = G.sampled_rows(X, w, self.metric, self.n_samples, self.random_state, self._screening())
             self.stats_ = self._stats(rows, rows.shape[1])
-        elif isinstance(self.backend, str) and self.backend == "exact":
-            self.stats_ = self._stats(G.nearest_rows(X, w, self.metric), w)
+        elif self._exact():
+            self.stats_ = self._stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
         else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep
             self.stats_ = self._stats(self._search(None, w)[0], w)
         return self
@@ -158,7 +160,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.n_candidates_ = dist.shape[1]
         self._check_width(dist.shape[1])
-        self._graph, self.X_ = (dist, ind), None
+        self._graph, self.X_, self._screen = (dist, ind), None, None
         self.stats_ = self._stats(dist, self._width())
         return self
 
@@ -172,9 +174,19 @@ class _Reduction(TransformerMixin, BaseEstimator):
         New queries on the exact backend: its float32 screening without the float64 re-check
         (:func:`kexue.hubness.knn.screened`) — the candidates' distances feed statistics and
         secondary distances whose index side is float32 already (:func:`G.nearest_rows`)."""
-        if Q is not None and isinstance(self.backend, str) and self.backend == "exact":
-            return screened(self.X_, Q, c, self.metric)
+        if Q is not None and self._exact():
+            return S.screened(None, Q, c, self.metric, screen=self._screening())
         return G.search(self.X_, Q, c, self.metric, self.backend, self.backend_params, self.random_state)
+
+    def _exact(self) -> bool:
+        return isinstance(self.backend, str) and self.backend == "exact"
+
+    def _screening(self):
+        """The index side of the float32 screening (exact backend, vector mode; else None), built by
+        ``fit``/``load`` and reused by every query batch."""
+        if getattr(self, "_screen", None) is None and self._exact() and self.X_ is not None:
+            self._screen = S.screening(S._rows64(self.X_, self.metric), self.metric)
+        return self._screen
 
     def _index_graph(self):
         """The index's own candidate graph (self excluded) for the in-sample path, searched on first
@@ -286,6 +298,8 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
         self.X_ = t.get("X")
         self._graph = (t["gd"], t["gi"]) if "gd" in t else None
+        self._screen = None
+        self._screening()
         self._load_extra(t)
         return self
 
