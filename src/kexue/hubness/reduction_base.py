@@ -6,20 +6,26 @@ Each reduction is a scikit-learn estimator with the ``KNeighborsTransformer`` co
 - ``fit(X)`` — ``X`` is either the index vectors (n_index, dim), searched with kexue's kNN
   backends or a built FAISS index passed as ``backend``; or a sparse kNN distance graph of the
   index against itself (from ``KNeighborsTransformer(mode="distance")``). It learns each index
-  point's statistic from its nearest index neighbours (itself excluded).
+  point's statistic from its nearest index neighbours (itself excluded): on the exact backend
+  from float32 BLAS distances to all other index points (:func:`kexue.hubness.screen.nearest_rows`,
+  ~1e-6 relative error; the statistic reads only its ``_width()`` nearest); on an approximate
+  backend or a user's FAISS index from a self-search of that depth; from the graph's rows when
+  fitted on a graph or given ``graph=``.
 - ``transform(X)`` — new queries (vectors, or their sparse graph against the index) → a CSR graph
   (n_queries, n_index) of **secondary distances** over each query's ``n_candidates`` primary
-  candidates. A query's statistic comes from its own candidate row; an index point's from the
-  fitted index. So ``make_pipeline(KNeighborsTransformer(...), MutualProximity(),
+  candidates. A query's statistic comes from its own candidate row (on the exact backend the
+  query's float32-screened candidates, :func:`kexue.hubness.screen.screened`, with their float32
+  distances); an index point's from the fitted index. So ``make_pipeline(KNeighborsTransformer(...), MutualProximity(),
   KNeighborsClassifier(metric="precomputed"))`` works.
 - ``kneighbors(X=None, n_neighbors)`` — ``(secondary_dist, ind)`` re-ranked; ``X=None`` is the
-  in-sample path (each index point against the others). ``rerank(dist, ind, X=None)`` re-ranks a
+  in-sample path (each index point against the others: the exact float64 self-kNN graph,
+  searched on first use). ``rerank(dist, ind, X=None)`` re-ranks a
   candidate graph computed elsewhere.
 
 Secondary distances are computed for the whole candidate block at once (no per-query Python).
 ``n_samples``: when set, the index statistics are estimated from a random sample of that many
-index points (see :func:`kexue.hubness.graph.sampled_rows`), which makes ``fit`` cost
-``n_index × n_samples`` distances instead of a full kNN search of the index.
+index points (see :func:`kexue.hubness.graph.sampled_rows`, float32 too), which makes ``fit``
+cost ``n_index × n_samples`` distances instead of ``n_index² / 2``.
 """
 
 from __future__ import annotations
