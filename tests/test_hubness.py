@@ -297,7 +297,7 @@ def test_cli_outputs(cli, emb, tmp_path, monkeypatch):
     assert r.code == 0, r.err
     assert out["nk.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads(out["m.json"].read_text())
-    red = h.LocalScaling(n_candidates=20).fit(X)
+    red = h.LocalScaling(n_candidates=20).fit(X, graph=h.kneighbors(X, 20))  # as the CLI: its exact graph
     d, ind = red.kneighbors(n_neighbors=5)
     assert doc["measures"]["ls"]["skewness"] == pytest.approx(h.skewness(h.occurrences(ind, 400)))
     np.testing.assert_array_equal(np.load(out["nk.npy"]), h.occurrences(ind, 400))

@@ -65,24 +65,90 @@ def brute_secondary(name, X, Q, Dq, DX, c, k, metric, q_self=None):
     return out
 
 
+def exact_rows(DX, w):
+    """Each row's w smallest distances to the other rows, sorted (the definition, float64)."""
+    return np.sort(DX + np.diag(np.full(len(DX), np.inf)), axis=1)[:, :w]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_both_sides_equal_brute_force_definition(name):
     """Query side (q's own candidate row) and index side (x's nearest in the index, self excluded),
-    out of sample and in sample, equal a pair-by-pair implementation of each formula."""
+    out of sample and in sample, equal a pair-by-pair implementation of each formula: to float64
+    rounding given float64 index statistics and float64 candidate rows (``rerank`` of the
+    brute-force candidates; in sample, the exact backend's graph), and to float32 rounding as
+    fitted and searched (index statistics from nearest_rows, new queries' candidates screened)."""
     rng = np.random.default_rng(3)
     X, Q = rng.standard_normal((90, 7)), rng.standard_normal((25, 7))
     c, k = 20, 4
     metric = "cosine" if name == "csls" else "euclidean"
     kw = {} if name.startswith("mp") or name == "centering" else {"k": k}
-    r = h.make_reduction(name, n_candidates=c, metric=metric, **kw).fit(X)
+    fitted = h.make_reduction(name, n_candidates=c, metric=metric, **kw).fit(X)
     DX = brute_dist(X, X, metric)
-    for rows, Dq, q_self in [(Q, brute_dist(Q, X, metric), None), (None, DX, np.arange(len(X)))]:
-        want = brute_secondary(name, X, Q, Dq, DX, c, k, metric, q_self)
-        sec, ind = r.kneighbors(rows, n_neighbors=c)
-        got = {(i, x): s for i, (srow, irow) in enumerate(zip(sec, ind)) for s, x in zip(srow, irow)}
-        assert got.keys() == want.keys()
-        np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=1e-9, atol=1e-12)
-        assert (np.diff(sec, axis=1) >= 0).all()
+    exact = h.make_reduction(name, n_candidates=c, metric=metric, **kw).fit(X)
+    if exact._width():
+        exact.stats_ = exact._stats(exact_rows(DX, exact._width()), exact._width())
+    for r, rtol, atol in [(exact, 1e-9, 1e-12), (fitted, 1e-5, 1e-6)]:
+        for rows, Dq, q_self in [(Q, brute_dist(Q, X, metric), None), (None, DX, np.arange(len(X)))]:
+            want = brute_secondary(name, X, Q, Dq, DX, c, k, metric, q_self)
+            sec, ind = r.kneighbors(rows, n_neighbors=c)
+            if r is exact and rows is not None:
+                ci = np.array([nearest(row, c) for row in Dq])
+                sec, ind = r.rerank(np.take_along_axis(Dq, ci, 1), ci, rows)
+            got = {(i, x): s for i, (srow, irow) in enumerate(zip(sec, ind)) for s, x in zip(srow, irow)}
+            assert got.keys() == want.keys()
+            np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=rtol, atol=atol)
+            assert (np.diff(sec, axis=1) >= 0).all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_nearest_rows_fast_path_matches_reference(metric):
+    """The index statistics' rows (float32 screening, one triangle of square blocks) equal the
+    float64 definition and the exact kNN backend's distances to float32 rounding, for any block
+    size (ragged last blocks), with duplicate points (self excluded by id, so a duplicate is a
+    neighbour at distance ~0) and for a sample of columns; and a fitted reduction's statistics
+    are the reference statistics computed from the exact backend's graph."""
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((230, 12)) + 3.0  # off-centre: the centring matters
+    X[17] = X[4]
+    X[90] = X[4]
+    DX = brute_dist(X, X, metric)
+    want = exact_rows(DX, 25)
+    np.testing.assert_allclose(h.kneighbors(X, 25, metric=metric)[0], want, rtol=1e-12, atol=1e-12)
+    for block in (7, 64, 100, 230, 4096):
+        got = h.screen.nearest_rows(X, 25, metric, block=block)
+        apart = want > 1e-9  # a duplicate's distance is sqrt(float32 rounding of |x|² terms), not 0
+        np.testing.assert_allclose(got[apart], want[apart], rtol=1e-5)
+        assert (~apart).sum() == 6 and got[~apart].max() < 1e-2
+    cols = np.sort(rng.choice(len(X), 60, replace=False))
+    sub = DX[:, cols].copy()
+    sub[cols, np.arange(len(cols))] = np.inf
+    np.testing.assert_allclose(h.screen.nearest_rows(X, 6, metric, among=cols, block=16),
+                               np.sort(sub, axis=1)[:, :6], rtol=1e-5, atol=1e-2)
+    for name in ["mp", "ls", "nicdm", "csls"]:
+        r = h.make_reduction(name, n_candidates=40, metric=metric).fit(X)
+        ref = r._stats(h.kneighbors(X, r._width(), metric=metric)[0], r._width())
+        for a, b in zip(r.stats_, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_screened_candidates_match_exact_backend(metric):
+    """New queries' candidate rows (float32, no float64 re-check) hold the exact backend's
+    neighbours, at its distances to float32 rounding, and a query's row is the same whatever other
+    queries share the call (each pair is re-scored on its own, not read off a batch GEMM)."""
+    rng = np.random.default_rng(9)
+    X, Q = rng.standard_normal((400, 25)) + 2.0, rng.standard_normal((90, 25)) + 2.0
+    Q[5] = X[11]  # a query equal to an index point: distance ~0 (float32), still the first candidate
+    d, i = h.screen.screened(X, Q, 30, metric, block=64)
+    D, I = h.kneighbors(X, 30, metric=metric, queries=Q)
+    np.testing.assert_array_equal(i, I)
+    far = D > 1e-9
+    np.testing.assert_allclose(d[far], D[far], rtol=1e-5)
+    assert d[5, 0] < 1e-2 and i[5, 0] == 11
+    for rows in (slice(5, 6), slice(0, 1), slice(17, 90), slice(3, 40)):
+        np.testing.assert_array_equal(h.screen.screened(X, Q[rows], 30, metric)[0], d[rows])
+    r = h.MutualProximity(n_candidates=30, metric=metric).fit(X)
+    np.testing.assert_array_equal(r.transform(Q[7:8]).toarray(), r.transform(Q).toarray()[7:8])
 
 
 def _boot_skew(ind, n_index, rng, reps=200):

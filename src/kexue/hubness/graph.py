@@ -13,6 +13,7 @@ import numpy as np
 from scipy import sparse
 
 from kexue.hubness.knn import _normalise, kneighbors
+from kexue.hubness.screen import nearest_rows
 from kexue.utils import KexueError
 
 
@@ -79,21 +80,16 @@ def search(X: np.ndarray, Q: np.ndarray | None, k: int, metric: str, backend, ba
     return np.asarray(d, dtype=np.float64), np.asarray(i, dtype=np.int64)
 
 
-def sampled_rows(X: np.ndarray, width: int, metric: str, n_samples: int, seed: int) -> np.ndarray:
+def sampled_rows(X: np.ndarray, width: int, metric: str, n_samples: int, seed: int, screen=None) -> np.ndarray:
     """Each index point's ``w`` smallest distances to a random sample of ``n_samples`` other index
     points, sorted, with ``w = max(1, round(width · n_samples / (n - 1)))``: the same fraction of
     its distance distribution as its ``width`` nearest among all ``n - 1`` other points, so
-    statistics over these rows estimate those over its ``width`` nearest neighbours."""
+    statistics over these rows estimate those over its ``width`` nearest neighbours. Float32 BLAS
+    distances (:func:`kexue.hubness.screen.nearest_rows`; ``screen``: X's prepared rows, if built)."""
     n = len(X)
     rows = np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False))
     w = int(min(n_samples - 1, max(1, round(width * n_samples / (n - 1)))))
-    A = _normalise(X) if metric == "cosine" else X - X.mean(0)  # centring: smaller norms, less cancellation
-    S = A[rows]
-    D = (A * A).sum(1)[:, None] + (S * S).sum(1)[None, :] - 2.0 * (A @ S.T)
-    D[rows, np.arange(n_samples)] = np.inf  # a sampled point is not its own neighbour
-    D = np.sort(np.partition(D, w - 1, axis=1)[:, :w], axis=1)
-    D = np.maximum(D, 0.0)
-    return D / 2.0 if metric == "cosine" else np.sqrt(D)
+    return nearest_rows(X, w, metric, among=rows, screen=screen)
 
 
 def graph_rows(G, what: str, drop_diagonal: bool):

@@ -126,7 +126,10 @@ def order_rows(dist: np.ndarray, ind: np.ndarray, k: int, metric: str = "euclide
 class _Prepared:
     """Float64 rows for re-scoring and float32 augmented rows for screening: one GEMM of
     ``[q, |q|², 1]`` with ``[-2x, 1, |x|²]`` gives ``|q|² + |x|² - 2 q·x`` (no passes over the block
-    to add the norms, and a symmetric matrix when Q = X)."""
+    to add the norms, and a symmetric matrix when Q = X). The rows are centred on the index mean
+    (L2), and the columns where every centred index row is 0 (a feature constant over the index,
+    e.g. a blank pixel) are left out of the products — they add exactly 0 to ``q·x`` — while the
+    norms keep every column."""
 
     X64: np.ndarray
     Q64: np.ndarray
@@ -141,25 +144,61 @@ class _Prepared:
         return 4.0 * (self.X64.shape[1] + 6) * _U32 * self.scale + 8.0 * (m + 1) * TIE_RTOL * (self.scale + 1.0)
 
 
-def _prepare(X, Q, metric, same) -> _Prepared:
+@dataclass(eq=False)
+class Screening:
+    """The index side of the float32 screening, built once per index and reusable for any queries:
+    the centring shift (the index mean for L2, 0 for cosine's unit rows), the columns kept in the
+    products (None: all; see :class:`_Prepared`), the float32 rows ``[-2x, 1, |x|²]`` and the
+    float64 ``|x|²`` of the centred rows."""
+
+    shift: np.ndarray | float
+    used: np.ndarray | None
+    Xa: np.ndarray
+    xsq: np.ndarray
+
+    def rows(self, Q64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 rows ``[q, |q|², 1]`` of queries (unit rows for cosine) and their float64 ``|q|²``."""
+        C = Q64 - self.shift
+        qsq = np.einsum("ij,ij->i", C, C)
+        return _augmented(C if self.used is None else C[:, self.used], 1.0, qsq, 1.0), qsq
+
+
+def screening(X64: np.ndarray, metric: str, with_rows: bool = False):
+    """The :class:`Screening` of index rows ``X64`` (float64, unit rows for cosine); with
+    ``with_rows`` also ``X64``'s own query rows ``[x, |x|², 1]`` (one centring pass for both)."""
+    shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
+    C = X64 - shift
+    xsq = np.einsum("ij,ij->i", C, C)
+    used = C.any(0)
+    used = None if used.all() else np.flatnonzero(used)
+    if used is not None:
+        C = C[:, used]
+    S = Screening(shift, used, _augmented(C, -2.0, 1.0, xsq), xsq)
+    return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
+
+
+def _prepare(X, Q, metric, same, screen: Screening | None = None) -> _Prepared:
     if metric == "cosine":
         X64 = _normalise(X)
         Q64 = X64 if same else _normalise(Q)
-        shift = 0.0
     else:
         X64 = np.asarray(X, dtype=np.float64)
         Q64 = X64 if same else np.asarray(Q, dtype=np.float64)
-        shift = X64.mean(0)  # centring is free for L2 and shrinks the norms, hence the float32 error
+    if screen is None and same:
+        screen, Qa = screening(X64, metric, with_rows=True)
+        qsq = screen.xsq
+    else:
+        screen = screen or screening(X64, metric)
+        Qa, qsq = screen.rows(Q64)
+    return _Prepared(X64, Q64, screen.Xa, Qa, qsq + screen.xsq.max())
 
-    def centred(A):
-        C = A - shift
-        return C, np.einsum("ij,ij->i", C, C)
 
-    Xc, xsq = centred(X64)
-    Qc, qsq = (Xc, xsq) if same else centred(Q64)
-    Xa = np.ascontiguousarray(np.column_stack([-2.0 * Xc, np.ones_like(xsq), xsq]).astype(np.float32))
-    Qa = np.ascontiguousarray(np.column_stack([Qc, qsq, np.ones_like(qsq)]).astype(np.float32))
-    return _Prepared(X64, Q64, Xa, Qa, qsq + xsq.max())
+def _augmented(C, scale, a, b) -> np.ndarray:
+    """Float32 ``[scale · C, a, b]``, written straight into one array (no float64 intermediate)."""
+    out = np.empty((len(C), C.shape[1] + 2), np.float32)
+    np.multiply(C, scale, out=out[:, :-2], casting="unsafe")
+    out[:, -2], out[:, -1] = a, b
+    return out
 
 
 class _Candidates:

@@ -5,7 +5,14 @@ contract): ``fit`` on the index (vectors or a sparse self-kNN graph), ``transfor
 into a sparse graph of secondary distances, ``kneighbors`` for re-ranked neighbours,
 ``save``/``load``. Notation: ``d = d(q, x)`` the primary distance of query ``q`` to candidate
 ``x``; "q's row" = q's ``n_candidates`` nearest index points, sorted; "x's row" = x's nearest
-index points, itself excluded (exactly, or estimated from ``n_samples`` index points).
+index points, itself excluded (among all of them, or estimated from ``n_samples`` of them).
+
+Which distances: on the default exact backend, x's row holds float32 BLAS distances from x to the
+other index points (:func:`kexue.hubness.screen.nearest_rows`), and a new query's row holds its
+float32-screened candidates with their float32 distances (:func:`kexue.hubness.screen.screened`):
+relative errors ~1e-6, which reorder only secondary distances equal to that precision. The
+in-sample path (``X=None``) reads the exact float64 self-kNN graph for its candidates. Other
+backends and sparse graphs supply both rows themselves.
 """
 
 from __future__ import annotations
@@ -31,11 +38,12 @@ class MutualProximity(_Reduction):
     - ``method="gaussian"``: ``D_q ~ N(μ_q, σ_q²)`` independent of ``D_x ~ N(μ_x, σ_x²)``, so
       ``MP = SF_q(d) · SF_x(d)`` (SF the normal survival function). μ_q, σ_q: mean and standard
       deviation of q's ``n_candidates`` candidate distances (its own row); μ_x, σ_x: the same over
-      x's ``n_candidates`` nearest index points, learned by ``fit``. Queries and index points are
-      thus modelled over the same fraction of their distance distributions.
+      x's ``n_candidates`` nearest index points (its distances to all other index points),
+      learned by ``fit``. Queries and index points are thus modelled over the same fraction of
+      their distance distributions.
     - ``method="empirical"``: the joint count over q's candidates ``j``:
-      ``MP = |{j : d(q, j) > d and d(x, j) > d}| / n_candidates``; ``d(x, j)`` from the vectors
-      (needs vectors, not a graph).
+      ``MP = |{j : d(q, j) > d and d(x, j) > d}| / n_candidates``; ``d(q, j)`` from q's row,
+      ``d(x, j)`` computed from the vectors at query time (needs vectors, not a graph).
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "method": [StrOptions({"gaussian", "empirical"})]}
@@ -88,10 +96,10 @@ class LocalScaling(_Reduction):
     """Local scaling (Zelnik-Manor & Perona 2005) and NICDM (Jegou et al. 2010).
 
     - ``method="standard"``: ``LS(q, x) = 1 - exp(-d² / (σ_q σ_x))``; σ_q = distance from q to
-      its ``k``-th candidate (its own row), σ_x = distance from x to its ``k``-th nearest index
-      point (learned by ``fit``).
+      its ``k``-th candidate (its own row), σ_x = distance from x to its ``k``-th nearest other
+      index point (learned by ``fit`` from x's distances to all other index points).
     - ``method="nicdm"``: ``d / sqrt(μ_q μ_x)``; μ = mean distance to the ``k`` nearest, q's from
-      its row, x's from the index.
+      its row, x's from its distances to all other index points (learned by ``fit``).
 
     ``k`` must not exceed ``n_candidates``. With ``n_samples`` the index side reads the
     proportionally fewer nearest points of the sample (so σ_x estimates the k-th neighbour distance).
@@ -123,7 +131,8 @@ class CSLS(_Reduction):
     """Cross-domain similarity local scaling (Conneau et al. 2018):
     ``CSLS(q, x) = 2 s(q, x) - r_q - r_x``, secondary distance ``-CSLS``; ``s = 1 - d`` (cosine)
     or ``s = -d`` (Euclidean). ``r_q`` = mean similarity of q to its ``k`` first candidates (its
-    own row), ``r_x`` = mean similarity of x to its ``k`` nearest index points (learned by ``fit``).
+    own row), ``r_x`` = mean similarity of x to its ``k`` nearest other index points (learned by
+    ``fit`` from x's distances to all other index points).
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")]}

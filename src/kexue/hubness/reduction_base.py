@@ -6,20 +6,26 @@ Each reduction is a scikit-learn estimator with the ``KNeighborsTransformer`` co
 - ``fit(X)`` — ``X`` is either the index vectors (n_index, dim), searched with kexue's kNN
   backends or a built FAISS index passed as ``backend``; or a sparse kNN distance graph of the
   index against itself (from ``KNeighborsTransformer(mode="distance")``). It learns each index
-  point's statistic from its nearest index neighbours (itself excluded).
+  point's statistic from its nearest index neighbours (itself excluded): on the exact backend
+  from float32 BLAS distances to all other index points (:func:`kexue.hubness.screen.nearest_rows`,
+  ~1e-6 relative error; the statistic reads only its ``_width()`` nearest); on an approximate
+  backend or a user's FAISS index from a self-search of that depth; from the graph's rows when
+  fitted on a graph or given ``graph=``.
 - ``transform(X)`` — new queries (vectors, or their sparse graph against the index) → a CSR graph
   (n_queries, n_index) of **secondary distances** over each query's ``n_candidates`` primary
-  candidates. A query's statistic comes from its own candidate row; an index point's from the
-  fitted index. So ``make_pipeline(KNeighborsTransformer(...), MutualProximity(),
+  candidates. A query's statistic comes from its own candidate row (on the exact backend the
+  query's float32-screened candidates, :func:`kexue.hubness.screen.screened`, with their float32
+  distances); an index point's from the fitted index. So ``make_pipeline(KNeighborsTransformer(...), MutualProximity(),
   KNeighborsClassifier(metric="precomputed"))`` works.
 - ``kneighbors(X=None, n_neighbors)`` — ``(secondary_dist, ind)`` re-ranked; ``X=None`` is the
-  in-sample path (each index point against the others). ``rerank(dist, ind, X=None)`` re-ranks a
+  in-sample path (each index point against the others: the exact float64 self-kNN graph,
+  searched on first use). ``rerank(dist, ind, X=None)`` re-ranks a
   candidate graph computed elsewhere.
 
 Secondary distances are computed for the whole candidate block at once (no per-query Python).
 ``n_samples``: when set, the index statistics are estimated from a random sample of that many
-index points (see :func:`kexue.hubness.graph.sampled_rows`), which makes ``fit`` cost
-``n_index × n_samples`` distances instead of a full kNN search of the index.
+index points (see :func:`kexue.hubness.graph.sampled_rows`, float32 too), which makes ``fit``
+cost ``n_index × n_samples`` distances instead of ``n_index² / 2``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from sklearn.exceptions import NotFittedError
 
 from kexue import validate
 from kexue.hubness import graph as G
+from kexue.hubness import screen as S
 from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences
 from kexue.utils import KexueError, KexueTypeError
 
@@ -125,16 +132,22 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_candidates_ = min(self.n_candidates, n - 1)  # no point has more neighbours than this
         self.X_ = X
         self._check_width(self.n_candidates_)
-        self._graph = None
+        self._graph, self._screen = None, None
+        self._screening()  # built now, so transform never changes the estimator
         if graph is not None:
             self._graph = self._given_graph(graph, n)
-        if self._width() == 0:
+        w = self._width()
+        if w == 0:
             self.stats_ = ()
+        elif self._graph is not None:
+            self.stats_ = self._stats(self._graph[0], w)
         elif self.n_samples is not None and self.n_samples < n:
-            rows = G.sampled_rows(X, self._width(), self.metric, self.n_samples, self.random_state)
+            rows = G.sampled_rows(X, w, self.metric, self.n_samples, self.random_state, self._screening())
             self.stats_ = self._stats(rows, rows.shape[1])
-        else:
-            self.stats_ = self._stats(self._index_graph()[0], self._width())
+        elif self._exact():
+            self.stats_ = self._stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
+        else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep
+            self.stats_ = self._stats(self._search(None, w)[0], w)
         return self
 
     def _given_graph(self, graph, n):
@@ -153,7 +166,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_features_in_ = X.shape[1]
         self.n_candidates_ = dist.shape[1]
         self._check_width(dist.shape[1])
-        self._graph, self.X_ = (dist, ind), None
+        self._graph, self.X_, self._screen = (dist, ind), None, None
         self.stats_ = self._stats(dist, self._width())
         return self
 
@@ -162,11 +175,30 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if k is not None and k > c:
             raise KexueError(f"k={k} exceeds the {c} candidates per point; lower k or raise n_candidates")
 
+    def _search(self, Q, c):
+        """The ``c`` nearest index points of queries ``Q`` (None: of the index points, self excluded).
+        New queries on the exact backend: its float32 screening without the float64 re-check
+        (:func:`kexue.hubness.knn.screened`) — the candidates' distances feed statistics and
+        secondary distances whose index side is float32 already (:func:`G.nearest_rows`)."""
+        if Q is not None and self._exact():
+            return S.screened(None, Q, c, self.metric, screen=self._screening())
+        return G.search(self.X_, Q, c, self.metric, self.backend, self.backend_params, self.random_state)
+
+    def _exact(self) -> bool:
+        return isinstance(self.backend, str) and self.backend == "exact"
+
+    def _screening(self):
+        """The index side of the float32 screening (exact backend, vector mode; else None), built by
+        ``fit``/``load`` and reused by every query batch."""
+        if getattr(self, "_screen", None) is None and self._exact() and self.X_ is not None:
+            self._screen = S.screening(S._rows64(self.X_, self.metric), self.metric)
+        return self._screen
+
     def _index_graph(self):
-        """The index's own candidate graph (self excluded), searched once and kept."""
+        """The index's own candidate graph (self excluded) for the in-sample path, searched on first
+        use and kept (``fit`` itself reads only the statistics' ``_width()`` nearest)."""
         if self._graph is None:
-            self._graph = G.search(self.X_, None, self.n_candidates_, self.metric, self.backend,
-                                   self.backend_params, self.random_state)
+            self._graph = self._search(None, self.n_candidates_)
         return self._graph
 
     def __sklearn_is_fitted__(self):
@@ -194,8 +226,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if Q.shape[1] != self.n_features_in_:
             raise KexueError(f"X has {Q.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input")
-        d, i = G.search(self.X_, Q, self.n_candidates_, self.metric, self.backend, self.backend_params,
-                        self.random_state)
+        d, i = self._search(Q, self.n_candidates_)
         return d, i, Q
 
     def _reduce(self, dist, ind, Q, in_sample: bool):
@@ -273,6 +304,8 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
         self.X_ = t.get("X")
         self._graph = (t["gd"], t["gi"]) if "gd" in t else None
+        self._screen = None
+        self._screening()
         self._load_extra(t)
         return self
 

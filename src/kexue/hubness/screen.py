@@ -1,0 +1,103 @@
+"""Float32 distances for the hubness reductions' statistics and new queries' candidate rows
+(SPEC 8.4), built on the exact backend's float32 screening (:mod:`kexue.hubness.knn`).
+
+The reductions need, per index point, its ``w`` smallest distances to the other index points (a
+statistic: mean, standard deviation, k-th value), and per new query its ``n_candidates`` nearest
+index points with their distances (the query's statistic and the secondary distances). Neither
+is an exact kNN graph: the statistics are the same multiset of values whatever order near-ties
+take, and the secondary distances combine the candidates' distances with the float32 index
+statistics. So both are float32 BLAS distances — one GEMM of the centred rows augmented with their
+squared norms, constant columns left out (:class:`kexue.hubness.knn.Screening`) — with no float64
+re-check and no near-tie rule. A squared distance errs by about ``sqrt(dim) · 6e-8 · (|q|² + max
+|x|²)``: relative errors of ~1e-6, except between points that nearly coincide (a duplicate is at
+a distance of ~1e-3 rather than 0). The exact backend (float64, tie rule) still serves the
+in-sample graph and the primary N_k.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kexue.hubness.knn import Screening, _normalise, _Prepared, _screen, _sort_rows, screening
+from kexue.utils import NULL_TRACKER
+
+
+def _rows64(X, metric):
+    return _normalise(X) if metric == "cosine" else np.asarray(X, dtype=np.float64)
+
+
+def _finish(sq: np.ndarray, metric: str) -> np.ndarray:
+    sq = np.maximum(sq, 0.0)
+    return sq / 2.0 if metric == "cosine" else np.sqrt(sq)
+
+
+def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = None, block: int = 2048,
+                 screen: Screening | None = None) -> np.ndarray:
+    """Each row's ``w`` smallest distances to the other rows of ``X`` (``among``: to the rows with
+    those ids only), sorted ascending; a row is never its own neighbour (by id, so a duplicate
+    still counts, at distance ~0). Float32 (module docstring), over square blocks of ``block``
+    rows and, without ``among``, only one triangle of the symmetric matrix: each block serves its
+    rows and, transposed, its columns. ``screen``: ``X``'s :class:`Screening` if already built.
+    Memory: one ``block × block`` float32 block and the ``(n, w)`` result."""
+    n = len(X)
+    X64 = _rows64(X, metric)
+    if screen is None:
+        screen, R = screening(X64, metric, with_rows=True)
+    else:
+        R = screen.rows(X64)[0]
+    same = among is None
+    ids = np.arange(n) if same else np.asarray(among, dtype=np.int64)
+    C = screen.Xa if same else screen.Xa[ids]
+    pos = np.full(n, -1, np.int64)  # column of each row's own id, -1 if not among the columns
+    pos[ids] = np.arange(len(ids))
+    best = np.full((n, w), np.inf, np.float32)
+    for i in range(0, n, block):
+        own = pos[i:i + block]
+        for j in range(i if same else 0, len(ids), block):
+            D = R[i:i + block] @ C[j:j + block].T
+            r = np.flatnonzero((own >= j) & (own < j + D.shape[1]))
+            D[r, own[r] - j] = np.inf
+            if same and j != i:  # the block's transpose: rows j.. against columns i..
+                _keep_smallest(best, j, _transposed(D))
+            _keep_smallest(best, i, D)
+    return _finish(np.sort(best, axis=1).astype(np.float64), metric)
+
+
+def _transposed(D: np.ndarray, strip: int = 64) -> np.ndarray:
+    """``D.T`` as a C-ordered copy, a strip of rows at a time (about twice as fast as one strided copy)."""
+    out = np.empty(D.shape[::-1], D.dtype)
+    for i in range(0, len(D), strip):
+        out[:, i:i + strip] = D[i:i + strip].T
+    return out
+
+
+def _keep_smallest(best: np.ndarray, r0: int, D: np.ndarray) -> None:
+    """Merge block ``D`` (rows r0..; partitioned in place) into the running ``w`` smallest per row."""
+    w = best.shape[1]
+    if D.shape[1] > w:
+        D.partition(w - 1, axis=1)
+        D = D[:, :w]
+    both = np.concatenate([best[r0:r0 + len(D)], D], axis=1)
+    both.partition(w - 1, axis=1)
+    best[r0:r0 + len(D)] = both[:, :w]
+
+
+def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
+             screen: Screening | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``k`` nearest rows of ``X``: ``(dist, ind)`` sorted by (distance, index), float32
+    (module docstring). The exact backend's screening picks the ``k``; each picked pair's squared
+    distance is then recomputed on its own (the augmented rows' dot product), so a query's row
+    does not depend on the other queries of the call, as a batch GEMM's rounding does. The set
+    can differ from the exact one only where the k-th and (k+1)-th distances agree to float32
+    rounding. ``screen``: ``X``'s :class:`Screening` if already built (then ``X`` is not read)."""
+    if screen is None:
+        screen = screening(_rows64(X, metric), metric)
+    Qa, qsq = screen.rows(_rows64(Q, metric))
+    n = len(screen.Xa)
+    P = _Prepared(None, None, screen.Xa, Qa, qsq + screen.xsq.max())
+    cand = _screen(P, False, None, k, max(1, min(block or 4096, max(len(Q), n))), NULL_TRACKER)
+    v = np.empty(cand.ind.shape)
+    step = max(1, (1 << 20) // (k * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
+    for s in range(0, len(v), step):
+        v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[cand.ind[s:s + step]])
+    return _sort_rows(_finish(v, metric), cand.ind, k)
