@@ -104,6 +104,17 @@ def run_fused(kernel: Callable, *args):
         return False, None
 
 
+def fused_runs(kernel: Callable, lists: list, args: Callable, fallback: Callable) -> None:
+    """``kernel(*run, *args(θ₀))`` through :func:`run_fused` for each device/dtype run of ``lists``
+    (from :func:`by_device`, θ and g first; θ₀ the run's first tensor). Where torch.compile fails,
+    ``fallback`` gets the (θ, g) pairs of that run and the later ones (the eager multi-tensor path)."""
+    for i, run in enumerate(lists):
+        ok, _ = run_fused(kernel, *run, *args(run[0][0]))
+        if not ok:
+            fallback([(p, g) for r in lists[i:] for p, g in zip(r[0], r[1])])
+            return
+
+
 def kernel_mexp(x: torch.Tensor, max_exp: float) -> torch.Tensor:
     """:func:`mexp_` for the compiled kernels: NaN → 0 by ``x == x`` rather than ``nan_to_num``,
     which inductor's CPU code tests one element at a time instead of in vector registers."""

@@ -6,8 +6,8 @@ from typing import Iterable
 
 import torch
 
-from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_, mexp_,
-                              kernel_mexp, run_fused, scalar, use_foreach, want_compiled)
+from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_,
+                              fused_runs, mexp_, kernel_mexp, scalar, use_foreach, want_compiled)
 from kexue.utils import KexueError
 
 
@@ -96,7 +96,9 @@ class EGPlusMinus(GroupwiseOptimizer):
                 st["v"] = (-p.detach()).clamp(min=0) + c
         if not use_foreach(group):
             self._step_reference(group, pg)
-        elif not (want_compiled(group, pg) and self._step_fused(group, pg)):
+        elif want_compiled(group, pg):
+            self._step_fused(group, pg)
+        else:
             self._step_foreach(group, pg)
 
     def _step_reference(self, group, pg):
@@ -123,17 +125,12 @@ class EGPlusMinus(GroupwiseOptimizer):
             for p, u, v in zip(ps, us, vs):  # θ = u - v written into θ's own storage: no temporary
                 torch.sub(u, v, out=p)
 
-    def _step_fused(self, group, pg) -> bool:
+    def _step_fused(self, group, pg):
         states = [self.state[p] for p, _ in pg]
-        lists = by_device([p for p, _ in pg], [g for _, g in pg], [s["u"] for s in states], [s["v"] for s in states])
-        for i, (ps, gs, us, vs) in enumerate(lists):
-            ok, _ = run_fused(_egpm_kernel, ps, gs, us, vs, scalar(group["lr"], ps[0]), group["max_exp"],
-                              torch.finfo(ps[0].dtype).max / 2)
-            if not ok:  # torch.compile unavailable: this run and the rest on the eager path
-                self._step_foreach(group, [(p, g) for run in lists[i:] for p, g in zip(run[0], run[1])])
-                break
-        return True
-
+        lists = by_device([p for p, _ in pg], [g for _, g in pg], [s["u"] for s in states],
+                          [s["v"] for s in states])
+        args = lambda p: (scalar(group["lr"], p), group["max_exp"], torch.finfo(p.dtype).max / 2)  # noqa: E731
+        fused_runs(_egpm_kernel, lists, args, lambda pairs: self._step_foreach(group, pairs))
 
 def _egpm_kernel(ps, gs, us, vs, lr, max_exp: float, big: float) -> None:
     """EG± (SPEC 2.1) for one device/dtype run, written for torch.compile: the same arithmetic as

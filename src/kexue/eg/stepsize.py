@@ -6,8 +6,8 @@ from typing import Iterable
 
 import torch
 
-from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_, mexp_,
-                              kernel_finite, kernel_mexp, run_fused, scalar, use_foreach, want_compiled)
+from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_,
+                              fused_runs, mexp_, kernel_finite, kernel_mexp, scalar, use_foreach, want_compiled)
 from kexue.utils import KexueError
 
 
@@ -54,7 +54,9 @@ class EGStep(GroupwiseOptimizer):
                 st["prev_grad"] = torch.zeros_like(p)
         if not use_foreach(group):
             self._step_reference(group, pg)
-        elif not (want_compiled(group, pg) and self._step_fused(group, pg)):
+        elif want_compiled(group, pg):
+            self._step_fused(group, pg)
+        else:
             self._step_foreach(group, pg)
 
     def _step_reference(self, group, pg):
@@ -80,18 +82,12 @@ class EGStep(GroupwiseOptimizer):
                 torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0, out=gp)
             torch._foreach_addcmul_(ps, nus, gps, value=-group["lr"])
 
-    def _step_fused(self, group, pg) -> bool:
+    def _step_fused(self, group, pg):
         states = [self.state[p] for p, _ in pg]
         lists = by_device([p for p, _ in pg], [g for _, g in pg], [s["nu"] for s in states],
                           [s["prev_grad"] for s in states])
-        for i, (ps, gs, nus, gps) in enumerate(lists):
-            ok, _ = run_fused(_egstep_kernel, ps, gs, nus, gps, scalar(group["lr"], ps[0]), group["gamma"],
-                              group["max_exp"], group["nu_min"], group["nu_max"])
-            if not ok:  # torch.compile unavailable: this run and the rest on the eager path
-                self._step_foreach(group, [(p, g) for run in lists[i:] for p, g in zip(run[0], run[1])])
-                break
-        return True
-
+        args = lambda p: (scalar(group["lr"], p), group["gamma"], group["max_exp"], group["nu_min"], group["nu_max"])  # noqa: E731
+        fused_runs(_egstep_kernel, lists, args, lambda pairs: self._step_foreach(group, pairs))
 
 def _egstep_kernel(ps, gs, nus, gps, lr, gamma: float, max_exp: float, nu_min: float, nu_max: float) -> None:
     """EGStep (SPEC 2.2) for one device/dtype run, written for torch.compile: the arithmetic of

@@ -177,13 +177,14 @@ def screening(X64: np.ndarray, metric: str, with_rows: bool = False):
     return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
 
 
+def rows64(X, metric: str) -> np.ndarray:
+    """The float64 rows distances are computed on: unit rows for cosine, ``X`` as it is for L2."""
+    return _normalise(X) if metric == "cosine" else np.asarray(X, dtype=np.float64)
+
+
 def _prepare(X, Q, metric, same, screen: Screening | None = None) -> _Prepared:
-    if metric == "cosine":
-        X64 = _normalise(X)
-        Q64 = X64 if same else _normalise(Q)
-    else:
-        X64 = np.asarray(X, dtype=np.float64)
-        Q64 = X64 if same else np.asarray(Q, dtype=np.float64)
+    X64 = rows64(X, metric)
+    Q64 = X64 if same else rows64(Q, metric)
     if screen is None and same:
         screen, Qa = screening(X64, metric, with_rows=True)
         qsq = screen.xsq

@@ -40,7 +40,7 @@ from sklearn.exceptions import NotFittedError
 from kexue import validate
 from kexue.hubness import graph as G
 from kexue.hubness import screen as S
-from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences
+from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, rows64
 from kexue.utils import KexueError, KexueTypeError
 
 _TINY = np.finfo(np.float64).tiny
@@ -191,7 +191,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """The index side of the float32 screening (exact backend, vector mode; else None), built by
         ``fit``/``load`` and reused by every query batch."""
         if getattr(self, "_screen", None) is None and self._exact() and self.X_ is not None:
-            self._screen = S.screening(S._rows64(self.X_, self.metric), self.metric)
+            self._screen = S.screening(rows64(self.X_, self.metric), self.metric)
         return self._screen
 
     def _index_graph(self):

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kexue.hubness.knn import Screening, _normalise, _Prepared, _screen, _sort_rows, screening
+from kexue.hubness.knn import Screening, _Prepared, _screen, _sort_rows, rows64, screening
 from kexue.utils import NULL_TRACKER
-
-
-def _rows64(X, metric):
-    return _normalise(X) if metric == "cosine" else np.asarray(X, dtype=np.float64)
 
 
 def _finish(sq: np.ndarray, metric: str) -> np.ndarray:
@@ -40,7 +36,7 @@ def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = 
     rows and, transposed, its columns. ``screen``: ``X``'s :class:`Screening` if already built.
     Memory: one ``block × block`` float32 block and the ``(n, w)`` result."""
     n = len(X)
-    X64 = _rows64(X, metric)
+    X64 = rows64(X, metric)
     if screen is None:
         screen, R = screening(X64, metric, with_rows=True)
     else:
@@ -91,8 +87,8 @@ def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
     can differ from the exact one only where the k-th and (k+1)-th distances agree to float32
     rounding. ``screen``: ``X``'s :class:`Screening` if already built (then ``X`` is not read)."""
     if screen is None:
-        screen = screening(_rows64(X, metric), metric)
-    Qa, qsq = screen.rows(_rows64(Q, metric))
+        screen = screening(rows64(X, metric), metric)
+    Qa, qsq = screen.rows(rows64(Q, metric))
     n = len(screen.Xa)
     P = _Prepared(None, None, screen.Xa, Qa, qsq + screen.xsq.max())
     cand = _screen(P, False, None, k, max(1, min(block or 4096, max(len(Q), n))), NULL_TRACKER)
