@@ -166,3 +166,14 @@ class GroupwiseOptimizer(Optimizer):
 
     def _group_step(self, group: dict, pg: list) -> None:
         raise NotImplementedError
+
+    def _update(self, group: dict, pg: list) -> None:
+        """The group's update on the path its options ask for: ``foreach=False`` the per-tensor
+        ``_step_reference``; else the compiled ``_step_fused`` where a subclass has one and
+        :func:`want_compiled` says so; else the multi-tensor ``_step_foreach``."""
+        if not use_foreach(group):
+            self._step_reference(group, pg)
+        elif hasattr(self, "_step_fused") and want_compiled(group, pg):
+            self._step_fused(group, pg)
+        else:
+            self._step_foreach(group, pg)

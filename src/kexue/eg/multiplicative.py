@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 
 from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_,
-                              fused_runs, mexp_, kernel_mexp, scalar, use_foreach, want_compiled)
+                              fused_runs, mexp_, kernel_mexp, scalar, use_foreach)
 from kexue.utils import KexueError
 
 
@@ -94,12 +94,7 @@ class EGPlusMinus(GroupwiseOptimizer):
             if not st:
                 st["u"] = p.detach().clamp(min=0) + c
                 st["v"] = (-p.detach()).clamp(min=0) + c
-        if not use_foreach(group):
-            self._step_reference(group, pg)
-        elif want_compiled(group, pg):
-            self._step_fused(group, pg)
-        else:
-            self._step_foreach(group, pg)
+        self._update(group, pg)
 
     def _step_reference(self, group, pg):
         lr, m = group["lr"], group["max_exp"]

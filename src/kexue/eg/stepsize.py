@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 
 from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_,
-                              fused_runs, mexp_, kernel_finite, kernel_mexp, scalar, use_foreach, want_compiled)
+                              fused_runs, mexp_, kernel_finite, kernel_mexp, scalar)
 from kexue.utils import KexueError
 
 
@@ -52,12 +52,7 @@ class EGStep(GroupwiseOptimizer):
             if not st:
                 st["nu"] = torch.full_like(p, group["nu0"])
                 st["prev_grad"] = torch.zeros_like(p)
-        if not use_foreach(group):
-            self._step_reference(group, pg)
-        elif want_compiled(group, pg):
-            self._step_fused(group, pg)
-        else:
-            self._step_foreach(group, pg)
+        self._update(group, pg)
 
     def _step_reference(self, group, pg):
         for p, g in pg:
