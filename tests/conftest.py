@@ -73,3 +73,27 @@ def timed():
             self.seconds = time.perf_counter() - self._t0
 
     return _T
+
+
+class Killed(Exception):
+    """What :func:`killer`'s tracker raises: a process killed mid-loop, for resume tests."""
+
+
+@pytest.fixture
+def killer():
+    """``killer(n)``: a tracker that lets a library loop run ``n`` items and then raises
+    ``Killed`` where the next would start — a kill at that moment, for exact-resume tests."""
+    class _Tracker:
+        def __init__(self, n: int):
+            self.n = n
+
+        def track(self, iterable, description="", total=None):
+            for i, item in enumerate(iterable):
+                if i == self.n:
+                    raise Killed(f"killed after {i} items of {description}")
+                yield item
+
+        def log(self, message):
+            pass
+
+    return _Tracker

@@ -208,8 +208,43 @@ def test_resume_reproduces_the_loss_curve(tmp_path):
     fit_ddpm(net(), X, s, steps=6, batch_size=16, seed=3, ema_decay=0.9, ckpt=ck)
     rest = fit_ddpm(net(), X, s, steps=12, batch_size=16, seed=3, ema_decay=0.9, ckpt=ck, resume=True)
     assert rest.losses == full.losses and len(full.losses) == 12
+    assert (full.legs, rest.legs) == (1, 2) and rest.seconds > 0  # the time of both processes
     for p, q in zip(full.ema.parameters(), rest.ema.parameters()):
         assert torch.equal(p, q)
+
+
+def test_bound_and_samplers_resume_from_their_checkpoints(tmp_path, killer):
+    """The bound (killed between t-strata) and DDPM / DDIM sampling (killed between steps)
+    continue from their checkpoints with the same numbers as one uninterrupted call, count
+    both legs, and read a finished computation back without running the network."""
+    from conftest import Killed
+
+    from kexue.ddpm.bound import variational_bound
+
+    s = linear_schedule(30, 1e-3, 0.2)
+    torch.manual_seed(0)
+    net = UNet(base=8, mults=(1, 2)).eval()
+    X = torch.round(torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 255) / 127.5 - 1
+    kw = dict(timesteps=12, batch_size=4, seed=2)
+    full = variational_bound(net, X, s, **kw)
+    ck = tmp_path / "bound.pt"
+    with pytest.raises(Killed):
+        variational_bound(net, X, s, ckpt=ck, ckpt_every=2, tracker=killer(7), **kw)
+    r = variational_bound(net, X, s, ckpt=ck, ckpt_every=2, **kw)
+    assert np.array_equal(r.nats, full.nats) and (full.legs, r.legs) == (1, 2)
+    again = variational_bound(net, X, s, ckpt=ck, tracker=killer(0), **kw)
+    assert np.array_equal(again.nats, full.nats) and (again.legs, again.seconds) == (2, r.seconds)
+
+    xT = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    for smp in (DDPMSampler(s, "posterior", clip_x0=1.0), DDIMSampler(s, steps=10, eta=1.0)):
+        def draw(**k):
+            return smp(net, x_T=xT, generator=torch.Generator().manual_seed(4), **k)
+
+        a, ck = draw(), tmp_path / f"{type(smp).__name__}.pt"
+        with pytest.raises(Killed):
+            draw(ckpt=ck, ckpt_every=3, tracker=killer(7))
+        assert torch.equal(draw(ckpt=ck, ckpt_every=3), a) and smp.last_run["legs"] == 2
+        assert torch.equal(draw(ckpt=ck, tracker=killer(0)), a) and smp.last_run["legs"] == 2
 
 
 def test_loss_weightings_and_unet_shapes():

@@ -128,6 +128,36 @@ def test_report_pipeline_writes_report_results_and_publishes(tmp_path, monkeypat
     assert "seed 3" in results_md and "`test`" in results_md and (tmp_path / "docs" / "figures" / "toy" / "line.png").exists()
 
 
+def test_reproduce_counts_the_legs_of_an_interrupted_run(tmp_path, monkeypatch):
+    """An experiment killed part-way and run again into the same folder reports the time of
+    both processes and "over 2 legs"; a later run into that folder starts a new count."""
+    import types
+
+    mod = types.ModuleType("kexue.experiments.toy")
+    mod.TITLE, mod.SPEC = "Toy", "0"
+    kill = {"at": 2}
+
+    def run(ctx):
+        for i in ctx.track(range(4), "work"):
+            if i == kill.get("at"):
+                kill.clear()
+                raise KeyboardInterrupt  # the process is stopped
+        ctx.metric("done", True)
+
+    mod.run = run
+    monkeypatch.setitem(sys.modules, "kexue.experiments.toy", mod)
+    monkeypatch.setattr(report, "available", lambda: ["toy"])
+    with pytest.raises(KeyboardInterrupt):
+        report.reproduce(["toy"], out=tmp_path / "r", command="test")
+    first = json.loads((tmp_path / "r" / "toy" / "legs.json").read_text())
+    assert len(first["seconds"]) == 1 and not first["finished"]
+    path, (s,) = report.reproduce(["toy"], out=tmp_path / "r", publish_to=tmp_path / "docs", command="test")
+    assert s.legs == 2 and s.seconds >= first["seconds"][0]
+    assert "over 2 legs" in path.read_text() and "over 2 legs" in (tmp_path / "docs" / "RESULTS.md").read_text()
+    _, (s,) = report.reproduce(["toy"], out=tmp_path / "r", command="test")
+    assert s.legs == 1
+
+
 def _counted_run(log: str, x: float, n: int):
     """A stand-in for one training run: logs that it ran, returns floats, an array and a NaN."""
     with open(log, "a") as f:
@@ -202,6 +232,54 @@ def test_train_resume_follows_the_same_loss_curve(tmp_path):
     for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
     assert full.losses[-1] < full.losses[0]
+
+
+def test_train_killed_anywhere_resumes_exactly_and_counts_its_legs(tmp_path, killer):
+    """Kills mid-epoch (between checkpoints) and during an evaluation, then the same call again:
+    the same losses, evaluations, weights, Adam state and EMA as one uninterrupted run under a
+    warm-up + cosine schedule, with the time and legs of every process in the result."""
+    from conftest import Killed
+
+    from kexue.nets import MLP
+    from kexue.train import load_checkpoint, train, warmup_cosine
+
+    X = torch.randn(300, 6, generator=torch.Generator().manual_seed(0))
+    y = (X[:, 0] > 0).long()
+    kills = {"eval": 30}
+
+    def loss(m, b):  # the global RNG, as dynamic binarisation and diffusion noise use it
+        return torch.nn.functional.cross_entropy(m(b[0] + 0.01 * torch.randn_like(b[0])), b[1])
+
+    def evaluate(m, step):
+        if kills.get("eval") == step:
+            raise Killed("killed while evaluating")
+        return {"out": float(m(X[:5]).sum())}
+
+    def run(tracker=None, ckpt=None):
+        torch.manual_seed(7)
+        kw = dict(steps=40, batch_size=32, seed=5, ema_decay=0.9, schedule=warmup_cosine(40, warmup=5),
+                  eval_every=10, evaluate_fn=evaluate, ckpt=ckpt, ckpt_every=7, resume=True)
+        return train(MLP([6, 16, 2]), loss, [X, y], tracker=tracker, **kw)
+
+    kills.clear()
+    full = run()
+    kills["eval"] = 30
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(Killed):  # after step 17 of 40, mid-epoch (9 batches an epoch), checkpoint at 14
+        run(killer(17), ck)
+    assert load_checkpoint(ck)["step"] == 14 and load_checkpoint(ck)["legs"] == 1
+    with pytest.raises(Killed):  # in the evaluation at step 30, checkpoint at 28
+        run(None, ck)
+    kills.clear()
+    resumed = run(None, ck)
+    assert resumed.losses == full.losses and resumed.evals == full.evals and resumed.legs == 3
+    for a, b in [*zip(full.model.state_dict().values(), resumed.model.state_dict().values()),
+                 *zip(full.ema.state_dict().values(), resumed.ema.state_dict().values())]:
+        assert torch.equal(a, b)
+    st = load_checkpoint(ck)
+    assert st["legs"] == 3 and st["seconds"] == resumed.seconds > 0
+    again = run(None, ck)  # a finished run: nothing to do, no new leg, the same time
+    assert again.legs == 3 and again.seconds == resumed.seconds and full.legs == 1
 
 
 def test_corrupt_checkpoint_is_a_user_error(tmp_path):

@@ -222,6 +222,45 @@ def test_fit_vae_learns_is_deterministic_and_resumes(tiny_data, tmp_path):
     assert p.shape == (10, 64) and float(p.min()) >= 0 and float(p.max()) <= 1
 
 
+def test_fit_vae_killed_mid_epoch_resumes_exactly(tiny_data, tmp_path, killer):
+    """Dynamic binarisation, cosine schedule with warm-up and Adam: a run killed between two
+    checkpoints and started again equals an uninterrupted one and counts both legs."""
+    from conftest import Killed
+
+    kw = dict(config=VAEConfig(latent_dim=4, hidden=(32,)), M=3, steps=50, batch_size=64, schedule="cosine", seed=2)
+    a = fit_vae(tiny_data, **kw)
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(Killed):  # 28 batches an epoch: killed in the second epoch, after the checkpoint at 33
+        fit_vae(tiny_data, ckpt=ck, ckpt_every=11, resume=True, tracker=killer(37), **kw)
+    b = fit_vae(tiny_data, ckpt=ck, ckpt_every=11, resume=True, **kw)
+    assert b.losses_ == a.losses_ and (a.legs_, b.legs_) == (1, 2) and b.seconds_ > 0
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(p, q)
+
+
+def test_log_likelihood_resumes_from_its_checkpoint(tiny_data, tmp_path, killer):
+    """A K-sample estimate killed part-way continues from its checkpoint (rows done, RNG state)
+    with the same numbers as one call, and a finished one is read back without computing."""
+    from conftest import Killed
+
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(in_dim=64, latent_dim=4, hidden=(16,)))
+    x = prepare(tiny_data[:37], "binary", "threshold")
+    kw = dict(K=50, rows=120, seed=3, keep_weights=True)  # 2 images a chunk
+    full = log_likelihood(model, x, **kw)
+    ck = tmp_path / "ll.pt"
+    with pytest.raises(Killed):
+        log_likelihood(model, x, ckpt=ck, ckpt_every=5, tracker=killer(9), **kw)
+    r = log_likelihood(model, x, ckpt=ck, ckpt_every=5, **kw)
+    for f in ("log_q", "stderr", "elbo", "ess", "log_weights"):
+        assert np.array_equal(getattr(r, f), getattr(full, f)), f
+    assert r.legs == 2 and full.legs == 1
+    again = log_likelihood(model, x, ckpt=ck, tracker=killer(0), **kw)  # finished: no chunk runs
+    assert np.array_equal(again.log_q, full.log_q) and (again.legs, again.seconds) == (2, r.seconds)
+    other = log_likelihood(model, x, ckpt=ck, **{**kw, "seed": 4})  # another estimate starts afresh
+    assert other.legs == 1 and not np.array_equal(other.log_q, full.log_q)
+
+
 def test_iwae_beats_vae_bound_on_same_model(tiny_data):
     m = fit_vae(tiny_data, VAEConfig(latent_dim=4, hidden=(32,)), steps=80, batch_size=64, seed=0)
     x = prepare(tiny_data[:300], "binary", "stochastic", seed=0)

@@ -75,6 +75,7 @@ class Context:
     tables: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)
     parts: list = field(default_factory=list)
+    legs: "Legs | None" = None  # the wall-time ledger of run_one; ``track`` keeps it up to date
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -119,7 +120,8 @@ class Context:
 
     # ---- progress
     def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
-        return self.tracker.track(iterable, description, total)
+        items = self.tracker.track(iterable, description, total)
+        return items if self.legs is None else self.legs.beating(items)
 
     def log(self, message: str) -> None:
         self.tracker.log(message)
@@ -157,6 +159,43 @@ class Context:
         return results
 
 
+class Legs:
+    """The wall time of one experiment over every process ("leg") that worked on it into the
+    same report directory, kept in ``OUT/<name>/legs.json``: the seconds of each leg, written at
+    the start, every ``every`` seconds while ``Context.track`` loops run, and at the end. A
+    killed leg so keeps all but its last few seconds; a finished run's ledger is closed, so the
+    next run into the directory starts a new one."""
+
+    def __init__(self, path: Path, every: float = 30.0):
+        self.path, self.every = Path(path), every
+        try:
+            old = json.loads(self.path.read_text())
+            self.seconds = [] if old.get("finished") else [float(v) for v in old["seconds"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            self.seconds = []
+        self.seconds.append(0.0)
+        self.t0 = self.last = time.perf_counter()
+        self._write(False)
+
+    def _write(self, finished: bool) -> None:
+        self.seconds[-1] = time.perf_counter() - self.t0
+        with atomic_write(self.path, "w", parents=True) as f:
+            json.dump({"seconds": self.seconds, "finished": finished}, f)
+
+    def beating(self, items: Iterable) -> Iterator:
+        """``items``, noting the time every ``every`` seconds."""
+        for item in items:
+            if time.perf_counter() - self.last >= self.every:
+                self.last = time.perf_counter()
+                self._write(False)
+            yield item
+
+    def finish(self) -> tuple[float, int]:
+        """Close the ledger: (seconds over all legs, legs)."""
+        self._write(True)
+        return sum(self.seconds), len(self.seconds)
+
+
 def _jsonable(v):
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
@@ -172,6 +211,14 @@ def _jsonable(v):
     if isinstance(v, (np.bool_,)):
         return bool(v)
     return v
+
+
+def legs_text(verb: str, seconds: float, legs: int) -> str:
+    """How long a resumable phase took over all the processes ("legs") that worked on it:
+    "trained in 3 legs, 9,812 s in all" or "trained in one leg, 812 s"."""
+    if legs <= 1:
+        return f"{verb} in one leg, {seconds:,.0f} s"
+    return f"{verb} in {legs} legs, {seconds:,.0f} s in all"
 
 
 def image_grid(images, path: str | Path | None = None, *, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -209,20 +256,22 @@ class Section:
     metrics: dict
     tables: dict
     figures: list
+    legs: int = 1  # processes the run took (it resumes from its checkpoints); ``seconds`` is over all
 
 
 def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, tracker=None) -> Section:
-    """Run one experiment with a fresh seed and return its section."""
+    """Run one experiment with a fresh seed and return its section. Its ``seconds`` and ``legs``
+    count every earlier process that was stopped while running it into the same ``out``."""
     mod = load(name)
     name = mod.__name__.rsplit(".", 1)[-1]  # the module's name, however it was spelled
     seed_everything(seed)
     ctx = Context(name=name, seed=seed, quick=quick, root=Path(out), data_dir=data_dir,
                   tracker=tracker_or_null(tracker))
     ctx.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
+    ctx.legs = Legs(ctx.out / "legs.json")
     mod.run(ctx)
-    secs = time.perf_counter() - t0
-    return Section(name, mod.TITLE, mod.SPEC, secs, ctx.markdown(), ctx.metrics, ctx.tables, ctx.figures)
+    secs, legs = ctx.legs.finish()
+    return Section(name, mod.TITLE, mod.SPEC, secs, ctx.markdown(), ctx.metrics, ctx.tables, ctx.figures, legs)
 
 
 def _meta(seed: int, quick: bool, command: str) -> dict:
@@ -243,11 +292,13 @@ def _machine_line(m: dict) -> str:
 
 def _section_md(s: dict, meta: dict, with_provenance: bool) -> str:
     head = f"## {s['title']} (`{s['name']}`, SPEC {s['spec']})\n\n"
+    legs = s.get("legs", 1)  # sections published before legs were counted ran in one
+    took = f"{s['seconds']:.0f} s" if legs == 1 else f"{s['seconds']:.0f} s over {legs} legs"
     if with_provenance:
         head += (f"*Produced {meta['date']} by `{meta['command']}` (seed {meta['seed']}, {meta['mode']} mode, "
-                 f"{s['seconds']:.0f} s) on {_machine_line(meta)}.*\n\n")
+                 f"{took}) on {_machine_line(meta)}.*\n\n")
     else:
-        head += f"*{s['seconds']:.1f} s*\n\n"
+        head += f"*{took}*\n\n" if legs > 1 else f"*{s['seconds']:.1f} s*\n\n"
     return head + s["markdown"]
 
 

@@ -6,13 +6,19 @@ Determinism by construction: the batch and the random state at step ``s`` depend
 ``(seed, s)`` — the epoch's permutation is drawn from ``seed`` and the epoch number, and the
 global torch RNG is re-seeded from ``(seed, s)`` before the loss is computed. A run resumed from
 a checkpoint at step ``s`` therefore follows the same loss curve as an uninterrupted one.
+
+A long job may run over several processes ("legs"), each resuming from the last checkpoint:
+:class:`Clock` keeps the wall time and the number of legs in the checkpoint, so what a finished
+run reports is its time over all legs, not the last one's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +40,8 @@ class TrainResult:
     steps: int = 0
     evals: list[dict] = field(default_factory=list)  # what ``evaluate_fn`` returned, with "step"
     stopped: str | None = None  # why training stopped early (on_nonfinite="stop"), else None
+    seconds: float = 0.0  # wall time of training over all legs (see Clock)
+    legs: int = 0  # processes that trained it: 1 uninterrupted, more after resumes
 
 
 @lru_cache(maxsize=1)
@@ -101,6 +109,35 @@ def iwae_epochs(stages: int = 8) -> int:
 
 
 # ---------------------------------------------------------------- checkpoints
+class Clock:
+    """Wall time of a job that may run over several processes ("legs"), each resuming from the
+    checkpoint of the one before: the ``seconds`` and ``legs`` stored there plus this process's.
+
+    A leg counts once it has ``worked`` (done something the checkpoint keeps). The time a killed
+    leg spent after its last checkpoint is not in the sum: that work is redone, and counted, by
+    the next leg, so the sum is the time of the work the result is made of.
+    """
+
+    def __init__(self, st: dict | None = None):
+        st = st or {}
+        self.before, self.legs_before = float(st.get("seconds", 0.0)), int(st.get("legs", 0))
+        self.t0, self.t1 = time.perf_counter(), None
+        self.worked = False
+
+    def stop(self) -> "Clock":
+        """Freeze the time (once): the last checkpoint and the result then report the same seconds."""
+        if self.t1 is None:
+            self.t1 = time.perf_counter()
+        return self
+
+    def state(self) -> dict:
+        """``{"seconds", "legs"}`` so far, to store in a checkpoint or report."""
+        if not self.worked:
+            return {"seconds": self.before, "legs": self.legs_before}
+        now = time.perf_counter() if self.t1 is None else self.t1
+        return {"seconds": self.before + now - self.t0, "legs": self.legs_before + 1}
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write ``state`` (tensors, numbers, lists, dicts) atomically."""
     with atomic_path(path, parents=True) as tmp:
@@ -117,13 +154,43 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or start without --resume") from None
 
 
+def partial(path: str | os.PathLike | None, key: dict) -> dict | None:
+    """The partial work of a long computation stored at ``path`` if it was written for ``key`` (a
+    dict of plain values naming the inputs and settings), else None. Evaluations resume only
+    their own work and start afresh on anything else: a stale file costs time, not correctness."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        st = load_checkpoint(path)
+    except KexueError:
+        return None  # unreadable: the computation starts again and overwrites it
+    return st if st.get("key") == _key_text(key) else None
+
+
+def save_partial(path: str | os.PathLike, key: dict, clock: Clock, state: dict) -> None:
+    """Store ``state`` (tensors, numbers) for :func:`partial`, with ``key`` and the ``clock``."""
+    save_checkpoint(path, {**state, "key": _key_text(key), **clock.state()})
+
+
+def _key_text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """:func:`fingerprint` of a module's weights and buffers: partial evaluations are keyed by it."""
+    if not isinstance(model, nn.Module):
+        raise KexueError(f"a checkpoint of this computation needs the network as a torch.nn.Module, "
+                         f"not {type(model).__name__}; drop ckpt")
+    return fingerprint(list(model.state_dict().values()))
+
+
 def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
     """A short hash of the training data (shapes, dtypes and every byte), stored in checkpoints
     so that a resumed run can tell it is being fed other data."""
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous()
         h.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        t = t.detach().cpu().contiguous().reshape(-1)  # 1-D: a 0-d tensor has no byte view
         h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -163,6 +230,7 @@ class _Run:
         self.ckpt, self.config, self.data_fp, self.evaluate_fn = ckpt, config, data_fp, evaluate_fn
         self.losses: list[float] = []
         self.evals: list[dict] = []
+        self.clock = Clock()
 
     def resume(self, steps: int) -> int:
         """Load ``ckpt`` (checked against this run's config, data and steps); the step to start at."""
@@ -170,13 +238,15 @@ class _Run:
         check_resume(st, self.config, self.data_fp, steps, self.ckpt)
         _restore(st, self.ckpt, self.model, self.optimizer, self.ema)
         self.losses, self.evals = list(st["losses"]), list(st.get("evals", []))
+        self.clock = Clock(st)
         return int(st["step"])
 
     def checkpoint(self, step: int) -> None:
-        if self.ckpt is None or not self.acc.is_main_process:
-            return
+        if self.ckpt is None or not self.acc.is_main_process or not self.clock.worked:
+            return  # nothing new to keep (a resumed run that was already finished)
         st = {"model": self.acc.unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
-              "step": step, "losses": self.losses, "evals": self.evals, "config": self.config, "data": self.data_fp}
+              "step": step, "losses": self.losses, "evals": self.evals, "config": self.config, "data": self.data_fp,
+              **self.clock.state()}
         if self.ema is not None:
             st["ema"] = self.ema.state_dict()
         save_checkpoint(self.ckpt, st)
@@ -192,6 +262,7 @@ class _Run:
             out = dict(self.evaluate_fn(self.ema.module if self.ema is not None else m, step))
         m.train(was)
         self.evals.append({"step": step, **out})
+        self.clock.worked = True
 
     def step(self, loss: torch.Tensor, grad_clip: float | None) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -201,6 +272,7 @@ class _Run:
         self.optimizer.step()
         if self.ema is not None:
             self.ema.update_parameters(self.acc.unwrap_model(self.model))
+        self.clock.worked = True
 
 
 def _set_lr(optimizer, base_lrs: list[float], schedule: Schedule | None, step: int) -> None:
@@ -235,7 +307,8 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
       with ``result.stopped`` saying why) when the loss is NaN or inf.
     - ``ckpt`` with ``ckpt_every > 0`` writes a checkpoint every that many steps and at the end;
       ``resume=True`` continues from ``ckpt`` if it exists, after checking that it was written for
-      the same ``config`` (a dict of plain values) and the same data.
+      the same ``config`` (a dict of plain values) and the same data. ``result.seconds`` and
+      ``result.legs`` are the training time and the number of processes over all resumes.
     - ``ema_decay`` keeps an exponential moving average of the weights (``result.ema``).
     """
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -275,10 +348,12 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
             run.checkpoint(step + 1)
     if stopped is None:
         run.evaluate(steps)
+        run.clock.stop()
         run.checkpoint(steps)
     model = acc.unwrap_model(run.model)
     model.eval()
-    return TrainResult(model, ema.module.eval() if ema is not None else None, run.losses, steps, run.evals, stopped)
+    return TrainResult(model, ema.module.eval() if ema is not None else None, run.losses, steps, run.evals, stopped,
+                       **run.clock.state())
 
 
 @torch.no_grad()

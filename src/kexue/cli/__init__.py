@@ -113,7 +113,7 @@ def reproduce(
     command = "kexue " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def done(s):
-        console.print(f"[green]✓[/green] {s.name}: {s.seconds:.1f} s")
+        console.print(f"[green]✓[/green] {s.name}: {s.seconds:.1f} s" + (f" over {s.legs} legs" if s.legs > 1 else ""))
 
     path, sections = report.reproduce(names, seed=seed, quick=quick, out=out, data_dir=str(data_dir) if data_dir else None,
                                       command=command, tracker=RichTracker(), publish_to=publish, on_section=done)

@@ -38,6 +38,8 @@ class VariationalBound:
     diffusion: np.ndarray
     decoder: np.ndarray
     dim: int
+    seconds: float = 0.0  # wall time of the computation, over all legs if it was resumed (``ckpt``)
+    legs: int = 1
 
     @property
     def nats(self) -> np.ndarray:
@@ -121,19 +123,28 @@ def _strata(T: int, timesteps: int | None, n: int, g: torch.Generator) -> tuple[
 @torch.inference_mode()
 def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule, *, prediction: str = "eps",
                       variance: str = "posterior", decoder: str = "discrete", timesteps: int | None = None,
-                      batch_size: int = 256, seed: int = 0, tracker=None) -> VariationalBound:
+                      batch_size: int = 256, seed: int = 0, ckpt=None, ckpt_every: int = 10,
+                      tracker=None) -> VariationalBound:
     """The bound L of SPEC 7.6 for each image of ``x0`` (N, C, H, W) in [-1, 1].
 
     Every diffusion term uses its own draw x_t ~ q(x_t|x_0) (as Ho et al. do); ``timesteps`` =
     None sums all T - 1 of them (T network calls per image), an integer K estimates the sum from
     K stratified t per image. ``decoder`` "discrete" (256 levels; the data should lie on them)
     or "gaussian" (a density, for continuous data). Deterministic given ``seed``.
+
+    ``ckpt``: a file holding the diffusion terms summed so far and the RNG state, every
+    ``ckpt_every`` t-strata and at the end; a call with the same network, images and settings
+    continues from it with the same numbers as one uninterrupted call, or, finished, returns
+    it. ``seconds`` and ``legs`` of the result count every resume (:class:`kexue.train.Clock`).
     """
+    from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
+
     choice(variance, ("posterior", "beta"), "variance")
     choice(decoder, ("discrete", "gaussian"), "decoder")
     if timesteps is not None:
         integer(timesteps, "timesteps", 1)
     integer(batch_size, "batch_size", 1)
+    integer(ckpt_every, "ckpt_every", 1)
     if schedule.T < 2:
         raise KexueError("the bound needs a schedule with T ≥ 2")
     x0 = torch.as_tensor(x0, dtype=torch.float64)
@@ -143,14 +154,34 @@ def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule
     prior = gaussian_kl(ab_T * x0, float(schedule.beta_bars[T]) ** 2, torch.zeros_like(x0), 1.0)
     ts, ws = _strata(T, timesteps, n, g)
     diffusion = torch.zeros(n, dtype=torch.float64)
+    key = None if ckpt is None else {
+        "what": "variational_bound", "schedule": schedule.fingerprint(), "prediction": prediction, "variance": variance,
+        "decoder": decoder, "timesteps": timesteps, "batch_size": batch_size, "seed": seed,
+        "model": model_fingerprint(model),
+        "data": fingerprint([x0])}
+    st, first = partial(ckpt, key), 0
+    clock = Clock(st)
+    if st is not None:  # continue after the strata the last process finished, with its RNG state
+        first, diffusion = int(st["done"]), st["diffusion"]
+        g.set_state(st["rng"])
     kw = {"prediction": prediction, "variance": variance}
-    for t, w in tracker_or_null(tracker).track(list(zip(ts, ws)), "variational bound", total=len(ts)):
-        diffusion += w * _chunked(lambda xb, tb: kl_term(model, xb, _draw(xb, tb, schedule, g), tb, schedule, **kw),
-                                  x0, t, batch_size)
-    ones = torch.ones(n, dtype=torch.long)
-    dec = _chunked(lambda xb, tb: decoder_nll(model, xb, _draw(xb, tb, schedule, g), schedule, decoder=decoder, **kw),
-                   x0, ones, batch_size)
-    return VariationalBound(prior.numpy(), diffusion.numpy(), dec.numpy(), int(x0[0].numel()))
+    for i in tracker_or_null(tracker).track(range(first, len(ts)), "variational bound", total=len(ts) - first):
+        diffusion += ws[i] * _chunked(lambda xb, tb: kl_term(model, xb, _draw(xb, tb, schedule, g), tb, schedule, **kw),
+                                      x0, ts[i], batch_size)
+        clock.worked = True
+        if ckpt is not None and (i + 1) % ckpt_every == 0:
+            save_partial(ckpt, key, clock, {"done": i + 1, "diffusion": diffusion, "rng": g.get_state()})
+    if st is not None and "decoder" in st:  # finished before
+        dec = st["decoder"]
+    else:
+        ones = torch.ones(n, dtype=torch.long)
+        dec = _chunked(lambda xb, tb: decoder_nll(model, xb, _draw(xb, tb, schedule, g), schedule, decoder=decoder,
+                                                  **kw), x0, ones, batch_size)
+        clock.worked = True
+        if ckpt is not None:
+            save_partial(ckpt, key, clock.stop(), {"done": len(ts), "diffusion": diffusion, "decoder": dec,
+                                                   "rng": g.get_state()})
+    return VariationalBound(prior.numpy(), diffusion.numpy(), dec.numpy(), int(x0[0].numel()), **clock.stop().state())
 
 
 def _chunked(fn, x0: torch.Tensor, t: torch.Tensor, batch_size: int) -> torch.Tensor:

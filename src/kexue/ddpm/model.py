@@ -89,15 +89,16 @@ class DDPM:
         return model_to_images(out)
 
     def nll(self, images, *, variance: str = "posterior", timesteps: int | None = None, batch_size: int = 256,
-            seed: int = 0, tracker=None) -> VariationalBound:
+            seed: int = 0, ckpt: str | os.PathLike | None = None, tracker=None) -> VariationalBound:
         """The variational bound of SPEC 7.6 on images in [0, 1] with 256 levels (values are
-        rounded to the nearest level, as 8-bit data already is): ``.bits_per_dim``, per-image nats."""
+        rounded to the nearest level, as 8-bit data already is): ``.bits_per_dim``, per-image nats.
+        ``ckpt`` keeps partial sums so an interrupted call resumes (see :func:`variational_bound`)."""
         X = images_to_model(images, self.net.config.channels).double()
         if X.shape[2:] != (self.side, self.side):
             raise KexueError(f"images are {X.shape[2]}×{X.shape[3]}; this model takes {self.side}×{self.side}")
         X = torch.round((X + 1) * 127.5) / 127.5 - 1
         return variational_bound(self.net, X, self.schedule, prediction=self.prediction, variance=variance,
-                                 timesteps=timesteps, batch_size=batch_size, seed=seed, tracker=tracker)
+                                 timesteps=timesteps, batch_size=batch_size, seed=seed, ckpt=ckpt, tracker=tracker)
 
     # ---- persistence
     def save(self, path: str | os.PathLike) -> None:

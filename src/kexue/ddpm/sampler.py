@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from kexue import validate
 from kexue.ddpm.param import _check, call_model, to_eps_x0
 from kexue.ddpm.schedule import NoiseSchedule
+from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
 from kexue.utils import KexueError
 
 
@@ -46,12 +48,17 @@ class Sampler:
         return eps, x0
 
     def __call__(self, model: Callable, shape: Sequence[int] | None = None, x_T: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, tracker=None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, tracker=None, ckpt=None, ckpt_every: int = 50) -> torch.Tensor:
         """Samples x_0 of ``shape`` (or of ``x_T.shape`` when the initial noise is given).
 
         Noise (x_T if not given, then one draw per stochastic step) comes from ``generator``
         on the CPU in the order of the steps, so a seed fixes the result. The loop runs in
         inference mode with the fused step (``fused=False``: the reference :meth:`step`).
+        ``ckpt``: a file holding x_t and the noise generator's state every ``ckpt_every`` steps
+        and at the end (``model`` must then be a torch module); a call with the same network,
+        sampler, x_T and generator continues from it with the same result as one uninterrupted
+        call, or, finished, returns it. A file written for anything else is overwritten.
+        ``self.last_run`` then holds the call's ``seconds`` and ``legs`` over all resumes.
         """
         if x_T is None:
             if shape is None:
@@ -63,15 +70,27 @@ class Sampler:
                 raise KexueError("the initial noise x_T contains NaN or inf")
         ts = self.timesteps()
         pairs = list(zip(ts, ts[1:] + [0]))
+        run = _SampleRun(self, model, x, generator, ckpt, ckpt_every)
+        x, first = run.start(x)
+        todo = range(first, len(pairs))
         if tracker is not None:
-            pairs = tracker.track(pairs, type(self).__name__, total=len(pairs))
+            todo = tracker.track(todo, type(self).__name__, total=len(todo))
         step = self.fused_step if self.fused else self.step
         with torch.inference_mode():
-            for t, s in pairs:
+            for i in todo:
+                t, s = pairs[i]
                 out = call_model(model, x, t)
                 noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype) if self.needs_noise(t, s) else None
                 x = step(out, t, s, x, noise)
+                run.done(x, i + 1, len(pairs))
+        self.last_run = run.clock.stop().state()
         return x.clone()  # an ordinary tensor again (inference tensors refuse later autograd use)
+
+    def settings(self) -> dict:
+        """What determines the samples besides the network, x_T and the noise: the checkpoint key."""
+        plain = {k: v for k, v in vars(self).items() if isinstance(v, (bool, int, float, str, type(None)))}
+        return {"kind": type(self).__name__, **plain, "timesteps": self.timesteps(),
+                "schedule": self.schedule.fingerprint()}
 
     def x0_hat(self, out: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """x̂_0 (SPEC 7.2) as a fresh tensor, clipped in place if asked: the fused step's one allocation."""
@@ -101,6 +120,37 @@ class Sampler:
 
     def step(self, out, t, s, x_t, noise):
         raise NotImplementedError
+
+
+class _SampleRun:
+    """The checkpoints of one sampling loop (see ``Sampler.__call__``): x_t after step i and the
+    state of the generator the noise comes from (the global one if none was given)."""
+
+    def __init__(self, sampler: Sampler, model, x_T: torch.Tensor, generator, ckpt, every: int):
+        self.ckpt, self.every, self.gen, self.key = ckpt, validate.integer(every, "ckpt_every", 1), generator, None
+        self.clock = Clock()
+        if ckpt is not None:
+            self.key = {"what": "sample", **sampler.settings(), "model": model_fingerprint(model),
+                        "x_T": fingerprint([x_T]), "noise": fingerprint([self._rng()])}
+
+    def _rng(self) -> torch.Tensor:
+        return self.gen.get_state() if self.gen is not None else torch.get_rng_state()
+
+    def start(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(x_t, steps done) from the checkpoint if it fits, else (x_T, 0)."""
+        st = partial(self.ckpt, self.key)
+        if st is None:
+            return x, 0
+        self.clock = Clock(st)
+        (self.gen.set_state if self.gen is not None else torch.set_rng_state)(st["rng"])
+        return st["x"].to(x.device, x.dtype), int(st["done"])
+
+    def done(self, x: torch.Tensor, i: int, n: int) -> None:
+        """Step ``i`` of ``n`` is done: checkpoint every ``every`` steps and at the end."""
+        self.clock.worked = True
+        if self.ckpt is not None and (i % self.every == 0 or i == n):
+            save_partial(self.ckpt, self.key, self.clock.stop() if i == n else self.clock,
+                         {"x": x.detach().cpu().clone(), "done": i, "rng": self._rng()})
 
 
 class DDPMSampler(Sampler):

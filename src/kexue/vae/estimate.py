@@ -39,6 +39,8 @@ class LogLikelihood:
     K: int
     dim: int
     log_weights: np.ndarray | None = None
+    seconds: float = 0.0  # wall time of the estimate, over all legs if it was resumed (``ckpt``)
+    legs: int = 1
 
     @property
     def nll(self) -> float:
@@ -128,7 +130,8 @@ def softplus_sum(a: torch.Tensor, group: int = 16) -> torch.Tensor:
 
 
 def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: int | None = None,
-                   seed: int = 0, keep_weights: bool = False, fast: bool = True, tracker=None) -> LogLikelihood:
+                   seed: int = 0, keep_weights: bool = False, fast: bool = True, ckpt=None, ckpt_every: int = 500,
+                   tracker=None) -> LogLikelihood:
     """Estimate log q(x) for every row of ``x`` with K importance samples (SPEC 1.4).
 
     ``x``: (N, D) tensor or array already in the model's convention (see :func:`kexue.vae.prepare`).
@@ -138,8 +141,16 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     importance samples (same seed → same numbers, whatever ``fast``). ``fast=False`` computes
     each chunk with ``model.log_weights`` (the reference; ``fast`` only changes the arithmetic of
     one-layer Bernoulli models). ``keep_weights`` also returns the (N, K) log weights (K-curves).
+
+    ``ckpt``: a file where the finished rows and the sampler's RNG state are stored (atomically)
+    every ``ckpt_every`` rows and at the end; a call with the same model, data and settings
+    continues from it — with the same numbers as one uninterrupted call — or, finished, returns
+    it. A file written for anything else is overwritten. ``seconds`` and ``legs`` of the result
+    are the wall time and the number of processes over all resumes (:class:`kexue.train.Clock`).
     """
-    K = validate.integer(K, "K", 1)
+    from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
+
+    K, ckpt_every = validate.integer(K, "K", 1), validate.integer(ckpt_every, "ckpt_every", 1)
     x = torch.as_tensor(validate.matrix(x, "data", dtype=np.float32))
     if x.shape[1] != model.in_dim:
         raise KexueError(f"data must have shape (N, {model.in_dim}) for this model, got {tuple(x.shape)}")
@@ -152,7 +163,19 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     weights = _bernoulli_weights if fast and _fast_ok(model) else (lambda m, xb, k, g: m.log_weights(xb, k, generator=g))
     out = np.empty((4, n))
     lw_all = np.empty((n, K), dtype=np.float32) if keep_weights else None
-    starts = tracker_or_null(tracker).track(range(0, n, batch), f"log q(x), K={K}", total=-(-n // batch))
+    key = None if ckpt is None else {
+        "what": "log_likelihood", "K": K, "batch": batch, "k_chunk": k_chunk, "seed": int(seed),
+        "fast": weights is _bernoulli_weights, "keep": keep_weights, "model": model_fingerprint(model),
+        "data": fingerprint([x])}
+    st, first = partial(ckpt, key), 0
+    clock = Clock(st)
+    if st is not None:  # continue where the last process stopped: its rows and the RNG state after them
+        first, out = int(st["done"]), st["out"].numpy()
+        gen.set_state(st["gen"])
+        if lw_all is not None:
+            lw_all = st["lw"].numpy()
+    starts = tracker_or_null(tracker).track(range(first, n, batch), f"log q(x), K={K}",
+                                            total=-(-(n - first) // batch))
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -169,8 +192,14 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
             ess = torch.exp(2 * m1 - m2)
             out[:, s:s + len(xb)] = torch.stack([m1 - math.log(K), torch.sqrt(torch.clamp(1 / ess - 1 / K, min=0)),
                                                  tot / K, ess]).numpy()
+            clock.worked = True
+            end = s + len(xb)
+            if ckpt is not None and (end == n or end // ckpt_every > s // ckpt_every):
+                lw = {} if lw_all is None else {"lw": torch.from_numpy(lw_all)}
+                save_partial(ckpt, key, clock.stop() if end == n else clock,
+                             {"done": end, "out": torch.from_numpy(out), "gen": gen.get_state(), **lw})
     model.train(was_training)
-    return LogLikelihood(*out, int(K), int(model.in_dim), lw_all)
+    return LogLikelihood(*out, int(K), int(model.in_dim), lw_all, **clock.state())
 
 
 def k_curve(log_weights: np.ndarray, Ks) -> list[dict]:

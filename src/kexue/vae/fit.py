@@ -85,7 +85,8 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
     stages, lr × 10^(−i/7)) or ``"cosine"`` (warm-up, then cosine decay).
     Training goes through :func:`kexue.train.train`: deterministic batches, checkpoints every
     ``ckpt_every`` steps, exact ``resume`` (refused if the checkpoint's settings or data differ),
-    ``evaluate_fn(model, step)`` every ``eval_every`` steps. Sets ``losses_`` and ``evals_``.
+    ``evaluate_fn(model, step)`` every ``eval_every`` steps. Sets ``losses_``, ``evals_``, and
+    ``seconds_`` / ``legs_``: the training time and the number of processes over all resumes.
     """
     from kexue.train import train
 
@@ -122,4 +123,5 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
                 description=description or (f"IWAE M={M}" if M > 1 else "VAE"))
     model = res.model.eval()
     model.losses_, model.evals_ = res.losses, res.evals
+    model.seconds_, model.legs_ = res.seconds, res.legs
     return model
