@@ -75,6 +75,7 @@ def trained_model(cfg: Config, cache: Path, seed: int, data_dir=None, tracker=No
 
     model = DDPM(cfg.unet, linear_schedule(cfg.T, cfg.beta_start, cfg.beta_end), side=28, seed=seed)
     ckpt = Path(cache) / f"ddpm_{_key(cfg, seed)}.pt"
+    # a checkpoint every 200 steps (~1 min on 2 cores): a kill loses about that much training
     return model.fit(_train_uint8(cfg, data_dir) / 255.0, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=seed,
                      ema_decay=cfg.ema_decay, ckpt=ckpt, ckpt_every=200, resume=True, tracker=tracker)
 
@@ -122,9 +123,9 @@ def run(ctx) -> None:
 
 
 def _sample(ctx, net_key: str, label: str, smp, net, xT, seed: int):
-    """Samples of ``smp`` from ``xT``, cached beside the report so an interrupted run resumes."""
-    import time
-
+    """(samples, {"seconds", "legs"}) of ``smp`` from ``xT``, cached beside the report so an
+    interrupted run resumes: finished samples in an .npz, a sampling loop in progress in a
+    checkpoint every 25 steps (DDPM-1000 on 500 images runs ~11 min); the time counts every leg."""
     import numpy as np
     import torch
 
@@ -134,19 +135,19 @@ def _sample(ctx, net_key: str, label: str, smp, net, xT, seed: int):
     cache = ctx.out / f"samples_{net_key}_{len(xT)}_{hashlib.sha256(label.encode()).hexdigest()[:10]}.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
-            return z["samples"], float(z["wall"])
-    t0 = time.perf_counter()
-    S = model_to_images(smp(net, x_T=xT.clone(), generator=torch.Generator().manual_seed(seed)))
-    wall = time.perf_counter() - t0
+            return z["samples"], {"seconds": float(z["wall"]), "legs": int(z["legs"]) if "legs" in z else 1}
+    partial = cache.with_suffix(".pt")
+    S = model_to_images(smp(net, x_T=xT.clone(), generator=torch.Generator().manual_seed(seed), ckpt=partial,
+                            ckpt_every=25, tracker=ctx))
+    clock = smp.last_run
     with atomic_path(cache, parents=True) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, samples=S, wall=np.float64(wall))
-    return S, wall
+            np.savez(f, samples=S, wall=np.float64(clock["seconds"]), legs=np.int64(clock["legs"]))
+    partial.unlink(missing_ok=True)  # the .npz holds the result now
+    return S, clock
 
 
 def _run(ctx) -> None:
-    import time
-
     import numpy as np
     import torch
     from matplotlib.figure import Figure
@@ -154,6 +155,7 @@ def _run(ctx) -> None:
     from kexue.data import load_mnist_test
     from kexue.ddpm import DDIMSampler, DDPMSampler
     from kexue.quality import classify, mnist_classifier, sample_quality, to_unit
+    from kexue.report import legs_text
 
     cfg = Config.quick() if ctx.quick else Config.full()
     N, T = cfg.n_samples, cfg.T
@@ -193,10 +195,10 @@ the key samplers on {cfg.fd_samples} and {cfg.ddpm_fd_samples} samples.
               caption="Calibration of the metric: real images and weak baselines, same N as the samplers")
 
     # ---- training (resumes from / reuses the checkpoint in the shared cache)
-    t0 = time.perf_counter()
-    model = trained_model(cfg, ctx.cache, ctx.seed, ctx.data_dir, tracker=ctx.tracker)
+    model = trained_model(cfg, ctx.cache, ctx.seed, ctx.data_dir, tracker=ctx)
     res, sched, net = model.result_, model.schedule, model.net
-    ctx.metric("train_seconds_this_run", time.perf_counter() - t0)
+    ctx.metric("train_seconds", res.seconds)  # over every leg: the checkpoint carries the time of earlier ones
+    ctx.metric("train_legs", res.legs)
     ctx.metric("train_images", len(X01))
     ctx.metric("final_loss_mean_last100", float(np.mean(res.losses[-100:])))
     losses = np.asarray(res.losses)
@@ -208,6 +210,9 @@ the key samplers on {cfg.fd_samples} and {cfg.ddpm_fd_samples} samples.
     ax.set_ylabel(f"loss (moving mean of {w})")
     ax.set_yscale("log")
     ctx.figure("loss", fig, caption=f"Training loss ‖ε − ε_θ‖² (SPEC 7.2) on {train_name}")
+    ctx.text(f"The ε-network was {legs_text('trained', res.seconds, res.legs)} (a leg is one process; a run "
+             "that is stopped resumes from its checkpoints in the next, and every wall time below counts all "
+             "legs of its phase).")
 
     # ---- samplers
     samplers = [(f"DDPM-{T}, σ²=posterior", T, "-", DDPMSampler(sched, "posterior", clip_x0=1.0)),
@@ -222,12 +227,13 @@ the key samplers on {cfg.fd_samples} and {cfg.ddpm_fd_samples} samples.
     for label, steps, eta, smp in ctx.track(samplers, "samplers", total=len(samplers)):
         S, wall = _sample(ctx, key, label, smp, net, xT, ctx.seed + 2)
         q = sample_quality(clf, S, ref_f)
-        rows.append([label, steps, eta, q.fd, q.confidence, q.mode_entropy, wall])
+        rows.append([label, steps, eta, q.fd, q.confidence, q.mode_entropy, wall["seconds"], wall["legs"]])
         ctx.metric(f"samplers/{label}", {"fd": q.fd, "confidence": q.confidence, "mode_entropy": q.mode_entropy,
-                                         "wall_s": wall, "class_hist": q.class_hist})
+                                         "wall_s": wall["seconds"], "legs": wall["legs"], "class_hist": q.class_hist})
         panels[label] = S
-    ctx.table("samplers", ["sampler", "network calls", "η", "FD ↓", "confidence ↑", "mode entropy ↑", "wall s"], rows,
-              caption=f"Sample quality per sampler ({N} samples each, same x_T; wall time on this shared 2-core CPU)")
+    ctx.table("samplers", ["sampler", "network calls", "η", "FD ↓", "confidence ↑", "mode entropy ↑", "wall s", "legs"],
+              rows,
+              caption=f"Sample quality per sampler ({N} samples each, same x_T; wall time over all legs, 2-core CPU)")
     ctx.figure("grids", _grid_figure(panels), caption="First 64 samples of each sampler (same x_T everywhere)")
     fd = {r[0]: r[3] for r in rows}
     ref_label = f"DDPM-{T}, σ²=posterior"
@@ -261,14 +267,15 @@ def _fd_at_scale(ctx, cfg, model, clf, ref_f, X01, key) -> None:
             ("real vs real", n2, None), (f"DDPM-{T}, σ²=posterior", n2, DDPMSampler(model.schedule, "posterior", clip_x0=1.0))]
     for label, n, smp in ctx.track(runs, "FD at scale", total=len(runs)):
         if smp is None:
-            S, wall = X01[rng.choice(len(X01), n, replace=False)], float("nan")
+            S, wall = X01[rng.choice(len(X01), n, replace=False)], {"seconds": float("nan"), "legs": 0}
         else:
             S, wall = _sample(ctx, key, f"scale/{label}", smp, model.net, xT[:n], ctx.seed + 4)
         q = sample_quality(clf, S, ref_f)
-        rows.append([label, n, q.fd, q.confidence, q.mode_entropy, wall])
+        rows.append([label, n, q.fd, q.confidence, q.mode_entropy, wall["seconds"], wall["legs"]])
         fd[label, n] = q.fd
-        ctx.metric(f"fd_at_scale/{label}/N={n}", {"fd": q.fd, "confidence": q.confidence, "wall_s": wall})
-    ctx.table("fd_at_scale", ["images", "N", "FD ↓", "confidence ↑", "mode entropy ↑", "wall s"], rows,
+        ctx.metric(f"fd_at_scale/{label}/N={n}", {"fd": q.fd, "confidence": q.confidence, "wall_s": wall["seconds"],
+                                                  "legs": wall["legs"]})
+    ctx.table("fd_at_scale", ["images", "N", "FD ↓", "confidence ↑", "mode entropy ↑", "wall s", "legs"], rows,
               caption=f"FD at larger sample sizes (model trained on {_train_name(cfg)}); 'real vs real' = "
                       "random training images against the test set, the floor of FD at that N")
     ctx.metric("fd_samples", n1)
@@ -281,24 +288,22 @@ def _fd_at_scale(ctx, cfg, model, clf, ref_f, X01, key) -> None:
 
 def _bound(ctx, cfg, model, Xte) -> None:
     """The variational bound of SPEC 7.6 on the first ``nll_images`` test images."""
-    import time
-
     rows = []
     for variance in ("posterior", "beta"):
-        t0 = time.perf_counter()
-        vb = model.nll(Xte[:cfg.nll_images], variance=variance, timesteps=cfg.nll_timesteps, seed=ctx.seed)
-        wall = time.perf_counter() - t0
+        # ~4 min each in full mode: partial sums are checkpointed every 10 strata of t
+        vb = model.nll(Xte[:cfg.nll_images], variance=variance, timesteps=cfg.nll_timesteps, seed=ctx.seed,
+                       ckpt=ctx.out / f"bound_{variance}.pt", tracker=ctx)
         rows.append([f"σ_t² = {'posterior' if variance == 'posterior' else 'β_t²'}", vb.bits_per_dim,
                      vb.stderr_bits_per_dim, float(vb.prior.mean()), float(vb.diffusion.mean()),
-                     float(vb.decoder.mean()), wall])
-        ctx.metric(f"bound/{variance}", {**vb.to_dict(), "wall_s": wall})
+                     float(vb.decoder.mean()), vb.seconds, vb.legs])
+        ctx.metric(f"bound/{variance}", {**vb.to_dict(), "wall_s": vb.seconds, "legs": vb.legs})
         if variance == "posterior":
             ctx.metric("bits_per_dim", vb.bits_per_dim)
             ctx.metric("bits_per_dim_stderr", vb.stderr_bits_per_dim)
     ctx.metric("nll_images", cfg.nll_images)
     how = "all T terms" if cfg.nll_timesteps is None else f"{cfg.nll_timesteps} stratified t per image"
     ctx.table("bound", ["reverse variance", "bits/dim ↓", "± s.e.", "prior nats", "diffusion nats", "decoder nats",
-                        "wall s"], rows,
+                        "wall s", "legs"], rows,
               caption=f"Variational bound (SPEC 7.6, Ho et al. 2020) on the first {cfg.nll_images} MNIST test "
                       f"images, discretised decoder over 256 levels, sum over t from {how}; model trained on "
                       f"{_train_name(cfg)}")
