@@ -14,9 +14,42 @@ base classes, ``NNAlgorithm`` and ``HubnessReduction``, need a ``__sklearn_tags_
 
     .venv/bin/python benchmarks/bench_hubness_reduction.py [--kiez-python PY] [--repeats 3] \\
         [--seed 0] [--threads 1] [--variant exact|faiss-flat|sampled]
+    .venv/bin/python benchmarks/bench_hubness_reduction.py --scale [--kiez-python PY] [--repeats 3] \\
+        [--scale-n 100000] [--scale-queries 10000] [--scale-samples 5000] [--scale-check 100]
 
-``--scale``: kexue only, 100,000 × 384 Gaussian index, 10,000 queries, a FAISS flat index built
-once and passed as the backend; index statistics from a 5,000-point sample.
+``--scale``: the FAISS setting of issue 19 — an i.i.d. Gaussian index (100,000 × 384 by default;
+``--scale-n``, ``--scale-dim``), 10,000 new queries (``--scale-queries``), float32, Euclidean,
+k = 10, 100 candidates, an exact flat FAISS index (L2) on both sides. Each (side, method) run is
+its own subprocess with the same thread settings (``--threads``, 1 by default: OMP, OpenBLAS and
+MKL threads, which is what FAISS reads); sides alternate (A B A B …); medians of ``--repeats``.
+The time covers everything from the float32 vectors to the re-ranked neighbours of the queries:
+
+- kexue: build ``faiss.IndexFlatL2`` and add the index vectors (the user's index, passed as
+  ``backend=``), ``make_reduction(method, n_candidates=100, backend=index,
+  n_samples=S).fit(X).kneighbors(Q, 10)`` (``none``: the index searched for 10 neighbours).
+  The index statistics come from a random sample of S index points (``--scale-samples``;
+  default 5 % of the index, 5,000 at full size), the sample's nearest points to each index
+  point by float32 BLAS; the query side (candidates and their statistic) from the FAISS search.
+- kiez 0.5.0 (``--kiez-python``): ``Kiez(n_candidates=100, algorithm="Faiss",
+  algorithm_kwargs={"metric": "euclidean", "index_key": "Flat"}, hubness=…)``, ``fit(Q, X)``,
+  ``kneighbors(10)``. kiez cannot take a built index (its ``Faiss._fit`` calls
+  ``faiss.index_factory`` itself), so the flat index build is counted on both sides (for a flat
+  index it is a copy of the vectors: well under a second at full size). kiez builds two flat
+  indexes (queries and index) and learns its index statistics differently: from each index
+  point's 100 nearest **queries** (a search of the index against the queries, n × n_queries
+  distances), not from index points, and cannot sample them; its local scaling and CSLS read
+  the 100th / all 100 of those distances (kexue: k = 5, its default). ``none`` is the same search on
+  both sides.
+
+Printed per run: the wall time and the run's CPU time (``time.process_time``: all its threads;
+with one thread it equals the wall time on an idle machine, and on a busy one it still compares
+the two sides' work), then medians, the skewness of N_10 over the index (the queries' re-ranked top
+10), and (``--scale-check M`` queries, default 100; 0 = skip) the agreement of each side's
+top 10 with a float64 brute-force reference of kexue's definition (index statistics from each
+index point's exact nearest other index points: k = 5 for LS and CSLS, 100 for MP; the query's
+from its exact 100 candidates): the mean share of the reference top 10 found. kiez's definition
+differs (statistics from the queries, k = 100), so its agreement measures that difference too.
+The reference is computed once in the parent, untimed.
 """
 
 from __future__ import annotations
@@ -104,36 +137,150 @@ def child(side, method, variant, path):
 def spawn(python, args, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
                MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    out = subprocess.run([python, __file__, *args], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([python, __file__, *args], env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{python} {' '.join(args)} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def scale(threads):
-    """kexue alone at 100,000 × 384 with a built FAISS index passed as the backend."""
+def run_kexue_faiss(method, X, Q, n_samples):
     import faiss
-    import numpy as np
 
     from kexue import hubness as H
 
-    faiss.omp_set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    X = rng.standard_normal((100_000, 384), dtype=np.float32)
-    Q = rng.standard_normal((10_000, 384), dtype=np.float32)
-    t = time.perf_counter()
-    index = faiss.IndexFlatL2(384)  # exact; an HNSW graph of 100k × 384 takes 10+ min to build here
+    t, cpu = time.perf_counter(), time.process_time()
+    index = faiss.IndexFlatL2(X.shape[1])  # the user's index, passed in as the backend
     index.add(X)
-    print(f"FAISS IndexFlatL2 built in {time.perf_counter() - t:.1f} s (the user's index, not timed below)")
-    t = time.perf_counter()
-    prim = H.graph.faiss_search(index, Q, K, "euclidean")[1]
-    print(f"{'none':<6} search {time.perf_counter() - t:6.1f} s   skewness {H.skewness(H.occurrences(prim, len(X))):.2f}")
-    for method in ["csls", "ls", "mp"]:
+    if method == "none":
+        ind = H.graph.faiss_search(index, Q, K, "euclidean")[1]
+    else:
+        red = H.make_reduction(method, n_candidates=C, metric="euclidean", backend=index, n_samples=n_samples)
+        ind = red.fit(X).kneighbors(Q, K)[1]
+    return time.perf_counter() - t, time.process_time() - cpu, ind
+
+
+def run_kiez_faiss(method, X, Q):
+    from kiez import Kiez
+
+    hub, kw = KIEZ[method]
+    t, cpu = time.perf_counter(), time.process_time()
+    kz = Kiez(n_candidates=C, algorithm="Faiss", algorithm_kwargs={"metric": "euclidean", "index_key": "Flat"},
+              hubness=hub, hubness_kwargs=dict(kw))
+    kz.fit(Q, X)  # kiez: source = the queries, target = the index; builds a flat index of each
+    ind = kz.kneighbors(K)[1]
+    return time.perf_counter() - t, time.process_time() - cpu, ind
+
+
+def scale_child(side, method, folder, n_samples):
+    import faiss
+    import numpy as np
+
+    folder = Path(folder)
+    X, Q = np.load(folder / "X.npy"), np.load(folder / "Q.npy")
+    load0 = os.getloadavg()[0]
+    if side == "kiez":
+        sec, cpu, ind = run_kiez_faiss(method, X, Q)
+    else:
+        sec, cpu, ind = run_kexue_faiss(method, X, Q, int(n_samples))
+    np.save(folder / f"ind-{side}-{method}.npy", np.asarray(ind, dtype=np.int64))
+    print(json.dumps({"seconds": sec, "cpu": cpu, "faiss_threads": faiss.omp_get_max_threads(), "load": load0}))
+
+
+def _exact_rows(A, X, width, own=None, block=128):
+    """Float64 brute force: each row of ``A``'s ``width`` nearest rows of ``X`` (sorted by distance,
+    then index); ``own``: each row's id in ``X``, left out."""
+    import numpy as np
+
+    xsq = np.einsum("ij,ij->i", X, X)
+    dist = np.empty((len(A), width))
+    ind = np.empty((len(A), width), np.int64)
+    for s in range(0, len(A), block):
+        a = A[s:s + block]
+        D = np.sqrt(np.maximum(np.einsum("ij,ij->i", a, a)[:, None] + xsq[None, :] - 2.0 * (a @ X.T), 0.0))
+        if own is not None:
+            D[np.arange(len(a)), own[s:s + block]] = np.inf
+        part = np.argpartition(D, width, axis=1)[:, :width + 1]
+        dp = np.take_along_axis(D, part, 1)
+        o = np.lexsort((part, dp), axis=1)[:, :width]
+        dist[s:s + block], ind[s:s + block] = np.take_along_axis(dp, o, 1), np.take_along_axis(part, o, 1)
+    return dist, ind
+
+
+def scale_reference(X, Qc, k_stat=5):
+    """Top 10 of the check queries ``Qc`` by each reduction's secondary distance, from float64
+    brute force: q's exact 100 candidates, q's statistic from them, each candidate x's statistic
+    from its exact nearest other index points (kexue's definition, written out from the formulas)."""
+    import numpy as np
+    from scipy.special import ndtr
+
+    X, Qc = X.astype(np.float64), Qc.astype(np.float64)
+    dq, iq = _exact_rows(Qc, X, C)
+    P = np.unique(iq)
+    dp, _ = _exact_rows(X[P], X, C, own=P)
+    row = np.full(len(X), -1)
+    row[P] = np.arange(len(P))
+    dx = dp[row[iq]]  # (m, C, C): each candidate's own sorted row
+    sec = {"none": dq,
+           "csls": 2.0 * dq - dq[:, :k_stat].mean(1)[:, None] - dx[:, :, :k_stat].mean(2),  # r = -mean d
+           "ls": -np.expm1(-dq**2 / (dq[:, k_stat - 1][:, None] * dx[:, :, k_stat - 1])),
+           "mp": 1.0 - ndtr((dq.mean(1)[:, None] - dq) / dq.std(1)[:, None]) * ndtr((dx.mean(2) - dq) / dx.std(2))}
+    out = {}
+    for m, v in sec.items():
+        o = np.lexsort((iq, v), axis=1)[:, :K]
+        out[m] = np.take_along_axis(iq, o, 1)
+    return out
+
+
+def scale(a):
+    """The FAISS setting at scale, both sides (module docstring)."""
+    import numpy as np
+    from _bench import load
+    from threadpoolctl import threadpool_limits
+
+    n, nq, dim = a.scale_n, a.scale_queries, a.scale_dim
+    ns = a.scale_samples or max(2, round(0.05 * n))
+    sides = ["kexue"] + (["kiez"] if a.kiez_python else [])
+    py = {"kexue": sys.executable, "kiez": a.kiez_python}
+    rng = np.random.default_rng(a.seed)
+    X = rng.standard_normal((n, dim), dtype=np.float32)
+    Q = rng.standard_normal((nq, dim), dtype=np.float32)
+    print(f"i.i.d. Gaussian index {n:,} × {dim}, {nq:,} queries (seed {a.seed}), k={K}, {C} candidates, "
+          f"exact flat FAISS index; kexue's index statistics from a {ns:,}-point sample; median of {a.repeats}")
+    runs = {(s, m): [] for s in sides for m in METHODS}
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "X.npy", X)
+        np.save(Path(tmp) / "Q.npy", Q)
+        for _ in range(a.repeats):
+            for m in METHODS:
+                for s in sides:  # A B A B: both sides under the same machine conditions
+                    r = spawn(py[s], ["--scale-child", s, m, tmp, str(ns)], a.threads)
+                    runs[s, m].append(r)
+                    print(f"  {s:<6} {m:<5} {r['seconds']:8.2f} s wall {r['cpu']:8.2f} s CPU   (FAISS threads "
+                          f"{r['faiss_threads']}, load {r['load']:.2f})", flush=True)
+        ind = {(s, m): np.load(Path(tmp) / f"ind-{s}-{m}.npy") for s in sides for m in METHODS}
+    print(f"after the timed runs: {load()}")
+    ref = None
+    if a.scale_check:
         t = time.perf_counter()
-        r = H.make_reduction(method, n_candidates=C, metric="euclidean", backend=index, n_samples=5000).fit(X)
-        fit = time.perf_counter() - t
-        ind = r.kneighbors(Q, K)[1]
-        total = time.perf_counter() - t
-        print(f"{method:<6} fit {fit:6.1f} s   fit + 10k queries {total:6.1f} s   "
-              f"skewness {H.skewness(H.occurrences(ind, len(X))):.2f}")
+        with threadpool_limits(a.threads):
+            ref = scale_reference(X, Q[:a.scale_check])
+        print(f"float64 reference for the first {a.scale_check} queries: {time.perf_counter() - t:.1f} s (untimed)")
+    med = {key: (statistics.median(x["seconds"] for x in r), statistics.median(x["cpu"] for x in r))
+           for key, r in runs.items()}
+    print(f"{'method':<8}" + "".join(f"{s:>40}" for s in sides) + ("" if len(sides) < 2 else f"{'kexue / kiez':>20}"))
+    print(f"{'':<8}" + "".join(f"{'wall s / CPU s / skew N_10 / top-10 agr.':>40}" for _ in sides)
+          + ("" if len(sides) < 2 else f"{'wall    CPU':>20}"))
+    for m in METHODS:
+        cells = []
+        for s in sides:
+            i = ind[s, m]
+            agr = "-" if ref is None else f"{np.mean([len(set(u) & set(v)) for u, v in zip(i, ref[m])]) / K:.3f}"
+            nk = np.bincount(i.ravel(), minlength=n).astype(float)
+            cells.append(f"{med[s, m][0]:8.2f} / {med[s, m][1]:8.2f} / {skewness(nk):5.2f} / {agr:>5}")
+        line = f"{m:<8}" + "".join(f"{c:>40}" for c in cells)
+        if len(sides) == 2:
+            line += f"{med['kexue', m][0] / med['kiez', m][0]:12.2f}x {med['kexue', m][1] / med['kiez', m][1]:6.2f}x"
+        print(line)
 
 
 def main():
@@ -145,17 +292,27 @@ def main():
     ap.add_argument("--variants", default="exact,faiss-flat,sampled",
                     help="kexue variants (comma list): exact, faiss-flat (a built IndexFlatL2 as backend), "
                          "sampled (index statistics from 2,000 index points)")
-    ap.add_argument("--scale", action="store_true")
+    ap.add_argument("--scale", action="store_true", help="the FAISS setting at scale (module docstring)")
+    ap.add_argument("--scale-n", type=int, default=100_000, help="index points of --scale")
+    ap.add_argument("--scale-queries", type=int, default=10_000, help="new queries of --scale")
+    ap.add_argument("--scale-dim", type=int, default=384)
+    ap.add_argument("--scale-samples", type=int, default=None,
+                    help="kexue's statistics sample in --scale (default 5%% of the index)")
+    ap.add_argument("--scale-check", type=int, default=100,
+                    help="queries checked against the float64 reference (0: skip)")
+    ap.add_argument("--scale-child", nargs=4, metavar=("SIDE", "METHOD", "DIR", "SAMPLES"), help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=4, metavar=("SIDE", "METHOD", "VARIANT", "NPZ"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(*a.child)
+    if a.scale_child:
+        return scale_child(*a.scale_child)
     sys.path.insert(0, str(Path(__file__).parent))
     from _bench import load
 
     print(f"before: {load()}; {a.threads} thread(s) per run")
     if a.scale:
-        scale(a.threads)
+        scale(a)
         print(f"after: {load()}")
         return
     import numpy as np

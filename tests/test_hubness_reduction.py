@@ -124,6 +124,13 @@ def test_nearest_rows_fast_path_matches_reference(metric):
     sub[cols, np.arange(len(cols))] = np.inf
     np.testing.assert_allclose(h.screen.nearest_rows(X, 6, metric, among=cols, block=16),
                                np.sort(sub, axis=1)[:, :6], rtol=1e-5, atol=1e-2)
+    # the sampled columns' own rows among all points, read from the same blocks transposed; with
+    # the index's screening given or built for the sampled columns only
+    screen = h.knn.screening(h.knn.rows64(X, metric), metric)
+    for given in (None, screen):
+        rows, full = h.screen.nearest_rows(X, 6, metric, among=cols, block=16, screen=given, among_width=9)
+        np.testing.assert_allclose(rows, np.sort(sub, axis=1)[:, :6], rtol=1e-5, atol=1e-2)
+        np.testing.assert_allclose(full, want[cols, :9], rtol=1e-5, atol=1e-2)
     for name in ["mp", "ls", "nicdm", "csls"]:
         r = h.make_reduction(name, n_candidates=40, metric=metric).fit(X)
         ref = r._stats(h.kneighbors(X, r._width(), metric=metric)[0], r._width())
@@ -173,18 +180,43 @@ def test_out_of_sample_matches_in_sample(name):
     assert max(s_in, s_out) < primary - 1.0, (s_in, s_out, primary)
 
 
-def test_sampled_index_statistics():
+@pytest.mark.parametrize("name", ["mp", "ls", "nicdm", "csls"])
+def test_sampled_index_statistics(name):
     """n_samples: statistics estimated from a sample track the exact ones and still reduce hubness."""
     rng = np.random.default_rng(5)
     X, Q = rng.standard_normal((1500, 30)), rng.standard_normal((500, 30))
-    exact = h.MutualProximity(n_candidates=60).fit(X)
-    est = h.MutualProximity(n_candidates=60, n_samples=500, random_state=1).fit(X)
+    exact = h.make_reduction(name, n_candidates=60, metric="euclidean").fit(X)
+    est = h.make_reduction(name, n_candidates=60, metric="euclidean", n_samples=500, random_state=1).fit(X)
     assert np.corrcoef(exact.stats_[0], est.stats_[0])[0, 1] > 0.9
     assert np.median(np.abs(est.stats_[0] / exact.stats_[0] - 1)) < 0.05
     primary = h.skewness(h.k_occurrence(X, 10, queries=Q))
     assert h.skewness(est.k_occurrence(Q, 10)) < primary
-    again = h.MutualProximity(n_candidates=60, n_samples=500, random_state=1).fit(X)
-    np.testing.assert_array_equal(again.stats_[0], est.stats_[0])
+    again = h.make_reduction(name, n_candidates=60, metric="euclidean", n_samples=500, random_state=1).fit(X)
+    for a, b in zip(again.stats_, est.stats_):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["mp", "ls", "nicdm", "csls"])
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_sampled_statistics_equal_brute_force_definition(name, metric):
+    """The sampled statistics (graph.sampled_stats) equal their definition computed from float64
+    brute-force distances, to float32 rounding: each point's statistic over its J nearest sampled
+    points (itself excluded), mapped by the least-squares affine fit of the sample points' exact
+    statistic (over their nearest among all points) on their sampled one."""
+    rng = np.random.default_rng(12)
+    X = rng.standard_normal((400, 10)) + 1.0
+    m, c = 120, 30
+    r = h.make_reduction(name, n_candidates=c, metric=metric, n_samples=m, random_state=4).fit(X)
+    ids = np.sort(np.random.default_rng(4).choice(len(X), m, replace=False))
+    D = brute_dist(X, X, metric)
+    np.fill_diagonal(D, np.inf)
+    width = r._width()
+    J = max(round(width * m / (len(X) - 1)), min(h.graph.SAMPLE_WINDOW, m - 1))
+    rows = np.sort(D[:, ids], axis=1)[:, :J]
+    full = np.sort(D[ids], axis=1)[:, :width]
+    for got, est, exact in zip(r.stats_, r._stats(rows, J), r._stats(full, width)):
+        slope, icept = np.polyfit(est[ids], exact, 1)
+        np.testing.assert_allclose(got, slope * est + icept, rtol=2e-4, atol=2e-5)
 
 
 def test_skewness_reduction_gaussian_d100():

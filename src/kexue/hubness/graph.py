@@ -80,16 +80,51 @@ def search(X: np.ndarray, Q: np.ndarray | None, k: int, metric: str, backend, ba
     return np.asarray(d, dtype=np.float64), np.asarray(i, dtype=np.int64)
 
 
-def sampled_rows(X: np.ndarray, width: int, metric: str, n_samples: int, seed: int, screen=None) -> np.ndarray:
-    """Each index point's ``w`` smallest distances to a random sample of ``n_samples`` other index
-    points, sorted, with ``w = max(1, round(width · n_samples / (n - 1)))``: the same fraction of
-    its distance distribution as its ``width`` nearest among all ``n - 1`` other points, so
-    statistics over these rows estimate those over its ``width`` nearest neighbours. Float32 BLAS
-    distances (:func:`kexue.hubness.screen.nearest_rows`; ``screen``: X's prepared rows, if built)."""
+SAMPLE_WINDOW = 40  # sampled neighbours a statistic reads at least (noise vs locality; see sampled_stats)
+
+
+def sampled_rows(X: np.ndarray, width: int, metric: str, n_samples: int, seed: int, screen=None):
+    """The rows behind :func:`sampled_stats`, from one float32 pass over the ``n × n_samples``
+    distances (:func:`kexue.hubness.screen.nearest_rows`; ``screen``: X's prepared rows, if built):
+
+    - ``rows``: each index point's ``J`` smallest distances to a random sample of ``n_samples``
+      other index points, sorted; ``J = max(round(width · n_samples / (n - 1)), min(SAMPLE_WINDOW,
+      n_samples - 1))`` — at least the same fraction of its distance distribution as its
+      ``width`` nearest among all ``n - 1`` others, and never fewer than 40 values;
+    - ``ids``: the sample (sorted ids);
+    - ``full``: each sample point's ``width`` smallest distances to all other index points (the
+      same distances read column-wise), i.e. its exact row."""
     n = len(X)
-    rows = np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False))
-    w = int(min(n_samples - 1, max(1, round(width * n_samples / (n - 1)))))
-    return nearest_rows(X, w, metric, among=rows, screen=screen)
+    ids = np.sort(np.random.default_rng(seed).choice(n, n_samples, replace=False))
+    w = int(min(n_samples - 1, max(round(width * n_samples / (n - 1)), SAMPLE_WINDOW)))
+    rows, full = nearest_rows(X, w, metric, among=ids, screen=screen, among_width=width)
+    return rows, ids, full
+
+
+def sampled_stats(stats, X: np.ndarray, width: int, metric: str, n_samples: int, seed: int, screen=None):
+    """Per-point statistics estimated from a sample of the index (``n_samples`` points) at the cost
+    of ``n × n_samples`` distances. ``stats(dist, w)`` computes a reduction's statistics from
+    sorted rows (w columns read). Each point's statistic over its ``J`` nearest sampled points
+    (:func:`sampled_rows`) is a low-noise but wider-neighbourhood version of the one over its
+    ``width`` nearest points; it is mapped back by an affine calibration fitted, per statistic,
+    on the sample points, whose exact rows come from the same distances: least squares of the
+    exact statistic on the sampled one. (Reading only the same fraction of the sample, e.g. its
+    1 nearest point for a 5-NN statistic at a 5 % sample, is unbiased in rank but so noisy that
+    a quarter of the re-ranked top 10 changed on 20,000 × 384 Gaussian data; the window and the
+    calibration bring the agreement with the exact statistics from 0.74 to 0.86-0.89 there.)
+    Positive statistics (a scale, a mean distance) stay positive."""
+    rows, ids, full = sampled_rows(X, width, metric, n_samples, seed, screen)
+    w = rows.shape[1]
+    out = []
+    for est, on_sample, exact in zip(stats(rows, w), stats(rows[ids], w), stats(full, width)):
+        v = on_sample - on_sample.mean()
+        var = float(v @ v)
+        a = float(v @ (exact - exact.mean())) / var if var > 0 else 0.0
+        cal = exact.mean() + a * (est - on_sample.mean())
+        if (exact > 0).all():
+            cal = np.maximum(cal, np.finfo(np.float64).tiny)
+        out.append(cal)
+    return tuple(out)
 
 
 def graph_rows(G, what: str, drop_diagonal: bool):

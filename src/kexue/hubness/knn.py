@@ -163,9 +163,11 @@ class Screening:
         return _augmented(C if self.used is None else C[:, self.used], 1.0, qsq, 1.0), qsq
 
 
-def screening(X64: np.ndarray, metric: str, with_rows: bool = False):
+def screening(X64: np.ndarray, metric: str, with_rows: bool = False, columns: np.ndarray | None = None):
     """The :class:`Screening` of index rows ``X64`` (float64, unit rows for cosine); with
-    ``with_rows`` also ``X64``'s own query rows ``[x, |x|², 1]`` (one centring pass for both)."""
+    ``with_rows`` also ``X64``'s own query rows ``[x, |x|², 1]`` (one centring pass for both).
+    ``columns``: build the index-side rows ``Xa`` (and ``xsq``) for ``X64[columns]`` only, still
+    centred on all of ``X64`` (for a search among a sample of the rows)."""
     shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
     C = X64 - shift
     xsq = np.einsum("ij,ij->i", C, C)
@@ -173,7 +175,8 @@ def screening(X64: np.ndarray, metric: str, with_rows: bool = False):
     used = None if used.all() else np.flatnonzero(used)
     if used is not None:
         C = C[:, used]
-    S = Screening(shift, used, _augmented(C, -2.0, 1.0, xsq), xsq)
+    sub = slice(None) if columns is None else columns
+    S = Screening(shift, used, _augmented(C[sub], -2.0, 1.0, xsq[sub]), xsq[sub])
     return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
 
 

@@ -101,8 +101,9 @@ class LocalScaling(_Reduction):
     - ``method="nicdm"``: ``d / sqrt(μ_q μ_x)``; μ = mean distance to the ``k`` nearest, q's from
       its row, x's from its distances to all other index points (learned by ``fit``).
 
-    ``k`` must not exceed ``n_candidates``. With ``n_samples`` the index side reads the
-    proportionally fewer nearest points of the sample (so σ_x estimates the k-th neighbour distance).
+    ``k`` must not exceed ``n_candidates``. With ``n_samples`` the index side reads a wider window
+    of the sample (at least its 40 nearest points), calibrated on the sample points' exact rows
+    so that σ_x estimates the k-th neighbour distance (:func:`kexue.hubness.graph.sampled_stats`).
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "method": [StrOptions({"standard", "nicdm"})],

@@ -24,8 +24,9 @@ Each reduction is a scikit-learn estimator with the ``KNeighborsTransformer`` co
 
 Secondary distances are computed for the whole candidate block at once (no per-query Python).
 ``n_samples``: when set, the index statistics are estimated from a random sample of that many
-index points (see :func:`kexue.hubness.graph.sampled_rows`, float32 too), which makes ``fit``
-cost ``n_index × n_samples`` distances instead of ``n_index² / 2``.
+index points (see :func:`kexue.hubness.graph.sampled_stats`, float32 too: each point's statistic
+over its 40+ nearest sampled points, calibrated on the sample points' exact rows), which makes
+``fit`` cost ``n_index × n_samples`` distances instead of ``n_index² / 2``.
 """
 
 from __future__ import annotations
@@ -142,8 +143,8 @@ class _Reduction(TransformerMixin, BaseEstimator):
         elif self._graph is not None:
             self.stats_ = self._stats(self._graph[0], w)
         elif self.n_samples is not None and self.n_samples < n:
-            rows = G.sampled_rows(X, w, self.metric, self.n_samples, self.random_state, self._screening())
-            self.stats_ = self._stats(rows, rows.shape[1])
+            self.stats_ = G.sampled_stats(self._stats, X, w, self.metric, self.n_samples, self.random_state,
+                                          self._screening())
         elif self._exact():
             self.stats_ = self._stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
         else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep

@@ -28,35 +28,40 @@ def _finish(sq: np.ndarray, metric: str) -> np.ndarray:
 
 
 def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = None, block: int = 2048,
-                 screen: Screening | None = None) -> np.ndarray:
+                 screen: Screening | None = None, among_width: int = 0):
     """Each row's ``w`` smallest distances to the other rows of ``X`` (``among``: to the rows with
     those ids only), sorted ascending; a row is never its own neighbour (by id, so a duplicate
     still counts, at distance ~0). Float32 (module docstring), over square blocks of ``block``
     rows and, without ``among``, only one triangle of the symmetric matrix: each block serves its
     rows and, transposed, its columns. ``screen``: ``X``'s :class:`Screening` if already built.
-    Memory: one ``block × block`` float32 block and the ``(n, w)`` result."""
+    ``among_width`` > 0 (with ``among``): also return, from the same blocks transposed, each
+    ``among`` row's ``among_width`` smallest distances to all other rows of ``X`` — the result is
+    then ``(rows, among_rows)``. Memory: one ``block × block`` float32 block and the results."""
     n = len(X)
     X64 = rows64(X, metric)
-    if screen is None:
-        screen, R = screening(X64, metric, with_rows=True)
-    else:
-        R = screen.rows(X64)[0]
     same = among is None
     ids = np.arange(n) if same else np.asarray(among, dtype=np.int64)
-    C = screen.Xa if same else screen.Xa[ids]
+    if screen is None:  # the column side only for the columns searched
+        screen, R = screening(X64, metric, with_rows=True, columns=None if same else ids)
+        C = screen.Xa
+    else:
+        R = screen.rows(X64)[0]
+        C = screen.Xa if same else screen.Xa[ids]
     pos = np.full(n, -1, np.int64)  # column of each row's own id, -1 if not among the columns
     pos[ids] = np.arange(len(ids))
     best = np.full((n, w), np.inf, np.float32)
+    cols = np.full((len(ids), among_width), np.inf, np.float32) if among_width and not same else None
     for i in range(0, n, block):
         own = pos[i:i + block]
         for j in range(i if same else 0, len(ids), block):
             D = R[i:i + block] @ C[j:j + block].T
             r = np.flatnonzero((own >= j) & (own < j + D.shape[1]))
             D[r, own[r] - j] = np.inf
-            if same and j != i:  # the block's transpose: rows j.. against columns i..
-                _keep_smallest(best, j, _transposed(D))
+            if (same and j != i) or cols is not None:  # the block's transpose: rows j.. against columns i..
+                _keep_smallest(best if same else cols, j, _transposed(D))
             _keep_smallest(best, i, D)
-    return _finish(np.sort(best, axis=1).astype(np.float64), metric)
+    rows = _finish(np.sort(best, axis=1).astype(np.float64), metric)
+    return rows if cols is None else (rows, _finish(np.sort(cols, axis=1).astype(np.float64), metric))
 
 
 def _transposed(D: np.ndarray, strip: int = 64) -> np.ndarray:
