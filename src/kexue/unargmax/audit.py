@@ -175,16 +175,18 @@ def _exact(W, b, todo, work, stats: LayerStats, out: _Collector, par, tracker):
         gen = par(delayed(fw_class)(W, b, int(k), stats) for k in todo)
     for r in tracker.track(gen, "exact LP" if name == "lp" else "Frank–Wolfe", total=int(todo.size)):
         k = r["k"]
-        out.add_sec(name, r["seconds"])
+        for key, v in r.get("secs", {name: r["seconds"]}).items():
+            out.add_sec(key, v)
         out.rounds[k] = r["rounds"]
         if out.post is not None:
             out.post[k] = r["post"]
         if out.verdict[k] != UNDECIDED:
             continue
+        stage = STAGES.index(r.get("stage", name))
         if r["verdict"] == ARGMAXABLE:
-            out.witness(k, ARGMAXABLE, STAGES.index(name), r["margin"], r["rel"], r["z"])
+            out.witness(k, ARGMAXABLE, stage, r["margin"], r["rel"], r["z"])
         elif r["verdict"] == UNARGMAXABLE:
-            out.certificate(k, STAGES.index(name), r["idx"], r["lam"], r["residual"])
+            out.certificate(k, stage, r["idx"], r["lam"], r["residual"])
         else:
             out.notes[k] = r["note"]
 
