@@ -317,58 +317,59 @@ def nearest_class(W, k, work, stats: LayerStats) -> dict:
     m = S.size
     P[:m] = wk - np.asarray(W[S], np.float64)
     sq = np.empty(P.shape[0])
-    sq[:m] = (P[:m] * P[:m]).sum(1)
+    sq[:m] = np.einsum("ij,ij->i", P[:m], P[:m])
     out = {"k": int(k), "verdict": UNDECIDED, "rounds": 0, "note": "", "stage": "nearest"}
     j0 = int(np.argmin(sq[:m]))
-    corral = _Corral(P[j0], j0, d + 2, float(sq[:m].max()))  # at most d + 1 affinely independent points
+    scale = float(sq[:m].max())
+    corral = _Corral(P[j0], j0, d + 2, scale)  # at most d + 1 affinely independent points
     early, rounds, x = True, 0, P[j0].copy()
+    pool, P_pool, stale = None, None, 0
     for _ in range(cfg.nearest_iters):
-        g = P[:m] @ x
-        j = int(np.argmin(g))
-        xx, gj = float(x @ x), float(g[j])
-        xn, scale = np.sqrt(xx), float(sq[:m].max())
-        optimal = xx - gj <= 1e-12 * scale  # Wolfe's stopping rule on S (absolute, so x = 0 stops)
-        if optimal and xn <= 1e-6 * np.sqrt(scale):
-            n = corral.n
-            ok, idx, lam, res = _checked_certificate(W, None, k, S[corral.Q[:n]], P[corral.Q[:n]], corral.lam, stats)
-            if ok:
-                out.update(verdict=UNARGMAXABLE, idx=idx, lam=lam, residual=res)
-                break
-        if optimal or (early and (gj >= mm * M * xn * (1 + 1e-9) or (xn < mm * M and gj > 0))):
-            rounds += 1
-            lg = logits(W, x[:, None], stats.mem_mb)[:, 0]
-            marg = lg[k] - lg
-            marg[k] = np.inf
-            cert = float(marg.min()) - err_bound(d, M, xn, float(np.abs(lg).max()))
-            block = np.flatnonzero(marg < xx * (1 - 1e-9))
-            block = block[~in_s[block]]
-            # accept x when it wins by min_margin, when no witness can (‖x‖ bounds them all), or
-            # when it is the nearest point over all rows (S optimal and nothing outside blocks it)
-            if cert > 0 and (relative_margin(cert, M, xn) >= mm or xn < mm * M or (optimal and block.size == 0)):
-                z = x if cfg.box is None else x * (cfg.box * (1 - 1e-12) / np.abs(x).max())
-                cert = verify_witness(W, None, k, z, cfg.box, stats.mem_mb)
-                if cert > 0:
-                    out.update(verdict=ARGMAXABLE, z=z, margin=cert,
-                               rel=float(relative_margin(cert, M, np.linalg.norm(z))))
+        xx = float(x @ x)
+        j = -1
+        if pool is not None and stale < _POOL_STEPS:
+            # partial pricing: any row with ⟨p_j, x⟩ < ‖x‖² is a valid Wolfe step, so the rows most
+            # negative at the last full pricing are tried first (a product with _POOL rows, not m)
+            gp = P_pool @ x
+            jj = int(np.argmin(gp))
+            if xx - gp[jj] > 1e-12 * scale:
+                j, stale = int(pool[jj]), stale + 1
+        if j < 0:
+            g = P[:m] @ x
+            j = int(np.argmin(g))
+            gj, xn, stale = float(g[j]), np.sqrt(xx), 0
+            if m > 2 * _POOL:
+                pool = np.argpartition(g, _POOL)[:_POOL]
+                P_pool = P[pool]
+            optimal = xx - gj <= 1e-12 * scale  # Wolfe's stopping rule on S (absolute, so x = 0 stops)
+            if optimal and xn <= 1e-6 * np.sqrt(scale):
+                Q = corral.Q[:corral.n]
+                ok, idx, lam, res = _checked_certificate(W, None, k, S[Q], P[Q], corral.lam, stats)
+                if ok:
+                    out.update(verdict=UNARGMAXABLE, idx=idx, lam=lam, residual=res)
                     break
-            if block.size == 0:
-                if optimal:  # x is the nearest point, yet its margin is within float64 rounding
-                    out["note"] = f"nearest point: margin {marg.min():.3g} within rounding"
+            if optimal or (early and (gj >= mm * M * xn * (1 + 1e-9) or (xn < mm * M and gj > 0))):
+                rounds += 1
+                found, block = _nearest_check(W, k, x, xx, in_s, optimal, stats, out)
+                if found:
                     break
-                early = False  # only rounding stopped the early check; wait for S's optimum
+                if block.size == 0:
+                    if optimal:  # x is the nearest point, yet its margin is within float64 rounding
+                        out["note"] = "nearest point: its margin is within float64 rounding"
+                        break
+                    early = False  # only rounding stopped the early check; wait for S's optimum
+                    continue
+                if m + block.size > P.shape[0]:
+                    grow = max(P.shape[0], block.size)
+                    P, sq = np.resize(P, (P.shape[0] + grow, d)), np.resize(sq, sq.size + grow)
+                P[m:m + block.size] = wk - np.asarray(W[block], np.float64)
+                sq[m:m + block.size] = np.einsum("ij,ij->i", P[m:m + block.size], P[m:m + block.size])
+                S, m, early, pool = np.concatenate([S, block]), m + block.size, True, None
+                in_s[block], scale = True, float(sq[:m].max())
+                if rounds >= cfg.max_rounds:
+                    out["note"] = "nearest point: hit max_rounds"
+                    break
                 continue
-            block = block[np.argsort(marg[block], kind="stable")[:n_add]]
-            if m + block.size > P.shape[0]:
-                grow = max(P.shape[0], m + block.size)
-                P, sq = np.resize(P, (P.shape[0] + grow, d)), np.resize(sq, sq.size + grow)
-            P[m:m + block.size] = wk - np.asarray(W[block], np.float64)
-            sq[m:m + block.size] = (P[m:m + block.size] ** 2).sum(1)
-            S, m, early = np.concatenate([S, block]), m + block.size, True
-            in_s[block] = True
-            if rounds >= cfg.max_rounds:
-                out["note"] = "nearest point: hit max_rounds"
-                break
-            continue
         if not corral.add(j, P[j]):
             out["note"] = "nearest point: Wolfe stalled (affinely dependent step)"
             break
@@ -378,6 +379,31 @@ def nearest_class(W, k, work, stats: LayerStats) -> dict:
         out["note"] = "nearest point: hit nearest_iters"
     out["rounds"], out["work"], out["seconds"] = rounds, S, time.perf_counter() - t0
     return out
+
+
+_POOL, _POOL_STEPS = 512, 16  # partial pricing: rows kept, steps between full pricings
+
+
+def _nearest_check(W, k, x, xx, in_s, optimal, stats: LayerStats, out):
+    """Check Wolfe's point x against all rows. Accepts it (verified, into ``out``) when it wins by
+    ``min_margin``, when ‖x‖ bounds every witness below it, or when it is the nearest point over
+    all rows (S optimal and nothing outside blocks it). Returns (accepted, blocking rows outside S,
+    most blocking first, at most 4·add_rows)."""
+    cfg, d, M, mm = stats.config, W.shape[1], stats.max_norm, stats.min_margin
+    xn = np.sqrt(xx)
+    lg = logits(W, x[:, None], stats.mem_mb)[:, 0]
+    marg = lg[k] - lg
+    marg[k] = np.inf
+    cert = float(marg.min()) - err_bound(d, M, xn, float(np.abs(lg).max()))
+    block = np.flatnonzero(marg < xx * (1 - 1e-9))
+    block = block[~in_s[block]]
+    if cert > 0 and (relative_margin(cert, M, xn) >= mm or xn < mm * M or (optimal and block.size == 0)):
+        z = x if cfg.box is None else x * (cfg.box * (1 - 1e-12) / np.abs(x).max())
+        cert = verify_witness(W, None, k, z, cfg.box, stats.mem_mb)
+        if cert > 0:
+            out.update(verdict=ARGMAXABLE, z=z, margin=cert, rel=float(relative_margin(cert, M, np.linalg.norm(z))))
+            return True, block
+    return False, block[np.argsort(marg[block], kind="stable")[:4 * cfg.add_rows]]
 
 
 def _rows_near(W, b, k, S, z, band, n_add, mem_mb):
