@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from kexue.unargmax.certificates import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, err_bound, relative_margin,
+from kexue.unargmax.certificates import (ARGMAXABLE, U32, U64, UNARGMAXABLE, UNDECIDED, err_bound, relative_margin,
                                          verify_certificate, verify_witness)
 from kexue.unargmax.config import LayerStats
 from kexue.unargmax.stages import check_columns, logits
@@ -282,7 +282,7 @@ class _Corral:
             self.lam /= self.lam.sum()
 
 
-def nearest_class(W, k, work, stats: LayerStats) -> dict:
+def nearest_class(W, k, work, stats: LayerStats, W32=None) -> dict:
     """Stage 3 without a bias: Wolfe's nearest point of P = conv{w_k - w_i : i ≠ k} to 0 (the
     distance of w_k to the hull of the other rows, SPEC 3.2/3.3), by constraint generation.
 
@@ -299,7 +299,9 @@ def nearest_class(W, k, work, stats: LayerStats) -> dict:
       certificate Σλ_i w_i = w_k (unargmaxable).
 
     Rows that block x (⟨w_k - w_i, x⟩ < ‖x‖², where Wolfe's step would pick them) join S, the most
-    blocking first. Each iteration costs one product with S's rows, each check one with W; on
+    blocking first. Each iteration costs one product with S's rows, each check one with W (with
+    ``W32``, W in float32, that product is screened in float32, half the memory traffic; any
+    witness is still verified in float64 by :func:`verify_witness`); on
     Qwen2.5's near-identical untrained rows the margin LP on the same rows took 11–45 s a solve.
     Returns lp_class's dict (verdict undecided if Wolfe stalls or runs out of iterations; S,
     grown, is returned as "work" for the LP)."""
@@ -312,7 +314,9 @@ def nearest_class(W, k, work, stats: LayerStats) -> dict:
     in_s = np.zeros(C, bool)
     in_s[S] = in_s[k] = True
     mm, M = stats.min_margin, stats.max_norm
-    n_add = 4 * cfg.add_rows  # a Wolfe step costs one product with S: rows are cheap to add here
+    # a Wolfe step prices only a pool of S's rows, so rows are cheap to add here; checks against all
+    # C rows are not (on Qwen's LP classes: 3-4 checks a class adding 1,024 rows each, 4-6 with 256)
+    n_add = 16 * cfg.add_rows
     P = np.empty((S.size + n_add * 8, d))
     m = S.size
     P[:m] = wk - np.asarray(W[S], np.float64)
@@ -350,7 +354,7 @@ def nearest_class(W, k, work, stats: LayerStats) -> dict:
                     break
             if optimal or (early and (gj >= mm * M * xn * (1 + 1e-9) or (xn < mm * M and gj > 0))):
                 rounds += 1
-                found, block = _nearest_check(W, k, x, xx, in_s, optimal, stats, out)
+                found, block = _nearest_check(W, W32, k, x, xx, in_s, optimal, n_add, stats, out)
                 if found:
                     break
                 if block.size == 0:
@@ -384,17 +388,23 @@ def nearest_class(W, k, work, stats: LayerStats) -> dict:
 _POOL, _POOL_STEPS = 512, 16  # partial pricing: rows kept, steps between full pricings
 
 
-def _nearest_check(W, k, x, xx, in_s, optimal, stats: LayerStats, out):
+def _nearest_check(W, W32, k, x, xx, in_s, optimal, n_add, stats: LayerStats, out):
     """Check Wolfe's point x against all rows. Accepts it (verified, into ``out``) when it wins by
     ``min_margin``, when ‖x‖ bounds every witness below it, or when it is the nearest point over
     all rows (S optimal and nothing outside blocks it). Returns (accepted, blocking rows outside S,
-    most blocking first, at most 4·add_rows)."""
+    most blocking first, at most ``n_add``)."""
     cfg, d, M, mm = stats.config, W.shape[1], stats.max_norm, stats.min_margin
     xn = np.sqrt(xx)
-    lg = logits(W, x[:, None], stats.mem_mb)[:, 0]
-    marg = lg[k] - lg
-    marg[k] = np.inf
-    cert = float(marg.min()) - err_bound(d, M, xn, float(np.abs(lg).max()))
+    for Wc, dtype, u in ((W32, np.float32, U32), (W, np.float64, U64)):
+        if Wc is None:
+            continue
+        lg = logits(Wc, x[:, None], stats.mem_mb, dtype)[:, 0].astype(np.float64)
+        marg = lg[k] - lg
+        marg[k] = np.inf
+        err = err_bound(d, M, xn, float(np.abs(lg).max()), u)
+        cert = float(marg.min()) - err
+        if cert > 0 or marg.min() < -err:  # decided at this precision (float64 only within rounding)
+            break
     block = np.flatnonzero(marg < xx * (1 - 1e-9))
     block = block[~in_s[block]]
     if cert > 0 and (relative_margin(cert, M, xn) >= mm or xn < mm * M or (optimal and block.size == 0)):
@@ -403,7 +413,7 @@ def _nearest_check(W, k, x, xx, in_s, optimal, stats: LayerStats, out):
         if cert > 0:
             out.update(verdict=ARGMAXABLE, z=z, margin=cert, rel=float(relative_margin(cert, M, np.linalg.norm(z))))
             return True, block
-    return False, block[np.argsort(marg[block], kind="stable")[:4 * cfg.add_rows]]
+    return False, block[np.argsort(marg[block], kind="stable")[:n_add]]
 
 
 def _rows_near(W, b, k, S, z, band, n_add, mem_mb):
@@ -433,7 +443,7 @@ def _witness_round(W, b, k, S, z, out, stats: LayerStats):
     return _rows_near(W, b, k, S, z, 1e-9 * max(own, 1.0), cfg.add_rows, stats.mem_mb)
 
 
-def lp_class(W, b, k, work, stats: LayerStats) -> dict:
+def lp_class(W, b, k, work, stats: LayerStats, W32=None) -> dict:
     """Stage 3 for one class: without a bias first Wolfe's nearest point (:func:`nearest_class`),
     then (with a bias, or where Wolfe did not decide) constraint generation around the margin LP
     (SPEC 3.4). Returns {"k", "verdict", "stage", "rounds", "note", "seconds", "secs" (per
@@ -441,7 +451,7 @@ def lp_class(W, b, k, work, stats: LayerStats) -> dict:
     cfg = stats.config
     secs = {}
     if b is None and cfg.nearest:
-        near = nearest_class(W, k, work, stats)
+        near = nearest_class(W, k, work, stats, W32)
         secs["nearest"] = near["seconds"]
         if near["verdict"] != UNDECIDED:
             near["secs"] = secs
