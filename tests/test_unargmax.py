@@ -120,6 +120,7 @@ def test_solver_failure_is_undecided(monkeypatch):
     W, b, truth = planted_layer(200, 6, 10, seed=2)
     monkeypatch.setattr(core, "_highs", lambda *a, **k: (4, None, None))  # HiGHS "numerical error"
     monkeypatch.setattr(core._MarginLP, "solve", lambda self: (4, None, None))
+    monkeypatch.setattr(core._Corral, "add", lambda self, j, p: False)  # and Wolfe stalls at once
     res = audit(W, b)
     assert set(res.undecided) == set(np.flatnonzero(~truth))  # never folded into a verdict
     assert res.counts()["unargmaxable"] == 0
@@ -173,6 +174,96 @@ def test_highs_banner_stays_off_stdout():
             "m.add(np.eye(2), None); print(m.solve()[0])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == "0\n"
+
+
+# ---- Wolfe's nearest point (the bias-free stage before the LP)
+
+def test_corral_factor_tracks_adds_and_drops():
+    # L Lᵀ = P_Q P_Qᵀ + ρ11ᵀ, u = L⁻¹1 and the identity padding must survive adds and drops
+    rng = np.random.default_rng(0)
+    P, rho = rng.standard_normal((40, 30)), 2.0
+    c = core._Corral(P[0], 0, 32, rho)
+    for j in range(1, 20):
+        assert c.add(j, P[j])
+
+    def check():
+        n, Q = c.n, c.Q[:c.n]
+        H = P[Q] @ P[Q].T + rho
+        L = c.L[:n, :n]
+        np.testing.assert_allclose(L @ L.T, H, atol=1e-10)
+        assert np.array_equal(np.tril(L), L) and np.array_equal(c.L[n:, n:], np.eye(32 - n))
+        np.testing.assert_allclose(L @ c.u[:n], 1.0, atol=1e-10)
+        a = np.linalg.solve(H, np.ones(n))
+        np.testing.assert_allclose(c.affine(), a / a.sum(), atol=1e-10)
+
+    check()
+    for i in (5, 0, 16, 3):
+        c.drop(i)
+        check()
+    q0 = int(c.Q[0])
+    assert c.add(30, P[30]) and not c.add(q0, P[q0])  # a corral row again is affinely dependent
+    check()
+
+
+def _stats(W, min_margin=0.0, **cfg):
+    from kexue.unargmax.config import AuditConfig, layer_stats
+
+    return layer_stats(W, None, AuditConfig(**cfg), min_margin, 1)
+
+
+@pytest.mark.parametrize("box", [None, 2.0])
+def test_nearest_point_certifies_planted_layers_like_the_lp(box):
+    W, _, truth = planted_layer(300, 10, 20, seed=8)
+    stats = _stats(W, box=box)
+    for k in range(60):
+        r = core.nearest_class(W, k, np.flatnonzero(np.arange(300) != k)[:50], stats)  # a small start set
+        assert r["verdict"] == (ARGMAXABLE if truth[k] else UNARGMAXABLE), k
+        if truth[k]:
+            assert verify_witness(W, None, k, r["z"], box) > 0 and r["margin"] > 0
+        else:
+            assert verify_certificate(W, None, k, r["idx"], r["lam"], box)[0]
+    res, old = audit(W, box=box), audit(W, box=box, nearest=False)
+    assert np.array_equal(res.verdict, old.verdict) and res.stage_counts().get("nearest") == 20
+    _all_certificates_hold(W, None, res, box)
+
+
+def _quantised_cluster(seed=0, n=400, d=24, step=1e-3):
+    """Qwen2.5's untrained rows in miniature: many rows one or two quantisation steps from a shared
+    vector c, inside a layer of spread-out rows; some steps stick out of the cluster's hull,
+    others are interior (unargmaxable), exact duplicates aside."""
+    rng = np.random.default_rng(seed)
+    far = rng.standard_normal((300, d))
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    c = 1.2 * far[0]  # outside the unit sphere: the cluster is a corner of the layer's hull
+    steps = np.zeros((n, d))
+    for i in range(n):
+        j = rng.choice(d, size=rng.integers(1, 3), replace=False)
+        steps[i, j] = rng.integers(-2, 3, size=j.size)
+    W = np.vstack([far, c + step * steps])
+    return W[np.unique(W, axis=0, return_index=True)[1]]
+
+
+def test_nearest_point_on_near_identical_quantised_rows_agrees_with_the_lp():
+    W = _quantised_cluster()
+    C = W.shape[0]
+    stats = _stats(W, min_margin=2.0**-7)
+    ks = np.arange(300, C, 5)
+    lp_only = audit(W, classes=ks, min_margin=2.0**-7, nearest=False)
+    res = audit(W, classes=ks, min_margin=2.0**-7)
+    assert res.counts()["undecided"] == 0 and np.array_equal(res.verdict, lp_only.verdict)
+    assert {0, 2} <= set(res.verdict[ks].tolist())  # both unargmaxable and near-unargmaxable rows
+    _all_certificates_hold(W, None, res)
+    for k in res.near:  # near: certified witness, and ‖x‖/max‖w‖ bounds every witness below min_margin
+        r = core.nearest_class(W, int(k), np.flatnonzero(np.arange(C) != k), stats)
+        assert r["verdict"] == ARGMAXABLE and verify_witness(W, None, k, r["z"]) > 0 and r["rel"] < 2.0**-7
+
+
+def test_wolfe_stall_falls_back_to_the_lp(monkeypatch):
+    W, _, truth = planted_layer(200, 6, 10, seed=2)
+    monkeypatch.setattr(core._Corral, "add", lambda self, j, p: False)
+    res = audit(W)
+    assert np.array_equal(res.verdict == ARGMAXABLE, truth) and res.stage_counts().get("lp") == 10
+    _all_certificates_hold(W, None, res)
 
 
 # ---- inputs

@@ -163,28 +163,30 @@ def _prechecks(W, W32, b, todo, stats: LayerStats, out: _Collector, par, tracker
     return work
 
 
-def _exact(W, b, todo, work, stats: LayerStats, out: _Collector, par, tracker):
+def _exact(W, W32, b, todo, work, stats: LayerStats, out: _Collector, par, tracker):
     from joblib import delayed
 
     C = W.shape[0]
     name = stats.config.method
     if name == "lp":
         allrows = np.arange(C)
-        gen = par(delayed(lp_class)(W, b, int(k), work.get(int(k), allrows[allrows != k]), stats) for k in todo)
+        gen = par(delayed(lp_class)(W, b, int(k), work.get(int(k), allrows[allrows != k]), stats, W32) for k in todo)
     else:
         gen = par(delayed(fw_class)(W, b, int(k), stats) for k in todo)
     for r in tracker.track(gen, "exact LP" if name == "lp" else "Frank–Wolfe", total=int(todo.size)):
         k = r["k"]
-        out.add_sec(name, r["seconds"])
+        for key, v in r.get("secs", {name: r["seconds"]}).items():
+            out.add_sec(key, v)
         out.rounds[k] = r["rounds"]
         if out.post is not None:
             out.post[k] = r["post"]
         if out.verdict[k] != UNDECIDED:
             continue
+        stage = STAGES.index(r.get("stage", name))
         if r["verdict"] == ARGMAXABLE:
-            out.witness(k, ARGMAXABLE, STAGES.index(name), r["margin"], r["rel"], r["z"])
+            out.witness(k, ARGMAXABLE, stage, r["margin"], r["rel"], r["z"])
         elif r["verdict"] == UNARGMAXABLE:
-            out.certificate(k, STAGES.index(name), r["idx"], r["lam"], r["residual"])
+            out.certificate(k, stage, r["idx"], r["lam"], r["residual"])
         else:
             out.notes[k] = r["note"]
 
@@ -249,7 +251,7 @@ def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precisi
             todo = ks_all[out.post[ks_all] == UNDECIDED]
         t0 = time.perf_counter()
         if todo.size:
-            _exact(W, b, todo, work, stats, out, par, tracker)
+            _exact(W, W32, b, todo, work, stats, out, par, tracker)
         walls[cfg.method] = time.perf_counter() - t0
     _near(out, min_margin)
     return AuditResult(n_classes=int(ks_all.size), dim=d, bias=b is not None, box=cfg.box, method=cfg.method,

@@ -21,7 +21,7 @@ U32 = float(np.finfo(np.float32).eps / 2)  # ... and of float32 (the candidate s
 ARGMAXABLE, UNARGMAXABLE, UNDECIDED, NEAR = 1, 0, -1, 2
 VERDICT_NAMES = {ARGMAXABLE: "argmaxable", NEAR: "near-unargmaxable", UNARGMAXABLE: "unargmaxable",
                  UNDECIDED: "undecided"}
-STAGES = ["duplicate", "lda", "wk", "wk-mu", "braid", "lp", "fw"]
+STAGES = ["duplicate", "lda", "wk", "wk-mu", "braid", "lp", "fw", "nearest"]
 FAMILIES = ("lda", "wk", "wk-mu")
 
 # unit roundoff of the formats weights ship in; Q8_0/Q4 blocks round to 1/127 (1/7) of the block max
@@ -81,7 +81,7 @@ def verify_witness(W, b, k: int, z, box: float | None = None, mem_mb: float = 25
     for r0 in range(0, C, rows):
         blk = np.asarray(W[r0:r0 + rows], dtype=np.float64)
         logits[r0:r0 + rows] = blk @ z
-        max_norm = max(max_norm, float(np.sqrt((blk * blk).sum(1)).max()))
+        max_norm = max(max_norm, float(np.sqrt(np.einsum("ij,ij->i", blk, blk).max())))  # no C × d temporary
     if b is not None:
         logits += np.asarray(b, dtype=np.float64)
     own = logits[k]

@@ -17,7 +17,9 @@ class AuditConfig:
 
     ``box`` bounds the inputs to [-box, box]^d (the paper uses 100); None asks the unbounded
     (convex-hull) question. ``method`` "lp" (exact, default) or "fw" (the post's Frank–Wolfe
-    criterion, SPEC 3.3; undecided where the bias decides). ``prechecks=False`` and
+    criterion, SPEC 3.3; undecided where the bias decides). ``nearest`` runs Wolfe's nearest-point
+    algorithm (at most ``nearest_iters`` steps) before the LP on bias-free layers (``False``: the
+    LP alone). ``prechecks=False`` and
     ``working_set=C`` give the LP-for-every-class baseline. ``min_margin``: a certified witness
     whose relative margin (:func:`~kexue.unargmax.certificates.relative_margin`) stays below this
     after the margin-maximising LP makes the class *near-unargmaxable*; 0 turns the verdict off,
@@ -40,6 +42,8 @@ class AuditConfig:
     cert_tol: float = 1e-9
     min_margin: float | None = None
     fw_iters: int = 20000
+    nearest: bool = True
+    nearest_iters: int = 20000
     fw_tol: float = 1e-7
     n_jobs: int = 1
     scheduler: str | None = None
@@ -53,7 +57,7 @@ class AuditConfig:
         validate.choice(self.method, ("lp", "fw"), "method")
         if self.box is not None:
             validate.positive(self.box, "box")
-        for name in ("reflections", "add_rows", "max_rounds", "fw_iters"):
+        for name in ("reflections", "add_rows", "max_rounds", "fw_iters", "nearest_iters"):
             validate.integer(getattr(self, name), name, 0 if name == "reflections" else 1)
         validate.integer(self.n_jobs, "n_jobs", 1)
         if self.working_set is not None:
