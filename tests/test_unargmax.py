@@ -8,6 +8,7 @@ import pytest
 from kexue.unargmax import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, audit, example_2d, load_output_layer, planted_layer,
                             verify_certificate, verify_witness)
 from kexue.unargmax import lp as core
+from kexue.unargmax import nearest
 from kexue.utils import KexueError
 
 
@@ -120,7 +121,7 @@ def test_solver_failure_is_undecided(monkeypatch):
     W, b, truth = planted_layer(200, 6, 10, seed=2)
     monkeypatch.setattr(core, "_highs", lambda *a, **k: (4, None, None))  # HiGHS "numerical error"
     monkeypatch.setattr(core._MarginLP, "solve", lambda self: (4, None, None))
-    monkeypatch.setattr(core._Corral, "add", lambda self, j, p: False)  # and Wolfe stalls at once
+    monkeypatch.setattr(nearest._Corral, "add", lambda self, j, p: False)  # and Wolfe stalls at once
     res = audit(W, b)
     assert set(res.undecided) == set(np.flatnonzero(~truth))  # never folded into a verdict
     assert res.counts()["unargmaxable"] == 0
@@ -182,7 +183,7 @@ def test_corral_factor_tracks_adds_and_drops():
     # L Lᵀ = P_Q P_Qᵀ + ρ11ᵀ, u = L⁻¹1 and the identity padding must survive adds and drops
     rng = np.random.default_rng(0)
     P, rho = rng.standard_normal((40, 30)), 2.0
-    c = core._Corral(P[0], 0, 32, rho)
+    c = nearest._Corral(P[0], 0, 32, rho)
     for j in range(1, 20):
         assert c.add(j, P[j])
 
@@ -216,7 +217,7 @@ def test_nearest_point_certifies_planted_layers_like_the_lp(box):
     W, _, truth = planted_layer(300, 10, 20, seed=8)
     stats = _stats(W, box=box)
     for k in range(60):
-        r = core.nearest_class(W, k, np.flatnonzero(np.arange(300) != k)[:50], stats)  # a small start set
+        r = nearest.nearest_class(W, k, np.flatnonzero(np.arange(300) != k)[:50], stats)  # a small start set
         assert r["verdict"] == (ARGMAXABLE if truth[k] else UNARGMAXABLE), k
         if truth[k]:
             assert verify_witness(W, None, k, r["z"], box) > 0 and r["margin"] > 0
@@ -254,13 +255,13 @@ def test_nearest_point_on_near_identical_quantised_rows_agrees_with_the_lp():
     assert {0, 2} <= set(res.verdict[ks].tolist())  # both unargmaxable and near-unargmaxable rows
     _all_certificates_hold(W, None, res)
     for k in res.near:  # near: certified witness, and ‖x‖/max‖w‖ bounds every witness below min_margin
-        r = core.nearest_class(W, int(k), np.flatnonzero(np.arange(C) != k), stats)
+        r = nearest.nearest_class(W, int(k), np.flatnonzero(np.arange(C) != k), stats)
         assert r["verdict"] == ARGMAXABLE and verify_witness(W, None, k, r["z"]) > 0 and r["rel"] < 2.0**-7
 
 
 def test_wolfe_stall_falls_back_to_the_lp(monkeypatch):
     W, _, truth = planted_layer(200, 6, 10, seed=2)
-    monkeypatch.setattr(core._Corral, "add", lambda self, j, p: False)
+    monkeypatch.setattr(nearest._Corral, "add", lambda self, j, p: False)
     res = audit(W)
     assert np.array_equal(res.verdict == ARGMAXABLE, truth) and res.stage_counts().get("lp") == 10
     _all_certificates_hold(W, None, res)
