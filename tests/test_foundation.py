@@ -234,6 +234,30 @@ def test_train_resume_follows_the_same_loss_curve(tmp_path):
     assert full.losses[-1] < full.losses[0]
 
 
+def test_train_seeds_each_step_like_torch_manual_seed_without_calling_it(monkeypatch):
+    """Each step's noise comes from the CPU generator seeded with the step's seed, as
+    torch.manual_seed would seed it; but torch.manual_seed itself is not called per step (it formats
+    a stack trace per call for accelerators not initialised: half the time of a VAE step in a CLI run)."""
+    from kexue.nets import MLP
+    from kexue.train import _step_seed, train
+
+    X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+    draws = []
+
+    def loss(m, b):
+        draws.append(torch.rand(()).item())
+        return m(b[0]).square().mean()
+
+    calls = []
+    real = torch.manual_seed
+    monkeypatch.setattr(torch, "manual_seed", lambda s: calls.append(s) or real(s))
+    train(MLP([4, 8, 1]), loss, [X], steps=6, batch_size=16, seed=3)
+    assert calls == []
+    monkeypatch.undo()
+    expected = [(torch.manual_seed(_step_seed(3, k)), torch.rand(()).item())[1] for k in range(6)]
+    assert draws == expected and len(set(draws)) == 6
+
+
 def test_train_killed_anywhere_resumes_exactly_and_counts_its_legs(tmp_path, killer):
     """Kills mid-epoch (between checkpoints) and during an evaluation, then the same call again:
     the same losses, evaluations, weights, Adam state and EMA as one uninterrupted run under a
