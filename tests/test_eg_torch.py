@@ -382,13 +382,16 @@ def test_compiled_kernels_match_the_reference_and_compile_once(oname):
 
 
 @pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
-def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager():
+@pytest.mark.parametrize("own_compile", [False, True])
+def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager(own_compile):
     """torch.compile(opt.step) traces the fused kernels with s as a tensor: after the first two
-    steps nothing recompiles (s used to be baked into the graph, one recompilation per step)."""
+    steps nothing recompiles (s used to be baked into the graph, one recompilation per step).
+    With EGAdapt's own compiled path on (a base it knows, so eager steps take the direct path),
+    the user's compiled step matches the eager one all the same."""
     res = []
     for compiled in (False, True):
         net, X, Y = problem(seed=2)
-        opt = OPTS["EGAdapt(SGD)"](list(net.parameters()), compile=False)
+        opt = OPTS["EGAdapt(SGD)"](list(net.parameters()), compile=own_compile)
         step = torch.compile(opt.step) if compiled else opt.step
 
         def run(n):
@@ -434,7 +437,7 @@ def test_egadapt_compiled_path_computes_known_bases_like_the_reference(bname, mo
     An unknown base keeps its own step on the compiled path."""
     direct = []
     step_direct = EGAdapt._step_direct
-    monkeypatch.setattr(EGAdapt, "_step_direct", lambda self, work: direct.append(step_direct(self, work)) or direct[-1])
+    monkeypatch.setattr(EGAdapt, "_step_direct", lambda self: direct.append(step_direct(self)) or direct[-1])
     res = []
     for kw in (dict(foreach=False), dict(compile=True)):
         direct.clear()

@@ -132,7 +132,12 @@ class EGAdapt(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         loss = closure_loss(closure)
-        work = []
+        # Under a user's torch.compile(opt.step) the whole step is their graph to fuse, so the
+        # direct path (which reads s and the base's state as Python values) is left to eager calls;
+        # the loop below stays inline in step, where dynamo traces it without guarding on s.
+        if not torch.compiler.is_compiling() and self._step_direct():
+            return loss
+        touched = []
         for k, group in enumerate(self.param_groups):
             pg = grads(group)
             if not pg:
@@ -142,17 +147,6 @@ class EGAdapt(Optimizer):
             for (p, _), st in zip(pg, states):
                 if "m" not in st:
                     st["m"], st["v"], st["gain"] = torch.zeros_like(p), torch.zeros_like(p), torch.ones_like(p)
-            work.append((k, group, pg, states, started))
-        if not self._step_direct(work):
-            self._step_around(work)
-        return loss
-
-    def _step_around(self, work) -> None:
-        """Any base: our work on each group (per its path), the base's own step, then
-        θ ← θ_old + s · p ⊙ (θ_base - θ_old) from a snapshot θ_old taken before it."""
-        touched = []
-        for k, group, pg, states, started in work:
-            for (p, _), st in zip(pg, states):
                 if "tmp" not in st:
                     st["tmp"], st["old"] = torch.empty_like(p), torch.empty_like(p)
             fast = group.get("eg_foreach") is not False
@@ -173,6 +167,7 @@ class EGAdapt(Optimizer):
                 self._combine_fused(group, pg, states, *done)
             else:
                 (self._combine_foreach if path == "foreach" else self._combine_reference)(group, pg, states)
+        return loss
 
     # ---------------------------------------------------------------- per-tensor reference path
     @staticmethod
@@ -303,16 +298,27 @@ class EGAdapt(Optimizer):
                 return None
         return kind
 
-    def _step_direct(self, work) -> bool:
+    @torch.compiler.disable
+    def _step_direct(self) -> bool:
         """The compiled path for a base whose update we know (:meth:`_direct_kind`): the base's own
         update rule runs inside our kernel after :func:`_adapt_kernel`, θ moved once by s · p ⊙ Δ,
         so there is neither a snapshot θ_old nor a base step over θ to undo (SPEC 2.3 as in
-        :meth:`_step_around`, with Δ the base's step computed directly instead of θ_base - θ_old).
+        :meth:`step`, with Δ the base's step computed directly instead of θ_base - θ_old).
         The first step (no m_{t-1}, gains 1, s 1) is the base's own step and our moments. Returns
-        False having changed nothing where this does not apply."""
+        False where this does not apply, having at most created our state (as :meth:`step` would)."""
+        work = []
+        for k, group in enumerate(self.param_groups):
+            pg = grads(group)
+            if pg:
+                states = [self.state[p] for p, _ in pg]
+                work.append((k, group, pg, states, "m" in states[0]))
         kind = self._direct_kind(work) if work else None
         if kind is None:
             return False
+        for _, _, pg, states, _ in work:
+            for (p, _), st in zip(pg, states):
+                if "m" not in st:
+                    st["m"], st["v"], st["gain"] = torch.zeros_like(p), torch.zeros_like(p), torch.ones_like(p)
         if not any(started for *_, started in work) and all(group["scale"] == 1.0 for _, group, *_ in work):
             for _, group, pg, states, _ in work:
                 self._moments_foreach(group, pg, states, snapshot=False)
