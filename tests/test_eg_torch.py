@@ -382,13 +382,16 @@ def test_compiled_kernels_match_the_reference_and_compile_once(oname):
 
 
 @pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
-def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager():
+@pytest.mark.parametrize("own_compile", [False, True])
+def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager(own_compile):
     """torch.compile(opt.step) traces the fused kernels with s as a tensor: after the first two
-    steps nothing recompiles (s used to be baked into the graph, one recompilation per step)."""
+    steps nothing recompiles (s used to be baked into the graph, one recompilation per step).
+    With EGAdapt's own compiled path on (a base it knows, so eager steps take the direct path),
+    the user's compiled step matches the eager one all the same."""
     res = []
     for compiled in (False, True):
         net, X, Y = problem(seed=2)
-        opt = OPTS["EGAdapt(SGD)"](list(net.parameters()), compile=False)
+        opt = OPTS["EGAdapt(SGD)"](list(net.parameters()), compile=own_compile)
         step = torch.compile(opt.step) if compiled else opt.step
 
         def run(n):
@@ -403,6 +406,89 @@ def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager():
     for a, b in zip(res[0][0], res[1][0]):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     assert res[1][1] == pytest.approx(res[0][1], rel=1e-9) and res[0][1] != 1.0
+
+
+EGADAPT_BASES = {  # what EGAdapt's compiled path computes itself (SGD, Adam, AdamW) and a base it does not know
+    "SGD": lambda ps: torch.optim.SGD(ps, lr=0.05),
+    "SGD momentum": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9),
+    "SGD dampening, weight decay": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.5, dampening=0.3,
+                                                              weight_decay=0.1),
+    "SGD Nesterov, weight decay": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True,
+                                                             weight_decay=0.01),
+    "SGD maximize": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, maximize=True),
+    "Adam": lambda ps: torch.optim.Adam(ps, lr=0.01),
+    "Adam amsgrad, weight decay": lambda ps: torch.optim.Adam(ps, lr=0.01, amsgrad=True, weight_decay=0.1),
+    "Adam maximize, betas": lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), maximize=True),
+    "Adam decoupled weight decay": lambda ps: torch.optim.Adam(ps, lr=0.01, weight_decay=0.1,
+                                                               decoupled_weight_decay=True),
+    "AdamW amsgrad": lambda ps: torch.optim.AdamW(ps, lr=0.01, weight_decay=0.1, amsgrad=True),
+    "Adam fused": lambda ps: torch.optim.Adam(ps, lr=0.01, fused=True),
+    "RMSprop (not special-cased)": lambda ps: torch.optim.RMSprop(ps, lr=0.01, momentum=0.5),
+}
+
+
+@pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
+@pytest.mark.parametrize("bname", list(EGADAPT_BASES))
+def test_egadapt_compiled_path_computes_known_bases_like_the_reference(bname, monkeypatch):
+    """compile=True on a base EGAdapt knows runs the base's update inside its own kernel (no base
+    step, no snapshot θ_old); against the per-tensor reference (base step, then θ_old + s p ⊙ Δ):
+    same weights, scale, gains and base state after 12 steps under OneCycleLR, which moves lr and
+    momentum / β₁ every step, with no recompilation after the first two steps.
+    An unknown base keeps its own step on the compiled path."""
+    direct = []
+    step_direct = EGAdapt._step_direct
+    monkeypatch.setattr(EGAdapt, "_step_direct", lambda self: direct.append(step_direct(self)) or direct[-1])
+    res = []
+    for kw in (dict(foreach=False), dict(compile=True)):
+        direct.clear()
+        net, X, Y = problem(seed=5)
+        opt = EGAdapt(EGADAPT_BASES[bname](list(net.parameters())), scale_lr=0.3, gain_lr=0.1, **kw)
+        sch = sched.OneCycleLR(opt, max_lr=0.05, total_steps=20, cycle_momentum=bname != "SGD")
+        train_steps(net, opt, X, Y, 2, scheduler=sch)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            train_steps(net, opt, X, Y, 10, scheduler=sch)
+        res.append((list(net.parameters()), opt))
+        if kw.get("compile"):
+            assert direct == [("RMSprop" not in bname)] * 12
+    (ref, ref_opt), (got, opt) = res
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert opt.param_groups[0]["scale"] == pytest.approx(ref_opt.param_groups[0]["scale"], rel=1e-9)
+    assert ref_opt.param_groups[0]["scale"] != 1.0
+    for sa, sb in ((ref_opt.state_dict()["state"], opt.state_dict()["state"]),
+                   (ref_opt.base.state_dict()["state"], opt.base.state_dict()["state"])):
+        assert sa.keys() == sb.keys()
+        for i, st in sa.items():
+            assert st.keys() == sb[i].keys()
+            for n, t in st.items():
+                torch.testing.assert_close(sb[i][n], t, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
+def test_egadapt_compiled_known_base_in_float32_and_resumed_on_the_reference_path():
+    """float32 (the model's dtype in practice) stays within float32 rounding of the reference, and a
+    state_dict written on the compiled path resumes on the reference path (the base's state is the
+    base's own: step counts, moments)."""
+    res = []
+    for kw in (dict(foreach=False), dict(compile=True)):
+        net, X, Y = problem(seed=6, dtype=torch.float32)
+        opt = EGAdapt(torch.optim.Adam(list(net.parameters()), lr=0.01, amsgrad=True), scale_lr=0.3, gain_lr=0.1, **kw)
+        train_steps(net, opt, X, Y, 6)
+        res.append((net, opt))
+    for a, b in zip(res[0][0].parameters(), res[1][0].parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    net, opt = res[1]
+    net2 = problem(seed=6, dtype=torch.float32)[0]
+    net2.load_state_dict(net.state_dict())
+    opt2 = EGAdapt(torch.optim.Adam(list(net2.parameters()), lr=0.01, amsgrad=True), foreach=False)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for g in opt2.param_groups:
+        g["eg_foreach"] = False
+    train_steps(net, opt, X, Y, 4)
+    train_steps(net2, opt2, X, Y, 4)
+    for a, b in zip(net.parameters(), net2.parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    assert float(opt.base.state[next(net.parameters())]["step"]) == 10
 
 
 @pytest.mark.parametrize("oname", FUSED)

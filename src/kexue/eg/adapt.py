@@ -17,6 +17,14 @@ from kexue.eg._common import (by_device, check_compile, check_foreach, check_pos
 from kexue.utils import KexueError, KexueTypeError
 
 _SCRATCH = ("tmp", "old")  # per-tensor buffers reused every step; not part of state_dict
+_DIRECT = ((torch.optim.SGD, "sgd"), (torch.optim.Adam, "adam"), (torch.optim.AdamW, "adam"))
+"""Bases whose update EGAdapt's compiled path computes itself (:meth:`EGAdapt._step_direct`); exact
+types only, as a subclass may change ``step``. (Pairs, not a dict keyed by class: inside an enclosing
+torch.compile dynamo answered the dict look-up with its default.)"""
+_BASE_STATE = {  # the base's per-parameter state the direct kernels read, in their argument order
+    "sgd": lambda group: ("momentum_buffer",) if group["momentum"] != 0 else (),
+    "adam": lambda group: ("exp_avg", "exp_avg_sq", "step") + (("max_exp_avg_sq",) if group["amsgrad"] else ()),
+}
 
 
 class ScaleBoundWarning(RuntimeWarning):
@@ -61,8 +69,14 @@ class EGAdapt(Optimizer):
     before the base step, :func:`_combine_kernel` after it; the base optimiser runs as it is),
     None (default): compiled for groups of at least ``kexue.eg._common.COMPILE_MIN_NUMEL``
     elements, False: never; where torch.compile does not work it falls back to the multi-tensor
-    path (a ``CompileFallbackWarning``). The kernels take s as a 0-d tensor, so they compile once;
-    the same holds for ``torch.compile(opt.step)`` (after its first step, which creates the state).
+    path (a ``CompileFallbackWarning``). When the base is a plain ``torch.optim.SGD``, ``Adam`` or
+    ``AdamW`` (not a subclass; hyperparameters numbers, no step hooks, differentiable or
+    capturable mode), the second kernel is the base's own update with the scaling folded in
+    (:func:`_sgd_kernel`, :func:`_adam_kernel`): the base's state is updated as its step would,
+    θ is moved once by s · p ⊙ Δ, and neither a snapshot θ_old nor the base's passes over θ are
+    needed (:meth:`_step_direct`); any other base keeps the two kernels around its own step.
+    The kernels take s as a 0-d tensor, so they compile once; the same holds for
+    ``torch.compile(opt.step)`` (after its first step, which creates the state).
     """
 
     def __init__(self, base: Optimizer, scale_lr: float = 0.2, gain_lr: float = 0.01, beta: float = 0.9,
@@ -118,6 +132,11 @@ class EGAdapt(Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         loss = closure_loss(closure)
+        # Under a user's torch.compile(opt.step) the whole step is their graph to fuse, so the
+        # direct path (which reads s and the base's state as Python values) is left to eager calls;
+        # the loop below stays inline in step, where dynamo traces it without guarding on s.
+        if not torch.compiler.is_compiling() and self._step_direct():
+            return loss
         touched = []
         for k, group in enumerate(self.param_groups):
             pg = grads(group)
@@ -210,13 +229,14 @@ class EGAdapt(Optimizer):
                 gain.clamp_(glo, ghi)
                 gain.div_(gain.mean()).clamp_(glo, ghi)
 
-    def _moments_foreach(self, group, pg, states):
+    def _moments_foreach(self, group, pg, states, snapshot: bool = True):
         beta = group["beta"]
-        for ps, gs, ms, vs, olds in self._lists(pg, states, "m", "v", "old"):
+        for ps, gs, ms, vs, *olds in self._lists(pg, states, "m", "v", *("old",) * snapshot):
             torch._foreach_lerp_(ms, gs, 1 - beta)  # β m + (1-β) g in one pass
             torch._foreach_mul_(vs, beta)
             torch._foreach_addcmul_(vs, gs, gs, value=1 - beta)
-            torch._foreach_copy_(olds, ps)
+            if snapshot:
+                torch._foreach_copy_(olds[0], ps)
 
     def _combine_foreach(self, group, pg, states):
         for ps, _, olds, gains, tmps in self._lists(pg, states, "old", "gain", "tmp"):
@@ -258,6 +278,114 @@ class EGAdapt(Optimizer):
                 for p, old, gain, m in zip(ps, olds, gains, mean):
                     gain.div_(m).clamp_(glo, ghi)
                     p.copy_(old.addcmul_(p.sub_(old), gain, value=float(scale)))
+
+    # ---------------------------------------------------------------- compiled path, known base
+    def _direct_kind(self, work) -> str | None:
+        """"sgd" or "adam" when every group runs the compiled path and the base is a plain
+        torch.optim.SGD / Adam / AdamW with options :func:`_sgd_kernel` / :func:`_adam_kernel` cover
+        (numbers, not tensors, for the hyperparameters; no differentiable or capturable mode, step
+        hooks, sparse or complex gradients); else None: the base runs its own step."""
+        kind = next((name for cls, name in _DIRECT if type(self.base) is cls), None)
+        if kind is None or self.base._optimizer_step_pre_hooks or self.base._optimizer_step_post_hooks:
+            return None
+        for _, group, pg, _, _ in work:
+            numbers = (group["lr"], group["weight_decay"],
+                       *((group["momentum"], group["dampening"]) if kind == "sgd" else (*group["betas"], group["eps"])))
+            if (group.get("eg_foreach") is False or not want_compiled(group, pg, "eg_compile")
+                    or group.get("differentiable") or group.get("capturable")
+                    or any(torch.is_tensor(x) for x in numbers)
+                    or any(g.is_sparse or p.is_complex() for p, g in pg)):
+                return None
+        return kind
+
+    @torch.compiler.disable
+    def _step_direct(self) -> bool:
+        """The compiled path for a base whose update we know (:meth:`_direct_kind`): the base's own
+        update rule runs inside our kernel after :func:`_adapt_kernel`, θ moved once by s · p ⊙ Δ,
+        so there is neither a snapshot θ_old nor a base step over θ to undo (SPEC 2.3 as in
+        :meth:`step`, with Δ the base's step computed directly instead of θ_base - θ_old).
+        The first step (no m_{t-1}, gains 1, s 1) is the base's own step and our moments. Returns
+        False where this does not apply, having at most created our state (as :meth:`step` would)."""
+        work = []
+        for k, group in enumerate(self.param_groups):
+            pg = grads(group)
+            if pg:
+                states = [self.state[p] for p, _ in pg]
+                work.append((k, group, pg, states, "m" in states[0]))
+        kind = self._direct_kind(work) if work else None
+        if kind is None:
+            return False
+        for _, _, pg, states, _ in work:
+            for (p, _), st in zip(pg, states):
+                if "m" not in st:
+                    st["m"], st["v"], st["gain"] = torch.zeros_like(p), torch.zeros_like(p), torch.ones_like(p)
+        if not any(started for *_, started in work) and all(group["scale"] == 1.0 for _, group, *_ in work):
+            for _, group, pg, states, _ in work:
+                self._moments_foreach(group, pg, states, snapshot=False)
+            self.base.step()
+            return True
+        base_keys = _BASE_STATE[kind]
+        if not all(started and all(k in self.base.state[p] and self.base.state[p][k] is not None
+                                   for p, _ in pg for k in base_keys(group))
+                   for _, group, pg, _, started in work):
+            return False
+        planned = []
+        for k, group, pg, states, _ in work:
+            lists = by_device([p for p, _ in pg], [g for _, g in pg], *[[st[n] for st in states] for n in ("m", "v", "gain")],
+                              *[[self.base.state[p][n] for p, _ in pg] for n in base_keys(group)])
+            sums, means = [], []
+            for ps, gs, ms, vs, gains, *_ in lists:
+                ok, out = run_fused(_adapt_kernel, ps, gs, ms, vs, gains, None, group["gain_lr"], group["beta"],
+                                    group["max_exp"], *group["gain_bounds"])
+                if not ok:
+                    if planned or sums:  # cannot happen: one kernel either compiles for every run or for none
+                        raise KexueError("EGAdapt: torch.compile failed part-way through a step")
+                    return False
+                sums.append(out[0])
+                means.append(out[1])
+            planned.append((group, lists, self._new_scale(k, group, sums, pg[0][0]), means))
+        for group, lists, scale, means in planned:
+            for run, mean in zip(lists, means):
+                kernel, args = (self._sgd_args if kind == "sgd" else self._adam_args)(group, run, mean, scale)
+                ok, _ = run_fused(kernel, *args)
+                if not ok:  # only if compiling this kernel failed after _adapt_kernel's worked: run it eagerly
+                    kernel(*args)
+        return True
+
+    @staticmethod
+    @torch.compiler.disable
+    def _sgd_args(group, run, means, scale):
+        """:func:`_sgd_kernel`'s arguments for one device/dtype run; every number a 0-d tensor
+        (see :func:`run_fused`), the options that change the loop's shape as Python values."""
+        ps, gs, _, _, gains, *bufs = run
+        like = ps[0]
+        wd = scalar(group["weight_decay"], like) if group["weight_decay"] != 0 else None
+        return _sgd_kernel, (ps, gs, bufs[0] if bufs else None, gains, means, scale, scalar(group["lr"], like),
+                             scalar(group["momentum"], like), scalar(group["dampening"], like), wd,
+                             bool(group["nesterov"]), bool(group["maximize"]), *group["gain_bounds"])
+
+    @staticmethod
+    @torch.compiler.disable
+    def _adam_args(group, run, means, scale):
+        """:func:`_adam_kernel`'s arguments for one run: the base's step counts advanced here (as
+        torch.optim.Adam does before its update), its bias corrections per tensor from them."""
+        ps, gs, _, _, gains, exp_avgs, exp_avg_sqs, steps, *maxs = run
+        like = ps[0]
+        (beta1, beta2), lr = group["betas"], group["lr"]
+        per_step = {}
+        step_sizes, bc2_sqrts = [], []
+        for st in steps:
+            st += 1
+            t = float(st)
+            if t not in per_step:
+                per_step[t] = (scalar(lr / (1 - beta1 ** t), like), scalar((1 - beta2 ** t) ** 0.5, like))
+            step_sizes.append(per_step[t][0])
+            bc2_sqrts.append(per_step[t][1])
+        wd = scalar(group["weight_decay"], like) if group["weight_decay"] != 0 else None
+        return _adam_kernel, (ps, gs, exp_avgs, exp_avg_sqs, maxs[0] if maxs else None, gains, means, scale,
+                              scalar(lr, like), step_sizes, bc2_sqrts, scalar(beta1, like), scalar(beta2, like),
+                              scalar(group["eps"], like), wd, bool(group.get("decoupled_weight_decay", False)),
+                              bool(group["maximize"]), *group["gain_bounds"])
 
     @torch.compiler.disable
     def _scale_tensor(self, k: int, group: dict, like: torch.Tensor) -> torch.Tensor:
@@ -327,12 +455,14 @@ def _adapt_kernel(ps, gs, ms, vs, gains, olds, gain_lr: float, beta: float, max_
     """EGAdapt's work before the base step (SPEC 2.3) for one device/dtype run, written for
     torch.compile: the alignment sums (⟨g, m⟩, ‖g‖², ‖m‖²) with m = m_{t-1}, the gains
     p ← clamp(p ⊙ exp(clip(γ_p g m / v)), p_min, p_max) and their per-tensor means, the moment
-    EMAs and the snapshot θ_old = θ — one loop over g, m, v, p, θ per tensor. The renormalisation
-    p ← clamp(p / mean(p)) is left to :func:`_combine_kernel`, which reads p anyway (nothing uses
-    p in between), so that p is not read twice here. Same arithmetic as the reference path."""
+    EMAs and the snapshot θ_old = θ (``olds`` None: no snapshot) — one loop over g, m, v, p, θ per
+    tensor. The renormalisation p ← clamp(p / mean(p)) is left to the kernel after the base step
+    (:func:`_combine_kernel`, :func:`_sgd_kernel`, :func:`_adam_kernel`), which reads p anyway
+    (nothing uses p in between), so that p is not read twice here. Same arithmetic as the
+    reference path."""
     dot = gn2 = mn2 = 0.0
     means = []
-    for p, g, m, v, gain, old in zip(ps, gs, ms, vs, gains, olds):
+    for i, (g, m, v, gain) in enumerate(zip(gs, ms, vs, gains)):
         dot = dot + (g * m).sum()
         gn2 = gn2 + (g * g).sum()
         mn2 = mn2 + (m * m).sum()
@@ -341,7 +471,8 @@ def _adapt_kernel(ps, gs, ms, vs, gains, olds, gain_lr: float, beta: float, max_
         means.append(gain.mean())
         m.copy_(m * beta + g * (1 - beta))
         v.copy_(v * beta + g * g * (1 - beta))
-        old.copy_(p)
+        if olds is not None:  # None: EGAdapt knows the base's update (:func:`_sgd_kernel`, :func:`_adam_kernel`)
+            olds[i].copy_(ps[i])
     return torch.stack([dot, gn2, mn2]), means
 
 
@@ -351,3 +482,49 @@ def _combine_kernel(ps, olds, gains, means, scale, glo: float, ghi: float) -> No
     for p, old, gain, mean in zip(ps, olds, gains, means):
         gain.copy_((gain / mean).clamp(glo, ghi))
         p.copy_(old + (p - old) * gain * scale)
+
+
+def _sgd_kernel(ps, gs, bufs, gains, means, scale, lr, momentum, dampening, wd, nesterov: bool, maximize: bool,
+                glo: float, ghi: float) -> None:
+    """torch.optim.SGD's update with EGAdapt's scaling in one loop over θ, g, b, p per tensor (after
+    :func:`_adapt_kernel`; the state exists). SGD: d = ±g + λθ, b ← μ b + (1-τ) d, d ← b (or d + μ b,
+    Nesterov), Δ = -η d; ours: p ← clamp(p / mean(p), p_min, p_max), θ ← θ + s · p ⊙ Δ — the result
+    of the base step and :func:`_combine_kernel`, without writing θ_base or reading θ_old.
+    ``bufs`` None: no momentum; ``wd`` None: no weight decay."""
+    for i, (p, g, gain, mean) in enumerate(zip(ps, gs, gains, means)):
+        d = -g if maximize else g
+        if wd is not None:
+            d = d + p * wd
+        if bufs is not None:
+            b = bufs[i] * momentum + d * (1 - dampening)
+            bufs[i].copy_(b)
+            d = d + b * momentum if nesterov else b
+        gn = (gain / mean).clamp(glo, ghi)
+        gain.copy_(gn)
+        p.copy_(p - d * gn * (lr * scale))
+
+
+def _adam_kernel(ps, gs, ms, vs, maxs, gains, means, scale, lr, step_sizes, bc2_sqrts, beta1, beta2, eps, wd,
+                 decoupled: bool, maximize: bool, glo: float, ghi: float) -> None:
+    """torch.optim.Adam's (AdamW's) update with EGAdapt's scaling in one loop over θ, g, m, v (, v_max),
+    p per tensor (after :func:`_adapt_kernel`; the step counts already advanced). Adam: g ← ±g (+ λθ),
+    m ← lerp(m, g, 1-β₁), v ← β₂ v + (1-β₂) g², v_max ← max(v_max, v) (amsgrad: ``maxs``),
+    Δ = -α_t m / (√v / √(1-β₂ᵗ) + ε) (- η λ θ, decoupled) with α_t = η / (1-β₁ᵗ); ours as in
+    :func:`_sgd_kernel`: p ← clamp(p / mean(p)), θ ← θ + s · p ⊙ Δ."""
+    for i, (p, g, m, v, gain, mean) in enumerate(zip(ps, gs, ms, vs, gains, means)):
+        g = -g if maximize else g
+        if wd is not None and not decoupled:
+            g = g + p * wd
+        m_new = torch.lerp(m, g, 1 - beta1)
+        v_new = v * beta2 + g * g * (1 - beta2)
+        m.copy_(m_new)
+        v.copy_(v_new)
+        if maxs is not None:
+            v_new = torch.maximum(maxs[i], v_new)
+            maxs[i].copy_(v_new)
+        u = m_new / (v_new.sqrt() / bc2_sqrts[i] + eps) * step_sizes[i]
+        if wd is not None and decoupled:
+            u = u + p * (lr * wd)
+        gn = (gain / mean).clamp(glo, ghi)
+        gain.copy_(gn)
+        p.copy_(p - u * gn * scale)
