@@ -14,17 +14,10 @@ from torch.optim import Optimizer
 from kexue import validate
 from kexue.eg._common import (by_device, check_compile, check_foreach, check_pos, check_unit, closure_loss, foreach_mexp_,
                               grads, kernel_mexp, run_fused, scalar, want_compiled)
+from kexue.eg.known_bases import BASE_STATE, kernel_args, known_base
 from kexue.utils import KexueError, KexueTypeError
 
 _SCRATCH = ("tmp", "old")  # per-tensor buffers reused every step; not part of state_dict
-_DIRECT = ((torch.optim.SGD, "sgd"), (torch.optim.Adam, "adam"), (torch.optim.AdamW, "adam"))
-"""Bases whose update EGAdapt's compiled path computes itself (:meth:`EGAdapt._step_direct`); exact
-types only, as a subclass may change ``step``. (Pairs, not a dict keyed by class: inside an enclosing
-torch.compile dynamo answered the dict look-up with its default.)"""
-_BASE_STATE = {  # the base's per-parameter state the direct kernels read, in their argument order
-    "sgd": lambda group: ("momentum_buffer",) if group["momentum"] != 0 else (),
-    "adam": lambda group: ("exp_avg", "exp_avg_sq", "step") + (("max_exp_avg_sq",) if group["amsgrad"] else ()),
-}
 
 
 class ScaleBoundWarning(RuntimeWarning):
@@ -72,7 +65,7 @@ class EGAdapt(Optimizer):
     path (a ``CompileFallbackWarning``). When the base is a plain ``torch.optim.SGD``, ``Adam`` or
     ``AdamW`` (not a subclass; hyperparameters numbers, no step hooks, differentiable or
     capturable mode), the second kernel is the base's own update with the scaling folded in
-    (:func:`_sgd_kernel`, :func:`_adam_kernel`): the base's state is updated as its step would,
+    (:mod:`kexue.eg.known_bases`): the base's state is updated as its step would,
     θ is moved once by s · p ⊙ Δ, and neither a snapshot θ_old nor the base's passes over θ are
     needed (:meth:`_step_direct`); any other base keeps the two kernels around its own step.
     The kernels take s as a 0-d tensor, so they compile once; the same holds for
@@ -282,10 +275,10 @@ class EGAdapt(Optimizer):
     # ---------------------------------------------------------------- compiled path, known base
     def _direct_kind(self, work) -> str | None:
         """"sgd" or "adam" when every group runs the compiled path and the base is a plain
-        torch.optim.SGD / Adam / AdamW with options :func:`_sgd_kernel` / :func:`_adam_kernel` cover
+        torch.optim.SGD / Adam / AdamW with options :mod:`kexue.eg.known_bases` covers
         (numbers, not tensors, for the hyperparameters; no differentiable or capturable mode, step
         hooks, sparse or complex gradients); else None: the base runs its own step."""
-        kind = next((name for cls, name in _DIRECT if type(self.base) is cls), None)
+        kind = known_base(self.base)
         if kind is None or self.base._optimizer_step_pre_hooks or self.base._optimizer_step_post_hooks:
             return None
         for _, group, pg, _, _ in work:
@@ -324,7 +317,7 @@ class EGAdapt(Optimizer):
                 self._moments_foreach(group, pg, states, snapshot=False)
             self.base.step()
             return True
-        base_keys = _BASE_STATE[kind]
+        base_keys = BASE_STATE[kind]
         if not all(started and all(k in self.base.state[p] and self.base.state[p][k] is not None
                                    for p, _ in pg for k in base_keys(group))
                    for _, group, pg, _, started in work):
@@ -346,46 +339,11 @@ class EGAdapt(Optimizer):
             planned.append((group, lists, self._new_scale(k, group, sums, pg[0][0]), means))
         for group, lists, scale, means in planned:
             for run, mean in zip(lists, means):
-                kernel, args = (self._sgd_args if kind == "sgd" else self._adam_args)(group, run, mean, scale)
+                kernel, args = kernel_args(kind, group, run, mean, scale)
                 ok, _ = run_fused(kernel, *args)
                 if not ok:  # only if compiling this kernel failed after _adapt_kernel's worked: run it eagerly
                     kernel(*args)
         return True
-
-    @staticmethod
-    @torch.compiler.disable
-    def _sgd_args(group, run, means, scale):
-        """:func:`_sgd_kernel`'s arguments for one device/dtype run; every number a 0-d tensor
-        (see :func:`run_fused`), the options that change the loop's shape as Python values."""
-        ps, gs, _, _, gains, *bufs = run
-        like = ps[0]
-        wd = scalar(group["weight_decay"], like) if group["weight_decay"] != 0 else None
-        return _sgd_kernel, (ps, gs, bufs[0] if bufs else None, gains, means, scale, scalar(group["lr"], like),
-                             scalar(group["momentum"], like), scalar(group["dampening"], like), wd,
-                             bool(group["nesterov"]), bool(group["maximize"]), *group["gain_bounds"])
-
-    @staticmethod
-    @torch.compiler.disable
-    def _adam_args(group, run, means, scale):
-        """:func:`_adam_kernel`'s arguments for one run: the base's step counts advanced here (as
-        torch.optim.Adam does before its update), its bias corrections per tensor from them."""
-        ps, gs, _, _, gains, exp_avgs, exp_avg_sqs, steps, *maxs = run
-        like = ps[0]
-        (beta1, beta2), lr = group["betas"], group["lr"]
-        per_step = {}
-        step_sizes, bc2_sqrts = [], []
-        for st in steps:
-            st += 1
-            t = float(st)
-            if t not in per_step:
-                per_step[t] = (scalar(lr / (1 - beta1 ** t), like), scalar((1 - beta2 ** t) ** 0.5, like))
-            step_sizes.append(per_step[t][0])
-            bc2_sqrts.append(per_step[t][1])
-        wd = scalar(group["weight_decay"], like) if group["weight_decay"] != 0 else None
-        return _adam_kernel, (ps, gs, exp_avgs, exp_avg_sqs, maxs[0] if maxs else None, gains, means, scale,
-                              scalar(lr, like), step_sizes, bc2_sqrts, scalar(beta1, like), scalar(beta2, like),
-                              scalar(group["eps"], like), wd, bool(group.get("decoupled_weight_decay", False)),
-                              bool(group["maximize"]), *group["gain_bounds"])
 
     @torch.compiler.disable
     def _scale_tensor(self, k: int, group: dict, like: torch.Tensor) -> torch.Tensor:
@@ -457,7 +415,7 @@ def _adapt_kernel(ps, gs, ms, vs, gains, olds, gain_lr: float, beta: float, max_
     p ← clamp(p ⊙ exp(clip(γ_p g m / v)), p_min, p_max) and their per-tensor means, the moment
     EMAs and the snapshot θ_old = θ (``olds`` None: no snapshot) — one loop over g, m, v, p, θ per
     tensor. The renormalisation p ← clamp(p / mean(p)) is left to the kernel after the base step
-    (:func:`_combine_kernel`, :func:`_sgd_kernel`, :func:`_adam_kernel`), which reads p anyway
+    (:func:`_combine_kernel`, or :func:`kexue.eg.known_bases.sgd_kernel` / ``adam_kernel``), which reads p anyway
     (nothing uses p in between), so that p is not read twice here. Same arithmetic as the
     reference path."""
     dot = gn2 = mn2 = 0.0
@@ -471,7 +429,7 @@ def _adapt_kernel(ps, gs, ms, vs, gains, olds, gain_lr: float, beta: float, max_
         means.append(gain.mean())
         m.copy_(m * beta + g * (1 - beta))
         v.copy_(v * beta + g * g * (1 - beta))
-        if olds is not None:  # None: EGAdapt knows the base's update (:func:`_sgd_kernel`, :func:`_adam_kernel`)
+        if olds is not None:  # None: EGAdapt knows the base's update (kexue.eg.known_bases)
             olds[i].copy_(ps[i])
     return torch.stack([dot, gn2, mn2]), means
 
@@ -482,49 +440,3 @@ def _combine_kernel(ps, olds, gains, means, scale, glo: float, ghi: float) -> No
     for p, old, gain, mean in zip(ps, olds, gains, means):
         gain.copy_((gain / mean).clamp(glo, ghi))
         p.copy_(old + (p - old) * gain * scale)
-
-
-def _sgd_kernel(ps, gs, bufs, gains, means, scale, lr, momentum, dampening, wd, nesterov: bool, maximize: bool,
-                glo: float, ghi: float) -> None:
-    """torch.optim.SGD's update with EGAdapt's scaling in one loop over θ, g, b, p per tensor (after
-    :func:`_adapt_kernel`; the state exists). SGD: d = ±g + λθ, b ← μ b + (1-τ) d, d ← b (or d + μ b,
-    Nesterov), Δ = -η d; ours: p ← clamp(p / mean(p), p_min, p_max), θ ← θ + s · p ⊙ Δ — the result
-    of the base step and :func:`_combine_kernel`, without writing θ_base or reading θ_old.
-    ``bufs`` None: no momentum; ``wd`` None: no weight decay."""
-    for i, (p, g, gain, mean) in enumerate(zip(ps, gs, gains, means)):
-        d = -g if maximize else g
-        if wd is not None:
-            d = d + p * wd
-        if bufs is not None:
-            b = bufs[i] * momentum + d * (1 - dampening)
-            bufs[i].copy_(b)
-            d = d + b * momentum if nesterov else b
-        gn = (gain / mean).clamp(glo, ghi)
-        gain.copy_(gn)
-        p.copy_(p - d * gn * (lr * scale))
-
-
-def _adam_kernel(ps, gs, ms, vs, maxs, gains, means, scale, lr, step_sizes, bc2_sqrts, beta1, beta2, eps, wd,
-                 decoupled: bool, maximize: bool, glo: float, ghi: float) -> None:
-    """torch.optim.Adam's (AdamW's) update with EGAdapt's scaling in one loop over θ, g, m, v (, v_max),
-    p per tensor (after :func:`_adapt_kernel`; the step counts already advanced). Adam: g ← ±g (+ λθ),
-    m ← lerp(m, g, 1-β₁), v ← β₂ v + (1-β₂) g², v_max ← max(v_max, v) (amsgrad: ``maxs``),
-    Δ = -α_t m / (√v / √(1-β₂ᵗ) + ε) (- η λ θ, decoupled) with α_t = η / (1-β₁ᵗ); ours as in
-    :func:`_sgd_kernel`: p ← clamp(p / mean(p)), θ ← θ + s · p ⊙ Δ."""
-    for i, (p, g, m, v, gain, mean) in enumerate(zip(ps, gs, ms, vs, gains, means)):
-        g = -g if maximize else g
-        if wd is not None and not decoupled:
-            g = g + p * wd
-        m_new = torch.lerp(m, g, 1 - beta1)
-        v_new = v * beta2 + g * g * (1 - beta2)
-        m.copy_(m_new)
-        v.copy_(v_new)
-        if maxs is not None:
-            v_new = torch.maximum(maxs[i], v_new)
-            maxs[i].copy_(v_new)
-        u = m_new / (v_new.sqrt() / bc2_sqrts[i] + eps) * step_sizes[i]
-        if wd is not None and decoupled:
-            u = u + p * (lr * wd)
-        gn = (gain / mean).clamp(glo, ghi)
-        gain.copy_(gn)
-        p.copy_(p - u * gn * scale)
