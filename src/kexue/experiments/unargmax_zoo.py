@@ -9,6 +9,7 @@ downloads). The unargmax experiment includes this survey; ``make zoo`` runs it a
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -112,19 +113,39 @@ ORDER = ("gemma3-270m", "g2p-en", "textgenrnn", "paraphrase-minilm-l3", "whisper
          "whisper-base", "qwen2.5-coder-0.5b", "multilingual-e5-small")
 
 
+def _row_file(ctx, key: str, n_sub: int | None):
+    return ctx.out / "runs" / f"zoo-{key}-{'all' if n_sub is None else n_sub}-seed{ctx.seed}.json"
+
+
 def survey(ctx, *, download: bool, n_sub: int | None, keys=None, budget_s: float | None = None) -> list[dict]:
     """Audit each available survey model; returns one row per audited model, skipped ones noted.
     Once ``budget_s`` seconds have passed, the remaining models are audited on a random subset of
-    ``OVER_BUDGET_CLASSES`` classes (each against all rows; the row says how many)."""
+    ``OVER_BUDGET_CLASSES`` classes (each against all rows; the row says how many).
+
+    Each model's row is stored in ``OUT/runs/`` (atomically) as it is finished, and read back when
+    the experiment runs again into the same report directory, so a survey stopped part-way (a full
+    one takes over an hour) resumes at the next model; the budget counts the stored rows' load and
+    audit seconds as spent."""
     from kexue.unargmax import zoo
+    from kexue.utils import atomic_write
 
     rows, skipped = [], []
-    start = time.perf_counter()
+    start, spent = time.perf_counter(), 0.0
     models = sorted(zoo.MODELS, key=lambda m: ORDER.index(m.key) if m.key in ORDER else len(ORDER))
     for model in models:
         if keys is not None and model.key not in keys:
             continue
-        over = budget_s is not None and time.perf_counter() - start > budget_s
+        over = budget_s is not None and time.perf_counter() - start + spent > budget_s
+        stored = _row_file(ctx, model.key, OVER_BUDGET_CLASSES if over else n_sub)
+        try:
+            row = json.loads(stored.read_text())
+        except (OSError, ValueError):
+            row = None  # not run yet, or a damaged file: audit again
+        if row is not None:
+            rows.append(row)
+            spent += row["load_seconds"] + row["seconds"]
+            ctx.log(f"{model.key}: {row['audited']} classes, read back from {stored} (audited in an earlier run)")
+            continue
         t0 = time.perf_counter()
         try:
             layer = zoo.load(model, download=download)
@@ -136,6 +157,8 @@ def survey(ctx, *, download: bool, n_sub: int | None, keys=None, budget_s: float
                 f"{os.getloadavg()[0]:.1f}")
         res, mem = audit_model(ctx, model.key, layer, OVER_BUDGET_CLASSES if over else n_sub)
         rows.append(_row(model, layer, res, load_s, mem))
+        with atomic_write(stored, "w", parents=True) as f:
+            f.write(json.dumps(rows[-1], default=lambda v: v.item() if hasattr(v, "item") else str(v)))
         # each model's outcome goes to the log at once: a long survey that is stopped keeps a trace
         ctx.log(f"{model.key}: {res.counts()} in {res.seconds:.0f} s (phases {rows[-1]['wall_seconds']}), peak "
                 f"{mem.gib:.2f} GiB (PSS; RSS summed {mem.peak_rss / 2**30:.2f}), load average {os.getloadavg()[0]:.1f}")
