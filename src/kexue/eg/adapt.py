@@ -299,6 +299,8 @@ class EGAdapt(Optimizer):
         :meth:`step`, with Δ the base's step computed directly instead of θ_base - θ_old).
         The first step (no m_{t-1}, gains 1, s 1) is the base's own step and our moments. Returns
         False where this does not apply, having at most created our state (as :meth:`step` would)."""
+        if known_base(self.base) is None:  # before any per-group work: step() then does it once
+            return False
         work = []
         for k, group in enumerate(self.param_groups):
             pg = grads(group)
