@@ -130,7 +130,8 @@ def test_report_pipeline_writes_report_results_and_publishes(tmp_path, monkeypat
 
 def test_reproduce_counts_the_legs_of_an_interrupted_run(tmp_path, monkeypatch):
     """An experiment killed part-way and run again into the same folder reports the time of
-    both processes and "over 2 legs"; a later run into that folder starts a new count."""
+    both processes and "over 2 legs"; a later run into that folder starts a new count and states
+    the earlier runs' time."""
     import types
 
     mod = types.ModuleType("kexue.experiments.toy")
@@ -154,8 +155,10 @@ def test_reproduce_counts_the_legs_of_an_interrupted_run(tmp_path, monkeypatch):
     path, (s,) = report.reproduce(["toy"], out=tmp_path / "r", publish_to=tmp_path / "docs", command="test")
     assert s.legs == 2 and s.seconds >= first["seconds"][0]
     assert "over 2 legs" in path.read_text() and "over 2 legs" in (tmp_path / "docs" / "RESULTS.md").read_text()
-    _, (s,) = report.reproduce(["toy"], out=tmp_path / "r", command="test")
-    assert s.legs == 1
+    path, (again,) = report.reproduce(["toy"], out=tmp_path / "r", command="test")
+    # a new count, which keeps the finished run's time: the new run may have read its caches
+    assert again.legs == 1 and again.earlier == pytest.approx(s.seconds)
+    assert f"earlier runs into the same folder, which took {s.seconds:,.0f} s" in path.read_text()
 
 
 def _counted_run(log: str, x: float, n: int):

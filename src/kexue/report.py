@@ -164,15 +164,20 @@ class Legs:
     same report directory, kept in ``OUT/<name>/legs.json``: the seconds of each leg, written at
     the start, every ``every`` seconds while ``Context.track`` loops run, and at the end. A
     killed leg so keeps all but its last few seconds; a finished run's ledger is closed, so the
-    next run into the directory starts a new one."""
+    next run into the directory starts a new one. That run may read the earlier runs' cached
+    phases (trained networks, samples) instead of redoing them, so their time is kept too:
+    ``earlier``, the seconds of every finished run before it in the directory."""
 
     def __init__(self, path: Path, every: float = 30.0):
         self.path, self.every = Path(path), every
         try:
             old = json.loads(self.path.read_text())
-            self.seconds = [] if old.get("finished") else [float(v) for v in old["seconds"]]
+            self.earlier = float(old.get("earlier", 0.0))
+            self.seconds = [float(v) for v in old["seconds"]]
+            if old.get("finished"):
+                self.earlier, self.seconds = self.earlier + sum(self.seconds), []
         except (OSError, ValueError, KeyError, TypeError):
-            self.seconds = []
+            self.earlier, self.seconds = 0.0, []
         self.seconds.append(0.0)
         self.t0 = self.last = time.perf_counter()
         self._write(False)
@@ -180,7 +185,7 @@ class Legs:
     def _write(self, finished: bool) -> None:
         self.seconds[-1] = time.perf_counter() - self.t0
         with atomic_write(self.path, "w", parents=True) as f:
-            json.dump({"seconds": self.seconds, "finished": finished}, f)
+            json.dump({"seconds": self.seconds, "finished": finished, "earlier": self.earlier}, f)
 
     def beating(self, items: Iterable) -> Iterator:
         """``items``, noting the time every ``every`` seconds."""
@@ -257,6 +262,7 @@ class Section:
     tables: dict
     figures: list
     legs: int = 1  # processes the run took (it resumes from its checkpoints); ``seconds`` is over all
+    earlier: float = 0.0  # seconds of earlier finished runs into the same folder, whose caches it may read
 
 
 def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, tracker=None) -> Section:
@@ -271,7 +277,8 @@ def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, trac
     ctx.legs = Legs(ctx.out / "legs.json")
     mod.run(ctx)
     secs, legs = ctx.legs.finish()
-    return Section(name, mod.TITLE, mod.SPEC, secs, ctx.markdown(), ctx.metrics, ctx.tables, ctx.figures, legs)
+    return Section(name, mod.TITLE, mod.SPEC, secs, ctx.markdown(), ctx.metrics, ctx.tables, ctx.figures, legs,
+                   ctx.legs.earlier)
 
 
 def _meta(seed: int, quick: bool, command: str) -> dict:
@@ -294,11 +301,14 @@ def _section_md(s: dict, meta: dict, with_provenance: bool) -> str:
     head = f"## {s['title']} (`{s['name']}`, SPEC {s['spec']})\n\n"
     legs = s.get("legs", 1)  # sections published before legs were counted ran in one
     took = f"{s['seconds']:.0f} s" if legs == 1 else f"{s['seconds']:.0f} s over {legs} legs"
+    if s.get("earlier"):
+        took += (f"; it read the cached phases of earlier runs into the same folder, which took "
+                 f"{s['earlier']:,.0f} s")
     if with_provenance:
         head += (f"*Produced {meta['date']} by `{meta['command']}` (seed {meta['seed']}, {meta['mode']} mode, "
                  f"{took}) on {_machine_line(meta)}.*\n\n")
     else:
-        head += f"*{took}*\n\n" if legs > 1 else f"*{s['seconds']:.1f} s*\n\n"
+        head += f"*{took}*\n\n" if legs > 1 or s.get("earlier") else f"*{s['seconds']:.1f} s*\n\n"
     return head + s["markdown"]
 
 
