@@ -231,7 +231,9 @@ def part_retrieval(ctx):
     ctx.table("retrieval", ["reduction", "kexue s", "kexue 10-NN acc.", "kexue skewness", "kiez s", "kiez acc.",
                             "kiez skewness"], rows,
               caption=f"MNIST test digits, seed-{ctx.seed} split: {ni} index points, {nq} new queries, Euclidean, "
-              "k = 10, 100 exact candidates; time = fit on the index + search + re-rank, one thread; skewness of "
+              "k = 10, 100 exact candidates; index statistics with the default n_samples='auto' (exact rows up to "
+              "7,999 index points, a 2,000-point sample at 8,000); time = fit on the index + search + re-rank, one "
+              "thread; skewness of "
               "N_10 over the index. kiez 0.5.0 columns (full mode, seed 0 only): benchmarks/bench_hubness_reduction.py "
               "on this machine (sklearn brute neighbours), not re-run here")
 
