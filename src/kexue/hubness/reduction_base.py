@@ -28,8 +28,8 @@ points (see :func:`kexue.hubness.graph.sampled_stats`, float32 too: each point's
 its 40+ nearest sampled points, calibrated on the sample points' exact rows), which makes ``fit``
 cost ``n_index × n_samples`` distances instead of ``n_index² / 2``; ``None`` reads every index
 point's exact row. ``"auto"`` (the default) samples ``max(2000, n_index // 20)`` points on the
-exact backend once that at least halves ``fit``'s distances (from 8,000 index points on), and
-reads exact rows otherwise; the size used is ``n_samples_`` (None: exact). On 8,000 MNIST digits
+exact backend or a flat FAISS index once that at least halves ``fit``'s distances (from 8,000
+index points on), and reads exact rows (or the approximate backend's self-search) otherwise; the size used is ``n_samples_`` (None: exact). On 8,000 MNIST digits
 the sample halves the time of fit + 2,000 queries, and the queries' 10-NN vote accuracy drops by
 0.1-1.4 points (docs/hubness.md, issue 19). A graph given to ``fit`` is always read exactly.
 """
@@ -160,12 +160,13 @@ class _Reduction(TransformerMixin, BaseEstimator):
 
     def _sample_size(self, n: int) -> int | None:
         """How many index points ``fit`` estimates the statistics from (None: all, exactly). "auto":
-        ``s = max(AUTO_SAMPLE, n // 20)`` on the exact backend when ``n ≥ 4 s``, i.e. when the
-        ``n × s`` sampled distances are at most half of the ``n² / 2`` of one triangle; approximate
-        backends search themselves below quadratic cost, so "auto" leaves them exact."""
+        ``s = max(AUTO_SAMPLE, n // 20)`` when ``n ≥ 4 s``, i.e. when the ``n × s`` sampled
+        distances are at most half of the ``n² / 2`` of one triangle, on the backends whose
+        self-search is quadratic: the exact one and a user's flat FAISS index. Approximate backends
+        search themselves below quadratic cost, so "auto" leaves them exact."""
         if self.n_samples == "auto":
             s = max(AUTO_SAMPLE, n // 20)
-            return s if self._exact() and n >= 4 * s else None
+            return s if (self._exact() or G.is_flat_faiss(self.backend)) and n >= 4 * s else None
         return self.n_samples if self.n_samples is not None and self.n_samples < n else None
 
     def _given_graph(self, graph, n):
