@@ -200,8 +200,8 @@ def part_mnist(ctx):
 
 # kiez 0.5.0 on part_retrieval's full-mode setting, seed 0 (time s, 10-NN accuracy, skewness), as measured
 # by benchmarks/bench_hubness_reduction.py on this machine (kiez is not a dependency of kexue)
-KIEZ_SEED0 = {"none": (0.95, 0.9445, 1.07), "csls": (1.95, 0.9590, 0.84), "ls": (2.10, 0.9540, 0.99),
-              "mp": (2.06, 0.9595, 0.79)}  # 2026-11-29 06:34 UTC, load 1.26 -> 1.05, median of 3
+KIEZ_SEED0 = {"none": (1.13, 0.9445, 1.07), "csls": (2.21, 0.9590, 0.84), "ls": (2.15, 0.9540, 0.99),
+              "mp": (2.20, 0.9595, 0.79)}  # 2026-11-29 18:59-19:03 UTC, idle, load 0.96 -> 1.00, median of 3
 
 
 def part_retrieval(ctx):
