@@ -52,7 +52,9 @@ def main():
     n_base = C if a.baseline_classes in (0, None) or a.baseline_classes >= C else a.baseline_classes
     sample = np.arange(C) if n_base == C else np.sort(np.random.default_rng(a.seed).choice(C, n_base, replace=False))
     t0 = time.perf_counter()
-    slow = audit(W, b, prechecks=False, working_set=C, classes=sample, n_jobs=a.jobs, keep_witnesses=False)
+    # the paper's LP alone: no pre-checks, no nearest-point stage, every other row a constraint
+    slow = audit(W, b, prechecks=False, nearest=False, working_set=C, classes=sample, n_jobs=a.jobs,
+                 keep_witnesses=False)
     t_slow = time.perf_counter() - t0
     t_slow_full = t_slow * C / n_base
     same = np.array_equal(slow.verdict[sample], fast.verdict[sample])

@@ -196,6 +196,32 @@ def test_sampled_index_statistics(name):
         np.testing.assert_array_equal(a, b)
 
 
+def test_auto_sampling_rule():
+    """n_samples="auto": exact rows below 8,000 index points, a max(2000, n // 20) sample from there
+    on the exact backend and a flat FAISS index (the same statistics as that explicit n_samples),
+    never on an approximate backend or a given graph."""
+    rng = np.random.default_rng(6)
+    small = rng.standard_normal((7999, 8))
+    auto = h.CSLS(k=5, n_candidates=20, metric="euclidean").fit(small)
+    exact = h.CSLS(k=5, n_candidates=20, metric="euclidean", n_samples=None).fit(small)
+    assert auto.n_samples_ is None and exact.n_samples_ is None
+    np.testing.assert_array_equal(auto.stats_[0], exact.stats_[0])
+    big = np.vstack([small, rng.standard_normal((1, 8))])
+    auto = h.LocalScaling(k=5, n_candidates=20, metric="euclidean", random_state=3).fit(big)
+    fixed = h.LocalScaling(k=5, n_candidates=20, metric="euclidean", n_samples=2000, random_state=3).fit(big)
+    assert auto.n_samples_ == 2000 == fixed.n_samples_
+    np.testing.assert_array_equal(auto.stats_[0], fixed.stats_[0])
+    assert h.LocalScaling(k=5, n_candidates=20)._sample_size(100_000) == 5000
+    faiss = pytest.importorskip("faiss")
+    assert h.CSLS(backend=faiss.IndexFlatL2(8))._sample_size(8000) == 2000  # a flat index: n² self-search
+    assert h.CSLS(backend=faiss.IndexHNSWFlat(8, 16))._sample_size(8000) is None
+    assert h.CSLS(backend="hnsw")._sample_size(8000) is None
+    graph = h.kneighbors(big[:500], 20, metric="euclidean")
+    assert h.CSLS(k=5, n_candidates=20, metric="euclidean").fit(big[:500], graph=graph).n_samples_ is None
+    with pytest.raises(KexueError, match="n_samples"):
+        h.CSLS(n_samples="all").fit(small)
+
+
 @pytest.mark.parametrize("name", ["mp", "ls", "nicdm", "csls"])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_sampled_statistics_equal_brute_force_definition(name, metric):

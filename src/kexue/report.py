@@ -302,7 +302,7 @@ def _section_md(s: dict, meta: dict, with_provenance: bool) -> str:
     legs = s.get("legs", 1)  # sections published before legs were counted ran in one
     took = f"{s['seconds']:.0f} s" if legs == 1 else f"{s['seconds']:.0f} s over {legs} legs"
     if s.get("earlier"):
-        took += (f"; it read the cached phases of earlier runs into the same folder, which took "
+        took += (f"; it may have read the cached phases of earlier runs into the same folder, which took "
                  f"{s['earlier']:,.0f} s")
     if with_provenance:
         head += (f"*Produced {meta['date']} by `{meta['command']}` (seed {meta['seed']}, {meta['mode']} mode, "

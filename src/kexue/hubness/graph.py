@@ -22,6 +22,15 @@ def is_faiss_index(obj) -> bool:
     return type(obj).__module__.split(".")[0] == "faiss" and hasattr(obj, "search") and hasattr(obj, "ntotal")
 
 
+def is_flat_faiss(obj) -> bool:
+    """True for a flat (brute-force) FAISS index, whose self-search costs n² distances."""
+    if not is_faiss_index(obj):
+        return False
+    import faiss
+
+    return isinstance(obj, faiss.IndexFlat)
+
+
 def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
     """A built FAISS index must hold exactly the fitted rows (id i = row i) with the right metric."""
     import faiss

@@ -5,7 +5,8 @@ contract): ``fit`` on the index (vectors or a sparse self-kNN graph), ``transfor
 into a sparse graph of secondary distances, ``kneighbors`` for re-ranked neighbours,
 ``save``/``load``. Notation: ``d = d(q, x)`` the primary distance of query ``q`` to candidate
 ``x``; "q's row" = q's ``n_candidates`` nearest index points, sorted; "x's row" = x's nearest
-index points, itself excluded (among all of them, or estimated from ``n_samples`` of them).
+index points, itself excluded (among all of them, or estimated from a sample of them: ``n_samples``,
+by default "auto", which samples from 8,000 index points on; see :mod:`kexue.hubness.reduction_base`).
 
 Which distances: on the default exact backend, x's row holds float32 BLAS distances from x to the
 other index points (:func:`kexue.hubness.screen.nearest_rows`), and a new query's row holds its
@@ -38,9 +39,9 @@ class MutualProximity(_Reduction):
     - ``method="gaussian"``: ``D_q ~ N(μ_q, σ_q²)`` independent of ``D_x ~ N(μ_x, σ_x²)``, so
       ``MP = SF_q(d) · SF_x(d)`` (SF the normal survival function). μ_q, σ_q: mean and standard
       deviation of q's ``n_candidates`` candidate distances (its own row); μ_x, σ_x: the same over
-      x's ``n_candidates`` nearest index points (its distances to all other index points),
-      learned by ``fit``. Queries and index points are thus modelled over the same fraction of
-      their distance distributions.
+      x's ``n_candidates`` nearest index points (its distances to all other index points, or
+      estimated from a sample of them, ``n_samples``), learned by ``fit``. Queries and index
+      points are thus modelled over the same fraction of their distance distributions.
     - ``method="empirical"``: the joint count over q's candidates ``j``:
       ``MP = |{j : d(q, j) > d and d(x, j) > d}| / n_candidates``; ``d(q, j)`` from q's row,
       ``d(x, j)`` computed from the vectors at query time (needs vectors, not a graph).
@@ -49,7 +50,7 @@ class MutualProximity(_Reduction):
     _parameter_constraints = {**_Reduction._parameter_constraints, "method": [StrOptions({"gaussian", "empirical"})]}
 
     def __init__(self, method: str = "gaussian", n_candidates: int = 100, metric: str = "euclidean",
-                 backend="exact", backend_params: dict | None = None, n_samples: int | None = None,
+                 backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
                  random_state: int = 0):
         _store(self, locals())
 
@@ -97,11 +98,12 @@ class LocalScaling(_Reduction):
 
     - ``method="standard"``: ``LS(q, x) = 1 - exp(-d² / (σ_q σ_x))``; σ_q = distance from q to
       its ``k``-th candidate (its own row), σ_x = distance from x to its ``k``-th nearest other
-      index point (learned by ``fit`` from x's distances to all other index points).
+      index point (learned by ``fit`` from x's distances to all other index points, or to a
+      sample of them: ``n_samples``).
     - ``method="nicdm"``: ``d / sqrt(μ_q μ_x)``; μ = mean distance to the ``k`` nearest, q's from
-      its row, x's from its distances to all other index points (learned by ``fit``).
+      its row, x's from its distances to all other index points or a sample (learned by ``fit``).
 
-    ``k`` must not exceed ``n_candidates``. With ``n_samples`` the index side reads a wider window
+    ``k`` must not exceed ``n_candidates``. With a sample (``n_samples``) the index side reads a wider window
     of the sample (at least its 40 nearest points), calibrated on the sample points' exact rows
     so that σ_x estimates the k-th neighbour distance (:func:`kexue.hubness.graph.sampled_stats`).
     """
@@ -110,7 +112,7 @@ class LocalScaling(_Reduction):
                               "k": [Interval(Integral, 1, None, closed="left")]}
 
     def __init__(self, method: str = "standard", k: int = 5, n_candidates: int = 100, metric: str = "euclidean",
-                 backend="exact", backend_params: dict | None = None, n_samples: int | None = None,
+                 backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
                  random_state: int = 0):
         _store(self, locals())
 
@@ -133,13 +135,13 @@ class CSLS(_Reduction):
     ``CSLS(q, x) = 2 s(q, x) - r_q - r_x``, secondary distance ``-CSLS``; ``s = 1 - d`` (cosine)
     or ``s = -d`` (Euclidean). ``r_q`` = mean similarity of q to its ``k`` first candidates (its
     own row), ``r_x`` = mean similarity of x to its ``k`` nearest other index points (learned by
-    ``fit`` from x's distances to all other index points).
+    ``fit`` from x's distances to all other index points, or to a sample of them: ``n_samples``).
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")]}
 
     def __init__(self, k: int = 5, n_candidates: int = 100, metric: str = "cosine", backend="exact",
-                 backend_params: dict | None = None, n_samples: int | None = None, random_state: int = 0):
+                 backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
         _store(self, locals())
 
     def _sim(self, dist):
@@ -163,7 +165,7 @@ class Centering(_Reduction):
     _needs_vectors = True
 
     def __init__(self, n_candidates: int = 100, metric: str = "euclidean", backend="exact",
-                 backend_params: dict | None = None, n_samples: int | None = None, random_state: int = 0):
+                 backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
         _store(self, locals())
 
     def _width(self):
