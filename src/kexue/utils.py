@@ -26,6 +26,28 @@ class KexueTypeError(KexueError, TypeError):
     """An input of the wrong type (also a ``TypeError``), e.g. complex where reals are needed."""
 
 
+def require(extra: str, module: str, feature: str | None = None):
+    """Import and return the optional dependency ``module``, or raise a one-line
+    :class:`KexueError` naming the ``kexue`` extra that installs it.
+
+    ``feature`` says what needed it (``"--backend ivf"``, ``"reading .onnx files"``); the
+    message is the same from Python and the CLI (which prints it and exits with code 2).
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        top = module.split(".")[0]
+        # a missing *other* module inside an installed package is a broken install, not a missing extra
+        name = getattr(e, "name", None) or top
+        if name != top and not name.startswith(top + "."):
+            raise
+        what = f"{feature} needs" if feature else "this needs"
+        raise KexueError(f"{what} {top}, which is not installed; install the '{extra}' extra: "
+                         f"pip install 'kexue[{extra}]'") from None
+
+
 def _umask() -> int:
     # os.umask can only be read by setting it; do it once, at import, single-threaded
     m = os.umask(0)

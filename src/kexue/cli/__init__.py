@@ -180,16 +180,16 @@ def main(argv: list[str] | None = None) -> None:
         console.print("kexue: aborted")
         sys.exit(130)
     except _USAGE as e:
-        console.print(f"kexue: error: {e.format_message()}", highlight=False, soft_wrap=True)
+        console.print(f"kexue: error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KexueError as e:
-        console.print(f"kexue: error: {e}", highlight=False, soft_wrap=True)
+        console.print(f"kexue: error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("kexue: interrupted")
         sys.exit(130)
     except OSError as e:  # unreadable input, unwritable output: the user's to fix
         console.print(f"kexue: error: {e.strerror or e} ({e.filename or ''}); check the path and permissions",
-                      highlight=False, soft_wrap=True)
+                      markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)
