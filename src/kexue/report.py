@@ -132,7 +132,7 @@ class Context:
     # ---- resumable runs
     def resumable(self, par, calls: list, keys: list, description: str = "") -> list:
         """Results of the joblib ``calls`` (``delayed(f)(...)``, run on ``par``, a ``Parallel``
-        with ``return_as="generator"``), in order. Each result is stored in ``out/runs/`` as it
+        with ``return_as="generator"``, best one of :func:`kexue.parallel.parallel`), in order. Each result is stored in ``out/runs/`` as it
         arrives (atomically, JSON) under a hash of its key, and read back when the experiment runs
         again into the same report directory, so an interrupted full run resumes where it
         stopped. ``keys`` name the runs (JSON-able: settings, seed, config); results come back as
@@ -150,7 +150,10 @@ class Context:
                 results[i] = json.loads((folder / f"{n}.json").read_text())["result"]
             except (OSError, ValueError, KeyError):  # absent (or unreadable: run it again)
                 todo.append(i)
-        fresh = self.track(par(calls[i] for i in todo), description, total=len(todo)) if todo else ()
+        from kexue.parallel import consume
+
+        # consume(): a run that stops early (an error, Ctrl-C) closes joblib's generator quietly
+        fresh = self.track(consume(par(calls[i] for i in todo)), description, total=len(todo)) if todo else ()
         for i, r in zip(todo, fresh):
             text = encode({"key": keys[i], "result": r})
             with atomic_write(folder / f"{names[i]}.json", "w", parents=True) as f:

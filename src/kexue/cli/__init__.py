@@ -61,8 +61,11 @@ class RichTracker:
     def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)
+        # bars only on a terminal: on a pipe or a log file (make reproduce > log, CI) rich cannot
+        # erase a transient bar and leaves one blank line per bar instead (issue 31)
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True) as p:
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True,
+                      disable=not self.console.is_terminal) as p:
             task = p.add_task(description, total=total)
             for item in iterable:
                 yield item

@@ -88,9 +88,11 @@ def _one_run(X, y, Xte, yte, tr, va, name: str, lr: float, setting: str | None, 
     import torch
 
     from kexue.experiments.exact import make_loss
+    from kexue.parallel import opened
     from kexue.train import accuracy, train, warmup_cosine
 
     torch.set_num_threads(1)
+    X, Xte = opened(X), opened(Xte)
     f = lambda A: torch.as_tensor(np.asarray(A, dtype=np.float32) / 255.0)  # noqa: E731
     Xtr, ytr, Xva, yva = f(X[tr]), torch.as_tensor(y[tr]), f(X[va]), torch.as_tensor(y[va])
     Xte_t, yte_t = f(Xte), torch.as_tensor(yte)
@@ -117,9 +119,10 @@ def _one_run(X, y, Xte, yte, tr, va, name: str, lr: float, setting: str | None, 
 def run_mnist_cnn(ctx, cfg: MnistConfig) -> dict:
     """Selection on seed 0 over each loss's grid, then the chosen setting on the other seeds.
     Returns {loss: {"lr", "setting", "test" (per seed), "curves", "seconds_per_step"}}."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     from kexue.data import load_mnist_test, load_mnist_train
+    from kexue.parallel import SharedArrays, parallel
 
     X, y = load_mnist_train(ctx.data_dir)
     Xte, yte = load_mnist_test(ctx.data_dir)
@@ -127,20 +130,23 @@ def run_mnist_cnn(ctx, cfg: MnistConfig) -> dict:
     va, tr = np.sort(perm[:cfg.val]), np.sort(perm[cfg.val:])
     seed_of = lambda s: 1000 * s + 29 + ctx.seed  # noqa: E731
     grid = [(n, lr, st) for n in LOSSES for lr in cfg.lrs for st in (cfg.exact_settings if n == "EXACT" else (None,))]
-    par = Parallel(n_jobs=cfg.n_jobs, backend="loky", return_as="generator")
-    spec = asdict(cfg)
-    # each finished run is kept in the report directory: a rerun into it resumes (full mode: hours)
-    first = ctx.resumable(par, [delayed(_one_run)(X, y, Xte, yte, tr, va, n, lr, st, seed_of(0), cfg) for n, lr, st in grid],
-                          [["mnist-cnn", n, lr, st, seed_of(0), spec] for n, lr, st in grid])
-    chosen = {}
-    for n in LOSSES:
-        cands = [(r["val"], -lr, lr, st, r) for (m, lr, st), r in zip(grid, first) if m == n]
-        best = max(cands, key=lambda c: c[:2])
-        chosen[n] = (best[2], best[3], best[4])
-    rest = [(n, s) for n in LOSSES for s in range(1, cfg.seeds)]
-    later = ctx.resumable(par, [delayed(_one_run)(X, y, Xte, yte, tr, va, n, chosen[n][0], chosen[n][1], seed_of(s), cfg)
-                                for n, s in rest],
-                          [["mnist-cnn", n, chosen[n][0], chosen[n][1], seed_of(s), spec] for n, s in rest])
+    # the images go to the workers as memory-mapped files of our own, each round to a fresh pool
+    # (kexue.parallel: no joblib temporary folder, no mid-call worker restarts; issue 31)
+    with SharedArrays() as shared:
+        X, Xte = shared.share(X), shared.share(Xte)
+        spec = asdict(cfg)
+        # each finished run is kept in the report directory: a rerun into it resumes (full mode: hours)
+        first = ctx.resumable(parallel(cfg.n_jobs), [delayed(_one_run)(X, y, Xte, yte, tr, va, n, lr, st, seed_of(0), cfg) for n, lr, st in grid],
+                              [["mnist-cnn", n, lr, st, seed_of(0), spec] for n, lr, st in grid])
+        chosen = {}
+        for n in LOSSES:
+            cands = [(r["val"], -lr, lr, st, r) for (m, lr, st), r in zip(grid, first) if m == n]
+            best = max(cands, key=lambda c: c[:2])
+            chosen[n] = (best[2], best[3], best[4])
+        rest = [(n, s) for n in LOSSES for s in range(1, cfg.seeds)]
+        later = ctx.resumable(parallel(cfg.n_jobs), [delayed(_one_run)(X, y, Xte, yte, tr, va, n, chosen[n][0], chosen[n][1], seed_of(s), cfg)
+                                    for n, s in rest],
+                              [["mnist-cnn", n, chosen[n][0], chosen[n][1], seed_of(s), spec] for n, s in rest])
     out = {}
     for n in LOSSES:
         runs = [chosen[n][2]] + [r for (m, _), r in zip(rest, later) if m == n]

@@ -118,16 +118,17 @@ def compare(ctx, key, make_model, splits, *, steps, batch_size, grid, n_select, 
     """Same budget per loss: every lr of ``grid`` on the first ``n_select`` seeds (scored by mean
     validation accuracy), then the chosen lr on the remaining seeds. Runs are independent and
     deterministic, so they go to ``n_jobs`` joblib processes in two rounds. Returns per-loss dicts."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
     from kexue.exact import mean_sd
+    from kexue.parallel import consume, parallel
 
-    par = Parallel(n_jobs=n_jobs, backend="loky")
     kw = dict(steps=steps, batch_size=batch_size, curve_n=curve_n if curves else None, eval_every=eval_every)
 
     def round_(jobs):  # (name, lr, s) -> (val, test, curve)
-        res = par(delayed(_one_run)(make_model, n, splits[s], lr=lr, seed=1000 * s + 17 + ctx.seed, **kw)
-                  for n, lr, s in jobs)
+        # a fresh pool and no joblib temporary files per round (kexue.parallel: issue 31)
+        res = consume(parallel(n_jobs)(delayed(_one_run)(make_model, n, splits[s], lr=lr, seed=1000 * s + 17 + ctx.seed, **kw)
+                                       for n, lr, s in jobs))
         return dict(zip(jobs, res))
 
     runs = round_([(n, lr, s) for n in LOSSES for lr in grid for s in range(n_select)])

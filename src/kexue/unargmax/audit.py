@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 
 from kexue import validate
+from kexue.parallel import SharedArrays, consume, parallel
 from kexue.unargmax.certificates import ARGMAXABLE, NEAR, STAGES, UNARGMAXABLE, UNDECIDED, default_min_margin
 from kexue.unargmax.config import AuditConfig, LayerStats, layer_stats
 from kexue.unargmax.lp import fw_class, lp_class
@@ -85,11 +87,13 @@ CONNECT_TIMEOUT = 30  # seconds to reach a Dask scheduler
 
 @contextmanager
 def _runner(config: AuditConfig):
-    """A joblib ``Parallel`` on local processes, or on a Dask cluster (joblib's dask backend)."""
+    """A factory of joblib ``Parallel`` objects, one per stage: on local loky processes (a fresh
+    pool each, joblib's own memmapping off: :func:`kexue.parallel.parallel`), or on a Dask
+    cluster (joblib's dask backend). Either way the arrays travel as :class:`ArrayFile` handles."""
     from joblib import Parallel, parallel_config
 
     if config.scheduler is None:
-        yield Parallel(n_jobs=config.n_jobs, return_as="generator_unordered", max_nbytes="1M", mmap_mode="r")
+        yield lambda: parallel(config.n_jobs, ordered=False)
         return
     try:
         from dask.distributed import Client, LocalCluster
@@ -109,7 +113,7 @@ def _runner(config: AuditConfig):
             raise KexueError(f"cannot reach the Dask scheduler {config.scheduler} ({e}); is `dask scheduler` running there?") from None
     try:
         with parallel_config(backend="dask"):
-            yield Parallel(n_jobs=-1, return_as="generator_unordered")
+            yield lambda: Parallel(n_jobs=-1, return_as="generator_unordered")
     finally:
         client.close()
         if cluster is not None:
@@ -149,7 +153,7 @@ def _prechecks(W, W32, b, todo, stats: LayerStats, out: _Collector, par, tracker
     work = {}
     from joblib import delayed
 
-    gen = par(delayed(precheck_block)(W, W32, b, blk, stats) for blk in blocks)
+    gen = consume(par()(delayed(precheck_block)(W, W32, b, blk, stats) for blk in blocks))
     for r in tracker.track(gen, "pre-checks", total=len(blocks)):
         for c, k in enumerate(r["ks"]):
             if r["stage"][c] >= 0:
@@ -166,13 +170,14 @@ def _prechecks(W, W32, b, todo, stats: LayerStats, out: _Collector, par, tracker
 def _exact(W, W32, b, todo, work, stats: LayerStats, out: _Collector, par, tracker):
     from joblib import delayed
 
-    C = W.shape[0]
+    C = stats.n_classes
     name = stats.config.method
     if name == "lp":
         allrows = np.arange(C)
-        gen = par(delayed(lp_class)(W, b, int(k), work.get(int(k), allrows[allrows != k]), stats, W32) for k in todo)
+        gen = par()(delayed(lp_class)(W, b, int(k), work.get(int(k), allrows[allrows != k]), stats, W32) for k in todo)
     else:
-        gen = par(delayed(fw_class)(W, b, int(k), stats) for k in todo)
+        gen = par()(delayed(fw_class)(W, b, int(k), stats) for k in todo)
+    gen = consume(gen)
     for r in tracker.track(gen, "exact LP" if name == "lp" else "Frank–Wolfe", total=int(todo.size)):
         k = r["k"]
         for key, v in r.get("secs", {name: r["seconds"]}).items():
@@ -239,7 +244,14 @@ def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precisi
     stats = layer_stats(W, b, cfg, min_margin, 1 if cfg.scheduler else cfg.n_jobs)
     out.add_sec("setup", time.perf_counter() - t0)
     walls["setup"] = time.perf_counter() - t_start
-    with _runner(cfg) as par:
+    # worker processes get W, its float32 copy, b and the whitening matrix as files of our own
+    # (read-only memory maps), never as pickled copies nor through joblib's temporary folder
+    with SharedArrays(cfg.shared_dir) as shared, _runner(cfg) as par:
+        if cfg.n_jobs > 1 or cfg.scheduler is not None:
+            W32 = shared.share(W32) if W32 is not W else None
+            W, b = shared.share(W), shared.share(b)
+            W32 = W if W32 is None else W32
+            stats = replace(stats, A=shared.share(stats.A))
         t0 = time.perf_counter()
         todo = ks_all[out.verdict[ks_all] == UNDECIDED]
         work = _prechecks(W, W32, b, todo, stats, out, par, tracker) if cfg.prechecks and todo.size else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -28,7 +29,10 @@ class AuditConfig:
     ``LocalCluster`` of N workers) to run the blocks and classes on instead; ``mem_mb`` bounds
     the float64 blocks of the matrix products; a float32 W of at most ``f64_mb`` MiB in float64 is
     converted once (and shared), larger ones a block at a time; ``screen_mb`` bounds the float32
-    logits of one block of the candidate stage (per worker; it sets the block size)."""
+    logits of one block of the candidate stage (per worker; it sets the block size).
+    ``shared_dir``: where W goes as a file the workers memory-map (default /dev/shm if it has
+    room, else the temporary folder; a folder every machine sees for a multi-machine Dask
+    cluster). A W loaded read-only memory-mapped from a file is shared as that file."""
 
     box: float | None = None
     method: str = "lp"
@@ -52,6 +56,7 @@ class AuditConfig:
     screen_mb: float = 512
     f64_mb: float = 4096
     keep_witnesses: bool = True
+    shared_dir: str | None = None
 
     def __post_init__(self):
         validate.choice(self.method, ("lp", "fw"), "method")
@@ -72,6 +77,8 @@ class AuditConfig:
         bad = [f for f in self.families if f not in FAMILIES]
         if bad:
             raise KexueError(f"unknown candidate families {bad}; choose from {', '.join(FAMILIES)}")
+        if self.shared_dir is not None and not os.path.isdir(self.shared_dir):
+            raise KexueError(f"shared_dir {self.shared_dir!r} is not a folder; create it (every worker must see it)")
         if self.scheduler is not None and not isinstance(self.scheduler, str):
             raise KexueError("scheduler must be a Dask address like tcp://host:8786 or local:N")
 
@@ -103,6 +110,7 @@ class LayerStats:
     working_set: int
     min_margin: float
     mem_mb: float
+    n_classes: int = 0
 
 
 def layer_stats(W, b, config: AuditConfig, min_margin: float, workers: int) -> LayerStats:
@@ -122,4 +130,4 @@ def layer_stats(W, b, config: AuditConfig, min_margin: float, workers: int) -> L
     A = np.linalg.inv(S + (np.trace(S) / d + 1e-300) * np.eye(d))
     return LayerStats(max_norm=max_norm, max_abs_bias=0.0 if b is None else float(np.abs(b).max()), mu=mu, A=A,
                       config=config, working_set=int(config.working_set or min(C - 1, 2 * d + 64)),
-                      min_margin=float(min_margin), mem_mb=config.mem_mb / max(1, workers))
+                      min_margin=float(min_margin), mem_mb=config.mem_mb / max(1, workers), n_classes=C)

@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 
+from kexue.parallel import opened
 from kexue.unargmax.certificates import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, checked_certificate, relative_margin,
                                          verify_certificate, verify_witness)
 from kexue.unargmax.config import LayerStats
@@ -191,6 +192,7 @@ def lp_class(W, b, k, work, stats: LayerStats, W32=None) -> dict:
     stage)} plus z/margin/rel or idx/lam/residual."""
     cfg = stats.config
     secs = {}
+    W, W32, b = opened(W), opened(W32), opened(b)
     if b is None and cfg.nearest:
         near = nearest_class(W, k, work, stats, W32)
         secs["nearest"] = near["seconds"]
@@ -313,6 +315,7 @@ def fw_class(W, b, k, stats: LayerStats) -> dict:
     """Stage 3' for one class: the post's criterion (SPEC 3.3), certified where it can be."""
     t0 = time.perf_counter()
     cfg = stats.config
+    W, b = opened(W), opened(b)
     bb = None if b is None else np.asarray(b, np.float64)
     p, idx, a, status = min_norm_fw(W, k, cfg.fw_iters, cfg.fw_tol, stats.mem_mb)
     out = {"k": int(k), "verdict": UNDECIDED, "rounds": 0, "note": f"Frank–Wolfe: {status}", "post": UNDECIDED}

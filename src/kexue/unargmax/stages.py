@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from kexue.unargmax.certificates import STAGES, U32, U64, err_bound, relative_margin
+from kexue.parallel import opened
 from kexue.unargmax.config import LayerStats
 
 
@@ -144,7 +145,7 @@ def directions(W, ks, family, stats: LayerStats):
     elif family == "wk-mu":
         D = (Wk - stats.mu).T
     else:  # "lda"
-        D = stats.A @ (Wk - stats.mu).T
+        D = opened(stats.A) @ (Wk - stats.mu).T
     # the witness is the float32-rounded direction, so screening and re-check use the same z
     return np.ascontiguousarray(D.astype(np.float32).astype(np.float64))
 
@@ -294,6 +295,7 @@ def precheck_block(W, W32, b, ks, stats: LayerStats) -> dict:
     """Stages 1–2 on a block of classes (one worker task). Returns per-class stages, margins and
     witnesses, the weak witnesses (below ``min_margin``) and the working sets of the open ones."""
     ks = np.asarray(ks)
+    W, W32, b = opened(W), opened(W32), opened(b)
     b = None if b is None else np.asarray(b, np.float64)
     stage, margins, Z, best_pt, weak, secs = candidate_stage(W, W32, b, ks, stats)
     t0 = time.perf_counter()

@@ -1,0 +1,118 @@
+"""Worker processes without joblib noise (issue 31 item 1, issue 32 item 5): the audit's arrays go
+to the workers as memory-mapped files of our own, never through joblib's temporary folder and
+loky's resource tracker; each call gets a fresh pool; an abandoned call is closed quietly."""
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kexue.parallel import ArrayFile, SharedArrays, consume, file_of, opened, parallel
+from kexue.unargmax import audit, planted_layer
+
+SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")
+
+
+def _run(code: str, tmp_path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.path.abspath(SRC), "JOBLIB_TEMP_FOLDER": str(tmp_path / "joblib")}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=tmp_path)
+
+
+def test_shared_arrays_are_files_read_back_exactly_and_removed(tmp_path):
+    a = np.random.default_rng(0).standard_normal((300, 70))
+    with SharedArrays(tmp_path) as sh:
+        ref = sh.share(a)
+        assert isinstance(ref, ArrayFile) and len(pickle.dumps(ref)) < 500  # a path, not the data
+        m = opened(ref)
+        assert isinstance(m, np.memmap) and not m.flags.writeable and np.array_equal(m, a)
+        assert sh.share(np.ones(3)) is not None and not isinstance(sh.share(np.ones(3)), ArrayFile)  # small: by value
+        folder = sh.folder
+        del m
+    assert not os.path.exists(folder)
+    np.save(tmp_path / "w.npy", a.astype(np.float32))
+    w = np.load(tmp_path / "w.npy", mmap_mode="r")
+    ref = file_of(w)  # a read-only map of a whole file is shared as that file, no copy
+    assert ref is not None and ref.path == str(tmp_path / "w.npy") and np.array_equal(ref.open(), w)
+    assert file_of(w[1:]) is None and file_of(np.asarray(a)) is None
+
+
+def test_audit_never_registers_files_with_the_resource_tracker(tmp_path):
+    """By construction: the parent sends the tracker no file (the KeyError tracebacks of
+    joblib#1243 are about those counts) and joblib creates no memmapping folder."""
+    out = _run("""
+        import numpy as np
+        from joblib.externals.loky.backend import resource_tracker
+        from joblib import _memmapping_reducer as mr
+        seen = []
+        orig = resource_tracker.register
+        def spy(name, rtype):
+            seen.append(rtype)
+            return orig(name, rtype)
+        resource_tracker.register = mr.resource_tracker.register = spy
+        from kexue.unargmax import audit, planted_layer
+        W, b, t = planted_layer(3000, 64, 100, seed=1)   # 1.5 MB float64: joblib would memmap it
+        r = audit(W, None, n_jobs=2, block=128)
+        r2 = audit(W, np.zeros(3000), n_jobs=2, block=128)
+        assert (r.verdict == r2.verdict).all(), "bias 0 changed verdicts"
+        print(sorted(set(seen)), r.counts()["unargmaxable"] + r.counts()["near-unargmaxable"])
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "file" not in out.stdout.split("]")[0] and out.stdout.strip().endswith("100")
+    assert out.stderr == ""
+    assert not (tmp_path / "joblib").exists() or not os.listdir(tmp_path / "joblib")
+
+
+@pytest.mark.slow
+def test_no_worker_restart_warning_and_quiet_abandoned_calls(tmp_path):
+    """A pool first used for small tasks, then for tasks that keep 360 MB resident, was restarted
+    by loky's leak check mid-call ("A worker stopped while some jobs were given to the executor");
+    with a fresh pool per call it is not. A call abandoned half-way prints nothing either, and an
+    audit on two processes of a layer joblib would have memory-mapped prints nothing at all."""
+    out = _run("""
+        import os, sys, time
+        import numpy as np
+        from joblib import delayed
+        from kexue.parallel import consume, parallel
+        def small(i):
+            return os.getpid()
+        def big(i):
+            sys.__dict__["_kexue_test_keep"] = np.ones(45_000_000)  # held like a torch allocator's cache
+            time.sleep(1.2)
+            return os.getpid()
+        if __name__ == "__main__":
+            a = set(consume(parallel(2)(delayed(small)(i) for i in range(4))))
+            b = set(consume(parallel(2)(delayed(big)(i) for i in range(6))))
+            assert not a & b, "the second call reused the first call's workers"
+            g = consume(parallel(2)(delayed(small)(i) for i in range(50)))
+            next(g); next(g)
+            g.close()
+            from kexue.unargmax import audit, planted_layer
+            W, _, t = planted_layer(4000, 48, 120, seed=2)
+            r = audit(W, None, n_jobs=2, block=256)
+            assert r.counts()["unargmaxable"] == 120
+            print("ok")
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok" and out.stderr == ""
+
+
+def test_parallel_stage_verdicts_equal_sequential_with_a_memmapped_float32_layer(tmp_path):
+    W, b, truth = planted_layer(1500, 24, 60, bias=True, seed=3)
+    np.save(tmp_path / "W.npy", W.astype(np.float32))
+    Wm = np.load(tmp_path / "W.npy", mmap_mode="r")
+    r1 = audit(Wm, b, block=128)
+    r2 = audit(Wm, b, n_jobs=2, block=128, shared_dir=str(tmp_path))
+    assert (r1.verdict == r2.verdict).all() and r1.counts()["undecided"] == 0
+    assert [p for p in os.listdir(tmp_path) if p.startswith("kexue-shared-")] == []  # cleaned up
+
+
+def test_shared_dir_must_exist(tmp_path):
+    from kexue import KexueError
+
+    with pytest.raises(KexueError, match="not a folder"):
+        audit(np.eye(3), None, shared_dir=str(tmp_path / "nope"))
