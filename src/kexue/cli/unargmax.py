@@ -35,8 +35,11 @@ def _print_tables(res, layer, show, console):
     from kexue.unargmax import STAGES
 
     cnt = res.counts()
-    t = Table("classes", "argmaxable (witness)", "near-unargmaxable", "unargmaxable (certificate)", "undecided",
+    # headers broken at word boundaries so that every one stays whole at 80 columns (issue 31)
+    t = Table("classes", "argmaxable\n(witness)", "near-\nunargmaxable", "unargmaxable\n(certificate)", "undecided",
               "wall s", title="kexue unargmax")
+    for c in t.columns:
+        c.no_wrap = True
     t.add_row(str(res.n_classes), str(cnt["argmaxable"]), str(cnt["near-unargmaxable"]), str(cnt["unargmaxable"]),
               str(cnt["undecided"]), f"{res.seconds:.1f}")
     console.print(t)
