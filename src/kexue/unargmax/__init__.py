@@ -7,7 +7,7 @@ Modules: :mod:`.certificates` (verdicts and their checks), :mod:`.config` (``Aud
 (the pipeline), :mod:`.result` (``AuditResult`` and its JSON document), :mod:`.loaders`.
 """
 
-from kexue.unargmax.audit import audit
+from kexue.unargmax.audit import audit, reachable
 from kexue.unargmax.certificates import (ARGMAXABLE, NEAR, STAGES, UNARGMAXABLE, UNDECIDED, VERDICT_NAMES,
                                          default_min_margin, relative_margin, verify_certificate, verify_witness)
 from kexue.unargmax.config import AuditConfig
@@ -15,7 +15,9 @@ from kexue.unargmax.lp import min_norm_fw
 from kexue.unargmax.planted import example_2d, planted_layer
 from kexue.unargmax.result import AuditResult
 
-__all__ = ["ARGMAXABLE", "NEAR", "UNARGMAXABLE", "UNDECIDED", "STAGES", "VERDICT_NAMES", "AuditConfig", "AuditResult",
+from kexue.unargmax.reach import ReachResult
+
+__all__ = ["ReachResult", "reachable", "ARGMAXABLE", "NEAR", "UNARGMAXABLE", "UNDECIDED", "STAGES", "VERDICT_NAMES", "AuditConfig", "AuditResult",
            "audit", "default_min_margin", "relative_margin", "verify_witness", "verify_certificate", "min_norm_fw",
            "example_2d", "planted_layer", "load_output_layer", "OutputLayer"]
 

@@ -22,6 +22,7 @@ from kexue.parallel import SharedArrays, consume, parallel
 from kexue.unargmax.certificates import ARGMAXABLE, NEAR, STAGES, UNARGMAXABLE, UNDECIDED, default_min_margin
 from kexue.unargmax.config import AuditConfig, LayerStats, layer_stats
 from kexue.unargmax.lp import fw_class, lp_class
+from kexue.unargmax.reach import ReachResult, reach_block
 from kexue.unargmax.result import AuditResult
 from kexue.unargmax.stages import precheck_block
 from kexue.utils import KexueError, tracker_or_null
@@ -196,6 +197,33 @@ def _exact(W, W32, b, todo, work, stats: LayerStats, out: _Collector, par, track
             out.notes[k] = r["note"]
 
 
+def _reach(W, W32, b, ks, stats: LayerStats, out: _Collector, par, tracker) -> ReachResult:
+    """The reachable-probability intervals of the classes ``ks`` (SPEC 3.8), blocks of classes
+    sized so that a worker's C × block logits (five float32/float64 arrays) fit ``screen_mb``."""
+    from joblib import delayed
+
+    cfg = stats.config
+    C, d = stats.n_classes, len(stats.mu)
+    bs = cfg.block or max(8, min(512, int(cfg.screen_mb * 2**20 / (40 * C))))
+    blocks = [ks[i:i + bs] for i in range(0, ks.size, bs)]
+    lower, upper, iters = np.full(C, np.nan), np.full(C, np.nan), np.zeros(C, np.int64)
+    H = np.zeros((C, d), np.float32) if cfg.keep_witnesses else None
+    gen = consume(par()(delayed(reach_block)(W, W32, b, blk, cfg.reach, stats, cfg.reach_tol, cfg.reach_iters,
+                                             H is not None) for blk in blocks))
+    secs = 0.0
+    for r in tracker.track(gen, "reachable probability", total=len(blocks)):
+        k = r["ks"]
+        lower[k], upper[k], iters[k] = r["lower"], r["upper"], r["iters"]
+        if H is not None:
+            H[k] = r["H"]
+        secs += r["secs"]["reach"]
+    out.add_sec("reach", secs)
+    audited = np.zeros(C, bool)
+    audited[ks] = True
+    return ReachResult(radius=float(cfg.reach), lower=lower, upper=upper, iters=iters, tol=cfg.reach_tol,
+                       witnesses=H, seconds=secs, audited=audited)
+
+
 def _near(out: _Collector, min_margin: float):
     """Weak pre-check witnesses fill in where the LP found nothing better; every certified witness
     below ``min_margin`` becomes near-unargmaxable."""
@@ -215,9 +243,27 @@ def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precisi
     :class:`AuditConfig`, any of whose fields can also be given as keywords (``n_jobs=2``);
     ``classes`` audits a subset of the classes (against all rows); ``precision`` names the format
     the weights came in (a dtype or a GGUF type like "Q8_0") when ``min_margin`` is None; a
-    progress ``tracker`` (:class:`kexue.utils.Tracker`)."""
-    t_start = time.perf_counter()
+    progress ``tracker`` (:class:`kexue.utils.Tracker`). With ``reach=R`` the result's ``reach``
+    holds each class's reachable-probability interval (SPEC 3.8, :func:`reachable`)."""
+    return _audit(W, b, AuditConfig.with_overrides(config, settings), classes, precision, tracker, True)
+
+
+def reachable(W, b=None, radius: float | None = None, config: AuditConfig | None = None, *, classes=None,
+              tracker=None, **settings) -> ReachResult:
+    """The reachable probability alone (SPEC 3.8): for every class i (or ``classes``), a
+    certified interval [lower, upper] around max_{‖h‖₂ ≤ radius} softmax(Wh + b)_i, without the
+    argmaxable verdicts. ``radius`` (or the config's ``reach``) is R ≥ 0; the other settings as
+    :func:`audit` (``reach_tol``, ``reach_iters``, ``n_jobs``, ``scheduler``, …)."""
+    if radius is not None:
+        settings["reach"] = radius
     cfg = AuditConfig.with_overrides(config, settings)
+    if cfg.reach is None:
+        raise KexueError("reachable() needs the radius R of the hidden states (radius=R, R ≥ 0)")
+    return _audit(W, b, cfg, classes, None, tracker, False).reach
+
+
+def _audit(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool) -> AuditResult:
+    t_start = time.perf_counter()
     W, b = check_layer(W, b)
     tracker = tracker_or_null(tracker)
     C, d = W.shape
@@ -234,7 +280,7 @@ def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precisi
     out = _Collector(C, d, cfg.keep_witnesses, cfg.method == "fw")
     walls = {}
     t0 = time.perf_counter()
-    for k, i in duplicates(W, b, cfg.mem_mb).items():
+    for k, i in (duplicates(W, b, cfg.mem_mb) if verdicts else {}).items():
         if audited[k]:
             out.certificate(k, STAGES.index("duplicate"), [i], [1.0], 0.0)
             if out.post is not None:
@@ -253,21 +299,28 @@ def audit(W, b=None, config: AuditConfig | None = None, *, classes=None, precisi
             W32 = W if W32 is None else W32
             stats = replace(stats, A=shared.share(stats.A))
         t0 = time.perf_counter()
-        todo = ks_all[out.verdict[ks_all] == UNDECIDED]
+        todo = ks_all[out.verdict[ks_all] == UNDECIDED] if verdicts else ks_all[:0]
         work = _prechecks(W, W32, b, todo, stats, out, par, tracker) if cfg.prechecks and todo.size else {}
         walls["prechecks"] = time.perf_counter() - t0
-        todo = ks_all[out.verdict[ks_all] == UNDECIDED]
-        if cfg.method == "fw" and b is not None:
+        todo = todo[out.verdict[todo] == UNDECIDED]
+        if cfg.method == "fw" and b is not None and verdicts:
             # with a bias the post's criterion can disagree with a pre-check witness: evaluate it on
             # every class so that the comparison is complete (verdicts stay those with certificates)
             todo = ks_all[out.post[ks_all] == UNDECIDED]
         t0 = time.perf_counter()
         if todo.size:
             _exact(W, W32, b, todo, work, stats, out, par, tracker)
-        walls[cfg.method] = time.perf_counter() - t0
+        if verdicts:
+            walls[cfg.method] = time.perf_counter() - t0
+        reach = None
+        if cfg.reach is not None:
+            t0 = time.perf_counter()
+            reach = _reach(W, W32, b, ks_all, stats, out, par, tracker)
+            walls["reach"] = time.perf_counter() - t0
     _near(out, min_margin)
     return AuditResult(n_classes=int(ks_all.size), dim=d, bias=b is not None, box=cfg.box, method=cfg.method,
                        verdict=out.verdict, stage=out.stage, margin=out.margin, residual=out.residual,
                        witnesses=out.Z, certificates=out.certs, notes=out.notes, post_verdict=out.post,
                        stage_seconds=out.secs, lp_rounds=out.rounds, audited=audited, rel_margin=out.rel,
-                       min_margin=float(min_margin), wall_seconds=walls, seconds=time.perf_counter() - t_start)
+                       min_margin=float(min_margin), wall_seconds=walls, reach=reach,
+                       seconds=time.perf_counter() - t_start)

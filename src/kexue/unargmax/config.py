@@ -32,7 +32,10 @@ class AuditConfig:
     logits of one block of the candidate stage (per worker; it sets the block size).
     ``shared_dir``: where W goes as a file the workers memory-map (default /dev/shm if it has
     room, else the temporary folder; a folder every machine sees for a multi-machine Dask
-    cluster). A W loaded read-only memory-mapped from a file is shared as that file."""
+    cluster). A W loaded read-only memory-mapped from a file is shared as that file.
+    ``reach`` R: also bound each class's reachable probability max_{‖h‖≤R} softmax(Wh+b)_i
+    (SPEC 3.8, :mod:`~kexue.unargmax.reach`) to an interval narrower than ``reach_tol``, with at
+    most ``reach_iters`` Frank–Wolfe steps per precision."""
 
     box: float | None = None
     method: str = "lp"
@@ -57,6 +60,9 @@ class AuditConfig:
     f64_mb: float = 4096
     keep_witnesses: bool = True
     shared_dir: str | None = None
+    reach: float | None = None
+    reach_tol: float = 1e-4
+    reach_iters: int = 500
 
     def __post_init__(self):
         validate.choice(self.method, ("lp", "fw"), "method")
@@ -72,6 +78,10 @@ class AuditConfig:
         for name in ("lp_time_limit", "cert_tol", "fw_tol", "mem_mb", "screen_mb"):
             validate.positive(getattr(self, name), name)
         validate.real(self.f64_mb, "f64_mb", 0.0)
+        if self.reach is not None:
+            validate.real(self.reach, "reach", 0.0)
+        validate.positive(self.reach_tol, "reach_tol")
+        validate.integer(self.reach_iters, "reach_iters", 1)
         if self.min_margin is not None:
             validate.real(self.min_margin, "min_margin", 0.0, 1.0)
         bad = [f for f in self.families if f not in FAMILIES]

@@ -42,6 +42,7 @@ class AuditResult:
     rel_margin: np.ndarray | None = None
     min_margin: float = 0.0
     wall_seconds: dict = field(default_factory=dict)  # wall time per phase (setup, prechecks, lp)
+    reach: "ReachResult | None" = None  # audit(..., reach=R): reachable-probability intervals (SPEC 3.8)
 
     def ids(self, verdict: int) -> np.ndarray:
         return np.flatnonzero((self.verdict == verdict) & self.audited)
@@ -86,7 +87,8 @@ class AuditResult:
         classes = {"id": aud.tolist(), "verdict": self.verdict[aud].astype(int).tolist(),
                    "stage": [STAGES[s] if s >= 0 else None for s in self.stage[aud].tolist()],
                    "relative_margin": [None if not np.isfinite(r) else float(f"{r:.4g}") for r in rel[aud].tolist()]}
-        return {**meta, **self.summary(), "verdict_names": {str(k): v for k, v in VERDICT_NAMES.items()},
+        extra = {} if self.reach is None else {"reach": self.reach.to_dict()}
+        return {**meta, **self.summary(), **extra, "verdict_names": {str(k): v for k, v in VERDICT_NAMES.items()},
                 "classes": classes,
                 "unargmaxable_classes": [{"id": int(k), "token": tok(int(k)), "stage": STAGES[self.stage[k]],
                                           "certificate": {"rows": self.certificates[int(k)][0].tolist(),
