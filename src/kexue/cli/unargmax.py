@@ -28,6 +28,34 @@ def _checked_options(method, jobs, show, scheduler, cluster):
     return scheduler or cluster
 
 
+def _checked_reach(reach, below, tol):
+    from kexue.utils import KexueError
+
+    if reach is not None and not (reach >= 0 and reach < float("inf")):
+        raise KexueError(f"--reach must be a radius R ≥ 0 (the norm of the hidden states); got {reach}")
+    if not 0 < below <= 1:
+        raise KexueError(f"--below must be a probability in (0, 1]; got {below}")
+    if not 0 < tol < 1:
+        raise KexueError(f"--reach-tol must be in (0, 1); got {tol}")
+
+
+def _print_reach(rr, layer, p, show, console):
+    import numpy as np
+    from rich.table import Table
+
+    ids = rr.below(p)
+    t = Table("radius R", f"cannot reach\np = {p:g}", f"reach\np = {p:g}", "interval\ncontains p", "widest\ninterval",
+              title="reachable probability max softmax(Wh+b)_i over ‖h‖ ≤ R")
+    t.add_row(f"{rr.radius:g}", str(ids.size), str(rr.reaches(p).size), str(rr.unresolved(p).size),
+              f"{float(rr.width[rr._mask()].max()):.1e}")
+    console.print(t)
+    if ids.size and show:
+        ut = Table("id", "token", "max probability", title=f"classes that cannot reach p = {p:g} ({ids.size}; lowest first)")
+        for k in ids[np.argsort(rr.upper[ids], kind="stable")][:show]:
+            ut.add_row(str(k), repr(layer.token(int(k))), f"[{rr.lower[k]:.4g}, {rr.upper[k]:.4g}]")
+        console.print(ut)
+
+
 def _print_tables(res, layer, show, console):
     import numpy as np
     from rich.table import Table
@@ -85,6 +113,10 @@ def unargmax_cmd(
     bias_tensor: Optional[str] = typer.Option(None, "--bias-tensor", help="Bias tensor / .npz key (not for .npy: it holds W only)."),
     normalize: bool = typer.Option(False, "--normalize", help="Equalise row norms first (SPEC 3.5: then every distinct row is argmaxable)."),
     show: int = typer.Option(50, "--show", help="How many unargmaxable / near / undecided classes to print (0 = none)."),
+    reach: Optional[float] = typer.Option(None, "--reach", help="Also bound each class's highest reachable probability "
+                                          "max softmax(Wh+b)_i over ‖h‖₂ ≤ R (a certified interval; SPEC 3.8)."),
+    below: float = typer.Option(0.5, "--below", help="With --reach: list the classes that cannot reach this probability."),
+    reach_tol: float = typer.Option(1e-4, "--reach-tol", help="With --reach: width of each probability interval."),
     threads: Optional[int] = threads_option(),
 ):
     """Audit every class: argmaxable (verified witness z), near-unargmaxable (margin at the weights'
@@ -94,6 +126,7 @@ def unargmax_cmd(
     from kexue.unargmax import audit, load_output_layer
 
     where = _checked_options(method, jobs, show, scheduler, cluster)
+    _checked_reach(reach, below, reach_tol)
     check_output(json_out, (".json",), "--json", stdout=True)
     use_threads(threads)
     layer = load_output_layer(resolve_model(path), tensor=tensor, bias_tensor=bias_tensor, bias=bias)
@@ -105,12 +138,19 @@ def unargmax_cmd(
            + (f", bias {layer.bias_name}" if layer.b is not None else ", no bias")
            + (f", box ±{box:g}" if box else ", unbounded inputs"))
     res = audit(layer.W, layer.b, box=box, method=method, n_jobs=jobs, scheduler=where, min_margin=min_margin,
-                precision=layer.precision, keep_witnesses=False, tracker=tr)
-    _print_tables(res, layer, show, console if json_out is not None and str(json_out) == "-" else out_console)
+                precision=layer.precision, keep_witnesses=False, reach=reach, reach_tol=reach_tol, tracker=tr)
+    shown = console if json_out is not None and str(json_out) == "-" else out_console
+    _print_tables(res, layer, show, shown)
+    if res.reach is not None:
+        _print_reach(res.reach, layer, below, show, shown)
     if json_out is not None:
-        write_json(res.to_dict(vocab=layer.vocab, source=layer.source, weight_tensor=layer.weight_name,
+        doc = res.to_dict(vocab=layer.vocab, source=layer.source, weight_tensor=layer.weight_name,
                                bias_tensor=layer.bias_name, tied=layer.tied, precision=layer.precision,
-                               normalized=normalize, info=layer.info), json_out)
+                          normalized=normalize, info=layer.info)
+        if res.reach is not None:
+            doc["reach"]["below"] = {"p": below, "classes": res.reach.below(below).tolist(),
+                                     "unresolved": res.reach.unresolved(below).tolist()}
+        write_json(doc, json_out)
         if str(json_out) != "-":
             out_console.print(f"wrote {json_out}")
 

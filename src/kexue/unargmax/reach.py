@@ -152,6 +152,11 @@ def logits_t(W, L, mem_mb, dtype=np.float64):
 def _frank_wolfe(W, b, ks, H, R, tol, iters, mem_mb, dtype):
     """Frank–Wolfe steps on the columns of H (in ``dtype``) until each column's probability
     interval (in this precision, uncertified) is below ``tol``. Returns (H, steps per column)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return _fw(W, b, ks, H, R, tol, iters, mem_mb, dtype)
+
+
+def _fw(W, b, ks, H, R, tol, iters, mem_mb, dtype):
     n = H.shape[1]
     steps = np.zeros(n, np.int64)
     bb = None if b is None else b.astype(dtype)[:, None]
@@ -167,7 +172,7 @@ def _frank_wolfe(W, b, ks, H, R, tol, iters, mem_mb, dtype):
         V = logits_t(W, P, mem_mb, dtype) - wk[:, open_]
         vn = np.linalg.norm(V, axis=0)
         gap = np.maximum((V * Hs).sum(0) + R * vn, 0)
-        width = np.exp(-f) * np.expm1(np.minimum(gap, 700))
+        width = np.minimum(np.exp(np.minimum(gap - f, 0.0)), 1.0) - np.exp(-f)  # upper ≤ 1 too
         done = (width <= 0.5 * tol) | (vn == 0)
         keep = ~done
         if not keep.any():
@@ -177,12 +182,24 @@ def _frank_wolfe(W, b, ks, H, R, tol, iters, mem_mb, dtype):
         S = (-R / vn) * V
         ZS = logits(W, S, mem_mb, dtype) + (0 if bb is None else bb)
         g = _line_search(Zs_, ZS, ks[open_]).astype(dtype)
-        H[:, open_] = Hs + g * (S - Hs)
-        Z[:, open_] = Zs_ + g * (ZS - Zs_)
+        Hn, Zn = Hs + g * (S - Hs), Zs_ + g * (ZS - Zs_)
+        # a convex combination of two points of the sphere lies inside it, while the optimum is
+        # on it unless w_i is inside the others' hull: a second search along the ray to the sphere
+        # (the logits scale with h: no product) keeps Frank–Wolfe from crawling outwards
+        nn = np.linalg.norm(Hn, axis=0)
+        grow = (nn > 0) & (nn < R * (1 - 1e-6))
+        if grow.any():
+            c = np.where(grow, R / np.where(nn > 0, nn, 1), 1.0).astype(dtype)
+            Zc = Zn if bb is None else Zn - bb
+            Zr = (Zc * c) if bb is None else (Zc * c + bb)
+            t = _line_search(Zn, Zr, ks[open_]).astype(dtype)
+            Hn, Zn = Hn * (1 + t * (c - 1)), Zn + t * (Zr - Zn)
+        H[:, open_], Z[:, open_] = Hn, Zn
         steps[open_] += 1
     return H, steps
 
 
+NEWTON_STEPS = 60
 TOL32 = 2e-5  # the float32 steps stop here; narrower intervals are finished in float64
 
 
@@ -212,12 +229,21 @@ def reach_block(W, W32, b, ks, radius: float, stats: LayerStats, tol: float, ite
             best[better], H[:, better] = f[better], D[:, better]
     # float32 cannot resolve intervals much below ~1e-5 (its logits are off by ~1e-7 · |z|)
     H32, steps = _frank_wolfe(W32, b, ks, H.astype(np.float32), R, max(tol, TOL32), iters, stats.mem_mb, np.float32)
+    # FW in float64 gets at most a fifth of the budget: what it leaves is for Newton
     H = H32.astype(np.float64)
     _scale_into_ball(H, R)
     lower, upper, _, _ = _bounds(W, b, ks, H, R, stats.max_norm, stats.mem_mb)
     still = np.flatnonzero(upper - lower > tol)
-    if still.size:  # float32 stalls near its rounding: finish in float64
-        H64, s64 = _frank_wolfe(W, b, ks[still], H[:, still].copy(), R, tol, iters, stats.mem_mb, np.float64)
+    for phase in ("fw64", "newton"):  # float32 stalls near its rounding; FW near an interior optimum
+        still = np.flatnonzero(upper - lower > tol)
+        if not still.size:
+            break
+        H64 = H[:, still].copy()
+        with np.errstate(over="ignore", under="ignore"):
+            if phase == "fw64":
+                H64, s64 = _frank_wolfe(W, b, ks[still], H64, R, tol, max(1, iters // 5), stats.mem_mb, np.float64)
+            else:
+                H64, s64 = _newton(W, b, ks[still], H64, R, tol, NEWTON_STEPS, stats.mem_mb)
         _scale_into_ball(H64, R)
         lo2, up2, _, _ = _bounds(W, b, ks[still], H64, R, stats.max_norm, stats.mem_mb)
         better = (up2 - lo2) < (upper[still] - lower[still])
@@ -226,6 +252,69 @@ def reach_block(W, W32, b, ks, radius: float, stats: LayerStats, tol: float, ite
         steps[still] += s64
     return {"ks": ks, "lower": lower, "upper": upper, "iters": steps, "H": H.T.astype(np.float32) if keep else None,
             "secs": {"reach": time.perf_counter() - t0}}
+
+
+def _trs(Hs, c, R):
+    """argmin ½xᵀHx + c·x over ‖x‖ ≤ R (H symmetric PSD): x(μ) = −(H + μI)⁻¹c with μ ≥ 0 the
+    root of ‖x(μ)‖ = R when the unconstrained minimiser is outside (bisection on log μ)."""
+    lam, Q = np.linalg.eigh(Hs)
+    lam = np.maximum(lam, 0.0)
+    cq = Q.T @ c
+    floor = 1e-12 * max(float(lam.max()), 1e-300)
+
+    def x_of(mu):
+        return -(cq / (lam + mu + floor))
+
+    x = x_of(0.0)
+    if np.linalg.norm(x) <= R:
+        return Q @ x
+    lo, hi = 0.0, max(float(np.linalg.norm(c)) / R, floor)
+    for _ in range(100):  # ‖x(μ)‖ decreases in μ; x(hi) is inside
+        mid = 0.5 * (lo + hi) if lo == 0 else np.sqrt(lo * hi)
+        if np.linalg.norm(x_of(mid)) > R:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo <= 1e-12 * hi:
+            break
+    return Q @ x_of(hi)
+
+
+def _newton(W, b, ks, H, R, tol, iters, mem_mb, top=2048):
+    """Damped Newton on the ball for the columns of H (float64): the quadratic model with the
+    Hessian Wᵀ(diag λ − λλᵀ)W over the ``top`` rows of largest λ, minimised on the ball
+    (:func:`_trs`), then the exact line search towards it. For the classes Frank–Wolfe leaves
+    open: those with an optimum inside the ball (w_i inside the others' hull), where it is slow."""
+    n = H.shape[1]
+    steps = np.zeros(n, np.int64)
+    bb = None if b is None else b[:, None]
+    for j in range(n):
+        k = int(ks[j])
+        wk = np.asarray(W[k], np.float64)
+        h = H[:, j].copy()
+        for _ in range(iters):
+            z = logits(W, h[:, None], mem_mb)[:, 0] + (0 if bb is None else bb[:, 0])
+            lse, lam = _lse_cols(z[:, None])
+            lam = lam[:, 0]
+            f = float(lse[0] - z[k])
+            v = logits_t(W, lam[:, None], mem_mb)[:, 0] - wk
+            gap = max(float(v @ h + R * np.linalg.norm(v)), 0.0)
+            if min(np.exp(min(gap - f, 0.0)), 1.0) - np.exp(-f) <= 0.5 * tol:
+                break
+            act = np.argsort(-lam)[:min(top, lam.size)]
+            Wa = np.asarray(W[np.sort(act)], np.float64)
+            la = lam[np.sort(act)]
+            m = Wa.T @ la
+            Hs = (Wa.T * la) @ Wa - np.outer(m, m)
+            x = _trs(Hs, v - Hs @ h, R)
+            zx = logits(W, x[:, None], mem_mb) + (0 if bb is None else bb)
+            g = float(_line_search(z[:, None], zx, np.array([k]))[0])
+            if g <= 0:
+                break
+            h = h + g * (x - h)
+            steps[j] += 1
+        H[:, j] = h
+    return H, steps
 
 
 def _scale_into_ball(H, R):
