@@ -18,14 +18,14 @@ from dataclasses import replace
 import numpy as np
 
 from kexue import validate
-from kexue.parallel import SharedArrays, consume, parallel
+from kexue.parallel import SharedArrays, consume, opened, parallel
 from kexue.unargmax.certificates import ARGMAXABLE, NEAR, STAGES, UNARGMAXABLE, UNDECIDED, default_min_margin
 from kexue.unargmax.config import AuditConfig, LayerStats, layer_stats
 from kexue.unargmax.lp import fw_class, lp_class
 from kexue.unargmax.reach import ReachResult, reach_block
 from kexue.unargmax.result import AuditResult
 from kexue.unargmax.stages import precheck_block
-from kexue.utils import KexueError, tracker_or_null
+from kexue.utils import KexueError, atomic_path, tracker_or_null
 
 
 def duplicates(W, b, mem_mb=256) -> dict:
@@ -94,7 +94,7 @@ def _runner(config: AuditConfig):
     from joblib import Parallel, parallel_config
 
     if config.scheduler is None:
-        yield lambda: parallel(config.n_jobs, ordered=False)
+        yield lambda ordered=False: parallel(config.n_jobs, ordered=ordered)
         return
     try:
         from dask.distributed import Client, LocalCluster
@@ -114,7 +114,7 @@ def _runner(config: AuditConfig):
             raise KexueError(f"cannot reach the Dask scheduler {config.scheduler} ({e}); is `dask scheduler` running there?") from None
     try:
         with parallel_config(backend="dask"):
-            yield lambda: Parallel(n_jobs=-1, return_as="generator_unordered")
+            yield lambda ordered=False: Parallel(n_jobs=-1, return_as="generator" if ordered else "generator_unordered")
     finally:
         client.close()
         if cluster is not None:
@@ -124,11 +124,15 @@ def _runner(config: AuditConfig):
 class _Collector:
     """The result arrays, filled stage by stage."""
 
-    def __init__(self, C, d, keep, fw):
+    def __init__(self, C, d, keep, fw, path=None):
         self.verdict = np.full(C, UNDECIDED, np.int8)
         self.stage = np.full(C, -1, np.int16)
         self.margin, self.rel, self.residual = np.full(C, np.nan), np.full(C, np.nan), np.full(C, np.nan)
-        self.Z = np.zeros((C, d)) if keep else None
+        self.path = path
+        if path is not None:  # streamed: rows are written to the file as blocks are decided
+            self.Z = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(C, d))
+        else:
+            self.Z = np.zeros((C, d)) if keep else None
         self.certs, self.notes, self.rounds, self.secs, self.weak = {}, {}, {}, {}, {}
         self.post = np.full(C, UNDECIDED, np.int8) if fw else None
 
@@ -207,7 +211,7 @@ def _reach(W, W32, b, ks, stats: LayerStats, out: _Collector, par, tracker) -> R
     bs = cfg.block or max(8, min(512, int(cfg.screen_mb * 2**20 / (40 * C))))
     blocks = [ks[i:i + bs] for i in range(0, ks.size, bs)]
     lower, upper, iters = np.full(C, np.nan), np.full(C, np.nan), np.zeros(C, np.int64)
-    H = np.zeros((C, d), np.float32) if cfg.keep_witnesses else None
+    H = np.zeros((C, d), np.float32) if stats.keep and cfg.witness_path is None else None
     gen = consume(par()(delayed(reach_block)(W, W32, b, blk, cfg.reach, stats, cfg.reach_tol, cfg.reach_iters,
                                              H is not None) for blk in blocks))
     secs = 0.0
@@ -263,6 +267,15 @@ def reachable(W, b=None, radius: float | None = None, config: AuditConfig | None
 
 
 def _audit(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool) -> AuditResult:
+    if cfg.witness_path is None:
+        return _run(W, b, cfg, classes, precision, tracker, verdicts, None)
+    with atomic_path(cfg.witness_path) as tmp:  # streamed witnesses: the file appears when complete
+        res = _run(W, b, cfg, classes, precision, tracker, verdicts, str(tmp))
+    res.witnesses = np.load(cfg.witness_path, mmap_mode="r")
+    return res
+
+
+def _run(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool, witness_file) -> AuditResult:
     t_start = time.perf_counter()
     W, b = check_layer(W, b)
     tracker = tracker_or_null(tracker)
@@ -277,7 +290,8 @@ def _audit(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool) 
         raise KexueError(f"class ids must be in 0..{C - 1}")
     audited = np.zeros(C, bool)
     audited[ks_all] = True
-    out = _Collector(C, d, cfg.keep_witnesses, cfg.method == "fw")
+    keep = cfg.keeps_witnesses(C, d)
+    out = _Collector(C, d, keep, cfg.method == "fw", witness_file)
     walls = {}
     t0 = time.perf_counter()
     for k, i in (duplicates(W, b, cfg.mem_mb) if verdicts else {}).items():
@@ -286,18 +300,20 @@ def _audit(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool) 
             if out.post is not None:
                 out.post[k] = UNARGMAXABLE
     out.add_sec("duplicate", time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    stats = layer_stats(W, b, cfg, min_margin, 1 if cfg.scheduler else cfg.n_jobs)
-    out.add_sec("setup", time.perf_counter() - t0)
-    walls["setup"] = time.perf_counter() - t_start
     # worker processes get W, its float32 copy, b and the whitening matrix as files of our own
     # (read-only memory maps), never as pickled copies nor through joblib's temporary folder
     with SharedArrays(cfg.shared_dir) as shared, _runner(cfg) as par:
-        if cfg.n_jobs > 1 or cfg.scheduler is not None:
+        t0 = time.perf_counter()
+        workers = cfg.n_jobs > 1 or cfg.scheduler is not None
+        if workers:
             W32 = shared.share(W32) if W32 is not W else None
-            W, b = shared.share(W), shared.share(b)
+            W, b = shared.share(W), shared.share(b)  # the in-memory copies can go
             W32 = W if W32 is None else W32
-            stats = replace(stats, A=shared.share(stats.A))
+        Wl, bl = opened(W), opened(b)
+        stats = layer_stats(Wl, bl, cfg, min_margin, 1 if cfg.scheduler else cfg.n_jobs, par if workers else None, W)
+        stats = replace(stats, keep=keep, A=shared.share(stats.A) if workers else stats.A)
+        out.add_sec("setup", time.perf_counter() - t0)
+        walls["setup"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
         todo = ks_all[out.verdict[ks_all] == UNDECIDED] if verdicts else ks_all[:0]
         work = _prechecks(W, W32, b, todo, stats, out, par, tracker) if cfg.prechecks and todo.size else {}
@@ -318,6 +334,8 @@ def _audit(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool) 
             reach = _reach(W, W32, b, ks_all, stats, out, par, tracker)
             walls["reach"] = time.perf_counter() - t0
     _near(out, min_margin)
+    if out.path is not None:
+        out.Z.flush()
     return AuditResult(n_classes=int(ks_all.size), dim=d, bias=b is not None, box=cfg.box, method=cfg.method,
                        verdict=out.verdict, stage=out.stage, margin=out.margin, residual=out.residual,
                        witnesses=out.Z, certificates=out.certs, notes=out.notes, post_verdict=out.post,

@@ -177,7 +177,7 @@ def candidate_stage(W, W32, b, ks, stats: LayerStats):
     ``weak`` holds certified witnesses whose relative margin is below ``min_margin``."""
     n, d = len(ks), W.shape[1]
     stage, margin, relm = np.full(n, -1, np.int64), np.full(n, np.nan), np.full(n, np.nan)
-    Z = np.zeros((n, d)) if stats.config.keep_witnesses else None
+    Z = np.zeros((n, d)) if stats.keep else None
     best_pt, best_val = np.zeros((d, n)), np.full(n, -np.inf)
     weak: dict = {}
     secs = {}
