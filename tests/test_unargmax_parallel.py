@@ -116,3 +116,61 @@ def test_shared_dir_must_exist(tmp_path):
 
     with pytest.raises(KexueError, match="not a folder"):
         audit(np.eye(3), None, shared_dir=str(tmp_path / "nope"))
+
+
+# ---- wide heads (issue 32 item 1): streamed witnesses, float32 W, workers read W from a file
+
+def test_streamed_witnesses_and_float32_w_give_the_in_memory_verdicts(tmp_path):
+    W, b, truth = planted_layer(900, 16, 40, bias=True, seed=8)
+    W32 = W.astype(np.float32)
+    mem = audit(W32, b, keep_witnesses=True, block=128)  # float64 copy of W (below f64_mb)
+    path = tmp_path / "z.npy"
+    streamed = audit(W32, b, witness_path=str(path), f64_mb=0, block=128, n_jobs=2)  # W stays float32
+    assert np.array_equal(mem.verdict, streamed.verdict) and mem.counts()["undecided"] == 0
+    assert isinstance(streamed.witnesses, np.memmap) and np.array_equal(np.load(path), streamed.witnesses)
+    ok = np.flatnonzero(mem.verdict == 1)
+    assert np.array_equal(mem.witnesses[ok], streamed.witnesses[ok])
+    assert [p.name for p in tmp_path.iterdir()] == ["z.npy"]  # published once, no temporary left
+    small = audit(W32, b, block=128)  # keep_witnesses=None keeps them for a small layer
+    assert small.witnesses is not None and audit(W32, b, keep_witnesses=False).witnesses is None
+
+
+def test_dask_tasks_get_w_as_a_file_not_a_copy(monkeypatch, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    import importlib
+
+    audit_mod = importlib.import_module("kexue.unargmax.audit")
+    orig, log = audit_mod.precheck_block, str(tmp_path / "seen.txt")
+
+    def spy(W, W32, b, ks, stats):  # runs on a worker (a deserialised copy): it writes to a file
+        with open(log, "a") as f:
+            f.write(type(W).__name__ + "\n")
+        return orig(W, W32, b, ks, stats)
+
+    monkeypatch.setattr(audit_mod, "precheck_block", spy)
+    W, _, _ = planted_layer(3000, 12, 30, seed=9)  # 288 kB: shared as a file
+    with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None) as cluster:
+        res = audit(W, None, scheduler=cluster.scheduler_address, block=256)
+    seen = open(log).read().split()
+    assert res.counts()["undecided"] == 0 and len(seen) == -(-3000 // 256) and set(seen) == {"ArrayFile"}
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_of_processes_gives_the_local_verdicts_quietly(tmp_path):
+    pytest.importorskip("dask.distributed")
+    out = _run("""
+        import numpy as np
+        from kexue.unargmax import audit, planted_layer
+        if __name__ == "__main__":
+            W, b, truth = planted_layer(2500, 24, 80, bias=True, seed=10)   # 480 kB float64, 2 x 1.5 MB: shared as files
+            W = np.vstack([W, np.random.default_rng(0).standard_normal((2500, 24))])
+            b = np.concatenate([b, np.full(2500, -50.0)])
+            local = audit(W, b, block=256)
+            remote = audit(W, b, scheduler="local:2", block=256)
+            assert np.array_equal(local.verdict, remote.verdict), "verdicts differ"
+            print("ok", local.counts()["unargmaxable"])
+    """, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok")
+    for bad in ("Traceback", "KeyError", "resource_tracker", "UserWarning"):
+        assert bad not in out.stderr, out.stderr
