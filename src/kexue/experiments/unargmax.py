@@ -226,6 +226,11 @@ def run(ctx):
              "checked here."
              + (" Quick mode audited a random subset of each vocabulary, so the counts are for that subset." if quick else ""))
 
+    # 3b. the reachable probability of SmolLM2's tokens at its own hidden-state norms (issue 32)
+    from kexue.experiments import _unargmax_reach
+
+    _unargmax_reach.run(ctx, smol, _jobs())
+
     # 4. the survey, Gemma 3 270M among it
     _survey(ctx)
 
