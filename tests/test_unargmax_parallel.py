@@ -150,7 +150,8 @@ def test_dask_tasks_get_w_as_a_file_not_a_copy(monkeypatch, tmp_path):
     monkeypatch.setattr(audit_mod, "precheck_block", spy)
     W, _, _ = planted_layer(3000, 12, 30, seed=9)  # 288 kB: shared as a file
     with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None) as cluster:
-        res = audit(W, None, scheduler=cluster.scheduler_address, block=256)
+        # a tcp:// cluster gets W as a file when shared_dir names a folder every worker sees
+        res = audit(W, None, scheduler=cluster.scheduler_address, block=256, shared_dir=str(tmp_path))
     seen = open(log).read().split()
     assert res.counts()["undecided"] == 0 and len(seen) == -(-3000 // 256) and set(seen) == {"ArrayFile"}
 

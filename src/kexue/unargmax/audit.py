@@ -305,13 +305,17 @@ def _run(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool, wi
     with SharedArrays(cfg.shared_dir) as shared, _runner(cfg) as par:
         t0 = time.perf_counter()
         workers = cfg.n_jobs > 1 or cfg.scheduler is not None
-        if workers:
+        # a remote Dask cluster may not see this machine's files: unless shared_dir names a
+        # folder it sees, W goes as an array, which joblib's dask backend scatters to the cluster
+        # once per stage (not per task)
+        remote = cfg.scheduler is not None and not cfg.scheduler.startswith("local:") and cfg.shared_dir is None
+        if workers and not remote:
             W32 = shared.share(W32) if W32 is not W else None
             W, b = shared.share(W), shared.share(b)  # the in-memory copies can go
             W32 = W if W32 is None else W32
         Wl, bl = opened(W), opened(b)
         stats = layer_stats(Wl, bl, cfg, min_margin, 1 if cfg.scheduler else cfg.n_jobs, par if workers else None, W)
-        stats = replace(stats, keep=keep, A=shared.share(stats.A) if workers else stats.A)
+        stats = replace(stats, keep=keep, A=shared.share(stats.A) if workers and not remote else stats.A)
         out.add_sec("setup", time.perf_counter() - t0)
         walls["setup"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
