@@ -92,6 +92,9 @@ def audit_model(ctx, key: str, layer, n_sub: int | None):
 
 def _row(model, layer, res, load_s, mem):
     from kexue.unargmax import STAGES, default_min_margin
+    from kexue.unargmax.result import duplicate_split
+
+    split = duplicate_split(layer.W, res)  # the full lists go to the row (results.json), counts to the table
 
     C, d = layer.W.shape
     c = res.counts()
@@ -99,7 +102,8 @@ def _row(model, layer, res, load_s, mem):
             for k in res.unargmaxable]
     return {"model": model.key, "title": model.title, "C": C, "d": d, "C/d": round(C / d, 1),
             "bias": layer.b is not None, "precision": layer.precision, "audited": res.n_classes,
-            "unargmaxable": c["unargmaxable"], "weak_witnesses": weak_witnesses(res, layer.precision),
+            "unargmaxable": c["unargmaxable"], "exact_duplicates": len(split["exact"]), "near_duplicates": len(split["near"]),
+            "duplicate_split": split, "weak_witnesses": weak_witnesses(res, layer.precision),
             "undecided": c["undecided"], "format_rounding": default_min_margin(layer.precision), "tokens": toks[:30] + (["…"] if len(toks) > 30 else []),
             "load_seconds": round(load_s, 1), "seconds": round(res.seconds, 1),
             "stage_seconds": {k: round(v, 1) for k, v in res.stage_seconds.items()},
@@ -171,12 +175,15 @@ def survey(ctx, *, download: bool, n_sub: int | None, keys=None, budget_s: float
 
 def publish(ctx, rows: list[dict]) -> None:
     ctx.metric("zoo", rows)
-    ctx.table("zoo", ["model", "C", "d", "C/d", "bias", "weights", "classes audited", "unargmaxable",
-                      "witness margin < rounding", "undecided", "unargmaxable tokens", "audit s", "peak GiB (PSS)"],
+    ctx.table("zoo", ["model", "C", "d", "C/d", "bias", "weights", "classes audited", "unargmaxable", "exact duplicates",
+                      "near duplicates", "witness margin < rounding", "undecided", "unargmaxable tokens", "audit s", "peak GiB (PSS)"],
               [[r["title"], r["C"], r["d"], r["C/d"], "yes" if r["bias"] else "no", r["precision"], r["audited"],
-                r["unargmaxable"], r["weak_witnesses"], r["undecided"], ", ".join(r["tokens"][:8])
+                r["unargmaxable"], r.get("exact_duplicates", "—"), r.get("near_duplicates", "—"), r["weak_witnesses"], r["undecided"], ", ".join(r["tokens"][:8])
                 + (" …" if len(r["tokens"]) > 8 else ""), r["seconds"], r["peak_gib"]] for r in rows],
-              caption=f"Every verdict certified (witness or certificate); {jobs()} worker processes. "
+              caption=f"Every verdict certified (witness or certificate); {jobs()} worker processes. 'exact duplicates': "
+                      "unargmaxable rows equal to another row; 'near duplicates': the others with a row within relative "
+                      "distance 1/32 (‖w_k − w_i‖ ≤ ‖w_k‖/32, a few Q8_0 steps); the rest lie inside the hull of rows "
+                      "further away. Full lists: results.json, zoo[*].duplicate_split. "
                       "'witness margin < rounding' = argmaxable classes whose witness wins by a relative margin below "
                       "twice the unit roundoff of the weights' format (Q8_0: 2⁻⁷, F16: 2⁻¹⁰, F32: 2⁻²³): an upper bound on "
                       "the near-unargmaxable ones (`kexue unargmax` widens those margins with the LP; the survey skips "

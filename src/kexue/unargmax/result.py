@@ -99,3 +99,41 @@ class AuditResult:
                                               for k in self.near],
                 "undecided_classes": [{"id": int(k), "token": tok(int(k)), "note": self.notes.get(int(k), "")}
                                       for k in self.undecided]}
+
+
+NEAR_DUPLICATE_TOL = 2.0**-5  # relative distance ‖w_k − w_i‖ / ‖w_k‖: a few Q8_0 rounding steps (2⁻⁷ each)
+
+
+def duplicate_split(W, res: AuditResult, rel_tol: float = NEAR_DUPLICATE_TOL, mem_mb: float = 256) -> dict:
+    """The unargmaxable classes of ``res`` split three ways: ``exact`` (certified as an exact
+    duplicate row), ``near`` (another row within relative distance ``rel_tol`` of it, ‖w_k − w_i‖
+    ≤ rel_tol·‖w_k‖) and ``rest`` (inside the hull of other rows, none of them that close).
+    ``nearest`` maps each non-exact class to [its nearest other row, that relative distance].
+    One blocked pass over W per batch of classes (distances in float64, the nearest recomputed
+    directly)."""
+    ua = res.unargmaxable
+    exact = [int(k) for k in ua if STAGES[res.stage[k]] == "duplicate"]
+    others = np.array([int(k) for k in ua if STAGES[res.stage[k]] != "duplicate"], np.int64)
+    C, d = W.shape
+    nearest = {}
+    rows = max(1, int(mem_mb * 2**20 / (8 * max(d, 256))))
+    for j in range(0, others.size, 256):
+        ks = others[j:j + 256]
+        Wk = np.asarray(W[ks], np.float64)
+        nk = (Wk * Wk).sum(1)
+        best, arg = np.full(ks.size, np.inf), np.zeros(ks.size, np.int64)
+        for r in range(0, C, rows):
+            blk = np.asarray(W[r:r + rows], np.float64)
+            D2 = (blk * blk).sum(1)[:, None] + nk[None, :] - 2.0 * blk @ Wk.T
+            own = (ks >= r) & (ks < r + blk.shape[0])
+            D2[ks[own] - r, np.flatnonzero(own)] = np.inf
+            i = D2.argmin(0)
+            better = D2[i, np.arange(ks.size)] < best
+            best[better], arg[better] = D2[i, np.arange(ks.size)][better], r + i[better]
+        for k, i, w in zip(ks.tolist(), arg.tolist(), Wk):
+            dist = float(np.linalg.norm(w - np.asarray(W[i], np.float64)))
+            nearest[k] = [int(i), dist / max(float(np.linalg.norm(w)), 1e-300)]
+    near = [k for k in others.tolist() if nearest[k][1] <= rel_tol]
+    rest = [k for k in others.tolist() if nearest[k][1] > rel_tol]
+    return {"tolerance": rel_tol, "exact": exact, "near": near, "rest": rest,
+            "nearest": {str(k): v for k, v in nearest.items()}}
