@@ -34,7 +34,7 @@ import numpy as np
 from kexue.utils import KexueError, NullTracker, Tracker, atomic_write, machine_info, seed_everything, tracker_or_null
 
 # SPEC order; experiments found in kexue.experiments but not listed here run after these
-ORDER = ["vae", "eg", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness"]
+ORDER = ["vae", "eg", "lrfree", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness"]
 
 
 def available() -> list[str]:
