@@ -101,8 +101,9 @@ def text(ctx, cfg, sweep: dict, seeds: dict, m: dict, versions: dict) -> None:
 
     W, O = cfg.workloads, cfg.optimisers
     mode = "full" if cfg.full_data and not ctx.quick else "quick"
-    data = ("the 60,000 MNIST training images, held-out loss on the 10,000 test images" if cfg.full_data
-            else "MNIST-5k split 4,500 train / 500 held out")
+    rows = f"the first {cfg.held_out_rows:,} of " if cfg.held_out_rows else ""
+    data = (f"the 60,000 MNIST training images, held-out loss on {rows}the 10,000 test images" if cfg.full_data
+            else f"MNIST-5k split 4,500 train / 500 held out (held-out loss on {rows}those 500)")
     c = corpus_info()
     lines = []
     for o in [x for x in ("EGAdapt(SGD)", "EGAdapt(Adam)") if x in O]:
