@@ -200,3 +200,17 @@ def test_small_study_end_to_end_and_resumes(tmp_path):
     keys = [k for k in m if k.startswith("lrfree/") and "seconds" not in k]
     assert json.dumps({k: again.metrics[k] for k in keys}, sort_keys=True) == json.dumps({k: m[k] for k in keys},
                                                                                         sort_keys=True)
+
+
+def test_a_missing_anchor_is_named_before_any_run(tmp_path, monkeypatch):
+    import sys
+
+    from kexue.utils import KexueError
+
+    monkeypatch.setitem(sys.modules, "prodigyopt", None)  # as if not installed
+    ctx = report.Context(name="lrfree", root=tmp_path, quick=True)
+    cfg = lrfree.Config(workloads=("logreg",), optimisers=("Prodigy", "AdamW", "SGD"), steps={"logreg": 2},
+                        seeds={"logreg": 1}, mults=(1.0,), evals=1, jobs=1)
+    with pytest.raises(KexueError, match=r"prodigyopt.*kexue\[experiments\]"):
+        lrfree.run(ctx, cfg)
+    assert not (ctx.out / "runs").exists()

@@ -152,9 +152,15 @@ def measures(cfg: Config, sweep: dict, seeds: dict) -> dict:
 
 
 def run(ctx, cfg: Config | None = None):
+    """The study with ``cfg`` (default: ``Config.quick()`` / ``Config.full()`` by ``ctx.quick``)."""
     from kexue.utils import torch_threads
 
+    from kexue.utils import require
+
     cfg = cfg or (Config.quick() if ctx.quick else Config.full())
+    for o in cfg.optimisers:  # a missing anchor fails here, in one line, before any run starts
+        if o in ANCHORS:
+            require("experiments", ANCHORS[o], "the lrfree study")
     t0 = time.perf_counter()
     versions = anchor_versions()
     for pkg, v in versions.items():
@@ -210,5 +216,3 @@ def _record(ctx, cfg: Config, sweep: dict, seeds: dict, m: dict) -> None:
                       f"divided by the best tuned AdamW/SGD run; a divergence (NaN/inf or loss > "
                       f"{DIVERGE_FACTOR:g} × the first step's) counts as an infinite loss.")
 
-
-__all__ = ["Config", "run", "measures", "collect", "ANCHORS"]
