@@ -214,3 +214,29 @@ def test_a_missing_anchor_is_named_before_any_run(tmp_path, monkeypatch):
     with pytest.raises(KexueError, match=r"prodigyopt.*kexue\[experiments\]"):
         lrfree.run(ctx, cfg)
     assert not (ctx.out / "runs").exists()
+
+
+@pytest.mark.parametrize("base", ["SGD", "Adam"])
+def test_egadapt_depends_on_lr_times_scale_only(base):
+    # the docs' reason a smaller starting scale would only shift EGAdapt's sweep, not widen it
+    from kexue.eg import EGAdapt
+
+    def run(lr, s0):
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(6, 3).double()
+        cls = {"SGD": lambda p: torch.optim.SGD(p, lr=lr, momentum=0.9), "Adam": lambda p: torch.optim.Adam(p, lr=lr)}
+        opt = EGAdapt(cls[base](lin.parameters()))
+        opt.param_groups[0]["scale"] = s0
+        for k in range(25):
+            g = torch.Generator().manual_seed(k)
+            x, y = torch.randn(16, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(lin(x), y).backward()
+            opt.step()
+        return lin.weight.detach(), opt.effective_lrs()[0]
+
+    (w1, e1), (w2, e2) = run(1e-2, 1.0), run(1.0, 1e-2)
+    torch.testing.assert_close(w1, w2, rtol=1e-9, atol=1e-12)
+    assert e1 == pytest.approx(e2, rel=1e-9)
+    w3, _ = run(1e-1, 1.0)
+    assert not torch.allclose(w1, w3)
