@@ -56,6 +56,27 @@ def _one_line(e: Exception) -> Exception:
     return KexueTypeError(msg) if isinstance(e, TypeError) else KexueError(msg)
 
 
+def chunk_sums(X, shift: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n, Σ(x − c), Σ(x − c)ᵀ(x − c)) in float64 for the rows of X about the shift c, converting
+    CHUNK rows at a time; the only pass over the data a fit makes (and all a worker computes)."""
+    from scipy.linalg.blas import dsyrk
+
+    d = X.shape[1]
+    total, G_all = np.zeros(d), np.zeros((d, d))
+    for s in range(0, len(X), CHUNK):
+        Y = np.asarray(X[s : s + CHUNK], dtype=np.float64) - shift
+        total += Y.sum(axis=0)
+        # YᵀY with BLAS syrk: half the flops of a general product (Y.T is Fortran-ordered: no copy)
+        G = dsyrk(1.0, Y.T, trans=0, lower=0)
+        G_all += np.triu(G) + np.triu(G, 1).T
+    return len(X), total, G_all
+
+
+def _is_dask(X) -> bool:
+    """A Dask array (checked by its type's module, so dask is never imported for NumPy input)."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks")
+
+
 def _check_params(beta, gamma, n_components) -> None:
     validate.real(beta, "beta")
     validate.real(gamma, "gamma", lo=0.0)  # the power of Λ^(-γ/2); negative would amplify the big directions
@@ -118,15 +139,34 @@ class Whitening(TransformerMixin, BaseEstimator):
             self.shift_ = X[: min(len(X), CHUNK)].astype(np.float64).mean(axis=0)
             self.sum_ = np.zeros(d)
             self.gram_ = np.zeros((d, d))
-        from scipy.linalg.blas import dsyrk
+        n, s, G = chunk_sums(X, self.shift_)
+        self.n_samples_seen_ += n
+        self.sum_ += s
+        self.gram_ += G
 
-        for s in range(0, len(X), CHUNK):
-            Y = X[s : s + CHUNK].astype(np.float64) - self.shift_
-            self.sum_ += Y.sum(axis=0)
-            # YᵀY with BLAS syrk: half the flops of a general product (Y.T is Fortran-ordered: no copy)
-            G = dsyrk(1.0, Y.T, trans=0, lower=0)
-            self.gram_ += np.triu(G) + np.triu(G, 1).T
-            self.n_samples_seen_ += len(Y)
+    def merge(self, other: "Whitening") -> "Whitening":
+        """Add the rows another fit has seen, as if they had been streamed into this one; then
+        decompose. Partial fits of disjoint row blocks (on other processes or machines) merged
+        in any order equal one fit on all rows, up to the order of float64 additions.
+
+        The accumulators are sums about each fit's own shift c; ``other``'s are moved to ours:
+        with y = x − c' and δ = c' − c, Σ(y + δ) = Σy + Nδ and
+        Σ(y + δ)ᵀ(y + δ) = Σyᵀy + (Σy)ᵀδ + δᵀ(Σy) + N δᵀδ.
+        """
+        if not isinstance(other, Whitening) or not hasattr(other, "n_samples_seen_"):
+            raise KexueTypeError("merge takes a Whitening that has seen rows (fit or partial_fit it first)")
+        if not hasattr(self, "n_samples_seen_"):
+            self.n_features_in_ = other.n_features_in_
+            self.n_samples_seen_, self.shift_ = 0, other.shift_.copy()
+            self.sum_, self.gram_ = np.zeros_like(other.sum_), np.zeros_like(other.gram_)
+        if other.n_features_in_ != self.n_features_in_:
+            raise KexueError(f"cannot merge a fit on d={other.n_features_in_} into one on d={self.n_features_in_}")
+        delta = other.shift_ - self.shift_
+        self.gram_ += (other.gram_ + np.outer(other.sum_, delta) + np.outer(delta, other.sum_)
+                       + other.n_samples_seen_ * np.outer(delta, delta))
+        self.sum_ += other.sum_ + other.n_samples_seen_ * delta
+        self.n_samples_seen_ += other.n_samples_seen_
+        return self._decompose() if self.n_samples_seen_ >= 2 else self
 
     def _decompose(self) -> "Whitening":
         """Σ about βμ from the accumulators, then U, Λ (SPEC 5.1)."""
@@ -158,8 +198,15 @@ class Whitening(TransformerMixin, BaseEstimator):
         return self
 
     def fit(self, X, y=None) -> "Whitening":
-        """Fit μ, U, Λ on X (n, d) in one call (processed in float64 chunks of CHUNK rows)."""
+        """Fit μ, U, Λ on X (n, d) in one call (processed in float64 chunks of CHUNK rows).
+
+        X may be a Dask array: its row blocks are summed where they live and the sums added
+        (:mod:`kexue.whitening_dask`); the result equals the in-memory fit to float64 rounding."""
         _check_params(self.beta, self.gamma, self.n_components)
+        if _is_dask(X):
+            from kexue.whitening_dask import fit_dask
+
+            return fit_dask(self, X)
         self._reset()
         X = self._validate(X, reset=True)
         self._accumulate(X)
@@ -223,6 +270,10 @@ class Whitening(TransformerMixin, BaseEstimator):
         float32 input is transformed in float32: subtracting βμ in float32 adds an error no larger
         than the input's own rounding (~6e-8·|x|), and the float32 product is twice as fast."""
         self._check_fitted()
+        if _is_dask(X):
+            from kexue.whitening_dask import transform_dask
+
+            return transform_dask(self, X)
         X = self._validate(X, reset=False)
         W, shift = self.affine()
         W, shift = W.astype(X.dtype), shift.astype(X.dtype)
