@@ -493,3 +493,39 @@ def test_whitening_dense_computes_the_transform():
     out = layer({"sentence_embedding": torch.from_numpy(X)})["sentence_embedding"].detach().numpy()
     assert out.shape == (500, 6) and layer.get_embedding_dimension() == 6
     np.testing.assert_allclose(out, w.transform(X), rtol=1e-4, atol=1e-4 * np.abs(out).max())
+
+
+@pytest.mark.parametrize("s", [1e200, 2.0 ** 700, 1e-200, 1e-150])
+@pytest.mark.parametrize("gamma", [1.0, 0.5, 0.0])
+def test_extreme_magnitudes_are_whitened_scale_equivariantly(s, gamma):
+    """Σ of 1e200-sized vectors overflows float64 (eigh failed with 'Eigenvalues did not converge')
+    and of 1e-200-sized ones underflows to 0; the fit works in a power-of-two-scaled space, and
+    transform(s·X) = s^(1−γ) transform(X) (SPEC 5.1 with μ → sμ, Λ → s²Λ)."""
+    X = anisotropic(n=300, d=5)
+    w = Whitening(beta=1.0, gamma=gamma).fit(X)
+    ws = Whitening(beta=1.0, gamma=gamma).fit(X * s)
+    np.testing.assert_allclose(ws.transform(X * s) / s ** (1 - gamma), w.transform(X), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ws.components_, w.components_, atol=1e-9)
+    assert ws.condition_number() == pytest.approx(w.condition_number(), rel=1e-9)
+    np.testing.assert_allclose(ws.inverse_transform(ws.transform(X * s)) / s, X, rtol=1e-9, atol=1e-9)
+
+
+def test_a_later_larger_chunk_rescales_the_accumulators(tmp_path):
+    X = anisotropic(n=400, d=4)
+    X[200:] *= 1e250
+    w = Whitening().fit_chunks([X[:200], X[200:]])
+    ref = Whitening().fit(X)
+    np.testing.assert_allclose(w.transform(X), ref.transform(X), rtol=1e-7, atol=1e-9)
+    assert np.isfinite(w.transform(X)).all()
+    w.save(tmp_path / "w.safetensors")
+    np.testing.assert_array_equal(Whitening.load(tmp_path / "w.safetensors").transform(X), w.transform(X))
+
+
+def test_cli_whiten_fit_on_huge_values(cli, tmp_path):
+    np.save(tmp_path / "x.npy", anisotropic(n=200, d=6) * 1e200)
+    r = cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors")
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    r = cli("whiten", "apply", tmp_path / "w.safetensors", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    Y = np.load(tmp_path / "y.npy")
+    assert r.code == 0 and np.isfinite(Y).all()
+    np.testing.assert_allclose(np.cov(Y.T, bias=True), np.eye(6), atol=1e-6)

@@ -105,8 +105,41 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
 def _check_2d(shape, dtype, path: Path) -> None:
     if len(shape) != 2:
         raise KexueError(f"{path} holds an array of shape {tuple(shape)}; expected 2-D (rows, dim)")
+    if np.dtype(dtype).kind == "V" and np.dtype(dtype).itemsize in (1, 2):
+        raise KexueError(f"{path} holds raw {np.dtype(dtype).itemsize}-byte values ({np.dtype(dtype)}), e.g. bfloat16 "
+                         "saved by ml_dtypes, which .npy/.npz cannot label; save float32 (x.astype('float32')) "
+                         "or a .safetensors file, which records bfloat16")
     if np.dtype(dtype).kind not in "fiub":
         raise KexueError(f"{path} holds {np.dtype(dtype)} values; expected real numbers")
+
+
+# safetensors dtypes NumPy has: read through safetensors' own slicing
+_ST_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+             "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
+             "BOOL": np.bool_}
+
+
+def _f8e4m3_table() -> np.ndarray:
+    """float32 value of each of the 256 float8 E4M3 (FN) codes: sign, 4 exponent bits (bias 7),
+    3 mantissa bits, subnormals at exponent 0, no infinities, NaN at S.1111.111."""
+    code = np.arange(256)
+    e, m = (code >> 3) & 0xF, code & 0x7
+    mag = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * 2.0 ** (e - 7))
+    mag = np.where((e == 15) & (m == 7), np.nan, mag)
+    return np.where(code & 0x80, -mag, mag).astype(np.float32)
+
+
+def _upcast(raw: np.ndarray, dt: str) -> np.ndarray:
+    """Rows of a dtype NumPy lacks, from their raw bits, as exact float32 values."""
+    if dt == "BF16":  # bfloat16 is the upper half of a float32
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dt == "F8_E5M2":  # float8 E5M2 is the upper byte of a float16
+        return (raw.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+    return _f8e4m3_table()[raw]  # F8_E4M3
+
+
+# safetensors dtypes NumPy lacks: the raw integer type their bits are read as; they upcast to float32
+_ST_RAW = {"BF16": np.uint16, "F8_E5M2": np.uint8, "F8_E4M3": np.uint8}
 
 
 def _safetensors(path: Path, key: str | None) -> MatrixSource:
@@ -119,12 +152,35 @@ def _safetensors(path: Path, key: str | None) -> MatrixSource:
         raise KexueError(f"cannot read {path} as safetensors ({str(e).splitlines()[0][:120]})") from None
     key = _pick(keys, key, path)
     sl = f.get_slice(key)
-    shape = sl.get_shape()
-    dtype = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.float32}.get(sl.get_dtype(), np.float32)
+    shape, dt = sl.get_shape(), sl.get_dtype()
     if len(shape) != 2:
         raise KexueError(f"tensor {key} in {path} has shape {tuple(shape)}; expected 2-D (rows, dim)")
-    return MatrixSource(path, shape[0], shape[1], np.dtype(dtype),
-                        lambda c: (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c)))
+    if dt in _ST_NUMPY:
+        _check_2d(shape, _ST_NUMPY[dt], path)
+        return MatrixSource(path, shape[0], shape[1], np.dtype(_ST_NUMPY[dt]),
+                            lambda c: (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c)))
+    if dt not in _ST_RAW:
+        raise KexueError(f"tensor {key} in {path} is {dt}, which kexue does not read; "
+                         f"save it as F32, F16, BF16 or F8_E4M3/F8_E5M2")
+    raw = _raw_tensor(path, key, _ST_RAW[dt], shape)
+    return MatrixSource(path, shape[0], shape[1], np.dtype(np.float32),
+                        lambda c: (_upcast(raw[s:s + c], dt) for s in range(0, shape[0], c)))
+
+
+def _raw_tensor(path: Path, key: str, raw, shape) -> np.ndarray:
+    """A memory map of one tensor's bytes. The layout is the safetensors format: an 8-byte
+    little-endian header length, the JSON header (``data_offsets`` relative to the data that
+    follows it), then the data; safe_open has already checked the header."""
+    import json
+
+    with open(path, "rb") as h:
+        n = int.from_bytes(h.read(8), "little")
+        begin, end = json.loads(h.read(n))[key]["data_offsets"]
+    if end - begin != int(np.prod(shape)) * np.dtype(raw).itemsize:
+        raise KexueError(f"tensor {key} in {path} is damaged (its size does not match its shape); write it again")
+    if end == begin:
+        return np.zeros(shape, dtype=raw)
+    return np.memmap(path, dtype=np.dtype(raw).newbyteorder("<"), mode="r", offset=8 + n + begin, shape=tuple(shape))
 
 
 def read_matrix(path: str | os.PathLike, key: str | None = None, what: str = "embedding") -> np.ndarray:

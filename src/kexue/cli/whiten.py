@@ -39,7 +39,7 @@ def fit_cmd(
     lam = w.eigenvalues_
     out_console.print(f"fitted on {src.n} × {src.d}: β={beta:g}, γ={gamma:g}, k={w.components_.shape[0]}; "
                       f"top eigenvalues {', '.join(f'{v:.4g}' for v in lam[:3])}; "
-                      f"condition {lam[0] / lam[-1] if lam[-1] > 0 else float('inf'):.3g}", highlight=False)
+                      f"condition {w.condition_number():.3g}", highlight=False)
     warning = w.conditioning_warning(flag="-k")
     if warning is not None:
         console.print(f"kexue: warning: {warning}", highlight=False, soft_wrap=True)
