@@ -102,3 +102,42 @@ def test_the_battery_covers_every_command():
     assert {"reproduce", "hubness", "unargmax", "vae train", "vae score", "ddpm train", "ddpm sample",
             "whiten fit", "whiten apply", "whiten search"} <= names
     assert len(list(_cases())) > 40
+
+
+# ------------------------------------------------------------------ issue 31: accepted-and-ignored inputs, messages
+
+
+def _no_network(monkeypatch):
+    import urllib.request
+
+    calls = []
+
+    def refuse(url, *a, **k):
+        calls.append(url)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return calls
+
+
+def test_data_download_keeps_present_verified_files_offline(cli, monkeypatch):
+    from kexue import data
+
+    if not all(p is not None for p in data.present("mnist").values()):
+        pytest.skip("MNIST is not present in this checkout's data folders")
+    calls = _no_network(monkeypatch)
+    r = cli("data", "download", "mnist")
+    assert r.code == 0, r.err
+    assert calls == [], "a present, verified data set must not touch the network"
+    assert "already here" in r.out and "--force" in r.out
+    assert data.download("mnist") == list(data.present("mnist").values()) and calls == []
+
+
+def test_data_download_failure_leaves_no_folder(cli, monkeypatch, tmp_path):
+    calls = _no_network(monkeypatch)
+    r = cli("data", "download", "stsb", "--data-dir", tmp_path / "new")
+    assert r.one_line_error and "could not download" in r.err, r.err
+    assert calls and not (tmp_path / "new").exists()  # --data-dir's folder is created for the download only
+    (tmp_path / "mine").mkdir()
+    r = cli("data", "download", "mnist-test", "--data-dir", tmp_path / "mine", "--force")
+    assert r.one_line_error and (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())

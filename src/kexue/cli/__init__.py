@@ -147,12 +147,19 @@ def data_list(ctx: typer.Context,
 
 @data_app.command("download")
 def data_download(name: str = typer.Argument(..., help="mnist (training and test sets), mnist-train, mnist-test or stsb"),
-                  data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data).")):
-    """Download a public data set (needs internet; verified by SHA-256)."""
+                  data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data)."),
+                  force: bool = typer.Option(False, "--force", help="Download again even if the files are present and verified.")):
+    """Download a public data set (needs internet; verified by SHA-256); files already present and verified are kept."""
     from kexue import data
 
-    for p in data.download(name, data_dir):
-        out_console.print(f"saved {p}")
+    have = data.present(name, data_dir)
+    if not force and all(p is not None for p in have.values()):
+        for p in have.values():
+            out_console.print(f"present and verified: {p}", highlight=False)
+        out_console.print(f"{name} is already here; nothing downloaded (--force downloads again)", highlight=False)
+        return
+    for p in data.download(name, data_dir, force=force):
+        out_console.print(f"{'present and verified' if p in have.values() and not force else 'saved'}: {p}", highlight=False)
 
 
 def _register_plugins() -> None:
