@@ -529,3 +529,49 @@ def test_cli_whiten_fit_on_huge_values(cli, tmp_path):
     Y = np.load(tmp_path / "y.npy")
     assert r.code == 0 and np.isfinite(Y).all()
     np.testing.assert_allclose(np.cov(Y.T, bias=True), np.eye(6), atol=1e-6)
+
+
+def _low_rank_splits(rank=3, d=16):
+    """Splits whose sentence vectors span only ``rank`` of ``d`` dimensions."""
+    out = {}
+    for seed, name in ((2, "dev"), (3, "test")):
+        s = synthetic_sts(seed=seed)
+        basis = np.random.default_rng(9).standard_normal((rank, d))
+        out[name] = STSPairs(s.A[:, :rank] @ basis, s.B[:, :rank] @ basis, s.score)
+    return out
+
+
+def test_search_notes_rank_deficiency_and_refuses_all_nan(monkeypatch, cli):
+    splits = _low_rank_splits()
+    r = search(splits, ks=[16, 8, 3])
+    assert len(r.warnings) == 1 and "rank 3 of dimension 16" in r.warnings[0]
+    assert search({n: synthetic_sts(seed=s) for n, s in (("dev", 2), ("test", 3))}, ks=[16, 8]).warnings == []
+    const = {n: STSPairs(p.A, p.B, np.ones_like(p.score)) for n, p in splits.items()}  # Spearman of constant gold: NaN
+    with pytest.raises(KexueError, match="NaN dev Spearman") as e:
+        search(const, ks=[16, 8])
+    assert "\n" not in str(e.value)
+    import kexue.sts as S
+
+    monkeypatch.setattr(S, "stsb_embeddings", lambda *a, **k: splits)
+    res = cli("whiten", "search")
+    assert res.code == 0 and "tuned" in res.out
+    assert [l for l in res.err.splitlines() if "warning" in l] == [f"kexue: warning: {r.warnings[0]}"]
+    monkeypatch.setattr(S, "stsb_embeddings", lambda *a, **k: const)
+    res = cli("whiten", "search")
+    assert res.one_line_error and "NaN" in res.err and "tuned" not in res.out
+
+
+def test_search_never_picks_a_nan_cell(monkeypatch):
+    import kexue.sts as S
+
+    real, calls = S.spearman100, []
+
+    def first_is_nan(pred, gold):  # the first cell scored (dev, β=0, γ=0, k=16) comes out NaN
+        calls.append(1)
+        return float("nan") if len(calls) == 1 else real(pred, gold)
+
+    monkeypatch.setattr(S, "spearman100", first_is_nan)
+    splits = {n: synthetic_sts(seed=s) for n, s in (("dev", 2), ("test", 3))}
+    r = search(splits, ks=[16, 8, 4])
+    assert np.isnan(r.dev[0, 0, 0])
+    assert not np.isnan(r.best["dev"]) and r.best["dev"] == pytest.approx(np.nanmax(r.dev))

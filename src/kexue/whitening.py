@@ -297,6 +297,13 @@ class Whitening(TransformerMixin, BaseEstimator):
         lam = self._eig_scaled
         return float(lam[0] / lam[-1]) if lam[-1] > 0 else float("inf")
 
+    def rank(self) -> int:
+        """The numerical rank of Σ: eigenvalues above d·eps·λ_max (the floor :meth:`transform` uses)."""
+        self._check_fitted()
+        lam = self._eig_scaled
+        floor = max(float(lam[0]), np.finfo(np.float64).tiny) * len(lam) * np.finfo(np.float64).eps
+        return int(np.sum(lam > floor))
+
     def conditioning_warning(self, flag: str = "n_components") -> str | None:
         """One line saying Σ is rank-deficient or badly conditioned (λ_max/λ_min > ILL_CONDITIONED),
         naming how many coordinates to keep (``flag``: the parameter or option the caller knows);
@@ -304,8 +311,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         self._check_fitted()
         lam = self._eig_scaled  # ratios of Λ / s² are those of Λ, and never inf / inf
         d = len(lam)
-        floor = max(float(lam[0]), np.finfo(np.float64).tiny) * d * np.finfo(np.float64).eps
-        rank = int(np.sum(lam > floor))
+        rank = self.rank()
         cond = float(lam[0] / lam[-1]) if lam[-1] > 0 else float("inf")
         if float(self.gamma) == 0 or (rank == d and cond <= ILL_CONDITIONED):
             return None

@@ -119,6 +119,8 @@ def search_cmd(
     d = splits["dev"].A.shape[1]
     ks = sts.k_grid(d)
     r = sts.search(splits, ks=ks, fit_on=fit_on)
+    for note in r.warnings:
+        console.print(f"kexue: warning: {note}", markup=False, highlight=False, soft_wrap=True)
     k3 = sts.nearest_k(ks, d / 3)
     t = Table("setting", "dev", "test", title=f"{name} Spearman ×100, {encoder}/{pooling}, fit on {fit_on}")
     t.add_row("raw", f"{r.raw_dev:.2f}", f"{r.raw_test:.2f}")
