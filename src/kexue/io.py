@@ -3,7 +3,8 @@
 :func:`read_matrix` gives a whole 2-D array; :func:`matrix_chunks` streams row blocks of files
 larger than memory (.npy is memory-mapped, safetensors is sliced). Every problem — a missing or
 empty file, a text file named ``.npy``, a pickled object array, a tensor of the wrong rank, an
-unsupported extension — is a one-line :class:`~kexue.utils.KexueError`.
+unsupported extension, a ``key`` given for a .npy file, a NaN or inf in the rows read — is a one-line
+:class:`~kexue.utils.KexueError` naming the file.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def load_npy(path: str | os.PathLike, what: str = "data", mmap: bool = False) ->
         magic = f.read(6)
     if magic != b"\x93NUMPY":
         raise KexueError(f"{path} is not a .npy array (no NumPy header); save it with numpy.save")
+    if _npy_dtype(path).hasobject:
+        raise KexueError(_OBJECT.format(what=f"{path} is an object array"))
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:
@@ -46,6 +49,24 @@ def load_npy(path: str | os.PathLike, what: str = "data", mmap: bool = False) ->
         raise KexueError(f"{path} is a damaged .npy array ({e}); write it again") from None
     except (OSError, EOFError) as e:
         raise KexueError(f"{path} is a damaged .npy array ({type(e).__name__}); write it again") from None
+
+
+# kexue never unpickles (np.load(allow_pickle=True) runs code from the file); say so and how to fix it
+_OBJECT = ("{what} (dtype object: pickled Python objects), which kexue never unpickles; "
+           "save a numeric array instead, e.g. np.asarray(x, dtype=np.float32) before np.save/np.savez")
+
+
+def _npy_dtype(path: Path) -> np.dtype:
+    """The dtype in a .npy header (read without loading the data; a broken header gives object
+    dtype False and the loader's own message later)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            return reader(f)[2] if reader else np.dtype(np.float64)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return np.dtype(np.float64)
 
 
 def _npz(path: Path, key: str | None, what: str) -> np.ndarray:
@@ -58,7 +79,7 @@ def _npz(path: Path, key: str | None, what: str) -> np.ndarray:
     try:
         return z[key]
     except ValueError:
-        raise KexueError(f"array {key!r} in {path} holds Python objects, not numbers; save a numeric array") from None
+        raise KexueError(_OBJECT.format(what=f"array {key!r} in {path} is an object array")) from None
 
 
 def _pick(keys: list[str], key: str | None, path: Path) -> str:
@@ -90,6 +111,9 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
     _exists(path, what)
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        if key is not None:
+            raise KexueError(f"{path} is a .npy file, which holds one array; a key ({key!r}) names an array inside "
+                             ".npz or .safetensors files only, so drop it")
         X = load_npy(path, what, mmap=True)
     elif suffix == ".npz":
         X = _npz(path, key, what)
@@ -99,7 +123,20 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
         raise KexueError(f"unsupported {what} file {path.name}: use {', '.join(FORMATS)}")
     _check_2d(X.shape, X.dtype, path)
     return MatrixSource(path, X.shape[0], X.shape[1], X.dtype,
-                        lambda c: (np.asarray(X[s:s + c]) for s in range(0, X.shape[0], c)))
+                        lambda c: _finite(path, (np.asarray(X[s:s + c]) for s in range(0, X.shape[0], c))))
+
+
+def _finite(path: Path, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The chunks, checked: a NaN or inf is a one-line error naming the file, row and column (the
+    library's checks further on only know the array as "X")."""
+    row = 0
+    for C in chunks:
+        if C.dtype.kind == "f" and not np.isfinite(C).all():
+            r, c = np.argwhere(~np.isfinite(C))[0]
+            raise KexueError(f"{path} has a non-finite value ({C[r, c]}) at row {row + int(r)}, column {int(c)}; "
+                             "clean or drop those rows")
+        row += len(C)
+        yield C
 
 
 def _check_2d(shape, dtype, path: Path) -> None:
@@ -158,13 +195,13 @@ def _safetensors(path: Path, key: str | None) -> MatrixSource:
     if dt in _ST_NUMPY:
         _check_2d(shape, _ST_NUMPY[dt], path)
         return MatrixSource(path, shape[0], shape[1], np.dtype(_ST_NUMPY[dt]),
-                            lambda c: (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c)))
+                            lambda c: _finite(path, (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c))))
     if dt not in _ST_RAW:
         raise KexueError(f"tensor {key} in {path} is {dt}, which kexue does not read; "
                          f"save it as F32, F16, BF16 or F8_E4M3/F8_E5M2")
     raw = _raw_tensor(path, key, _ST_RAW[dt], shape)
     return MatrixSource(path, shape[0], shape[1], np.dtype(np.float32),
-                        lambda c: (_upcast(raw[s:s + c], dt) for s in range(0, shape[0], c)))
+                        lambda c: _finite(path, (_upcast(raw[s:s + c], dt) for s in range(0, shape[0], c))))
 
 
 def _raw_tensor(path: Path, key: str, raw, shape) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kexue.utils import KexueError
+from kexue.utils import KexueError, plural
 from kexue.whitening import Whitening
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -110,7 +110,7 @@ def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarra
         s2.append(parts[1])
         score.append(v)
     if len(score) < 10:
-        raise KexueError(f"{path} has {len(score)} pairs; a Spearman correlation needs at least 10")
+        raise KexueError(f"{path} has {plural(len(score), 'pair')}; a Spearman correlation needs at least 10")
     return s1, s2, np.asarray(score, dtype=np.float64)
 
 

@@ -40,7 +40,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from kexue import validate
 from kexue.io import load_fitted, save_fitted
-from kexue.utils import KexueError, KexueTypeError
+from kexue.utils import KexueError, KexueTypeError, plural
 
 CHUNK = 65536  # rows converted to float64 at a time: bounds the fit's extra memory to ~CHUNK·d·8 bytes
 KIND = "Whitening"
@@ -160,7 +160,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         _check_params(self.beta, self.gamma, self.n_components)
         N, d = self.n_samples_seen_, self.n_features_in_
         if N < 2:
-            raise KexueError(f"got {N} sample; whitening needs at least 2 samples (N < 2) to estimate Σ")
+            raise KexueError(f"got {plural(N, 'sample')}; whitening needs at least 2 samples (N < 2) to estimate Σ")
         k = d if self.n_components is None else int(self.n_components)
         if k > d:
             raise KexueError(f"n_components={k} is larger than the dimension d={d}; choose k <= {d}")
@@ -275,7 +275,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             raise _one_line(e) from None
         k = self.components_.shape[0]
         if Z.shape[1] != k:
-            raise KexueError(f"inverse_transform got {Z.shape[1]} columns but the transform keeps k={k}")
+            raise KexueError(f"inverse_transform got {plural(Z.shape[1], 'column')} but the transform keeps k={k}")
         W = (self.components_.T / self._scale()).T  # (k, d)
         return (Z.astype(np.float64) @ W + float(self.beta) * self.mean_).astype(Z.dtype, copy=False)
 

@@ -23,13 +23,13 @@ def fit_cmd(
     """Fit μ, U, Λ (SPEC 5.1) on EMB, streaming in chunks, and save the transform."""
     from kexue.cli import RichTracker, console, out_console
     from kexue.io import open_matrix
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, plural
     from kexue.whitening import Whitening
 
     check_output(out, (".safetensors",), "-o")
     src = open_matrix(check_input(emb, "EMB"), key)
     if src.n < 2:
-        raise KexueError(f"{emb} has {src.n} rows; whitening needs at least 2 vectors to estimate Σ")
+        raise KexueError(f"{emb} has {plural(src.n, 'row')}; whitening needs at least 2 vectors to estimate Σ")
     if dim is not None and dim > src.d:
         raise KexueError(f"--dim {dim} is larger than the embedding dimension {src.d}; choose --dim <= {src.d}")
     use_threads(threads)
