@@ -128,6 +128,17 @@ def _commands():
 
 @pytest.mark.parametrize("args", list(_commands()))
 def test_kexue_command_lines_use_existing_commands_and_options(args):
+    check_command_line(args)
+
+
+def test_the_command_line_check_catches_wrong_commands_and_options():
+    check_command_line("whiten fit EMB.npy --beta 1 -k 8 -o T.safetensors")
+    for bad in ("whiten fitt EMB.npy", "whiten fit EMB.npy --nosuch 1", "hubness EMB [--metrics cosine]"):
+        with pytest.raises(AssertionError):
+            check_command_line(bad)
+
+
+def check_command_line(args: str) -> None:
     import typer
 
     from kexue.cli import app
