@@ -134,7 +134,10 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
                    tracker=None) -> LogLikelihood:
     """Estimate log q(x) for every row of ``x`` with K importance samples (SPEC 1.4).
 
-    ``x``: (N, D) tensor or array already in the model's convention (see :func:`kexue.vae.prepare`).
+    ``x``: (N, D) tensor or array already in the model's convention (see :func:`kexue.vae.prepare`):
+    {0, 1} for a Bernoulli model, k/255 for the logistic one; anything else is refused with one
+    line (``kexue.vae.prepare(X, model.data_kind, binarize=kexue.vae.scoring_binarize(model))``
+    converts raw pixels the way the model was trained).
     Work is done in chunks of ``batch`` images × ``k`` samples, ``batch · k ≤ rows`` decoder rows
     (default :func:`chunk_rows`, sized to the cache): one decoder pass per chunk, running
     logsumexps over the samples, so memory does not grow with N or K. ``seed`` fixes the
@@ -154,6 +157,7 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     x = torch.as_tensor(validate.matrix(x, "data", dtype=np.float32))
     if x.shape[1] != model.in_dim:
         raise KexueError(f"data must have shape (N, {model.in_dim}) for this model, got {tuple(x.shape)}")
+    model.check_data(x)  # raw 0..255 pixels under a Bernoulli decoder gave "log q > 0"
     n = len(x)
     rows = validate.integer(rows, "rows", 1) if rows is not None else chunk_rows(model)
     batch = validate.integer(batch, "batch", 1) if batch is not None else max(1, min(n, rows // K))

@@ -35,13 +35,22 @@ def prepare(X, kind: str, binarize: str = "none", seed: int = 0) -> torch.Tensor
     if binarize == "none":
         if not np.isin(Xf, (0.0, 1.0)).all():
             raise KexueError("the Bernoulli decoder needs data in {0, 1}; pass binarize='stochastic' or "
-                             "'threshold' (CLI: --binarize)")
+                             "'threshold'")
         return torch.as_tensor(Xf.astype(np.float32))
     p = unit_pixels(Xf)
     if binarize == "threshold":
         return torch.as_tensor((p > 0.5).astype(np.float32))
     rng = np.random.default_rng(seed)
     return torch.as_tensor((rng.random(p.shape) < p).astype(np.float32))
+
+
+def scoring_binarize(model: VAE) -> str:
+    """The ``binarize`` of :func:`prepare` that treats new data as ``model`` was trained: one fixed
+    Bernoulli draw (``"stochastic"``, the usual test protocol) after ``"dynamic"`` or
+    ``"stochastic"`` training, ``"threshold"`` after ``"threshold"``, else ``"none"`` — also for
+    models that do not record it (not trained by :func:`fit_vae`, or saved before it was stored)."""
+    return {"dynamic": "stochastic", "stochastic": "stochastic", "threshold": "threshold"}.get(
+        getattr(model, "binarize_", None), "none")
 
 
 def unit_pixels(Xf: np.ndarray) -> np.ndarray:
@@ -122,6 +131,7 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
                 resume=resume, config=run, eval_every=eval_every, evaluate_fn=evaluate_fn, tracker=tracker,
                 description=description or (f"IWAE M={M}" if M > 1 else "VAE"))
     model = res.model.eval()
+    model.binarize_ = binarize if kind == "binary" else None
     model.losses_, model.evals_ = res.losses, res.evals
     model.seconds_, model.legs_ = res.seconds, res.legs
     return model
