@@ -185,8 +185,15 @@ def main(argv: list[str] | None = None) -> None:
     except KexueError as e:
         console.print(f"kexue: error: {e}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("kexue: interrupted")
+    except KeyboardInterrupt as e:
+        # a resumable run (kexue.train.TrainingInterrupted) says where its checkpoint stands
+        step, ckpt = getattr(e, "step", None), getattr(e, "ckpt", None)
+        if step is not None and ckpt is not None:
+            again = "the same command" if "--resume" in (sys.argv[1:] if argv is None else argv) else \
+                "the same command with --resume"
+            console.print(f"kexue: interrupted at step {step}; rerun {again} to resume", markup=False, highlight=False)
+        else:
+            console.print("kexue: interrupted")
         sys.exit(130)
     except OSError as e:  # unreadable input, unwritable output: the user's to fix
         console.print(f"kexue: error: {e.strerror or e} ({e.filename or ''}); check the path and permissions",

@@ -57,8 +57,7 @@ def train_cmd(
         raise KexueError("--resume needs --ckpt FILE")
     if data not in DATASETS:
         check_input(Path(data), "DATA")
-    use_threads(threads)
-    _train(data, out, config, dict(M=m, steps=steps, batch_size=batch_size, lr=lr, schedule=schedule, binarize=binarize,
+    _train(data, out, config, dict(threads=use_threads(threads), M=m, steps=steps, batch_size=batch_size, lr=lr, schedule=schedule, binarize=binarize,
                                    seed=seed, ckpt=ckpt, ckpt_every=ckpt_every if ckpt else 0, resume=resume))
 
 
@@ -68,8 +67,14 @@ def _train(data: str, out: Path, config, kw: dict) -> None:
     from kexue.io import read_matrix
     from kexue.vae import fit_vae
 
+    from kexue.cli._common import TRAIN_FLAGS, in_flags
+    from kexue.utils import KexueError
+
     X = {"mnist5k": load_mnist5k, "mnist": load_mnist_train}[data]()[0] if data in DATASETS else read_matrix(data, what="data")
-    model = fit_vae(X, config, tracker=RichTracker(), **kw)
+    try:
+        model = fit_vae(X, config, tracker=RichTracker(), **kw)
+    except KexueError as e:
+        raise in_flags(e, TRAIN_FLAGS) from None
     model.save(out)
     tail = model.losses_[-50:]
     out_console.print(f"saved {out} (final training loss {sum(tail) / max(1, len(tail)):.2f} nats)")
@@ -102,7 +107,7 @@ def score_cmd(
     check_input(model_path, "MODEL")
     check_input(data, "DATA")
     check_output(out, (".npy",), "--out")
-    use_threads(threads)
+    n_threads = use_threads(threads)
     model = VAE.load(model_path)
     X = read_matrix(data, what="data")
     if X.shape[1] != model.in_dim:
@@ -113,7 +118,7 @@ def score_cmd(
                          f" and {model_path} does not record how its training data was binarised")
                          + "; pass --binarize stochastic or --binarize threshold")
     x = prepare(X, model.data_kind, binarize=binarize, seed=seed)
-    r = log_likelihood(model, x, K=k, batch=batch, seed=seed, tracker=RichTracker())
+    r = log_likelihood(model, x, K=k, batch=batch, seed=seed, tracker=RichTracker(), threads=n_threads)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, r.scores)

@@ -254,11 +254,20 @@ class DDIMSampler(Sampler):
         return x if noise is None or sigma == 0 else x + sigma * noise
 
 
-def make_sampler(schedule: NoiseSchedule, name: str, steps: int | None = None, eta: float = 0.0,
-                 variance: str = "posterior", prediction: str = "eps", clip_x0: float | None = None) -> Sampler:
-    """``ddpm`` (all T steps, ``variance``) or ``ddim`` (``steps``, ``eta``) by name, for the CLI."""
+def make_sampler(schedule: NoiseSchedule, name: str, steps: int | None = None, eta: float | None = None,
+                 variance: str | None = None, prediction: str = "eps", clip_x0: float | None = None) -> Sampler:
+    """``ddpm`` (all T steps, ``variance``, default "posterior") or ``ddim`` (``steps``, default 50,
+    and ``eta``, default 0) by name. A setting that only the other sampler has is refused rather
+    than ignored: DDPM always runs all T steps, and DDIM's noise is set by η, not ``variance``."""
     if name == "ddpm":
-        return DDPMSampler(schedule, variance=variance, prediction=prediction, clip_x0=clip_x0)
+        if steps is not None or eta is not None:
+            raise KexueError(f"{'steps' if steps is not None else 'eta'} applies to sampler='ddim' only; the DDPM "
+                             f"sampler runs all T = {schedule.T} steps (drop it, or use sampler='ddim')")
+        return DDPMSampler(schedule, variance=variance or "posterior", prediction=prediction, clip_x0=clip_x0)
     if name == "ddim":
-        return DDIMSampler(schedule, steps=50 if steps is None else steps, eta=eta, prediction=prediction, clip_x0=clip_x0)
+        if variance is not None:
+            raise KexueError("variance applies to sampler='ddpm' only; DDIM's noise is set by eta "
+                             "(eta=1 is DDPM's posterior variance)")
+        return DDIMSampler(schedule, steps=50 if steps is None else steps, eta=0.0 if eta is None else eta,
+                           prediction=prediction, clip_x0=clip_x0)
     raise KexueError(f"unknown sampler {name!r}; choose ddpm or ddim")

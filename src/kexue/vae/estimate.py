@@ -131,7 +131,7 @@ def softplus_sum(a: torch.Tensor, group: int = 16) -> torch.Tensor:
 
 def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: int | None = None,
                    seed: int = 0, keep_weights: bool = False, fast: bool = True, ckpt=None, ckpt_every: int = 500,
-                   tracker=None) -> LogLikelihood:
+                   tracker=None, threads: int | None = None) -> LogLikelihood:
     """Estimate log q(x) for every row of ``x`` with K importance samples (SPEC 1.4).
 
     ``x``: (N, D) tensor or array already in the model's convention (see :func:`kexue.vae.prepare`):
@@ -150,7 +150,16 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     continues from it — with the same numbers as one uninterrupted call — or, finished, returns
     it. A file written for anything else is overwritten. ``seconds`` and ``legs`` of the result
     are the wall time and the number of processes over all resumes (:class:`kexue.train.Clock`).
+    ``threads``: torch's thread count for this call (None: torch's current setting; see
+    :func:`kexue.train.num_threads`).
     """
+    from kexue.train import num_threads
+
+    with num_threads(threads):
+        return _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ckpt_every, tracker)
+
+
+def _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ckpt_every, tracker) -> LogLikelihood:
     from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
 
     K, ckpt_every = validate.integer(K, "K", 1), validate.integer(ckpt_every, "ckpt_every", 1)

@@ -83,7 +83,8 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "dynamic", steps: int = 2000,
             batch_size: int = 100, lr: float = 1e-3, schedule: str = "constant", seed: int = 0,
             ckpt: str | os.PathLike | None = None, ckpt_every: int = 0, resume: bool = False,
-            eval_every: int = 0, evaluate_fn=None, tracker=None, description: str | None = None) -> VAE:
+            eval_every: int = 0, evaluate_fn=None, tracker=None, description: str | None = None,
+            threads: int | None = None) -> VAE:
     """Train a VAE (M = 1) or IWAE (M > 1) on the rows of ``X`` with SPEC 1.3; return it in eval mode.
 
     ``config`` is the architecture (default :class:`VAEConfig`: the IWAE paper's MNIST model);
@@ -96,6 +97,9 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
     ``ckpt_every`` steps, exact ``resume`` (refused if the checkpoint's settings or data differ),
     ``evaluate_fn(model, step)`` every ``eval_every`` steps. Sets ``losses_``, ``evals_``, and
     ``seconds_`` / ``legs_``: the training time and the number of processes over all resumes.
+    ``threads``: torch's thread count for this call (None: torch's current setting; see
+    :func:`kexue.train.num_threads`). Ctrl-C raises ``kexue.train.TrainingInterrupted`` after
+    checkpointing (with ``ckpt``), so ``resume=True`` continues from there.
     """
     from kexue.train import train
 
@@ -129,7 +133,7 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
     res = train(model, loss_fn, [data], steps=steps, batch_size=bs, optimizer=make_optimizer(model, lr), seed=seed,
                 schedule=_schedule(schedule, steps, max(1, len(data) // bs)), ckpt=ckpt, ckpt_every=ckpt_every,
                 resume=resume, config=run, eval_every=eval_every, evaluate_fn=evaluate_fn, tracker=tracker,
-                description=description or (f"IWAE M={M}" if M > 1 else "VAE"))
+                description=description or (f"IWAE M={M}" if M > 1 else "VAE"), threads=threads)
     model = res.model.eval()
     model.binarize_ = binarize if kind == "binary" else None
     model.losses_, model.evals_ = res.losses, res.evals
