@@ -527,3 +527,65 @@ def test_the_training_binarisation_is_saved_and_used_to_score(cli, cli_files, tm
     r = cli("vae", "score", d / "old.safetensors", d / "test.npy", "-K", 20, "--binarize", "stochastic",
             "-o", tmp_path / "d.npy")  # old files keep working with an explicit choice
     assert r.code == 0, r.err
+
+
+# ------------------------------------------------------------------ issue 31: threads, Ctrl-C
+
+
+class _ThreadSpy:
+    """A tracker that records torch's thread count while the library loop runs."""
+
+    def __init__(self):
+        self.seen = []
+
+    def track(self, iterable, description="", total=None):
+        for item in iterable:
+            self.seen.append(torch.get_num_threads())
+            yield item
+
+    def log(self, message):
+        pass
+
+
+def test_log_likelihood_threads_keyword():
+    m = _bernoulli_model(in_dim=64)
+    x = (torch.rand(6, 64, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spy = _ThreadSpy()
+        a = log_likelihood(m, x, K=20, batch=3, threads=1, tracker=spy)
+        assert spy.seen == [1, 1] and torch.get_num_threads() == 2
+        b = log_likelihood(m, x, K=20, batch=3, tracker=(spy := _ThreadSpy()))
+        assert spy.seen == [2, 2]
+        np.testing.assert_array_equal(a.log_q, b.log_q)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_ctrl_c_names_the_step_and_the_rerun_resumes(cli, cli_files, tmp_path, monkeypatch):
+    import kexue.vae.fit as fit_mod
+
+    d, ck = cli_files, tmp_path / "run.pt"
+    real, calls = fit_mod.iwae_loss, []
+
+    def interrupted(*a, **k):
+        if len(calls) == 13:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    args = ("vae", "train", d / "train.npy", "--latent", 3, "--hidden", "16", "--steps", 20, "--ckpt", ck,
+            "--ckpt-every", 5, "-o", tmp_path / "m.safetensors")
+    monkeypatch.setattr(fit_mod, "iwae_loss", interrupted)
+    r = cli(*args, "--resume")
+    assert r.code == 130 and r.err.strip() == "kexue: interrupted at step 13; rerun the same command to resume", r.err
+    assert not (tmp_path / "m.safetensors").exists()
+    calls.clear()
+    r = cli(*args)
+    assert r.code == 130 and r.err.strip().endswith("rerun the same command with --resume to resume"), r.err
+    monkeypatch.setattr(fit_mod, "iwae_loss", real)
+    assert cli(*args, "--resume").code == 0
+    a, b = VAE.load(tmp_path / "m.safetensors"), VAE.load(d / "m.safetensors")  # = one uninterrupted run
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(p, q)

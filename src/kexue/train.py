@@ -67,6 +67,20 @@ def num_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+@contextmanager
+def tracked(tracker, iterable, description: str, total: int | None = None):
+    """``tracker.track(iterable, ...)`` (silent for None) that is closed when the block ends, also
+    by an exception: a progress display drawn by a generator would otherwise stay live until the
+    generator is collected and swallow the error line printed after it (Ctrl-C's among them)."""
+    it = tracker_or_null(tracker).track(iterable, description, total=total)
+    try:
+        yield it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`train`: still a ``KeyboardInterrupt``, raised after a checkpoint was
     written where that is safe. ``step`` is the step the checkpoint ``ckpt`` holds (None without a
@@ -394,27 +408,28 @@ def _train(model, loss_fn, data, *, steps, batch_size, optimizer, lr, seed, ema_
     stopped, done, updating = None, start, False
     run.model.train()
     try:
-        for step in tracker_or_null(tracker).track(range(start, steps), description, total=steps - start):
-            _set_lr(run.optimizer, base_lrs, schedule, step)
-            idx = batch_indices(n, batch_size, step, seed, acc.process_index, acc.num_processes).to(acc.device)
-            _seed_step(_step_seed(seed, step) + acc.process_index, acc.device)
-            loss = loss_fn(run.model, [t[idx] for t in data])
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                if on_nonfinite == "raise":
-                    raise KexueError(f"loss became {value} at step {step}; lower the learning rate")
-                stopped, steps = f"loss became {value} at step {step}", step
-                break
-            updating = True  # until the step's bookkeeping is over the state is not one of a whole step
-            run.step(loss, grad_clip)
-            run.losses.append(value)
-            if on_step is not None:
-                on_step(step, value)
-            if eval_every and (step + 1) % eval_every == 0:
-                run.evaluate(step + 1)
-            if ckpt_every and (step + 1) % ckpt_every == 0:
-                run.checkpoint(step + 1)
-            done, updating = step + 1, False
+        with tracked(tracker, range(start, steps), description, total=steps - start) as todo:
+            for step in todo:
+                _set_lr(run.optimizer, base_lrs, schedule, step)
+                idx = batch_indices(n, batch_size, step, seed, acc.process_index, acc.num_processes).to(acc.device)
+                _seed_step(_step_seed(seed, step) + acc.process_index, acc.device)
+                loss = loss_fn(run.model, [t[idx] for t in data])
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    if on_nonfinite == "raise":
+                        raise KexueError(f"loss became {value} at step {step}; lower the learning rate")
+                    stopped, steps = f"loss became {value} at step {step}", step
+                    break
+                updating = True  # until the step's bookkeeping is over the state is not one of a whole step
+                run.step(loss, grad_clip)
+                run.losses.append(value)
+                if on_step is not None:
+                    on_step(step, value)
+                if eval_every and (step + 1) % eval_every == 0:
+                    run.evaluate(step + 1)
+                if ckpt_every and (step + 1) % ckpt_every == 0:
+                    run.checkpoint(step + 1)
+                done, updating = step + 1, False
     except KeyboardInterrupt:
         if ckpt is not None and not updating and run.saved != done:
             run.checkpoint(done)  # the weights, optimiser and losses of the last whole step: resumes exactly

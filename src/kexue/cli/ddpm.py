@@ -49,7 +49,7 @@ def train_cmd(
 ):
     """Train an ε-network with the loss of SPEC 7.2 and save it as one .safetensors file."""
     from kexue import validate
-    from kexue.cli import RichTracker, out_console
+    from kexue.cli import RichTracker, interrupted, out_console
     from kexue.cli._common import use_threads
     from kexue.ddpm import DDPM, UNetConfig, load_images, make_schedule
     from kexue.utils import KexueError
@@ -74,6 +74,8 @@ def train_cmd(
                   resume=resume, tracker=RichTracker(), threads=n_threads)
     except KexueError as e:
         raise in_flags(e, TRAIN_FLAGS) from None
+    except KeyboardInterrupt as e:
+        raise interrupted(e, resume) from None
     model.info["data"] = data
     model.save(out)
     losses = model.result_.losses[-50:]

@@ -62,7 +62,7 @@ def train_cmd(
 
 
 def _train(data: str, out: Path, config, kw: dict) -> None:
-    from kexue.cli import RichTracker, out_console
+    from kexue.cli import RichTracker, interrupted, out_console
     from kexue.data import load_mnist5k, load_mnist_train
     from kexue.io import read_matrix
     from kexue.vae import fit_vae
@@ -75,6 +75,8 @@ def _train(data: str, out: Path, config, kw: dict) -> None:
         model = fit_vae(X, config, tracker=RichTracker(), **kw)
     except KexueError as e:
         raise in_flags(e, TRAIN_FLAGS) from None
+    except KeyboardInterrupt as e:
+        raise interrupted(e, kw["resume"]) from None
     model.save(out)
     tail = model.losses_[-50:]
     out_console.print(f"saved {out} (final training loss {sum(tail) / max(1, len(tail)):.2f} nats)")
