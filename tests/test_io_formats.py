@@ -42,11 +42,16 @@ def test_bfloat16_safetensors_read_as_exact_float32(tmp_path):
 
 def test_float8_safetensors_match_ml_dtypes(tmp_path):
     ml = pytest.importorskip("ml_dtypes")
-    codes = np.arange(256, dtype=np.uint8).reshape(16, 16)
     for st, dt in (("F8_E4M3", ml.float8_e4m3fn), ("F8_E5M2", ml.float8_e5m2)):
+        codes = np.arange(256, dtype=np.uint8)
+        codes = codes[np.isfinite(codes.view(dt).astype(np.float32))][:, None]  # every finite code, as one column
         p = tmp_path / f"{st}.safetensors"
         write_safetensors(p, "x", st, codes.shape, codes.tobytes())
         np.testing.assert_array_equal(read_matrix(p), codes.view(dt).astype(np.float32), err_msg=st)
+        nan = np.array([[0x7F]], dtype=np.uint8)  # NaN in both formats: refused, naming the file
+        write_safetensors(p, "x", st, nan.shape, nan.tobytes())
+        with pytest.raises(KexueError, match="non-finite.*row 0, column 0"):
+            read_matrix(p)
 
 
 def test_float16_and_unreadable_dtypes(tmp_path):
