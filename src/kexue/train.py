@@ -212,7 +212,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise KexueError(f"checkpoint {path} not found; give the right ckpt path or resume=False") from None
     except Exception as e:  # corrupt / foreign file
-        raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or pass resume=False") from None
+        raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or resume=False") from None
 
 
 def partial(path: str | os.PathLike | None, key: dict) -> dict | None:
