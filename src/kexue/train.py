@@ -52,8 +52,8 @@ def num_threads(threads: int | None):
     The library's thread policy: the heavy entry points (:func:`train`, ``fit_vae``,
     ``log_likelihood``, ``DDPM.fit``/``sample``/``nll``) take ``threads=None``, meaning torch's
     current setting (``torch.set_num_threads``), or a count for that call only. The CLI passes
-    its ``--threads`` (default ``$KEXUE_THREADS`` or 1): on a small shared machine one thread was
-    4× faster than torch's default for 100 DDPM sampling steps (issue 31)."""
+    its ``--threads`` (default ``$KEXUE_THREADS`` or 1; on a small shared machine one thread is
+    much faster than torch's default, docs/ddpm.md)."""
     if threads is None:
         yield
         return
