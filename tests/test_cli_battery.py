@@ -306,3 +306,16 @@ def test_library_settings_of_the_other_sampler_are_refused_in_library_words(ddpm
     with pytest.raises(KexueError, match="timesteps=1000") as e:
         m.nll(__import__("numpy").zeros((1, 64)), timesteps=1000)
     assert "--" not in str(e.value)
+
+
+def test_ctrl_c_in_any_command_says_interrupted_in_one_line(cli, ddpm_file, tmp_path, monkeypatch):
+    """typer turns Ctrl-C into a silent exit 130; the CLI still says what happened, once."""
+    from kexue.ddpm import DDPM
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DDPM, "sample", interrupt)
+    r = cli("ddpm", "sample", ddpm_file, "-n", 1, "-o", tmp_path / "g.npy")
+    assert r.code == 130 and r.err.strip() == "kexue: interrupted", r.err
+    assert not any(tmp_path.iterdir())

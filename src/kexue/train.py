@@ -52,8 +52,8 @@ def num_threads(threads: int | None):
     The library's thread policy: the heavy entry points (:func:`train`, ``fit_vae``,
     ``log_likelihood``, ``DDPM.fit``/``sample``/``nll``) take ``threads=None``, meaning torch's
     current setting (``torch.set_num_threads``), or a count for that call only. The CLI passes
-    its ``--threads`` (default ``$KEXUE_THREADS`` or 1): on a small shared machine one thread was
-    4× faster than torch's default for 100 DDPM sampling steps (issue 31)."""
+    its ``--threads`` (default ``$KEXUE_THREADS`` or 1; on a small shared machine one thread is
+    much faster than torch's default, docs/ddpm.md)."""
     if threads is None:
         yield
         return
@@ -212,7 +212,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise KexueError(f"checkpoint {path} not found; give the right ckpt path or resume=False") from None
     except Exception as e:  # corrupt / foreign file
-        raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or pass resume=False") from None
+        raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or resume=False") from None
 
 
 def partial(path: str | os.PathLike | None, key: dict) -> dict | None:

@@ -76,7 +76,7 @@ def in_flags(error: KexueError, words: dict[str, str]) -> KexueError:
 
 
 # the training loop's parameter names (kexue.train) → the train commands' flags
-TRAIN_FLAGS = {"resume=False": "no --resume", "past steps=": "past --steps ", "another ckpt": "another --ckpt",
+TRAIN_FLAGS = {"resume=False": "drop --resume", "past steps=": "past --steps ", "another ckpt": "another --ckpt",
                "right ckpt path": "right --ckpt path"}
 
 
