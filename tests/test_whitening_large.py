@@ -57,6 +57,15 @@ def test_merge_can_break_the_shift_mean_coupling():
     np.testing.assert_allclose(w.mean_, ref.mean_, rtol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_merge_of_fits_of_huge_or_tiny_data(scale):
+    X = _data() * scale
+    w = Whitening().fit(X[:1000]).merge(Whitening().fit(X[1000:]))
+    ref = Whitening().fit(X)
+    np.testing.assert_allclose(w.condition_number(), ref.condition_number(), rtol=1e-9)
+    np.testing.assert_allclose(w.transform(X[:20]), ref.transform(X[:20]), rtol=1e-8, atol=1e-8)
+
+
 da = pytest.importorskip("dask.array", reason="the dask extra is not installed")
 
 

@@ -1,7 +1,7 @@
 """Whitening (SPEC 5.1) of a Dask array: row blocks summed where they live, sums added in a tree.
 
-The fit needs only N, Σ(x − c) and Σ(x − c)ᵀ(x − c) about a fixed shift c
-(:func:`kexue.whitening.chunk_sums`). Those add across row blocks, so each block's sums are
+The fit needs only N, Σ(x − c) and Σ(x − c)ᵀ(x − c) about a fixed shift c (and a power-of-two
+scale; :class:`kexue.whitening.Whitening`). Those add across row blocks, so each block's sums are
 computed on the worker that holds (or reads) the block and only d² numbers per block travel.
 With c the mean of the first ``CHUNK`` rows — the shift the in-memory fit picks — the result
 equals ``Whitening().fit(X.compute())`` up to the order of float64 additions. Dask schedules;
@@ -15,17 +15,23 @@ from __future__ import annotations
 import numpy as np
 
 from kexue.utils import KexueError, require
-from kexue.whitening import CHUNK, Whitening, chunk_sums
+from kexue.whitening import CHUNK, Whitening
 
 
-def _block_sums(block: np.ndarray, shift: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+def _block(block: np.ndarray, shift: np.ndarray, scale: float) -> Whitening:
+    """One block's accumulators, about the shift and scale the first rows pick (as the
+    in-memory fit does), so blocks add without moving sums."""
     if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
         raise KexueError("the data holds NaN or inf values; remove or impute them before whitening")
-    return chunk_sums(block, shift)
+    w = Whitening()
+    w._begin(shift[None, :])
+    w.shift_, w.scale_ = shift, scale
+    w._accumulate(block)
+    return w
 
 
-def _add(a, b):
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+def _add(a: Whitening, b: Whitening) -> Whitening:
+    return a._add_sums(b)
 
 
 def _check(X) -> None:
@@ -44,15 +50,16 @@ def fit_dask(w: Whitening, X) -> Whitening:
     if n < 2:
         raise KexueError(f"got {n} sample; whitening needs at least 2 samples (N < 2) to estimate Σ")
     X = X.rechunk({1: -1}) if len(X.chunks[1]) > 1 else X
-    shift = X[: min(n, CHUNK)].astype(np.float64).mean(axis=0).compute()
-    parts = [dask.delayed(_block_sums)(b, shift) for b in X.to_delayed().ravel()]
+    start = Whitening()
+    start._begin(X[: min(n, CHUNK)].astype(np.float64).compute())  # c and s from the first rows
+    parts = [dask.delayed(_block)(b, start.shift_, start.scale_) for b in X.to_delayed().ravel()]
     while len(parts) > 1:  # a binary tree: the driver never holds more than one d×d sum
         parts = [dask.delayed(_add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
                  for i in range(0, len(parts), 2)]
-    N, s, G = parts[0].compute()
+    total = parts[0].compute()
     w._reset()
-    w.n_features_in_, w.n_samples_seen_ = d, int(N)
-    w.shift_, w.sum_, w.gram_ = shift, s, G
+    for name in ("n_features_in_", "n_samples_seen_", "shift_", "scale_", "sum_", "gram_"):
+        setattr(w, name, getattr(total, name))
     return w._decompose()
 
 
