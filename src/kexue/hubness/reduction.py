@@ -18,7 +18,7 @@ backends and sparse graphs supply both rows themselves.
 
 from __future__ import annotations
 
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Callable
 
 import numpy as np
@@ -67,9 +67,9 @@ class MutualProximity(_Reduction):
         d = dist[:, :width]
         return d.mean(1), np.maximum(d.std(1), _TINY)
 
-    def _secondary(self, dist, ind, q_stats, Q):
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
         if self.method == "gaussian":
-            (mq, sq), (mx, sx) = q_stats, self.stats_
+            (mq, sq), (mx, sx) = q_stats, x_stats
             return 1.0 - ndtr((mq[:, None] - dist) / sq[:, None]) * ndtr((mx[ind] - dist) / sx[ind])
         A = _normalise(self.X_) if self.metric == "cosine" else self._scaled(self.X_)  # dist is scaled too
         B = _normalise(Q) if self.metric == "cosine" else self._scaled(Q)
@@ -123,8 +123,8 @@ class LocalScaling(_Reduction):
         s = dist[:, width - 1] if self.method == "standard" else dist[:, :width].mean(1)
         return (np.maximum(s, _TINY),)
 
-    def _secondary(self, dist, ind, q_stats, Q):
-        sq, sx = q_stats[0][:, None], self.stats_[0][ind]
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
+        sq, sx = q_stats[0][:, None], x_stats[0][ind]
         if self.method == "standard":
             return -np.expm1(-dist**2 / (sq * sx))
         return dist / np.sqrt(sq * sx)
@@ -153,8 +153,43 @@ class CSLS(_Reduction):
     def _stats(self, dist, width):
         return (self._sim(dist[:, :width]).mean(1),)
 
-    def _secondary(self, dist, ind, q_stats, Q):
-        return q_stats[0][:, None] + self.stats_[0][ind] - 2.0 * self._sim(dist)
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
+        return q_stats[0][:, None] + x_stats[0][ind] - 2.0 * self._sim(dist)
+
+    def _unscaled(self, sec):
+        return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec  # linear in d (Euclidean)
+
+
+class NNN(_Reduction):
+    """Nearest Neighbor Normalization (Chowdhury et al., EMNLP 2024): the score of candidate x for
+    query q is ``s(q, x) - alpha · r_x``, secondary distance ``alpha · r_x - s(q, x)``; ``s = 1 - d``
+    (cosine: the inner product of unit vectors) or ``s = -d`` (Euclidean); ``r_x`` = mean similarity
+    of x to its ``k`` nearest reference points — the reference set (a bank of queries) passed to
+    ``fit(X, reference=R)`` or ``kneighbors(Q, reference="queries")``; without one, x's ``k``
+    nearest other index points (as the other reductions). Only the index side is corrected: the
+    query's own statistic is not used. Candidates are each query's ``n_candidates`` nearest by
+    primary distance (the PyPI package ``nnn-retrieval``, MIT licence, scores every index point).
+    """
+
+    _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")],
+                              "alpha": [Interval(Real, 0, None, closed="left")]}
+
+    def __init__(self, alpha: float = 0.5, k: int = 5, n_candidates: int = 100, metric: str = "cosine",
+                 backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
+                 random_state: int = 0):
+        _store(self, locals())
+
+    def _sim(self, dist):
+        return 1.0 - dist if self.metric == "cosine" else -dist
+
+    def _width(self):
+        return self.k
+
+    def _stats(self, dist, width):
+        return (self._sim(dist[:, :width]).mean(1),)
+
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
+        return self.alpha * x_stats[0][ind] - self._sim(dist)
 
     def _unscaled(self, sec):
         return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec  # linear in d (Euclidean)
@@ -174,8 +209,8 @@ class Centering(_Reduction):
     def _width(self):
         return 0
 
-    def fit(self, X, y=None, graph: tuple | None = None):
-        super().fit(X, y, graph)
+    def fit(self, X, y=None, graph: tuple | None = None, reference=None):
+        super().fit(X, y, graph, reference)
         self.center_ = self.X_.mean(0)
         return self
 
@@ -185,7 +220,7 @@ class Centering(_Reduction):
     def _load_extra(self, tensors):
         self.center_ = tensors["center"]
 
-    def _secondary(self, dist, ind, q_stats, Q):
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
         A = _centred(self._scaled(self.X_), self._scaled(self.center_))
         B = _centred(self._scaled(Q), self._scaled(self.center_))
         out = np.empty_like(dist)
@@ -207,11 +242,12 @@ REDUCTIONS: dict[str, Callable[..., _Reduction]] = {
     "ls": lambda **kw: LocalScaling(method="standard", **kw),
     "nicdm": lambda **kw: LocalScaling(method="nicdm", **kw),
     "csls": lambda **kw: CSLS(**kw),
+    "nnn": lambda **kw: NNN(**kw),
     "centering": lambda **kw: Centering(**kw),
 }
 
 
 def make_reduction(name: str, **kw) -> _Reduction:
-    """A reduction by short name: mp, mp-empirical, ls, nicdm, csls, centering."""
+    """A reduction by short name: mp, mp-empirical, ls, nicdm, csls, nnn, centering."""
     validate.choice(name, REDUCTIONS, "hubness reduction")
     return REDUCTIONS[name](**kw)

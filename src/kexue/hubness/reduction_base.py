@@ -46,6 +46,7 @@ from sklearn.exceptions import NotFittedError
 
 from kexue import validate
 from kexue.hubness import graph as G
+from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
 from kexue.hubness.knn import BACKENDS, METRICS, _normalise, host_array, occurrences, pow2_exponent, rows64
 from kexue.utils import KexueError, KexueTypeError
@@ -107,7 +108,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """Per-row statistics from sorted distances (first ``width`` columns)."""
         return ()
 
-    def _secondary(self, dist, ind, q_stats, Q) -> np.ndarray:
+    def _secondary(self, dist, ind, q_stats, x_stats, Q) -> np.ndarray:
+        """Secondary distances of candidates ``ind`` at primary ``dist``: ``q_stats`` the queries'
+        statistics, ``x_stats`` the index points' (indexed by ``ind``)."""
         raise NotImplementedError
 
     # ---- fitting
@@ -122,12 +125,21 @@ class _Reduction(TransformerMixin, BaseEstimator):
             raise KexueError(f"backend must be one of {', '.join(BACKENDS)} or a built FAISS index; "
                              f"got {type(self.backend).__name__}")
 
-    def fit(self, X, y=None, graph: tuple | None = None):
+    def fit(self, X, y=None, graph: tuple | None = None, reference=None):
         """Learn each index point's statistic. ``X``: index vectors or a sparse self-kNN graph.
         ``graph=(dist, ind)``: the index's own kNN graph (self excluded, sorted, at least
-        ``n_candidates`` columns) if already computed — saves the search."""
+        ``n_candidates`` columns) if already computed — saves the search.
+
+        ``reference``: None (each index point's statistic from its nearest other index points), or
+        an array of reference vectors in the index's space — a bank of queries, any size — from
+        whose nearest points each index point's statistic is read instead (CSLS's ``r_T`` of Conneau
+        et al. 2018, kiez's ``fit(source, target)``, NNN's reference set; :mod:`kexue.hubness.reference`).
+        An int ``n_samples`` then draws that many reference rows at random. The query batch itself
+        as the reference is ``kneighbors(Q, reference="queries")``."""
         self._check_params()
         if sparse.issparse(X):
+            if reference is not None:
+                raise KexueError("a reference set needs the index vectors; fit on the embeddings, not on a kNN graph")
             return self._fit_graph(X)
         X = _vectors(X)
         n = len(X)
@@ -150,6 +162,13 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if graph is not None:
             self._graph = self._given_graph(graph, n)
         w = self._width()
+        self.n_reference_ = None
+        if reference is not None:
+            self._no_statistic(reference)
+            R = REF.sample(REF.check_reference(reference, X.shape[1], "fit"), self.n_samples, self.random_state)
+            self.n_reference_, self.n_samples_ = len(R), None
+            self.stats_ = self._reference_stats(R)
+            return self
         self.n_samples_ = self._sample_size(n) if w and self._graph is None else None
         if w == 0:
             self.stats_ = ()
@@ -192,7 +211,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_candidates_ = dist.shape[1]
         self._check_width(dist.shape[1])
         self._graph, self.X_, self._screen = (dist, ind), None, None
-        self.n_samples_ = None
+        self.n_samples_, self.n_reference_ = None, None
         self.exp_ = pow2_exponent(float(dist.max()))
         self.stats_ = self._scaled_stats(dist, self._width())
         return self
@@ -268,23 +287,53 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """Secondary distances back in the primary distance's units (only where they carry them)."""
         return sec
 
-    def _reduce(self, dist, ind, Q, in_sample: bool):
-        dist = self._scaled(dist)
-        q_stats = self.stats_ if in_sample else self._stats(dist, min(self._width(), dist.shape[1]))
-        return self._unscaled(self._secondary(dist, ind, q_stats, Q))
+    def _reference_stats(self, R: np.ndarray) -> tuple:
+        """The index points' statistics from their nearest rows of reference ``R``."""
+        w = self._width()
+        return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
+                                           self.random_state), w)
 
-    def transform(self, X):
+    def _no_statistic(self, reference) -> None:
+        if not self._width():
+            raise KexueError(f"{type(self).__name__}{'(method=' + repr(self.method) + ')' if hasattr(self, 'method') else ''} "
+                             "has no per-point index statistic, so a reference set does not apply; drop reference "
+                             "or use mp, ls, nicdm, csls or nnn")
+
+    def _index_stats(self, reference, Q) -> tuple:
+        """The index side for one call: the fitted statistics (``reference=None``), or those read
+        from ``reference`` — an array, or "queries" for the query batch ``Q`` itself."""
+        if reference is None:
+            return self.stats_
+        self._no_statistic(reference)
+        if self.fit_mode_ == "graph":
+            raise KexueError("a reference set needs the index vectors; fit on the embeddings, not on a kNN graph")
+        if isinstance(reference, str) and reference == REF.QUERIES:  # in sample, the queries are the index
+            return self._reference_stats(self.X_ if Q is None else Q)
+        return self._reference_stats(REF.check_reference(reference, self.n_features_in_, "kneighbors"))
+
+    def _reduce(self, dist, ind, Q, in_sample: bool, reference=None):
+        x_stats = self._index_stats(reference, Q)
+        dist = self._scaled(dist)
+        # an index point searched in-sample is its own query: with index-internal statistics it is
+        # read from the fitted rows; with a reference, the query side still comes from its candidates
+        own = in_sample and reference is None and getattr(self, "n_reference_", None) is None
+        q_stats = self.stats_ if own else self._stats(dist, min(self._width(), dist.shape[1]))
+        return self._unscaled(self._secondary(dist, ind, q_stats, x_stats, Q))
+
+    def transform(self, X, reference=None):
         """CSR graph (n_queries, n_index) of secondary distances over each query's candidates.
         Values are shifted by a per-row constant where a formula can go negative (CSLS), so that
-        precomputed-distance estimators accept the graph; each row's ranking is unchanged."""
+        precomputed-distance estimators accept the graph; each row's ranking is unchanged.
+        ``reference``: as in :meth:`kneighbors`."""
         dist, ind, Q = self._candidates(X)
-        sec = self._reduce(dist, ind, Q, in_sample=False)
+        sec = self._reduce(dist, ind, Q, in_sample=False, reference=reference)
         low = sec.min(1, keepdims=True)
         return G.to_graph(np.where(low < 0, sec - low, sec), ind, self.n_index_)
 
-    def rerank(self, dist, ind, X=None):
+    def rerank(self, dist, ind, X=None, reference=None):
         """Re-rank a candidate graph ``(dist, ind)`` (n_queries, c) computed elsewhere: ``X`` the
-        query vectors (None: row i is index point i, in-sample). Returns ``(secondary, ind)`` sorted."""
+        query vectors (None: row i is index point i, in-sample). Returns ``(secondary, ind)`` sorted.
+        ``reference``: as in :meth:`kneighbors`."""
         check_is_fitted(self)
         dist = validate.matrix(dist, "neigh_dist")
         ind = np.asarray(ind, dtype=np.int64)
@@ -302,20 +351,24 @@ class _Reduction(TransformerMixin, BaseEstimator):
         # so sorted rows are untouched) whatever order the caller's search returned
         order = np.argsort(dist, axis=1, kind="stable")
         dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None), ind, dist.shape[1])
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference), ind, dist.shape[1])
 
-    def kneighbors(self, X=None, n_neighbors: int = 10):
+    def kneighbors(self, X=None, n_neighbors: int = 10, reference=None):
         """The ``n_neighbors`` nearest by secondary distance among each query's ``n_candidates``
-        primary candidates: ``(secondary_dist, ind)`` sorted; ``X=None``: the index itself."""
+        primary candidates: ``(secondary_dist, ind)`` sorted; ``X=None``: the index itself.
+
+        ``reference`` (for this call only; the fitted statistics are kept): None — the index side as
+        fitted; ``"queries"`` — each index point's statistic from its nearest points of this query
+        batch ``X`` (transductive, kiez's setting); an array — from its nearest rows of that array."""
         dist, ind, Q = self._candidates(X)
         validate.integer(n_neighbors, "n_neighbors", 1)
         if n_neighbors > dist.shape[1]:
             raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None), ind, n_neighbors)
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference), ind, n_neighbors)
 
-    def k_occurrence(self, X=None, n_neighbors: int = 10) -> np.ndarray:
+    def k_occurrence(self, X=None, n_neighbors: int = 10, reference=None) -> np.ndarray:
         """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""
-        return occurrences(self.kneighbors(X, n_neighbors)[1], self.n_index_)
+        return occurrences(self.kneighbors(X, n_neighbors, reference=reference)[1], self.n_index_)
 
     # ---- persistence
     def save(self, path) -> None:
@@ -331,7 +384,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         tensors.update(self._extra_tensors())
         config = {"params": self.get_params(), "n_index": self.n_index_, "n_candidates": self.n_candidates_,
                   "n_features_in": self.n_features_in_, "fit_mode": self.fit_mode_, "n_stats": len(self.stats_),
-                  "n_samples_used": self.n_samples_, "exp": self.exp_}
+                  "n_samples_used": self.n_samples_, "exp": self.exp_, "n_reference": self.n_reference_}
         save_fitted(path, f"hubness.{type(self).__name__}", tensors, config)
 
     def _extra_tensors(self) -> dict:
@@ -348,6 +401,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_features_in_, self.fit_mode_ = cfg["n_features_in"], cfg["fit_mode"]
         self.n_samples_ = cfg.get("n_samples_used")  # absent in files saved before "auto" existed
         self.exp_ = cfg.get("exp", 0)
+        self.n_reference_ = cfg.get("n_reference")
         self.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
         self.X_ = t.get("X")
         self._graph = (t["gd"], t["gi"]) if "gd" in t else None

@@ -1,0 +1,60 @@
+"""Index statistics from a reference set (issue 28; SPEC 8.4): each index point's statistic read
+from its nearest *reference* points — a bank of queries, or the query batch itself — instead of its
+nearest other index points.
+
+When queries and index come from different distributions (cross-lingual or cross-modal retrieval,
+questions vs passages, new data against an old index), the index points that are hubs *for the
+queries* are not those that are central among the index points. CSLS as Conneau et al. (2018)
+define it (``r_T(x)`` = mean similarity of target x to its k nearest *source* points), kiez's
+``fit(source=queries, target=index)`` and NNN (Nearest Neighbor Normalization, EMNLP 2024; its
+``reference_embeds``) all read the index side from the queries. This module finds those rows:
+each index point's ``w`` nearest reference points with their distances, sorted, by the
+reduction's backend (float32 screening on the exact backend, as for the index's own rows; an
+approximate index over the reference otherwise). The reference is never an index point's own
+row, so nothing is excluded: an index point that is also in the reference meets itself at 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kexue.hubness import graph as G
+from kexue.hubness import screen as S
+from kexue.utils import KexueError
+
+QUERIES = "queries"  # the spelling of the transductive reference: the query batch itself
+
+
+def check_reference(reference, n_features: int, where: str) -> np.ndarray:
+    """The reference vectors as float64 (n_ref, dim), checked like queries."""
+    from kexue.hubness.reduction_base import _vectors
+
+    if isinstance(reference, str):
+        raise KexueError(f"reference={reference!r} is not understood in {where}; pass an array of reference "
+                         f"vectors, or reference='{QUERIES}' to kneighbors/transform/rerank to use the query batch")
+    R = _vectors(reference, "reference")
+    if R.shape[1] != n_features:
+        raise KexueError(f"reference has {R.shape[1]} features but the index has {n_features}; embed both the same way")
+    return R
+
+
+def sample(R: np.ndarray, n_samples, seed: int) -> np.ndarray:
+    """``n_samples`` (an int below len(R)) reference rows drawn at random without replacement, in
+    their original order; ``None`` and ``"auto"`` keep the whole reference (its cost, n_index ×
+    n_ref distances, is that of one pass of n_ref queries)."""
+    if isinstance(n_samples, str) or n_samples is None or n_samples >= len(R):
+        return R
+    return R[np.sort(np.random.default_rng(seed).choice(len(R), int(n_samples), replace=False))]
+
+
+def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_params, seed: int) -> np.ndarray:
+    """Each index point's ``w`` smallest distances to the reference rows, sorted ascending.
+    ``backend``: "exact" (and a user's FAISS index, which holds the index, not the reference) —
+    float32 BLAS screening of the reference (:func:`kexue.hubness.screen.screened`); an approximate
+    backend name — that index built over the reference and searched with the index points."""
+    if w > len(R):
+        raise KexueError(f"the statistic reads each index point's {w} nearest reference points but the reference "
+                         f"has {len(R)} rows; give a larger reference or lower k / n_candidates")
+    if not isinstance(backend, str) or backend == "exact":
+        return S.screened(R, X, w, metric)[0]
+    return G.search(R, X, w, metric, backend, backend_params, seed)[0]
