@@ -196,3 +196,36 @@ def test_save_load_keeps_reference_statistics(tmp_path):
     s = h.NNN.load(tmp_path / "r.safetensors")
     assert s.n_reference_ == len(R)
     np.testing.assert_array_equal(s.kneighbors(Q, 5)[1], r.kneighbors(Q, 5)[1])
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_queries_and_reference_equal_the_api(cli, tmp_path):
+    import json
+
+    X, R, Q = data(seed=9, n=300, nr=120, nq=80, d=10)
+    for name, arr in [("X", X), ("R", R), ("Q", Q)]:
+        np.save(tmp_path / f"{name}.npy", arr)
+    g = h.kneighbors(X, 40, queries=Q)  # the CLI re-ranks the exact primary candidates of the queries
+    nk0 = h.occurrences(g.ind[:, :5], len(X))
+    for red, ref, kw in [("csls", "queries", {"reference": "queries"}), ("mp", tmp_path / "R.npy", {}),
+                         ("nnn", tmp_path / "R.npy", {})]:
+        out = tmp_path / f"g-{red}.npz"
+        r = cli("hubness", tmp_path / "X.npy", "--queries", tmp_path / "Q.npy", "--reference", ref, "--reduce", red,
+                "-k", 5, "--candidates", 40, "--json", "-", "--graph", out)
+        assert r.code == 0, r.err
+        doc = json.loads(r.out)
+        est = h.make_reduction(red, n_candidates=40, metric="euclidean")
+        est.fit(X, reference=None if kw else R)
+        d, ind = est.rerank(g.dist, g.ind, Q, **kw)
+        np.testing.assert_array_equal(np.load(out)["indices"], ind[:, :5])
+        assert doc["n_queries"] == 80 and doc["n_reference"] == (80 if kw else 120)
+        assert doc["measures"]["primary"] == h.hubness_measures(nk0, 5, 80)
+        assert doc["measures"][red]["skewness"] == pytest.approx(h.skewness(h.occurrences(ind[:, :5], len(X))))
+    # in sample with a reference bank: the index's own exact graph, statistics from the bank
+    r = cli("hubness", tmp_path / "X.npy", "--reference", tmp_path / "R.npy", "--reduce", "ls", "-k", 5,
+            "--candidates", 40, "--nk-out", tmp_path / "nk.npy")
+    assert r.code == 0, r.err
+    est = h.LocalScaling(n_candidates=40).fit(X, graph=h.kneighbors(X, 40), reference=R)
+    np.testing.assert_array_equal(np.load(tmp_path / "nk.npy"), est.k_occurrence(n_neighbors=5))
