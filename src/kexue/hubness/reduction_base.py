@@ -48,7 +48,8 @@ from kexue import validate
 from kexue.hubness import graph as G
 from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
-from kexue.hubness.knn import BACKENDS, METRICS, _normalise, host_array, occurrences, pow2_exponent, rows64
+from kexue.hubness.arrays import host_array, pow2_exponent
+from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, rows64
 from kexue.utils import KexueError, KexueTypeError
 
 _TINY = np.finfo(np.float64).tiny
@@ -370,22 +371,12 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""
         return occurrences(self.kneighbors(X, n_neighbors, reference=reference)[1], self.n_index_)
 
-    # ---- persistence
+    # ---- persistence (kexue.hubness.reduction_io)
     def save(self, path) -> None:
         """One .safetensors file: parameters, fitted statistics and (vector mode) the index vectors."""
-        from kexue.io import save_fitted
+        from kexue.hubness.reduction_io import save_reduction
 
-        check_is_fitted(self)
-        if not isinstance(self.backend, str):
-            raise KexueError("a reduction over your own FAISS index cannot be saved with it; save the index "
-                             "with faiss.write_index and fit again on load")
-        tensors = {f"stat{i}": s for i, s in enumerate(self.stats_)}
-        tensors.update({"X": self.X_} if self.X_ is not None else {"gd": self._graph[0], "gi": self._graph[1]})
-        tensors.update(self._extra_tensors())
-        config = {"params": self.get_params(), "n_index": self.n_index_, "n_candidates": self.n_candidates_,
-                  "n_features_in": self.n_features_in_, "fit_mode": self.fit_mode_, "n_stats": len(self.stats_),
-                  "n_samples_used": self.n_samples_, "exp": self.exp_, "n_reference": self.n_reference_}
-        save_fitted(path, f"hubness.{type(self).__name__}", tensors, config)
+        save_reduction(self, path)
 
     def _extra_tensors(self) -> dict:
         return {}
@@ -393,22 +384,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
     @classmethod
     def load(cls, path):
         """The reduction saved by :meth:`save`, ready to transform new queries."""
-        from kexue.io import load_fitted
+        from kexue.hubness.reduction_io import load_reduction
 
-        t, cfg = load_fitted(path, f"hubness.{cls.__name__}")
-        self = cls(**cfg["params"])
-        self.n_index_, self.n_candidates_ = cfg["n_index"], cfg["n_candidates"]
-        self.n_features_in_, self.fit_mode_ = cfg["n_features_in"], cfg["fit_mode"]
-        self.n_samples_ = cfg.get("n_samples_used")  # absent in files saved before "auto" existed
-        self.exp_ = cfg.get("exp", 0)
-        self.n_reference_ = cfg.get("n_reference")
-        self.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
-        self.X_ = t.get("X")
-        self._graph = (t["gd"], t["gi"]) if "gd" in t else None
-        self._screen = None
-        self._screening()
-        self._load_extra(t)
-        return self
+        return load_reduction(cls, path)
 
     def _load_extra(self, tensors: dict) -> None:
         pass
