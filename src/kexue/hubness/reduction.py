@@ -1,4 +1,4 @@
-"""Hubness reduction (SPEC 8.4): mutual proximity, local scaling / NICDM, CSLS, centering.
+"""Hubness reduction (SPEC 8.4): mutual proximity, local scaling / NICDM, CSLS, NNN, centering.
 
 Every reduction is a scikit-learn transformer (see :mod:`kexue.hubness.reduction_base` for the
 contract): ``fit`` on the index (vectors or a sparse self-kNN graph), ``transform`` new queries
@@ -14,6 +14,10 @@ float32-screened candidates with their float32 distances (:func:`kexue.hubness.s
 relative errors ~1e-6, which reorder only secondary distances equal to that precision. The
 in-sample path (``X=None``) reads the exact float64 self-kNN graph for its candidates. Other
 backends and sparse graphs supply both rows themselves.
+
+With a reference set (``fit(X, reference=R)``; ``reference="queries"`` per call) x's row is its
+nearest rows of ``R`` instead of its nearest index points (:mod:`kexue.hubness.reference`), as
+CSLS (Conneau et al. 2018), kiez and NNN define it for queries that differ from the index.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ _CHUNK = 1 << 22  # elements of a gathered candidate block processed at once (32
 class MutualProximity(_Reduction):
     """Mutual proximity (Schnitzer et al. 2012): ``MP(q, x) = P(D_q > d, D_x > d)``, secondary
     distance ``1 - MP``; ``D_p`` is the distance from p to a random point of p's neighbourhood.
+    With a reference set (``fit(X, reference=R)``, ``kneighbors(Q, reference="queries")``), x's
+    neighbourhood is its ``n_candidates`` nearest reference points (Gaussian method only).
 
     - ``method="gaussian"``: ``D_q ~ N(μ_q, σ_q²)`` independent of ``D_x ~ N(μ_x, σ_x²)``, so
       ``MP = SF_q(d) · SF_x(d)`` (SF the normal survival function). μ_q, σ_q: mean and standard
@@ -103,6 +109,9 @@ class LocalScaling(_Reduction):
     - ``method="nicdm"``: ``d / sqrt(μ_q μ_x)``; μ = mean distance to the ``k`` nearest, q's from
       its row, x's from its distances to all other index points or a sample (learned by ``fit``).
 
+    With a reference set (``fit(X, reference=R)``, ``kneighbors(Q, reference="queries")``), σ_x and
+    μ_x come from x's ``k`` nearest reference points instead of index points.
+
     ``k`` must not exceed ``n_candidates``. With a sample (``n_samples``) the index side reads a wider window
     of the sample (at least its 40 nearest points), calibrated on the sample points' exact rows
     so that σ_x estimates the k-th neighbour distance (:func:`kexue.hubness.graph.sampled_stats`).
@@ -136,6 +145,10 @@ class CSLS(_Reduction):
     or ``s = -d`` (Euclidean). ``r_q`` = mean similarity of q to its ``k`` first candidates (its
     own row), ``r_x`` = mean similarity of x to its ``k`` nearest other index points (learned by
     ``fit`` from x's distances to all other index points, or to a sample of them: ``n_samples``).
+    With a reference set — ``fit(X, reference=R)`` or ``kneighbors(Q, reference="queries")`` —
+    ``r_x`` is the mean similarity of x to its ``k`` nearest reference points: Conneau et al.'s
+    ``r_T(x)``, the neighbourhood of a target in the *source* (query) space, which is this
+    class's documented meaning whenever a reference is given.
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")]}
