@@ -180,6 +180,9 @@ def test_reference_errors_are_one_line(tmp_path):
          "no per-point index statistic"),
         (lambda: make("csls", 20, 4, "euclidean").fit(
             KNeighborsTransformer(n_neighbors=20, mode="distance").fit_transform(X), reference=R), "index vectors"),
+        (lambda: make("csls", 20, 4, "euclidean").fit(X).kneighbors(
+            KNeighborsTransformer(n_neighbors=20, mode="distance").fit(X).transform(Q), 5, reference="queries"),
+         "query graph"),
         (lambda: make("csls", 20, 4, "euclidean").fit(X).kneighbors(Q, 5, reference=np.full((30, 7), np.nan)),
          "reference.*NaN"),
     ]

@@ -300,7 +300,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
                              "has no per-point index statistic, so a reference set does not apply; drop reference "
                              "or use mp, ls, nicdm, csls or nnn")
 
-    def _index_stats(self, reference, Q) -> tuple:
+    def _index_stats(self, reference, Q, in_sample: bool) -> tuple:
         """The index side for one call: the fitted statistics (``reference=None``), or those read
         from ``reference`` — an array, or "queries" for the query batch ``Q`` itself."""
         if reference is None:
@@ -309,11 +309,14 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if self.fit_mode_ == "graph":
             raise KexueError("a reference set needs the index vectors; fit on the embeddings, not on a kNN graph")
         if isinstance(reference, str) and reference == REF.QUERIES:  # in sample, the queries are the index
+            if Q is None and not in_sample:
+                raise KexueError("reference='queries' reads the query vectors; a query graph has none: pass the "
+                                 "query vectors, or a reference array")
             return self._reference_stats(self.X_ if Q is None else Q)
         return self._reference_stats(REF.check_reference(reference, self.n_features_in_, "kneighbors"))
 
     def _reduce(self, dist, ind, Q, in_sample: bool, reference=None):
-        x_stats = self._index_stats(reference, Q)
+        x_stats = self._index_stats(reference, Q, in_sample)
         dist = self._scaled(dist)
         # an index point searched in-sample is its own query: with index-internal statistics it is
         # read from the fitted rows; with a reference, the query side still comes from its candidates
