@@ -71,8 +71,8 @@ def _stsb(ctx, encoder, q_pool, x_pool):
     good = np.flatnonzero((score >= 4.0) & (np.array(s1) != np.array(s2)))
     rng = np.random.default_rng([ctx.seed, 28])
     test = np.sort(rng.permutation(good)[:len(good) // 2])
-    test_s1 = {s1[i] for i in test}
-    bank = np.array([i for i in range(len(s1)) if i not in set(test) and s1[i] not in test_s1])
+    test_s1, test_ids = {s1[i] for i in test}, set(test.tolist())
+    bank = np.array([i for i in range(len(s1)) if i not in test_ids and s1[i] not in test_s1])
     _, first = np.unique(np.array(s1)[bank], return_index=True)  # each bank sentence once
     bank = bank[np.sort(first)]
     return dict(X=E2[rows].astype(np.float64), Q=E1[test].astype(np.float64), B=E1[bank].astype(np.float64),
