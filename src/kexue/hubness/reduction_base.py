@@ -292,7 +292,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """The index points' statistics from their nearest rows of reference ``R``."""
         w = self._width()
         return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
-                                           self.random_state), w)
+                                           self.random_state, self._screening()), w)
 
     def _no_statistic(self, reference) -> None:
         if not self._width():

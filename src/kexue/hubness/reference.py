@@ -20,6 +20,7 @@ import numpy as np
 
 from kexue.hubness import graph as G
 from kexue.hubness import screen as S
+from kexue.hubness.knn import rows64
 from kexue.utils import KexueError
 
 QUERIES = "queries"  # the spelling of the transductive reference: the query batch itself
@@ -47,14 +48,18 @@ def sample(R: np.ndarray, n_samples, seed: int) -> np.ndarray:
     return R[np.sort(np.random.default_rng(seed).choice(len(R), int(n_samples), replace=False))]
 
 
-def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_params, seed: int) -> np.ndarray:
+def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_params, seed: int,
+         screen=None) -> np.ndarray:
     """Each index point's ``w`` smallest distances to the reference rows, sorted ascending.
-    ``backend``: "exact" (and a user's FAISS index, which holds the index, not the reference) —
-    float32 BLAS screening of the reference (:func:`kexue.hubness.screen.screened`); an approximate
-    backend name — that index built over the reference and searched with the index points."""
+    ``backend``: "exact" — float32 BLAS screening against the index's own prepared rows
+    (``screen``, :func:`kexue.hubness.screen.reference_rows`); a user's FAISS index, which holds the
+    index, not the reference — float32 screening of the reference (:func:`kexue.hubness.screen.screened`);
+    an approximate backend name — that index built over the reference and searched with the index points."""
     if w > len(R):
         raise KexueError(f"the statistic reads each index point's {w} nearest reference points but the reference "
                          f"has {len(R)} rows; give a larger reference or lower k / n_candidates")
+    if screen is not None:
+        return S.reference_rows(screen, rows64(R, metric), w, metric)
     if not isinstance(backend, str) or backend == "exact":
         return S.screened(R, X, w, metric)[0]
     return G.search(R, X, w, metric, backend, backend_params, seed)[0]
