@@ -148,8 +148,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
             raise KexueError(f"a hubness reduction needs at least 2 index points; got {n} sample")
         if not isinstance(self.backend, str):
             G.check_faiss_index(self.backend, X, self.metric)
-        if self.metric == "cosine":
-            _normalise(X)  # rejects zero rows now rather than at query time
+        unit = _normalise(X) if self.metric == "cosine" else None  # rejects zero rows now, not at query time
         self.fit_mode_, self.n_features_in_, self.n_index_ = "vectors", X.shape[1], n
         self.n_candidates_ = min(self.n_candidates, n - 1)  # no point has more neighbours than this
         self.X_ = X
@@ -159,7 +158,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
             pow2_exponent(float(np.ptp(X, axis=0).max()))
         self._check_width(self.n_candidates_)
         self._graph, self._screen = None, None
-        self._screening()  # built now, so transform never changes the estimator
+        self._screening(unit)  # built now, so transform never changes the estimator
         if graph is not None:
             self._graph = self._given_graph(graph, n)
         w = self._width()
@@ -234,11 +233,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
     def _exact(self) -> bool:
         return isinstance(self.backend, str) and self.backend == "exact"
 
-    def _screening(self):
+    def _screening(self, rows=None):
         """The index side of the float32 screening (exact backend, vector mode; else None), built by
-        ``fit``/``load`` and reused by every query batch."""
+        ``fit``/``load`` and reused by every query batch. ``rows``: ``rows64(X_)`` if already made."""
         if getattr(self, "_screen", None) is None and self._exact() and self.X_ is not None:
-            self._screen = S.screening(rows64(self.X_, self.metric), self.metric)
+            self._screen = S.screening(rows64(self.X_, self.metric) if rows is None else rows, self.metric)
         return self._screen
 
     def _index_graph(self):
