@@ -70,3 +70,19 @@ def test_smollm2_loader_gives_next_token_logits():
         logits = model(**enc).logits
     assert logits.shape[-1] == model.config.vocab_size
     assert tok.decode(int(logits[0, -1].argmax())).strip() == "Paris"
+
+
+def test_load_minilm_gives_a_model_the_caller_may_change():
+    """The docs append a whitening layer to load_minilm()'s model; that must not change encode()."""
+    pytest.importorskip("sentence_transformers")
+    import numpy as np
+
+    from kexue import encoders
+
+    before = encoders.encode(["a cat sat on the mat", "stocks fell sharply"], "minilm", cache_dir=False)
+    m = encoders.load_minilm()
+    assert m is not encoders.load_minilm()
+    m.append(__import__("torch").nn.Identity())
+    m[0].auto_model.embeddings.word_embeddings.weight.data.zero_()
+    after = encoders.encode(["a cat sat on the mat", "stocks fell sharply"], "minilm", cache_dir=False)
+    np.testing.assert_array_equal(before, after)

@@ -65,6 +65,21 @@ def int_list(text: str, flag: str, example: str = "1,2,2") -> tuple[int, ...]:
     return values
 
 
+def in_flags(error: KexueError, words: dict[str, str]) -> KexueError:
+    """The library's one-line error with its parameter names (``steps=``, ``resume=False``) put
+    in the command's flags (``--steps``, ``no --resume``): library messages name the library's
+    parameters; a command shows its own."""
+    text = str(error)
+    for lib, flag in words.items():
+        text = text.replace(lib, flag)
+    return KexueError(text)
+
+
+# the training loop's parameter names (kexue.train) → the train commands' flags
+TRAIN_FLAGS = {"resume=False": "drop --resume", "past steps=": "past --steps ", "another ckpt": "another --ckpt",
+               "right ckpt path": "right --ckpt path"}
+
+
 # ------------------------------------------------------------------ outputs
 
 
@@ -126,10 +141,18 @@ def _jsonable(v):
 
 
 def default_threads() -> int:
-    try:
-        return max(1, int(os.environ.get("KEXUE_THREADS", "1")))
-    except ValueError:
+    """``$KEXUE_THREADS`` (a positive integer) or 1; anything else is a one-line error, not ignored."""
+    text = os.environ.get("KEXUE_THREADS", "").strip()
+    if not text:
         return 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KexueError(f"KEXUE_THREADS={os.environ['KEXUE_THREADS']!r} is not a positive integer; "
+                         "set it to a thread count such as 1 or unset it")
+    return n
 
 
 def threads_option() -> Any:
