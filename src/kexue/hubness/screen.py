@@ -68,15 +68,15 @@ def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = 
 def reference_rows(screen: Screening, R64: np.ndarray, w: int, metric: str, block: int = 2048) -> np.ndarray:
     """Each index point's ``w`` smallest float32-screened distances to the rows of ``R64`` (float64,
     unit rows for cosine), sorted: the index side of a reduction fitted with a reference set. The
-    index's own :class:`Screening` serves as is (the reference rows are the queries of the GEMM)
-    and each block is read by column, so nothing is built for the index twice and nothing is
-    excluded (a reference row equal to an index point is at distance ~0)."""
+    index's own :class:`Screening` serves as is (the reference rows take the query side of the
+    augmented product), so nothing is built for the index twice, and nothing is excluded (a
+    reference row equal to an index point is at distance ~0)."""
     Ra = screen.rows(R64)[0]
     n = len(screen.Xa)
     best = np.full((n, w), np.inf, np.float32)
     for i in range(0, n, block):
         for j in range(0, len(Ra), block):
-            _keep_smallest(best, i, _transposed(Ra[j:j + block] @ screen.Xa[i:i + block].T))
+            _keep_smallest(best, i, screen.Xa[i:i + block] @ Ra[j:j + block].T)  # index rows × reference rows
     return _finish(np.sort(best, axis=1).astype(np.float64), metric, screen.exp)
 
 
