@@ -91,9 +91,15 @@ def test_transductive_spelling_and_none_unchanged(name):
     a = make(name, 20, 4, "euclidean").fit(X, reference=Q).kneighbors(Q, 5)
     plain = make(name, 20, 4, "euclidean").fit(X)
     before = [s.copy() for s in plain.stats_]
-    b = plain.kneighbors(Q, 5, reference="queries")
-    np.testing.assert_array_equal(a[1], b[1])
-    np.testing.assert_array_equal(a[0], b[0])
+    b = plain.kneighbors(Q, 5, reference="queries")  # one float32 pass for candidates and reference rows
+    trans = make(name, 20, 4, "euclidean").fit(X, reference="queries")
+    assert trans.transductive_ and trans.stats_ == ()
+    for got in [b, trans.kneighbors(Q, 5)]:  # the same products, read by row and by column: float32 rounding
+        np.testing.assert_array_equal(got[1], a[1])
+        np.testing.assert_allclose(got[0], a[0], rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(trans.rerank(*h.kneighbors(X, 20, queries=Q), Q)[1],
+                                  make(name, 20, 4, "euclidean").fit(X, reference=Q).rerank(
+                                      *h.kneighbors(X, 20, queries=Q), Q)[1])
     for s0, s1 in zip(before, plain.stats_):  # the call's reference does not change the fitted state
         np.testing.assert_array_equal(s0, s1)
     # reference=None is the index-internal path, bit for bit; a bank passed per call equals fitting on it
@@ -173,7 +179,8 @@ def test_reference_errors_are_one_line(tmp_path):
     X, R, Q = data()
     cases = [
         (lambda: make("csls", 20, 4, "euclidean").fit(X, reference=R[:, :5]), "reference has 5 features"),
-        (lambda: make("csls", 20, 4, "euclidean").fit(X, reference="queries"), "reference='queries'"),
+        (lambda: make("csls", 20, 4, "euclidean").fit(X, reference="bank"), "reference='bank'"),
+        (lambda: make("csls", 20, 4, "euclidean").fit(X).kneighbors(Q[:3], 2, reference="queries"), "has 3 rows"),
         (lambda: make("mp", 20, 4, "euclidean").fit(X, reference=R[:10]), "has 10 rows"),
         (lambda: h.make_reduction("centering").fit(X, reference=R), "no per-point index statistic"),
         (lambda: h.make_reduction("mp-empirical", n_candidates=20).fit(X).kneighbors(Q, 5, reference="queries"),
@@ -199,6 +206,11 @@ def test_save_load_keeps_reference_statistics(tmp_path):
     s = h.NNN.load(tmp_path / "r.safetensors")
     assert s.n_reference_ == len(R)
     np.testing.assert_array_equal(s.kneighbors(Q, 5)[1], r.kneighbors(Q, 5)[1])
+    t = make("csls", 20, 4, "cosine").fit(X, reference="queries")
+    t.save(tmp_path / "t.safetensors")
+    u = h.CSLS.load(tmp_path / "t.safetensors")
+    assert u.transductive_
+    np.testing.assert_array_equal(u.kneighbors(Q, 5)[1], t.kneighbors(Q, 5)[1])
 
 
 # ---------------------------------------------------------------- CLI

@@ -135,8 +135,10 @@ class _Reduction(TransformerMixin, BaseEstimator):
         an array of reference vectors in the index's space — a bank of queries, any size — from
         whose nearest points each index point's statistic is read instead (CSLS's ``r_T`` of Conneau
         et al. 2018, kiez's ``fit(source, target)``, NNN's reference set; :mod:`kexue.hubness.reference`).
-        An int ``n_samples`` then draws that many reference rows at random. The query batch itself
-        as the reference is ``kneighbors(Q, reference="queries")``."""
+        An int ``n_samples`` then draws that many reference rows at random. ``reference="queries"``:
+        transductive — every query batch is its own reference (nothing learned here but the index;
+        on the exact backend one float32 pass per batch gives the candidates and the index side),
+        as ``kneighbors(Q, reference="queries")`` does for one call."""
         self._check_params()
         if sparse.issparse(X):
             if reference is not None:
@@ -162,9 +164,12 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if graph is not None:
             self._graph = self._given_graph(graph, n)
         w = self._width()
-        self.n_reference_ = None
+        self.n_reference_, self.transductive_ = None, False
         if reference is not None:
             self._no_statistic(reference)
+            if isinstance(reference, str) and reference == REF.QUERIES:  # every query batch is its own reference
+                self.transductive_, self.n_samples_, self.stats_ = True, None, ()
+                return self
             R = REF.sample(REF.check_reference(reference, X.shape[1], "fit"), self.n_samples, self.random_state)
             self.n_reference_, self.n_samples_ = len(R), None
             self.stats_ = self._reference_stats(R)
@@ -211,7 +216,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_candidates_ = dist.shape[1]
         self._check_width(dist.shape[1])
         self._graph, self.X_, self._screen = (dist, ind), None, None
-        self.n_samples_, self.n_reference_ = None, None
+        self.n_samples_, self.n_reference_, self.transductive_ = None, None, False
         self.exp_ = pow2_exponent(float(dist.max()))
         self.stats_ = self._scaled_stats(dist, self._width())
         return self
@@ -266,14 +271,36 @@ class _Reduction(TransformerMixin, BaseEstimator):
             d, i = G.graph_rows(X, "the query graph", drop_diagonal=False)
             self._check_width(d.shape[1])
             return d, i, None
+        Q = self._query_vectors(X)
+        d, i = self._search(Q, self.n_candidates_)
+        return d, i, Q
+
+    def _query_vectors(self, X) -> np.ndarray:
         if self.fit_mode_ == "graph":
             raise KexueError(f"{type(self).__name__} was fitted on a graph; pass the queries' graph against the index")
         Q = _vectors(X)
         if Q.shape[1] != self.n_features_in_:
             raise KexueError(f"X has {Q.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input")
-        d, i = self._search(Q, self.n_candidates_)
-        return d, i, Q
+        return Q
+
+    def _reference_of(self, reference):
+        """The reference a call uses: its own, else "queries" for an estimator fitted transductively."""
+        return REF.QUERIES if reference is None and getattr(self, "transductive_", False) else reference
+
+    def _query_pass(self, X, reference):
+        """``(dist, ind, Q, x_stats)`` for queries ``X``; ``x_stats`` None unless the query batch is the
+        reference on the exact backend: then one float32 pass gives both the queries' candidates
+        and each index point's nearest queries (:func:`kexue.hubness.screen.screened`)."""
+        w = self._width()
+        if (isinstance(reference, str) and reference == REF.QUERIES and X is not None and not sparse.issparse(X)
+                and w and self._exact() and getattr(self, "fit_mode_", None) == "vectors"):
+            check_is_fitted(self)
+            Q = self._query_vectors(X)
+            REF.check_width(w, len(Q))
+            d, i, rows = S.screened(None, Q, self.n_candidates_, self.metric, screen=self._screening(), ref_width=w)
+            return d, i, Q, self._scaled_stats(rows, w)
+        return (*self._candidates(X), None)
 
     def _scaled(self, A):
         """Distances (or vectors) divided by ``2^exp_`` (see ``fit``); unchanged when ``exp_`` is 0."""
@@ -314,8 +341,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
             return self._reference_stats(self.X_ if Q is None else Q)
         return self._reference_stats(REF.check_reference(reference, self.n_features_in_, "kneighbors"))
 
-    def _reduce(self, dist, ind, Q, in_sample: bool, reference=None):
-        x_stats = self._index_stats(reference, Q, in_sample)
+    def _reduce(self, dist, ind, Q, in_sample: bool, reference=None, x_stats=None):
+        reference = self._reference_of(reference)
+        x_stats = self._index_stats(reference, Q, in_sample) if x_stats is None else x_stats
         dist = self._scaled(dist)
         # an index point searched in-sample is its own query: with index-internal statistics it is
         # read from the fitted rows; with a reference, the query side still comes from its candidates
@@ -328,8 +356,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
         Values are shifted by a per-row constant where a formula can go negative (CSLS), so that
         precomputed-distance estimators accept the graph; each row's ranking is unchanged.
         ``reference``: as in :meth:`kneighbors`."""
-        dist, ind, Q = self._candidates(X)
-        sec = self._reduce(dist, ind, Q, in_sample=False, reference=reference)
+        reference = self._reference_of(reference)
+        dist, ind, Q, xs = self._query_pass(X, reference)
+        sec = self._reduce(dist, ind, Q, in_sample=False, reference=reference, x_stats=xs)
         low = sec.min(1, keepdims=True)
         return G.to_graph(np.where(low < 0, sec - low, sec), ind, self.n_index_)
 
@@ -363,11 +392,13 @@ class _Reduction(TransformerMixin, BaseEstimator):
         ``reference`` (for this call only; the fitted statistics are kept): None — the index side as
         fitted; ``"queries"`` — each index point's statistic from its nearest points of this query
         batch ``X`` (transductive, kiez's setting); an array — from its nearest rows of that array."""
-        dist, ind, Q = self._candidates(X)
+        reference = self._reference_of(reference)
+        dist, ind, Q, xs = self._query_pass(X, reference)
         validate.integer(n_neighbors, "n_neighbors", 1)
         if n_neighbors > dist.shape[1]:
             raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference), ind, n_neighbors)
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference, x_stats=xs), ind,
+                     n_neighbors)
 
     def k_occurrence(self, X=None, n_neighbors: int = 10, reference=None) -> np.ndarray:
         """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""

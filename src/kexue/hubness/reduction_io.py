@@ -19,7 +19,8 @@ def save_reduction(est, path) -> None:
     tensors.update(est._extra_tensors())
     config = {"params": est.get_params(), "n_index": est.n_index_, "n_candidates": est.n_candidates_,
               "n_features_in": est.n_features_in_, "fit_mode": est.fit_mode_, "n_stats": len(est.stats_),
-              "n_samples_used": est.n_samples_, "exp": est.exp_, "n_reference": est.n_reference_}
+              "n_samples_used": est.n_samples_, "exp": est.exp_, "n_reference": est.n_reference_,
+              "transductive": est.transductive_}
     save_fitted(path, f"hubness.{type(est).__name__}", tensors, config)
 
 
@@ -33,6 +34,7 @@ def load_reduction(cls, path):
     est.n_samples_ = cfg.get("n_samples_used")  # absent in files saved before "auto" existed
     est.exp_ = cfg.get("exp", 0)  # absent before issue 31: no rescale
     est.n_reference_ = cfg.get("n_reference")  # absent before issue 28: index-internal statistics
+    est.transductive_ = cfg.get("transductive", False)
     est.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
     est.X_ = t.get("X")
     est._graph = (t["gd"], t["gi"]) if "gd" in t else None

@@ -32,7 +32,7 @@ def check_reference(reference, n_features: int, where: str) -> np.ndarray:
 
     if isinstance(reference, str):
         raise KexueError(f"reference={reference!r} is not understood in {where}; pass an array of reference "
-                         f"vectors, or reference='{QUERIES}' to kneighbors/transform/rerank to use the query batch")
+                         f"vectors, or reference='{QUERIES}' to use each query batch")
     R = _vectors(reference, "reference")
     if R.shape[1] != n_features:
         raise KexueError(f"reference has {R.shape[1]} features but the index has {n_features}; embed both the same way")
@@ -48,6 +48,12 @@ def sample(R: np.ndarray, n_samples, seed: int) -> np.ndarray:
     return R[np.sort(np.random.default_rng(seed).choice(len(R), int(n_samples), replace=False))]
 
 
+def check_width(w: int, n_ref: int) -> None:
+    if w > n_ref:
+        raise KexueError(f"the statistic reads each index point's {w} nearest reference points but the reference "
+                         f"has {n_ref} rows; give a larger reference or lower k / n_candidates")
+
+
 def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_params, seed: int,
          screen=None) -> np.ndarray:
     """Each index point's ``w`` smallest distances to the reference rows, sorted ascending.
@@ -55,9 +61,7 @@ def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_par
     (``screen``, :func:`kexue.hubness.screen.reference_rows`); a user's FAISS index, which holds the
     index, not the reference — float32 screening of the reference (:func:`kexue.hubness.screen.screened`);
     an approximate backend name — that index built over the reference and searched with the index points."""
-    if w > len(R):
-        raise KexueError(f"the statistic reads each index point's {w} nearest reference points but the reference "
-                         f"has {len(R)} rows; give a larger reference or lower k / n_candidates")
+    check_width(w, len(R))
     if screen is not None:
         return S.reference_rows(screen, rows64(R, metric), w, metric)
     if not isinstance(backend, str) or backend == "exact":
