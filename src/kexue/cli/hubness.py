@@ -66,8 +66,8 @@ def hubness_cmd(
             red.fit(X, graph=(g.dist, g.ind), reference=R)
             dist, ind = red.kneighbors(n_neighbors=k, reference=reference if reference == "queries" else None)
         else:  # the queries' graph is re-ranked: the same exact candidates as the primary row
-            red.fit(X, reference=R)
-            dist, ind = red.rerank(g.dist, g.ind, Q, reference="queries" if reference == "queries" else None)
+            red.fit(X, reference="queries" if reference == "queries" else R)  # transductive: no index statistics
+            dist, ind = red.rerank(g.dist, g.ind, Q)
             dist, ind = dist[:, :k], ind[:, :k]
         nks[reduce] = H.occurrences(ind, src.n)
     nq = src.n if Q is None else len(Q)
