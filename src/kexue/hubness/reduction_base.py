@@ -24,15 +24,12 @@ Each reduction is a scikit-learn estimator with the ``KNeighborsTransformer`` co
 
 Secondary distances are computed for the whole candidate block at once (no per-query Python).
 ``n_samples``: an int estimates the index statistics from a random sample of that many index
-points (see :func:`kexue.hubness.graph.sampled_stats`, float32 too: each point's statistic over
-its 40+ nearest sampled points, calibrated on the sample points' exact rows), which makes ``fit``
-cost ``n_index × n_samples`` distances instead of ``n_index² / 2``; ``None`` reads every index
-point's exact row. ``"auto"`` (the default) samples ``max(2000, n_index // 20)`` points on the
-exact backend or a flat FAISS index once that at least halves ``fit``'s distances (from 8,000
-index points on), and reads exact rows (or the approximate backend's self-search) otherwise; the
-size used is ``n_samples_`` (None: exact). On 8,000 MNIST digits the sample cut fit + 2,000
-queries from 2.0-2.3 s to 1.5-1.6 s, and the queries' 10-NN vote accuracy dropped by 0.1-1.4
-points (docs/hubness.md, issue 19). A graph given to ``fit`` is always read exactly.
+points (:func:`kexue.hubness.graph.sampled_stats`: ``n_index × n_samples`` distances instead of
+``n_index² / 2``); ``None`` reads exact rows; ``"auto"`` (the default) samples ``max(2000,
+n_index // 20)`` points on the exact backend or a flat FAISS index from 8,000 index points on
+(accuracy cost and timings: docs/hubness.md, issue 19); the size used is ``n_samples_``. A graph
+given to ``fit`` is read exactly. ``reference=`` (``fit``, and per call): the index side from a
+reference set instead (:mod:`kexue.hubness.reference`, issue 28).
 """
 
 from __future__ import annotations
@@ -166,7 +163,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         w = self._width()
         self.n_reference_, self.transductive_ = None, False
         if reference is not None:
-            self._no_statistic(reference)
+            REF.no_statistic(self)
             if isinstance(reference, str) and reference == REF.QUERIES:  # every query batch is its own reference
                 self.transductive_, self.n_samples_, self.stats_ = True, None, ()
                 return self
@@ -320,30 +317,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
         return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
                                            self.random_state, self._screening()), w)
 
-    def _no_statistic(self, reference) -> None:
-        if not self._width():
-            raise KexueError(f"{type(self).__name__}{'(method=' + repr(self.method) + ')' if hasattr(self, 'method') else ''} "
-                             "has no per-point index statistic, so a reference set does not apply; drop reference "
-                             "or use mp, ls, nicdm, csls or nnn")
-
-    def _index_stats(self, reference, Q, in_sample: bool) -> tuple:
-        """The index side for one call: the fitted statistics (``reference=None``), or those read
-        from ``reference`` — an array, or "queries" for the query batch ``Q`` itself."""
-        if reference is None:
-            return self.stats_
-        self._no_statistic(reference)
-        if self.fit_mode_ == "graph":
-            raise KexueError("a reference set needs the index vectors; fit on the embeddings, not on a kNN graph")
-        if isinstance(reference, str) and reference == REF.QUERIES:  # in sample, the queries are the index
-            if Q is None and not in_sample:
-                raise KexueError("reference='queries' reads the query vectors; a query graph has none: pass the "
-                                 "query vectors, or a reference array")
-            return self._reference_stats(self.X_ if Q is None else Q)
-        return self._reference_stats(REF.check_reference(reference, self.n_features_in_, "kneighbors"))
-
     def _reduce(self, dist, ind, Q, in_sample: bool, reference=None, x_stats=None):
         reference = self._reference_of(reference)
-        x_stats = self._index_stats(reference, Q, in_sample) if x_stats is None else x_stats
+        x_stats = REF.index_stats(self, reference, Q, in_sample) if x_stats is None else x_stats
         dist = self._scaled(dist)
         # an index point searched in-sample is its own query: with index-internal statistics it is
         # read from the fitted rows; with a reference, the query side still comes from its candidates

@@ -67,3 +67,28 @@ def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_par
     if not isinstance(backend, str) or backend == "exact":
         return S.screened(R, X, w, metric)[0]
     return G.search(R, X, w, metric, backend, backend_params, seed)[0]
+
+
+def no_statistic(est) -> None:
+    """Refuse a reference for a reduction without a per-point index statistic."""
+    if not est._width():
+        name = type(est).__name__ + (f"(method={est.method!r})" if hasattr(est, "method") else "")
+        raise KexueError(f"{name} has no per-point index statistic, so a reference set does not apply; drop "
+                         "reference or use mp, ls, nicdm, csls or nnn")
+
+
+def index_stats(est, reference, Q, in_sample: bool) -> tuple:
+    """The index side of a fitted reduction for one call: its fitted statistics (``reference=None``),
+    or those read from ``reference`` — an array, or "queries" for the query batch ``Q`` itself
+    (in sample, the queries are the index points)."""
+    if reference is None:
+        return est.stats_
+    no_statistic(est)
+    if est.fit_mode_ == "graph":
+        raise KexueError("a reference set needs the index vectors; fit on the embeddings, not on a kNN graph")
+    if isinstance(reference, str) and reference == QUERIES:
+        if Q is None and not in_sample:
+            raise KexueError("reference='queries' reads the query vectors; a query graph has none: pass the "
+                             "query vectors, or a reference array")
+        return est._reference_stats(est.X_ if Q is None else Q)
+    return est._reference_stats(check_reference(reference, est.n_features_in_, "kneighbors"))
