@@ -104,6 +104,32 @@ def test_the_battery_covers_every_command():
     assert len(list(_cases())) > 40
 
 
+def test_hubness_query_and_reference_files_are_checked_first(cli, tmp_path):
+    """kexue hubness's file options (--queries, --reference BANK|queries): a missing file, a width
+    that differs from the index, and combinations that cannot work are one-line errors, nothing written."""
+    import numpy as np
+
+    np.save(tmp_path / "X.npy", np.random.default_rng(0).standard_normal((50, 6)))
+    np.save(tmp_path / "narrow.npy", np.zeros((10, 4)))
+    out = tmp_path / "o"
+    out.mkdir()
+    X = tmp_path / "X.npy"
+    cases = [
+        (["--queries", tmp_path / "none.npy"], "--queries"),
+        (["--queries", X, "--reduce", "mp", "--reference", tmp_path / "none.npy"], "--reference"),
+        (["--queries", tmp_path / "narrow.npy"], "4 columns"),
+        (["--queries", X, "--reduce", "csls", "--reference", tmp_path / "narrow.npy"], "4 columns"),
+        (["--reference", X], "--reduce"),
+        (["--reduce", "ls", "--reference", "queries"], "--queries"),
+        (["--queries", X, "--reduce", "centering", "--reference", "queries"], "--reference"),
+        (["--queries", X, "--reduce", "nnn", "--reference", "queries", "--graph", out / "g.npy"], ".npz"),
+    ]
+    for extra, msg in cases:
+        r = cli("hubness", X, "-k", 3, *extra, "--json", out / "m.json")
+        assert r.one_line_error and msg in r.err, (extra, r.err)
+    assert list(out.iterdir()) == []
+
+
 # ------------------------------------------------------------------ issue 31: accepted-and-ignored inputs, messages
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kexue import validate
+from kexue.hubness.arrays import max_abs, host_array, pow2_exponent
 from kexue.utils import KexueError, Tracker, tracker_or_null
 
 METRICS = ("euclidean", "cosine")
@@ -71,29 +72,6 @@ class KNNGraph:
 
 # ---------------------------------------------------------------------------------------------
 # inputs
-
-
-def host_array(X):
-    """A torch tensor as a NumPy array (bfloat16 and other dtypes NumPy lacks become float32), without
-    importing torch; anything else unchanged. The hubness entry points call it before validation."""
-    if type(X).__module__.split(".")[0] == "torch" and hasattr(X, "detach"):
-        X = X.detach().cpu()
-        if str(X.dtype) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
-            X = X.float()
-        return X.numpy()
-    return X
-
-
-_SAFE_EXP = 40  # |coordinates| within 2^±40: float32 squared norms (≤ 2^80 · dim) neither overflow nor vanish
-
-
-def pow2_exponent(max_abs: float) -> int:
-    """The power of two to divide data by so that its largest |coordinate| lies in [0.5, 1), or 0 when
-    it is already safe (2^-40 ≤ max ≤ 2^40; then nothing is rescaled and results are bit-identical).
-    Scaling by a power of two is exact, and every distance scales by the same power."""
-    if not np.isfinite(max_abs) or max_abs == 0 or 2.0**-_SAFE_EXP <= max_abs <= 2.0**_SAFE_EXP:
-        return 0
-    return int(np.frexp(max_abs)[1])
 
 
 def _normalise(X: np.ndarray) -> np.ndarray:
@@ -203,7 +181,7 @@ def screening(X64: np.ndarray, metric: str, with_rows: bool = False, columns: np
     centred on all of ``X64`` (for a search among a sample of the rows)."""
     shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
     C = X64 - shift
-    e = pow2_exponent(_max_abs(C))
+    e = pow2_exponent(max_abs(C))
     if e:  # float32 squares of these coordinates would overflow or vanish: an exact power-of-two rescale
         C = np.ldexp(C, -e)
     xsq = np.einsum("ij,ij->i", C, C)
@@ -388,7 +366,7 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", que
     tracker = tracker_or_null(tracker)
     self_ids = np.arange(n) if exclude_self else None
     recall = validate.real(recall, "recall", 0.0, 1.0, lo_open=True)
-    e = 0 if metric == "cosine" else pow2_exponent(max(_max_abs(X), 0.0 if self_search else _max_abs(Q)))
+    e = 0 if metric == "cosine" else pow2_exponent(max(max_abs(X), 0.0 if self_search else max_abs(Q)))
     if e:  # coordinates beyond 2^±40 (float32 screening would overflow or vanish): search X / 2^e exactly
         X = np.ldexp(np.asarray(X, np.float64), -e)
         Q = X if self_search else np.ldexp(np.asarray(Q, np.float64), -e)
@@ -401,10 +379,6 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", que
     if e:
         g.dist = np.ldexp(g.dist, e)
     return g
-
-
-def _max_abs(A) -> float:
-    return max(float(A.max()), -float(A.min())) if A.size else 0.0  # no |A| copy of a large matrix
 
 
 def k_occurrence(X, k: int, metric: str = "euclidean", backend: str = "exact", exclude_self: bool = True,
