@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 
@@ -145,18 +146,23 @@ def one_run(workload: str, name: str, mult: float, seed: int, steps: int, evals:
     start()
     guard, every = DivergenceGuard(), max(steps // evals, 1)
     t0 = time.perf_counter()
-    try:
-        res = train(w.model, w.loss, w.data, steps=steps, batch_size=w.batch_size, optimizer=opt, seed=seed,
-                    on_step=guard, on_nonfinite="stop", eval_every=every,
-                    evaluate_fn=wrap(lambda m, step: {"loss": w.held_out(m)}))
-        why, evs = res.stopped, res.evals
-    except _Diverged:
-        why, evs = guard.why, []
+    # the sweep drives optimisers to their limits on purpose: their warnings (e.g. EGAdapt's
+    # ScaleBoundWarning) are part of the run's record, not lines on the user's console
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            res = train(w.model, w.loss, w.data, steps=steps, batch_size=w.batch_size, optimizer=opt, seed=seed,
+                        on_step=guard, on_nonfinite="stop", eval_every=every,
+                        evaluate_fn=wrap(lambda m, step: {"loss": w.held_out(m)}))
+            why, evs = res.stopped, res.evals
+        except _Diverged:
+            why, evs = guard.why, []
     seconds = time.perf_counter() - t0
     curve += [(e["step"], e["loss"]) for e in evs]
     final = curve[-1][1] if why is None else float("nan")
     return {"curve": curve, "final": final if math.isfinite(final) else float("nan"), "diverged": why is not None,
-            "why": why, "seconds": seconds, "first_loss": guard.first, "steps": guard.steps}
+            "why": why, "seconds": seconds, "first_loss": guard.first, "steps": guard.steps,
+            "warnings": sorted({f"{type(c.message).__name__}: {c.message}" for c in caught})}
 
 
 def steps_to_target(curve, target: float) -> float:
