@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from kexue.hubness.knn import _normalise, kneighbors
+from kexue.hubness.knn import _normalise
+from kexue.hubness.search import kneighbors
 from kexue.hubness.screen import nearest_rows
 from kexue.utils import KexueError
 

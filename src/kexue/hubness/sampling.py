@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from kexue.hubness.knn import k_occurrence
+from kexue.hubness.search import k_occurrence
 from kexue import validate
 from kexue.utils import KexueError, Tracker, tracker_or_null
 
