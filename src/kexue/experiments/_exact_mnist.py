@@ -22,6 +22,27 @@ CURVE_N = 2000  # test digits scored after every epoch for the curves; the final
 EXACT_SETTINGS = {"σ 1→0.1, no margin": (1.0, 0.1, None), "paper: σ 1, margin 0.5": (1.0, 1.0, 0.5)}
 
 
+def make_loss(name: str, steps: int, sigma: tuple = (1.0, 0.1), margin: float | None = None):
+    """The loss module for ``name``; EXACT's sigma decays ``sigma[0] -> sigma[1]`` geometrically
+    over the run (constant when equal), with deltas clipped at ``margin``."""
+    import torch
+
+    from kexue.exact import EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, sigma_schedule
+
+    if name == "CE":
+        return torch.nn.CrossEntropyLoss()
+    if name == "hinge":
+        return MulticlassHingeLoss(1.0)
+    if name == "EXACT":
+        return EXACTLoss(sigma=sigma_schedule(sigma[0], sigma[1], steps, "exp"), margin=margin, standardize=True,
+                         n_samples=16)
+    if name == "-E[p]":
+        return SmoothAccuracyLoss(log=False)
+    if name == "-log E[p]":
+        return SmoothAccuracyLoss(log=True)
+    raise ValueError(name)
+
+
 @dataclass(frozen=True)
 class CNNConfig:
     """The MNIST CNN: two conv–BN–ReLU–pool blocks, a hidden layer with dropout, a linear head."""
@@ -87,7 +108,6 @@ def _one_run(X, y, Xte, yte, tr, va, name: str, lr: float, setting: str | None, 
     """Train one CNN (in a joblib worker); return validation/test accuracy, the curve, the time."""
     import torch
 
-    from kexue.experiments.exact import make_loss
     from kexue.train import accuracy, train, warmup_cosine
 
     torch.set_num_threads(1)

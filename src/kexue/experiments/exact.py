@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kexue.experiments._exact_mnist import EXACT_SETTINGS, MnistConfig, report_mnist_cnn, run_mnist_cnn
+from kexue.experiments._exact_mnist import EXACT_SETTINGS, MnistConfig, make_loss, report_mnist_cnn, run_mnist_cnn
 
 TITLE = "Training for accuracy: EXACT vs cross-entropy, hinge and smooth accuracy"
 SPEC = "6"
@@ -56,27 +56,6 @@ class Config:
                    cnn=True, cnn_steps=300, cnn_grid=(1e-3, 3e-3), eval_every=50, n_jobs=2,
                    mnist=MnistConfig(seeds=5, train=60000, val=5000, epochs=FULL_EPOCHS, batch_size=128,
                                      lrs=(1e-3, 3e-3), exact_settings=tuple(EXACT_SETTINGS), n_jobs=2))
-
-
-def make_loss(name: str, steps: int, sigma: tuple = (1.0, 0.1), margin: float | None = None):
-    """The loss module for ``name``; EXACT's sigma decays ``sigma[0] -> sigma[1]`` geometrically
-    over the run (constant when equal), with deltas clipped at ``margin``."""
-    import torch
-
-    from kexue.exact import EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, sigma_schedule
-
-    if name == "CE":
-        return torch.nn.CrossEntropyLoss()
-    if name == "hinge":
-        return MulticlassHingeLoss(1.0)
-    if name == "EXACT":
-        return EXACTLoss(sigma=sigma_schedule(sigma[0], sigma[1], steps, "exp"), margin=margin, standardize=True,
-                         n_samples=16)
-    if name == "-E[p]":
-        return SmoothAccuracyLoss(log=False)
-    if name == "-log E[p]":
-        return SmoothAccuracyLoss(log=True)
-    raise ValueError(name)
 
 
 def fit(make_model, loss_name, Xtr, ytr, *, steps, batch_size, lr, seed, curve=None, eval_every=0):
