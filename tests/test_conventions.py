@@ -11,7 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+try:  # the torch tests below are marked needs("torch"); the rest run without it
+    import torch
+except ImportError:
+    torch = None
 
 import kexue
 from kexue import data, validate
@@ -138,6 +141,7 @@ def _ce(m, b):
     return torch.nn.functional.cross_entropy(m(b[0]), b[1])
 
 
+@pytest.mark.needs("torch")
 def test_train_schedule_hooks_and_evaluation():
     from kexue.train import accuracy, evaluate, iwae_epochs, iwae_schedule, train, warmup_cosine
 
@@ -160,6 +164,7 @@ def test_train_schedule_hooks_and_evaluation():
     assert iwae_epochs(8) == 3280
 
 
+@pytest.mark.needs("torch")
 def test_train_on_nonfinite_stop_or_raise():
     from kexue.train import train
 
@@ -181,6 +186,7 @@ def test_train_on_nonfinite_stop_or_raise():
         train(_fresh(), counting, [X, y], steps=10, batch_size=20)
 
 
+@pytest.mark.needs("torch")
 def test_resume_refuses_another_config_other_data_or_fewer_steps(tmp_path):
     from kexue.train import train
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.ddpm import (DDPM, DDIMSampler, DDPMSampler, NoiseSchedule, UNet, UNetConfig, cosine_schedule,
                         decoder_nll, diffusion_loss, discretized_gaussian_nll, fit_ddpm, gaussian_kl, kl_term,

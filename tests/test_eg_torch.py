@@ -7,7 +7,7 @@ import copy
 import warnings
 
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 from torch.optim import lr_scheduler as sched
 
 from kexue.eg import EG, EGAdapt, EGPlusMinus, EGStep, AdamHD, SGDHD, ScaleBoundWarning

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 import torch
 
 from kexue.nets import SmallCNN

@@ -24,10 +24,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 import torch
 from torch import nn
 
-from kexue.utils import KexueError, atomic_path, tracker_or_null
+from kexue.utils import KexueError, atomic_path, tracker_or_null, require
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 
@@ -47,7 +48,7 @@ class TrainResult:
 @lru_cache(maxsize=1)
 def default_accelerator():
     """One Accelerator per process: building one probes the installed packages (~0.5 s)."""
-    from accelerate import Accelerator
+    Accelerator = require("torch", "accelerate", "the training loop").Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available())
 

@@ -152,7 +152,7 @@ def seed_everything(seed: int) -> np.random.Generator:
         import torch
 
         torch.manual_seed(seed)
-    except ImportError:  # torch is a dependency, but keep utils importable without it
+    except ImportError:  # torch is the 'torch' extra: without it there is nothing of torch's to seed
         pass
     return np.random.default_rng(seed)
 
@@ -164,7 +164,7 @@ def torch_threads(n: int) -> Iterator[None]:
     The small models of the experiments gain nothing from a second thread on a 2-core machine and
     lose a lot when it is busy (spin-waiting), so several experiments run with one.
     """
-    import torch
+    torch = require("torch", "torch", "torch_threads")
 
     old = torch.get_num_threads()
     torch.set_num_threads(n)

@@ -20,6 +20,7 @@ from typing import Iterable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -39,9 +40,11 @@ try:
 except ImportError:
     pass
 
-# soft_wrap: messages are one line even when stderr is not a terminal (rich would wrap at 80)
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
+# soft_wrap: messages are one line even when stderr is not a terminal (rich would wrap at 80).
+# markup=False: what we print holds paths, model ids, tokens and extras ('x[/y].npy', '[INST]',
+# 'kexue[dask]') that rich would eat as markup or crash on; the few styled lines opt in.
+console = Console(stderr=True, soft_wrap=True, markup=False)
+out_console = Console(soft_wrap=True, markup=False)
 
 app = typer.Typer(
     name="kexue",
@@ -61,7 +64,7 @@ class RichTracker:
     def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        with Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True) as p:
             task = p.add_task(description, total=total)
             for item in iterable:
@@ -113,7 +116,8 @@ def reproduce(
     command = "kexue " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def done(s):
-        console.print(f"[green]✓[/green] {s.name}: {s.seconds:.1f} s" + (f" over {s.legs} legs" if s.legs > 1 else ""))
+        console.print(f"[green]✓[/green] {escape(s.name)}: {s.seconds:.1f} s" + (f" over {s.legs} legs" if s.legs > 1 else ""),
+                      markup=True)
 
     path, sections = report.reproduce(names, seed=seed, quick=quick, out=out, data_dir=str(data_dir) if data_dir else None,
                                       command=command, tracker=RichTracker(), publish_to=publish, on_section=done)
@@ -140,7 +144,7 @@ def data_list(ctx: typer.Context,
         mark = "[green]available[/green]" if e.available else "[red]missing[/red]"
         size = "" if e.size is None else f" · {e.size / 2**20:.1f} MiB"
         sha = f" · sha256 {e.sha256}" if e.sha256 else ""
-        out_console.print(f"[bold]{e.name}[/bold] — {e.what} ({mark}{size})", highlight=False)
+        out_console.print(f"[bold]{escape(e.name)}[/bold] — {escape(e.what)} ({mark}{size})", highlight=False, markup=True)
         out_console.print(f"    source: {e.source}", highlight=False, soft_wrap=True)
         out_console.print(f"    location: {e.location}{sha}", highlight=False, soft_wrap=True)
 

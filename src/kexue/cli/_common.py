@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional
 
 import typer
 
-from kexue.utils import KexueError, atomic_write
+from kexue.utils import KexueError, atomic_write, require
 
 # ------------------------------------------------------------------ option callbacks
 # typer's min=/max= handle ints; floats also need NaN/inf refused, which click's ranges let through.
@@ -84,6 +84,8 @@ def check_output(path: Optional[Path], suffixes: Iterable[str], flag: str, *, st
         raise KexueError(f"{flag}: folder {path.parent} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise KexueError(f"{flag}: folder {path.parent} is not writable; choose another place")
+    if path.suffix.lower() == ".png":  # figures and image grids: matplotlib is the 'plot' extra
+        require("plot", "matplotlib", f"{flag} {path.name}")
     return path
 
 
@@ -138,10 +140,13 @@ def threads_option() -> Any:
 
 def use_threads(threads: Optional[int]) -> int:
     """Apply the thread policy for the rest of the command; returns the count used."""
-    import torch
-
     n = threads or default_threads()
-    torch.set_num_threads(n)
+    try:  # torch is an extra: the NumPy commands (hubness, unargmax, whiten) run without it
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
 

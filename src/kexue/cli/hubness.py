@@ -34,6 +34,7 @@ def hubness_cmd(
     from kexue.io import open_matrix
 
     _check_options(k, metric, backend, recall, reduce, candidates)
+    _check_backend(backend)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
@@ -73,6 +74,15 @@ def hubness_cmd(
     for path in (histogram, nk_out, graph_out, None if json_out is None or str(json_out) == "-" else json_out):
         if path is not None:
             console.print(f"wrote {path}", highlight=False)
+
+
+def _check_backend(backend: str) -> None:
+    """A missing extra is the one error line, before the header line and any work."""
+    from kexue.utils import require
+
+    module = {"hnsw": "hnswlib", "ivf": "faiss", "faiss": "faiss"}.get(backend)
+    if module is not None:
+        require("ann", module, f"backend '{backend}'")
 
 
 def _check_options(k, metric, backend, recall, reduce, candidates) -> None:

@@ -11,7 +11,7 @@ from kexue.cli._common import check_output, positive_float, threads_option, unit
 
 
 def _checked_options(method, jobs, show, scheduler, cluster):
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, require
 
     if method not in ("lp", "fw"):
         raise KexueError(f"--method must be 'lp' or 'fw'; got {method!r}")
@@ -25,6 +25,8 @@ def _checked_options(method, jobs, show, scheduler, cluster):
         raise KexueError(f"--cluster must be local:N with N ≥ 1 workers; got {cluster!r}")
     if scheduler is not None and "://" not in scheduler:
         raise KexueError(f"--scheduler must be a Dask address like tcp://HOST:8786; got {scheduler!r}")
+    if scheduler or cluster:  # before the layer is read: a missing extra is the one error line
+        require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
     return scheduler or cluster
 
 

@@ -27,6 +27,8 @@ is clipped to ``[-max_exp, max_exp]`` before ``exp``; so a gradient of 1e30 move
 at most a factor e^max_exp per step and an exactly zero gradient leaves it unchanged.
 """
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
+
 from kexue.eg._common import CompileFallbackWarning
 from kexue.eg.adapt import EGAdapt, ScaleBoundWarning
 from kexue.eg.hypergradient import AdamHD, SGDHD

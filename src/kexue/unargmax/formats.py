@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 
 @dataclass
@@ -30,8 +30,8 @@ class TensorFile:
 
 def read_onnx(path: Path) -> TensorFile:
     """The initializers of an ONNX graph (weights embedded in the file)."""
-    import onnx
-    from onnx import numpy_helper
+    onnx = require("zoo", "onnx", "reading .onnx files")
+    numpy_helper = require("zoo", "onnx.numpy_helper", "reading .onnx files")
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -44,7 +44,7 @@ def read_onnx(path: Path) -> TensorFile:
 
 def read_keras_h5(path: Path) -> TensorFile:
     """Datasets of a Keras HDF5 weights file; a ``kernel`` (in, out) is exposed as (out, in)."""
-    import h5py
+    h5py = require("zoo", "h5py", "reading Keras .h5 files")
 
     try:
         f = h5py.File(str(path), "r")
@@ -154,8 +154,8 @@ def read_e5s1(path: Path) -> TensorFile:
     unigram vocabulary (offsets, scores, byte blob), a normalisation map, then a tensor directory
     (name, dtype, count, offset, size). ``emb.word`` is GGML's Q4_0 layout (fp16 scale + 16 bytes
     of nibbles per 32 weights), dequantised with ``gguf.quants``; the pieces are the vocabulary."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+    GGMLQuantizationType = require("lm", "gguf", "reading E5S1 files").GGMLQuantizationType
+    dequantize = require("lm", "gguf.quants", "reading E5S1 files").dequantize
 
     buf = np.memmap(path, dtype=np.uint8, mode="r")
     try:
