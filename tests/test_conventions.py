@@ -210,6 +210,7 @@ def test_resume_refuses_another_config_other_data_or_fewer_steps(tmp_path):
 # ------------------------------------------------------------------ full MNIST training set
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED / "mnist" / "train-images-idx3-ubyte.gz").exists(), reason="../shared/data has no MNIST training set")
 def test_full_mnist_training_set_loads_and_rejects_altered_copies(tmp_path):
     X, y = data.load_mnist_train()

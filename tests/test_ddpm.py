@@ -324,6 +324,7 @@ def _toy_gap(T, variance, dim=16):
     return gap.mean(), gap.std(ddof=1) / math.sqrt(n)
 
 
+@pytest.mark.slow
 def test_bound_on_gaussian_toy_is_above_the_exact_nll_and_tightens_with_T():
     # With σ_t² = β_t² the expected gap is ≈ 1.1 nats/dim / T for this schedule family (it is the
     # reverse chain's discretisation error, which vanishes as T grows); the stated gap is 1.5 D/T.

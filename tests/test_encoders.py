@@ -53,6 +53,7 @@ def test_minilm_rows_are_unit_norm_and_meaningful_and_cached(tmp_path):
     assert encoders.cache_key(SENTS, "minilm", "default") != encoders.cache_key(SENTS[:3], "minilm", "default")
 
 
+@pytest.mark.slow
 @pytest.mark.needs("transformers", "gguf")
 def test_smollm2_poolings_from_one_pass(tmp_path):
     last = encoders.encode(SENTS, "smollm2", "last-mean", cache_dir=tmp_path)

