@@ -113,3 +113,85 @@ def test_the_battery_covers_every_command():
     assert {"reproduce", "hubness", "unargmax", "vae train", "vae score", "ddpm train", "ddpm sample",
             "whiten fit", "whiten apply", "whiten search"} <= names
     assert len(list(_cases())) > 40
+
+
+# ------------------------------------------------------------------ flags accepted and ignored (issue 31)
+# A flag that the chosen mode does not use must be an error, not silently dropped. These need a
+# real (tiny, untrained) model file, written once per module.
+
+
+@pytest.fixture(scope="module")
+def ddpm_file(tmp_path_factory):
+    torch = pytest.importorskip("torch")
+    from kexue.ddpm import DDPM, UNetConfig, linear_schedule
+
+    torch.set_num_threads(1)
+    p = tmp_path_factory.mktemp("battery") / "ddpm.safetensors"
+    DDPM(UNetConfig(base=4, mults=(1,)), linear_schedule(20), side=8).save(p)
+    return p
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("args, flag", [
+    (("sample", "{m}", "--sampler", "ddpm", "--steps", "10"), "--steps"),
+    (("sample", "{m}", "--sampler", "ddpm", "--eta", "0.5"), "--eta"),
+    (("sample", "{m}", "--sampler", "ddim", "--variance", "beta"), "--variance"),
+    (("sample", "{m}", "--variance", "beta"), "--variance"),  # ddim is the default sampler
+    (("sample", "{m}", "--steps", "30"), "--steps"),  # more DDIM steps than the model's T = 20
+    (("sample", "{m}", "-m", "{m}"), "MODEL"),  # the model given twice
+    (("nll", "{m}", "digits", "--timesteps", "1000"), "--timesteps"),  # more strata than T - 1 = 19 terms
+    (("nll", "{m}", "digits", "--timesteps", "20"), "--timesteps"),
+])
+def test_flags_the_mode_does_not_use_are_one_line_errors(cli, ddpm_file, tmp_path, args, flag):
+    r = cli("ddpm", *[a.format(m=ddpm_file) for a in args], "-o" if args[0] == "sample" else "--json",
+            tmp_path / ("g.npy" if args[0] == "sample" else "v.json"))
+    assert r.one_line_error, (r.code, r.err)
+    assert flag in r.err, r.err
+    assert not any(tmp_path.iterdir()), "nothing may be written"
+
+
+@pytest.mark.timeout(120)
+def test_model_is_positional_everywhere_and_the_old_spelling_still_works(cli, ddpm_file, tmp_path):
+    import numpy as np
+
+    runs = {"positional": (ddpm_file,), "-m": ("-m", ddpm_file), "--model": ("--model", ddpm_file)}
+    for name, spelling in runs.items():
+        r = cli("ddpm", "sample", *spelling, "-n", 2, "--steps", 3, "-o", tmp_path / f"{name.strip('-')}.npy")
+        assert r.code == 0, (name, r.err)
+    a, b, c = (np.load(tmp_path / f"{n}.npy") for n in ("positional", "m", "model"))
+    assert a.shape == (2, 64) and np.array_equal(a, b) and np.array_equal(a, c)
+    r = cli("ddpm", "sample", "--help")
+    assert "MODEL" in r.out and "--model" not in r.out, "the alias is hidden"
+    r = cli("ddpm", "sample", ddpm_file, "--sampler", "ddpm", "-n", 1, "-o", tmp_path / "d.npy")  # defaults fit
+    assert r.code == 0, r.err
+    r = cli("ddpm", "nll", ddpm_file, "digits", "-n", 2, "--timesteps", 19, "--json", "-")  # T - 1: the full sum
+    assert r.code == 0, r.err
+
+
+def test_library_settings_of_the_other_sampler_are_refused_in_library_words(ddpm_file):
+    pytest.importorskip("torch")
+    from kexue.ddpm import DDPM
+    from kexue.utils import KexueError
+
+    m = DDPM.load(ddpm_file)
+    for kw, word in (({"sampler": "ddpm", "steps": 10}, "steps"), ({"sampler": "ddpm", "eta": 0.5}, "eta"),
+                     ({"sampler": "ddim", "variance": "beta"}, "variance")):
+        with pytest.raises(KexueError, match=word) as e:
+            m.sample(1, **kw)
+        assert "--" not in str(e.value), "library messages name library parameters"
+    with pytest.raises(KexueError, match="timesteps=1000") as e:
+        m.nll(__import__("numpy").zeros((1, 64)), timesteps=1000)
+    assert "--" not in str(e.value)
+
+
+def test_ctrl_c_in_any_command_says_interrupted_in_one_line(cli, ddpm_file, tmp_path, monkeypatch):
+    """typer turns Ctrl-C into a silent exit 130; the CLI still says what happened, once."""
+    from kexue.ddpm import DDPM
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DDPM, "sample", interrupt)
+    r = cli("ddpm", "sample", ddpm_file, "-n", 1, "-o", tmp_path / "g.npy")
+    assert r.code == 130 and r.err.strip() == "kexue: interrupted", r.err
+    assert not any(tmp_path.iterdir())

@@ -337,7 +337,6 @@ def test_cli_errors(cli, emb, tmp_path):
         (["--reduce", "mp", "--candidates", 5], "--candidates 5 is smaller than -k 10"),
         (["--reduce", "mp", "--candidates", -1], "--candidates"),
         (["--candidates", 0], "--candidates"),
-        (["--reduce", "mp", "--candidates", 400], "--candidates 400 exceeds"),
         (["--reduce", "pca"], "--reduce"),
         (["--metric", "l1"], "--metric"),
         (["--backend", "annoy"], "--backend"),

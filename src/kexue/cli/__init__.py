@@ -173,6 +173,23 @@ def _register_plugins() -> None:
 _register_plugins()
 
 
+_INTERRUPT_SAID: list[bool] = []
+
+
+def interrupted(e: KeyboardInterrupt, resume: bool) -> "typer.Exit":
+    """Ctrl-C in a resumable command: print where its checkpoint stands (from
+    ``kexue.train.TrainingInterrupted``) in one line and return the Exit(130) to raise. typer
+    turns a KeyboardInterrupt into a silent exit 130, so commands catch it themselves."""
+    step, ckpt = getattr(e, "step", None), getattr(e, "ckpt", None)
+    if step is not None and ckpt is not None:
+        again = "the same command" if resume else "the same command with --resume"
+        console.print(f"kexue: interrupted at step {step}; rerun {again} to resume", markup=False, highlight=False)
+    else:
+        console.print("kexue: interrupted")
+    _INTERRUPT_SAID.append(True)
+    return typer.Exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning user errors into one line and exit code 2."""
     cmd = typer.main.get_command(app)
@@ -196,4 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"kexue: error: {e.strerror or e} ({e.filename or ''}); check the path and permissions",
                       markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    if rv == 130 and not _INTERRUPT_SAID:  # typer's silent exit on Ctrl-C
+        console.print("kexue: interrupted")
+    _INTERRUPT_SAID.clear()
     sys.exit(rv if isinstance(rv, int) else 0)

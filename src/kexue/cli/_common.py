@@ -65,6 +65,21 @@ def int_list(text: str, flag: str, example: str = "1,2,2") -> tuple[int, ...]:
     return values
 
 
+def in_flags(error: KexueError, words: dict[str, str]) -> KexueError:
+    """The library's one-line error with its parameter names (``steps=``, ``resume=False``) put
+    in the command's flags (``--steps``, ``no --resume``): library messages name the library's
+    parameters; a command shows its own."""
+    text = str(error)
+    for lib, flag in words.items():
+        text = text.replace(lib, flag)
+    return KexueError(text)
+
+
+# the training loop's parameter names (kexue.train) → the train commands' flags
+TRAIN_FLAGS = {"resume=False": "drop --resume", "past steps=": "past --steps ", "another ckpt": "another --ckpt",
+               "right ckpt path": "right --ckpt path"}
+
+
 # ------------------------------------------------------------------ outputs
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from kexue.cli._common import check_input, check_output, threads_option, unit_float, use_threads, write_json
+from kexue.cli._common import check_input, check_output, threads_option, use_threads, write_json
 
 MEASURES = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "max_nk"]
 
@@ -17,9 +17,9 @@ def hubness_cmd(
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of nearest neighbours."),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
     backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (hnswlib), ivf (FAISS) or faiss."),
-    recall: float = typer.Option(0.95, "--recall", callback=unit_float, help="Recall target of an approximate backend (its search parameter is chosen for it)."),
+    recall: float = typer.Option(0.95, "--recall", help="Recall target of an approximate backend, in (0, 1] (its search parameter is chosen for it)."),
     reduce: Optional[str] = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, centering."),
-    candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k)."),
+    candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k; capped at the number of rows - 1, as in the API)."),
     histogram: Optional[Path] = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
     nk_out: Optional[Path] = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
@@ -40,7 +40,8 @@ def hubness_cmd(
         check_output(path, suffixes, flag)
     check_output(json_out, (".json",), "--json", stdout=True)
     src = open_matrix(check_input(emb, "EMB"), key)
-    _check_rows(emb, src.n, k, reduce, candidates)
+    _check_rows(emb, src.n, k)
+    candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
     use_threads(threads)
     X = src.read()
     tracker = RichTracker()
@@ -92,8 +93,7 @@ def _check_options(k, metric, backend, recall, reduce, candidates) -> None:
 
     validate.choice(metric, H.METRICS, "--metric")
     validate.choice(backend, H.BACKENDS, "--backend")
-    if recall == 0:
-        raise KexueError("--recall must be > 0")
+    validate.real(recall, "--recall", 0.0, 1.0, lo_open=True)  # the API's range and wording
     if reduce is not None:
         validate.choice(reduce, H.REDUCTIONS, "--reduce")
         if candidates < k:
@@ -101,15 +101,12 @@ def _check_options(k, metric, backend, recall, reduce, candidates) -> None:
                              f"--candidates primary neighbours, so give --candidates >= {k}")
 
 
-def _check_rows(emb, n, k, reduce, candidates) -> None:
+def _check_rows(emb, n, k) -> None:
     from kexue.utils import KexueError
 
     if n < k + 1:
         raise KexueError(f"{emb} has {n} row{'' if n == 1 else 's'}; N_{k} needs at least {k + 1} "
                          f"(k + 1: a point is not its own neighbour) — lower -k or add rows")
-    if reduce is not None and candidates > n - 1:
-        raise KexueError(f"--candidates {candidates} exceeds the {n - 1} other points of {emb}; "
-                         f"give --candidates <= {n - 1}")
 
 
 def _write_arrays(nk_out, nk, graph_out, ind, dist) -> None:

@@ -121,9 +121,9 @@ def kernel_mexp(x: torch.Tensor, max_exp: float) -> torch.Tensor:
     return torch.where(x == x, x.clamp(-max_exp, max_exp), 0.0).exp()
 
 
-def kernel_finite(x: torch.Tensor) -> torch.Tensor:
-    """``nan_to_num(x, 0, 0, 0)`` for the compiled kernels (vectorisable, see :func:`kernel_mexp`)."""
-    return torch.where(x.abs() < float("inf"), x, 0.0)
+def kernel_exp_clipped(x: torch.Tensor, max_exp: float) -> torch.Tensor:
+    """:func:`exp_clipped_` for the compiled kernels (NaN kept)."""
+    return x.clamp(-max_exp, max_exp).exp()
 
 
 def scalar(x: float, like: torch.Tensor) -> torch.Tensor:
@@ -139,8 +139,22 @@ def by_device(*lists: list[torch.Tensor]) -> list[list[list[torch.Tensor]]]:
 
 
 def mexp_(x: torch.Tensor, max_exp: float) -> torch.Tensor:
-    """In place: exp of the clipped exponent x; NaN exponents (0·inf) count as 0, i.e. no change."""
+    """In place: exp of the clipped exponent x; NaN exponents (0·inf) count as 0, i.e. no change.
+    For step sizes and gains (EGStep's ν, EGAdapt's p), whose NaN would outlive the step."""
     return x.nan_to_num_(nan=0.0).clamp_(-max_exp, max_exp).exp_()
+
+
+def exp_clipped_(x: torch.Tensor, max_exp: float) -> torch.Tensor:
+    """In place: exp of the clipped exponent x, NaN kept (clamp passes NaN through): the factor
+    of a weight update, so a NaN gradient entry makes a NaN weight, as in torch.optim.SGD."""
+    return x.clamp_(-max_exp, max_exp).exp_()
+
+
+def foreach_exp_clipped_(xs: list[torch.Tensor], max_exp: float) -> None:
+    """:func:`exp_clipped_` over a list, as multi-tensor calls (NaN kept)."""
+    torch._foreach_clamp_min_(xs, -max_exp)
+    torch._foreach_clamp_max_(xs, max_exp)
+    torch._foreach_exp_(xs)
 
 
 def foreach_mexp_(xs: list[torch.Tensor], max_exp: float) -> None:

@@ -140,7 +140,9 @@ def sampled_stats(stats, X: np.ndarray, width: int, metric: str, n_samples: int,
 def graph_rows(G, what: str, drop_diagonal: bool):
     """Sorted ``(dist, ind)`` rows of a sparse neighbour graph; every row must hold the same number
     of entries. ``drop_diagonal``: the graph is the index's own (square), and each point's entry
-    for itself is removed (if a row has none, its farthest entry goes, so rows stay equal)."""
+    for itself is removed — if a row has none while others do (a duplicate pushed it out), its
+    farthest entry goes, so rows stay equal; a graph with no self entry at all (scikit-learn's
+    ``kneighbors_graph()`` without X) is already self-excluded and is read as it is."""
     G = sparse.csr_matrix(G, dtype=np.float64)
     G.sort_indices()
     counts = np.diff(G.indptr)
@@ -158,9 +160,10 @@ def graph_rows(G, what: str, drop_diagonal: bool):
     if drop_diagonal:
         if G.shape[0] != G.shape[1]:
             raise KexueError(f"a sparse X is read as a kNN graph; {what} must be square (n_index, n_index); got {G.shape}")
-        if c < 2:
-            raise KexueError(f"{what} needs at least 2 entries per row (the point itself and a neighbour)")
-        dist, ind = _drop_own(dist, ind)
+        if (ind == np.arange(len(ind))[:, None]).any():  # the graph includes the points themselves
+            if c < 2:
+                raise KexueError(f"{what} needs at least 2 entries per row (the point itself and a neighbour)")
+            dist, ind = _drop_own(dist, ind)
     return dist, ind
 
 

@@ -72,12 +72,41 @@ class KNNGraph:
 # inputs
 
 
+def host_array(X):
+    """A torch tensor as a NumPy array (bfloat16 and other dtypes NumPy lacks become float32), without
+    importing torch; anything else unchanged. The hubness entry points call it before validation."""
+    if type(X).__module__.split(".")[0] == "torch" and hasattr(X, "detach"):
+        X = X.detach().cpu()
+        if str(X.dtype) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
+            X = X.float()
+        return X.numpy()
+    return X
+
+
+_SAFE_EXP = 40  # |coordinates| within 2^±40: float32 squared norms (≤ 2^80 · dim) neither overflow nor vanish
+
+
+def pow2_exponent(max_abs: float) -> int:
+    """The power of two to divide data by so that its largest |coordinate| lies in [0.5, 1), or 0 when
+    it is already safe (2^-40 ≤ max ≤ 2^40; then nothing is rescaled and results are bit-identical).
+    Scaling by a power of two is exact, and every distance scales by the same power."""
+    if not np.isfinite(max_abs) or max_abs == 0 or 2.0**-_SAFE_EXP <= max_abs <= 2.0**_SAFE_EXP:
+        return 0
+    return int(np.frexp(max_abs)[1])
+
+
 def _normalise(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
-    n = np.linalg.norm(X, axis=1, keepdims=True)
-    if (n == 0).any():
-        raise KexueError(f"cosine metric needs non-zero vectors; row {int(np.argmax(n[:, 0] == 0))} is all zeros "
+    top = np.abs(X).max(axis=1) if X.size else np.zeros(len(X))
+    if (top == 0).any():
+        raise KexueError(f"cosine metric needs non-zero vectors; row {int(np.argmax(top == 0))} is all zeros "
                          "(drop it or use --metric euclidean)")
+    e = np.frexp(top)[1]
+    far = np.abs(e) > 250  # |x|² would overflow or underflow: rescale those rows by an exact power of two first
+    if far.any():
+        X = X.copy()
+        X[far] = np.ldexp(X[far], -e[far][:, None])
+    n = np.linalg.norm(X, axis=1, keepdims=True)
     return X / n
 
 
@@ -154,10 +183,14 @@ class Screening:
     used: np.ndarray | None
     Xa: np.ndarray
     xsq: np.ndarray
+    exp: int = 0  # the centred rows are stored divided by 2^exp (coordinates beyond 2^±40; see pow2_exponent)
 
     def rows(self, Q64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The float32 rows ``[q, |q|², 1]`` of queries (unit rows for cosine) and their float64 ``|q|²``."""
+        """The float32 rows ``[q, |q|², 1]`` of queries (unit rows for cosine) and their float64 ``|q|²``,
+        in the index's units (divided by ``2^exp``)."""
         C = Q64 - self.shift
+        if self.exp:
+            C = np.ldexp(C, -self.exp)
         qsq = np.einsum("ij,ij->i", C, C)
         return _augmented(C if self.used is None else C[:, self.used], 1.0, qsq, 1.0), qsq
 
@@ -169,13 +202,16 @@ def screening(X64: np.ndarray, metric: str, with_rows: bool = False, columns: np
     centred on all of ``X64`` (for a search among a sample of the rows)."""
     shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
     C = X64 - shift
+    e = pow2_exponent(_max_abs(C))
+    if e:  # float32 squares of these coordinates would overflow or vanish: an exact power-of-two rescale
+        C = np.ldexp(C, -e)
     xsq = np.einsum("ij,ij->i", C, C)
     used = C.any(0)
     used = None if used.all() else np.flatnonzero(used)
     if used is not None:
         C = C[:, used]
     sub = slice(None) if columns is None else columns
-    S = Screening(shift, used, _augmented(C[sub], -2.0, 1.0, xsq[sub]), xsq[sub])
+    S = Screening(shift, used, _augmented(C[sub], -2.0, 1.0, xsq[sub]), xsq[sub], e)
     return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
 
 
@@ -317,6 +353,10 @@ def _exact(X, Q, k, metric, self_ids, block, margin, tracker) -> KNNGraph:
 
 # ---------------------------------------------------------------------------------------------
 # public entry points
+
+
+def _max_abs(A) -> float:
+    return max(float(A.max()), -float(A.min())) if A.size else 0.0  # no |A| copy of a large matrix
 
 
 def occurrences(neigh_ind: np.ndarray, n_index: int) -> np.ndarray:

@@ -71,8 +71,8 @@ class MutualProximity(_Reduction):
         if self.method == "gaussian":
             (mq, sq), (mx, sx) = q_stats, self.stats_
             return 1.0 - ndtr((mq[:, None] - dist) / sq[:, None]) * ndtr((mx[ind] - dist) / sx[ind])
-        A = _normalise(self.X_) if self.metric == "cosine" else self.X_
-        B = _normalise(Q) if self.metric == "cosine" else Q
+        A = _normalise(self.X_) if self.metric == "cosine" else self._scaled(self.X_)  # dist is scaled too
+        B = _normalise(Q) if self.metric == "cosine" else self._scaled(Q)
         out = np.empty_like(dist)
         c = dist.shape[1]
         step = max(1, _CHUNK // (c * max(c, A.shape[1])))
@@ -156,6 +156,9 @@ class CSLS(_Reduction):
     def _secondary(self, dist, ind, q_stats, Q):
         return q_stats[0][:, None] + self.stats_[0][ind] - 2.0 * self._sim(dist)
 
+    def _unscaled(self, sec):
+        return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec  # linear in d (Euclidean)
+
 
 class Centering(_Reduction):
     """Centering (Suzuki et al. 2013): rank candidates by the cosine distance of the centred
@@ -183,8 +186,8 @@ class Centering(_Reduction):
         self.center_ = tensors["center"]
 
     def _secondary(self, dist, ind, q_stats, Q):
-        A = _centred(self.X_, self.center_)
-        B = _centred(Q, self.center_)
+        A = _centred(self._scaled(self.X_), self._scaled(self.center_))
+        B = _centred(self._scaled(Q), self._scaled(self.center_))
         out = np.empty_like(dist)
         step = max(1, _CHUNK // (dist.shape[1] * A.shape[1]))
         for s in range(0, len(dist), step):

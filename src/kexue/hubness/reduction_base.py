@@ -47,7 +47,7 @@ from sklearn.exceptions import NotFittedError
 from kexue import validate
 from kexue.hubness import graph as G
 from kexue.hubness import screen as S
-from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, rows64
+from kexue.hubness.knn import BACKENDS, METRICS, _normalise, host_array, occurrences, pow2_exponent, rows64
 from kexue.utils import KexueError, KexueTypeError
 
 _TINY = np.finfo(np.float64).tiny
@@ -63,6 +63,7 @@ def _vectors(X, what: str = "X") -> np.ndarray:
     checks expect), each failure re-raised as one KexueError line, then kexue's own checks."""
     from sklearn.utils import check_array
 
+    X = host_array(X)
     try:
         X = check_array(X, dtype=np.float64, input_name=what)
     except TypeError as e:
@@ -139,6 +140,10 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.fit_mode_, self.n_features_in_, self.n_index_ = "vectors", X.shape[1], n
         self.n_candidates_ = min(self.n_candidates, n - 1)  # no point has more neighbours than this
         self.X_ = X
+        # distances beyond 2^±40 (coordinates near the ends of the float range): the formulas read them
+        # divided by an exact power of two, so squares and variances neither overflow nor vanish
+        self.exp_ = 0 if self.metric == "cosine" or not isinstance(self.backend, str) else \
+            pow2_exponent(float(np.ptp(X, axis=0).max()))
         self._check_width(self.n_candidates_)
         self._graph, self._screen = None, None
         self._screening()  # built now, so transform never changes the estimator
@@ -149,14 +154,14 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if w == 0:
             self.stats_ = ()
         elif self._graph is not None:
-            self.stats_ = self._stats(self._graph[0], w)
+            self.stats_ = self._scaled_stats(self._graph[0], w)
         elif self.n_samples_ is not None:
-            self.stats_ = G.sampled_stats(self._stats, X, w, self.metric, self.n_samples_, self.random_state,
+            self.stats_ = G.sampled_stats(self._scaled_stats, X, w, self.metric, self.n_samples_, self.random_state,
                                           self._screening())
         elif self._exact():
-            self.stats_ = self._stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
+            self.stats_ = self._scaled_stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
         else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep
-            self.stats_ = self._stats(self._search(None, w)[0], w)
+            self.stats_ = self._scaled_stats(self._search(None, w)[0], w)
         return self
 
     def _sample_size(self, n: int) -> int | None:
@@ -188,7 +193,8 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self._check_width(dist.shape[1])
         self._graph, self.X_, self._screen = (dist, ind), None, None
         self.n_samples_ = None
-        self.stats_ = self._stats(dist, self._width())
+        self.exp_ = pow2_exponent(float(dist.max()))
+        self.stats_ = self._scaled_stats(dist, self._width())
         return self
 
     def _check_width(self, c: int):
@@ -250,9 +256,22 @@ class _Reduction(TransformerMixin, BaseEstimator):
         d, i = self._search(Q, self.n_candidates_)
         return d, i, Q
 
+    def _scaled(self, A):
+        """Distances (or vectors) divided by ``2^exp_`` (see ``fit``); unchanged when ``exp_`` is 0."""
+        e = getattr(self, "exp_", 0)
+        return np.ldexp(A, -e) if e and A is not None else A
+
+    def _scaled_stats(self, dist, width):
+        return self._stats(self._scaled(dist), width)
+
+    def _unscaled(self, sec):
+        """Secondary distances back in the primary distance's units (only where they carry them)."""
+        return sec
+
     def _reduce(self, dist, ind, Q, in_sample: bool):
+        dist = self._scaled(dist)
         q_stats = self.stats_ if in_sample else self._stats(dist, min(self._width(), dist.shape[1]))
-        return self._secondary(dist, ind, q_stats, Q)
+        return self._unscaled(self._secondary(dist, ind, q_stats, Q))
 
     def transform(self, X):
         """CSR graph (n_queries, n_index) of secondary distances over each query's candidates.
@@ -279,6 +298,10 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if self._needs_vectors and X is None:
             Q = self.X_
         self._check_width(dist.shape[1])
+        # a query's statistic reads the first columns of its row: sort each row by distance (stable,
+        # so sorted rows are untouched) whatever order the caller's search returned
+        order = np.argsort(dist, axis=1, kind="stable")
+        dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
         return _sort(self._reduce(dist, ind, Q, in_sample=X is None), ind, dist.shape[1])
 
     def kneighbors(self, X=None, n_neighbors: int = 10):
@@ -308,7 +331,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         tensors.update(self._extra_tensors())
         config = {"params": self.get_params(), "n_index": self.n_index_, "n_candidates": self.n_candidates_,
                   "n_features_in": self.n_features_in_, "fit_mode": self.fit_mode_, "n_stats": len(self.stats_),
-                  "n_samples_used": self.n_samples_}
+                  "n_samples_used": self.n_samples_, "exp": self.exp_}
         save_fitted(path, f"hubness.{type(self).__name__}", tensors, config)
 
     def _extra_tensors(self) -> dict:
@@ -324,6 +347,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_index_, self.n_candidates_ = cfg["n_index"], cfg["n_candidates"]
         self.n_features_in_, self.fit_mode_ = cfg["n_features_in"], cfg["fit_mode"]
         self.n_samples_ = cfg.get("n_samples_used")  # absent in files saved before "auto" existed
+        self.exp_ = cfg.get("exp", 0)
         self.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
         self.X_ = t.get("X")
         self._graph = (t["gd"], t["gi"]) if "gd" in t else None

@@ -22,9 +22,10 @@ from kexue.hubness.knn import Screening, _Prepared, _screen, _sort_rows, rows64,
 from kexue.utils import NULL_TRACKER
 
 
-def _finish(sq: np.ndarray, metric: str) -> np.ndarray:
+def _finish(sq: np.ndarray, metric: str, exp: int = 0) -> np.ndarray:
+    """Distances from screened squared distances in the screening's units (``Screening.exp``)."""
     sq = np.maximum(sq, 0.0)
-    return sq / 2.0 if metric == "cosine" else np.sqrt(sq)
+    return sq / 2.0 if metric == "cosine" else np.ldexp(np.sqrt(sq), exp) if exp else np.sqrt(sq)
 
 
 def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = None, block: int = 2048,
@@ -60,8 +61,8 @@ def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = 
             if (same and j != i) or cols is not None:  # the block's transpose: rows j.. against columns i..
                 _keep_smallest(best if same else cols, j, _transposed(D))
             _keep_smallest(best, i, D)
-    rows = _finish(np.sort(best, axis=1).astype(np.float64), metric)
-    return rows if cols is None else (rows, _finish(np.sort(cols, axis=1).astype(np.float64), metric))
+    rows = _finish(np.sort(best, axis=1).astype(np.float64), metric, screen.exp)
+    return rows if cols is None else (rows, _finish(np.sort(cols, axis=1).astype(np.float64), metric, screen.exp))
 
 
 def _transposed(D: np.ndarray, strip: int = 64) -> np.ndarray:
@@ -101,4 +102,4 @@ def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
     step = max(1, (1 << 20) // (k * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
     for s in range(0, len(v), step):
         v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[cand.ind[s:s + step]])
-    return _sort_rows(_finish(v, metric), cand.ind, k)
+    return _sort_rows(_finish(v, metric, screen.exp), cand.ind, k)

@@ -9,7 +9,7 @@ import numpy as np
 
 from kexue import validate
 from kexue.hubness import ann
-from kexue.hubness.knn import BACKENDS, METRICS, KNNGraph, _exact, occurrences
+from kexue.hubness.knn import BACKENDS, METRICS, KNNGraph, _exact, _max_abs, host_array, occurrences, pow2_exponent
 from kexue.utils import KexueError, Tracker, tracker_or_null
 
 
@@ -28,9 +28,9 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", que
     """
     validate.choice(metric, METRICS, "metric")
     validate.choice(backend, BACKENDS, "backend")
-    X = validate.matrix(X, "X", dtype=None)
+    X = validate.matrix(host_array(X), "X", dtype=None)
     self_search = queries is None
-    Q = X if self_search else validate.matrix(queries, "queries", dtype=None)
+    Q = X if self_search else validate.matrix(host_array(queries), "queries", dtype=None)
     if Q.shape[1] != X.shape[1]:
         raise KexueError(f"queries have {Q.shape[1]} features but X has {X.shape[1]}; embed both the same way")
     exclude_self = bool(exclude_self and self_search)
@@ -44,10 +44,18 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", que
     k, margin = int(k), validate.integer(margin, "margin", 0)
     tracker = tracker_or_null(tracker)
     self_ids = np.arange(n) if exclude_self else None
+    recall = validate.real(recall, "recall", 0.0, 1.0, lo_open=True)
+    e = 0 if metric == "cosine" else pow2_exponent(max(_max_abs(X), 0.0 if self_search else _max_abs(Q)))
+    if e:  # coordinates beyond 2^±40 (float32 screening would overflow or vanish): search X / 2^e exactly
+        X = np.ldexp(np.asarray(X, np.float64), -e)
+        Q = X if self_search else np.ldexp(np.asarray(Q, np.float64), -e)
     if backend == "exact":
-        return _exact(X, Q, k, metric, self_ids, block, margin, tracker)
-    return ann.search(X, Q, k, metric, backend, self_ids, dict(backend_params or {}),
-                      validate.real(recall, "recall", 0.0, 1.0, lo_open=True), seed, tracker)
+        g = _exact(X, Q, k, metric, self_ids, block, margin, tracker)
+    else:
+        g = ann.search(X, Q, k, metric, backend, self_ids, dict(backend_params or {}), recall, seed, tracker)
+    if e:
+        g.dist = np.ldexp(g.dist, e)
+    return g
 
 
 def k_occurrence(X, k: int, metric: str = "euclidean", backend: str = "exact", exclude_self: bool = True,
@@ -59,6 +67,6 @@ def k_occurrence(X, k: int, metric: str = "euclidean", backend: str = "exact", e
     Further keywords go to :func:`kneighbors` (``block``, ``backend_params``, ``recall``, ``seed``,
     ``tracker``).
     """
-    X = validate.matrix(X, "X", dtype=None)
+    X = validate.matrix(host_array(X), "X", dtype=None)
     _, ind = kneighbors(X, k, metric=metric, backend=backend, queries=queries, exclude_self=exclude_self, **kw)
     return occurrences(ind, len(X))
