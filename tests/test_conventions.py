@@ -29,7 +29,7 @@ def test_error_types_and_lazy_submodules():
     assert issubclass(KexueTypeError, KexueError) and kexue.KexueError is KexueError
     assert callable(kexue.logsumexp.logsumexp)  # submodules load on attribute access
     with pytest.raises(AttributeError):
-        kexue.nosuchmodule
+        _ = kexue.nosuchmodule
 
 
 def test_validate_matrix_and_scalars():

@@ -398,7 +398,7 @@ def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager(own_compi
         opt = OPTS["EGAdapt(SGD)"](list(net.parameters()), compile=own_compile)
         step = torch.compile(opt.step) if compiled else opt.step
 
-        def run(n):
+        def run(n, opt=opt, net=net, X=X, Y=Y, step=step):  # this iteration's objects
             for k in range(n):
                 opt.zero_grad()
                 ((net(X[k % 4 * 16:(k % 4 + 1) * 16]) - Y[k % 4 * 16:(k % 4 + 1) * 16]) ** 2).mean().backward()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kexue.unargmax import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, audit, example_2d, load_output_layer, planted_layer,
+from kexue.unargmax import (ARGMAXABLE, UNARGMAXABLE, audit, example_2d, load_output_layer, planted_layer,
                             verify_certificate, verify_witness)
 from kexue.unargmax import lp as core
 from kexue.unargmax import nearest

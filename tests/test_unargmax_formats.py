@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from kexue.unargmax import ARGMAXABLE, UNARGMAXABLE, audit, load_output_layer, planted_layer
+from kexue.unargmax import ARGMAXABLE, audit, load_output_layer, planted_layer
 from kexue.utils import KexueError
 
 

@@ -27,7 +27,7 @@ import importlib.util
 import os
 import urllib.request
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +145,7 @@ def sha256_file(path: Path, decompress: bool = False) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _verified(path: Path, mtime: float, key: str) -> bool:
     rf = FILES[key]
     if sha256_file(path) == rf.sha256:
@@ -306,7 +306,7 @@ MINILM_SHA256 = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _file_sha256(path: Path, mtime_ns: int, size: int) -> str:
     return sha256_file(path)  # keyed by mtime and size: a replaced file is hashed again
 

@@ -24,10 +24,10 @@ import math
 import pkgutil
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -82,7 +82,7 @@ class Context:
     tables: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)
     parts: list = field(default_factory=list)
-    legs: "Legs | None" = None  # the wall-time ledger of run_one; ``track`` keeps it up to date
+    legs: Legs | None = None  # the wall-time ledger of run_one; ``track`` keeps it up to date
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -288,7 +288,7 @@ def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, trac
 
 def _meta(seed: int, quick: bool, command: str) -> dict:
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "seed": seed,
         "mode": "quick" if quick else "full",

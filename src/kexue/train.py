@@ -23,7 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 import torch
@@ -186,7 +187,7 @@ class Clock:
         self.t0, self.t1 = time.perf_counter(), None
         self.worked = False
 
-    def stop(self) -> "Clock":
+    def stop(self) -> Clock:
         """Freeze the time (once): the last checkpoint and the result then report the same seconds."""
         if self.t1 is None:
             self.t1 = time.perf_counter()

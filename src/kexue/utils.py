@@ -9,7 +9,8 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Protocol, runtime_checkable
+from typing import IO, Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class NullTracker:
 NULL_TRACKER = NullTracker()
 
 
-def tracker_or_null(tracker: "Tracker | None") -> "Tracker":
+def tracker_or_null(tracker: Tracker | None) -> Tracker:
     return NULL_TRACKER if tracker is None else tracker
 
 

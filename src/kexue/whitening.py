@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -128,7 +128,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             self.gram_ += np.triu(G) + np.triu(G, 1).T
             self.n_samples_seen_ += len(Y)
 
-    def _decompose(self) -> "Whitening":
+    def _decompose(self) -> Whitening:
         """Σ about βμ from the accumulators, then U, Λ (SPEC 5.1)."""
         _check_params(self.beta, self.gamma, self.n_components)
         N, d = self.n_samples_seen_, self.n_features_in_
@@ -157,7 +157,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         self.singular_values_ = np.sqrt(N * lam[:k])
         return self
 
-    def fit(self, X, y=None) -> "Whitening":
+    def fit(self, X, y=None) -> Whitening:
         """Fit μ, U, Λ on X (n, d) in one call (processed in float64 chunks of CHUNK rows)."""
         _check_params(self.beta, self.gamma, self.n_components)
         self._reset()
@@ -165,7 +165,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         self._accumulate(X)
         return self._decompose()
 
-    def partial_fit(self, X, y=None) -> "Whitening":
+    def partial_fit(self, X, y=None) -> Whitening:
         """Add one chunk of rows to the running fit (streaming); the result after the last chunk
         equals ``fit`` on all rows (up to float64 rounding). Decomposes once the count is >= 2."""
         _check_params(self.beta, self.gamma, self.n_components)
@@ -176,7 +176,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             self._decompose()
         return self
 
-    def fit_chunks(self, chunks: Iterable) -> "Whitening":
+    def fit_chunks(self, chunks: Iterable) -> Whitening:
         """Fit from an iterable of (n_i, d) arrays (e.g. a memory-mapped file read in slices),
         decomposing once at the end: O(d²) memory whatever the total N."""
         _check_params(self.beta, self.gamma, self.n_components)
@@ -292,7 +292,7 @@ class Whitening(TransformerMixin, BaseEstimator):
                 "n_components": None if self.n_components is None else int(self.n_components)}
 
     @classmethod
-    def load(cls, path) -> "Whitening":
+    def load(cls, path) -> Whitening:
         """Read a transform written by :meth:`save` (or by releases before it, .npz/.safetensors);
         a one-line KexueError for a missing, corrupt or foreign file."""
         path = Path(path)

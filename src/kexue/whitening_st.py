@@ -17,7 +17,7 @@ with no pickle, no ``trust_remote_code`` and without kexue installed::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,7 +16,7 @@ import pkgutil
 import shlex
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from collections.abc import Iterable, Iterator
 
 import typer
 from rich.console import Console
@@ -82,19 +82,19 @@ def _version(value: bool):
 
 
 @app.callback()
-def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+def _main(version: bool | None = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
     """kexue: VAE densities, EG optimisers, unargmaxable classes, logsumexp, whitening, EXACT, DDPM, hubness."""
 
 
 @app.command()
 def reproduce(
-    names: Optional[List[str]] = typer.Argument(None, help="Experiments to run. See --list."),
+    names: list[str] | None = typer.Argument(None, help="Experiments to run. See --list."),
     quick: bool = typer.Option(False, "--quick", help="Small settings that finish in minutes (CI)."),
     all_: bool = typer.Option(False, "--all", help="Run every experiment (needed for full mode without names: hours)."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Report directory."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed (>= 0); the same seed on the same machine gives the same numbers."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/ (default: $KEXUE_DATA or ../shared/data)."),
-    publish: Optional[Path] = typer.Option(None, "--publish", help="Also publish the sections to DIR/results and rebuild DIR/RESULTS.md."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/ (default: $KEXUE_DATA or ../shared/data)."),
+    publish: Path | None = typer.Option(None, "--publish", help="Also publish the sections to DIR/results and rebuild DIR/RESULTS.md."),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
 ):
     """Run experiments and write OUT/report.md, OUT/results.json and figures."""
@@ -133,7 +133,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.callback()
 def data_list(ctx: typer.Context,
-              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/.")):
+              data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/.")):
     """List every data set and model the project knows, its source and whether it is available here."""
     if ctx.invoked_subcommand is not None:
         return
@@ -151,7 +151,7 @@ def data_list(ctx: typer.Context,
 
 @data_app.command("download")
 def data_download(name: str = typer.Argument(..., help="mnist (training and test sets), mnist-train, mnist-test or stsb"),
-                  data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data).")):
+                  data_dir: Path | None = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data).")):
     """Download a public data set (needs internet; verified by SHA-256)."""
     from kexue import data
 
@@ -176,7 +176,7 @@ _register_plugins()
 _INTERRUPT_SAID: list[bool] = []
 
 
-def interrupted(e: KeyboardInterrupt, resume: bool) -> "typer.Exit":
+def interrupted(e: KeyboardInterrupt, resume: bool) -> typer.Exit:
     """Ctrl-C in a resumable command: print where its checkpoint stands (from
     ``kexue.train.TrainingInterrupted``) in one line and return the Exit(130) to raise. typer
     turns a KeyboardInterrupt into a silent exit 130, so commands catch it themselves."""

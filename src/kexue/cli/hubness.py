@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,15 +17,15 @@ def hubness_cmd(
     metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
     backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (hnswlib), ivf (FAISS) or faiss."),
     recall: float = typer.Option(0.95, "--recall", help="Recall target of an approximate backend, in (0, 1] (its search parameter is chosen for it)."),
-    reduce: Optional[str] = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, centering."),
+    reduce: str | None = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, centering."),
     candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k; capped at the number of rows - 1, as in the API)."),
-    histogram: Optional[Path] = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
-    nk_out: Optional[Path] = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
-    graph_out: Optional[Path] = typer.Option(None, "--graph-out", help="Write the (reduced) neighbour graph to this .npz: indices, distances."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
+    histogram: Path | None = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
+    nk_out: Path | None = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
+    graph_out: Path | None = typer.Option(None, "--graph-out", help="Write the (reduced) neighbour graph to this .npz: indices, distances."),
+    key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and MP's reference sample."),
-    threads: Optional[int] = threads_option(),
+    threads: int | None = threads_option(),
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
     from kexue import hubness as H

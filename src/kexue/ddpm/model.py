@@ -54,7 +54,7 @@ class DDPM:
     # ---- training
     def fit(self, images, *, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
             ema_decay: float | None = 0.999, weighting=None, ckpt: str | os.PathLike | None = None, ckpt_every: int = 0,
-            resume: bool = False, grad_clip: float | None = 1.0, tracker=None, threads: int | None = None) -> "DDPM":
+            resume: bool = False, grad_clip: float | None = 1.0, tracker=None, threads: int | None = None) -> DDPM:
         """Train on images in [0, 1] (see :func:`kexue.ddpm.images_to_model` for the shapes) with the
         loss of SPEC 7.2; a checkpoint resumes exactly and refuses another architecture,
         schedule, optimiser setting or data set. ``self.result_`` keeps the TrainResult.
@@ -121,7 +121,7 @@ class DDPM:
                                           "side": self.side, "prediction": self.prediction, "info": self.info})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DDPM":
+    def load(cls, path: str | os.PathLike) -> DDPM:
         """A model written by :meth:`save` (network in eval mode)."""
         from kexue.io import load_fitted
 

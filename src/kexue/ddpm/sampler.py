@@ -13,7 +13,7 @@ map from latents x_T to images (usable e.g. for hub-prior latent sampling, SPEC 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

@@ -43,12 +43,12 @@ class NoiseSchedule:
         self.beta_bars = torch.sqrt(1.0 - self.alpha_bars ** 2)  # β̄_t (β̄_0 = 0)
 
     @classmethod
-    def from_betas(cls, betas_ddpm, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(cls, betas_ddpm, name: str = "custom") -> NoiseSchedule:
         """A user-given array of the paper's β_t^D = β_t² (t = 1..T)."""
         return cls(betas_ddpm, name)
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod, name: str = "custom") -> "NoiseSchedule":
+    def from_alphas_cumprod(cls, alphas_cumprod, name: str = "custom") -> NoiseSchedule:
         """From the paper's ᾱ_t^D = ᾱ_t² (diffusers' ``alphas_cumprod``), t = 1..T."""
         a = np.asarray(alphas_cumprod, dtype=np.float64)
         if a.ndim != 1 or np.any(np.diff(a) >= 0) or a[0] >= 1 or a[-1] <= 0:

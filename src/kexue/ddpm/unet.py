@@ -83,7 +83,7 @@ class UNetConfig:
         return {**asdict(self), "mults": list(self.mults)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         return cls(**{**d, "mults": tuple(d["mults"])})
 
 

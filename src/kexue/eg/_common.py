@@ -5,7 +5,7 @@ the grouping of tensors for the multi-tensor (``torch._foreach_*``) paths, and t
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.optim import Optimizer

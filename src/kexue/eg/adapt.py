@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.optim import Optimizer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -25,7 +25,7 @@ class _HDBase(GroupwiseOptimizer):
         states = [self.state[p] for p, _ in pg]
         self._adapt_lr(group, pg, states)
         if use_foreach(group):
-            for ps, gs, us in self._directions(group, pg, states):
+            for ps, _gs, us in self._directions(group, pg, states):
                 torch._foreach_add_(ps, us, alpha=-group["lr"])
         else:
             for (p, g), st in zip(pg, states):

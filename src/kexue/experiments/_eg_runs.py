@@ -32,11 +32,11 @@ class Config:
     jobs: int = 2  # joblib worker processes, one torch thread each
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(models=("logreg", "mlp"), seeds=1, steps={"logreg": 200, "mlp": 200})
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         # sized for ≤ 2 h on 2 cores (see docs/eg.md for the measured step times): ≈ 4.3 epochs
         # of the 60k images for the CNN and MLP, where the best learning rates have levelled off
         return cls(models=("logreg", "mlp", "cnn"), seeds=3, steps={"logreg": 3000, "mlp": 4000, "cnn": 4000},

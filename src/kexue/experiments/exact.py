@@ -44,14 +44,14 @@ class Config:
     mnist: MnistConfig  # the full-MNIST CNN at convergence (issue 18)
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(seeds=2, tab_steps=100, tab_grid=(1e-2, 1e-1), mlp_steps=150, mlp_grid=(1e-3, 3e-3),
                    cnn=False, cnn_steps=0, cnn_grid=(), eval_every=50, n_jobs=2,
                    mnist=MnistConfig(seeds=2, train=4000, val=1000, epochs=2, batch_size=128, lrs=(1e-3,),
                                      exact_settings=tuple(EXACT_SETTINGS), n_jobs=2))
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls(seeds=5, tab_steps=300, tab_grid=(1e-3, 1e-2, 1e-1), mlp_steps=600, mlp_grid=(3e-4, 1e-3, 3e-3),
                    cnn=True, cnn_steps=300, cnn_grid=(1e-3, 3e-3), eval_every=50, n_jobs=2,
                    mnist=MnistConfig(seeds=5, train=60000, val=5000, epochs=FULL_EPOCHS, batch_size=128,
@@ -132,7 +132,9 @@ def _tabular_splits(name, seeds, seed0):
         Xa, Xte, ya, yte = train_test_split(X, y, test_size=0.2, stratify=y, random_state=seed0 + s)
         Xtr, Xva, ytr, yva = train_test_split(Xa, ya, test_size=0.25, stratify=ya, random_state=seed0 + s)
         mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8  # standardise with training statistics only
-        t = lambda A: torch.tensor((A - mu) / sd, dtype=torch.float32)
+        def t(A, mu=mu, sd=sd):  # this split's statistics
+            return torch.tensor((A - mu) / sd, dtype=torch.float32)
+
         splits.append((t(Xtr), torch.tensor(ytr), t(Xva), torch.tensor(yva), t(Xte), torch.tensor(yte)))
     return splits, int(y.max()) + 1, X.shape
 
@@ -144,7 +146,9 @@ def _mnist_splits(ctx, seeds):  # the seed picks the validation digits
 
     X, y = load_mnist5k()
     Xte, yte = load_mnist_test(ctx.data_dir)
-    f = lambda A: torch.tensor(A, dtype=torch.float32) / 255.0
+    def f(A):
+        return torch.tensor(A, dtype=torch.float32) / 255.0
+
     Xte_t, yte_t = f(Xte), torch.tensor(yte)
     splits = []
     for s in range(seeds):

@@ -47,13 +47,13 @@ class VAEExperiment:
     threads: int = 1
 
     @classmethod
-    def quick(cls) -> "VAEExperiment":
+    def quick(cls) -> VAEExperiment:
         return cls("mnist5k", (1.2, 1.2, 1.2), "constant", n_test=300, K=50, curve_points=3, n_curve_eval=50,
                    K_curve_eval=20, n_kcurve=50, K_kcurve=200, n_ood=200, K_ood=20, n_base=1500, bmm=10, bmm_iter=15,
                    gmm=2, gmm_iter=10, kde_grid=(0.2,), epochs8=1.2, n_test8=200, K8=20)
 
     @classmethod
-    def full(cls) -> "VAEExperiment":
+    def full(cls) -> VAEExperiment:
         # Sized from measured speed (docs/vae.md, one torch thread, 2-core machine): 80 / 37 / 4.2
         # training steps/s for M = 1 / 5 / 50 (7.5 / 16 / 143 s per epoch of 60k images) and 13 µs
         # per decoder row of log q(x) (K = 5,000 on 10k images: ~11 min per model). Training
@@ -262,7 +262,7 @@ def _baselines(ctx, S: VAEExperiment, X, Xb, Xt_all, Xtb, xt, results, models) -
     for name, r in results.items():
         rows.append([name, r.nll, r.nll_se, r.bits_per_dim, float(-r.elbo.mean()), float(r.stderr.mean()),
                      f"VAE bound, K={S.K}"])
-    for name, (est, s) in base_scores.items():
+    for name, (_est, s) in base_scores.items():
         kind = "exact pmf" if name.startswith(("independent", "Bernoulli")) else "dequantised bound"
         nll = float(-s.mean())
         rows.append([name, nll, float(s.std(ddof=1) / math.sqrt(len(s))), nll / (D * math.log(2)), float("nan"),

@@ -19,7 +19,7 @@ backends and sparse graphs supply both rows themselves.
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.special import ndtr
@@ -72,7 +72,6 @@ class MutualProximity(_Reduction):
             (mq, sq), (mx, sx) = q_stats, self.stats_
             return 1.0 - ndtr((mq[:, None] - dist) / sq[:, None]) * ndtr((mx[ind] - dist) / sx[ind])
         A = _normalise(self.X_) if self.metric == "cosine" else self._scaled(self.X_)  # dist is scaled too
-        B = _normalise(Q) if self.metric == "cosine" else self._scaled(Q)
         out = np.empty_like(dist)
         c = dist.shape[1]
         step = max(1, _CHUNK // (c * max(c, A.shape[1])))

@@ -51,7 +51,7 @@ class OutputLayer:
         what :func:`~kexue.unargmax.default_min_margin` reads."""
         return str(self.info.get("quantisation") or self.info.get("dtype") or self.W.dtype)
 
-    def normalized(self) -> "OutputLayer":
+    def normalized(self) -> OutputLayer:
         """The same layer with every row scaled to unit norm (SPEC 3.5: then every distinct row
         is argmaxable without a bias), in float64."""
         W = np.asarray(self.W, np.float64)

@@ -237,7 +237,9 @@ def k_curve(log_weights: np.ndarray, Ks) -> list[dict]:
         return ((mx[..., 0] + np.log(np.exp(grp - mx).sum(-1))) - math.log(K)).mean(1)
 
     ref = per_row(kmax)
-    sem = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
+    def sem(v) -> float:
+        return float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
     out = []
     for K in Ks:
         r = per_row(K)

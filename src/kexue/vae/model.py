@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -260,7 +260,7 @@ class VAE(nn.Module):
         save_fitted(path, "vae", self.state_dict(), {**self.config.to_dict(), **extra})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "VAE":
+    def load(cls, path: str | os.PathLike) -> VAE:
         """A model written by :meth:`save`, in eval mode; a one-line KexueError for missing,
         foreign or damaged files (nothing is unpickled). ``binarize_`` is the training
         binarisation stored with it (None for files written before it was stored)."""
