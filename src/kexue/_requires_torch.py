@@ -8,6 +8,7 @@ hubness, whitening, logsumexp) install without it.
 from __future__ import annotations
 
 import sys
+from types import FrameType
 
 from kexue.utils import require
 
@@ -15,7 +16,7 @@ from kexue.utils import require
 def _importer() -> str:
     # the kexue module whose import brought us here (the nearest frame outside this module
     # and importlib): the error names what the user asked for, e.g. kexue.vae
-    f = sys._getframe(1)
+    f: FrameType | None = sys._getframe(1)
     while f is not None:
         name = f.f_globals.get("__name__", "")
         if name.startswith("kexue.") and name != __name__:

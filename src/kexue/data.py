@@ -278,8 +278,8 @@ def _dist_dir(dist: str) -> Path | None:
     for f in d.files or []:
         if f.parts and f.parts[0].endswith((".dist-info", ".egg-info")):
             continue
-        p = Path(d.locate_file(f)).resolve()
-        top = Path(d.locate_file(f.parts[0])).resolve()
+        p = Path(str(d.locate_file(f))).resolve()
+        top = Path(str(d.locate_file(f.parts[0]))).resolve()
         if top.is_dir():
             return top
         if p.exists():

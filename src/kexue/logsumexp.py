@@ -271,12 +271,12 @@ def smooth_max(x, tau: float = 1.0, axis=-1, keepdims: bool = False):
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         out = m + tau * logsumexp((x - m) / tau, axis=axis, keepdims=True)
         return out if keepdims else out.squeeze(axis)
-    x = np.asarray(x, dtype=np.result_type(x, np.float16))
+    xa = np.asarray(x, dtype=np.result_type(x, np.float16))
     with np.errstate(invalid="ignore"):
-        m = np.max(x, axis=axis, keepdims=True)
-        m = np.where(np.isfinite(m), m, 0)
-        out = m + tau * logsumexp((x - m) / tau, axis=axis, keepdims=True)
-    return out if keepdims else np.squeeze(out, axis=axis)
+        ma = np.max(xa, axis=axis, keepdims=True)
+        ma = np.where(np.isfinite(ma), ma, 0)
+        res = ma + tau * logsumexp((xa - ma) / tau, axis=axis, keepdims=True)
+    return res if keepdims else np.squeeze(res, axis=axis)
 
 
 def smooth_min(x, tau: float = 1.0, axis=-1, keepdims: bool = False):

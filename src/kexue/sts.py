@@ -194,7 +194,7 @@ def search(splits: dict[str, STSPairs], betas=GRID, gammas=GRID, ks=None, fit_on
                 for l, k in enumerate(ks):
                     scores[s][i, j, l] = spearman100(cosine_rows(A[:, :k], B[:, :k]), splits[s].score)
     flat = int(np.argmax(scores["dev"]))  # first maximum in (β, γ, k) order
-    i, j, l = np.unravel_index(flat, scores["dev"].shape)
+    i, j, l = (int(v) for v in np.unravel_index(flat, scores["dev"].shape))
     best = {"beta": betas[i], "gamma": gammas[j], "k": ks[l], "dev": float(scores["dev"][i, j, l]),
             "test": float(scores["test"][i, j, l])}
     return SearchResult(betas, gammas, ks, scores["dev"], scores["test"], splits["dev"].spearman(),

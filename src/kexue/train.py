@@ -184,7 +184,8 @@ class Clock:
     def __init__(self, st: dict | None = None):
         st = st or {}
         self.before, self.legs_before = float(st.get("seconds", 0.0)), int(st.get("legs", 0))
-        self.t0, self.t1 = time.perf_counter(), None
+        self.t0 = time.perf_counter()
+        self.t1: float | None = None  # set by stop()
         self.worked = False
 
     def stop(self) -> Clock:
@@ -239,7 +240,7 @@ def _key_text(key: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: object) -> str:
     """:func:`fingerprint` of a module's weights and buffers: partial evaluations are keyed by it."""
     if not isinstance(model, nn.Module):
         raise KexueError(f"a checkpoint of this computation needs the network as a torch.nn.Module, "

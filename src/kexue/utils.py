@@ -9,7 +9,7 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -179,7 +179,7 @@ def machine_info() -> dict:
     """Facts about this machine and the library versions, for reports."""
     import importlib.metadata as md
 
-    info = {
+    info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -16,7 +16,7 @@ import pkgutil
 import shlex
 import sys
 from pathlib import Path
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 
 import typer
 from rich.console import Console
@@ -62,7 +62,7 @@ class RichTracker:
         self.console = console
 
     def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
-        if total is None and hasattr(iterable, "__len__"):
+        if total is None and isinstance(iterable, Sized):
             total = len(iterable)
         with Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True) as p:

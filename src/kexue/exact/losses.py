@@ -136,6 +136,10 @@ class EXACTLoss(nn.Module):
         As in ``torch.nn.CrossEntropyLoss`` (see the module docstring).
     """
 
+    step: torch.Tensor  # buffers (register_buffer), declared for type checkers
+    moving_norm: torch.Tensor
+    first: torch.Tensor
+
     def __init__(self, sigma: float | Callable[[int], float] = 1.0, margin: float | None = None,
                  standardize: bool = True, truncate: int | None = None, grad_norm: bool = True,
                  n_samples: int = 16, method: str = "sobol", momentum: float = 0.9, clip: float = 0.01,

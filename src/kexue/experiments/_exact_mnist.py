@@ -12,6 +12,7 @@ warm-up + cosine learning-rate schedule, ±2-pixel random shifts, test accuracy 
 from __future__ import annotations
 
 import time
+from typing import Any
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -161,7 +162,7 @@ def run_mnist_cnn(ctx, cfg: MnistConfig) -> dict:
     later = ctx.resumable(par, [delayed(_one_run)(X, y, Xte, yte, tr, va, n, chosen[n][0], chosen[n][1], seed_of(s), cfg)
                                 for n, s in rest],
                           [["mnist-cnn", n, chosen[n][0], chosen[n][1], seed_of(s), spec] for n, s in rest])
-    out = {}
+    out: dict[str, Any] = {}
     for n in LOSSES:
         runs = [chosen[n][2]] + [r for (m, _), r in zip(rest, later) if m == n]
         out[n] = {"lr": chosen[n][0], "setting": chosen[n][1], "test": np.array([r["test"] for r in runs]),
@@ -202,10 +203,10 @@ def report_mnist_cnn(ctx, cfg: MnistConfig, res: dict, full_cfg: MnistConfig) ->
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot(1, 1, 1)
     for n in LOSSES:
-        c = np.array(res[n]["curves"])  # (seeds, epochs + 1, 2)
-        acc = 100 * c[:, :, 1]
-        ax.plot(c[0, :, 0], acc.mean(0), marker="o", ms=3, label=n)
-        ax.fill_between(c[0, :, 0], acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
+        cv = np.array(res[n]["curves"])  # (seeds, epochs + 1, 2)
+        acc = 100 * cv[:, :, 1]
+        ax.plot(cv[0, :, 0], acc.mean(0), marker="o", ms=3, label=n)
+        ax.fill_between(cv[0, :, 0], acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
     ax.set_ylim(min(97.0, float(np.floor(min(100 * np.array(res[n]["curves"])[:, 1:, 1].mean(0).min() for n in LOSSES)))), 100)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"test accuracy % (first {CURVE_N:,} test digits)")

@@ -153,7 +153,7 @@ def _run(ctx) -> None:
     from matplotlib.figure import Figure
 
     from kexue.data import load_mnist_test
-    from kexue.ddpm import DDIMSampler, DDPMSampler
+    from kexue.ddpm import DDIMSampler, DDPMSampler, Sampler
     from kexue.quality import classify, mnist_classifier, sample_quality, to_unit
     from kexue.report import legs_text
 
@@ -215,8 +215,9 @@ the key samplers on {cfg.fd_samples} and {cfg.ddpm_fd_samples} samples.
              "legs of its phase).")
 
     # ---- samplers
-    samplers = [(f"DDPM-{T}, σ²=posterior", T, "-", DDPMSampler(sched, "posterior", clip_x0=1.0)),
-                (f"DDPM-{T}, σ²=β²", T, "-", DDPMSampler(sched, "beta", clip_x0=1.0))]
+    samplers: list[tuple[str, int, str, Sampler]] = [
+        (f"DDPM-{T}, σ²=posterior", T, "-", DDPMSampler(sched, "posterior", clip_x0=1.0)),
+        (f"DDPM-{T}, σ²=β²", T, "-", DDPMSampler(sched, "beta", clip_x0=1.0))]
     for s in cfg.ddim_steps:
         for eta in (0.0, 1.0):
             samplers.append((f"DDIM-{s}, η={eta:g}", s, f"{eta:g}", DDIMSampler(sched, steps=s, eta=eta, clip_x0=1.0)))

@@ -55,7 +55,7 @@ def lr_sweep(ctx, cfg: Config) -> dict:
     """(model, optimiser, lr) -> list of run dicts (one per seed); loss nan = diverged."""
     seeds = [ctx.seed + k for k in range(cfg.seeds)]
     jobs = [(m, o, lr, s, cfg, ctx.data_dir) for m in cfg.models for o in OPTIMISERS for lr in LRS for s in seeds]
-    res = {}
+    res: dict[tuple, list] = {}
     for (m, o, lr, *_), out in zip(jobs, _parallel(ctx, cfg, _sweep_run, jobs, "eg: learning-rate sweep")):
         res.setdefault((m, o, lr), []).append(out)
     return res
@@ -90,7 +90,7 @@ def report_sweep(ctx, cfg: Config, res: dict) -> dict:
         verdict[m] = {"best_baseline": best_base}
         for o in OPTIMISERS:
             row = {lr: means[(o, lr)] for lr in LRS}
-            lb, lw = min(row, key=row.get), max(row, key=row.get)
+            lb, lw = min(row, key=lambda lr: row[lr]), max(row, key=lambda lr: row[lr])
             accs = {lr: float(np.mean([r["acc"] for r in res[(m, o, lr)]])) for lr in LRS}
             summary.append([m, o, lb, row[lb], accs[lb], lw, row[lw], accs[lw], row[lw] / best_base])
             verdict[m][o] = row[lw] / best_base
@@ -155,8 +155,8 @@ def distribution_shift(ctx, cfg: Config, res: dict) -> list:
     ax1, ax2 = fig2.add_subplot(1, 2, 1), fig2.add_subplot(1, 2, 2)
     rows, w, k = [], max(shift_at // 10, 10), 25
     for i, o in enumerate(OPTIMISERS):
-        runs = outs[i * len(seeds):(i + 1) * len(seeds)]
-        if any(r is None for r in runs):
+        runs = [r for r in outs[i * len(seeds):(i + 1) * len(seeds)] if r is not None]
+        if len(runs) < len(seeds):  # a run diverged
             rows.append([o, best[o], float("nan"), float("nan"), float("nan"), float("nan")])
             continue
         losses, sizes = np.mean([r[0] for r in runs], axis=0), np.mean([r[1] for r in runs], axis=0)

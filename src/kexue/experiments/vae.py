@@ -281,14 +281,14 @@ dequantisation-noise variance 1/48 added to their diagonal; the KDE bandwidth is
 10 % of the training set. The KDE is computed exactly with BLAS distances: scikit-learn's tree-based
 `KernelDensity` returned impossible values (log-densities above +500) for some 784-dimensional points here.
 """)
-    nll = {k: v.nll for k, v in results.items()}
+    nlls = {k: v.nll for k, v in results.items()}
     best_base = min(base_scores, key=lambda k: -base_scores[k][1].mean())
-    ep = {k: ctx.metrics[f"epochs/{k}"] for k in nll}
+    ep = {k: ctx.metrics[f"epochs/{k}"] for k in nlls}
     ctx.text(f"IWAE (M=50, {ep['IWAE (M=50)']:g} epochs) vs VAE ({ep['VAE (M=1)']:g} epochs): "
-             f"{nll['IWAE (M=50)']:.2f} vs {nll['VAE (M=1)']:.2f} nats "
-             f"({'IWAE better' if nll['IWAE (M=50)'] < nll['VAE (M=1)'] else 'IWAE NOT better'}); "
+             f"{nlls['IWAE (M=50)']:.2f} vs {nlls['VAE (M=1)']:.2f} nats "
+             f"({'IWAE better' if nlls['IWAE (M=50)'] < nlls['VAE (M=1)'] else 'IWAE NOT better'}); "
              f"best classical density: {best_base} at {-base_scores[best_base][1].mean():.2f} nats "
-             f"({'worse' if -base_scores[best_base][1].mean() > nll['VAE (M=1)'] else 'BETTER'} than the VAE).")
+             f"({'worse' if -base_scores[best_base][1].mean() > nlls['VAE (M=1)'] else 'BETTER'} than the VAE).")
 
     # ------------------------------------------------------------- K-curve
     from matplotlib.figure import Figure
@@ -303,6 +303,7 @@ dequantisation-noise variance 1/48 added to their diagonal; the KDE bandwidth is
     curve_rows = []
     for name, model in models.items():
         r = log_likelihood(model, xc, K=S.K_kcurve, seed=ctx.seed + 11, keep_weights=True, tracker=ctx)
+        assert r.log_weights is not None  # keep_weights=True
         curve = k_curve(r.log_weights, Ks)
         ctx.metric(f"k_curve/{name}", curve)
         ax.errorbar([c["K"] for c in curve], [c["mean"] for c in curve], yerr=[2 * c["gap_se"] for c in curve],

@@ -163,7 +163,8 @@ def _verdicts(ctx, results) -> None:
     ctx.metric("claim_beta_gamma_0_free", bool(ok_all))
 
     # 2. whitening helps the unsupervised encoder, can hurt the supervised one
-    sup, uns = [], []
+    sup: list[tuple] = []
+    uns: list[tuple] = []
     for (enc, _pool), (label, d, _ks, k3, res) in results.items():
         r, raw, w11, w00k3, w11k3, tuned = cells(res, k3, d)
         (sup if enc == "minilm" else uns).append((label, raw, w11))
@@ -186,7 +187,7 @@ def _verdicts(ctx, results) -> None:
     for (_enc, _pool), (label, d, _ks, k3, res) in results.items():
         r, raw, w11, w00k3, w11k3, tuned = cells(res, k3, d)
         named = {"β=γ=1": w11, "β=γ=1 at k≈d/3": w11k3, "β=γ=0 at k≈d/3": w00k3}
-        best_name = max(named, key=named.get)
+        best_name = max(named, key=lambda s: named[s])
         fixed = named[best_name]
         gaps.append(tuned - fixed)
         parts.append(f"{label}: tuned {tuned:.2f} vs best fixed ({best_name}) {fixed:.2f} ({tuned - fixed:+.2f}), "

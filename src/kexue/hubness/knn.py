@@ -256,7 +256,7 @@ class _Candidates:
         ax = 0 if transposed else 1
         nr, width = D.shape[1 - ax], D.shape[ax]
         tau = self.tau[r0:r0 + nr]
-        below = np.less
+        below: np.ufunc = np.less
         if np.isinf(tau).all() and width > self.m:
             # first visit: a provisional threshold, the m-th smallest of the first w entries, which
             # is >= the block's m-th smallest, so at least m entries per query pass (≤, for ties)
@@ -325,7 +325,7 @@ def _rescore(P: _Prepared, cand: _Candidates, k: int, metric: str, self_ids, n_v
         exact = pair_distances(P.Q64[s:s + step, None, :], P.X64[ids], metric)
         dist[s:s + step], ind[s:s + step] = order_rows(exact, ids, k, metric)
     for r in bad:  # rare: a near-tie at the k-th place: the whole row in float64
-        dist[r], ind[r] = _full_row(P, r, k, metric, -1 if self_ids is None else self_ids[r])
+        dist[r], ind[r] = _full_row(P, int(r), k, metric, -1 if self_ids is None else int(self_ids[r]))
     return dist, ind
 
 

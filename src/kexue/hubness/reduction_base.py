@@ -88,6 +88,8 @@ def check_is_fitted(est) -> None:
 class _Reduction(TransformerMixin, BaseEstimator):
     """Shared fitting, searching, persistence; subclasses define the statistic and the formula."""
 
+    stats_: tuple[np.ndarray, ...]  # fitted statistics (empty for methods without any)
+
     _parameter_constraints: dict = {
         "n_candidates": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions(set(METRICS))],
@@ -326,8 +328,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if not isinstance(self.backend, str):
             raise KexueError("a reduction over your own FAISS index cannot be saved with it; save the index "
                              "with faiss.write_index and fit again on load")
-        tensors = {f"stat{i}": s for i, s in enumerate(self.stats_)}
-        tensors.update({"X": self.X_} if self.X_ is not None else {"gd": self._graph[0], "gi": self._graph[1]})
+        tensors: dict[str, np.ndarray] = {f"stat{i}": s for i, s in enumerate(self.stats_)}
+        if self.X_ is not None:
+            tensors["X"] = self.X_
+        elif self._graph is not None:
+            tensors.update(gd=self._graph[0], gi=self._graph[1])
         tensors.update(self._extra_tensors())
         config = {"params": self.get_params(), "n_index": self.n_index_, "n_candidates": self.n_candidates_,
                   "n_features_in": self.n_features_in_, "fit_mode": self.fit_mode_, "n_stats": len(self.stats_),

@@ -26,6 +26,7 @@ class TensorFile:
     read: Callable[[str], np.ndarray]
     dtypes: dict = field(default_factory=dict)
     aliases: dict = field(default_factory=dict)  # name -> the tensor it shares storage with
+    vocab: list[str] | None = None  # token strings, when the file carries its vocabulary
 
 
 def read_onnx(path: Path) -> TensorFile:
