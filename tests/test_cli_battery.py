@@ -115,6 +115,141 @@ def test_the_battery_covers_every_command():
     assert len(list(_cases())) > 40
 
 
+# ------------------------------------------------------------------ issue 31: accepted-and-ignored inputs, messages
+
+
+def _no_network(monkeypatch):
+    import urllib.request
+
+    calls = []
+
+    def refuse(url, *a, **k):
+        calls.append(url)
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return calls
+
+
+def test_data_download_keeps_present_verified_files_offline(cli, monkeypatch):
+    from kexue import data
+
+    if not all(p is not None for p in data.present("mnist").values()):
+        pytest.skip("MNIST is not present in this checkout's data folders")
+    calls = _no_network(monkeypatch)
+    r = cli("data", "download", "mnist")
+    assert r.code == 0, r.err
+    assert calls == [], "a present, verified data set must not touch the network"
+    assert "already here" in r.out and "--force" in r.out
+    assert data.download("mnist") == list(data.present("mnist").values()) and calls == []
+
+
+def test_data_download_failure_leaves_no_folder(cli, monkeypatch, tmp_path):
+    calls = _no_network(monkeypatch)
+    r = cli("data", "download", "stsb", "--data-dir", tmp_path / "new")
+    assert r.one_line_error and "could not download" in r.err, r.err
+    assert calls and not (tmp_path / "new").exists()  # --data-dir's folder is created for the download only
+    (tmp_path / "mine").mkdir()
+    r = cli("data", "download", "mnist-test", "--data-dir", tmp_path / "mine", "--force")
+    assert r.one_line_error and (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+@pytest.fixture
+def emb(tmp_path):
+    import numpy as np
+
+    p = tmp_path / "in" / "e.npy"
+    p.parent.mkdir()
+    np.save(p, np.random.default_rng(0).standard_normal((30, 4)))
+    return p
+
+
+def _written(tmp_path):
+    return [p for p in tmp_path.rglob("*") if p.is_file() and p.parent.name != "in"]
+
+
+@pytest.mark.parametrize("command", [["hubness", "-k", "3"], ["whiten", "fit", "-o", "{out}/w.safetensors"]])
+def test_key_on_a_npy_file_is_an_error(cli, emb, tmp_path, command):
+    args = [a.replace("{out}", str(tmp_path)) for a in command]
+    r = cli(*args[:1 + (args[0] == "whiten")], emb, *args[1 + (args[0] == "whiten"):], "--key", "emb")
+    assert r.one_line_error and "key" in r.err and ".npy" in r.err, r.err
+    assert not _written(tmp_path)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_bad_kexue_threads_is_a_one_line_error(cli, emb, tmp_path, monkeypatch, value):
+    monkeypatch.setenv("KEXUE_THREADS", value)
+    r = cli("whiten", "fit", emb, "-o", tmp_path / "w.safetensors")
+    assert r.one_line_error and "KEXUE_THREADS" in r.err and repr(value) in r.err, r.err
+    assert not _written(tmp_path)
+    monkeypatch.setenv("KEXUE_THREADS", "2")
+    assert cli("whiten", "fit", emb, "-o", tmp_path / "w.safetensors").code == 0
+
+
+def test_show_negative_is_refused(cli, emb):
+    r = cli("unargmax", emb, "--show", "-1")
+    assert r.one_line_error and "--show" in r.err, r.err
+
+
+def test_messages_count_one_row_and_name_the_file(cli, tmp_path):
+    import numpy as np
+
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((1, 3)))
+    r = cli("whiten", "fit", one, "-o", tmp_path / "w.safetensors")
+    assert r.one_line_error and "1 row;" in r.err and "1 rows" not in r.err, r.err
+    from kexue import validate
+    from kexue.utils import KexueError
+
+    with pytest.raises(KexueError, match=r"X has 1 row; at least 2"):
+        validate.matrix(np.ones((1, 1)), min_rows=2, min_cols=1)
+    with pytest.raises(KexueError, match=r"X has 1 column; at least 2"):
+        validate.matrix(np.ones((3, 1)), min_cols=2)
+    with pytest.raises(KexueError, match=r"x has 1 entry; at least 2"):
+        validate.vector(np.ones(1), min_len=2)
+    bad = tmp_path / "nan.npy"
+    X = np.ones((50, 3))
+    X[37, 2] = np.nan
+    np.save(bad, X)
+    for args in (["hubness", bad, "-k", "3"], ["whiten", "fit", bad, "-o", tmp_path / "w2.safetensors"]):
+        r = cli(*args)
+        assert r.one_line_error and str(bad) in r.err and "row 37" in r.err and " X " not in r.err, r.err
+
+
+def test_object_arrays_are_named_as_such_not_damaged(cli, tmp_path):
+    import numpy as np
+
+    p = tmp_path / "obj.npy"
+    np.save(p, np.array([[1.0, None]], dtype=object), allow_pickle=True)
+    for args in (["hubness", p], ["whiten", "fit", p, "-o", tmp_path / "w.safetensors"]):
+        r = cli(*args)
+        assert r.one_line_error and "object array" in r.err and "never unpickles" in r.err, r.err
+        assert "damaged" not in r.err
+
+
+@pytest.mark.parametrize("args", [[], ["whiten"], ["vae"], ["data", "nosuch"]])
+def test_bare_command_prints_help_and_one_useful_line(cli, args):
+    r = cli(*args)
+    assert r.one_line_error, (r.code, r.err)
+    line = r.err.strip()
+    assert line.startswith("kexue: error: ") and len(line) > len("kexue: error: ") + 10, line
+    if len(args) < 2:
+        assert "Usage" in r.out and "--help" in line
+
+
+def test_help_shows_readable_placeholders(cli):
+    for name, cmd in [("", None), *_leaves()]:
+        r = cli(*name.split(), "--help")
+        assert r.code == 0, (name, r.err)
+        usage = next(l for l in r.out.splitlines() if "Usage:" in l)
+        assert "{" not in usage, usage
+        assert "<bool>" not in r.out, name
+        if cmd is not None:
+            for p in cmd.params:
+                if p.param_type_name == "argument":
+                    assert (p.metavar or p.name.upper()) in usage, (name, usage)
+
+
 # ------------------------------------------------------------------ flags accepted and ignored (issue 31)
 # A flag that the chosen mode does not use must be an error, not silently dropped. These need a
 # real (tiny, untrained) model file, written once per module.

@@ -108,8 +108,22 @@ def test_a_changed_minilm_file_is_refused_before_loading(monkeypatch, tmp_path):
     with pytest.raises(KexueError, match="modules.json is missing"):
         data.verify_minilm(copy)
     # the loader checks before it builds anything
-    encoders.load_minilm.cache_clear()
     monkeypatch.setattr(encoders.data, "minilm_path", lambda: copy)
     with pytest.raises(KexueError, match="missing|not installed"):
         encoders.load_minilm()
-    encoders.load_minilm.cache_clear()
+
+
+def test_load_minilm_gives_a_model_the_caller_may_change():
+    """The docs append a whitening layer to load_minilm()'s model; that must not change encode()."""
+    pytest.importorskip("sentence_transformers")
+    import numpy as np
+
+    from kexue import encoders
+
+    before = encoders.encode(["a cat sat on the mat", "stocks fell sharply"], "minilm", cache_dir=False)
+    m = encoders.load_minilm()
+    assert m is not encoders.load_minilm()
+    m.append(__import__("torch").nn.Identity())
+    m[0].auto_model.embeddings.word_embeddings.weight.data.zero_()
+    after = encoders.encode(["a cat sat on the mat", "stocks fell sharply"], "minilm", cache_dir=False)
+    np.testing.assert_array_equal(before, after)

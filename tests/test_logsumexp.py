@@ -440,3 +440,47 @@ def test_complex_input_is_a_type_error_on_both_paths():
         K.logsumexp(torch.ones(2), b=torch.tensor([1 + 0j, 1j]))
     with pytest.raises(KexueTypeError, match="real input"):
         K.logsumexp(np.array([1 + 2j]))
+
+
+DTYPE_CASES = [
+    (np.array([True, False]), None), (np.array([1, 2], np.int8), None), (np.array([3, 1], np.uint64), None),
+    (np.array([True, False]), np.array([1, 2], np.int8)), (np.array([1, 2], np.int8), np.array([1.0, 2.0], np.float16)),
+    (np.array([1.0, 2.0], np.float32), np.array([True, True])), (np.array([1.0, 2.0], np.float32), np.array([1, 1])),
+    (np.array([True, True]), np.array([0.5, 2.0], np.float32)), (np.array([1.0, 2.0], np.float16), None),
+]
+
+
+@pytest.mark.parametrize("a, b", DTYPE_CASES, ids=lambda v: None if v is None else str(v.dtype))
+def test_numpy_dtype_promotion_follows_scipy(a, b):
+    """Bool and integer input compute in float64 as scipy does (bool once came back float16)."""
+    ours, ref = K.logsumexp(a, b=b), scipy_lse(a, b=b)
+    assert ours.dtype == ref.dtype
+    assert float(ours) == pytest.approx(float(ref), rel=1e-3 if ref.dtype == np.float16 else 1e-6)
+    ours, sign = K.logsumexp(a, b=b, return_sign=True)
+    assert ours.dtype == sign.dtype == ref.dtype
+
+
+@pytest.mark.parametrize("x", [np.array([[True, False, True]]), np.array([[1, 5, -2]], np.int8)], ids=["bool", "int8"])
+def test_every_public_function_promotes_bool_and_integers_to_float64(x):
+    ref = scipy_lse(x.astype(np.float64), axis=-1)
+    assert K.smooth_max(x).dtype == np.float64
+    np.testing.assert_allclose(K.smooth_max(x), ref, rtol=1e-15)
+    assert K.smooth_min(x).dtype == np.float64
+    p = np.full(x.shape, 1 / x.shape[-1])
+    outs = [*K.max_bounds(x), *K.smooth_max_bounds(x, 0.5), K.jensen_lower_bound(x), K.collision_lower_bound(x, p),
+            K.holder_lower_bound(x, p, 3.0), K.entropy_lower_bound(x, p), K.lipschitz_bound(x, x[:, ::-1]),
+            K.convexity_upper_bound(x, x[:, ::-1], 0.3), K.renyi_entropy(x.astype(bool) / 2, 2.0)]
+    assert all(np.asarray(o).dtype == np.float64 for o in outs)
+
+
+@pytest.mark.parametrize("t", [torch.tensor([True, False, True]), torch.tensor([1, 5, -2], dtype=torch.int8)])
+def test_torch_bool_and_integers_become_the_default_float(t):
+    ref = scipy_lse(t.numpy().astype(np.float64))
+    for out in (K.logsumexp(t), K.smooth_max(t)):
+        assert out.dtype == torch.get_default_dtype()
+        assert float(out) == pytest.approx(float(ref), rel=1e-6)
+    low = K.smooth_min(t)
+    assert low.dtype == torch.get_default_dtype()
+    assert float(low) == pytest.approx(-scipy_lse(-t.numpy().astype(np.float64)), rel=1e-6)
+    out, sign = K.logsumexp(t, b=torch.ones(3, dtype=torch.int64), return_sign=True)
+    assert out.dtype == sign.dtype == torch.get_default_dtype()

@@ -393,18 +393,46 @@ def catalogue(data_dir=None) -> list[Entry]:
     return out
 
 
-def download(name: str, data_dir=None, progress=None) -> list[Path]:
-    """Fetch a public data set into the data directory and verify it (never used by tests)."""
+def _remote_keys(name: str) -> list[str]:
     if name in ALIASES:
-        return [p for part in ALIASES[name] for p in download(part, data_dir, progress)]
+        return [k for part in ALIASES[name] for k in _remote_keys(part)]
     if name not in DOWNLOADS:
         raise KexueError(f"nothing to download for {name!r}; downloadable: {', '.join([*ALIASES, *DOWNLOADS])} "
                          "(the others ship with packages)")
+    return DOWNLOADS[name]
+
+
+def present(name: str, data_dir=None) -> dict[str, Path | None]:
+    """For each file of downloadable data set ``name``: its path if it is found (where the loaders
+    look) and passes its SHA-256 check, else None."""
+    out: dict[str, Path | None] = {}
+    for key in _remote_keys(name):
+        p = find_file(key, data_dir)
+        out[key] = p if p is not None and _verified(p, p.stat().st_mtime, key) else None
+    return out
+
+
+def download(name: str, data_dir=None, progress=None, *, force: bool = False) -> list[Path]:
+    """Fetch a public data set into the data directory and verify it (never used by tests).
+
+    Files already present and verified (see :func:`present`) are kept and their paths returned
+    without touching the network, unless ``force``. A failed download leaves neither a partial
+    file nor a folder it created."""
     dest = Path(data_dir).expanduser() if data_dir else (Path(os.environ["KEXUE_DATA"]) if os.environ.get("KEXUE_DATA") else cache_root() / "data")
-    out = []
-    for key in DOWNLOADS[name]:
-        rf = FILES[key]
-        target = dest / rf.relpath
+    have = present(name, data_dir)
+    out: list[Path] = []
+    for key in _remote_keys(name):
+        kept = have[key]
+        if kept is not None and not force:
+            out.append(kept)
+            continue
+        out.append(_fetch(FILES[key], dest / FILES[key].relpath))
+    return out
+
+
+def _fetch(rf: RemoteFile, target: Path) -> Path:
+    made = [d for d in (target.parent, *target.parent.parents) if not d.exists()]  # folders this call creates
+    try:
         with atomic_path(target, parents=True) as tmp:
             try:
                 with urllib.request.urlopen(rf.url, timeout=60) as r, open(tmp, "wb") as f:
@@ -414,5 +442,11 @@ def download(name: str, data_dir=None, progress=None) -> list[Path]:
                 raise KexueError(f"could not download {rf.url} ({e}); check the network or copy the file to {target}") from None
             if sha256_file(tmp) != rf.sha256 and sha256_file(tmp, decompress=True) != rf.raw_sha256:
                 raise KexueError(f"{rf.url} does not match its SHA-256; not saved")
-        out.append(target)
-    return out
+    except BaseException:
+        for d in made:  # innermost first; a folder something else has filled stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return target

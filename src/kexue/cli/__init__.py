@@ -151,12 +151,19 @@ def data_list(ctx: typer.Context,
 
 @data_app.command("download")
 def data_download(name: str = typer.Argument(..., help="mnist (training and test sets), mnist-train, mnist-test or stsb"),
-                  data_dir: Path | None = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data).")):
-    """Download a public data set (needs internet; verified by SHA-256)."""
+                  data_dir: Path | None = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data)."),
+                  force: bool = typer.Option(False, "--force", help="Download again even if the files are present and verified.")):
+    """Download a public data set (needs internet; verified by SHA-256); files already present and verified are kept."""
     from kexue import data
 
-    for p in data.download(name, data_dir):
-        out_console.print(f"saved {p}")
+    have = data.present(name, data_dir)
+    if not force and all(p is not None for p in have.values()):
+        for p in have.values():
+            out_console.print(f"present and verified: {p}", highlight=False)
+        out_console.print(f"{name} is already here; nothing downloaded (--force downloads again)", highlight=False)
+        return
+    for p in data.download(name, data_dir, force=force):
+        out_console.print(f"{'present and verified' if p in have.values() and not force else 'saved'}: {p}", highlight=False)
 
 
 def _register_plugins() -> None:
@@ -171,6 +178,47 @@ def _register_plugins() -> None:
 
 
 _register_plugins()
+
+
+def _usage_message(e) -> str:
+    """click's message, or for a bare ``kexue`` / ``kexue GROUP`` (whose help typer has just printed
+    to stdout, leaving the message empty) a line naming the commands to choose from, exit code 2
+    as click gives it."""
+    msg = e.format_message().strip()
+    ctx = getattr(e, "ctx", None)
+    if msg and "\n" not in msg or ctx is None or not hasattr(ctx.command, "list_commands"):
+        return msg.splitlines()[0] if msg else "missing command; see kexue --help"
+    names = ctx.command.list_commands(ctx)
+    return f"missing command: {ctx.command_path} needs one of {', '.join(names)} (see {ctx.command_path} COMMAND --help)"
+
+
+def _readable_help() -> None:
+    """typer 0.29's rich help writes a required argument as ``{emb}`` in the usage line and gives
+    every flag a ``<bool>`` type; show ``EMB`` / ``[EMB]`` as click does and no type for flags.
+    Patched on typer's classes because the placeholders come from typer itself, not our options;
+    a typer without these methods is left alone."""
+    from typer import core
+
+    arg, opt = core.TyperArgument, getattr(core, "TyperOption", None)
+    if hasattr(arg, "_usage_display_name"):
+        def usage_name(self) -> str:
+            name = self.metavar or self.name.upper()
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
+
+        setattr(arg, "_usage_display_name", usage_name)  # noqa: B010 (patching typer's class)
+    if hasattr(arg, "display_name_raw"):
+        setattr(arg, "display_name_raw", property(lambda self: self.metavar or self.name.upper()))  # noqa: B010
+    if opt is not None and hasattr(opt, "display_type_rich"):
+        shown = opt.display_type_rich
+
+        def display_type_rich(self, ctx):
+            return None if getattr(self, "is_flag", False) and self.metavar is None else shown(self, ctx)
+
+        opt.display_type_rich = display_type_rich
+
+
+_readable_help()
 
 
 _INTERRUPT_SAID: list[bool] = []
@@ -201,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print("kexue: aborted")
         sys.exit(130)
     except _USAGE as e:
-        console.print(f"kexue: error: {e.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"kexue: error: {_usage_message(e)}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except KexueError as e:
         console.print(f"kexue: error: {e}", markup=False, highlight=False, soft_wrap=True)

@@ -144,10 +144,18 @@ def _jsonable(v):
 
 
 def default_threads() -> int:
-    try:
-        return max(1, int(os.environ.get("KEXUE_THREADS", "1")))
-    except ValueError:
+    """``$KEXUE_THREADS`` (a positive integer) or 1; anything else is a one-line error, not ignored."""
+    text = os.environ.get("KEXUE_THREADS", "").strip()
+    if not text:
         return 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KexueError(f"KEXUE_THREADS={os.environ['KEXUE_THREADS']!r} is not a positive integer; "
+                         "set it to a thread count such as 1 or unset it")
+    return n
 
 
 def threads_option() -> Any:

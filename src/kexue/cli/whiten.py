@@ -22,13 +22,13 @@ def fit_cmd(
     """Fit μ, U, Λ (SPEC 5.1) on EMB, streaming in chunks, and save the transform."""
     from kexue.cli import RichTracker, console, out_console
     from kexue.io import open_matrix
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, plural
     from kexue.whitening import Whitening
 
     check_output(out, (".safetensors",), "-o")
     src = open_matrix(check_input(emb, "EMB"), key)
     if src.n < 2:
-        raise KexueError(f"{emb} has {src.n} rows; whitening needs at least 2 vectors to estimate Σ")
+        raise KexueError(f"{emb} has {plural(src.n, 'row')}; whitening needs at least 2 vectors to estimate Σ")
     if dim is not None and dim > src.d:
         raise KexueError(f"--dim {dim} is larger than the embedding dimension {src.d}; choose --dim <= {src.d}")
     use_threads(threads)
@@ -38,7 +38,7 @@ def fit_cmd(
     lam = w.eigenvalues_
     out_console.print(f"fitted on {src.n} × {src.d}: β={beta:g}, γ={gamma:g}, k={w.components_.shape[0]}; "
                       f"top eigenvalues {', '.join(f'{v:.4g}' for v in lam[:3])}; "
-                      f"condition {lam[0] / lam[-1] if lam[-1] > 0 else float('inf'):.3g}", highlight=False)
+                      f"condition {w.condition_number():.3g}", highlight=False)
     warning = w.conditioning_warning(flag="-k")
     if warning is not None:
         console.print(f"kexue: warning: {warning}", highlight=False, soft_wrap=True)
@@ -118,6 +118,8 @@ def search_cmd(
     d = splits["dev"].A.shape[1]
     ks = sts.k_grid(d)
     r = sts.search(splits, ks=ks, fit_on=fit_on)
+    for note in r.warnings:
+        console.print(f"kexue: warning: {note}", markup=False, highlight=False, soft_wrap=True)
     k3 = sts.nearest_k(ks, d / 3)
     t = Table("setting", "dev", "test", title=f"{name} Spearman ×100, {encoder}/{pooling}, fit on {fit_on}")
     t.add_row("raw", f"{r.raw_dev:.2f}", f"{r.raw_test:.2f}")
