@@ -67,6 +67,7 @@ def test_smollm2_poolings_from_one_pass(tmp_path):
     np.testing.assert_allclose(alone[0], last[2], rtol=1e-4, atol=1e-4 * np.abs(last).max())
 
 
+@pytest.mark.slow  # converts SmolLM2 from GGUF unless the poolings test did (21 s)
 @pytest.mark.needs("transformers", "gguf")
 def test_smollm2_loader_gives_next_token_logits():
     import torch
