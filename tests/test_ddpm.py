@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.ddpm import (DDPM, DDIMSampler, DDPMSampler, NoiseSchedule, UNet, UNetConfig, cosine_schedule,
                         decoder_nll, diffusion_loss, discretized_gaussian_nll, fit_ddpm, gaussian_kl, kl_term,
@@ -237,7 +237,7 @@ def test_bound_and_samplers_resume_from_their_checkpoints(tmp_path, killer):
 
     xT = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     for smp in (DDPMSampler(s, "posterior", clip_x0=1.0), DDIMSampler(s, steps=10, eta=1.0)):
-        def draw(**k):
+        def draw(smp=smp, **k):
             return smp(net, x_T=xT, generator=torch.Generator().manual_seed(4), **k)
 
         a, ck = draw(), tmp_path / f"{type(smp).__name__}.pt"
@@ -324,6 +324,7 @@ def _toy_gap(T, variance, dim=16):
     return gap.mean(), gap.std(ddof=1) / math.sqrt(n)
 
 
+@pytest.mark.slow
 def test_bound_on_gaussian_toy_is_above_the_exact_nll_and_tightens_with_T():
     # With σ_t² = β_t² the expected gap is ≈ 1.1 nats/dim / T for this schedule family (it is the
     # reverse chain's discretisation error, which vanishes as T grows); the stated gap is 1.5 D/T.
@@ -361,7 +362,7 @@ def test_each_kl_term_matches_numerical_integration():
                 mq = a * bbp2 / bb2 * float(x_t[0, d]) + ab_p * b2 / bb2 * float(x0[0, d])
                 mp = (float(x_t[0, d]) - b2 / math.sqrt(bb2) * float(eps[0, d])) / a
                 q, p = norm(mq, math.sqrt(bbp2 * b2 / bb2)), norm(mp, math.sqrt(var_p))
-                f = lambda x: q.pdf(x) * (q.logpdf(x) - p.logpdf(x))  # noqa: E731
+                f = lambda x, q=q, p=p: q.pdf(x) * (q.logpdf(x) - p.logpdf(x))  # noqa: E731
                 ref += integrate.quad(f, mq - 12 * q.std(), mq + 12 * q.std(), limit=200, epsabs=1e-13)[0]
             assert got == pytest.approx(ref, rel=1e-6, abs=1e-10), (variance, t)
     # the closed form itself against a case worked by hand: KL(N(1, 1) ‖ N(0, 4)) = log 2 + 2/8 - 1/2

@@ -15,7 +15,6 @@ exist and every option it uses must be one that subcommand's ``--help`` lists.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from pathlib import Path
@@ -64,7 +63,7 @@ def test_markers_are_attached_to_blocks():
 
 
 def _skipped():
-    for doc, bs in PY.items():
+    for _doc, bs in PY.items():
         for b in bs:
             if b.skip is not None:
                 yield pytest.param(b, id=b.id)

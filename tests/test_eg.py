@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import scipy.optimize
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.eg import EG, EGAdapt, EGPlusMinus, EGStep, AdamHD, SGDHD
 from kexue.utils import KexueError

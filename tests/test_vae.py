@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.utils import KexueError
 from kexue.vae import VAE, VAEConfig, fit_vae, iwae_loss, k_curve, log_likelihood, prepare

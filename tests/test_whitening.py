@@ -392,6 +392,7 @@ def test_read_pairs(tmp_path):
         read_pairs(p)
 
 
+@pytest.mark.needs("sentence_transformers")
 def test_cli_search_on_a_users_pairs_file(tmp_path, cli):
     # a user's own STS-style file (here: 40 STS-B test pairs as TSV), encoded with the installed MiniLM
     from kexue import data
@@ -412,6 +413,7 @@ def test_cli_search_on_a_users_pairs_file(tmp_path, cli):
     assert g["pairs"] == str(p) and len(g["ks"]) == len(k_grid(384))
 
 
+@pytest.mark.needs("sentence_transformers")
 def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
     # The full-test check (raw MiniLM ≈ 82.0) runs in the experiment; encoding 2,758 sentences
     # here would take minutes on a shared CPU. This checks the harness against an independent path.
@@ -434,6 +436,8 @@ def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
     assert ours.spearman() > 60  # a working encoder, not noise
 
 
+@pytest.mark.slow
+@pytest.mark.needs("sentence_transformers")
 def test_sentence_transformers_round_trip(tmp_path):
     # whitening appended to the installed MiniLM, saved with the model and loaded back offline:
     # safetensors + JSON only, the same vectors as the library's transform, identical after reload
@@ -480,6 +484,7 @@ def test_fit_whitening_checks_its_input_before_encoding():
             fit_whitening(NoEncode(), **kwargs)
 
 
+@pytest.mark.needs("sentence_transformers")
 def test_whitening_dense_computes_the_transform():
     import torch
 

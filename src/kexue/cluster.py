@@ -8,7 +8,7 @@ the scheduler; kexue only opens and closes the client.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 from kexue.utils import KexueError, require
 

@@ -27,6 +27,7 @@ They accept NumPy arrays (torch tensors are converted).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -41,11 +42,9 @@ __all__ = [
 
 
 def _is_torch(x: Any) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
-    return isinstance(x, torch.Tensor)
+    # a tensor exists only once torch is imported: never import torch (an extra) just to ask
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _axes(axis, ndim: int) -> tuple[int, ...]:
@@ -109,7 +108,8 @@ def _lse_numpy(a, axis, b, keepdims, return_sign):
         if not keepdims:
             out, sign = np.squeeze(out, axis=axes), np.squeeze(sign, axis=axes)
         if not return_sign:
-            out = np.where(sign < 0, np.nan, out)
+            # a NaN of out's own type: NumPy 1.x would promote a 0-d float16/32 result to float64
+            out = np.where(sign < 0, out.dtype.type(np.nan), out)
     out, sign = out[()], sign[()]
     return (out, sign) if return_sign else out
 
@@ -278,10 +278,10 @@ def smooth_max(x, tau: float = 1.0, axis=-1, keepdims: bool = False):
         out = m + tau * logsumexp((x - m) / tau, axis=axis, keepdims=True)
         return out if keepdims else out.squeeze(axis)
     with np.errstate(invalid="ignore"):
-        m = np.max(x, axis=axis, keepdims=True)
-        m = np.where(np.isfinite(m), m, 0)
-        out = m + tau * logsumexp((x - m) / tau, axis=axis, keepdims=True)
-    return out if keepdims else np.squeeze(out, axis=axis)
+        ma = np.max(x, axis=axis, keepdims=True)
+        ma = np.where(np.isfinite(ma), ma, 0)
+        res = ma + tau * logsumexp((x - ma) / tau, axis=axis, keepdims=True)
+    return res if keepdims else np.squeeze(res, axis=axis)
 
 
 def smooth_min(x, tau: float = 1.0, axis=-1, keepdims: bool = False):

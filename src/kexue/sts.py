@@ -207,7 +207,7 @@ def search(splits: dict[str, STSPairs], betas=GRID, gammas=GRID, ks=None, fit_on
         raise KexueError("every (β, γ, k) gives a NaN dev Spearman (constant gold scores or similarities, "
                          "or fewer than 2 dev pairs); check the pairs file")
     flat = int(np.nanargmax(scores["dev"]))  # first maximum in (β, γ, k) order; NaN settings never win
-    i, j, l = np.unravel_index(flat, scores["dev"].shape)
+    i, j, l = (int(v) for v in np.unravel_index(flat, scores["dev"].shape))
     best = {"beta": betas[i], "gamma": gammas[j], "k": ks[l], "dev": float(scores["dev"][i, j, l]),
             "test": float(scores["test"][i, j, l])}
     return SearchResult(betas, gammas, ks, scores["dev"], scores["test"], splits["dev"].spearman(),

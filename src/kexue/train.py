@@ -23,12 +23,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 import torch
 from torch import nn
 
-from kexue.utils import KexueError, atomic_path, tracker_or_null
+from kexue.utils import KexueError, atomic_path, tracker_or_null, require
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 
@@ -94,7 +96,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 @lru_cache(maxsize=1)
 def default_accelerator():
     """One Accelerator per process: building one probes the installed packages (~0.5 s)."""
-    from accelerate import Accelerator
+    Accelerator = require("torch", "accelerate", "the training loop").Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available())
 
@@ -182,10 +184,11 @@ class Clock:
     def __init__(self, st: dict | None = None):
         st = st or {}
         self.before, self.legs_before = float(st.get("seconds", 0.0)), int(st.get("legs", 0))
-        self.t0, self.t1 = time.perf_counter(), None
+        self.t0 = time.perf_counter()
+        self.t1: float | None = None  # set by stop()
         self.worked = False
 
-    def stop(self) -> "Clock":
+    def stop(self) -> Clock:
         """Freeze the time (once): the last checkpoint and the result then report the same seconds."""
         if self.t1 is None:
             self.t1 = time.perf_counter()
@@ -237,7 +240,7 @@ def _key_text(key: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: object) -> str:
     """:func:`fingerprint` of a module's weights and buffers: partial evaluations are keyed by it."""
     if not isinstance(model, nn.Module):
         raise KexueError(f"a checkpoint of this computation needs the network as a torch.nn.Module, "

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
@@ -169,7 +169,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             self.gram_ += np.triu(G) + np.triu(G, 1).T
             self.n_samples_seen_ += len(Y)
 
-    def _add_sums(self, other: "Whitening") -> "Whitening":
+    def _add_sums(self, other: Whitening) -> Whitening:
         """:meth:`merge` without the decomposition (what a tree of partial sums needs)."""
         if not isinstance(other, Whitening) or not hasattr(other, "n_samples_seen_"):
             raise KexueTypeError("merge takes a Whitening that has seen rows (fit or partial_fit it first)")
@@ -193,7 +193,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         self.n_samples_seen_ += n
         return self
 
-    def merge(self, other: "Whitening") -> "Whitening":
+    def merge(self, other: Whitening) -> Whitening:
         """Add the rows another fit has seen, as if they had been streamed into this one, then
         decompose. Partial fits of disjoint row blocks (other processes or machines) merged in
         any order equal one fit on all rows, up to the order of float64 additions.
@@ -205,7 +205,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         self._add_sums(other)
         return self._decompose() if self.n_samples_seen_ >= 2 else self
 
-    def _decompose(self) -> "Whitening":
+    def _decompose(self) -> Whitening:
         """Σ about βμ from the accumulators, then U, Λ (SPEC 5.1)."""
         _check_params(self.beta, self.gamma, self.n_components)
         N, d = self.n_samples_seen_, self.n_features_in_
@@ -237,7 +237,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         self.explained_variance_ = self.eigenvalues_[:k].copy()
         return self
 
-    def fit(self, X, y=None) -> "Whitening":
+    def fit(self, X, y=None) -> Whitening:
         """Fit μ, U, Λ on X (n, d) in one call (processed in float64 chunks of CHUNK rows).
 
         X may be a Dask array: its row blocks are summed where they live and the sums added
@@ -246,13 +246,13 @@ class Whitening(TransformerMixin, BaseEstimator):
         if _is_dask(X):
             from kexue.whitening_dask import fit_dask
 
-            return fit_dask(self, X)
+            return fit_dask(self, X, CHUNK)
         self._reset()
         X = self._validate(X, reset=True)
         self._accumulate(X)
         return self._decompose()
 
-    def partial_fit(self, X, y=None) -> "Whitening":
+    def partial_fit(self, X, y=None) -> Whitening:
         """Add one chunk of rows to the running fit (streaming); the result after the last chunk
         equals ``fit`` on all rows (up to float64 rounding). Decomposes once the count is >= 2."""
         _check_params(self.beta, self.gamma, self.n_components)
@@ -263,7 +263,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             self._decompose()
         return self
 
-    def fit_chunks(self, chunks: Iterable) -> "Whitening":
+    def fit_chunks(self, chunks: Iterable) -> Whitening:
         """Fit from an iterable of (n_i, d) arrays (e.g. a memory-mapped file read in slices),
         decomposing once at the end: O(d²) memory whatever the total N."""
         _check_params(self.beta, self.gamma, self.n_components)
@@ -398,7 +398,7 @@ class Whitening(TransformerMixin, BaseEstimator):
                 "n_components": None if self.n_components is None else int(self.n_components)}
 
     @classmethod
-    def load(cls, path) -> "Whitening":
+    def load(cls, path) -> Whitening:
         """Read a transform written by :meth:`save` (or by releases before it, .npz/.safetensors);
         a one-line KexueError for a missing, corrupt or foreign file."""
         path = Path(path)

@@ -15,22 +15,25 @@ from __future__ import annotations
 import numpy as np
 
 from kexue.utils import KexueError, require
-from kexue.whitening import CHUNK, Whitening
+
+# kexue.whitening imports this module (for Dask input), so this one does not import it back:
+# ``w`` below is a kexue.whitening.Whitening, new instances are ``type(w)()``, and the chunk size
+# of the first rows comes from the caller
 
 
-def _block(block: np.ndarray, shift: np.ndarray, scale: float) -> Whitening:
+def _block(cls, block: np.ndarray, shift: np.ndarray, scale: float):
     """One block's accumulators, about the shift and scale the first rows pick (as the
     in-memory fit does), so blocks add without moving sums."""
     if np.issubdtype(block.dtype, np.floating) and not np.isfinite(block).all():
         raise KexueError("the data holds NaN or inf values; remove or impute them before whitening")
-    w = Whitening()
+    w = cls()
     w._begin(shift[None, :])
     w.shift_, w.scale_ = shift, scale
     w._accumulate(block)
     return w
 
 
-def _add(a: Whitening, b: Whitening) -> Whitening:
+def _add(a, b):
     return a._add_sums(b)
 
 
@@ -42,17 +45,18 @@ def _check(X) -> None:
         raise KexueError(f"the Dask array holds {X.dtype} values; expected real numbers")
 
 
-def fit_dask(w: Whitening, X) -> Whitening:
-    """Fit ``w`` on the Dask array X (n, d) (SPEC 5.1); blocks are re-chunked to whole rows."""
+def fit_dask(w, X, chunk: int):
+    """Fit the Whitening ``w`` on the Dask array X (n, d) (SPEC 5.1), its shift and scale from the
+    first ``chunk`` rows; blocks are re-chunked to whole rows."""
     _check(X)
     dask = require("dask", "dask")
     n, d = X.shape
     if n < 2:
         raise KexueError(f"got {n} sample; whitening needs at least 2 samples (N < 2) to estimate Σ")
     X = X.rechunk({1: -1}) if len(X.chunks[1]) > 1 else X
-    start = Whitening()
-    start._begin(X[: min(n, CHUNK)].astype(np.float64).compute())  # c and s from the first rows
-    parts = [dask.delayed(_block)(b, start.shift_, start.scale_) for b in X.to_delayed().ravel()]
+    start = type(w)()
+    start._begin(X[: min(n, chunk)].astype(np.float64).compute())  # c and s from the first rows
+    parts = [dask.delayed(_block)(type(w), b, start.shift_, start.scale_) for b in X.to_delayed().ravel()]
     while len(parts) > 1:  # a binary tree: the driver never holds more than one d×d sum
         parts = [dask.delayed(_add)(parts[i], parts[i + 1]) if i + 1 < len(parts) else parts[i]
                  for i in range(0, len(parts), 2)]
@@ -63,7 +67,7 @@ def fit_dask(w: Whitening, X) -> Whitening:
     return w._decompose()
 
 
-def transform_dask(w: Whitening, X):
+def transform_dask(w, X):
     """x̃ = (x − βμ) U_k Λ_k^{−γ/2} block by block: a lazy Dask array (n, k), float32 for float32."""
     _check(X)
     if X.shape[1] != w.n_features_in_:

@@ -16,10 +16,11 @@ import pkgutil
 import shlex
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional
+from collections.abc import Iterable, Iterator, Sized
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -39,9 +40,11 @@ try:
 except ImportError:
     pass
 
-# soft_wrap: messages are one line even when stderr is not a terminal (rich would wrap at 80)
-console = Console(stderr=True, soft_wrap=True)
-out_console = Console(soft_wrap=True)
+# soft_wrap: messages are one line even when stderr is not a terminal (rich would wrap at 80).
+# markup=False: what we print holds paths, model ids, tokens and extras ('x[/y].npy', '[INST]',
+# 'kexue[dask]') that rich would eat as markup or crash on; the few styled lines opt in.
+console = Console(stderr=True, soft_wrap=True, markup=False)
+out_console = Console(soft_wrap=True, markup=False)
 
 app = typer.Typer(
     name="kexue",
@@ -59,9 +62,9 @@ class RichTracker:
         self.console = console
 
     def track(self, iterable: Iterable, description: str = "", total: int | None = None) -> Iterator:
-        if total is None and hasattr(iterable, "__len__"):
+        if total is None and isinstance(iterable, Sized):
             total = len(iterable)
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        with Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True) as p:
             task = p.add_task(description, total=total)
             for item in iterable:
@@ -79,19 +82,19 @@ def _version(value: bool):
 
 
 @app.callback()
-def _main(version: Optional[bool] = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
+def _main(version: bool | None = typer.Option(None, "--version", callback=_version, is_eager=True, help="Print the version and exit.")):
     """kexue: VAE densities, EG optimisers, unargmaxable classes, logsumexp, whitening, EXACT, DDPM, hubness."""
 
 
 @app.command()
 def reproduce(
-    names: Optional[List[str]] = typer.Argument(None, help="Experiments to run. See --list."),
+    names: list[str] | None = typer.Argument(None, help="Experiments to run. See --list."),
     quick: bool = typer.Option(False, "--quick", help="Small settings that finish in minutes (CI)."),
     all_: bool = typer.Option(False, "--all", help="Run every experiment (needed for full mode without names: hours)."),
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Report directory."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed (>= 0); the same seed on the same machine gives the same numbers."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/ (default: $KEXUE_DATA or ../shared/data)."),
-    publish: Optional[Path] = typer.Option(None, "--publish", help="Also publish the sections to DIR/results and rebuild DIR/RESULTS.md."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/ (default: $KEXUE_DATA or ../shared/data)."),
+    publish: Path | None = typer.Option(None, "--publish", help="Also publish the sections to DIR/results and rebuild DIR/RESULTS.md."),
     list_: bool = typer.Option(False, "--list", help="List the experiments and exit."),
 ):
     """Run experiments and write OUT/report.md, OUT/results.json and figures."""
@@ -113,7 +116,8 @@ def reproduce(
     command = "kexue " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     def done(s):
-        console.print(f"[green]✓[/green] {s.name}: {s.seconds:.1f} s" + (f" over {s.legs} legs" if s.legs > 1 else ""))
+        console.print(f"[green]✓[/green] {escape(s.name)}: {s.seconds:.1f} s" + (f" over {s.legs} legs" if s.legs > 1 else ""),
+                      markup=True)
 
     path, sections = report.reproduce(names, seed=seed, quick=quick, out=out, data_dir=str(data_dir) if data_dir else None,
                                       command=command, tracker=RichTracker(), publish_to=publish, on_section=done)
@@ -129,7 +133,7 @@ app.add_typer(data_app, name="data")
 
 @data_app.callback()
 def data_list(ctx: typer.Context,
-              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/.")):
+              data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with mnist/ and stsb/.")):
     """List every data set and model the project knows, its source and whether it is available here."""
     if ctx.invoked_subcommand is not None:
         return
@@ -140,14 +144,14 @@ def data_list(ctx: typer.Context,
         mark = "[green]available[/green]" if e.available else "[red]missing[/red]"
         size = "" if e.size is None else f" · {e.size / 2**20:.1f} MiB"
         sha = f" · sha256 {e.sha256}" if e.sha256 else ""
-        out_console.print(f"[bold]{e.name}[/bold] — {e.what} ({mark}{size})", highlight=False)
+        out_console.print(f"[bold]{escape(e.name)}[/bold] — {escape(e.what)} ({mark}{size})", highlight=False, markup=True)
         out_console.print(f"    source: {e.source}", highlight=False, soft_wrap=True)
         out_console.print(f"    location: {e.location}{sha}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("download")
 def data_download(name: str = typer.Argument(..., help="mnist (training and test sets), mnist-train, mnist-test or stsb"),
-                  data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data)."),
+                  data_dir: Path | None = typer.Option(None, "--data-dir", help="Where to put it (default: $KEXUE_DATA or ~/.cache/kexue/data)."),
                   force: bool = typer.Option(False, "--force", help="Download again even if the files are present and verified.")):
     """Download a public data set (needs internet; verified by SHA-256); files already present and verified are kept."""
     from kexue import data
@@ -202,9 +206,9 @@ def _readable_help() -> None:
             name = name if self.required else f"[{name}]"
             return name + ("..." if self.nargs != 1 else "")
 
-        arg._usage_display_name = usage_name
+        setattr(arg, "_usage_display_name", usage_name)  # noqa: B010 (patching typer's class)
     if hasattr(arg, "display_name_raw"):
-        arg.display_name_raw = property(lambda self: self.metavar or self.name.upper())
+        setattr(arg, "display_name_raw", property(lambda self: self.metavar or self.name.upper()))  # noqa: B010
     if opt is not None and hasattr(opt, "display_type_rich"):
         shown = opt.display_type_rich
 
@@ -220,7 +224,7 @@ _readable_help()
 _INTERRUPT_SAID: list[bool] = []
 
 
-def interrupted(e: KeyboardInterrupt, resume: bool) -> "typer.Exit":
+def interrupted(e: KeyboardInterrupt, resume: bool) -> typer.Exit:
     """Ctrl-C in a resumable command: print where its checkpoint stands (from
     ``kexue.train.TrainingInterrupted``) in one line and return the Exit(130) to raise. typer
     turns a KeyboardInterrupt into a silent exit 130, so commands catch it themselves."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -42,10 +41,10 @@ def train_cmd(
     lr: float = typer.Option(1e-3, "--lr", callback=positive_float, help="Adam learning rate."),
     ema: float = typer.Option(0.995, "--ema", callback=unit_float, help="EMA decay in [0, 1) (0 disables; then raw weights are saved)."),
     seed: int = typer.Option(0, "--seed", min=0),
-    ckpt: Optional[Path] = typer.Option(None, "--ckpt", help="Training checkpoint (written every --ckpt-every steps)."),
+    ckpt: Path | None = typer.Option(None, "--ckpt", help="Training checkpoint (written every --ckpt-every steps)."),
     ckpt_every: int = typer.Option(200, "--ckpt-every", min=1),
     resume: bool = typer.Option(False, "--resume", help="Continue exactly from --ckpt if it exists (same settings and data)."),
-    threads: Optional[int] = threads_option(),
+    threads: int | None = threads_option(),
 ):
     """Train an ε-network with the loss of SPEC 7.2 and save it as one .safetensors file."""
     from kexue import validate
@@ -84,23 +83,23 @@ def train_cmd(
 
 @ddpm_app.command("sample")
 def sample_cmd(
-    model: Optional[Path] = typer.Argument(None, metavar="MODEL", show_default=False,
+    model: Path | None = typer.Argument(None, metavar="MODEL", show_default=False,
                                            help="Model file from `kexue ddpm train` [default: ddpm.safetensors]."),
-    model_opt: Optional[Path] = typer.Option(None, "-m", "--model", hidden=True,
+    model_opt: Path | None = typer.Option(None, "-m", "--model", hidden=True,
                                              help="The old spelling of MODEL (kept as an alias)."),
     sampler: str = typer.Option("ddim", "--sampler", help="ddpm (ancestral, all T steps) or ddim."),
-    steps: Optional[int] = typer.Option(None, "--steps", min=1, show_default=False,
+    steps: int | None = typer.Option(None, "--steps", min=1, show_default=False,
                                         help="DDIM only: number of steps, a sub-sequence of the T [default: 50]."),
-    eta: Optional[float] = typer.Option(None, "--eta", callback=unit_float, show_default=False,
+    eta: float | None = typer.Option(None, "--eta", callback=unit_float, show_default=False,
                                         help="DDIM only: η in [0, 1] (0 deterministic, 1 = DDPM's posterior variance) [default: 0]."),
-    variance: Optional[str] = typer.Option(None, "--variance", show_default=False,
+    variance: str | None = typer.Option(None, "--variance", show_default=False,
                                            help="DDPM only: posterior or beta (SPEC 7.4) [default: posterior]."),
     n: int = typer.Option(64, "-n", min=1, help="Number of samples."),
     out: Path = typer.Option(Path("grid.png"), "-o", "--out", help=".png image grid, or .npy array (n, side²) in [0, 1]."),
-    x_T: Optional[Path] = typer.Option(None, "--x-T", help="Initial noise as .npy (n, 1, side, side); overrides -n."),
+    x_T: Path | None = typer.Option(None, "--x-T", help="Initial noise as .npy (n, 1, side, side); overrides -n."),
     clip: bool = typer.Option(True, "--clip/--no-clip", help="Clip x̂_0 to [-1, 1] at every step."),
     seed: int = typer.Option(0, "--seed", min=0),
-    threads: Optional[int] = threads_option(),
+    threads: int | None = threads_option(),
 ):
     """Draw samples with DDPM or DDIM and write an image grid (.png) or the array (.npy)."""
     import numpy as np
@@ -147,13 +146,13 @@ def sample_cmd(
 def nll_cmd(
     model: Path = typer.Argument(..., metavar="MODEL", help="Model file from `kexue ddpm train`."),
     data: str = typer.Argument(..., help="Images: a .npy (N, side²) or (N, side, side) in [0,1] or 0..255, or mnist5k/mnist/mnist-test/digits."),
-    n: Optional[int] = typer.Option(None, "-n", min=1, help="Use the first n images (default: all)."),
-    timesteps: Optional[int] = typer.Option(None, "--timesteps", min=1, help="Estimate the sum over t from this many stratified t per image (default: all T)."),
+    n: int | None = typer.Option(None, "-n", min=1, help="Use the first n images (default: all)."),
+    timesteps: int | None = typer.Option(None, "--timesteps", min=1, help="Estimate the sum over t from this many stratified t per image (default: all T)."),
     variance: str = typer.Option("posterior", "--variance", help="σ_t² of the reverse steps: posterior or beta (SPEC 7.4)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     seed: int = typer.Option(0, "--seed", min=0),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the terms as JSON (- for stdout)."),
-    threads: Optional[int] = threads_option(),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the terms as JSON (- for stdout)."),
+    threads: int | None = threads_option(),
 ):
     """Variational bound on -log p(x) in bits/dim (SPEC 7.6, Ho et al. 2020), with its standard error."""
     from kexue import validate

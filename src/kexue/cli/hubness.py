@@ -4,7 +4,6 @@ embedding matrix, or of an index searched by queries, before and after a reducti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,21 +14,21 @@ MEASURES = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "ant
 
 def hubness_cmd(
     emb: Path = typer.Argument(..., metavar="INDEX", help="Index embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items)."),
-    queries: Optional[Path] = typer.Option(None, "--queries", help="Query embeddings (same formats): N_k of the index points from these queries instead of from the index itself."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="With --reduce: read each index point's statistic from its nearest points of this file (a query bank), or of the queries themselves: --reference queries."),
+    queries: Path | None = typer.Option(None, "--queries", help="Query embeddings (same formats): N_k of the index points from these queries instead of from the index itself."),
+    reference: str | None = typer.Option(None, "--reference", help="With --reduce: read each index point's statistic from its nearest points of this file (a query bank), or of the queries themselves: --reference queries."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of nearest neighbours."),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
     backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (hnswlib), ivf (FAISS) or faiss."),
     recall: float = typer.Option(0.95, "--recall", help="Recall target of an approximate backend, in (0, 1] (its search parameter is chosen for it)."),
-    reduce: Optional[str] = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, nnn, centering."),
+    reduce: str | None = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, nnn, centering."),
     candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k; capped at the index's rows - 1, as in the API)."),
-    histogram: Optional[Path] = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
-    nk_out: Optional[Path] = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
-    graph_out: Optional[Path] = typer.Option(None, "--graph-out", "--graph", help="Write the (reduced) neighbour graph to this .npz: indices, distances (one row per query)."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several (the same name in every file)."),
+    histogram: Path | None = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
+    nk_out: Path | None = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
+    graph_out: Path | None = typer.Option(None, "--graph-out", "--graph", help="Write the (reduced) neighbour graph to this .npz: indices, distances (one row per query)."),
+    key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several (the same name in every file)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and the reductions' samples."),
-    threads: Optional[int] = threads_option(),
+    threads: int | None = threads_option(),
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
     from kexue import hubness as H
@@ -37,6 +36,7 @@ def hubness_cmd(
     from kexue.io import open_matrix
 
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
+    _check_backend(backend)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
@@ -79,7 +79,7 @@ def hubness_cmd(
     if json_out is not None:
         write_json({"file": str(emb), "n": src.n, "dim": src.d, "queries": None if queries is None else str(queries),
                     "n_queries": nq, "reference": reference, "n_reference": None if reference is None else
-                    (nq if reference == "queries" else len(R)), "k": k, "metric": metric, "backend": backend,
+                    (nq if R is None else len(R)), "k": k, "metric": metric, "backend": backend,
                     "recall": g.recall, "recall_sample": g.recall_sample, "params": g.params, "reduce": reduce,
                     "candidates": candidates if reduce else None, "seed": seed, "measures": ms}, json_out)
     _write_arrays(nk_out, nks[reduce or "primary"], graph_out, ind, dist)
@@ -98,6 +98,15 @@ def _error(msg: str):
     from kexue.utils import KexueError
 
     return KexueError(msg)
+
+
+def _check_backend(backend: str) -> None:
+    """A missing extra is the one error line, before the header line and any work."""
+    from kexue.utils import require
+
+    module = {"hnsw": "hnswlib", "ivf": "faiss", "faiss": "faiss"}.get(backend)
+    if module is not None:
+        require("ann", module, f"backend '{backend}'")
 
 
 def _check_options(k, metric, backend, recall, reduce, candidates, queries, reference) -> None:

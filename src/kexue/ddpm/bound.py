@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -157,7 +157,7 @@ def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule
     prior = gaussian_kl(ab_T * x0, float(schedule.beta_bars[T]) ** 2, torch.zeros_like(x0), 1.0)
     ts, ws = _strata(T, timesteps, n, g)
     diffusion = torch.zeros(n, dtype=torch.float64)
-    key = None if ckpt is None else {
+    key: dict = {} if ckpt is None else {
         "what": "variational_bound", "schedule": schedule.fingerprint(), "prediction": prediction, "variance": variance,
         "decoder": decoder, "timesteps": timesteps, "batch_size": batch_size, "seed": seed,
         "model": model_fingerprint(model),
@@ -213,7 +213,7 @@ def kl_term(model: Callable, x0: torch.Tensor, x_t: torch.Tensor, t, schedule: N
     t = torch.as_tensor(t, dtype=torch.long).expand(len(x0))
     mu_q, var_q = schedule.posterior(x_t, x0, t)
     mu_p = _model_mean(model, x_t, t, schedule, prediction)
-    return gaussian_kl(mu_q, var_q.reshape(-1), mu_p, reverse_variances(schedule, variance)[t])
+    return gaussian_kl(mu_q, torch.as_tensor(var_q).reshape(-1), mu_p, reverse_variances(schedule, variance)[t])
 
 
 @torch.inference_mode()

@@ -54,7 +54,7 @@ class DDPM:
     # ---- training
     def fit(self, images, *, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
             ema_decay: float | None = 0.999, weighting=None, ckpt: str | os.PathLike | None = None, ckpt_every: int = 0,
-            resume: bool = False, grad_clip: float | None = 1.0, tracker=None, threads: int | None = None) -> "DDPM":
+            resume: bool = False, grad_clip: float | None = 1.0, tracker=None, threads: int | None = None) -> DDPM:
         """Train on images in [0, 1] (see :func:`kexue.ddpm.images_to_model` for the shapes) with the
         loss of SPEC 7.2; a checkpoint resumes exactly and refuses another architecture,
         schedule, optimiser setting or data set. ``self.result_`` keeps the TrainResult.
@@ -74,7 +74,7 @@ class DDPM:
 
     # ---- sampling and likelihood
     def sample(self, n: int | None = None, *, sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
-               variance: str | None = None, clip: bool = True, x_T: torch.Tensor | None = None, seed: int = 0,
+               variance: str | None = None, clip: bool = True, x_T: torch.Tensor | np.ndarray | None = None, seed: int = 0,
                tracker=None, threads: int | None = None) -> np.ndarray:
         """``n`` images as flat float32 rows in [0, 1] (or one per given initial noise ``x_T``, shape
         (n, C, side, side)), by DDIM (``steps``, default 50, and ``eta``, default 0; SPEC 7.5) or
@@ -82,16 +82,18 @@ class DDPM:
         the other sampler is refused (see :func:`kexue.ddpm.make_sampler`)."""
         smp = make_sampler(self.schedule, sampler, steps=steps, eta=eta, variance=variance,
                            prediction=self.prediction, clip_x0=1.0 if clip else None)
+        shape: tuple[int, ...] | None = None
+        noise: torch.Tensor | None = None
         if x_T is None:
-            validate.integer(n, "n", 1)
+            shape = (validate.integer(n, "n", 1), *self.shape)
         else:
-            x_T = torch.as_tensor(np.asarray(x_T, dtype=np.float32))
-            if x_T.ndim != 4 or tuple(x_T.shape[1:]) != self.shape:
-                raise KexueError(f"x_T must have shape (n, {', '.join(map(str, self.shape))}), got {tuple(x_T.shape)}")
+            noise = torch.as_tensor(np.asarray(x_T, dtype=np.float32))
+            if noise.ndim != 4 or tuple(noise.shape[1:]) != self.shape:
+                raise KexueError(f"x_T must have shape (n, {', '.join(map(str, self.shape))}), got {tuple(noise.shape)}")
         from kexue.train import num_threads
 
         with num_threads(threads):
-            out = smp(self.net, shape=None if x_T is not None else (n, *self.shape), x_T=x_T,
+            out = smp(self.net, shape=shape, x_T=noise,
                       generator=torch.Generator().manual_seed(seed), tracker=tracker)
         return model_to_images(out)
 
@@ -121,7 +123,7 @@ class DDPM:
                                           "side": self.side, "prediction": self.prediction, "info": self.info})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DDPM":
+    def load(cls, path: str | os.PathLike) -> DDPM:
         """A model written by :meth:`save` (network in eval mode)."""
         from kexue.io import load_fitted
 

@@ -13,7 +13,7 @@ map from latents x_T to images (usable e.g. for hub-prior latent sampling, SPEC 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -127,7 +127,8 @@ class _SampleRun:
     state of the generator the noise comes from (the global one if none was given)."""
 
     def __init__(self, sampler: Sampler, model, x_T: torch.Tensor, generator, ckpt, every: int):
-        self.ckpt, self.every, self.gen, self.key = ckpt, validate.integer(every, "ckpt_every", 1), generator, None
+        self.ckpt, self.every, self.gen = ckpt, validate.integer(every, "ckpt_every", 1), generator
+        self.key: dict = {}
         self.clock = Clock()
         if ckpt is not None:
             self.key = {"what": "sample", **sampler.settings(), "model": model_fingerprint(model),

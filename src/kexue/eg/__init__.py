@@ -28,6 +28,8 @@ at most a factor e^max_exp per step and an exactly zero gradient leaves it uncha
 gradient entry is not hidden: it makes that weight NaN, as in ``torch.optim.SGD``.
 """
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
+
 from kexue.eg._common import CompileFallbackWarning
 from kexue.eg.adapt import EGAdapt, ScaleBoundWarning
 from kexue.eg.hypergradient import AdamHD, SGDHD

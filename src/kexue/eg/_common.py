@@ -5,7 +5,8 @@ the grouping of tensors for the multi-tensor (``torch._foreach_*``) paths, and t
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch.optim import Optimizer
@@ -134,8 +135,8 @@ def scalar(x: float, like: torch.Tensor) -> torch.Tensor:
 def by_device(*lists: list[torch.Tensor]) -> list[list[list[torch.Tensor]]]:
     """Split parallel tensor lists into runs of one device and dtype, as torch.optim does
     before calling ``torch._foreach_*`` (which needs uniform lists for its fast kernels)."""
-    grouped = Optimizer._group_tensors_by_device_and_dtype(list(lists))
-    return [list(tl) for tl, _ in grouped.values()]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(cast(list[list[torch.Tensor | None]], list(lists)))
+    return [cast(list[list[torch.Tensor]], list(tl)) for tl, _ in grouped.values()]
 
 
 def mexp_(x: torch.Tensor, max_exp: float) -> torch.Tensor:
@@ -179,6 +180,12 @@ class GroupwiseOptimizer(Optimizer):
         return loss
 
     def _group_step(self, group: dict, pg: list) -> None:
+        raise NotImplementedError
+
+    def _step_reference(self, group: dict, pg: list) -> None:  # one tensor at a time (every subclass)
+        raise NotImplementedError
+
+    def _step_foreach(self, group: dict, pg: list) -> None:  # torch._foreach_* over the group (every subclass)
         raise NotImplementedError
 
     def _update(self, group: dict, pg: list) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -73,7 +73,7 @@ class EGStep(GroupwiseOptimizer):
             torch._foreach_mul_(gps, group["gamma"])
             foreach_mexp_(gps, group["max_exp"])
             torch._foreach_mul_(nus, gps)
-            for nu, gp, g in zip(nus, gps, gs):
+            for nu, _gp, _g in zip(nus, gps, gs):
                 nu.clamp_(group["nu_min"], group["nu_max"])  # one pass; foreach has only one-sided clamps
             torch._foreach_copy_(gps, gs)
             torch._foreach_addcmul_(ps, nus, gps, value=-group["lr"])

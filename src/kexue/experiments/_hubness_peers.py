@@ -85,7 +85,9 @@ def main(src, dst):
     with np.load(src, allow_pickle=False) as f:
         X, Q, B = f["X"], f["Q"], f["B"]
         cfg = json.loads(str(f["settings"]))
-    unit = lambda A: np.ascontiguousarray((A / np.linalg.norm(A, axis=1, keepdims=True)).astype(np.float32))
+    def unit(A):
+        return np.ascontiguousarray((A / np.linalg.norm(A, axis=1, keepdims=True)).astype(np.float32))
+
     out, log = {}, []
     for run in cfg["runs"]:
         lib, method, ref = run.split(":")

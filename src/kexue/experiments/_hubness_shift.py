@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -150,7 +149,7 @@ def part_shift(ctx):
         peers = _peers(S, peer_runs, alpha, nnn_k)
         rows, got = [], {}
 
-        def add(lib, name, ref, sec, ind):
+        def add(lib, name, ref, sec, ind, S=S, got=got, rows=rows):  # this setting's S, got, rows
             nk = H.occurrences(ind, len(S["X"]))
             m = H.hubness_measures(nk, K, len(S["Q"]))
             got[lib, name, ref] = (m["skewness"], _scores(S, ind)[0], sec)

@@ -90,7 +90,9 @@ class DivergenceGuard:
     first step's loss (non-finite losses are caught by train's ``on_nonfinite="stop"``)."""
 
     def __init__(self, factor: float = DIVERGE_FACTOR):
-        self.factor, self.first, self.why, self.steps = factor, None, None, 0
+        self.factor, self.steps = factor, 0
+        self.first: float | None = None
+        self.why: str | None = None
 
     def __call__(self, step: int, loss: float) -> None:
         self.steps = step + 1

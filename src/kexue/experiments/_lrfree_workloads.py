@@ -22,7 +22,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 WORKLOADS = ("logreg", "mlp", "cnn", "charlm", "vae")
 SEQ = 64  # characters a window predicts (the LSTM sees SEQ + 1 characters per row)
@@ -36,7 +40,7 @@ class Workload:
     that the study's curves, targets and final losses are measured in."""
 
     name: str
-    model: object
+    model: torch.nn.Module
     data: list
     loss: Callable
     held_out: Callable[[object], float]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kexue.experiments._lrfree_runs import (ANCHORS, DIVERGE_FACTOR, KNOBS, OPTIMISERS, TUNED, anchor_versions,
-                                            one_run, profile, steps_to_target)
+                                            one_run, steps_to_target)
 from kexue.experiments._lrfree_workloads import WORKLOADS, corpus_info
 
 TITLE = "Meta-learned step sizes against learning-rate-free optimisers"
@@ -57,13 +57,13 @@ class Config:
     jobs: int = 2  # joblib worker processes, one torch thread each
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(steps={"logreg": 40, "mlp": 30, "cnn": 12, "charlm": 8, "vae": 30},
                    seeds={w: 1 for w in WORKLOADS}, mults=(1e-3, 1.0, 100.0), tune_extra=(), evals=4,
                    held_out_rows=256, jobs=1)
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         # ≈ 6.4 epochs (logreg, MLP), 3.2 (CNN), 4.2 (VAE) of the 60,000 images; 4.9 of the corpus;
         # held-out loss on the first 2,000 test images (an evaluation of all 10,000 cost the CNN as
         # much as its training); ≈ 2.3 h on 2 cores at STEP_MS (Config.estimate_seconds)
@@ -131,7 +131,8 @@ def headline_mult(sweep: dict, w: str, o: str, cfg: Config) -> float:
 def measures(cfg: Config, sweep: dict, seeds: dict) -> dict:
     """Every number the report states, from the runs (pure: the tests call it on synthetic runs)."""
     W, O = cfg.workloads, cfg.optimisers
-    out = {"target": {}, "steps": {}, "reached": {}, "final": {}, "ratio": {}, "div_sweep": {}, "div_all": {}}
+    out: dict[str, dict] = {"target": {}, "steps": {}, "reached": {}, "final": {}, "ratio": {}, "div_sweep": {},
+                            "div_all": {}}
     for w in W:
         ref = [_loss(r) for r in seeds[(w, "AdamW")]]
         out["target"][w] = target = float(np.mean(ref)) * 1.05 if all(map(math.isfinite, ref)) else math.inf

@@ -12,8 +12,9 @@ Every public name is re-exported here: ``from kexue.hubness import kneighbors``.
 
 from __future__ import annotations
 
-from kexue.hubness.knn import (BACKENDS, METRICS, TIE_RTOL, KNNGraph, k_occurrence, kneighbors, knn_recall,
-                               occurrences, order_rows, pair_distances)
+from kexue.hubness.knn import (BACKENDS, METRICS, TIE_RTOL, KNNGraph, knn_recall, occurrences, order_rows,
+                               pair_distances)
+from kexue.hubness.search import k_occurrence, kneighbors
 from kexue.hubness.measures import (antihub_occurrence, atkinson, gini, hub_occurrence, hubness_measures,
                                     nk_histogram, robin_hood, skewness)
 from kexue.hubness.reduction import (CSLS, NNN, REDUCTIONS, Centering, LocalScaling, MutualProximity,

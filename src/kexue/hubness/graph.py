@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from kexue.hubness.knn import _normalise, kneighbors
+from kexue.hubness.knn import _normalise
+from kexue.hubness.search import kneighbors
 from kexue.hubness.screen import nearest_rows
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 
 def is_faiss_index(obj) -> bool:
@@ -26,14 +27,14 @@ def is_flat_faiss(obj) -> bool:
     """True for a flat (brute-force) FAISS index, whose self-search costs n² distances."""
     if not is_faiss_index(obj):
         return False
-    import faiss
+    faiss = require("ann", "faiss", "a FAISS index")
 
     return isinstance(obj, faiss.IndexFlat)
 
 
 def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
     """A built FAISS index must hold exactly the fitted rows (id i = row i) with the right metric."""
-    import faiss
+    faiss = require("ann", "faiss", "a FAISS index")
 
     if index.ntotal != len(X) or index.d != X.shape[1]:
         raise KexueError(f"the FAISS index holds {index.ntotal} vectors of dimension {index.d} but X is "
@@ -49,7 +50,7 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
     Euclidean ``|q - x|`` for an L2 index; cosine ``1 - cos`` (L2 index over unit vectors:
     ``|q̂ - x̂|² / 2``; inner-product index: ``1 - <q̂, x̂>``). ``exclude_self``: the queries are the
     indexed rows themselves and each row's own id is dropped (wherever it ranks)."""
-    import faiss
+    faiss = require("ann", "faiss", "a FAISS index")
 
     Qf = np.ascontiguousarray((_normalise(Q) if metric == "cosine" else Q).astype(np.float32))
     kk = k + (1 if exclude_self else 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kexue import validate
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 
 def _nk(Nk) -> np.ndarray:
@@ -124,8 +124,7 @@ def hubness_measures(Nk, k: int, n_queries: int | None = None, hub_size: float =
 
 def nk_histogram(nks: dict, k: int, title: str = ""):
     """A matplotlib Figure of the N_k distributions (one histogram per labelled vector, log counts)."""
-    from matplotlib.figure import Figure
-
+    Figure = require("plot", "matplotlib.figure", "nk_histogram").Figure
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     top = max(int(np.max(nk)) for nk in nks.values())

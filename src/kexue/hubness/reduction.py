@@ -22,8 +22,8 @@ CSLS (Conneau et al. 2018), kiez and NNN define it for queries that differ from 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from numbers import Integral, Real
-from typing import Callable
 
 import numpy as np
 from scipy.special import ndtr
@@ -78,7 +78,6 @@ class MutualProximity(_Reduction):
             (mq, sq), (mx, sx) = q_stats, x_stats
             return 1.0 - ndtr((mq[:, None] - dist) / sq[:, None]) * ndtr((mx[ind] - dist) / sx[ind])
         A = _normalise(self.X_) if self.metric == "cosine" else self._scaled(self.X_)  # dist is scaled too
-        B = _normalise(Q) if self.metric == "cosine" else self._scaled(Q)
         out = np.empty_like(dist)
         c = dist.shape[1]
         step = max(1, _CHUNK // (c * max(c, A.shape[1])))

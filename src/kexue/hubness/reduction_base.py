@@ -87,6 +87,8 @@ def check_is_fitted(est) -> None:
 class _Reduction(TransformerMixin, BaseEstimator):
     """Shared fitting, searching, persistence; subclasses define the statistic and the formula."""
 
+    stats_: tuple[np.ndarray, ...]  # fitted statistics (empty for methods without any)
+
     _parameter_constraints: dict = {
         "n_candidates": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions(set(METRICS))],

@@ -59,7 +59,7 @@ def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = 
             r = np.flatnonzero((own >= j) & (own < j + D.shape[1]))
             D[r, own[r] - j] = np.inf
             if (same and j != i) or cols is not None:  # the block's transpose: rows j.. against columns i..
-                _keep_smallest(best if same else cols, j, _transposed(D))
+                _keep_smallest(best if cols is None else cols, j, _transposed(D))  # cols: only when not same
             _keep_smallest(best, i, D)
     rows = _finish(np.sort(best, axis=1).astype(np.float64), metric, screen.exp)
     return rows if cols is None else (rows, _finish(np.sort(cols, axis=1).astype(np.float64), metric, screen.exp))
@@ -125,7 +125,7 @@ def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
                 _keep_smallest(best, j0, _transposed(D))
         rows = _finish(np.sort(best, axis=1).astype(np.float64), metric, screen.exp)
     else:
-        P = _Prepared(None, None, screen.Xa, Qa, qsq + screen.xsq.max())
+        P = _Prepared(np.empty((0, 0)), np.empty((0, 0)), screen.Xa, Qa, qsq + screen.xsq.max())
         cand = _screen(P, False, None, k, b, NULL_TRACKER)
     v = np.empty(cand.ind.shape)
     step = max(1, (1 << 20) // (k * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time

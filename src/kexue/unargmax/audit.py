@@ -22,7 +22,7 @@ from kexue.unargmax.config import AuditConfig, LayerStats, layer_stats
 from kexue.unargmax.lp import fw_class, lp_class
 from kexue.unargmax.result import AuditResult
 from kexue.unargmax.stages import precheck_block
-from kexue.utils import KexueError, tracker_or_null
+from kexue.utils import KexueError, tracker_or_null, require
 
 
 def duplicates(W, b, mem_mb=256) -> dict:
@@ -91,10 +91,8 @@ def _runner(config: AuditConfig):
     if config.scheduler is None:
         yield Parallel(n_jobs=config.n_jobs, return_as="generator_unordered", max_nbytes="1M", mmap_mode="r")
         return
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise KexueError("a Dask scheduler needs dask.distributed; pip install 'kexue[dask]'") from None
+    distributed = require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
     cluster = None
     if config.scheduler.startswith("local:"):
         n = config.scheduler.split(":", 1)[1]

@@ -11,6 +11,8 @@ Trained-model API used by other tools (e.g. hub-prior sampling): ``model = fit_v
 steps=2000)``; ``model.latent_dim``; ``model.decode_mean(z)`` → (N, 784) pixel probabilities in [0, 1].
 """
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
+
 from kexue.vae.estimate import LogLikelihood, k_curve, log_likelihood
 from kexue.vae.fit import fit_vae, prepare, scoring_binarize
 from kexue.vae.model import DECODERS, VAE, VAEConfig, iwae_loss

@@ -176,7 +176,7 @@ def _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ck
     weights = _bernoulli_weights if fast and _fast_ok(model) else (lambda m, xb, k, g: m.log_weights(xb, k, generator=g))
     out = np.empty((4, n))
     lw_all = np.empty((n, K), dtype=np.float32) if keep_weights else None
-    key = None if ckpt is None else {
+    key: dict = {} if ckpt is None else {
         "what": "log_likelihood", "K": K, "batch": batch, "k_chunk": k_chunk, "seed": int(seed),
         "fast": weights is _bernoulli_weights, "keep": keep_weights, "model": model_fingerprint(model),
         "data": fingerprint([x])}
@@ -212,7 +212,7 @@ def _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ck
                 save_partial(ckpt, key, clock.stop() if end == n else clock,
                              {"done": end, "out": torch.from_numpy(out), "gen": gen.get_state(), **lw})
     model.train(was_training)
-    return LogLikelihood(*out, int(K), int(model.in_dim), lw_all, **clock.state())
+    return LogLikelihood(out[0], out[1], out[2], out[3], int(K), int(model.in_dim), lw_all, **clock.state())
 
 
 def k_curve(log_weights: np.ndarray, Ks) -> list[dict]:
@@ -237,7 +237,9 @@ def k_curve(log_weights: np.ndarray, Ks) -> list[dict]:
         return ((mx[..., 0] + np.log(np.exp(grp - mx).sum(-1))) - math.log(K)).mean(1)
 
     ref = per_row(kmax)
-    sem = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
+    def sem(v) -> float:
+        return float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
     out = []
     for K in Ks:
         r = per_row(K)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import cast
 
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def scoring_binarize(model: VAE) -> str:
     ``"stochastic"`` training, ``"threshold"`` after ``"threshold"``, else ``"none"`` — also for
     models that do not record it (not trained by :func:`fit_vae`, or saved before it was stored)."""
     return {"dynamic": "stochastic", "stochastic": "stochastic", "threshold": "threshold"}.get(
-        getattr(model, "binarize_", None), "none")
+        str(getattr(model, "binarize_", None)), "none")
 
 
 def unit_pixels(Xf: np.ndarray) -> np.ndarray:
@@ -134,7 +135,7 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
                 schedule=_schedule(schedule, steps, max(1, len(data) // bs)), ckpt=ckpt, ckpt_every=ckpt_every,
                 resume=resume, config=run, eval_every=eval_every, evaluate_fn=evaluate_fn, tracker=tracker,
                 description=description or (f"IWAE M={M}" if M > 1 else "VAE"), threads=threads)
-    model = res.model.eval()
+    model = cast(VAE, res.model.eval())  # train returns the module it was given
     model.binarize_ = binarize if kind == "binary" else None
     model.losses_, model.evals_ = res.losses, res.evals
     model.seconds_, model.legs_ = res.seconds, res.legs

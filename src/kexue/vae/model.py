@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +165,13 @@ class VAE(nn.Module):
     ``model.sample(n, seed=0)`` and ``decode_mean(torch.randn(n, model.latent_dim))`` draw from it.
     """
 
+    # what fit_vae records on the model (declared for type checkers; nn.Module keeps plain attributes)
+    binarize_: str | None
+    losses_: list[float]
+    evals_: list[dict]
+    seconds_: float
+    legs_: int
+
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()
         if config is not None and not isinstance(config, VAEConfig):
@@ -175,10 +182,10 @@ class VAE(nn.Module):
         self.enc1 = GaussianLayer(c.in_dim, c.latent_dim, c.hidden, c.act)
         self.dec = Decoder(c.decoder, c.latent_dim, c.in_dim, list(c.hidden)[::-1], c.act)
         self.two_layer = c.latent2_dim is not None
-        if self.two_layer:
+        if c.latent2_dim is not None:
             self.enc2 = GaussianLayer(c.latent_dim, c.latent2_dim, c.hidden2, c.act)
             self.prior1 = GaussianLayer(c.latent2_dim, c.latent_dim, list(c.hidden2)[::-1], c.act)
-        self.latent_dim = c.latent2_dim if self.two_layer else c.latent_dim
+        self.latent_dim = c.latent2_dim if c.latent2_dim is not None else c.latent_dim
         # how fit_vae binarised the training data (Bernoulli decoder); saved with the model so that
         # scoring can treat new data the same way. None: not trained by fit_vae, or an old file.
         self.binarize_: str | None = None
@@ -260,7 +267,7 @@ class VAE(nn.Module):
         save_fitted(path, "vae", self.state_dict(), {**self.config.to_dict(), **extra})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "VAE":
+    def load(cls, path: str | os.PathLike) -> VAE:
         """A model written by :meth:`save`, in eval mode; a one-line KexueError for missing,
         foreign or damaged files (nothing is unpickled). ``binarize_`` is the training
         binarisation stored with it (None for files written before it was stored)."""
