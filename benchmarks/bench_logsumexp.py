@@ -29,8 +29,10 @@ def main() -> None:
     print(f"array {x.shape} float64, torch threads {torch.get_num_threads()}, medians of {a.repeats} interleaved runs")
     print(f"before: {load()}")
     for axis in (0, 1):
-        t = interleaved({"kexue/np": lambda: ours(x, axis=axis), "scipy": lambda: scipy_lse(x, axis=axis),
-                         "kexue/torch": lambda: ours(xt, dim=axis), "torch": lambda: torch.logsumexp(xt, dim=axis)},
+        t = interleaved({"kexue/np": lambda axis=axis: ours(x, axis=axis),
+                         "scipy": lambda axis=axis: scipy_lse(x, axis=axis),
+                         "kexue/torch": lambda axis=axis: ours(xt, dim=axis),
+                         "torch": lambda axis=axis: torch.logsumexp(xt, dim=axis)},
                         repeats=a.repeats)
         np.testing.assert_allclose(ours(x, axis=axis), scipy_lse(x, axis=axis), rtol=1e-13)
         torch.testing.assert_close(ours(xt, dim=axis), torch.logsumexp(xt, dim=axis), rtol=1e-13, atol=0)

@@ -75,7 +75,7 @@ def main() -> None:
             model = VAE()
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X), batch_size=100, shuffle=True)
-            for step, batch in zip(range(a.steps), loader):
+            for _step, batch in zip(range(a.steps), loader):
                 loss = loss_fn(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

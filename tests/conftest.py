@@ -1,5 +1,10 @@
 """Shared test fixtures: a temporary kexue cache, an in-process CLI runner, a timing helper.
 
+Tests that need an extra say so: a file that needs torch throughout starts with
+``torch = pytest.importorskip("torch", reason=...)``; a single test in a mixed file carries
+``@pytest.mark.needs("torch")`` (any importable module name), and skips with that reason when the
+module is absent (the minimum-versions job in .ci/run runs the suite without torch or extras).
+
 The suite leaves nothing outside the checkout and the temp dir: ``KEXUE_CACHE`` (SmolLM2
 conversions, embeddings), matplotlib's config and Hugging Face's home point into a per-run temp
 folder, unless ``KEXUE_TEST_CACHE`` names a cache to reuse between runs (developers' speed-up).
@@ -21,6 +26,26 @@ os.environ.setdefault("MPLCONFIGDIR", str(_TMP / "matplotlib"))
 os.environ["HF_HOME"] = str(_TMP / "hf")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs(*modules): skip unless every module is importable (an extra)")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("needs"):
+        missing = [m for m in mark.args if not _importable(m)]
+        if missing:
+            pytest.skip(f"needs {', '.join(missing)} (a kexue extra)")
 
 
 def pytest_sessionfinish(session, exitstatus):

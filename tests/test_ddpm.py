@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.ddpm import (DDPM, DDIMSampler, DDPMSampler, NoiseSchedule, UNet, UNetConfig, cosine_schedule,
                         decoder_nll, diffusion_loss, discretized_gaussian_nll, fit_ddpm, gaussian_kl, kl_term,
-                        linear_schedule, reverse_variances, target, to_eps_x0, variational_bound)
+                        linear_schedule, make_schedule, reverse_variances, target, to_eps_x0, variational_bound)
 from kexue.utils import KexueError
 
 
@@ -237,7 +237,7 @@ def test_bound_and_samplers_resume_from_their_checkpoints(tmp_path, killer):
 
     xT = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
     for smp in (DDPMSampler(s, "posterior", clip_x0=1.0), DDIMSampler(s, steps=10, eta=1.0)):
-        def draw(**k):
+        def draw(smp=smp, **k):
             return smp(net, x_T=xT, generator=torch.Generator().manual_seed(4), **k)
 
         a, ck = draw(), tmp_path / f"{type(smp).__name__}.pt"
@@ -324,6 +324,7 @@ def _toy_gap(T, variance, dim=16):
     return gap.mean(), gap.std(ddof=1) / math.sqrt(n)
 
 
+@pytest.mark.slow
 def test_bound_on_gaussian_toy_is_above_the_exact_nll_and_tightens_with_T():
     # With σ_t² = β_t² the expected gap is ≈ 1.1 nats/dim / T for this schedule family (it is the
     # reverse chain's discretisation error, which vanishes as T grows); the stated gap is 1.5 D/T.
@@ -361,7 +362,7 @@ def test_each_kl_term_matches_numerical_integration():
                 mq = a * bbp2 / bb2 * float(x_t[0, d]) + ab_p * b2 / bb2 * float(x0[0, d])
                 mp = (float(x_t[0, d]) - b2 / math.sqrt(bb2) * float(eps[0, d])) / a
                 q, p = norm(mq, math.sqrt(bbp2 * b2 / bb2)), norm(mp, math.sqrt(var_p))
-                f = lambda x: q.pdf(x) * (q.logpdf(x) - p.logpdf(x))  # noqa: E731
+                f = lambda x, q=q, p=p: q.pdf(x) * (q.logpdf(x) - p.logpdf(x))  # noqa: E731
                 ref += integrate.quad(f, mq - 12 * q.std(), mq + 12 * q.std(), limit=200, epsabs=1e-13)[0]
             assert got == pytest.approx(ref, rel=1e-6, abs=1e-10), (variance, t)
     # the closed form itself against a case worked by hand: KL(N(1, 1) ‖ N(0, 4)) = log 2 + 2/8 - 1/2
@@ -499,3 +500,89 @@ def test_cli_resume_refuses_another_run(cli, tiny_data, tmp_path):
     assert not (tmp_path / "r.safetensors").exists()
     # the same run resumes
     assert cli("ddpm", "train", tiny_data, "-o", model, "--steps", 6, *TINY, "--ckpt", ck, "--resume").code == 0
+
+
+# ---------------------------------------------------------------- schedules at every step count (issue 31)
+
+
+class _Recorder:
+    """A tiny deterministic 'network' that records the timesteps it is called with."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, k):
+        self.calls.append(int(k[0]))
+        return 0.1 * x + 1e-4 * k.to(x.dtype).view(-1, 1, 1, 1)
+
+
+def _check_run(sampler, T, expected_steps, seed):
+    ts = sampler.timesteps()
+    full = ts + [0]
+    assert len(ts) == expected_steps, (len(ts), expected_steps)
+    assert all(a > b for a, b in zip(full, full[1:])), ts  # strictly decreasing, no repeats, ends at 0
+    assert 1 <= ts[-1] and ts[0] <= T
+    net = _Recorder()
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+    out = sampler(net, x_T=x_T, generator=torch.Generator().manual_seed(seed))
+    assert net.calls == [t - 1 for t in ts], "one network call per timestep, at diffusers' index t - 1"
+    assert out.shape == x_T.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_every_step_count_every_spacing_gives_a_valid_run(schedule, prediction):
+    """For every β schedule × spacing × prediction type and every step count 1..T (T = 50, and the
+    small T where off-by-ones live): timesteps strictly decrease, never repeat, end at 0, there
+    are exactly `steps` of them, and the sampler runs (diffusers had a wrong previous timestep
+    with linspace spacing and broke at 1,000 inference steps)."""
+    for T in (1, 2, 3, 50):
+        sched = make_schedule(schedule, T)
+        for spacing in ("leading", "trailing", "linspace"):
+            for steps in range(1, T + 1):
+                for eta in ((0.0, 1.0) if steps % 7 == 0 or T < 50 else (steps % 2 * 1.0,)):
+                    smp = DDIMSampler(sched, steps=steps, eta=eta, spacing=spacing, prediction=prediction, clip_x0=1.0)
+                    _check_run(smp, T, steps, seed=steps)
+            if spacing != "leading":
+                assert DDIMSampler(sched, steps=1, spacing=spacing).timesteps() == [T], "one step jumps from T"
+        for variance in ("posterior", "beta"):
+            _check_run(DDPMSampler(sched, variance=variance, prediction=prediction), T, T, seed=T)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+def test_t1000_step_counts_at_the_edges(spacing):
+    sched = make_schedule("linear", 1000)
+    for steps in (1, 2, 3, 7, 999, 1000):
+        _check_run(DDIMSampler(sched, steps=steps, eta=1.0, spacing=spacing), 1000, steps, seed=steps)
+    assert DDIMSampler(sched, steps=1000, spacing=spacing).timesteps() == list(range(1000, 0, -1))
+    with pytest.raises(KexueError, match="1..1000"):
+        DDIMSampler(sched, steps=1001, spacing=spacing)
+
+
+def test_library_calls_take_threads_for_the_call_only():
+    """Issue 31: library calls follow torch's setting unless ``threads`` says otherwise (the CLI
+    passes its --threads); the count applies inside the call and is restored after it."""
+    class Spy:
+        def __init__(self):
+            self.seen = []
+
+        def track(self, iterable, description="", total=None):
+            for item in iterable:
+                self.seen.append(torch.get_num_threads())
+                yield item
+
+    m = DDPM(UNetConfig(base=4, mults=(1,)), linear_schedule(10), side=8)
+    X = np.random.default_rng(0).random((3, 64))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for call in (lambda **kw: m.sample(2, steps=3, **kw), lambda **kw: m.nll(X, timesteps=2, **kw),
+                     lambda **kw: m.fit(X, steps=2, batch_size=2, **kw)):
+            spy = Spy()
+            call(threads=1, tracker=spy)
+            assert spy.seen and set(spy.seen) == {1} and torch.get_num_threads() == 2
+            spy = Spy()
+            call(tracker=spy)
+            assert set(spy.seen) == {2}
+    finally:
+        torch.set_num_threads(before)

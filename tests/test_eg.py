@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 import scipy.optimize
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.eg import EG, EGAdapt, EGPlusMinus, EGStep, AdamHD, SGDHD
 from kexue.utils import KexueError
@@ -322,3 +322,39 @@ def test_bad_hyperparameters_raise():
         EGAdapt("sgd")
     with pytest.raises(KexueError):
         AdamHD(p, betas=(0.9, 1.0))
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+@pytest.mark.parametrize("name", NAMES)
+def test_nan_gradient_entries_reach_the_weights_as_in_sgd(name, foreach):
+    """Issue 31: a NaN gradient must show in the parameter (torch.optim.SGD's behaviour), not be
+    read as 0 so that a diverging model goes unnoticed; the finite entries still move finitely."""
+    p = torch.nn.Parameter(torch.full((4,), 0.25))
+    opt = make_all([p])[name]()
+    for g in opt.param_groups:
+        g["foreach"], g["eg_foreach"] = foreach, foreach
+    for _ in range(2):  # the second step also exercises the state a NaN left behind
+        p.grad = torch.tensor([float("nan"), 1.0, -1.0, 0.5])
+        opt.step()
+    assert torch.isnan(p.detach()[0]), (name, p)
+    if name != "EGsimplex":  # the simplex renormalisation spreads the NaN over the tensor
+        assert torch.isfinite(p.detach()[1:]).all(), (name, p)
+
+
+def test_sgd_reference_propagates_nan_too():
+    p = torch.nn.Parameter(torch.full((2,), 0.25))
+    opt = torch.optim.SGD([p], lr=0.1)
+    p.grad = torch.tensor([float("nan"), 1.0])
+    opt.step()
+    assert torch.isnan(p.detach()[0]) and torch.isfinite(p.detach()[1])
+
+
+@pytest.mark.parametrize("simplex", [False, True])
+def test_eg_refuses_all_zero_parameters(simplex):
+    """Issue 31: an all-zero tensor can never move under θ·exp(-ηg): one line naming the fix."""
+    with pytest.raises(KexueError, match="all zeros") as e:
+        EG([torch.nn.Parameter(torch.zeros(3))], lr=0.1, simplex=simplex)
+    assert "\n" not in str(e.value) and "EGPlusMinus" in str(e.value)
+    opt = EG([torch.nn.Parameter(torch.tensor([0.0, 1.0]))], lr=0.1)  # some zeros: fine (sparse weights)
+    with pytest.raises(KexueError, match="all zeros"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2, 2))]})

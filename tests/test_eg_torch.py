@@ -7,7 +7,7 @@ import copy
 import warnings
 
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 from torch.optim import lr_scheduler as sched
 
 from kexue.eg import EG, EGAdapt, EGPlusMinus, EGStep, AdamHD, SGDHD, ScaleBoundWarning
@@ -299,6 +299,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     """2 gloo processes × 4 rows per step (DDP averages the gradients) = 1 process × 8 rows."""
     import torch.multiprocessing as mp
@@ -325,6 +326,7 @@ def _compile_works() -> str | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
 def test_compiled_model_and_compiled_step_match_eager():
     """torch.compile(model) trained by each optimiser, and one optimiser's step compiled too."""
@@ -353,6 +355,7 @@ def test_compiled_model_and_compiled_step_match_eager():
 FUSED = ["EGPlusMinus", "EGStep", "EGAdapt(SGD)", "EGAdapt(Adam)"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
 @pytest.mark.parametrize("oname", FUSED)
 def test_compiled_kernels_match_the_reference_and_compile_once(oname):
@@ -381,6 +384,7 @@ def test_compiled_kernels_match_the_reference_and_compile_once(oname):
                 torch.testing.assert_close(sb["state"][i][n], t, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_compile_works() is not None, reason=str(_compile_works()))
 @pytest.mark.parametrize("own_compile", [False, True])
 def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager(own_compile):
@@ -394,7 +398,7 @@ def test_torch_compile_of_egadapt_step_compiles_once_and_matches_eager(own_compi
         opt = OPTS["EGAdapt(SGD)"](list(net.parameters()), compile=own_compile)
         step = torch.compile(opt.step) if compiled else opt.step
 
-        def run(n):
+        def run(n, opt=opt, net=net, X=X, Y=Y, step=step):  # this iteration's objects
             for k in range(n):
                 opt.zero_grad()
                 ((net(X[k % 4 * 16:(k % 4 + 1) * 16]) - Y[k % 4 * 16:(k % 4 + 1) * 16]) ** 2).mean().backward()

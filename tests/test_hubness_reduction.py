@@ -57,6 +57,9 @@ def brute_secondary(name, X, Q, Dq, DX, c, k, metric, q_self=None):
             elif name == "csls":
                 s = (lambda t: 1 - t) if metric == "cosine" else (lambda t: -t)
                 v = np.mean([s(t) for t in nq]) + np.mean([s(t) for t in nx]) - 2 * s(d)
+            elif name == "nnn":  # alpha = 0.5, the default
+                s = (lambda t: 1 - t) if metric == "cosine" else (lambda t: -t)
+                v = 0.5 * np.mean([s(t) for t in nx]) - s(d)
             else:  # centering
                 mu = X.mean(0)
                 a, b = (X[q_self[r]] if q_self is not None else Q[r]) - mu, X[x] - mu

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kexue.unargmax import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, audit, example_2d, load_output_layer, planted_layer,
+from kexue.unargmax import (ARGMAXABLE, UNARGMAXABLE, audit, example_2d, load_output_layer, planted_layer,
                             verify_certificate, verify_witness)
 from kexue.unargmax import lp as core
 from kexue.unargmax import nearest
@@ -336,6 +336,7 @@ def test_gguf_quantised_tied_layer(tmp_path):
         load_output_layer(tmp_path / "m.gguf", tensor="output.weight")
 
 
+@pytest.mark.needs("tokenizers")
 def test_minilm_folder_tied_embeddings_and_tokenizer():
     from kexue.data import minilm_path
 
@@ -380,6 +381,7 @@ def test_cli_bad_options_are_one_line_errors(tmp_path, cli, args, words):
     assert not list(tmp_path.glob("*.json")) and not (tmp_path / "r.txt").exists()
 
 
+@pytest.mark.needs("huggingface_hub")
 def test_cli_missing_file_and_unknown_model_id(tmp_path, cli):
     r = cli("unargmax", tmp_path / "missing.npy")
     assert r.one_line_error and "does not exist" in r.err

@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from kexue.unargmax import ARGMAXABLE, UNARGMAXABLE, audit, load_output_layer, planted_layer
+from kexue.unargmax import ARGMAXABLE, audit, load_output_layer, planted_layer
 from kexue.utils import KexueError
 
 
@@ -140,6 +140,7 @@ def _hf_cache(root, repo, files: dict, commit="0123456789abcdef0123456789abcdef0
     return snap
 
 
+@pytest.mark.needs("huggingface_hub")
 def test_hugging_face_id_from_the_local_cache(tmp_path, monkeypatch, cli):
     from safetensors.numpy import save_file
 
@@ -162,6 +163,7 @@ def test_hugging_face_id_from_the_local_cache(tmp_path, monkeypatch, cli):
         resolve_model("TinyOrg/absent-model")
 
 
+@pytest.mark.needs("huggingface_hub", "sentence_transformers")
 def test_encoders_accept_a_hugging_face_id(tmp_path, monkeypatch):
     from kexue import encoders
     from kexue.data import minilm_path

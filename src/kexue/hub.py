@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 _FILE_SUFFIXES = (".npy", ".npz", ".safetensors", ".gguf", ".onnx", ".h5", ".hdf5", ".bin", ".pt", ".json")
 _ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -48,8 +48,8 @@ def resolve_model(name_or_path, *, revision: str | None = None, patterns=PATTERN
     p = Path(s).expanduser()
     if p.exists() or not _ID.fullmatch(s) or p.suffix.lower() in _FILE_SUFFIXES:
         return p
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    snapshot_download = require("lm", "huggingface_hub", f"fetching {s} from the Hugging Face hub").snapshot_download
+    LocalEntryNotFoundError = require("lm", "huggingface_hub.errors").LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(s, revision=revision, cache_dir=str(hub_cache()), local_files_only=offline(),

@@ -3,7 +3,8 @@
 :func:`read_matrix` gives a whole 2-D array; :func:`matrix_chunks` streams row blocks of files
 larger than memory (.npy is memory-mapped, safetensors is sliced). Every problem — a missing or
 empty file, a text file named ``.npy``, a pickled object array, a tensor of the wrong rank, an
-unsupported extension — is a one-line :class:`~kexue.utils.KexueError`.
+unsupported extension, a ``key`` given for a .npy file, a NaN or inf in the rows read — is a one-line
+:class:`~kexue.utils.KexueError` naming the file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -38,6 +39,8 @@ def load_npy(path: str | os.PathLike, what: str = "data", mmap: bool = False) ->
         magic = f.read(6)
     if magic != b"\x93NUMPY":
         raise KexueError(f"{path} is not a .npy array (no NumPy header); save it with numpy.save")
+    if _npy_dtype(path).hasobject:
+        raise KexueError(_OBJECT.format(what=f"{path} is an object array"))
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as e:
@@ -46,6 +49,24 @@ def load_npy(path: str | os.PathLike, what: str = "data", mmap: bool = False) ->
         raise KexueError(f"{path} is a damaged .npy array ({e}); write it again") from None
     except (OSError, EOFError) as e:
         raise KexueError(f"{path} is a damaged .npy array ({type(e).__name__}); write it again") from None
+
+
+# kexue never unpickles (np.load(allow_pickle=True) runs code from the file); say so and how to fix it
+_OBJECT = ("{what} (dtype object: pickled Python objects), which kexue never unpickles; "
+           "save a numeric array instead, e.g. np.asarray(x, dtype=np.float32) before np.save/np.savez")
+
+
+def _npy_dtype(path: Path) -> np.dtype:
+    """The dtype in a .npy header (read without loading the data; a broken header gives object
+    dtype False and the loader's own message later)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            return reader(f)[2] if reader else np.dtype(np.float64)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return np.dtype(np.float64)
 
 
 def _npz(path: Path, key: str | None, what: str) -> np.ndarray:
@@ -58,7 +79,7 @@ def _npz(path: Path, key: str | None, what: str) -> np.ndarray:
     try:
         return z[key]
     except ValueError:
-        raise KexueError(f"array {key!r} in {path} holds Python objects, not numbers; save a numeric array") from None
+        raise KexueError(_OBJECT.format(what=f"array {key!r} in {path} is an object array")) from None
 
 
 def _pick(keys: list[str], key: str | None, path: Path) -> str:
@@ -90,6 +111,9 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
     _exists(path, what)
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        if key is not None:
+            raise KexueError(f"{path} is a .npy file, which holds one array; a key ({key!r}) names an array inside "
+                             ".npz or .safetensors files only, so drop it")
         X = load_npy(path, what, mmap=True)
     elif suffix == ".npz":
         X = _npz(path, key, what)
@@ -99,14 +123,60 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
         raise KexueError(f"unsupported {what} file {path.name}: use {', '.join(FORMATS)}")
     _check_2d(X.shape, X.dtype, path)
     return MatrixSource(path, X.shape[0], X.shape[1], X.dtype,
-                        lambda c: (np.asarray(X[s:s + c]) for s in range(0, X.shape[0], c)))
+                        lambda c: _finite(path, (np.asarray(X[s:s + c]) for s in range(0, X.shape[0], c))))
+
+
+def _finite(path: Path, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """The chunks, checked: a NaN or inf is a one-line error naming the file, row and column (the
+    library's checks further on only know the array as "X")."""
+    row = 0
+    for C in chunks:
+        if C.dtype.kind == "f" and not np.isfinite(C).all():
+            r, c = np.argwhere(~np.isfinite(C))[0]
+            raise KexueError(f"{path} has a non-finite value ({C[r, c]}) at row {row + int(r)}, column {int(c)}; "
+                             "clean or drop those rows")
+        row += len(C)
+        yield C
 
 
 def _check_2d(shape, dtype, path: Path) -> None:
     if len(shape) != 2:
         raise KexueError(f"{path} holds an array of shape {tuple(shape)}; expected 2-D (rows, dim)")
+    if np.dtype(dtype).kind == "V" and np.dtype(dtype).itemsize in (1, 2):
+        raise KexueError(f"{path} holds raw {np.dtype(dtype).itemsize}-byte values ({np.dtype(dtype)}), e.g. bfloat16 "
+                         "saved by ml_dtypes, which .npy/.npz cannot label; save float32 (x.astype('float32')) "
+                         "or a .safetensors file, which records bfloat16")
     if np.dtype(dtype).kind not in "fiub":
         raise KexueError(f"{path} holds {np.dtype(dtype)} values; expected real numbers")
+
+
+# safetensors dtypes NumPy has: read through safetensors' own slicing
+_ST_NUMPY = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+             "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8,
+             "BOOL": np.bool_}
+
+
+def _f8e4m3_table() -> np.ndarray:
+    """float32 value of each of the 256 float8 E4M3 (FN) codes: sign, 4 exponent bits (bias 7),
+    3 mantissa bits, subnormals at exponent 0, no infinities, NaN at S.1111.111."""
+    code = np.arange(256)
+    e, m = (code >> 3) & 0xF, code & 0x7
+    mag = np.where(e == 0, m / 8 * 2.0 ** -6, (1 + m / 8) * 2.0 ** (e - 7))
+    mag = np.where((e == 15) & (m == 7), np.nan, mag)
+    return np.where(code & 0x80, -mag, mag).astype(np.float32)
+
+
+def _upcast(raw: np.ndarray, dt: str) -> np.ndarray:
+    """Rows of a dtype NumPy lacks, from their raw bits, as exact float32 values."""
+    if dt == "BF16":  # bfloat16 is the upper half of a float32
+        return (raw.astype(np.uint32) << 16).view(np.float32)
+    if dt == "F8_E5M2":  # float8 E5M2 is the upper byte of a float16
+        return (raw.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+    return _f8e4m3_table()[raw]  # F8_E4M3
+
+
+# safetensors dtypes NumPy lacks: the raw integer type their bits are read as; they upcast to float32
+_ST_RAW = {"BF16": np.uint16, "F8_E5M2": np.uint8, "F8_E4M3": np.uint8}
 
 
 def _safetensors(path: Path, key: str | None) -> MatrixSource:
@@ -119,12 +189,35 @@ def _safetensors(path: Path, key: str | None) -> MatrixSource:
         raise KexueError(f"cannot read {path} as safetensors ({str(e).splitlines()[0][:120]})") from None
     key = _pick(keys, key, path)
     sl = f.get_slice(key)
-    shape = sl.get_shape()
-    dtype = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.float32}.get(sl.get_dtype(), np.float32)
+    shape, dt = sl.get_shape(), sl.get_dtype()
     if len(shape) != 2:
         raise KexueError(f"tensor {key} in {path} has shape {tuple(shape)}; expected 2-D (rows, dim)")
-    return MatrixSource(path, shape[0], shape[1], np.dtype(dtype),
-                        lambda c: (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c)))
+    if dt in _ST_NUMPY:
+        _check_2d(shape, _ST_NUMPY[dt], path)
+        return MatrixSource(path, shape[0], shape[1], np.dtype(_ST_NUMPY[dt]),
+                            lambda c: _finite(path, (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c))))
+    if dt not in _ST_RAW:
+        raise KexueError(f"tensor {key} in {path} is {dt}, which kexue does not read; "
+                         f"save it as F32, F16, BF16 or F8_E4M3/F8_E5M2")
+    raw = _raw_tensor(path, key, _ST_RAW[dt], shape)
+    return MatrixSource(path, shape[0], shape[1], np.dtype(np.float32),
+                        lambda c: _finite(path, (_upcast(raw[s:s + c], dt) for s in range(0, shape[0], c))))
+
+
+def _raw_tensor(path: Path, key: str, raw, shape) -> np.ndarray:
+    """A memory map of one tensor's bytes. The layout is the safetensors format: an 8-byte
+    little-endian header length, the JSON header (``data_offsets`` relative to the data that
+    follows it), then the data; safe_open has already checked the header."""
+    import json
+
+    with open(path, "rb") as h:
+        n = int.from_bytes(h.read(8), "little")
+        begin, end = json.loads(h.read(n))[key]["data_offsets"]
+    if end - begin != int(np.prod(shape)) * np.dtype(raw).itemsize:
+        raise KexueError(f"tensor {key} in {path} is damaged (its size does not match its shape); write it again")
+    if end == begin:
+        return np.zeros(shape, dtype=raw)
+    return np.memmap(path, dtype=np.dtype(raw).newbyteorder("<"), mode="r", offset=8 + n + begin, shape=tuple(shape))
 
 
 def read_matrix(path: str | os.PathLike, key: str | None = None, what: str = "embedding") -> np.ndarray:

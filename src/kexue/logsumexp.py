@@ -7,7 +7,7 @@ NaN gives NaN, an empty reduction or all -inf gives -inf, a negative weighted su
 unless ``return_sign``. Two deliberate differences from scipy 1.17, both where scipy's answer is
 not the log of the sum: an empty reduction has sign 0 (scipy: -1), and weights whose terms cancel
 exactly at a finite maximum (``a=[1000, 1000], b=[1, -1]``) give -inf with sign 0 (scipy: NaN).
-Integer input becomes float64 in NumPy (as scipy) and torch's default dtype in torch.
+Bool and integer input become float64 in NumPy (as scipy) and torch's default dtype in torch.
 
 Numerics: with m = max x and the set M of positions attaining it,
 
@@ -27,6 +27,7 @@ They accept NumPy arrays (torch tensors are converted).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -41,11 +42,9 @@ __all__ = [
 
 
 def _is_torch(x: Any) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
-    return isinstance(x, torch.Tensor)
+    # a tensor exists only once torch is imported: never import torch (an extra) just to ask
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _axes(axis, ndim: int) -> tuple[int, ...]:
@@ -81,13 +80,18 @@ def logsumexp(a, axis=None, b=None, keepdims: bool = False, return_sign: bool = 
     return _lse_numpy(a, axis, b, keepdims, return_sign)
 
 
+def _float_dtype(*arrays: np.ndarray) -> np.dtype:
+    """The dtype scipy computes in: the arrays' promoted type, or float64 when that is not a
+    float (bool and integer input, also bool promoted with a small integer)."""
+    dtype = np.result_type(*arrays)
+    if np.issubdtype(dtype, np.complexfloating) or dtype.kind not in "biuf":
+        raise KexueTypeError(f"logsumexp needs real input, got {dtype}; pass the real part or abs()")
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
 def _lse_numpy(a, axis, b, keepdims, return_sign):
     a = np.asarray(a)
-    dtype = np.result_type(a, np.float16) if b is None else np.result_type(a, np.asarray(b), np.float16)
-    if not np.issubdtype(dtype, np.floating):
-        raise KexueTypeError(f"logsumexp needs real input, got {dtype}; pass the real part or abs()")
-    if np.issubdtype(a.dtype, np.integer) or (b is not None and np.issubdtype(np.asarray(b).dtype, np.integer)):
-        dtype = np.result_type(dtype, np.float64)  # integers promote to float64, as in scipy
+    dtype = _float_dtype(a) if b is None else _float_dtype(a, np.asarray(b))
     a = np.atleast_1d(a.astype(dtype, copy=False))
     if b is not None:
         a, b = np.broadcast_arrays(a, np.asarray(b, dtype=dtype))
@@ -104,7 +108,8 @@ def _lse_numpy(a, axis, b, keepdims, return_sign):
         if not keepdims:
             out, sign = np.squeeze(out, axis=axes), np.squeeze(sign, axis=axes)
         if not return_sign:
-            out = np.where(sign < 0, np.nan, out)
+            # a NaN of out's own type: NumPy 1.x would promote a 0-d float16/32 result to float64
+            out = np.where(sign < 0, out.dtype.type(np.nan), out)
     out, sign = out[()], sign[()]
     return (out, sign) if return_sign else out
 
@@ -264,6 +269,7 @@ def smooth_max(x, tau: float = 1.0, axis=-1, keepdims: bool = False):
     """
     if tau <= 0:
         raise KexueError(f"temperature tau must be > 0, got {tau}")
+    x = _as_float(x)
     if _is_torch(x):
         import torch
 
@@ -271,17 +277,27 @@ def smooth_max(x, tau: float = 1.0, axis=-1, keepdims: bool = False):
         m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
         out = m + tau * logsumexp((x - m) / tau, axis=axis, keepdims=True)
         return out if keepdims else out.squeeze(axis)
-    x = np.asarray(x, dtype=np.result_type(x, np.float16))
     with np.errstate(invalid="ignore"):
-        m = np.max(x, axis=axis, keepdims=True)
-        m = np.where(np.isfinite(m), m, 0)
-        out = m + tau * logsumexp((x - m) / tau, axis=axis, keepdims=True)
-    return out if keepdims else np.squeeze(out, axis=axis)
+        ma = np.max(x, axis=axis, keepdims=True)
+        ma = np.where(np.isfinite(ma), ma, 0)
+        res = ma + tau * logsumexp((x - ma) / tau, axis=axis, keepdims=True)
+    return res if keepdims else np.squeeze(res, axis=axis)
 
 
 def smooth_min(x, tau: float = 1.0, axis=-1, keepdims: bool = False):
     """-τ·lse(-x/τ): a smooth minimum, x_min - τ log n ≤ smooth_min < x_min (SPEC 4.2)."""
-    return -smooth_max(-x, tau, axis=axis, keepdims=keepdims)
+    return -smooth_max(-_as_float(x), tau, axis=axis, keepdims=keepdims)
+
+
+def _as_float(x):
+    """``x`` as a float array or tensor: bool and integers become float64 (NumPy, as scipy) or
+    torch's default dtype (torch), so that negation and division behave."""
+    if _is_torch(x):
+        import torch
+
+        return x if x.is_floating_point() or x.is_complex() else x.to(torch.get_default_dtype())
+    x = np.asarray(x)
+    return x.astype(_float_dtype(x), copy=False)
 
 
 # ---------------------------------------------------------------------------------------------

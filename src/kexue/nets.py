@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 import torch
 from torch import nn
 

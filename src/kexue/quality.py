@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 import torch
 
 from kexue.nets import SmallCNN
@@ -60,7 +62,7 @@ def mnist_classifier(cache_dir: str | Path | None = None, seed: int = 0, epochs:
         steps = epochs * len(X) // 64
         res = train(clf, loss, [Xt, yt], steps=steps, batch_size=64, lr=1e-3, seed=seed, tracker=tracker,
                     description="MNIST classifier")
-    clf = res.model.eval()
+    clf = cast(SmallCNN, res.model.eval())  # train returns the module it was given
     if path is not None:
         with atomic_path(path, parents=True) as tmp:
             save_file({k: v.contiguous() for k, v in clf.state_dict().items()}, str(tmp))

@@ -24,17 +24,17 @@ import math
 import pkgutil
 import shutil
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from kexue.utils import KexueError, NullTracker, Tracker, atomic_write, machine_info, seed_everything, tracker_or_null
+from kexue.utils import KexueError, NullTracker, Tracker, atomic_write, machine_info, seed_everything, tracker_or_null, require
 
 # SPEC order; experiments found in kexue.experiments but not listed here run after these
-ORDER = ["vae", "eg", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness"]
+ORDER = ["vae", "eg", "lrfree", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness"]
 
 
 def available() -> list[str]:
@@ -45,6 +45,10 @@ def available() -> list[str]:
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
+# what every experiment imports (torch models, matplotlib figures, FAISS, text encoders)
+EXPERIMENT_MODULES = ("torch", "matplotlib", "faiss", "transformers", "sentence_transformers")
+
+
 def load(name: str):
     """The experiment module ``name``; a KexueError naming the choices if it does not exist."""
     names = available()
@@ -52,6 +56,9 @@ def load(name: str):
         name = name.replace("-", "_")
     if name not in names:
         raise KexueError(f"unknown experiment {name!r}; choose from: {', '.join(names)}")
+    # experiments are entered only here: a missing extra is one line before any work starts
+    for module in EXPERIMENT_MODULES:
+        require("experiments", module, f"the experiment {name}")
     return importlib.import_module(f"kexue.experiments.{name}")
 
 
@@ -75,7 +82,7 @@ class Context:
     tables: dict = field(default_factory=dict)
     figures: list = field(default_factory=list)
     parts: list = field(default_factory=list)
-    legs: "Legs | None" = None  # the wall-time ledger of run_one; ``track`` keeps it up to date
+    legs: Legs | None = None  # the wall-time ledger of run_one; ``track`` keeps it up to date
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -107,8 +114,7 @@ class Context:
 
     def figure(self, key: str, fig, caption: str = "") -> Path:
         """Save a matplotlib figure as ``figures/<name>/<key>.png`` (atomically) and show it."""
-        import matplotlib.pyplot as plt
-
+        plt = require("plot", "matplotlib.pyplot", "saving figures")
         rel = Path("figures") / self.name / f"{key}.png"
         path = self.root / rel
         with atomic_write(path, parents=True) as f:
@@ -245,8 +251,7 @@ def image_grid(images, path: str | Path | None = None, *, ncols: int | None = No
         r, c = divmod(j, k)
         grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img
     if path is not None:
-        from matplotlib.image import imsave
-
+        imsave = require("plot", "matplotlib.image", "writing PNG image grids").imsave
         if Path(path).suffix.lower() != ".png":
             raise KexueError(f"image grids are written as PNG; name the file {Path(path).with_suffix('.png').name}")
         with atomic_write(path) as f:
@@ -286,7 +291,7 @@ def run_one(name: str, *, seed: int, quick: bool, out: Path, data_dir=None, trac
 
 def _meta(seed: int, quick: bool, command: str) -> dict:
     return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
         "seed": seed,
         "mode": "quick" if quick else "full",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kexue.utils import KexueError
+from kexue.utils import KexueError, plural
 from kexue.whitening import Whitening
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -32,9 +32,13 @@ def cosine_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
 def spearman100(pred, gold) -> float:
     """Spearman rank correlation ×100, the STS metric."""
-    from scipy.stats import spearmanr
+    import warnings
 
-    return float(spearmanr(pred, gold).statistic * 100.0)
+    from scipy.stats import ConstantInputWarning, spearmanr
+
+    with warnings.catch_warnings():  # constant input: NaN is the answer, scipy's warning is noise on our console
+        warnings.simplefilter("ignore", ConstantInputWarning)
+        return float(spearmanr(pred, gold).statistic * 100.0)
 
 
 @dataclass
@@ -106,7 +110,7 @@ def read_pairs(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarra
         s2.append(parts[1])
         score.append(v)
     if len(score) < 10:
-        raise KexueError(f"{path} has {len(score)} pairs; a Spearman correlation needs at least 10")
+        raise KexueError(f"{path} has {plural(len(score), 'pair')}; a Spearman correlation needs at least 10")
     return s1, s2, np.asarray(score, dtype=np.float64)
 
 
@@ -150,6 +154,7 @@ class SearchResult:
     raw_test: float
     fit_on: str
     best: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)  # one-line notes for the caller to show (the library never prints)
 
     def at(self, beta: float, gamma: float, k: int) -> tuple[float, float]:
         i, j, l = self.betas.index(beta), self.gammas.index(gamma), self.ks.index(k)
@@ -158,7 +163,7 @@ class SearchResult:
     def to_dict(self) -> dict:
         return {"betas": self.betas, "gammas": self.gammas, "ks": self.ks, "dev": self.dev.tolist(),
                 "test": self.test.tolist(), "raw_dev": self.raw_dev, "raw_test": self.raw_test,
-                "fit_on": self.fit_on, "best": self.best}
+                "fit_on": self.fit_on, "best": self.best, "warnings": self.warnings}
 
 
 def search(splits: dict[str, STSPairs], betas=GRID, gammas=GRID, ks=None, fit_on: str = "all") -> SearchResult:
@@ -181,6 +186,11 @@ def search(splits: dict[str, STSPairs], betas=GRID, gammas=GRID, ks=None, fit_on
     betas, gammas = [float(b) for b in betas], [float(g) for g in gammas]
     w = Whitening(beta=betas[0], gamma=1.0)
     w.fit_chunks(M for s in fit_splits for M in (splits[s].A, splits[s].B))
+    notes = []
+    if w.rank() < d:
+        n = w.n_samples_seen_
+        notes.append(f"the embeddings are rank-deficient: rank {w.rank()} of dimension {d} ({n} sentences); "
+                     f"with γ > 0, k > {w.rank()} rescales directions that hold only rounding noise")
     scores = {s: np.zeros((len(betas), len(gammas), len(ks))) for s in ("dev", "test")}
     for i, b in enumerate(betas):
         w.set_params(beta=b, gamma=0.0, n_components=None)  # rotation only; rescale per γ below
@@ -193,9 +203,12 @@ def search(splits: dict[str, STSPairs], betas=GRID, gammas=GRID, ks=None, fit_on
                 A, B = A * sc, B * sc
                 for l, k in enumerate(ks):
                     scores[s][i, j, l] = spearman100(cosine_rows(A[:, :k], B[:, :k]), splits[s].score)
-    flat = int(np.argmax(scores["dev"]))  # first maximum in (β, γ, k) order
-    i, j, l = np.unravel_index(flat, scores["dev"].shape)
+    if np.isnan(scores["dev"]).all():
+        raise KexueError("every (β, γ, k) gives a NaN dev Spearman (constant gold scores or similarities, "
+                         "or fewer than 2 dev pairs); check the pairs file")
+    flat = int(np.nanargmax(scores["dev"]))  # first maximum in (β, γ, k) order; NaN settings never win
+    i, j, l = (int(v) for v in np.unravel_index(flat, scores["dev"].shape))
     best = {"beta": betas[i], "gamma": gammas[j], "k": ks[l], "dev": float(scores["dev"][i, j, l]),
             "test": float(scores["test"][i, j, l])}
     return SearchResult(betas, gammas, ks, scores["dev"], scores["test"], splits["dev"].spearman(),
-                        splits["test"].spearman(), fit_on, best)
+                        splits["test"].spearman(), fit_on, best, notes)

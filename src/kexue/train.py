@@ -19,15 +19,18 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 import torch
 from torch import nn
 
-from kexue.utils import KexueError, atomic_path, tracker_or_null
+from kexue.utils import KexueError, atomic_path, tracker_or_null, require
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 
@@ -44,10 +47,56 @@ class TrainResult:
     legs: int = 0  # processes that trained it: 1 uninterrupted, more after resumes
 
 
+@contextmanager
+def num_threads(threads: int | None):
+    """torch's intra-op thread count set to ``threads`` inside the block, restored after it.
+
+    The library's thread policy: the heavy entry points (:func:`train`, ``fit_vae``,
+    ``log_likelihood``, ``DDPM.fit``/``sample``/``nll``) take ``threads=None``, meaning torch's
+    current setting (``torch.set_num_threads``), or a count for that call only. The CLI passes
+    its ``--threads`` (default ``$KEXUE_THREADS`` or 1; on a small shared machine one thread is
+    much faster than torch's default, docs/ddpm.md)."""
+    if threads is None:
+        yield
+        return
+    from kexue import validate
+
+    n, before = validate.integer(threads, "threads", 1), torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextmanager
+def tracked(tracker, iterable, description: str, total: int | None = None):
+    """``tracker.track(iterable, ...)`` (silent for None) that is closed when the block ends, also
+    by an exception: a progress display drawn by a generator would otherwise stay live until the
+    generator is collected and swallow the error line printed after it (Ctrl-C's among them)."""
+    it = tracker_or_null(tracker).track(iterable, description, total=total)
+    try:
+        yield it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`train`: still a ``KeyboardInterrupt``, raised after a checkpoint was
+    written where that is safe. ``step`` is the step the checkpoint ``ckpt`` holds (None without a
+    checkpoint), so a rerun with ``resume=True`` continues from there."""
+
+    def __init__(self, step: int | None, ckpt):
+        super().__init__(f"interrupted; checkpoint {ckpt} at step {step}" if ckpt is not None else "interrupted")
+        self.step, self.ckpt = step, ckpt
+
+
 @lru_cache(maxsize=1)
 def default_accelerator():
     """One Accelerator per process: building one probes the installed packages (~0.5 s)."""
-    from accelerate import Accelerator
+    Accelerator = require("torch", "accelerate", "the training loop").Accelerator
 
     return Accelerator(cpu=not torch.cuda.is_available())
 
@@ -135,10 +184,11 @@ class Clock:
     def __init__(self, st: dict | None = None):
         st = st or {}
         self.before, self.legs_before = float(st.get("seconds", 0.0)), int(st.get("legs", 0))
-        self.t0, self.t1 = time.perf_counter(), None
+        self.t0 = time.perf_counter()
+        self.t1: float | None = None  # set by stop()
         self.worked = False
 
-    def stop(self) -> "Clock":
+    def stop(self) -> Clock:
         """Freeze the time (once): the last checkpoint and the result then report the same seconds."""
         if self.t1 is None:
             self.t1 = time.perf_counter()
@@ -163,9 +213,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise KexueError(f"checkpoint {path} not found; start without --resume or give the right path") from None
+        raise KexueError(f"checkpoint {path} not found; give the right ckpt path or resume=False") from None
     except Exception as e:  # corrupt / foreign file
-        raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or start without --resume") from None
+        raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or resume=False") from None
 
 
 def partial(path: str | os.PathLike | None, key: dict) -> dict | None:
@@ -190,7 +240,7 @@ def _key_text(key: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
-def model_fingerprint(model: nn.Module) -> str:
+def model_fingerprint(model: object) -> str:
     """:func:`fingerprint` of a module's weights and buffers: partial evaluations are keyed by it."""
     if not isinstance(model, nn.Module):
         raise KexueError(f"a checkpoint of this computation needs the network as a torch.nn.Module, "
@@ -216,11 +266,11 @@ def check_resume(st: dict, config: dict, data_fp: str, steps: int, path) -> None
         diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
         if diff:
             what = ", ".join(f"{k}={old.get(k)!r} there vs {config.get(k)!r} now" for k in diff[:4])
-            raise KexueError(f"checkpoint {path} is from another run ({what}); use another --ckpt or drop --resume")
+            raise KexueError(f"checkpoint {path} is from another run ({what}); pass another ckpt or resume=False")
     if st.get("data") not in (None, data_fp):
-        raise KexueError(f"checkpoint {path} was trained on other data; use the same data, another --ckpt, or drop --resume")
+        raise KexueError(f"checkpoint {path} was trained on other data; use the same data, another ckpt, or resume=False")
     if int(st["step"]) > steps:
-        raise KexueError(f"checkpoint {path} is at step {int(st['step'])}, past --steps {steps}; ask for at least that many steps")
+        raise KexueError(f"checkpoint {path} is at step {int(st['step'])}, past steps={steps}; ask for at least that many steps")
 
 
 def _restore(st: dict, path, model, optimizer, ema) -> None:
@@ -231,7 +281,7 @@ def _restore(st: dict, path, model, optimizer, ema) -> None:
             ema.load_state_dict(st["ema"])
     except (RuntimeError, KeyError, ValueError) as e:
         first = str(e).strip().splitlines()[0][:160]
-        raise KexueError(f"checkpoint {path} does not fit this model ({first}); use the same architecture or another --ckpt") from None
+        raise KexueError(f"checkpoint {path} does not fit this model ({first}); use the same architecture or another ckpt") from None
 
 
 # ---------------------------------------------------------------- the loop
@@ -245,6 +295,7 @@ class _Run:
         self.losses: list[float] = []
         self.evals: list[dict] = []
         self.clock = Clock()
+        self.saved: int | None = None  # the step the checkpoint file holds
 
     def resume(self, steps: int) -> int:
         """Load ``ckpt`` (checked against this run's config, data and steps); the step to start at."""
@@ -253,7 +304,8 @@ class _Run:
         _restore(st, self.ckpt, self.model, self.optimizer, self.ema)
         self.losses, self.evals = list(st["losses"]), list(st.get("evals", []))
         self.clock = Clock(st)
-        return int(st["step"])
+        self.saved = int(st["step"])
+        return self.saved
 
     def checkpoint(self, step: int) -> None:
         if self.ckpt is None or not self.acc.is_main_process or not self.clock.worked:
@@ -264,6 +316,7 @@ class _Run:
         if self.ema is not None:
             st["ema"] = self.ema.state_dict()
         save_checkpoint(self.ckpt, st)
+        self.saved = step
 
     def evaluate(self, step: int) -> None:
         """``evaluate_fn`` on the EMA weights if kept, else the model, in eval mode, once per step."""
@@ -310,7 +363,7 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
           accelerator=None, grad_clip: float | None = None, schedule: Schedule | None = None,
           config: dict | None = None, on_step: Callable[[int, float], Any] | None = None,
           eval_every: int = 0, evaluate_fn: Callable[[nn.Module, int], dict] | None = None,
-          on_nonfinite: str = "raise") -> TrainResult:
+          on_nonfinite: str = "raise", threads: int | None = None) -> TrainResult:
     """Minimise ``loss_fn(model, batch)`` for ``steps`` steps over tensors ``data`` (same first dim).
 
     - ``schedule(step)`` multiplies each parameter group's base learning rate (see
@@ -324,7 +377,23 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
       the same ``config`` (a dict of plain values) and the same data. ``result.seconds`` and
       ``result.legs`` are the training time and the number of processes over all resumes.
     - ``ema_decay`` keeps an exponential moving average of the weights (``result.ema``).
+    - Ctrl-C (``KeyboardInterrupt``) raises :class:`TrainingInterrupted` (a KeyboardInterrupt)
+      after writing a checkpoint of the last finished step, unless the interrupt came inside an
+      optimiser update (the weights may then be half-updated: the last checkpoint stands).
+    - ``threads``: torch's thread count for this call (None: its current setting; see
+      :func:`num_threads`).
     """
+    with num_threads(threads):
+        return _train(model, loss_fn, data, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr, seed=seed,
+                      ema_decay=ema_decay, ckpt=ckpt, ckpt_every=ckpt_every, resume=resume, tracker=tracker,
+                      description=description, accelerator=accelerator, grad_clip=grad_clip, schedule=schedule,
+                      config=config, on_step=on_step, eval_every=eval_every, evaluate_fn=evaluate_fn,
+                      on_nonfinite=on_nonfinite)
+
+
+def _train(model, loss_fn, data, *, steps, batch_size, optimizer, lr, seed, ema_decay, ckpt, ckpt_every, resume,
+           tracker, description, accelerator, grad_clip, schedule, config, on_step, eval_every, evaluate_fn,
+           on_nonfinite) -> TrainResult:
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     _check_train_args(data, on_nonfinite)
@@ -339,27 +408,35 @@ def train(model: nn.Module, loss_fn: LossFn, data: Sequence[torch.Tensor], *, st
     if ema is not None:
         ema.to(acc.device)
     data = [t.to(acc.device) for t in data]
-    stopped = None
+    stopped, done, updating = None, start, False
     run.model.train()
-    for step in tracker_or_null(tracker).track(range(start, steps), description, total=steps - start):
-        _set_lr(run.optimizer, base_lrs, schedule, step)
-        idx = batch_indices(n, batch_size, step, seed, acc.process_index, acc.num_processes).to(acc.device)
-        _seed_step(_step_seed(seed, step) + acc.process_index, acc.device)
-        loss = loss_fn(run.model, [t[idx] for t in data])
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            if on_nonfinite == "raise":
-                raise KexueError(f"loss became {value} at step {step}; lower the learning rate")
-            stopped, steps = f"loss became {value} at step {step}", step
-            break
-        run.step(loss, grad_clip)
-        run.losses.append(value)
-        if on_step is not None:
-            on_step(step, value)
-        if eval_every and (step + 1) % eval_every == 0:
-            run.evaluate(step + 1)
-        if ckpt_every and (step + 1) % ckpt_every == 0:
-            run.checkpoint(step + 1)
+    try:
+        with tracked(tracker, range(start, steps), description, total=steps - start) as todo:
+            for step in todo:
+                _set_lr(run.optimizer, base_lrs, schedule, step)
+                idx = batch_indices(n, batch_size, step, seed, acc.process_index, acc.num_processes).to(acc.device)
+                _seed_step(_step_seed(seed, step) + acc.process_index, acc.device)
+                loss = loss_fn(run.model, [t[idx] for t in data])
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    if on_nonfinite == "raise":
+                        raise KexueError(f"loss became {value} at step {step}; lower the learning rate")
+                    stopped, steps = f"loss became {value} at step {step}", step
+                    break
+                updating = True  # until the step's bookkeeping is over the state is not one of a whole step
+                run.step(loss, grad_clip)
+                run.losses.append(value)
+                if on_step is not None:
+                    on_step(step, value)
+                if eval_every and (step + 1) % eval_every == 0:
+                    run.evaluate(step + 1)
+                if ckpt_every and (step + 1) % ckpt_every == 0:
+                    run.checkpoint(step + 1)
+                done, updating = step + 1, False
+    except KeyboardInterrupt:
+        if ckpt is not None and not updating and run.saved != done:
+            run.checkpoint(done)  # the weights, optimiser and losses of the last whole step: resumes exactly
+        raise TrainingInterrupted(run.saved, ckpt) from None
     if stopped is None:
         run.evaluate(steps)
         run.clock.stop()

@@ -9,7 +9,8 @@ import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -24,6 +25,11 @@ class KexueError(ValueError):
 
 class KexueTypeError(KexueError, TypeError):
     """An input of the wrong type (also a ``TypeError``), e.g. complex where reals are needed."""
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 row"``, ``"2 rows"``: a count with its noun in messages (regular plurals only)."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def require(extra: str, module: str, feature: str | None = None):
@@ -140,7 +146,7 @@ class NullTracker:
 NULL_TRACKER = NullTracker()
 
 
-def tracker_or_null(tracker: "Tracker | None") -> "Tracker":
+def tracker_or_null(tracker: Tracker | None) -> Tracker:
     return NULL_TRACKER if tracker is None else tracker
 
 
@@ -152,7 +158,7 @@ def seed_everything(seed: int) -> np.random.Generator:
         import torch
 
         torch.manual_seed(seed)
-    except ImportError:  # torch is a dependency, but keep utils importable without it
+    except ImportError:  # torch is the 'torch' extra: without it there is nothing of torch's to seed
         pass
     return np.random.default_rng(seed)
 
@@ -164,7 +170,7 @@ def torch_threads(n: int) -> Iterator[None]:
     The small models of the experiments gain nothing from a second thread on a 2-core machine and
     lose a lot when it is busy (spin-waiting), so several experiments run with one.
     """
-    import torch
+    torch = require("torch", "torch", "torch_threads")
 
     old = torch.get_num_threads()
     torch.set_num_threads(n)
@@ -178,7 +184,7 @@ def machine_info() -> dict:
     """Facts about this machine and the library versions, for reports."""
     import importlib.metadata as md
 
-    info = {
+    info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
-from kexue.utils import KexueError, KexueTypeError
+from kexue.utils import KexueError, KexueTypeError, plural
 
 
 def finite(x, name: str) -> None:
@@ -48,9 +48,9 @@ def matrix(X, name: str = "X", *, dtype=np.float64, min_rows: int = 1, min_cols:
     if A.ndim != 2:
         raise KexueError(f"{name} must be a 2-D array (rows = samples); got shape {A.shape}")
     if A.shape[0] < min_rows:
-        raise KexueError(f"{name} has {A.shape[0]} rows; at least {min_rows} needed")
+        raise KexueError(f"{name} has {plural(A.shape[0], 'row')}; at least {min_rows} needed")
     if A.shape[1] < min_cols:
-        raise KexueError(f"{name} has {A.shape[1]} columns; at least {min_cols} needed")
+        raise KexueError(f"{name} has {plural(A.shape[1], 'column')}; at least {min_cols} needed")
     if not allow_nonfinite:
         finite(A, name)
     return A
@@ -62,7 +62,7 @@ def vector(x, name: str = "x", *, dtype=np.float64, min_len: int = 1) -> np.ndar
     if a.ndim != 1:
         raise KexueError(f"{name} must be 1-D; got shape {a.shape}")
     if a.shape[0] < min_len:
-        raise KexueError(f"{name} has {a.shape[0]} entries; at least {min_len} needed")
+        raise KexueError(f"{name} has {a.shape[0]} {'entry' if a.shape[0] == 1 else 'entries'}; at least {min_len} needed")
     finite(a, name)
     return a
 

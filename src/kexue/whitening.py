@@ -16,7 +16,12 @@ fitted chunk by chunk in O(d²) memory (:meth:`Whitening.partial_fit`). Then, wi
 
     Σ = (1/N) Σ yᵀy − a μ_yᵀ − μ_y aᵀ + a aᵀ,
 
-which is SPEC 5.1 expanded. The accumulators do not depend on β, γ or k, so
+which is SPEC 5.1 expanded. The accumulators hold y / s for a power of two s (``scale_``, set
+from the data's magnitude and raised if a later chunk is larger), so embeddings of any magnitude
+(1e200 or 1e-200) neither overflow nor underflow in the Gram matrix: dividing by a power of two is
+exact, and whitening is scale-equivariant — for X' = X / s, μ' = μ / s, U' = U, Λ' = Λ / s², so
+x̃ = s^(1−γ) x̃'. The transform is computed from Λ' and s; ``eigenvalues_`` is Λ' s² (inf only if
+Λ itself exceeds the float64 range, ~1e308). The accumulators do not depend on β, γ or k, so
 :meth:`Whitening.set_params` after a fit re-decomposes without another pass over the data.
 
 The STS evaluation harness (encoding STS-B or a user's pairs, the (β, γ, k) grid search) is in
@@ -28,14 +33,14 @@ from __future__ import annotations
 import json
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from kexue import validate
 from kexue.io import load_fitted, save_fitted
-from kexue.utils import KexueError, KexueTypeError
+from kexue.utils import KexueError, KexueTypeError, plural
 
 CHUNK = 65536  # rows converted to float64 at a time: bounds the fit's extra memory to ~CHUNK·d·8 bytes
 KIND = "Whitening"
@@ -56,11 +61,28 @@ def _one_line(e: Exception) -> Exception:
     return KexueTypeError(msg) if isinstance(e, TypeError) else KexueError(msg)
 
 
+def _is_dask(X) -> bool:
+    """A Dask array (checked by its type's module, so dask is never imported for NumPy input)."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks")
+
+
 def _check_params(beta, gamma, n_components) -> None:
     validate.real(beta, "beta")
     validate.real(gamma, "gamma", lo=0.0)  # the power of Λ^(-γ/2); negative would amplify the big directions
     if n_components is not None:
         validate.integer(n_components, "n_components (k)", lo=1)
+
+
+SAFE = 2.0 ** 64  # magnitudes in [1/SAFE, SAFE] are accumulated unscaled (their squares summed stay far inside float64)
+
+
+def _pow2(x: float) -> float:
+    """1 if |x| is in [1/SAFE, SAFE] (or 0, or not finite), else the power of two at or above |x|:
+    dividing by a power of two is exact, so typical data gives bit-identical results unscaled."""
+    x = abs(float(x))
+    if not np.isfinite(x) or x == 0 or 1 / SAFE <= x <= SAFE:
+        return 1.0
+    return float(np.ldexp(1.0, int(np.frexp(x)[1])))
 
 
 class Whitening(TransformerMixin, BaseEstimator):
@@ -106,41 +128,97 @@ class Whitening(TransformerMixin, BaseEstimator):
     # ----- fitting ----------------------------------------------------------------------------
 
     def _reset(self):
-        for a in ("n_samples_seen_", "shift_", "sum_", "gram_", "n_features_in_", "mean_", "components_",
+        for a in ("n_samples_seen_", "shift_", "scale_", "_eig_scaled", "sum_", "gram_", "n_features_in_", "mean_", "components_",
                   "explained_variance_", "singular_values_", "eigenvalues_", "eigenvectors_"):
             self.__dict__.pop(a, None)
 
+    def _begin(self, first: np.ndarray) -> None:
+        """Empty accumulators about the shift c (mean of the first chunk) and scale s (a power of
+        two) that the first chunk of rows picks; :mod:`kexue.whitening_dask` starts every block here."""
+        first = np.asarray(first, dtype=np.float64)
+        d = first.shape[1]
+        s0 = _pow2(np.max(np.abs(first)))
+        self.n_features_in_ = d
+        self.n_samples_seen_ = 0
+        self.shift_ = (first / s0).mean(axis=0) * s0
+        self.scale_ = _pow2(np.max(np.abs(first / s0 - self.shift_ / s0))) * s0
+        self.sum_ = np.zeros(d)
+        self.gram_ = np.zeros((d, d))
+
+    def _rescale(self, r: float) -> None:
+        """Raise the scale s by the power of two r (exact: sums divide by r, Grams by r²)."""
+        self.scale_ *= r
+        self.sum_ /= r
+        self.gram_ /= r * r
+
     def _accumulate(self, X: np.ndarray) -> None:
-        """Add a chunk to the float64 accumulators (count, Σ(x−c), Σ(x−c)ᵀ(x−c))."""
+        """Add a chunk to the float64 accumulators (count, Σ(x−c)/s, Σ(x−c)ᵀ(x−c)/s²)."""
         if not hasattr(self, "n_samples_seen_"):
-            d = X.shape[1]
-            self.n_samples_seen_ = 0
-            self.shift_ = X[: min(len(X), CHUNK)].astype(np.float64).mean(axis=0)
-            self.sum_ = np.zeros(d)
-            self.gram_ = np.zeros((d, d))
+            self._begin(X[: min(len(X), CHUNK)])
         from scipy.linalg.blas import dsyrk
 
         for s in range(0, len(X), CHUNK):
-            Y = X[s : s + CHUNK].astype(np.float64) - self.shift_
+            Y = X[s : s + CHUNK].astype(np.float64) / self.scale_ - self.shift_ / self.scale_
+            top = float(np.max(np.abs(Y))) if Y.size else 0.0
+            if top > SAFE:  # a larger chunk than the first: raise s so that YᵀY stays far from overflow
+                self._rescale(_pow2(top))
+                Y = X[s : s + CHUNK].astype(np.float64) / self.scale_ - self.shift_ / self.scale_
             self.sum_ += Y.sum(axis=0)
             # YᵀY with BLAS syrk: half the flops of a general product (Y.T is Fortran-ordered: no copy)
             G = dsyrk(1.0, Y.T, trans=0, lower=0)
             self.gram_ += np.triu(G) + np.triu(G, 1).T
             self.n_samples_seen_ += len(Y)
 
-    def _decompose(self) -> "Whitening":
+    def _add_sums(self, other: Whitening) -> Whitening:
+        """:meth:`merge` without the decomposition (what a tree of partial sums needs)."""
+        if not isinstance(other, Whitening) or not hasattr(other, "n_samples_seen_"):
+            raise KexueTypeError("merge takes a Whitening that has seen rows (fit or partial_fit it first)")
+        if not hasattr(self, "n_samples_seen_"):
+            d = other.n_features_in_
+            self.n_features_in_, self.n_samples_seen_ = d, 0
+            self.shift_, self.scale_ = other.shift_.copy(), float(other.scale_)
+            self.sum_, self.gram_ = np.zeros(d), np.zeros((d, d))
+        if other.n_features_in_ != self.n_features_in_:
+            raise KexueError(f"cannot merge a fit on d={other.n_features_in_} into one on d={self.n_features_in_}")
+        if other.scale_ > self.scale_:
+            self._rescale(other.scale_ / self.scale_)
+        top = float(np.max(np.abs(other.shift_ / self.scale_ - self.shift_ / self.scale_)))
+        if top > SAFE:  # shifts far apart in units of s: raise s so the corrections cannot overflow
+            self._rescale(_pow2(top))
+        rho = other.scale_ / self.scale_  # a power of two ≤ 1
+        delta = other.shift_ / self.scale_ - self.shift_ / self.scale_
+        n, s1 = other.n_samples_seen_, rho * other.sum_
+        self.gram_ += rho * rho * other.gram_ + np.outer(s1, delta) + np.outer(delta, s1) + n * np.outer(delta, delta)
+        self.sum_ += s1 + n * delta
+        self.n_samples_seen_ += n
+        return self
+
+    def merge(self, other: Whitening) -> Whitening:
+        """Add the rows another fit has seen, as if they had been streamed into this one, then
+        decompose. Partial fits of disjoint row blocks (other processes or machines) merged in
+        any order equal one fit on all rows, up to the order of float64 additions.
+
+        Each fit's sums are about its own shift c' and scale s'; they are moved to ours (c, s):
+        with y' = (x − c')/s', ρ = s'/s and δ = (c' − c)/s, y = ρy' + δ, so
+        Σy = ρΣy' + Nδ and Σyᵀy = ρ²Σy'ᵀy' + ρ(Σy')ᵀδ + ρδᵀ(Σy') + N δᵀδ.
+        """
+        self._add_sums(other)
+        return self._decompose() if self.n_samples_seen_ >= 2 else self
+
+    def _decompose(self) -> Whitening:
         """Σ about βμ from the accumulators, then U, Λ (SPEC 5.1)."""
         _check_params(self.beta, self.gamma, self.n_components)
         N, d = self.n_samples_seen_, self.n_features_in_
         if N < 2:
-            raise KexueError(f"got {N} sample; whitening needs at least 2 samples (N < 2) to estimate Σ")
+            raise KexueError(f"got {plural(N, 'sample')}; whitening needs at least 2 samples (N < 2) to estimate Σ")
         k = d if self.n_components is None else int(self.n_components)
         if k > d:
             raise KexueError(f"n_components={k} is larger than the dimension d={d}; choose k <= {d}")
-        mu_y = self.sum_ / N  # μ − c
-        mu = self.shift_ + mu_y
-        a = float(self.beta) * mu - self.shift_  # βμ − c
-        S = self.gram_ / N - np.outer(a, mu_y) - np.outer(mu_y, a) + np.outer(a, a)
+        sc = float(getattr(self, "scale_", 1.0))
+        mu_y = self.sum_ / N  # (μ − c) / s
+        mu = self.shift_ + mu_y * sc
+        a = float(self.beta) * (mu / sc) - self.shift_ / sc  # (βμ − c) / s
+        S = self.gram_ / N - np.outer(a, mu_y) - np.outer(mu_y, a) + np.outer(a, a)  # Σ / s²
         S = 0.5 * (S + S.T)  # exact symmetry for eigh
         lam, U = np.linalg.eigh(S)
         lam, U = lam[::-1].copy(), U[:, ::-1].copy()
@@ -150,22 +228,31 @@ class Whitening(TransformerMixin, BaseEstimator):
         U *= signs
         lam = np.maximum(lam, 0.0)  # Σ is PSD; tiny negative values are rounding
         self.mean_ = mu
-        self.eigenvalues_ = lam
+        self._eig_scaled = lam  # Λ / s²: what the transform and the conditioning use
+        with np.errstate(over="ignore"):
+            self.eigenvalues_ = lam * sc * sc
+            self.singular_values_ = np.sqrt(N * lam[:k]) * sc
         self.eigenvectors_ = U
         self.components_ = U[:, :k].T.copy()
-        self.explained_variance_ = lam[:k].copy()
-        self.singular_values_ = np.sqrt(N * lam[:k])
+        self.explained_variance_ = self.eigenvalues_[:k].copy()
         return self
 
-    def fit(self, X, y=None) -> "Whitening":
-        """Fit μ, U, Λ on X (n, d) in one call (processed in float64 chunks of CHUNK rows)."""
+    def fit(self, X, y=None) -> Whitening:
+        """Fit μ, U, Λ on X (n, d) in one call (processed in float64 chunks of CHUNK rows).
+
+        X may be a Dask array: its row blocks are summed where they live and the sums added
+        (:mod:`kexue.whitening_dask`); the result equals the in-memory fit to float64 rounding."""
         _check_params(self.beta, self.gamma, self.n_components)
+        if _is_dask(X):
+            from kexue.whitening_dask import fit_dask
+
+            return fit_dask(self, X, CHUNK)
         self._reset()
         X = self._validate(X, reset=True)
         self._accumulate(X)
         return self._decompose()
 
-    def partial_fit(self, X, y=None) -> "Whitening":
+    def partial_fit(self, X, y=None) -> Whitening:
         """Add one chunk of rows to the running fit (streaming); the result after the last chunk
         equals ``fit`` on all rows (up to float64 rounding). Decomposes once the count is >= 2."""
         _check_params(self.beta, self.gamma, self.n_components)
@@ -176,7 +263,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             self._decompose()
         return self
 
-    def fit_chunks(self, chunks: Iterable) -> "Whitening":
+    def fit_chunks(self, chunks: Iterable) -> Whitening:
         """Fit from an iterable of (n_i, d) arrays (e.g. a memory-mapped file read in slices),
         decomposing once at the end: O(d²) memory whatever the total N."""
         _check_params(self.beta, self.gamma, self.n_components)
@@ -202,9 +289,11 @@ class Whitening(TransformerMixin, BaseEstimator):
     def _scale(self) -> np.ndarray:
         """Λ_k^{−γ/2}; eigenvalues below d·eps·Λ_max are floored there (a rank-deficient Σ would
         otherwise give inf for γ > 0)."""
-        lam = self.explained_variance_
-        floor = max(float(self.eigenvalues_[0]), np.finfo(np.float64).tiny) * len(self.eigenvalues_) * np.finfo(np.float64).eps
-        return np.maximum(lam, floor) ** (-float(self.gamma) / 2.0)
+        lam = self._eig_scaled
+        k = self.components_.shape[0]
+        floor = max(float(lam[0]), np.finfo(np.float64).tiny) * len(lam) * np.finfo(np.float64).eps
+        # (Λ/s²)^(−γ/2) · s^(−γ) = Λ^(−γ/2), without forming Λ (which may overflow)
+        return np.maximum(lam[:k], floor) ** (-float(self.gamma) / 2.0) * float(getattr(self, "scale_", 1.0)) ** (-float(self.gamma))
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(W, shift) in float64 with transform(x) = (x − shift) W: W = U_k Λ_k^{−γ/2} (d, k) and
@@ -223,6 +312,10 @@ class Whitening(TransformerMixin, BaseEstimator):
         float32 input is transformed in float32: subtracting βμ in float32 adds an error no larger
         than the input's own rounding (~6e-8·|x|), and the float32 product is twice as fast."""
         self._check_fitted()
+        if _is_dask(X):
+            from kexue.whitening_dask import transform_dask
+
+            return transform_dask(self, X)
         X = self._validate(X, reset=False)
         W, shift = self.affine()
         W, shift = W.astype(X.dtype), shift.astype(X.dtype)
@@ -243,7 +336,7 @@ class Whitening(TransformerMixin, BaseEstimator):
             raise _one_line(e) from None
         k = self.components_.shape[0]
         if Z.shape[1] != k:
-            raise KexueError(f"inverse_transform got {Z.shape[1]} columns but the transform keeps k={k}")
+            raise KexueError(f"inverse_transform got {plural(Z.shape[1], 'column')} but the transform keeps k={k}")
         W = (self.components_.T / self._scale()).T  # (k, d)
         return (Z.astype(np.float64) @ W + float(self.beta) * self.mean_).astype(Z.dtype, copy=False)
 
@@ -258,15 +351,28 @@ class Whitening(TransformerMixin, BaseEstimator):
 
     # ----- conditioning ------------------------------------------------------------------------
 
+    def condition_number(self) -> float:
+        """λ_max / λ_min of Σ (inf when Σ is singular), computed from Λ / s² so it is finite
+        even when Λ overflows."""
+        self._check_fitted()
+        lam = self._eig_scaled
+        return float(lam[0] / lam[-1]) if lam[-1] > 0 else float("inf")
+
+    def rank(self) -> int:
+        """The numerical rank of Σ: eigenvalues above d·eps·λ_max (the floor :meth:`transform` uses)."""
+        self._check_fitted()
+        lam = self._eig_scaled
+        floor = max(float(lam[0]), np.finfo(np.float64).tiny) * len(lam) * np.finfo(np.float64).eps
+        return int(np.sum(lam > floor))
+
     def conditioning_warning(self, flag: str = "n_components") -> str | None:
         """One line saying Σ is rank-deficient or badly conditioned (λ_max/λ_min > ILL_CONDITIONED),
         naming how many coordinates to keep (``flag``: the parameter or option the caller knows);
         ``None`` when Σ is well conditioned or γ = 0 (a rotation amplifies nothing)."""
         self._check_fitted()
-        lam = self.eigenvalues_
+        lam = self._eig_scaled  # ratios of Λ / s² are those of Λ, and never inf / inf
         d = len(lam)
-        floor = max(float(lam[0]), np.finfo(np.float64).tiny) * d * np.finfo(np.float64).eps
-        rank = int(np.sum(lam > floor))
+        rank = self.rank()
         cond = float(lam[0] / lam[-1]) if lam[-1] > 0 else float("inf")
         if float(self.gamma) == 0 or (rank == d and cond <= ILL_CONDITIONED):
             return None
@@ -282,7 +388,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         can keep streaming) to one ``.safetensors`` file (:func:`kexue.io.save_fitted`), atomically."""
         self._check_fitted()
         tensors = {"mean": self.mean_, "eigenvalues": self.eigenvalues_, "eigenvectors": self.eigenvectors_,
-                   "shift": self.shift_, "sum": self.sum_, "gram": self.gram_,
+                   "shift": self.shift_, "scale": np.asarray([self.scale_]), "sum": self.sum_, "gram": self.gram_,
                    "n_samples_seen": np.asarray([self.n_samples_seen_], dtype=np.int64)}
         save_fitted(path, KIND, tensors, self._config())
         return Path(path)
@@ -292,7 +398,7 @@ class Whitening(TransformerMixin, BaseEstimator):
                 "n_components": None if self.n_components is None else int(self.n_components)}
 
     @classmethod
-    def load(cls, path) -> "Whitening":
+    def load(cls, path) -> Whitening:
         """Read a transform written by :meth:`save` (or by releases before it, .npz/.safetensors);
         a one-line KexueError for a missing, corrupt or foreign file."""
         path = Path(path)
@@ -308,6 +414,7 @@ class Whitening(TransformerMixin, BaseEstimator):
         w.n_features_in_ = d
         w.n_samples_seen_ = int(t["n_samples_seen"][0])
         w.shift_, w.sum_, w.gram_ = t["shift"], t["sum"], t["gram"]
+        w.scale_ = float(t["scale"][0]) if "scale" in t else 1.0  # files before the scaling held y unscaled
         return w._decompose()
 
 

@@ -17,16 +17,17 @@ with no pickle, no ``trust_remote_code`` and without kexue installed::
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from kexue import validate
-from kexue.utils import KexueError, tracker_or_null
+from kexue.utils import KexueError, tracker_or_null, require
 from kexue.whitening import Whitening
 
 
 def _dense_class():
+    require("text", "sentence_transformers", "whitening inside a sentence-transformers model")
     try:  # sentence-transformers >= 6
         from sentence_transformers.sentence_transformer.modules import Dense
     except ImportError:  # 3.x - 5.x
@@ -37,7 +38,7 @@ def _dense_class():
 def whitening_dense(w: Whitening):
     """A sentence-transformers ``Dense`` layer computing ``w.transform`` (float32) for a fitted
     :class:`~kexue.whitening.Whitening`; append it to a model whose embeddings ``w`` was fitted on."""
-    import torch
+    torch = require("torch", "torch", "a whitening layer for sentence-transformers")
 
     W, shift = w.affine()  # float64: the bias is formed before rounding to float32
     Dense = _dense_class()

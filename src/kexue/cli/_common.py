@@ -11,11 +11,12 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
+from collections.abc import Iterable
 
 import typer
 
-from kexue.utils import KexueError, atomic_write
+from kexue.utils import KexueError, atomic_write, require
 
 # ------------------------------------------------------------------ option callbacks
 # typer's min=/max= handle ints; floats also need NaN/inf refused, which click's ranges let through.
@@ -26,28 +27,28 @@ def _flag(param) -> str:
     return opts[0] if opts else str(getattr(param, "name", "value"))
 
 
-def positive_float(ctx: typer.Context, param, value: Optional[float]) -> Optional[float]:
+def positive_float(ctx: typer.Context, param, value: float | None) -> float | None:
     """Callback: a finite number > 0 (learning rates, scales)."""
     if value is not None and (not math.isfinite(value) or value <= 0):
         raise typer.BadParameter(f"must be a finite number > 0, got {value}", param_hint=_flag(param))
     return value
 
 
-def nonneg_float(ctx: typer.Context, param, value: Optional[float]) -> Optional[float]:
+def nonneg_float(ctx: typer.Context, param, value: float | None) -> float | None:
     """Callback: a finite number >= 0."""
     if value is not None and (not math.isfinite(value) or value < 0):
         raise typer.BadParameter(f"must be a finite number >= 0, got {value}", param_hint=_flag(param))
     return value
 
 
-def finite_float(ctx: typer.Context, param, value: Optional[float]) -> Optional[float]:
+def finite_float(ctx: typer.Context, param, value: float | None) -> float | None:
     """Callback: any finite number."""
     if value is not None and not math.isfinite(value):
         raise typer.BadParameter(f"must be a finite number, got {value}", param_hint=_flag(param))
     return value
 
 
-def unit_float(ctx: typer.Context, param, value: Optional[float]) -> Optional[float]:
+def unit_float(ctx: typer.Context, param, value: float | None) -> float | None:
     """Callback: a number in [0, 1]."""
     if value is not None and not (0.0 <= value <= 1.0):
         raise typer.BadParameter(f"must be in [0, 1], got {value}", param_hint=_flag(param))
@@ -65,10 +66,25 @@ def int_list(text: str, flag: str, example: str = "1,2,2") -> tuple[int, ...]:
     return values
 
 
+def in_flags(error: KexueError, words: dict[str, str]) -> KexueError:
+    """The library's one-line error with its parameter names (``steps=``, ``resume=False``) put
+    in the command's flags (``--steps``, ``no --resume``): library messages name the library's
+    parameters; a command shows its own."""
+    text = str(error)
+    for lib, flag in words.items():
+        text = text.replace(lib, flag)
+    return KexueError(text)
+
+
+# the training loop's parameter names (kexue.train) → the train commands' flags
+TRAIN_FLAGS = {"resume=False": "drop --resume", "past steps=": "past --steps ", "another ckpt": "another --ckpt",
+               "right ckpt path": "right --ckpt path"}
+
+
 # ------------------------------------------------------------------ outputs
 
 
-def check_output(path: Optional[Path], suffixes: Iterable[str], flag: str, *, stdout: bool = False) -> Optional[Path]:
+def check_output(path: Path | None, suffixes: Iterable[str], flag: str, *, stdout: bool = False) -> Path | None:
     """Check an output path before any work: not a directory, its folder exists, its extension
     is one the command writes (``stdout=True`` also allows ``-``). Returns the path unchanged."""
     if path is None:
@@ -84,6 +100,8 @@ def check_output(path: Optional[Path], suffixes: Iterable[str], flag: str, *, st
         raise KexueError(f"{flag}: folder {path.parent} does not exist; create it first")
     if not os.access(path.parent, os.W_OK):
         raise KexueError(f"{flag}: folder {path.parent} is not writable; choose another place")
+    if path.suffix.lower() == ".png":  # figures and image grids: matplotlib is the 'plot' extra
+        require("plot", "matplotlib", f"{flag} {path.name}")
     return path
 
 
@@ -126,22 +144,33 @@ def _jsonable(v):
 
 
 def default_threads() -> int:
-    try:
-        return max(1, int(os.environ.get("KEXUE_THREADS", "1")))
-    except ValueError:
+    """``$KEXUE_THREADS`` (a positive integer) or 1; anything else is a one-line error, not ignored."""
+    text = os.environ.get("KEXUE_THREADS", "").strip()
+    if not text:
         return 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KexueError(f"KEXUE_THREADS={os.environ['KEXUE_THREADS']!r} is not a positive integer; "
+                         "set it to a thread count such as 1 or unset it")
+    return n
 
 
 def threads_option() -> Any:
     return typer.Option(None, "--threads", min=1, help="CPU threads for torch/BLAS (default: $KEXUE_THREADS or 1).")
 
 
-def use_threads(threads: Optional[int]) -> int:
+def use_threads(threads: int | None) -> int:
     """Apply the thread policy for the rest of the command; returns the count used."""
-    import torch
-
     n = threads or default_threads()
-    torch.set_num_threads(n)
+    try:  # torch is an extra: the NumPy commands (hubness, unargmax, whiten) run without it
+        import torch
+    except ImportError:
+        pass
+    else:
+        torch.set_num_threads(n)
     try:
         from threadpoolctl import threadpool_limits
 

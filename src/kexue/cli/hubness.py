@@ -1,66 +1,85 @@
-"""``kexue hubness EMB``: k-occurrence and hubness measures of an embedding matrix (SPEC 8)."""
+"""``kexue hubness INDEX [--queries Q] [--reference BANK|queries]``: k-occurrence and hubness measures of an
+embedding matrix, or of an index searched by queries, before and after a reduction (SPEC 8, issue 28)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from kexue.cli._common import check_input, check_output, threads_option, unit_float, use_threads, write_json
+from kexue.cli._common import check_input, check_output, threads_option, use_threads, write_json
 
 MEASURES = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "max_nk"]
 
 
 def hubness_cmd(
-    emb: Path = typer.Argument(..., help="Embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items)."),
+    emb: Path = typer.Argument(..., metavar="INDEX", help="Index embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items)."),
+    queries: Path | None = typer.Option(None, "--queries", help="Query embeddings (same formats): N_k of the index points from these queries instead of from the index itself."),
+    reference: str | None = typer.Option(None, "--reference", help="With --reduce: read each index point's statistic from its nearest points of this file (a query bank), or of the queries themselves: --reference queries."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of nearest neighbours."),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
     backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (hnswlib), ivf (FAISS) or faiss."),
-    recall: float = typer.Option(0.95, "--recall", callback=unit_float, help="Recall target of an approximate backend (its search parameter is chosen for it)."),
-    reduce: Optional[str] = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, centering."),
-    candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k)."),
-    histogram: Optional[Path] = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
-    nk_out: Optional[Path] = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
-    graph_out: Optional[Path] = typer.Option(None, "--graph-out", help="Write the (reduced) neighbour graph to this .npz: indices, distances."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and MP's reference sample."),
-    threads: Optional[int] = threads_option(),
+    recall: float = typer.Option(0.95, "--recall", help="Recall target of an approximate backend, in (0, 1] (its search parameter is chosen for it)."),
+    reduce: str | None = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, nnn, centering."),
+    candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k; capped at the index's rows - 1, as in the API)."),
+    histogram: Path | None = typer.Option(None, "--histogram", help="Write the N_k histogram to this .png (none by default)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the measures as JSON to this .json file, or - for stdout."),
+    nk_out: Path | None = typer.Option(None, "--nk-out", help="Write N_k (reduced, with --reduce) to this .npy."),
+    graph_out: Path | None = typer.Option(None, "--graph-out", "--graph", help="Write the (reduced) neighbour graph to this .npz: indices, distances (one row per query)."),
+    key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several (the same name in every file)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and the reductions' samples."),
+    threads: int | None = threads_option(),
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
     from kexue import hubness as H
     from kexue.cli import RichTracker, console, out_console
     from kexue.io import open_matrix
 
-    _check_options(k, metric, backend, recall, reduce, candidates)
+    _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
+    _check_backend(backend)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
     check_output(json_out, (".json",), "--json", stdout=True)
-    src = open_matrix(check_input(emb, "EMB"), key)
-    _check_rows(emb, src.n, k, reduce, candidates)
+    src = open_matrix(check_input(emb, "INDEX"), key)
+    others = {flag: open_matrix(check_input(Path(p), flag), key)
+              for flag, p in (("--queries", queries), ("--reference", reference)) if p is not None and p != "queries"}
+    for flag, o in others.items():
+        if o.d != src.d:
+            raise _error(f"{flag} {o.path} has {o.d} columns but INDEX {emb} has {src.d}; embed both the same way")
+    _check_rows(emb, src.n, k)
+    candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
     use_threads(threads)
     X = src.read()
+    Q = others["--queries"].read() if queries is not None else None
+    R = others["--reference"].read() if "--reference" in others else None
     tracker = RichTracker()
-    tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, backend {backend}")
-    g = H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=backend, recall=recall,
-                     seed=seed, tracker=tracker)
+    tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, backend {backend}"
+                + (f"; {len(Q)} queries from {queries}" if Q is not None else ""))
+    g = H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=backend, queries=Q,
+                     recall=recall, seed=seed, tracker=tracker)
     nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
     dist, ind = g.dist[:, :k], g.ind[:, :k]
     if reduce is not None:
-        kw = dict(metric=metric, n_candidates=candidates, backend=backend)
-        if reduce.startswith("mp"):
-            kw["random_state"] = seed
-        dist, ind = H.make_reduction(reduce, **kw).fit(X, graph=(g.dist, g.ind)).kneighbors(n_neighbors=k)
+        red = H.make_reduction(reduce, metric=metric, n_candidates=candidates, backend=backend, random_state=seed)
+        if Q is None:  # in sample: the index's own graph gives the candidates
+            red.fit(X, graph=(g.dist, g.ind), reference=R)
+            dist, ind = red.kneighbors(n_neighbors=k, reference=reference if reference == "queries" else None)
+        else:  # the queries' graph is re-ranked: the same exact candidates as the primary row
+            red.fit(X, reference="queries" if reference == "queries" else R)  # transductive: no index statistics
+            dist, ind = red.rerank(g.dist, g.ind, Q)
+            dist, ind = dist[:, :k], ind[:, :k]
         nks[reduce] = H.occurrences(ind, src.n)
-    ms = {label: H.hubness_measures(nk, k) for label, nk in nks.items()}
+    nq = src.n if Q is None else len(Q)
+    ms = {label: H.hubness_measures(nk, k, nq) for label, nk in nks.items()}
     _print_table(ms, console if json_out is not None and str(json_out) == "-" else out_console)
     if backend != "exact":
         console.print(f"{backend}: recall {g.recall:.3f} on {g.recall_sample} sampled queries against exact search "
                       f"({', '.join(f'{a}={v}' for a, v in g.params.items()) or 'no parameter'})", highlight=False)
     if json_out is not None:
-        write_json({"file": str(emb), "n": src.n, "dim": src.d, "k": k, "metric": metric, "backend": backend,
+        write_json({"file": str(emb), "n": src.n, "dim": src.d, "queries": None if queries is None else str(queries),
+                    "n_queries": nq, "reference": reference, "n_reference": None if reference is None else
+                    (nq if R is None else len(R)), "k": k, "metric": metric, "backend": backend,
                     "recall": g.recall, "recall_sample": g.recall_sample, "params": g.params, "reduce": reduce,
                     "candidates": candidates if reduce else None, "seed": seed, "measures": ms}, json_out)
     _write_arrays(nk_out, nks[reduce or "primary"], graph_out, ind, dist)
@@ -75,31 +94,47 @@ def hubness_cmd(
             console.print(f"wrote {path}", highlight=False)
 
 
-def _check_options(k, metric, backend, recall, reduce, candidates) -> None:
+def _error(msg: str):
+    from kexue.utils import KexueError
+
+    return KexueError(msg)
+
+
+def _check_backend(backend: str) -> None:
+    """A missing extra is the one error line, before the header line and any work."""
+    from kexue.utils import require
+
+    module = {"hnsw": "hnswlib", "ivf": "faiss", "faiss": "faiss"}.get(backend)
+    if module is not None:
+        require("ann", module, f"backend '{backend}'")
+
+
+def _check_options(k, metric, backend, recall, reduce, candidates, queries, reference) -> None:
     from kexue import hubness as H
     from kexue import validate
-    from kexue.utils import KexueError
 
     validate.choice(metric, H.METRICS, "--metric")
     validate.choice(backend, H.BACKENDS, "--backend")
-    if recall == 0:
-        raise KexueError("--recall must be > 0")
+    validate.real(recall, "--recall", 0.0, 1.0, lo_open=True)  # the API's range and wording
     if reduce is not None:
         validate.choice(reduce, H.REDUCTIONS, "--reduce")
         if candidates < k:
-            raise KexueError(f"--candidates {candidates} is smaller than -k {k}; the reduction re-ranks "
-                             f"--candidates primary neighbours, so give --candidates >= {k}")
+            raise _error(f"--candidates {candidates} is smaller than -k {k}; the reduction re-ranks "
+                         f"--candidates primary neighbours, so give --candidates >= {k}")
+    if reference is not None:
+        if reduce is None:
+            raise _error("--reference sets where a reduction reads the index statistics; give --reduce too")
+        if reduce in ("mp-empirical", "centering"):
+            raise _error(f"--reduce {reduce} has no per-point index statistic, so --reference does not apply; "
+                         "use mp, ls, nicdm, csls or nnn")
+        if reference == "queries" and queries is None:
+            raise _error("--reference queries uses the query batch as the reference; give --queries too")
 
 
-def _check_rows(emb, n, k, reduce, candidates) -> None:
-    from kexue.utils import KexueError
-
+def _check_rows(emb, n, k) -> None:
     if n < k + 1:
-        raise KexueError(f"{emb} has {n} row{'' if n == 1 else 's'}; N_{k} needs at least {k + 1} "
-                         f"(k + 1: a point is not its own neighbour) — lower -k or add rows")
-    if reduce is not None and candidates > n - 1:
-        raise KexueError(f"--candidates {candidates} exceeds the {n - 1} other points of {emb}; "
-                         f"give --candidates <= {n - 1}")
+        raise _error(f"{emb} has {n} row{'' if n == 1 else 's'}; N_{k} needs at least {k + 1} "
+                     f"(k + 1: a point is not its own neighbour) — lower -k or add rows")
 
 
 def _write_arrays(nk_out, nk, graph_out, ind, dist) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ from kexue.cli._common import check_output, positive_float, threads_option, unit
 
 
 def _checked_options(method, jobs, show, scheduler, cluster):
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, require
 
     if method not in ("lp", "fw"):
         raise KexueError(f"--method must be 'lp' or 'fw'; got {method!r}")
@@ -25,6 +24,8 @@ def _checked_options(method, jobs, show, scheduler, cluster):
         raise KexueError(f"--cluster must be local:N with N ≥ 1 workers; got {cluster!r}")
     if scheduler is not None and "://" not in scheduler:
         raise KexueError(f"--scheduler must be a Dask address like tcp://HOST:8786; got {scheduler!r}")
+    if scheduler or cluster:  # before the layer is read: a missing extra is the one error line
+        require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
     return scheduler or cluster
 
 
@@ -90,7 +91,7 @@ def _print_tables(res, layer, show, console):
         console.print(f"near-unargmaxable {k} {layer.token(int(k))!r}: relative margin {res.rel_margin[k]:.2e} "
                       f"< --min-margin {res.min_margin:.2e}")
     if ua.size > show or res.near.size > show:
-        console.print(f"… more not shown (--show N, or --json OUT for all)")
+        console.print("… more not shown (--show N, or --json OUT for all)")
     for k in res.undecided[:show]:
         console.print(f"undecided {k} {layer.token(int(k))!r}: {res.notes.get(int(k), '')}")
 
@@ -99,25 +100,25 @@ def unargmax_cmd(
     path: str = typer.Argument(..., help="Output layer: .npy, .npz, .safetensors, .gguf, a Hugging Face model folder, "
                                          "or a model id (org/name) from the local Hugging Face cache."),
     bias: str = typer.Option("auto", "--bias", help="auto: use the layer's bias if it has one; none: ignore it."),
-    box: Optional[float] = typer.Option(None, "--box", callback=positive_float,
+    box: float | None = typer.Option(None, "--box", callback=positive_float,
                                         help="Bound inputs to [-R, R]^d (the paper uses 100); default: unbounded (convex-hull question)."),
     method: str = typer.Option("lp", "--method", help="lp: exact LP (HiGHS) for classes the pre-checks leave open; fw: the post's Frank–Wolfe criterion."),
-    min_margin: Optional[float] = typer.Option(None, "--min-margin", callback=unit_float,
+    min_margin: float | None = typer.Option(None, "--min-margin", callback=unit_float,
                                                help="Witnesses whose relative margin is below this make the class 'near-unargmaxable' "
                                                     "(default: twice the unit roundoff of the weights' format; 0 = off)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Parallel worker processes (joblib)."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run the blocks and classes on a Dask cluster: tcp://HOST:PORT."),
-    cluster: Optional[str] = typer.Option(None, "--cluster", help="Start a local Dask cluster: local:N (N worker processes)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the certificate document (per-class verdicts, certificates, margins) to PATH, or - for stdout."),
-    tensor: Optional[str] = typer.Option(None, "--tensor", help="Weight tensor / .npz key (default: the LM head, else the tied embeddings)."),
-    bias_tensor: Optional[str] = typer.Option(None, "--bias-tensor", help="Bias tensor / .npz key (not for .npy: it holds W only)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Run the blocks and classes on a Dask cluster: tcp://HOST:PORT."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster: local:N (N worker processes)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the certificate document (per-class verdicts, certificates, margins) to PATH, or - for stdout."),
+    tensor: str | None = typer.Option(None, "--tensor", help="Weight tensor / .npz key (default: the LM head, else the tied embeddings)."),
+    bias_tensor: str | None = typer.Option(None, "--bias-tensor", help="Bias tensor / .npz key (not for .npy: it holds W only)."),
     normalize: bool = typer.Option(False, "--normalize", help="Equalise row norms first (SPEC 3.5: then every distinct row is argmaxable)."),
     show: int = typer.Option(50, "--show", help="How many unargmaxable / near / undecided classes to print (0 = none)."),
-    reach: Optional[float] = typer.Option(None, "--reach", help="Also bound each class's highest reachable probability "
+    reach: float | None = typer.Option(None, "--reach", help="Also bound each class's highest reachable probability "
                                           "max softmax(Wh+b)_i over ‖h‖₂ ≤ R (a certified interval; SPEC 3.8)."),
     below: float = typer.Option(0.5, "--below", help="With --reach: list the classes that cannot reach this probability."),
     reach_tol: float = typer.Option(1e-4, "--reach-tol", help="With --reach: width of each probability interval."),
-    threads: Optional[int] = threads_option(),
+    threads: int | None = threads_option(),
 ):
     """Audit every class: argmaxable (verified witness z), near-unargmaxable (margin at the weights'
     rounding level), unargmaxable (certificate λ) or undecided."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,21 +14,21 @@ def fit_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Where to write the transform (.safetensors)."),
     beta: float = typer.Option(1.0, "--beta", callback=finite_float, help="β: how much of the mean to subtract (1 = centre, 0 = none)."),
     gamma: float = typer.Option(1.0, "--gamma", callback=nonneg_float, help="γ: rescaling power, Λ^(-γ/2) (1 = whiten, 0 = rotate only)."),
-    dim: Optional[int] = typer.Option(None, "--dim", "-k", min=1, help="k: coordinates kept (default: all d)."),
+    dim: int | None = typer.Option(None, "--dim", "-k", min=1, help="k: coordinates kept (default: all d)."),
     chunk: int = typer.Option(65536, "--chunk", min=1, help="Rows read at a time (memory ~ chunk·d·8 bytes + d²·16)."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
-    threads: Optional[int] = threads_option(),
+    key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
+    threads: int | None = threads_option(),
 ):
     """Fit μ, U, Λ (SPEC 5.1) on EMB, streaming in chunks, and save the transform."""
     from kexue.cli import RichTracker, console, out_console
     from kexue.io import open_matrix
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, plural
     from kexue.whitening import Whitening
 
     check_output(out, (".safetensors",), "-o")
     src = open_matrix(check_input(emb, "EMB"), key)
     if src.n < 2:
-        raise KexueError(f"{emb} has {src.n} rows; whitening needs at least 2 vectors to estimate Σ")
+        raise KexueError(f"{emb} has {plural(src.n, 'row')}; whitening needs at least 2 vectors to estimate Σ")
     if dim is not None and dim > src.d:
         raise KexueError(f"--dim {dim} is larger than the embedding dimension {src.d}; choose --dim <= {src.d}")
     use_threads(threads)
@@ -39,7 +38,7 @@ def fit_cmd(
     lam = w.eigenvalues_
     out_console.print(f"fitted on {src.n} × {src.d}: β={beta:g}, γ={gamma:g}, k={w.components_.shape[0]}; "
                       f"top eigenvalues {', '.join(f'{v:.4g}' for v in lam[:3])}; "
-                      f"condition {lam[0] / lam[-1] if lam[-1] > 0 else float('inf'):.3g}", highlight=False)
+                      f"condition {w.condition_number():.3g}", highlight=False)
     warning = w.conditioning_warning(flag="-k")
     if warning is not None:
         console.print(f"kexue: warning: {warning}", highlight=False, soft_wrap=True)
@@ -51,8 +50,8 @@ def apply_cmd(
     emb: Path = typer.Argument(..., help="Embeddings to transform: .npy, .npz or .safetensors."),
     out: Path = typer.Option(..., "-o", "--out", help="Output .npy (float32 unless the input is float64)."),
     chunk: int = typer.Option(65536, "--chunk", min=1, help="Rows transformed at a time."),
-    key: Optional[str] = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
-    threads: Optional[int] = threads_option(),
+    key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
+    threads: int | None = threads_option(),
 ):
     """Transform EMB chunk by chunk into OUT (written atomically)."""
     import numpy as np
@@ -84,13 +83,13 @@ def apply_cmd(
 def search_cmd(
     encoder: str = typer.Option("minilm", "--encoder", help="minilm (all-MiniLM-L6-v2) or smollm2 (SmolLM2-135M)."),
     pooling: str = typer.Option("default", "--pooling", help="default; for smollm2: last-mean or first-last-mean."),
-    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Your own pairs instead of STS-B: a TSV file of sentence1<TAB>sentence2<TAB>score lines, split at random (--seed) into dev and test halves."),
+    pairs: Path | None = typer.Option(None, "--pairs", help="Your own pairs instead of STS-B: a TSV file of sentence1<TAB>sentence2<TAB>score lines, split at random (--seed) into dev and test halves."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the dev/test split of --pairs (>= 0)."),
     fit_on: str = typer.Option("all", "--fit-on", help="all: fit on every sentence (the post); train: STS-B train only."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=10, help="Use only the first N pairs of each STS-B split (faster)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with stsb/ (default: $KEXUE_DATA or ../shared/data)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the whole grid (dev and test) as JSON (- for stdout)."),
-    threads: Optional[int] = threads_option(),
+    limit: int | None = typer.Option(None, "--limit", min=10, help="Use only the first N pairs of each STS-B split (faster)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with stsb/ (default: $KEXUE_DATA or ../shared/data)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the whole grid (dev and test) as JSON (- for stdout)."),
+    threads: int | None = threads_option(),
 ):
     """Grid-search (β, γ, k) on dev pairs, report test Spearman ×100 (SPEC 5.3)."""
     from rich.table import Table
@@ -119,6 +118,8 @@ def search_cmd(
     d = splits["dev"].A.shape[1]
     ks = sts.k_grid(d)
     r = sts.search(splits, ks=ks, fit_on=fit_on)
+    for note in r.warnings:
+        console.print(f"kexue: warning: {note}", markup=False, highlight=False, soft_wrap=True)
     k3 = sts.nearest_k(ks, d / 3)
     t = Table("setting", "dev", "test", title=f"{name} Spearman ×100, {encoder}/{pooling}, fit on {fit_on}")
     t.add_row("raw", f"{r.raw_dev:.2f}", f"{r.raw_test:.2f}")

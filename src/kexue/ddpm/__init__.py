@@ -6,6 +6,8 @@ Notation is the post's: x_t = α_t x_{t-1} + β_t ε, q(x_t|x_0) = N(ᾱ_t x_0, 
 paper's β_t^D is our β_t² and its ᾱ_t^D our ᾱ_t² (see :mod:`kexue.ddpm.schedule`).
 """
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
+
 from kexue.ddpm.bound import (VariationalBound, decoder_nll, discretized_gaussian_nll, gaussian_kl, kl_term,
                               reverse_variances, variational_bound)
 from kexue.ddpm.fit import fit_ddpm, images_to_model, load_images, model_to_images

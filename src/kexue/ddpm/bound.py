@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -128,8 +128,8 @@ def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule
     """The bound L of SPEC 7.6 for each image of ``x0`` (N, C, H, W) in [-1, 1].
 
     Every diffusion term uses its own draw x_t ~ q(x_t|x_0) (as Ho et al. do); ``timesteps`` =
-    None sums all T - 1 of them (T network calls per image), an integer K estimates the sum from
-    K stratified t per image. ``decoder`` "discrete" (256 levels; the data should lie on them)
+    None sums all T - 1 of them (T network calls per image), an integer K ≤ T - 1 estimates the
+    sum from K stratified t per image (K = T - 1 is the full sum; more is refused). ``decoder`` "discrete" (256 levels; the data should lie on them)
     or "gaussian" (a density, for continuous data). Deterministic given ``seed``.
 
     ``ckpt``: a file holding the diffusion terms summed so far and the RNG state, every
@@ -147,6 +147,9 @@ def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule
     integer(ckpt_every, "ckpt_every", 1)
     if schedule.T < 2:
         raise KexueError("the bound needs a schedule with T ≥ 2")
+    if timesteps is not None and timesteps > schedule.T - 1:  # more strata than terms would be ignored
+        raise KexueError(f"timesteps={timesteps} is more than the T - 1 = {schedule.T - 1} diffusion terms; "
+                         f"give at most {schedule.T - 1}, or None to sum all of them")
     x0 = torch.as_tensor(x0, dtype=torch.float64)
     n, T = len(x0), schedule.T
     g = torch.Generator().manual_seed(seed)
@@ -154,7 +157,7 @@ def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule
     prior = gaussian_kl(ab_T * x0, float(schedule.beta_bars[T]) ** 2, torch.zeros_like(x0), 1.0)
     ts, ws = _strata(T, timesteps, n, g)
     diffusion = torch.zeros(n, dtype=torch.float64)
-    key = None if ckpt is None else {
+    key: dict = {} if ckpt is None else {
         "what": "variational_bound", "schedule": schedule.fingerprint(), "prediction": prediction, "variance": variance,
         "decoder": decoder, "timesteps": timesteps, "batch_size": batch_size, "seed": seed,
         "model": model_fingerprint(model),
@@ -210,7 +213,7 @@ def kl_term(model: Callable, x0: torch.Tensor, x_t: torch.Tensor, t, schedule: N
     t = torch.as_tensor(t, dtype=torch.long).expand(len(x0))
     mu_q, var_q = schedule.posterior(x_t, x0, t)
     mu_p = _model_mean(model, x_t, t, schedule, prediction)
-    return gaussian_kl(mu_q, var_q.reshape(-1), mu_p, reverse_variances(schedule, variance)[t])
+    return gaussian_kl(mu_q, torch.as_tensor(var_q).reshape(-1), mu_p, reverse_variances(schedule, variance)[t])
 
 
 @torch.inference_mode()

@@ -60,7 +60,7 @@ def load_images(data: str | os.PathLike, data_dir=None) -> np.ndarray:
 def fit_ddpm(model: torch.nn.Module, X: torch.Tensor, schedule: NoiseSchedule, *, steps: int, batch_size: int = 64,
              lr: float = 1e-3, seed: int = 0, ema_decay: float | None = 0.999, prediction: str = "eps", weighting=None,
              ckpt: str | os.PathLike | None = None, ckpt_every: int = 0, resume: bool = False, tracker=None,
-             grad_clip: float | None = 1.0, config: dict | None = None):
+             grad_clip: float | None = 1.0, config: dict | None = None, threads: int | None = None):
     """Train ``model`` on images ``X`` (N, C, H, W) in [-1, 1] with the loss of SPEC 7.2.
 
     Returns kexue.train.TrainResult (``.ema`` is the EMA network to sample from). The timestep
@@ -68,6 +68,8 @@ def fit_ddpm(model: torch.nn.Module, X: torch.Tensor, schedule: NoiseSchedule, *
     (seed, step) — so ``resume=True`` reproduces the uninterrupted loss curve exactly. The
     checkpoint stores ``config`` (plus the schedule, prediction and optimiser settings) and a
     fingerprint of ``X``; resuming with other settings or data is refused with one line.
+    ``threads``: torch's thread count for this call (None: its current setting). Ctrl-C raises
+    ``kexue.train.TrainingInterrupted`` after checkpointing (see :func:`kexue.train.train`).
     """
     from kexue.train import train
 
@@ -87,7 +89,7 @@ def fit_ddpm(model: torch.nn.Module, X: torch.Tensor, schedule: NoiseSchedule, *
 
     return train(model, loss_fn, [X], steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay,
                  ckpt=ckpt, ckpt_every=ckpt_every, resume=resume, tracker=tracker, description="DDPM training",
-                 grad_clip=grad_clip, config=run)
+                 grad_clip=grad_clip, config=run, threads=threads)
 
 
 __all__ = ["fit_ddpm", "images_to_model", "model_to_images", "load_images"]

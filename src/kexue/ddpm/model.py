@@ -54,42 +54,51 @@ class DDPM:
     # ---- training
     def fit(self, images, *, steps: int, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
             ema_decay: float | None = 0.999, weighting=None, ckpt: str | os.PathLike | None = None, ckpt_every: int = 0,
-            resume: bool = False, grad_clip: float | None = 1.0, tracker=None) -> "DDPM":
+            resume: bool = False, grad_clip: float | None = 1.0, tracker=None, threads: int | None = None) -> DDPM:
         """Train on images in [0, 1] (see :func:`kexue.ddpm.images_to_model` for the shapes) with the
         loss of SPEC 7.2; a checkpoint resumes exactly and refuses another architecture,
-        schedule, optimiser setting or data set. ``self.result_`` keeps the TrainResult."""
+        schedule, optimiser setting or data set. ``self.result_`` keeps the TrainResult.
+        ``threads`` (here and in :meth:`sample`, :meth:`nll`): torch's thread count for the call,
+        None for torch's current setting (:func:`kexue.train.num_threads`)."""
         X = images_to_model(images, self.net.config.channels)
         if X.shape[2:] != (self.side, self.side):
             raise KexueError(f"images are {X.shape[2]}×{X.shape[3]}; this model takes {self.side}×{self.side}")
         res = fit_ddpm(self.net, X, self.schedule, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                        ema_decay=ema_decay, prediction=self.prediction, weighting=weighting, ckpt=ckpt,
                        ckpt_every=ckpt_every, resume=resume, tracker=tracker, grad_clip=grad_clip,
-                       config={**self.net.config.to_dict(), "side": self.side})
+                       config={**self.net.config.to_dict(), "side": self.side}, threads=threads)
         self.net = (res.ema if res.ema is not None else res.model).eval()
         self.result_ = res
         self.info.update({"steps": res.steps, "train_images": len(X), "seed": seed})
         return self
 
     # ---- sampling and likelihood
-    def sample(self, n: int | None = None, *, sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
-               variance: str = "posterior", clip: bool = True, x_T: torch.Tensor | None = None, seed: int = 0,
-               tracker=None) -> np.ndarray:
+    def sample(self, n: int | None = None, *, sampler: str = "ddim", steps: int | None = None, eta: float | None = None,
+               variance: str | None = None, clip: bool = True, x_T: torch.Tensor | np.ndarray | None = None, seed: int = 0,
+               tracker=None, threads: int | None = None) -> np.ndarray:
         """``n`` images as flat float32 rows in [0, 1] (or one per given initial noise ``x_T``, shape
-        (n, C, side, side)), by DDIM (``steps``, ``eta``; SPEC 7.5) or DDPM (all T, ``variance``; SPEC 7.3)."""
+        (n, C, side, side)), by DDIM (``steps``, default 50, and ``eta``, default 0; SPEC 7.5) or
+        DDPM (all T steps, ``variance`` "posterior" (default) or "beta"; SPEC 7.3). A setting of
+        the other sampler is refused (see :func:`kexue.ddpm.make_sampler`)."""
         smp = make_sampler(self.schedule, sampler, steps=steps, eta=eta, variance=variance,
                            prediction=self.prediction, clip_x0=1.0 if clip else None)
+        shape: tuple[int, ...] | None = None
+        noise: torch.Tensor | None = None
         if x_T is None:
-            validate.integer(n, "n", 1)
+            shape = (validate.integer(n, "n", 1), *self.shape)
         else:
-            x_T = torch.as_tensor(np.asarray(x_T, dtype=np.float32))
-            if x_T.ndim != 4 or tuple(x_T.shape[1:]) != self.shape:
-                raise KexueError(f"x_T must have shape (n, {', '.join(map(str, self.shape))}), got {tuple(x_T.shape)}")
-        out = smp(self.net, shape=None if x_T is not None else (n, *self.shape), x_T=x_T,
-                  generator=torch.Generator().manual_seed(seed), tracker=tracker)
+            noise = torch.as_tensor(np.asarray(x_T, dtype=np.float32))
+            if noise.ndim != 4 or tuple(noise.shape[1:]) != self.shape:
+                raise KexueError(f"x_T must have shape (n, {', '.join(map(str, self.shape))}), got {tuple(noise.shape)}")
+        from kexue.train import num_threads
+
+        with num_threads(threads):
+            out = smp(self.net, shape=shape, x_T=noise,
+                      generator=torch.Generator().manual_seed(seed), tracker=tracker)
         return model_to_images(out)
 
     def nll(self, images, *, variance: str = "posterior", timesteps: int | None = None, batch_size: int = 256,
-            seed: int = 0, ckpt: str | os.PathLike | None = None, tracker=None) -> VariationalBound:
+            seed: int = 0, ckpt: str | os.PathLike | None = None, tracker=None, threads: int | None = None) -> VariationalBound:
         """The variational bound of SPEC 7.6 on images in [0, 1] with 256 levels (values are
         rounded to the nearest level, as 8-bit data already is): ``.bits_per_dim``, per-image nats.
         ``ckpt`` keeps partial sums so an interrupted call resumes (see :func:`variational_bound`)."""
@@ -97,8 +106,11 @@ class DDPM:
         if X.shape[2:] != (self.side, self.side):
             raise KexueError(f"images are {X.shape[2]}×{X.shape[3]}; this model takes {self.side}×{self.side}")
         X = torch.round((X + 1) * 127.5) / 127.5 - 1
-        return variational_bound(self.net, X, self.schedule, prediction=self.prediction, variance=variance,
-                                 timesteps=timesteps, batch_size=batch_size, seed=seed, ckpt=ckpt, tracker=tracker)
+        from kexue.train import num_threads
+
+        with num_threads(threads):
+            return variational_bound(self.net, X, self.schedule, prediction=self.prediction, variance=variance,
+                                     timesteps=timesteps, batch_size=batch_size, seed=seed, ckpt=ckpt, tracker=tracker)
 
     # ---- persistence
     def save(self, path: str | os.PathLike) -> None:
@@ -111,7 +123,7 @@ class DDPM:
                                           "side": self.side, "prediction": self.prediction, "info": self.info})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "DDPM":
+    def load(cls, path: str | os.PathLike) -> DDPM:
         """A model written by :meth:`save` (network in eval mode)."""
         from kexue.io import load_fitted
 

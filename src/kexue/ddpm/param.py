@@ -8,7 +8,7 @@ With x_t = ᾱ_t x_0 + β̄_t ε (SPEC 7):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -13,7 +13,7 @@ map from latents x_T to images (usable e.g. for hub-prior latent sampling, SPEC 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -127,7 +127,8 @@ class _SampleRun:
     state of the generator the noise comes from (the global one if none was given)."""
 
     def __init__(self, sampler: Sampler, model, x_T: torch.Tensor, generator, ckpt, every: int):
-        self.ckpt, self.every, self.gen, self.key = ckpt, validate.integer(every, "ckpt_every", 1), generator, None
+        self.ckpt, self.every, self.gen = ckpt, validate.integer(every, "ckpt_every", 1), generator
+        self.key: dict = {}
         self.clock = Clock()
         if ckpt is not None:
             self.key = {"what": "sample", **sampler.settings(), "model": model_fingerprint(model),
@@ -197,8 +198,13 @@ class DDIMSampler(Sampler):
     σ = η (β̄_s/β̄_t) sqrt(1 - ᾱ_t²/ᾱ_s²)  (= η β̄_{t-1}β_t/β̄_t for s = t - 1, i.e. DDPM at η = 1).
 
     ``timesteps`` (our t, strictly decreasing in 1..T) or ``steps`` with ``spacing``:
-    "leading" (diffusers' default: t = 1 + k·⌊T/steps⌋), "trailing" (starts at t = T) or
-    "linspace". The final step always goes to s = 0 (clean data).
+    "leading" (diffusers' default: t = 1 + k·⌊T/steps⌋, k < steps, so it may start below T:
+    at t = 1 for one step), "trailing" (starts at t = T) or "linspace"
+    (from T to 1; one step is [T]). The final step always goes to s = 0 (clean data). For every
+    spacing and every steps in 1..T the sequence has exactly ``steps`` strictly decreasing
+    entries, and each step goes from one entry to the next (not to t − T/steps, the
+    previous-timestep rule that diffusers gets wrong for linspace spacing); tests check it
+    exhaustively for T = 50 and at T = 1000.
     """
 
     def __init__(self, schedule: NoiseSchedule, steps: int = 50, eta: float = 0.0, timesteps: Sequence[int] | None = None,
@@ -220,8 +226,9 @@ class DDIMSampler(Sampler):
                 ts = [1 + k * r for k in range(steps)][::-1]
             elif spacing == "trailing":
                 ts = sorted({int(round(T - i * T / steps)) for i in range(steps)}, reverse=True)
-            elif spacing == "linspace":
-                ts = sorted({1 + int(round(i * (T - 1) / max(steps - 1, 1))) for i in range(steps)}, reverse=True)
+            elif spacing == "linspace":  # both ends, 1 and T; one step is the jump from T (where x_T is drawn)
+                ts = sorted({1 + int(round(i * (T - 1) / (steps - 1))) for i in range(steps)}, reverse=True) \
+                    if steps > 1 else [T]
             else:
                 raise KexueError(f"unknown spacing {spacing!r}; choose leading, trailing or linspace")
         self.eta, self._ts = float(eta), ts
@@ -254,11 +261,20 @@ class DDIMSampler(Sampler):
         return x if noise is None or sigma == 0 else x + sigma * noise
 
 
-def make_sampler(schedule: NoiseSchedule, name: str, steps: int | None = None, eta: float = 0.0,
-                 variance: str = "posterior", prediction: str = "eps", clip_x0: float | None = None) -> Sampler:
-    """``ddpm`` (all T steps, ``variance``) or ``ddim`` (``steps``, ``eta``) by name, for the CLI."""
+def make_sampler(schedule: NoiseSchedule, name: str, steps: int | None = None, eta: float | None = None,
+                 variance: str | None = None, prediction: str = "eps", clip_x0: float | None = None) -> Sampler:
+    """``ddpm`` (all T steps, ``variance``, default "posterior") or ``ddim`` (``steps``, default 50,
+    and ``eta``, default 0) by name. A setting that only the other sampler has is refused rather
+    than ignored: DDPM always runs all T steps, and DDIM's noise is set by η, not ``variance``."""
     if name == "ddpm":
-        return DDPMSampler(schedule, variance=variance, prediction=prediction, clip_x0=clip_x0)
+        if steps is not None or eta is not None:
+            raise KexueError(f"{'steps' if steps is not None else 'eta'} applies to sampler='ddim' only; the DDPM "
+                             f"sampler runs all T = {schedule.T} steps (drop it, or use sampler='ddim')")
+        return DDPMSampler(schedule, variance=variance or "posterior", prediction=prediction, clip_x0=clip_x0)
     if name == "ddim":
-        return DDIMSampler(schedule, steps=50 if steps is None else steps, eta=eta, prediction=prediction, clip_x0=clip_x0)
+        if variance is not None:
+            raise KexueError("variance applies to sampler='ddpm' only; DDIM's noise is set by eta "
+                             "(eta=1 is DDPM's posterior variance)")
+        return DDIMSampler(schedule, steps=50 if steps is None else steps, eta=0.0 if eta is None else eta,
+                           prediction=prediction, clip_x0=clip_x0)
     raise KexueError(f"unknown sampler {name!r}; choose ddpm or ddim")

@@ -43,12 +43,12 @@ class NoiseSchedule:
         self.beta_bars = torch.sqrt(1.0 - self.alpha_bars ** 2)  # β̄_t (β̄_0 = 0)
 
     @classmethod
-    def from_betas(cls, betas_ddpm, name: str = "custom") -> "NoiseSchedule":
+    def from_betas(cls, betas_ddpm, name: str = "custom") -> NoiseSchedule:
         """A user-given array of the paper's β_t^D = β_t² (t = 1..T)."""
         return cls(betas_ddpm, name)
 
     @classmethod
-    def from_alphas_cumprod(cls, alphas_cumprod, name: str = "custom") -> "NoiseSchedule":
+    def from_alphas_cumprod(cls, alphas_cumprod, name: str = "custom") -> NoiseSchedule:
         """From the paper's ᾱ_t^D = ᾱ_t² (diffusers' ``alphas_cumprod``), t = 1..T."""
         a = np.asarray(alphas_cumprod, dtype=np.float64)
         if a.ndim != 1 or np.any(np.diff(a) >= 0) or a[0] >= 1 or a[-1] <= 0:
@@ -68,13 +68,13 @@ class NoiseSchedule:
         """x_t = ᾱ_t x_0 + β̄_t ε, a draw from q(x_t | x_0) = N(ᾱ_t x_0, β̄_t² I)  (SPEC 7)."""
         return self.coef("alpha_bars", t, x0) * x0 + self.coef("beta_bars", t, x0) * eps
 
-    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor | float]:
         """Mean and variance of p(x_{t-1} | x_t, x_0)  (SPEC 7.1), t ≥ 1:
         mean = (α_t β̄_{t-1}²/β̄_t²) x_t + (ᾱ_{t-1} β_t²/β̄_t²) x_0,  var = β̄_{t-1}² β_t²/β̄_t²."""
         if isinstance(t, int):  # scalar path used by the samplers
-            a, b2, bb2 = float(self.alphas[t]), float(self.beta_sq[t]), float(self.beta_bars[t]) ** 2
-            bbp2, abp = float(self.beta_bars[t - 1]) ** 2, float(self.alpha_bars[t - 1])
-            return (a * bbp2 / bb2) * x_t + (abp * b2 / bb2) * x0, bbp2 * b2 / bb2
+            af, b2f, bb2f = float(self.alphas[t]), float(self.beta_sq[t]), float(self.beta_bars[t]) ** 2
+            bbp2f, abpf = float(self.beta_bars[t - 1]) ** 2, float(self.alpha_bars[t - 1])
+            return (af * bbp2f / bb2f) * x_t + (abpf * b2f / bb2f) * x0, bbp2f * b2f / bb2f
         t = torch.as_tensor(t, dtype=torch.long)
         a, b2 = self.alphas[t], self.beta_sq[t]
         bb2, bbp2, abp = self.beta_bars[t] ** 2, self.beta_bars[t - 1] ** 2, self.alpha_bars[t - 1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -83,7 +84,7 @@ class UNetConfig:
         return {**asdict(self), "mults": list(self.mults)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "UNetConfig":
+    def from_dict(cls, d: dict) -> UNetConfig:
         return cls(**{**d, "mults": tuple(d["mults"])})
 
 
@@ -127,7 +128,8 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(c, groups), c)
         self.conv_out = nn.Conv2d(c, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # start as the zero predictor: a stable first loss of ≈1
-        nn.init.zeros_(self.conv_out.bias)
+        if self.conv_out.bias is not None:  # always: Conv2d's default bias=True
+            nn.init.zeros_(self.conv_out.bias)
         self.levels = len(chs)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,7 @@ class UNet(nn.Module):
         h = self.conv_in(x)
         skips = []
         for i, blocks in enumerate(self.down):
-            for b in blocks:
+            for b in cast(nn.ModuleList, blocks):
                 h = b(h, temb)
             skips.append(h)
             if i < self.levels - 1:
@@ -149,7 +151,7 @@ class UNet(nn.Module):
         h = self.mid2(self.mid_attn(self.mid1(h, temb)), temb)
         for j, blocks in enumerate(self.up):
             h = torch.cat([h, skips[self.levels - 1 - j]], dim=1)
-            for b in blocks:
+            for b in cast(nn.ModuleList, blocks):
                 h = b(h, temb)
             if j < self.levels - 1:
                 h = self.upsample[j](F.interpolate(h, scale_factor=2, mode="nearest"))

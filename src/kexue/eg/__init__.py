@@ -24,8 +24,11 @@ multi-tensor path with a ``CompileFallbackWarning`` where torch.compile does not
 
 Overflow safeguard shared by all EG-type updates: the exponent of every multiplicative update
 is clipped to ``[-max_exp, max_exp]`` before ``exp``; so a gradient of 1e30 moves a weight by
-at most a factor e^max_exp per step and an exactly zero gradient leaves it unchanged.
+at most a factor e^max_exp per step and an exactly zero gradient leaves it unchanged. A NaN
+gradient entry is not hidden: it makes that weight NaN, as in ``torch.optim.SGD``.
 """
+
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
 
 from kexue.eg._common import CompileFallbackWarning
 from kexue.eg.adapt import EGAdapt, ScaleBoundWarning

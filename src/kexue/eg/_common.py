@@ -5,7 +5,8 @@ the grouping of tensors for the multi-tensor (``torch._foreach_*``) paths, and t
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch.optim import Optimizer
@@ -121,9 +122,9 @@ def kernel_mexp(x: torch.Tensor, max_exp: float) -> torch.Tensor:
     return torch.where(x == x, x.clamp(-max_exp, max_exp), 0.0).exp()
 
 
-def kernel_finite(x: torch.Tensor) -> torch.Tensor:
-    """``nan_to_num(x, 0, 0, 0)`` for the compiled kernels (vectorisable, see :func:`kernel_mexp`)."""
-    return torch.where(x.abs() < float("inf"), x, 0.0)
+def kernel_exp_clipped(x: torch.Tensor, max_exp: float) -> torch.Tensor:
+    """:func:`exp_clipped_` for the compiled kernels (NaN kept)."""
+    return x.clamp(-max_exp, max_exp).exp()
 
 
 def scalar(x: float, like: torch.Tensor) -> torch.Tensor:
@@ -134,13 +135,27 @@ def scalar(x: float, like: torch.Tensor) -> torch.Tensor:
 def by_device(*lists: list[torch.Tensor]) -> list[list[list[torch.Tensor]]]:
     """Split parallel tensor lists into runs of one device and dtype, as torch.optim does
     before calling ``torch._foreach_*`` (which needs uniform lists for its fast kernels)."""
-    grouped = Optimizer._group_tensors_by_device_and_dtype(list(lists))
-    return [list(tl) for tl, _ in grouped.values()]
+    grouped = Optimizer._group_tensors_by_device_and_dtype(cast(list[list[torch.Tensor | None]], list(lists)))
+    return [cast(list[list[torch.Tensor]], list(tl)) for tl, _ in grouped.values()]
 
 
 def mexp_(x: torch.Tensor, max_exp: float) -> torch.Tensor:
-    """In place: exp of the clipped exponent x; NaN exponents (0·inf) count as 0, i.e. no change."""
+    """In place: exp of the clipped exponent x; NaN exponents (0·inf) count as 0, i.e. no change.
+    For step sizes and gains (EGStep's ν, EGAdapt's p), whose NaN would outlive the step."""
     return x.nan_to_num_(nan=0.0).clamp_(-max_exp, max_exp).exp_()
+
+
+def exp_clipped_(x: torch.Tensor, max_exp: float) -> torch.Tensor:
+    """In place: exp of the clipped exponent x, NaN kept (clamp passes NaN through): the factor
+    of a weight update, so a NaN gradient entry makes a NaN weight, as in torch.optim.SGD."""
+    return x.clamp_(-max_exp, max_exp).exp_()
+
+
+def foreach_exp_clipped_(xs: list[torch.Tensor], max_exp: float) -> None:
+    """:func:`exp_clipped_` over a list, as multi-tensor calls (NaN kept)."""
+    torch._foreach_clamp_min_(xs, -max_exp)
+    torch._foreach_clamp_max_(xs, max_exp)
+    torch._foreach_exp_(xs)
 
 
 def foreach_mexp_(xs: list[torch.Tensor], max_exp: float) -> None:
@@ -165,6 +180,12 @@ class GroupwiseOptimizer(Optimizer):
         return loss
 
     def _group_step(self, group: dict, pg: list) -> None:
+        raise NotImplementedError
+
+    def _step_reference(self, group: dict, pg: list) -> None:  # one tensor at a time (every subclass)
+        raise NotImplementedError
+
+    def _step_foreach(self, group: dict, pg: list) -> None:  # torch._foreach_* over the group (every subclass)
         raise NotImplementedError
 
     def _update(self, group: dict, pg: list) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 import warnings
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -96,7 +97,7 @@ class EGAdapt(Optimizer):
         for g in base.param_groups:
             self._merge(g)
         self.defaults = {**base.defaults, **ours}  # OneCycleLR looks for "momentum"/"betas" here
-        self._at_bound: dict[int, str] = {}
+        self._at_bound: dict[int, str | None] = {}
 
     # one set of param groups, the base's (see the class docstring)
     @property
@@ -324,11 +325,12 @@ class EGAdapt(Optimizer):
                                    for p, _ in pg for k in base_keys(group))
                    for _, group, pg, _, started in work):
             return False
-        planned = []
+        planned: list[Any] = []
         for k, group, pg, states, _ in work:
             lists = by_device([p for p, _ in pg], [g for _, g in pg], *[[st[n] for st in states] for n in ("m", "v", "gain")],
                               *[[self.base.state[p][n] for p, _ in pg] for n in base_keys(group)])
-            sums, means = [], []
+            sums: list[Any] = []
+            means: list[Any] = []
             for ps, gs, ms, vs, gains, *_ in lists:
                 ok, out = run_fused(_adapt_kernel, ps, gs, ms, vs, gains, None, group["gain_lr"], group["beta"],
                                     group["max_exp"], *group["gain_bounds"])
@@ -420,7 +422,9 @@ def _adapt_kernel(ps, gs, ms, vs, gains, olds, gain_lr: float, beta: float, max_
     (:func:`_combine_kernel`, or :func:`kexue.eg.known_bases.sgd_kernel` / ``adam_kernel``), which reads p anyway
     (nothing uses p in between), so that p is not read twice here. Same arithmetic as the
     reference path."""
-    dot = gn2 = mn2 = 0.0
+    dot: Any = 0.0  # sums of 0-d tensors, started from 0
+    gn2: Any = 0.0
+    mn2: Any = 0.0
     means = []
     for i, (g, m, v, gain) in enumerate(zip(gs, ms, vs, gains)):
         dot = dot + (g * m).sum()

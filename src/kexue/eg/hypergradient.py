@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 
@@ -25,7 +26,7 @@ class _HDBase(GroupwiseOptimizer):
         states = [self.state[p] for p, _ in pg]
         self._adapt_lr(group, pg, states)
         if use_foreach(group):
-            for ps, gs, us in self._directions(group, pg, states):
+            for ps, _gs, us in self._directions(group, pg, states):
                 torch._foreach_add_(ps, us, alpha=-group["lr"])
         else:
             for (p, g), st in zip(pg, states):
@@ -41,8 +42,8 @@ class _HDBase(GroupwiseOptimizer):
     def _adapt_lr(self, group: dict, pg: list, states: list) -> None:
         if "u" not in states[0]:
             return
-        h = sum(torch.dot(g.flatten(), st["u"].flatten()) for (_, g), st in zip(pg, states))
-        h = float(torch.nan_to_num(h, nan=0.0, posinf=0.0, neginf=0.0))
+        dots = cast(torch.Tensor, sum(torch.dot(g.flatten(), st["u"].flatten()) for (_, g), st in zip(pg, states)))
+        h = float(torch.nan_to_num(dots, nan=0.0, posinf=0.0, neginf=0.0))
         lr = group["lr"] + group["hyper_lr"] * h
         if group["keep_positive"]:
             lr = max(lr, group["min_lr"])

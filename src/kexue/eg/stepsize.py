@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
 from kexue.eg._common import (GroupwiseOptimizer, by_device, check_compile, check_foreach, check_pos, foreach_mexp_,
-                              fused_runs, mexp_, kernel_finite, kernel_mexp, scalar)
+                              fused_runs, mexp_, kernel_mexp, scalar)
 from kexue.utils import KexueError
 
 
@@ -22,6 +22,8 @@ class EGStep(GroupwiseOptimizer):
 
     Safeguards (defaults): exponent clipped to ±``max_exp`` (0.5: at most ×1.65 per step),
     ν ∈ [``nu_min``, ``nu_max``] = [1e-4, 1e4]; a zero gradient leaves ν unchanged.
+    Non-finite gradients reach θ as in ``torch.optim.SGD`` (NaN → NaN, ±inf → ∓inf), so a
+    diverging model shows in its parameters; ν stays finite (a NaN exponent, e.g. 0·inf, counts as 0).
     Note γ multiplies a product of two gradients, so its useful size depends on the gradient
     scale of the problem (γ ≈ 1/E[g²] makes a one-unit exponent for aligned gradients).
 
@@ -59,8 +61,7 @@ class EGStep(GroupwiseOptimizer):
             nu, gp = self.state[p]["nu"], self.state[p]["prev_grad"]
             # gp doubles as scratch for the factor exp(clip(γ g_{t-1} g_t)): no allocation per step
             nu.mul_(mexp_(gp.mul_(g).mul_(group["gamma"]), group["max_exp"])).clamp_(group["nu_min"], group["nu_max"])
-            # a non-finite gradient would poison θ; treat its entries as 0 (skip those coordinates)
-            gp.copy_(g).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            gp.copy_(g)  # non-finite entries reach θ, as in SGD
             p.addcmul_(nu, gp, value=-group["lr"])
 
     def _step_foreach(self, group, pg):
@@ -72,9 +73,9 @@ class EGStep(GroupwiseOptimizer):
             torch._foreach_mul_(gps, group["gamma"])
             foreach_mexp_(gps, group["max_exp"])
             torch._foreach_mul_(nus, gps)
-            for nu, gp, g in zip(nus, gps, gs):
+            for nu, _gp, _g in zip(nus, gps, gs):
                 nu.clamp_(group["nu_min"], group["nu_max"])  # one pass; foreach has only one-sided clamps
-                torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0, out=gp)
+            torch._foreach_copy_(gps, gs)
             torch._foreach_addcmul_(ps, nus, gps, value=-group["lr"])
 
     def _step_fused(self, group, pg):
@@ -91,5 +92,5 @@ def _egstep_kernel(ps, gs, nus, gps, lr, gamma: float, max_exp: float, nu_min: f
     for p, g, nu, gp in zip(ps, gs, nus, gps):
         f = kernel_mexp(gp * g * gamma, max_exp)
         nu.copy_((nu * f).clamp(nu_min, nu_max))
-        gp.copy_(kernel_finite(g))
+        gp.copy_(g)
         p.add_(nu * gp * -lr)

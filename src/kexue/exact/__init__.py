@@ -12,6 +12,8 @@ sequential conditioning with an analytic gradient; :mod:`kexue.exact.losses` hol
 :mod:`kexue.exact.compare` the Welch test used to compare losses over seeds.
 """
 
+import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line error naming the extra)
+
 from kexue.exact.compare import RunComparison, compare_runs, mean_sd
 from kexue.exact.losses import EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, logit_deltas, sigma_schedule
 from kexue.exact.orthant import (conditional_orthant_grad, genz_orthant, genz_orthant_grad, orthant_probability,

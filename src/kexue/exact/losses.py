@@ -10,7 +10,7 @@ same loss as its flattening to ``(N·d, C)``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -135,6 +135,10 @@ class EXACTLoss(nn.Module):
     reduction : 'mean' | 'sum' | 'none', ignore_index : int
         As in ``torch.nn.CrossEntropyLoss`` (see the module docstring).
     """
+
+    step: torch.Tensor  # buffers (register_buffer), declared for type checkers
+    moving_norm: torch.Tensor
+    first: torch.Tensor
 
     def __init__(self, sigma: float | Callable[[int], float] = 1.0, margin: float | None = None,
                  standardize: bool = True, truncate: int | None = None, grad_norm: bool = True,

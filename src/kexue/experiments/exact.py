@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kexue.experiments._exact_mnist import EXACT_SETTINGS, MnistConfig, report_mnist_cnn, run_mnist_cnn
+from kexue.experiments._exact_mnist import EXACT_SETTINGS, MnistConfig, make_loss, report_mnist_cnn, run_mnist_cnn
 
 TITLE = "Training for accuracy: EXACT vs cross-entropy, hinge and smooth accuracy"
 SPEC = "6"
@@ -44,39 +44,18 @@ class Config:
     mnist: MnistConfig  # the full-MNIST CNN at convergence (issue 18)
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> Config:
         return cls(seeds=2, tab_steps=100, tab_grid=(1e-2, 1e-1), mlp_steps=150, mlp_grid=(1e-3, 3e-3),
                    cnn=False, cnn_steps=0, cnn_grid=(), eval_every=50, n_jobs=2,
                    mnist=MnistConfig(seeds=2, train=4000, val=1000, epochs=2, batch_size=128, lrs=(1e-3,),
                                      exact_settings=tuple(EXACT_SETTINGS), n_jobs=2))
 
     @classmethod
-    def full(cls) -> "Config":
+    def full(cls) -> Config:
         return cls(seeds=5, tab_steps=300, tab_grid=(1e-3, 1e-2, 1e-1), mlp_steps=600, mlp_grid=(3e-4, 1e-3, 3e-3),
                    cnn=True, cnn_steps=300, cnn_grid=(1e-3, 3e-3), eval_every=50, n_jobs=2,
                    mnist=MnistConfig(seeds=5, train=60000, val=5000, epochs=FULL_EPOCHS, batch_size=128,
                                      lrs=(1e-3, 3e-3), exact_settings=tuple(EXACT_SETTINGS), n_jobs=2))
-
-
-def make_loss(name: str, steps: int, sigma: tuple = (1.0, 0.1), margin: float | None = None):
-    """The loss module for ``name``; EXACT's sigma decays ``sigma[0] -> sigma[1]`` geometrically
-    over the run (constant when equal), with deltas clipped at ``margin``."""
-    import torch
-
-    from kexue.exact import EXACTLoss, MulticlassHingeLoss, SmoothAccuracyLoss, sigma_schedule
-
-    if name == "CE":
-        return torch.nn.CrossEntropyLoss()
-    if name == "hinge":
-        return MulticlassHingeLoss(1.0)
-    if name == "EXACT":
-        return EXACTLoss(sigma=sigma_schedule(sigma[0], sigma[1], steps, "exp"), margin=margin, standardize=True,
-                         n_samples=16)
-    if name == "-E[p]":
-        return SmoothAccuracyLoss(log=False)
-    if name == "-log E[p]":
-        return SmoothAccuracyLoss(log=True)
-    raise ValueError(name)
 
 
 def fit(make_model, loss_name, Xtr, ytr, *, steps, batch_size, lr, seed, curve=None, eval_every=0):
@@ -154,7 +133,9 @@ def _tabular_splits(name, seeds, seed0):
         Xa, Xte, ya, yte = train_test_split(X, y, test_size=0.2, stratify=y, random_state=seed0 + s)
         Xtr, Xva, ytr, yva = train_test_split(Xa, ya, test_size=0.25, stratify=ya, random_state=seed0 + s)
         mu, sd = Xtr.mean(0), Xtr.std(0) + 1e-8  # standardise with training statistics only
-        t = lambda A: torch.tensor((A - mu) / sd, dtype=torch.float32)
+        def t(A, mu=mu, sd=sd):  # this split's statistics
+            return torch.tensor((A - mu) / sd, dtype=torch.float32)
+
         splits.append((t(Xtr), torch.tensor(ytr), t(Xva), torch.tensor(yva), t(Xte), torch.tensor(yte)))
     return splits, int(y.max()) + 1, X.shape
 
@@ -166,7 +147,9 @@ def _mnist_splits(ctx, seeds):  # the seed picks the validation digits
 
     X, y = load_mnist5k()
     Xte, yte = load_mnist_test(ctx.data_dir)
-    f = lambda A: torch.tensor(A, dtype=torch.float32) / 255.0
+    def f(A):
+        return torch.tensor(A, dtype=torch.float32) / 255.0
+
     Xte_t, yte_t = f(Xte), torch.tensor(yte)
     splits = []
     for s in range(seeds):

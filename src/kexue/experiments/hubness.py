@@ -308,6 +308,10 @@ def run(ctx):
     part_retrieval(ctx)
     ctx.text("### 8.4 Hubness reduction on MiniLM sentence embeddings: STS-B pair retrieval")
     part_stsb(ctx)
+    ctx.text("### 8.4 Queries that differ from the index: a reference set for the index statistics (issue 28)")
+    from kexue.experiments._hubness_shift import part_shift
+
+    part_shift(ctx)
     ctx.text("### 8.3 Hub-prior latent sampling (our VAE decoder)")
     from kexue.experiments._hubness_sampling import part_sampling
     from kexue.utils import torch_threads

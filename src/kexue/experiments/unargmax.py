@@ -146,7 +146,7 @@ def run(ctx):
     ctx.metric("example2d_nobias_verdicts", r0.verdict.tolist())
     ctx.metric("example2d_b5_verdicts", r1.verdict.tolist())
     idx, lam = r0.certificates[4]
-    ctx.text(f"Without bias class 5 is **unargmaxable**: certificate w₅ = "
+    ctx.text("Without bias class 5 is **unargmaxable**: certificate w₅ = "
              + " + ".join(f"{l:.2f}·w{i + 1}" for i, l in zip(idx, lam)) + f" (found by the {STAGES[r0.stage[4]]} stage). "
              f"With b₅ = 1 (others 0) every class is argmaxable; class 5's witness is z = {r1.witnesses[4].round(3).tolist()}.")
     ctx.figure("argmax_regions", _fig_2d(), caption="Argmax regions of the 2-D layer: without bias class 5 (red) has no region; "

@@ -47,13 +47,13 @@ class VAEExperiment:
     threads: int = 1
 
     @classmethod
-    def quick(cls) -> "VAEExperiment":
+    def quick(cls) -> VAEExperiment:
         return cls("mnist5k", (1.2, 1.2, 1.2), "constant", n_test=300, K=50, curve_points=3, n_curve_eval=50,
                    K_curve_eval=20, n_kcurve=50, K_kcurve=200, n_ood=200, K_ood=20, n_base=1500, bmm=10, bmm_iter=15,
                    gmm=2, gmm_iter=10, kde_grid=(0.2,), epochs8=1.2, n_test8=200, K8=20)
 
     @classmethod
-    def full(cls) -> "VAEExperiment":
+    def full(cls) -> VAEExperiment:
         # Sized from measured speed (docs/vae.md, one torch thread, 2-core machine): 80 / 37 / 4.2
         # training steps/s for M = 1 / 5 / 50 (7.5 / 16 / 143 s per epoch of 60k images) and 13 µs
         # per decoder row of log q(x) (K = 5,000 on 10k images: ~11 min per model). Training
@@ -262,7 +262,7 @@ def _baselines(ctx, S: VAEExperiment, X, Xb, Xt_all, Xtb, xt, results, models) -
     for name, r in results.items():
         rows.append([name, r.nll, r.nll_se, r.bits_per_dim, float(-r.elbo.mean()), float(r.stderr.mean()),
                      f"VAE bound, K={S.K}"])
-    for name, (est, s) in base_scores.items():
+    for name, (_est, s) in base_scores.items():
         kind = "exact pmf" if name.startswith(("independent", "Bernoulli")) else "dequantised bound"
         nll = float(-s.mean())
         rows.append([name, nll, float(s.std(ddof=1) / math.sqrt(len(s))), nll / (D * math.log(2)), float("nan"),
@@ -281,14 +281,14 @@ dequantisation-noise variance 1/48 added to their diagonal; the KDE bandwidth is
 10 % of the training set. The KDE is computed exactly with BLAS distances: scikit-learn's tree-based
 `KernelDensity` returned impossible values (log-densities above +500) for some 784-dimensional points here.
 """)
-    nll = {k: v.nll for k, v in results.items()}
+    nlls = {k: v.nll for k, v in results.items()}
     best_base = min(base_scores, key=lambda k: -base_scores[k][1].mean())
-    ep = {k: ctx.metrics[f"epochs/{k}"] for k in nll}
+    ep = {k: ctx.metrics[f"epochs/{k}"] for k in nlls}
     ctx.text(f"IWAE (M=50, {ep['IWAE (M=50)']:g} epochs) vs VAE ({ep['VAE (M=1)']:g} epochs): "
-             f"{nll['IWAE (M=50)']:.2f} vs {nll['VAE (M=1)']:.2f} nats "
-             f"({'IWAE better' if nll['IWAE (M=50)'] < nll['VAE (M=1)'] else 'IWAE NOT better'}); "
+             f"{nlls['IWAE (M=50)']:.2f} vs {nlls['VAE (M=1)']:.2f} nats "
+             f"({'IWAE better' if nlls['IWAE (M=50)'] < nlls['VAE (M=1)'] else 'IWAE NOT better'}); "
              f"best classical density: {best_base} at {-base_scores[best_base][1].mean():.2f} nats "
-             f"({'worse' if -base_scores[best_base][1].mean() > nll['VAE (M=1)'] else 'BETTER'} than the VAE).")
+             f"({'worse' if -base_scores[best_base][1].mean() > nlls['VAE (M=1)'] else 'BETTER'} than the VAE).")
 
     # ------------------------------------------------------------- K-curve
     from matplotlib.figure import Figure
@@ -303,6 +303,7 @@ dequantisation-noise variance 1/48 added to their diagonal; the KDE bandwidth is
     curve_rows = []
     for name, model in models.items():
         r = log_likelihood(model, xc, K=S.K_kcurve, seed=ctx.seed + 11, keep_weights=True, tracker=ctx)
+        assert r.log_weights is not None  # keep_weights=True
         curve = k_curve(r.log_weights, Ks)
         ctx.metric(f"k_curve/{name}", curve)
         ax.errorbar([c["K"] for c in curve], [c["mean"] for c in curve], yerr=[2 * c["gap_se"] for c in curve],

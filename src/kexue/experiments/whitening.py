@@ -7,8 +7,6 @@ transform fitted on every STS-B sentence (as the post) and, stricter, on train s
 
 from __future__ import annotations
 
-import numpy as np
-
 from kexue.sts import k_grid, nearest_k, search, stsb_embeddings
 
 TITLE = "BERT-whitening with β, γ, k on STS-B (MiniLM and SmolLM2)"
@@ -106,7 +104,7 @@ def run(ctx) -> None:
 def _figures(ctx, Figure, results) -> None:
     n = len(results)
     fig = Figure(figsize=(4.2 * n, 3.6))
-    for a, (label, d, ks, k3, res) in zip(range(n), results.values()):
+    for a, (label, _d, _ks, _k3, res) in zip(range(n), results.values()):
         ax = fig.add_subplot(1, n, a + 1)
         r = res["all"]
         l = r.ks.index(r.best["k"])
@@ -126,7 +124,7 @@ def _figures(ctx, Figure, results) -> None:
     ctx.figure("heatmap", fig, caption="STS-B test Spearman ×100 over (β, γ) at the dev-chosen k (fit on all sentences).")
 
     fig = Figure(figsize=(4.2 * n, 3.4))
-    for a, (label, d, ks, k3, res) in zip(range(n), results.values()):
+    for a, (label, _d, _ks, k3, res) in zip(range(n), results.values()):
         ax = fig.add_subplot(1, n, a + 1)
         r = res["all"]
         ib, ig = r.betas.index(r.best["beta"]), r.gammas.index(r.best["gamma"])
@@ -154,7 +152,7 @@ def _verdicts(ctx, results) -> None:
 
     # 1. β=γ=0 is never worse; at k≈d/3 nearly free
     parts, ok_all = [], True
-    for (enc, pool), (label, d, ks, k3, res) in results.items():
+    for (_enc, _pool), (label, d, _ks, k3, res) in results.items():
         r, raw, w11, w00k3, w11k3, tuned = cells(res, k3, d)
         full_rot = r.at(0.0, 0.0, d)[1]
         ok = abs(full_rot - raw) < 1e-6 and w00k3 >= raw - 0.5
@@ -165,8 +163,9 @@ def _verdicts(ctx, results) -> None:
     ctx.metric("claim_beta_gamma_0_free", bool(ok_all))
 
     # 2. whitening helps the unsupervised encoder, can hurt the supervised one
-    sup, uns = [], []
-    for (enc, pool), (label, d, ks, k3, res) in results.items():
+    sup: list[tuple] = []
+    uns: list[tuple] = []
+    for (enc, _pool), (label, d, _ks, k3, res) in results.items():
         r, raw, w11, w00k3, w11k3, tuned = cells(res, k3, d)
         (sup if enc == "minilm" else uns).append((label, raw, w11))
     help_uns = bool(uns) and all(w - raw > 1.0 for _, raw, w in uns)
@@ -185,10 +184,10 @@ def _verdicts(ctx, results) -> None:
 
     # 3. tuning beats both fixed settings
     parts, gaps = [], []
-    for (enc, pool), (label, d, ks, k3, res) in results.items():
+    for (_enc, _pool), (label, d, _ks, k3, res) in results.items():
         r, raw, w11, w00k3, w11k3, tuned = cells(res, k3, d)
         named = {"β=γ=1": w11, "β=γ=1 at k≈d/3": w11k3, "β=γ=0 at k≈d/3": w00k3}
-        best_name = max(named, key=named.get)
+        best_name = max(named, key=lambda s: named[s])
         fixed = named[best_name]
         gaps.append(tuned - fixed)
         parts.append(f"{label}: tuned {tuned:.2f} vs best fixed ({best_name}) {fixed:.2f} ({tuned - fixed:+.2f}), "
@@ -204,7 +203,7 @@ def _verdicts(ctx, results) -> None:
 
     # 4. stricter protocol
     parts = []
-    for (enc, pool), (label, d, ks, k3, res) in results.items():
+    for (_enc, _pool), (label, _d, _ks, _k3, res) in results.items():
         a, t = res["all"].best["test"], res["train"].best["test"]
         parts.append(f"{label}: tuned {a:.2f} (fit on all) vs {t:.2f} (fit on train only)")
     smol_note = ""

@@ -3,7 +3,8 @@
 - :mod:`kexue.hubness.knn` — the exact kNN graph (near-ties ordered by index), N_k, recall;
 - :mod:`kexue.hubness.ann` — HNSW and IVF search tuned for a recall target;
 - :mod:`kexue.hubness.measures` — skewness, Robin-Hood, Gini, Atkinson, hub/antihub occurrence;
-- :mod:`kexue.hubness.reduction` — mutual proximity, local scaling/NICDM, CSLS, centering;
+- :mod:`kexue.hubness.reduction` — mutual proximity, local scaling/NICDM, CSLS, NNN, centering;
+- :mod:`kexue.hubness.reference` — index statistics from a reference set (a query bank or the queries);
 - :mod:`kexue.hubness.sampling` — hub-prior latent sampling.
 
 Every public name is re-exported here: ``from kexue.hubness import kneighbors``.
@@ -11,17 +12,18 @@ Every public name is re-exported here: ``from kexue.hubness import kneighbors``.
 
 from __future__ import annotations
 
-from kexue.hubness.knn import (BACKENDS, METRICS, TIE_RTOL, KNNGraph, k_occurrence, kneighbors, knn_recall,
-                               occurrences, order_rows, pair_distances)
+from kexue.hubness.knn import (BACKENDS, METRICS, TIE_RTOL, KNNGraph, knn_recall, occurrences, order_rows,
+                               pair_distances)
+from kexue.hubness.search import k_occurrence, kneighbors
 from kexue.hubness.measures import (antihub_occurrence, atkinson, gini, hub_occurrence, hubness_measures,
                                     nk_histogram, robin_hood, skewness)
-from kexue.hubness.reduction import (CSLS, REDUCTIONS, Centering, LocalScaling, MutualProximity,
+from kexue.hubness.reduction import (CSLS, NNN, REDUCTIONS, Centering, LocalScaling, MutualProximity,
                                      make_reduction)
 from kexue.hubness.sampling import HubSample, hub_sample
 
 __all__ = [
     "BACKENDS", "METRICS", "TIE_RTOL", "KNNGraph", "order_rows", "pair_distances", "kneighbors", "k_occurrence", "occurrences", "knn_recall",
     "skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "hubness_measures", "nk_histogram",
-    "MutualProximity", "LocalScaling", "CSLS", "Centering", "REDUCTIONS", "make_reduction",
+    "MutualProximity", "LocalScaling", "CSLS", "NNN", "Centering", "REDUCTIONS", "make_reduction",
     "HubSample", "hub_sample",
 ]

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from kexue.hubness.knn import KNNGraph, _exact, _normalise, knn_recall, order_rows, pair_distances
-from kexue.utils import KexueError, NULL_TRACKER, Tracker
+from kexue.utils import KexueError, NULL_TRACKER, Tracker, require
 
 
 @dataclass
@@ -40,7 +40,7 @@ class _Index:
 
 
 def _hnswlib(Xf, kk, params, seed) -> _Index:
-    import hnswlib
+    hnswlib = require("ann", "hnswlib", "backend 'hnsw'")
 
     n, d = Xf.shape
     index = hnswlib.Index(space="l2", dim=d)
@@ -58,7 +58,7 @@ def _hnswlib(Xf, kk, params, seed) -> _Index:
 
 
 def _faiss_ivf(Xf, kk, params, seed) -> _Index:
-    import faiss
+    faiss = require("ann", "faiss", "backend 'ivf'")
 
     n, d = Xf.shape
     nlist = int(params.pop("nlist", max(1, round(math.sqrt(n)))))
@@ -87,7 +87,7 @@ def _faiss_ivf(Xf, kk, params, seed) -> _Index:
 
 
 def _faiss(Xf, kk, params, seed) -> _Index:
-    import faiss
+    faiss = require("ann", "faiss", "backend 'faiss'")
 
     kind = params.pop("index", "hnsw")
     if kind == "ivf":

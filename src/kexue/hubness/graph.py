@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from kexue.hubness.knn import _normalise, kneighbors
+from kexue.hubness.knn import _normalise
+from kexue.hubness.search import kneighbors
 from kexue.hubness.screen import nearest_rows
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 
 def is_faiss_index(obj) -> bool:
@@ -26,14 +27,14 @@ def is_flat_faiss(obj) -> bool:
     """True for a flat (brute-force) FAISS index, whose self-search costs n² distances."""
     if not is_faiss_index(obj):
         return False
-    import faiss
+    faiss = require("ann", "faiss", "a FAISS index")
 
     return isinstance(obj, faiss.IndexFlat)
 
 
 def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
     """A built FAISS index must hold exactly the fitted rows (id i = row i) with the right metric."""
-    import faiss
+    faiss = require("ann", "faiss", "a FAISS index")
 
     if index.ntotal != len(X) or index.d != X.shape[1]:
         raise KexueError(f"the FAISS index holds {index.ntotal} vectors of dimension {index.d} but X is "
@@ -49,7 +50,7 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
     Euclidean ``|q - x|`` for an L2 index; cosine ``1 - cos`` (L2 index over unit vectors:
     ``|q̂ - x̂|² / 2``; inner-product index: ``1 - <q̂, x̂>``). ``exclude_self``: the queries are the
     indexed rows themselves and each row's own id is dropped (wherever it ranks)."""
-    import faiss
+    faiss = require("ann", "faiss", "a FAISS index")
 
     Qf = np.ascontiguousarray((_normalise(Q) if metric == "cosine" else Q).astype(np.float32))
     kk = k + (1 if exclude_self else 0)
@@ -139,7 +140,9 @@ def sampled_stats(stats, X: np.ndarray, width: int, metric: str, n_samples: int,
 def graph_rows(G, what: str, drop_diagonal: bool):
     """Sorted ``(dist, ind)`` rows of a sparse neighbour graph; every row must hold the same number
     of entries. ``drop_diagonal``: the graph is the index's own (square), and each point's entry
-    for itself is removed (if a row has none, its farthest entry goes, so rows stay equal)."""
+    for itself is removed — if a row has none while others do (a duplicate pushed it out), its
+    farthest entry goes, so rows stay equal; a graph with no self entry at all (scikit-learn's
+    ``kneighbors_graph()`` without X) is already self-excluded and is read as it is."""
     G = sparse.csr_matrix(G, dtype=np.float64)
     G.sort_indices()
     counts = np.diff(G.indptr)
@@ -157,9 +160,10 @@ def graph_rows(G, what: str, drop_diagonal: bool):
     if drop_diagonal:
         if G.shape[0] != G.shape[1]:
             raise KexueError(f"a sparse X is read as a kNN graph; {what} must be square (n_index, n_index); got {G.shape}")
-        if c < 2:
-            raise KexueError(f"{what} needs at least 2 entries per row (the point itself and a neighbour)")
-        dist, ind = _drop_own(dist, ind)
+        if (ind == np.arange(len(ind))[:, None]).any():  # the graph includes the points themselves
+            if c < 2:
+                raise KexueError(f"{what} needs at least 2 entries per row (the point itself and a neighbour)")
+            dist, ind = _drop_own(dist, ind)
     return dist, ind
 
 

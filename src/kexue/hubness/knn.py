@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kexue import validate
-from kexue.utils import KexueError, Tracker, tracker_or_null
+from kexue.hubness.arrays import max_abs, pow2_exponent
+from kexue.utils import KexueError, Tracker
 
 METRICS = ("euclidean", "cosine")
 BACKENDS = ("exact", "hnsw", "ivf", "faiss")
@@ -75,10 +75,16 @@ class KNNGraph:
 
 def _normalise(X: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
-    n = np.linalg.norm(X, axis=1, keepdims=True)
-    if (n == 0).any():
-        raise KexueError(f"cosine metric needs non-zero vectors; row {int(np.argmax(n[:, 0] == 0))} is all zeros "
+    top = np.abs(X).max(axis=1) if X.size else np.zeros(len(X))
+    if (top == 0).any():
+        raise KexueError(f"cosine metric needs non-zero vectors; row {int(np.argmax(top == 0))} is all zeros "
                          "(drop it or use --metric euclidean)")
+    e = np.frexp(top)[1]
+    far = np.abs(e) > 250  # |x|² would overflow or underflow: rescale those rows by an exact power of two first
+    if far.any():
+        X = X.copy()
+        X[far] = np.ldexp(X[far], -e[far][:, None])
+    n = np.linalg.norm(X, axis=1, keepdims=True)
     return X / n
 
 
@@ -155,10 +161,14 @@ class Screening:
     used: np.ndarray | None
     Xa: np.ndarray
     xsq: np.ndarray
+    exp: int = 0  # the centred rows are stored divided by 2^exp (coordinates beyond 2^±40; see pow2_exponent)
 
     def rows(self, Q64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The float32 rows ``[q, |q|², 1]`` of queries (unit rows for cosine) and their float64 ``|q|²``."""
+        """The float32 rows ``[q, |q|², 1]`` of queries (unit rows for cosine) and their float64 ``|q|²``,
+        in the index's units (divided by ``2^exp``)."""
         C = Q64 - self.shift
+        if self.exp:
+            C = np.ldexp(C, -self.exp)
         qsq = np.einsum("ij,ij->i", C, C)
         return _augmented(C if self.used is None else C[:, self.used], 1.0, qsq, 1.0), qsq
 
@@ -170,13 +180,16 @@ def screening(X64: np.ndarray, metric: str, with_rows: bool = False, columns: np
     centred on all of ``X64`` (for a search among a sample of the rows)."""
     shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
     C = X64 - shift
+    e = pow2_exponent(max_abs(C))
+    if e:  # float32 squares of these coordinates would overflow or vanish: an exact power-of-two rescale
+        C = np.ldexp(C, -e)
     xsq = np.einsum("ij,ij->i", C, C)
     used = C.any(0)
     used = None if used.all() else np.flatnonzero(used)
     if used is not None:
         C = C[:, used]
     sub = slice(None) if columns is None else columns
-    S = Screening(shift, used, _augmented(C[sub], -2.0, 1.0, xsq[sub]), xsq[sub])
+    S = Screening(shift, used, _augmented(C[sub], -2.0, 1.0, xsq[sub]), xsq[sub], e)
     return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
 
 
@@ -221,7 +234,7 @@ class _Candidates:
         ax = 0 if transposed else 1
         nr, width = D.shape[1 - ax], D.shape[ax]
         tau = self.tau[r0:r0 + nr]
-        below = np.less
+        below: np.ufunc = np.less
         if np.isinf(tau).all() and width > self.m:
             # first visit: a provisional threshold, the m-th smallest of the first w entries, which
             # is >= the block's m-th smallest, so at least m entries per query pass (≤, for ties)
@@ -290,7 +303,7 @@ def _rescore(P: _Prepared, cand: _Candidates, k: int, metric: str, self_ids, n_v
         exact = pair_distances(P.Q64[s:s + step, None, :], P.X64[ids], metric)
         dist[s:s + step], ind[s:s + step] = order_rows(exact, ids, k, metric)
     for r in bad:  # rare: a near-tie at the k-th place: the whole row in float64
-        dist[r], ind[r] = _full_row(P, r, k, metric, -1 if self_ids is None else self_ids[r])
+        dist[r], ind[r] = _full_row(P, int(r), k, metric, -1 if self_ids is None else int(self_ids[r]))
     return dist, ind
 
 
@@ -320,57 +333,6 @@ def _exact(X, Q, k, metric, self_ids, block, margin, tracker) -> KNNGraph:
 # public entry points
 
 
-def kneighbors(X, k: int, metric: str = "euclidean", backend: str = "exact", queries=None,
-               exclude_self: bool = True, block: int | None = None, margin: int = 16,
-               backend_params: dict | None = None, recall: float = 0.95, seed: int = 0,
-               tracker: Tracker | None = None) -> KNNGraph:
-    """The kNN graph of queries (default: ``X`` itself) among the rows of ``X`` (SPEC 8.2).
-
-    Returns a :class:`KNNGraph` (unpacks as ``dist, ind``), rows sorted by the near-tie rule of
-    this module. ``queries=None`` searches ``X`` against itself and, with ``exclude_self``, drops
-    each row's own index. ``block``: rows and columns per screening block (default 4096, 64 MB of
-    float32). Approximate backends (``hnsw``, ``ivf``, ``faiss``) pick their search parameter for
-    ``recall`` (measured on a sample against exact search) unless ``backend_params`` fixes it;
-    ``seed`` makes the sample and the index reproducible. ``tracker`` reports progress.
-    """
-    validate.choice(metric, METRICS, "metric")
-    validate.choice(backend, BACKENDS, "backend")
-    X = validate.matrix(X, "X", dtype=None)
-    self_search = queries is None
-    Q = X if self_search else validate.matrix(queries, "queries", dtype=None)
-    if Q.shape[1] != X.shape[1]:
-        raise KexueError(f"queries have {Q.shape[1]} features but X has {X.shape[1]}; embed both the same way")
-    exclude_self = bool(exclude_self and self_search)
-    n = X.shape[0]
-    hi = n - (1 if exclude_self else 0)
-    if hi < 1:
-        raise KexueError(f"X has {n} row{'s' if n != 1 else ''}; a neighbour search needs at least "
-                         f"{2 if exclude_self else 1} points")
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= hi:
-        raise KexueError(f"k must be an integer in 1..{hi} for {n} index points, got {k}")
-    k, margin = int(k), validate.integer(margin, "margin", 0)
-    tracker = tracker_or_null(tracker)
-    self_ids = np.arange(n) if exclude_self else None
-    if backend == "exact":
-        return _exact(X, Q, k, metric, self_ids, block, margin, tracker)
-    from kexue.hubness import ann
-
-    return ann.search(X, Q, k, metric, backend, self_ids, dict(backend_params or {}),
-                      validate.real(recall, "recall", 0.0, 1.0, lo_open=True), seed, tracker)
-
-
-def k_occurrence(X, k: int, metric: str = "euclidean", backend: str = "exact", exclude_self: bool = True,
-                 queries=None, **kw) -> np.ndarray:
-    """N_k of every index point (SPEC 8.2): int64 array of length ``len(X)``.
-
-    ``N_k(x) = |{q in queries : x in kNN_k(q)}|``; with ``queries=None`` the queries are ``X`` and a
-    point is not its own neighbour unless ``exclude_self=False``. ``sum(N_k) = k × n_queries``.
-    Further keywords go to :func:`kneighbors` (``block``, ``backend_params``, ``recall``, ``seed``,
-    ``tracker``).
-    """
-    X = validate.matrix(X, "X", dtype=None)
-    _, ind = kneighbors(X, k, metric=metric, backend=backend, queries=queries, exclude_self=exclude_self, **kw)
-    return occurrences(ind, len(X))
 
 
 def occurrences(neigh_ind: np.ndarray, n_index: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kexue import validate
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 
 def _nk(Nk) -> np.ndarray:
@@ -83,6 +83,20 @@ def hub_occurrence(Nk, k: int, n_queries: int | None = None, hub_size: float = 2
     return float(Nk[Nk > hub_size * mu].sum() / (k * nq))
 
 
+def _check_total(Nk: np.ndarray, k, n_queries) -> int:
+    """``n_queries`` (default ``len(N_k)``), checked against the counts: every query has exactly k
+    neighbours, so ``sum(N_k) = k × n_queries``; counts made with another k would give wrong numbers."""
+    k = validate.integer(k, "k", 1)
+    nq = len(Nk) if n_queries is None else validate.integer(n_queries, "n_queries", 1)
+    tot = float(Nk.sum())
+    if tot != k * nq:
+        per = tot / nq
+        hint = f"N_{per:g} counts?" if per == int(per) else "counts from another graph?"
+        raise KexueError(f"N_k sums to {tot:g} but k × n_queries = {k} × {nq} = {k * nq} ({hint}); pass the k "
+                         "and n_queries the counts were computed with")
+    return nq
+
+
 def antihub_occurrence(Nk, threshold: float = 0) -> float:
     """Share of index points that are antihubs, ``|{i : N_k(i) <= threshold}| / n_index``
     (threshold 0: points that are nobody's neighbour)."""
@@ -92,8 +106,11 @@ def antihub_occurrence(Nk, threshold: float = 0) -> float:
 
 def hubness_measures(Nk, k: int, n_queries: int | None = None, hub_size: float = 2.0,
                      epsilon: float = 0.5) -> dict:
-    """All measures of SPEC 8.2 for one N_k vector, as a dict of floats (plus max N_k)."""
+    """All measures of SPEC 8.2 for one N_k vector, as a dict of floats (plus max N_k). ``k`` and
+    ``n_queries`` (default ``len(N_k)``) must be those the counts were made with: ``sum(N_k) = k ×
+    n_queries``, else a KexueError names the mismatch."""
     Nk = _nk(Nk)
+    _check_total(Nk, k, n_queries)
     return {
         "skewness": skewness(Nk),
         "robin_hood": robin_hood(Nk),
@@ -107,8 +124,7 @@ def hubness_measures(Nk, k: int, n_queries: int | None = None, hub_size: float =
 
 def nk_histogram(nks: dict, k: int, title: str = ""):
     """A matplotlib Figure of the N_k distributions (one histogram per labelled vector, log counts)."""
-    from matplotlib.figure import Figure
-
+    Figure = require("plot", "matplotlib.figure", "nk_histogram").Figure
     fig = Figure(figsize=(6, 3.5))
     ax = fig.subplots()
     top = max(int(np.max(nk)) for nk in nks.values())

@@ -1,4 +1,4 @@
-"""Hubness reduction (SPEC 8.4): mutual proximity, local scaling / NICDM, CSLS, centering.
+"""Hubness reduction (SPEC 8.4): mutual proximity, local scaling / NICDM, CSLS, NNN, centering.
 
 Every reduction is a scikit-learn transformer (see :mod:`kexue.hubness.reduction_base` for the
 contract): ``fit`` on the index (vectors or a sparse self-kNN graph), ``transform`` new queries
@@ -14,12 +14,16 @@ float32-screened candidates with their float32 distances (:func:`kexue.hubness.s
 relative errors ~1e-6, which reorder only secondary distances equal to that precision. The
 in-sample path (``X=None``) reads the exact float64 self-kNN graph for its candidates. Other
 backends and sparse graphs supply both rows themselves.
+
+With a reference set (``fit(X, reference=R)``; ``reference="queries"`` per call) x's row is its
+nearest rows of ``R`` instead of its nearest index points (:mod:`kexue.hubness.reference`), as
+CSLS (Conneau et al. 2018), kiez and NNN define it for queries that differ from the index.
 """
 
 from __future__ import annotations
 
-from numbers import Integral
-from typing import Callable
+from collections.abc import Callable
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.special import ndtr
@@ -35,6 +39,8 @@ _CHUNK = 1 << 22  # elements of a gathered candidate block processed at once (32
 class MutualProximity(_Reduction):
     """Mutual proximity (Schnitzer et al. 2012): ``MP(q, x) = P(D_q > d, D_x > d)``, secondary
     distance ``1 - MP``; ``D_p`` is the distance from p to a random point of p's neighbourhood.
+    With a reference set (``fit(X, reference=R)``, ``kneighbors(Q, reference="queries")``), x's
+    neighbourhood is its ``n_candidates`` nearest reference points (Gaussian method only).
 
     - ``method="gaussian"``: ``D_q ~ N(μ_q, σ_q²)`` independent of ``D_x ~ N(μ_x, σ_x²)``, so
       ``MP = SF_q(d) · SF_x(d)`` (SF the normal survival function). μ_q, σ_q: mean and standard
@@ -67,12 +73,11 @@ class MutualProximity(_Reduction):
         d = dist[:, :width]
         return d.mean(1), np.maximum(d.std(1), _TINY)
 
-    def _secondary(self, dist, ind, q_stats, Q):
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
         if self.method == "gaussian":
-            (mq, sq), (mx, sx) = q_stats, self.stats_
+            (mq, sq), (mx, sx) = q_stats, x_stats
             return 1.0 - ndtr((mq[:, None] - dist) / sq[:, None]) * ndtr((mx[ind] - dist) / sx[ind])
-        A = _normalise(self.X_) if self.metric == "cosine" else self.X_
-        B = _normalise(Q) if self.metric == "cosine" else Q
+        A = _normalise(self.X_) if self.metric == "cosine" else self._scaled(self.X_)  # dist is scaled too
         out = np.empty_like(dist)
         c = dist.shape[1]
         step = max(1, _CHUNK // (c * max(c, A.shape[1])))
@@ -103,6 +108,9 @@ class LocalScaling(_Reduction):
     - ``method="nicdm"``: ``d / sqrt(μ_q μ_x)``; μ = mean distance to the ``k`` nearest, q's from
       its row, x's from its distances to all other index points or a sample (learned by ``fit``).
 
+    With a reference set (``fit(X, reference=R)``, ``kneighbors(Q, reference="queries")``), σ_x and
+    μ_x come from x's ``k`` nearest reference points instead of index points.
+
     ``k`` must not exceed ``n_candidates``. With a sample (``n_samples``) the index side reads a wider window
     of the sample (at least its 40 nearest points), calibrated on the sample points' exact rows
     so that σ_x estimates the k-th neighbour distance (:func:`kexue.hubness.graph.sampled_stats`).
@@ -123,8 +131,8 @@ class LocalScaling(_Reduction):
         s = dist[:, width - 1] if self.method == "standard" else dist[:, :width].mean(1)
         return (np.maximum(s, _TINY),)
 
-    def _secondary(self, dist, ind, q_stats, Q):
-        sq, sx = q_stats[0][:, None], self.stats_[0][ind]
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
+        sq, sx = q_stats[0][:, None], x_stats[0][ind]
         if self.method == "standard":
             return -np.expm1(-dist**2 / (sq * sx))
         return dist / np.sqrt(sq * sx)
@@ -136,6 +144,10 @@ class CSLS(_Reduction):
     or ``s = -d`` (Euclidean). ``r_q`` = mean similarity of q to its ``k`` first candidates (its
     own row), ``r_x`` = mean similarity of x to its ``k`` nearest other index points (learned by
     ``fit`` from x's distances to all other index points, or to a sample of them: ``n_samples``).
+    With a reference set — ``fit(X, reference=R)`` or ``kneighbors(Q, reference="queries")`` —
+    ``r_x`` is the mean similarity of x to its ``k`` nearest reference points: Conneau et al.'s
+    ``r_T(x)``, the neighbourhood of a target in the *source* (query) space, which is this
+    class's documented meaning whenever a reference is given.
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")]}
@@ -153,8 +165,46 @@ class CSLS(_Reduction):
     def _stats(self, dist, width):
         return (self._sim(dist[:, :width]).mean(1),)
 
-    def _secondary(self, dist, ind, q_stats, Q):
-        return q_stats[0][:, None] + self.stats_[0][ind] - 2.0 * self._sim(dist)
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
+        return q_stats[0][:, None] + x_stats[0][ind] - 2.0 * self._sim(dist)
+
+    def _unscaled(self, sec):
+        return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec  # linear in d (Euclidean)
+
+
+class NNN(_Reduction):
+    """Nearest Neighbor Normalization (Chowdhury et al., EMNLP 2024): the score of candidate x for
+    query q is ``s(q, x) - alpha · r_x``, secondary distance ``alpha · r_x - s(q, x)``; ``s = 1 - d``
+    (cosine: the inner product of unit vectors) or ``s = -d`` (Euclidean); ``r_x`` = mean similarity
+    of x to its ``k`` nearest reference points — the reference set (a bank of queries) passed to
+    ``fit(X, reference=R)`` or ``kneighbors(Q, reference="queries")``; without one, x's ``k``
+    nearest other index points (as the other reductions). Only the index side is corrected: the
+    query's own statistic is not used. Candidates are each query's ``n_candidates`` nearest by
+    primary distance (the PyPI package ``nnn-retrieval``, MIT licence, scores every index point).
+    """
+
+    _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")],
+                              "alpha": [Interval(Real, 0, None, closed="left")]}
+
+    def __init__(self, alpha: float = 0.5, k: int = 5, n_candidates: int = 100, metric: str = "cosine",
+                 backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
+                 random_state: int = 0):
+        _store(self, locals())
+
+    def _sim(self, dist):
+        return 1.0 - dist if self.metric == "cosine" else -dist
+
+    def _width(self):
+        return self.k
+
+    def _stats(self, dist, width):
+        return (self._sim(dist[:, :width]).mean(1),)
+
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
+        return self.alpha * x_stats[0][ind] - self._sim(dist)
+
+    def _unscaled(self, sec):
+        return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec  # linear in d (Euclidean)
 
 
 class Centering(_Reduction):
@@ -171,8 +221,8 @@ class Centering(_Reduction):
     def _width(self):
         return 0
 
-    def fit(self, X, y=None, graph: tuple | None = None):
-        super().fit(X, y, graph)
+    def fit(self, X, y=None, graph: tuple | None = None, reference=None):
+        super().fit(X, y, graph, reference)
         self.center_ = self.X_.mean(0)
         return self
 
@@ -182,9 +232,9 @@ class Centering(_Reduction):
     def _load_extra(self, tensors):
         self.center_ = tensors["center"]
 
-    def _secondary(self, dist, ind, q_stats, Q):
-        A = _centred(self.X_, self.center_)
-        B = _centred(Q, self.center_)
+    def _secondary(self, dist, ind, q_stats, x_stats, Q):
+        A = _centred(self._scaled(self.X_), self._scaled(self.center_))
+        B = _centred(self._scaled(Q), self._scaled(self.center_))
         out = np.empty_like(dist)
         step = max(1, _CHUNK // (dist.shape[1] * A.shape[1]))
         for s in range(0, len(dist), step):
@@ -204,11 +254,12 @@ REDUCTIONS: dict[str, Callable[..., _Reduction]] = {
     "ls": lambda **kw: LocalScaling(method="standard", **kw),
     "nicdm": lambda **kw: LocalScaling(method="nicdm", **kw),
     "csls": lambda **kw: CSLS(**kw),
+    "nnn": lambda **kw: NNN(**kw),
     "centering": lambda **kw: Centering(**kw),
 }
 
 
 def make_reduction(name: str, **kw) -> _Reduction:
-    """A reduction by short name: mp, mp-empirical, ls, nicdm, csls, centering."""
+    """A reduction by short name: mp, mp-empirical, ls, nicdm, csls, nnn, centering."""
     validate.choice(name, REDUCTIONS, "hubness reduction")
     return REDUCTIONS[name](**kw)

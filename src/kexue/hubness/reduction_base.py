@@ -24,15 +24,12 @@ Each reduction is a scikit-learn estimator with the ``KNeighborsTransformer`` co
 
 Secondary distances are computed for the whole candidate block at once (no per-query Python).
 ``n_samples``: an int estimates the index statistics from a random sample of that many index
-points (see :func:`kexue.hubness.graph.sampled_stats`, float32 too: each point's statistic over
-its 40+ nearest sampled points, calibrated on the sample points' exact rows), which makes ``fit``
-cost ``n_index × n_samples`` distances instead of ``n_index² / 2``; ``None`` reads every index
-point's exact row. ``"auto"`` (the default) samples ``max(2000, n_index // 20)`` points on the
-exact backend or a flat FAISS index once that at least halves ``fit``'s distances (from 8,000
-index points on), and reads exact rows (or the approximate backend's self-search) otherwise; the
-size used is ``n_samples_`` (None: exact). On 8,000 MNIST digits the sample cut fit + 2,000
-queries from 2.0-2.3 s to 1.5-1.6 s, and the queries' 10-NN vote accuracy dropped by 0.1-1.4
-points (docs/hubness.md, issue 19). A graph given to ``fit`` is always read exactly.
+points (:func:`kexue.hubness.graph.sampled_stats`: ``n_index × n_samples`` distances instead of
+``n_index² / 2``); ``None`` reads exact rows; ``"auto"`` (the default) samples ``max(2000,
+n_index // 20)`` points on the exact backend or a flat FAISS index from 8,000 index points on
+(accuracy cost and timings: docs/hubness.md, issue 19); the size used is ``n_samples_``. A graph
+given to ``fit`` is read exactly. ``reference=`` (``fit``, and per call): the index side from a
+reference set instead (:mod:`kexue.hubness.reference`, issue 28).
 """
 
 from __future__ import annotations
@@ -46,7 +43,9 @@ from sklearn.exceptions import NotFittedError
 
 from kexue import validate
 from kexue.hubness import graph as G
+from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
+from kexue.hubness.arrays import host_array, pow2_exponent
 from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, rows64
 from kexue.utils import KexueError, KexueTypeError
 
@@ -63,6 +62,7 @@ def _vectors(X, what: str = "X") -> np.ndarray:
     checks expect), each failure re-raised as one KexueError line, then kexue's own checks."""
     from sklearn.utils import check_array
 
+    X = host_array(X)
     try:
         X = check_array(X, dtype=np.float64, input_name=what)
     except TypeError as e:
@@ -87,6 +87,8 @@ def check_is_fitted(est) -> None:
 class _Reduction(TransformerMixin, BaseEstimator):
     """Shared fitting, searching, persistence; subclasses define the statistic and the formula."""
 
+    stats_: tuple[np.ndarray, ...]  # fitted statistics (empty for methods without any)
+
     _parameter_constraints: dict = {
         "n_candidates": [Interval(Integral, 1, None, closed="left")],
         "metric": [StrOptions(set(METRICS))],
@@ -106,7 +108,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """Per-row statistics from sorted distances (first ``width`` columns)."""
         return ()
 
-    def _secondary(self, dist, ind, q_stats, Q) -> np.ndarray:
+    def _secondary(self, dist, ind, q_stats, x_stats, Q) -> np.ndarray:
+        """Secondary distances of candidates ``ind`` at primary ``dist``: ``q_stats`` the queries'
+        statistics, ``x_stats`` the index points' (indexed by ``ind``)."""
         raise NotImplementedError
 
     # ---- fitting
@@ -121,12 +125,23 @@ class _Reduction(TransformerMixin, BaseEstimator):
             raise KexueError(f"backend must be one of {', '.join(BACKENDS)} or a built FAISS index; "
                              f"got {type(self.backend).__name__}")
 
-    def fit(self, X, y=None, graph: tuple | None = None):
+    def fit(self, X, y=None, graph: tuple | None = None, reference=None):
         """Learn each index point's statistic. ``X``: index vectors or a sparse self-kNN graph.
         ``graph=(dist, ind)``: the index's own kNN graph (self excluded, sorted, at least
-        ``n_candidates`` columns) if already computed — saves the search."""
+        ``n_candidates`` columns) if already computed — saves the search.
+
+        ``reference``: None (each index point's statistic from its nearest other index points), or
+        an array of reference vectors in the index's space — a bank of queries, any size — from
+        whose nearest points each index point's statistic is read instead (CSLS's ``r_T`` of Conneau
+        et al. 2018, kiez's ``fit(source, target)``, NNN's reference set; :mod:`kexue.hubness.reference`).
+        An int ``n_samples`` then draws that many reference rows at random. ``reference="queries"``:
+        transductive — every query batch is its own reference (nothing learned here but the index;
+        on the exact backend one float32 pass per batch gives the candidates and the index side),
+        as ``kneighbors(Q, reference="queries")`` does for one call."""
         self._check_params()
         if sparse.issparse(X):
+            if reference is not None:
+                raise KexueError("a reference set needs the index vectors; fit on the embeddings, not on a kNN graph")
             return self._fit_graph(X)
         X = _vectors(X)
         n = len(X)
@@ -134,29 +149,42 @@ class _Reduction(TransformerMixin, BaseEstimator):
             raise KexueError(f"a hubness reduction needs at least 2 index points; got {n} sample")
         if not isinstance(self.backend, str):
             G.check_faiss_index(self.backend, X, self.metric)
-        if self.metric == "cosine":
-            _normalise(X)  # rejects zero rows now rather than at query time
+        unit = _normalise(X) if self.metric == "cosine" else None  # rejects zero rows now, not at query time
         self.fit_mode_, self.n_features_in_, self.n_index_ = "vectors", X.shape[1], n
         self.n_candidates_ = min(self.n_candidates, n - 1)  # no point has more neighbours than this
         self.X_ = X
+        # distances beyond 2^±40 (coordinates near the ends of the float range): the formulas read them
+        # divided by an exact power of two, so squares and variances neither overflow nor vanish
+        self.exp_ = 0 if self.metric == "cosine" or not isinstance(self.backend, str) else \
+            pow2_exponent(float(np.ptp(X, axis=0).max()))
         self._check_width(self.n_candidates_)
         self._graph, self._screen = None, None
-        self._screening()  # built now, so transform never changes the estimator
+        self._screening(unit)  # built now, so transform never changes the estimator
         if graph is not None:
             self._graph = self._given_graph(graph, n)
         w = self._width()
+        self.n_reference_, self.transductive_ = None, False
+        if reference is not None:
+            REF.no_statistic(self)
+            if isinstance(reference, str) and reference == REF.QUERIES:  # every query batch is its own reference
+                self.transductive_, self.n_samples_, self.stats_ = True, None, ()
+                return self
+            R = REF.sample(REF.check_reference(reference, X.shape[1], "fit"), self.n_samples, self.random_state)
+            self.n_reference_, self.n_samples_ = len(R), None
+            self.stats_ = self._reference_stats(R)
+            return self
         self.n_samples_ = self._sample_size(n) if w and self._graph is None else None
         if w == 0:
             self.stats_ = ()
         elif self._graph is not None:
-            self.stats_ = self._stats(self._graph[0], w)
+            self.stats_ = self._scaled_stats(self._graph[0], w)
         elif self.n_samples_ is not None:
-            self.stats_ = G.sampled_stats(self._stats, X, w, self.metric, self.n_samples_, self.random_state,
+            self.stats_ = G.sampled_stats(self._scaled_stats, X, w, self.metric, self.n_samples_, self.random_state,
                                           self._screening())
         elif self._exact():
-            self.stats_ = self._stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
+            self.stats_ = self._scaled_stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
         else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep
-            self.stats_ = self._stats(self._search(None, w)[0], w)
+            self.stats_ = self._scaled_stats(self._search(None, w)[0], w)
         return self
 
     def _sample_size(self, n: int) -> int | None:
@@ -187,8 +215,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self.n_candidates_ = dist.shape[1]
         self._check_width(dist.shape[1])
         self._graph, self.X_, self._screen = (dist, ind), None, None
-        self.n_samples_ = None
-        self.stats_ = self._stats(dist, self._width())
+        self.n_samples_, self.n_reference_, self.transductive_ = None, None, False
+        self.exp_ = pow2_exponent(float(dist.max()))
+        self.stats_ = self._scaled_stats(dist, self._width())
         return self
 
     def _check_width(self, c: int):
@@ -208,11 +237,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
     def _exact(self) -> bool:
         return isinstance(self.backend, str) and self.backend == "exact"
 
-    def _screening(self):
+    def _screening(self, rows=None):
         """The index side of the float32 screening (exact backend, vector mode; else None), built by
-        ``fit``/``load`` and reused by every query batch."""
+        ``fit``/``load`` and reused by every query batch. ``rows``: ``rows64(X_)`` if already made."""
         if getattr(self, "_screen", None) is None and self._exact() and self.X_ is not None:
-            self._screen = S.screening(rows64(self.X_, self.metric), self.metric)
+            self._screen = S.screening(rows64(self.X_, self.metric) if rows is None else rows, self.metric)
         return self._screen
 
     def _index_graph(self):
@@ -241,31 +270,80 @@ class _Reduction(TransformerMixin, BaseEstimator):
             d, i = G.graph_rows(X, "the query graph", drop_diagonal=False)
             self._check_width(d.shape[1])
             return d, i, None
+        Q = self._query_vectors(X)
+        d, i = self._search(Q, self.n_candidates_)
+        return d, i, Q
+
+    def _query_vectors(self, X) -> np.ndarray:
         if self.fit_mode_ == "graph":
             raise KexueError(f"{type(self).__name__} was fitted on a graph; pass the queries' graph against the index")
         Q = _vectors(X)
         if Q.shape[1] != self.n_features_in_:
             raise KexueError(f"X has {Q.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input")
-        d, i = self._search(Q, self.n_candidates_)
-        return d, i, Q
+        return Q
 
-    def _reduce(self, dist, ind, Q, in_sample: bool):
-        q_stats = self.stats_ if in_sample else self._stats(dist, min(self._width(), dist.shape[1]))
-        return self._secondary(dist, ind, q_stats, Q)
+    def _reference_of(self, reference):
+        """The reference a call uses: its own, else "queries" for an estimator fitted transductively."""
+        return REF.QUERIES if reference is None and getattr(self, "transductive_", False) else reference
 
-    def transform(self, X):
+    def _query_pass(self, X, reference):
+        """``(dist, ind, Q, x_stats)`` for queries ``X``; ``x_stats`` None unless the query batch is the
+        reference on the exact backend: then one float32 pass gives both the queries' candidates
+        and each index point's nearest queries (:func:`kexue.hubness.screen.screened`)."""
+        w = self._width()
+        if (isinstance(reference, str) and reference == REF.QUERIES and X is not None and not sparse.issparse(X)
+                and w and self._exact() and getattr(self, "fit_mode_", None) == "vectors"):
+            check_is_fitted(self)
+            Q = self._query_vectors(X)
+            REF.check_width(w, len(Q))
+            d, i, rows = S.screened(None, Q, self.n_candidates_, self.metric, screen=self._screening(), ref_width=w)
+            return d, i, Q, self._scaled_stats(rows, w)
+        return (*self._candidates(X), None)
+
+    def _scaled(self, A):
+        """Distances (or vectors) divided by ``2^exp_`` (see ``fit``); unchanged when ``exp_`` is 0."""
+        e = getattr(self, "exp_", 0)
+        return np.ldexp(A, -e) if e and A is not None else A
+
+    def _scaled_stats(self, dist, width):
+        return self._stats(self._scaled(dist), width)
+
+    def _unscaled(self, sec):
+        """Secondary distances back in the primary distance's units (only where they carry them)."""
+        return sec
+
+    def _reference_stats(self, R: np.ndarray) -> tuple:
+        """The index points' statistics from their nearest rows of reference ``R``."""
+        w = self._width()
+        return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
+                                           self.random_state, self._screening()), w)
+
+    def _reduce(self, dist, ind, Q, in_sample: bool, reference=None, x_stats=None):
+        reference = self._reference_of(reference)
+        x_stats = REF.index_stats(self, reference, Q, in_sample) if x_stats is None else x_stats
+        dist = self._scaled(dist)
+        # an index point searched in-sample is its own query: with index-internal statistics it is
+        # read from the fitted rows; with a reference, the query side still comes from its candidates
+        own = in_sample and reference is None and getattr(self, "n_reference_", None) is None
+        q_stats = self.stats_ if own else self._stats(dist, min(self._width(), dist.shape[1]))
+        return self._unscaled(self._secondary(dist, ind, q_stats, x_stats, Q))
+
+    def transform(self, X, reference=None):
         """CSR graph (n_queries, n_index) of secondary distances over each query's candidates.
         Values are shifted by a per-row constant where a formula can go negative (CSLS), so that
-        precomputed-distance estimators accept the graph; each row's ranking is unchanged."""
-        dist, ind, Q = self._candidates(X)
-        sec = self._reduce(dist, ind, Q, in_sample=False)
+        precomputed-distance estimators accept the graph; each row's ranking is unchanged.
+        ``reference``: as in :meth:`kneighbors`."""
+        reference = self._reference_of(reference)
+        dist, ind, Q, xs = self._query_pass(X, reference)
+        sec = self._reduce(dist, ind, Q, in_sample=False, reference=reference, x_stats=xs)
         low = sec.min(1, keepdims=True)
         return G.to_graph(np.where(low < 0, sec - low, sec), ind, self.n_index_)
 
-    def rerank(self, dist, ind, X=None):
+    def rerank(self, dist, ind, X=None, reference=None):
         """Re-rank a candidate graph ``(dist, ind)`` (n_queries, c) computed elsewhere: ``X`` the
-        query vectors (None: row i is index point i, in-sample). Returns ``(secondary, ind)`` sorted."""
+        query vectors (None: row i is index point i, in-sample). Returns ``(secondary, ind)`` sorted.
+        ``reference``: as in :meth:`kneighbors`."""
         check_is_fitted(self)
         dist = validate.matrix(dist, "neigh_dist")
         ind = np.asarray(ind, dtype=np.int64)
@@ -279,37 +357,37 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if self._needs_vectors and X is None:
             Q = self.X_
         self._check_width(dist.shape[1])
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None), ind, dist.shape[1])
+        # a query's statistic reads the first columns of its row: sort each row by distance (stable,
+        # so sorted rows are untouched) whatever order the caller's search returned
+        order = np.argsort(dist, axis=1, kind="stable")
+        dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference), ind, dist.shape[1])
 
-    def kneighbors(self, X=None, n_neighbors: int = 10):
+    def kneighbors(self, X=None, n_neighbors: int = 10, reference=None):
         """The ``n_neighbors`` nearest by secondary distance among each query's ``n_candidates``
-        primary candidates: ``(secondary_dist, ind)`` sorted; ``X=None``: the index itself."""
-        dist, ind, Q = self._candidates(X)
+        primary candidates: ``(secondary_dist, ind)`` sorted; ``X=None``: the index itself.
+
+        ``reference`` (for this call only; the fitted statistics are kept): None — the index side as
+        fitted; ``"queries"`` — each index point's statistic from its nearest points of this query
+        batch ``X`` (transductive, kiez's setting); an array — from its nearest rows of that array."""
+        reference = self._reference_of(reference)
+        dist, ind, Q, xs = self._query_pass(X, reference)
         validate.integer(n_neighbors, "n_neighbors", 1)
         if n_neighbors > dist.shape[1]:
             raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None), ind, n_neighbors)
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference, x_stats=xs), ind,
+                     n_neighbors)
 
-    def k_occurrence(self, X=None, n_neighbors: int = 10) -> np.ndarray:
+    def k_occurrence(self, X=None, n_neighbors: int = 10, reference=None) -> np.ndarray:
         """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""
-        return occurrences(self.kneighbors(X, n_neighbors)[1], self.n_index_)
+        return occurrences(self.kneighbors(X, n_neighbors, reference=reference)[1], self.n_index_)
 
-    # ---- persistence
+    # ---- persistence (kexue.hubness.reduction_io)
     def save(self, path) -> None:
         """One .safetensors file: parameters, fitted statistics and (vector mode) the index vectors."""
-        from kexue.io import save_fitted
+        from kexue.hubness.reduction_io import save_reduction
 
-        check_is_fitted(self)
-        if not isinstance(self.backend, str):
-            raise KexueError("a reduction over your own FAISS index cannot be saved with it; save the index "
-                             "with faiss.write_index and fit again on load")
-        tensors = {f"stat{i}": s for i, s in enumerate(self.stats_)}
-        tensors.update({"X": self.X_} if self.X_ is not None else {"gd": self._graph[0], "gi": self._graph[1]})
-        tensors.update(self._extra_tensors())
-        config = {"params": self.get_params(), "n_index": self.n_index_, "n_candidates": self.n_candidates_,
-                  "n_features_in": self.n_features_in_, "fit_mode": self.fit_mode_, "n_stats": len(self.stats_),
-                  "n_samples_used": self.n_samples_}
-        save_fitted(path, f"hubness.{type(self).__name__}", tensors, config)
+        save_reduction(self, path)
 
     def _extra_tensors(self) -> dict:
         return {}
@@ -317,20 +395,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
     @classmethod
     def load(cls, path):
         """The reduction saved by :meth:`save`, ready to transform new queries."""
-        from kexue.io import load_fitted
+        from kexue.hubness.reduction_io import load_reduction
 
-        t, cfg = load_fitted(path, f"hubness.{cls.__name__}")
-        self = cls(**cfg["params"])
-        self.n_index_, self.n_candidates_ = cfg["n_index"], cfg["n_candidates"]
-        self.n_features_in_, self.fit_mode_ = cfg["n_features_in"], cfg["fit_mode"]
-        self.n_samples_ = cfg.get("n_samples_used")  # absent in files saved before "auto" existed
-        self.stats_ = tuple(t[f"stat{i}"] for i in range(cfg["n_stats"]))
-        self.X_ = t.get("X")
-        self._graph = (t["gd"], t["gi"]) if "gd" in t else None
-        self._screen = None
-        self._screening()
-        self._load_extra(t)
-        return self
+        return load_reduction(cls, path)
 
     def _load_extra(self, tensors: dict) -> None:
         pass

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from kexue.hubness.knn import k_occurrence
+from kexue.hubness.search import k_occurrence
 from kexue import validate
 from kexue.utils import KexueError, Tracker, tracker_or_null
 
@@ -40,7 +40,7 @@ def hub_sample(n: int, dim: int, k: int = 5, t: int = 50, pool: int = 10000, spa
         raise KexueError(f"k={k} must be smaller than pool={pool}")
     rng = np.random.default_rng(seed)
     got, nks, drawn = [], [], 0
-    for p in tracker_or_null(tracker).track(range(max_pools), "hub-prior pools"):
+    for p in tracker_or_null(tracker).track(range(max_pools), "hub-prior pools"):  # noqa: B007 (p + 1 pools, below)
         z = rng.standard_normal((pool, dim))
         feats = z if space is None else np.asarray(space(z))
         if feats.ndim != 2 or len(feats) != pool:

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from kexue.hubness.knn import Screening, _Prepared, _screen, _sort_rows, rows64, screening
+from kexue.hubness.knn import Screening, _Candidates, _Prepared, _screen, _sort_rows, rows64, screening
 from kexue.utils import NULL_TRACKER
 
 
-def _finish(sq: np.ndarray, metric: str) -> np.ndarray:
+def _finish(sq: np.ndarray, metric: str, exp: int = 0) -> np.ndarray:
+    """Distances from screened squared distances in the screening's units (``Screening.exp``)."""
     sq = np.maximum(sq, 0.0)
-    return sq / 2.0 if metric == "cosine" else np.sqrt(sq)
+    return sq / 2.0 if metric == "cosine" else np.ldexp(np.sqrt(sq), exp) if exp else np.sqrt(sq)
 
 
 def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = None, block: int = 2048,
@@ -58,10 +59,25 @@ def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = 
             r = np.flatnonzero((own >= j) & (own < j + D.shape[1]))
             D[r, own[r] - j] = np.inf
             if (same and j != i) or cols is not None:  # the block's transpose: rows j.. against columns i..
-                _keep_smallest(best if same else cols, j, _transposed(D))
+                _keep_smallest(best if cols is None else cols, j, _transposed(D))  # cols: only when not same
             _keep_smallest(best, i, D)
-    rows = _finish(np.sort(best, axis=1).astype(np.float64), metric)
-    return rows if cols is None else (rows, _finish(np.sort(cols, axis=1).astype(np.float64), metric))
+    rows = _finish(np.sort(best, axis=1).astype(np.float64), metric, screen.exp)
+    return rows if cols is None else (rows, _finish(np.sort(cols, axis=1).astype(np.float64), metric, screen.exp))
+
+
+def reference_rows(screen: Screening, R64: np.ndarray, w: int, metric: str, block: int = 2048) -> np.ndarray:
+    """Each index point's ``w`` smallest float32-screened distances to the rows of ``R64`` (float64,
+    unit rows for cosine), sorted: the index side of a reduction fitted with a reference set. The
+    index's own :class:`Screening` serves as is (the reference rows take the query side of the
+    augmented product), so nothing is built for the index twice, and nothing is excluded (a
+    reference row equal to an index point is at distance ~0)."""
+    Ra = screen.rows(R64)[0]
+    n = len(screen.Xa)
+    best = np.full((n, w), np.inf, np.float32)
+    for i in range(0, n, block):
+        for j in range(0, len(Ra), block):
+            _keep_smallest(best, i, screen.Xa[i:i + block] @ Ra[j:j + block].T)  # index rows × reference rows
+    return _finish(np.sort(best, axis=1).astype(np.float64), metric, screen.exp)
 
 
 def _transposed(D: np.ndarray, strip: int = 64) -> np.ndarray:
@@ -84,21 +100,36 @@ def _keep_smallest(best: np.ndarray, r0: int, D: np.ndarray) -> None:
 
 
 def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
-             screen: Screening | None = None) -> tuple[np.ndarray, np.ndarray]:
+             screen: Screening | None = None, ref_width: int = 0):
     """Each query's ``k`` nearest rows of ``X``: ``(dist, ind)`` sorted by (distance, index), float32
     (module docstring). The exact backend's screening picks the ``k``; each picked pair's squared
     distance is then recomputed on its own (the augmented rows' dot product), so a query's row
     does not depend on the other queries of the call, as a batch GEMM's rounding does. The set
     can differ from the exact one only where the k-th and (k+1)-th distances agree to float32
-    rounding. ``screen``: ``X``'s :class:`Screening` if already built (then ``X`` is not read)."""
+    rounding. ``screen``: ``X``'s :class:`Screening` if already built (then ``X`` is not read).
+    ``ref_width`` > 0: also return, from the same products read by column, each row of ``X``'s
+    ``ref_width`` smallest distances to the queries (the queries as the reference set, in one pass)
+    — the result is then ``(dist, ind, rows)``."""
     if screen is None:
         screen = screening(rows64(X, metric), metric)
     Qa, qsq = screen.rows(rows64(Q, metric))
     n = len(screen.Xa)
-    P = _Prepared(None, None, screen.Xa, Qa, qsq + screen.xsq.max())
-    cand = _screen(P, False, None, k, max(1, min(block or 4096, max(len(Q), n))), NULL_TRACKER)
+    b = max(1, min(block or 4096, max(len(Q), n)))
+    if ref_width:
+        cand = _Candidates(len(Qa), k)
+        best = np.full((n, ref_width), np.inf, np.float32)
+        for i0 in range(0, len(Qa), b):
+            for j0 in range(0, n, b):
+                D = Qa[i0:i0 + b] @ screen.Xa[j0:j0 + b].T
+                cand.offer(D, i0, j0)
+                _keep_smallest(best, j0, _transposed(D))
+        rows = _finish(np.sort(best, axis=1).astype(np.float64), metric, screen.exp)
+    else:
+        P = _Prepared(np.empty((0, 0)), np.empty((0, 0)), screen.Xa, Qa, qsq + screen.xsq.max())
+        cand = _screen(P, False, None, k, b, NULL_TRACKER)
     v = np.empty(cand.ind.shape)
     step = max(1, (1 << 20) // (k * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
     for s in range(0, len(v), step):
         v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[cand.ind[s:s + step]])
-    return _sort_rows(_finish(v, metric), cand.ind, k)
+    out = _sort_rows(_finish(v, metric, screen.exp), cand.ind, k)
+    return (*out, rows) if ref_width else out

@@ -25,7 +25,7 @@ from kexue.unargmax.lp import fw_class, lp_class
 from kexue.unargmax.reach import ReachResult, reach_block
 from kexue.unargmax.result import AuditResult
 from kexue.unargmax.stages import precheck_block
-from kexue.utils import KexueError, atomic_path, tracker_or_null
+from kexue.utils import KexueError, atomic_path, require, tracker_or_null
 
 
 def duplicates(W, b, mem_mb=256) -> dict:
@@ -96,10 +96,8 @@ def _runner(config: AuditConfig):
     if config.scheduler is None:
         yield lambda ordered=False: parallel(config.n_jobs, ordered=ordered)
         return
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError:
-        raise KexueError("a Dask scheduler needs dask.distributed; pip install 'kexue[dask]'") from None
+    distributed = require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
     cluster = None
     if config.scheduler.startswith("local:"):
         n = config.scheduler.split(":", 1)[1]

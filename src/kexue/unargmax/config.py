@@ -100,7 +100,7 @@ class AuditConfig:
             raise KexueError("scheduler must be a Dask address like tcp://host:8786 or local:N")
 
     @classmethod
-    def with_overrides(cls, config: "AuditConfig | None", overrides: dict) -> "AuditConfig":
+    def with_overrides(cls, config: AuditConfig | None, overrides: dict) -> AuditConfig:
         """``config`` (or the defaults) with keyword overrides; unknown names are an error."""
         known = {f.name for f in fields(cls)}
         bad = sorted(set(overrides) - known)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 
 @dataclass
@@ -26,12 +26,13 @@ class TensorFile:
     read: Callable[[str], np.ndarray]
     dtypes: dict = field(default_factory=dict)
     aliases: dict = field(default_factory=dict)  # name -> the tensor it shares storage with
+    vocab: list[str] | None = None  # token strings, when the file carries its vocabulary
 
 
 def read_onnx(path: Path) -> TensorFile:
     """The initializers of an ONNX graph (weights embedded in the file)."""
-    import onnx
-    from onnx import numpy_helper
+    onnx = require("zoo", "onnx", "reading .onnx files")
+    numpy_helper = require("zoo", "onnx.numpy_helper", "reading .onnx files")
 
     try:
         model = onnx.load(str(path), load_external_data=False)
@@ -44,7 +45,7 @@ def read_onnx(path: Path) -> TensorFile:
 
 def read_keras_h5(path: Path) -> TensorFile:
     """Datasets of a Keras HDF5 weights file; a ``kernel`` (in, out) is exposed as (out, in)."""
-    import h5py
+    h5py = require("zoo", "h5py", "reading Keras .h5 files")
 
     try:
         f = h5py.File(str(path), "r")
@@ -154,8 +155,8 @@ def read_e5s1(path: Path) -> TensorFile:
     unigram vocabulary (offsets, scores, byte blob), a normalisation map, then a tensor directory
     (name, dtype, count, offset, size). ``emb.word`` is GGML's Q4_0 layout (fp16 scale + 16 bytes
     of nibbles per 32 weights), dequantised with ``gguf.quants``; the pieces are the vocabulary."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+    GGMLQuantizationType = require("lm", "gguf", "reading E5S1 files").GGMLQuantizationType
+    dequantize = require("lm", "gguf.quants", "reading E5S1 files").dequantize
 
     buf = np.memmap(path, dtype=np.uint8, mode="r")
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kexue.utils import KexueError
+from kexue.utils import KexueError, require
 
 # output heads first, then input embeddings that a tied head reuses
 HEAD_NAMES = ["lm_head.weight", "cls.predictions.decoder.weight", "output.weight", "embed_out.weight",
@@ -51,7 +51,7 @@ class OutputLayer:
         what :func:`~kexue.unargmax.default_min_margin` reads."""
         return str(self.info.get("quantisation") or self.info.get("dtype") or self.W.dtype)
 
-    def normalized(self) -> "OutputLayer":
+    def normalized(self) -> OutputLayer:
         """The same layer with every row scaled to unit norm (SPEC 3.5: then every distinct row
         is argmaxable without a bias), in float64."""
         W = np.asarray(self.W, np.float64)
@@ -183,8 +183,8 @@ def _read_tensor(f, name):
         with safe_open(str(f), framework="numpy") as h:
             return h.get_tensor(name)
     except (TypeError, ValueError):  # bfloat16 has no NumPy dtype: go through torch
-        import torch
-        from safetensors.torch import safe_open as pt_open
+        torch = require("torch", "torch", "reading bfloat16 safetensors")
+        pt_open = require("torch", "safetensors.torch", "reading bfloat16 safetensors").safe_open
 
         with pt_open(str(f), framework="pt") as h:
             return h.get_tensor(name).to(torch.float32).numpy()
@@ -238,8 +238,7 @@ def _load_other(p: Path, tensor, bias_tensor, bias):
 def _hf_vocab(folder: Path):
     tj = folder / "tokenizer.json"
     if tj.is_file():
-        from tokenizers import Tokenizer
-
+        Tokenizer = require("lm", "tokenizers", "reading tokenizer.json").Tokenizer
         tok = Tokenizer.from_file(str(tj))
         n = tok.get_vocab_size(with_added_tokens=True)
         return [tok.id_to_token(i) for i in range(n)]
@@ -284,8 +283,7 @@ def _load_hf_folder(folder: Path, tensor, bias_tensor, bias):
 
 
 def _load_gguf(path, tensor, bias_tensor, bias):
-    import gguf
-
+    gguf = require("lm", "gguf", "reading .gguf files")
     try:
         r = gguf.GGUFReader(str(path))
     except Exception as e:

@@ -232,7 +232,8 @@ def lp_class(W, b, k, work, stats: LayerStats, W32=None) -> dict:
         if out["verdict"] == ARGMAXABLE:  # the best margin is known; it is below min_margin
             break
         # optimum ≤ 0 on S (or z is blocked only by rows already in S): look for the certificate
-        status, c = _certificate(W, b, k, S, *deltas(S), stats)
+        Dw, Db = deltas(S)
+        status, c = _certificate(W, b, k, S, Dw, Db, stats)
         if status == 0:
             if c[0]:
                 out.update(verdict=UNARGMAXABLE, idx=c[1], lam=c[2], residual=c[3])

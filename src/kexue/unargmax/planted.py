@@ -37,7 +37,7 @@ def planted_layer(n_classes: int, dim: int, n_planted: int, *, bias: bool = Fals
         raise ValueError("too few base rows for the requested planted set")
     base = rng.standard_normal((n_base, dim))
     base /= np.linalg.norm(base, axis=1, keepdims=True)
-    bb = rng.standard_normal(n_base) if bias else None
+    bb = rng.standard_normal(n_base) if bias else np.zeros(0)  # no draw without a bias
     rows, biases, truth = [base], [bb], [np.ones(n_base, bool)]
     inner = np.empty((n_planted + n_extra, dim))
     ib = np.empty(n_planted + n_extra)
@@ -50,10 +50,9 @@ def planted_layer(n_classes: int, dim: int, n_planted: int, *, bias: bool = Fals
     if n_extra:
         ib[-1] = bb.max() + 1.0
     rows.append(inner)
-    biases.append(ib if bias else None)
+    biases.append(ib)
     truth.append(np.r_[np.zeros(n_planted, bool), np.ones(n_extra, bool)])
     W = np.vstack(rows)
-    b = np.concatenate(biases) if bias else None
     t = np.concatenate(truth)
     perm = rng.permutation(n_classes)
-    return W[perm], (b[perm] if bias else None), t[perm]
+    return W[perm], (np.concatenate(biases)[perm] if bias else None), t[perm]

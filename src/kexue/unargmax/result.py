@@ -82,7 +82,7 @@ class AuditResult:
         def tok(k):
             return None if vocab is None or not 0 <= k < len(vocab) else vocab[k]
 
-        aud = np.flatnonzero(self.audited)
+        aud = np.arange(self.n_classes) if self.audited is None else np.flatnonzero(self.audited)
         rel = self.rel_margin if self.rel_margin is not None else np.full(self.verdict.shape, np.nan)
         classes = {"id": aud.tolist(), "verdict": self.verdict[aud].astype(int).tolist(),
                    "stage": [STAGES[s] if s >= 0 else None for s in self.stage[aud].tolist()],

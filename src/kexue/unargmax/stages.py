@@ -281,7 +281,7 @@ def working_sets(W, b, ks, open_, P, stats: LayerStats) -> dict:
     pairs = np.stack([P[:, :na], P[:, na:]], 2).reshape(P.shape[0], 2 * na)  # class j's two points side by side
     for sl, L in _logit_slices(W, b, pairs, stats.mem_mb, multiple=2):
         for jj in range(0, sl.stop - sl.start, 2):
-            k, sel = ks[open_[(sl.start + jj) // 2]], set()
+            k, sel = ks[open_[(sl.start + jj) // 2]], set[int]()
             for col in (L[:, jj], L[:, jj + 1]):
                 col = col.copy()
                 col[k] = -np.inf

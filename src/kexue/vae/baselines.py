@@ -83,7 +83,8 @@ class BernoulliMixture(DensityMixin, BaseEstimator):
         # responsibilities start from random soft assignments (a standard EM start)
         R = rng.dirichlet(np.ones(self.n_components), size=n)
         prev = -np.inf
-        for self.n_iter_ in range(1, self.n_iter + 1):
+        for it in range(1, self.n_iter + 1):
+            self.n_iter_ = it
             nk = R.sum(0)
             self.weights_ = (nk + 1e-10) / (n + 1e-10 * self.n_components)
             self.p_ = (R.T @ X + self.alpha) / (nk[:, None] + 2 * self.alpha)

@@ -131,10 +131,13 @@ def softplus_sum(a: torch.Tensor, group: int = 16) -> torch.Tensor:
 
 def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: int | None = None,
                    seed: int = 0, keep_weights: bool = False, fast: bool = True, ckpt=None, ckpt_every: int = 500,
-                   tracker=None) -> LogLikelihood:
+                   tracker=None, threads: int | None = None) -> LogLikelihood:
     """Estimate log q(x) for every row of ``x`` with K importance samples (SPEC 1.4).
 
-    ``x``: (N, D) tensor or array already in the model's convention (see :func:`kexue.vae.prepare`).
+    ``x``: (N, D) tensor or array already in the model's convention (see :func:`kexue.vae.prepare`):
+    {0, 1} for a Bernoulli model, k/255 for the logistic one; anything else is refused with one
+    line (``kexue.vae.prepare(X, model.data_kind, binarize=kexue.vae.scoring_binarize(model))``
+    converts raw pixels the way the model was trained).
     Work is done in chunks of ``batch`` images × ``k`` samples, ``batch · k ≤ rows`` decoder rows
     (default :func:`chunk_rows`, sized to the cache): one decoder pass per chunk, running
     logsumexps over the samples, so memory does not grow with N or K. ``seed`` fixes the
@@ -147,13 +150,23 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     continues from it — with the same numbers as one uninterrupted call — or, finished, returns
     it. A file written for anything else is overwritten. ``seconds`` and ``legs`` of the result
     are the wall time and the number of processes over all resumes (:class:`kexue.train.Clock`).
+    ``threads``: torch's thread count for this call (None: torch's current setting; see
+    :func:`kexue.train.num_threads`).
     """
+    from kexue.train import num_threads
+
+    with num_threads(threads):
+        return _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ckpt_every, tracker)
+
+
+def _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ckpt_every, tracker) -> LogLikelihood:
     from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
 
     K, ckpt_every = validate.integer(K, "K", 1), validate.integer(ckpt_every, "ckpt_every", 1)
     x = torch.as_tensor(validate.matrix(x, "data", dtype=np.float32))
     if x.shape[1] != model.in_dim:
         raise KexueError(f"data must have shape (N, {model.in_dim}) for this model, got {tuple(x.shape)}")
+    model.check_data(x)  # raw 0..255 pixels under a Bernoulli decoder gave "log q > 0"
     n = len(x)
     rows = validate.integer(rows, "rows", 1) if rows is not None else chunk_rows(model)
     batch = validate.integer(batch, "batch", 1) if batch is not None else max(1, min(n, rows // K))
@@ -163,7 +176,7 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     weights = _bernoulli_weights if fast and _fast_ok(model) else (lambda m, xb, k, g: m.log_weights(xb, k, generator=g))
     out = np.empty((4, n))
     lw_all = np.empty((n, K), dtype=np.float32) if keep_weights else None
-    key = None if ckpt is None else {
+    key: dict = {} if ckpt is None else {
         "what": "log_likelihood", "K": K, "batch": batch, "k_chunk": k_chunk, "seed": int(seed),
         "fast": weights is _bernoulli_weights, "keep": keep_weights, "model": model_fingerprint(model),
         "data": fingerprint([x])}
@@ -199,7 +212,7 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
                 save_partial(ckpt, key, clock.stop() if end == n else clock,
                              {"done": end, "out": torch.from_numpy(out), "gen": gen.get_state(), **lw})
     model.train(was_training)
-    return LogLikelihood(*out, int(K), int(model.in_dim), lw_all, **clock.state())
+    return LogLikelihood(out[0], out[1], out[2], out[3], int(K), int(model.in_dim), lw_all, **clock.state())
 
 
 def k_curve(log_weights: np.ndarray, Ks) -> list[dict]:
@@ -224,7 +237,9 @@ def k_curve(log_weights: np.ndarray, Ks) -> list[dict]:
         return ((mx[..., 0] + np.log(np.exp(grp - mx).sum(-1))) - math.log(K)).mean(1)
 
     ref = per_row(kmax)
-    sem = (lambda v: float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"))
+    def sem(v) -> float:
+        return float(v.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
     out = []
     for K in Ks:
         r = per_row(K)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import cast
 
 import numpy as np
 import torch
@@ -35,13 +36,22 @@ def prepare(X, kind: str, binarize: str = "none", seed: int = 0) -> torch.Tensor
     if binarize == "none":
         if not np.isin(Xf, (0.0, 1.0)).all():
             raise KexueError("the Bernoulli decoder needs data in {0, 1}; pass binarize='stochastic' or "
-                             "'threshold' (CLI: --binarize)")
+                             "'threshold'")
         return torch.as_tensor(Xf.astype(np.float32))
     p = unit_pixels(Xf)
     if binarize == "threshold":
         return torch.as_tensor((p > 0.5).astype(np.float32))
     rng = np.random.default_rng(seed)
     return torch.as_tensor((rng.random(p.shape) < p).astype(np.float32))
+
+
+def scoring_binarize(model: VAE) -> str:
+    """The ``binarize`` of :func:`prepare` that treats new data as ``model`` was trained: one fixed
+    Bernoulli draw (``"stochastic"``, the usual test protocol) after ``"dynamic"`` or
+    ``"stochastic"`` training, ``"threshold"`` after ``"threshold"``, else ``"none"`` — also for
+    models that do not record it (not trained by :func:`fit_vae`, or saved before it was stored)."""
+    return {"dynamic": "stochastic", "stochastic": "stochastic", "threshold": "threshold"}.get(
+        str(getattr(model, "binarize_", None)), "none")
 
 
 def unit_pixels(Xf: np.ndarray) -> np.ndarray:
@@ -74,7 +84,8 @@ def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
 def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "dynamic", steps: int = 2000,
             batch_size: int = 100, lr: float = 1e-3, schedule: str = "constant", seed: int = 0,
             ckpt: str | os.PathLike | None = None, ckpt_every: int = 0, resume: bool = False,
-            eval_every: int = 0, evaluate_fn=None, tracker=None, description: str | None = None) -> VAE:
+            eval_every: int = 0, evaluate_fn=None, tracker=None, description: str | None = None,
+            threads: int | None = None) -> VAE:
     """Train a VAE (M = 1) or IWAE (M > 1) on the rows of ``X`` with SPEC 1.3; return it in eval mode.
 
     ``config`` is the architecture (default :class:`VAEConfig`: the IWAE paper's MNIST model);
@@ -87,6 +98,9 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
     ``ckpt_every`` steps, exact ``resume`` (refused if the checkpoint's settings or data differ),
     ``evaluate_fn(model, step)`` every ``eval_every`` steps. Sets ``losses_``, ``evals_``, and
     ``seconds_`` / ``legs_``: the training time and the number of processes over all resumes.
+    ``threads``: torch's thread count for this call (None: torch's current setting; see
+    :func:`kexue.train.num_threads`). Ctrl-C raises ``kexue.train.TrainingInterrupted`` after
+    checkpointing (with ``ckpt``), so ``resume=True`` continues from there.
     """
     from kexue.train import train
 
@@ -120,8 +134,9 @@ def fit_vae(X, config: VAEConfig | None = None, *, M: int = 1, binarize: str = "
     res = train(model, loss_fn, [data], steps=steps, batch_size=bs, optimizer=make_optimizer(model, lr), seed=seed,
                 schedule=_schedule(schedule, steps, max(1, len(data) // bs)), ckpt=ckpt, ckpt_every=ckpt_every,
                 resume=resume, config=run, eval_every=eval_every, evaluate_fn=evaluate_fn, tracker=tracker,
-                description=description or (f"IWAE M={M}" if M > 1 else "VAE"))
-    model = res.model.eval()
+                description=description or (f"IWAE M={M}" if M > 1 else "VAE"), threads=threads)
+    model = cast(VAE, res.model.eval())  # train returns the module it was given
+    model.binarize_ = binarize if kind == "binary" else None
     model.losses_, model.evals_ = res.losses, res.evals
     model.seconds_, model.legs_ = res.seconds, res.legs
     return model

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +165,13 @@ class VAE(nn.Module):
     ``model.sample(n, seed=0)`` and ``decode_mean(torch.randn(n, model.latent_dim))`` draw from it.
     """
 
+    # what fit_vae records on the model (declared for type checkers; nn.Module keeps plain attributes)
+    binarize_: str | None
+    losses_: list[float]
+    evals_: list[dict]
+    seconds_: float
+    legs_: int
+
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()
         if config is not None and not isinstance(config, VAEConfig):
@@ -175,10 +182,31 @@ class VAE(nn.Module):
         self.enc1 = GaussianLayer(c.in_dim, c.latent_dim, c.hidden, c.act)
         self.dec = Decoder(c.decoder, c.latent_dim, c.in_dim, list(c.hidden)[::-1], c.act)
         self.two_layer = c.latent2_dim is not None
-        if self.two_layer:
+        if c.latent2_dim is not None:
             self.enc2 = GaussianLayer(c.latent_dim, c.latent2_dim, c.hidden2, c.act)
             self.prior1 = GaussianLayer(c.latent2_dim, c.latent_dim, list(c.hidden2)[::-1], c.act)
-        self.latent_dim = c.latent2_dim if self.two_layer else c.latent_dim
+        self.latent_dim = c.latent2_dim if c.latent2_dim is not None else c.latent_dim
+        # how fit_vae binarised the training data (Bernoulli decoder); saved with the model so that
+        # scoring can treat new data the same way. None: not trained by fit_vae, or an old file.
+        self.binarize_: str | None = None
+
+    def check_data(self, x: torch.Tensor, *, exact: bool = True) -> None:
+        """Refuse data outside the decoder's convention (module docstring) with one line naming the
+        fix: a Bernoulli likelihood of raw 0..255 pixels is not a likelihood (it came out > 0).
+        ``exact``: also require the support itself ({0, 1}; the 256 levels k/255), as a log-pmf
+        needs; otherwise only the range [0, 1] (a training loss on grey targets is still a loss)."""
+        if self.data_kind == "continuous" or x.numel() == 0:
+            return
+        lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+        if self.data_kind == "binary":
+            if lo < 0 or hi > 1 or (exact and not bool(((x == 0) | (x == 1)).all())):
+                raise KexueError(f"a Bernoulli VAE needs data in {{0, 1}}, got values in [{lo:g}, {hi:g}]; binarise "
+                                 "it first, e.g. kexue.vae.prepare(X, 'binary', binarize='stochastic')")
+            return
+        k = x.detach().double() * 255
+        if lo < 0 or hi > 1 or (exact and bool(((k - k.round()).abs() > 1e-3).any())):
+            raise KexueError(f"the logistic (8-bit) VAE needs data k/255 for pixels k in 0..255, got values in "
+                             f"[{lo:g}, {hi:g}]; convert pixels with kexue.vae.prepare(X, '8bit')")
 
     # -------------------------------------------------------------- the importance weights
     def log_weights(self, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -235,19 +263,23 @@ class VAE(nn.Module):
         """Write the weights and the architecture to one .safetensors file, atomically."""
         from kexue.io import save_fitted
 
-        save_fitted(path, "vae", self.state_dict(), self.config.to_dict())
+        extra = {} if self.binarize_ is None else {"binarize": self.binarize_}
+        save_fitted(path, "vae", self.state_dict(), {**self.config.to_dict(), **extra})
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "VAE":
+    def load(cls, path: str | os.PathLike) -> VAE:
         """A model written by :meth:`save`, in eval mode; a one-line KexueError for missing,
-        foreign or damaged files (nothing is unpickled)."""
+        foreign or damaged files (nothing is unpickled). ``binarize_`` is the training
+        binarisation stored with it (None for files written before it was stored)."""
         import numpy as np
 
         from kexue.io import load_fitted
 
         tensors, config = load_fitted(path, "vae")
+        binarize = config.pop("binarize", None)
         try:
             model = cls(VAEConfig(**config))
+            model.binarize_ = None if binarize is None else str(binarize)
             model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in tensors.items()})
         except (TypeError, ValueError, RuntimeError) as e:
             raise KexueError(f"{path}: weights do not match the stored architecture ({type(e).__name__}); "
@@ -259,6 +291,8 @@ def iwae_loss(model: VAE, x: torch.Tensor, m: int = 1) -> torch.Tensor:
     """SPEC 1.3: −[lse_m(log q(x|z_m) + log q(z_m) − log p(z_m|x)) − log M], averaged over the batch.
 
     M = 1 is the VAE's negative ELBO (single-sample, KL by Monte Carlo); M > 1 is IWAE.
+    ``x`` must lie in the decoder's range ([0, 1] for the Bernoulli and logistic decoders).
     """
+    model.check_data(x, exact=False)
     lw = model.log_weights(x, m)
     return -(torch.logsumexp(lw, 0) - math.log(m)).mean()

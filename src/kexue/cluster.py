@@ -1,0 +1,53 @@
+"""Dask clusters for work that outgrows one machine: one spelling for every command.
+
+``where`` is ``"local:N"`` (start a ``LocalCluster`` of N worker processes on this machine) or a
+scheduler address ``"tcp://HOST:PORT"`` (workers started with ``dask worker`` elsewhere). Dask is
+the scheduler; kexue only opens and closes the client.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from kexue.utils import KexueError, require
+
+CONNECT_TIMEOUT = 30  # seconds to reach a Dask scheduler
+
+
+def check_where(scheduler: str | None, cluster: str | None) -> str | None:
+    """The one place ``--scheduler tcp://HOST:PORT`` / ``--cluster local:N`` are checked;
+    returns the ``where`` string for :func:`dask_client` (None: run here, without Dask)."""
+    if scheduler is not None and cluster is not None:
+        raise KexueError("give --scheduler tcp://HOST:PORT or --cluster local:N, not both")
+    if cluster is not None and not (cluster.startswith("local:") and cluster[6:].isdigit() and int(cluster[6:]) >= 1):
+        raise KexueError(f"--cluster must be local:N with N ≥ 1 workers; got {cluster!r}")
+    if scheduler is not None and "://" not in scheduler:
+        raise KexueError(f"--scheduler must be a Dask address like tcp://HOST:8786; got {scheduler!r}")
+    return scheduler or cluster
+
+
+@contextmanager
+def dask_client(where: str) -> Iterator[object]:
+    """A ``dask.distributed.Client`` for ``where`` (``local:N`` or ``tcp://HOST:PORT``), closed
+    (with its local cluster) on exit. A missing ``dask`` names the ``dask`` extra."""
+    distributed = require("dask", "dask.distributed", "a Dask cluster")
+    cluster = None
+    if where.startswith("local:"):
+        n = where.split(":", 1)[1]
+        if not n.isdigit() or int(n) < 1:
+            raise KexueError(f"--cluster local:N needs a worker count N ≥ 1; got {where!r}")
+        cluster = distributed.LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+    else:
+        try:
+            client = distributed.Client(where, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise KexueError(f"cannot reach the Dask scheduler {where} ({e}); is `dask scheduler` running there?") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,33 @@
+"""Arrays at the hubness entry points: torch tensors of any dtype as NumPy arrays, and the exact
+power-of-two rescale that keeps coordinates near the ends of the float range searchable (issue 31)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def host_array(X):
+    """A torch tensor as a NumPy array (bfloat16 and other dtypes NumPy lacks become float32), without
+    importing torch; anything else unchanged. The hubness entry points call it before validation."""
+    if type(X).__module__.split(".")[0] == "torch" and hasattr(X, "detach"):
+        X = X.detach().cpu()
+        if str(X.dtype) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
+            X = X.float()
+        return X.numpy()
+    return X
+
+
+_SAFE_EXP = 40  # |coordinates| within 2^±40: float32 squared norms (≤ 2^80 · dim) neither overflow nor vanish
+
+
+def pow2_exponent(max_abs: float) -> int:
+    """The power of two to divide data by so that its largest |coordinate| lies in [0.5, 1), or 0 when
+    it is already safe (2^-40 ≤ max ≤ 2^40; then nothing is rescaled and results are bit-identical).
+    Scaling by a power of two is exact, and every distance scales by the same power."""
+    if not np.isfinite(max_abs) or max_abs == 0 or 2.0**-_SAFE_EXP <= max_abs <= 2.0**_SAFE_EXP:
+        return 0
+    return int(np.frexp(max_abs)[1])
+
+
+def max_abs(A) -> float:
+    return max(float(A.max()), -float(A.min())) if A.size else 0.0  # no |A| copy of a large matrix

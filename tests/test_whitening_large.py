@@ -1,0 +1,107 @@
+"""Whitening fits that are split: merged partial fits and Dask arrays (issue 29)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kexue import KexueError
+from kexue.whitening import Whitening
+
+
+def _data(n=3000, d=12, seed=0):
+    r = np.random.default_rng(seed)
+    A = r.normal(size=(d, d))
+    return (r.normal(size=(n, d)) @ A + 50.0).astype(np.float64)
+
+
+def _close(a: Whitening, b: Whitening, rtol=1e-10):
+    np.testing.assert_allclose(a.mean_, b.mean_, rtol=rtol)
+    np.testing.assert_allclose(a.eigenvalues_, b.eigenvalues_, rtol=rtol)
+    # eigenvectors up to the deterministic sign rule, which both apply
+    np.testing.assert_allclose(a.components_, b.components_, rtol=0, atol=1e-8)
+    assert a.n_samples_seen_ == b.n_samples_seen_
+
+
+@pytest.mark.parametrize("beta,gamma,k", [(1.0, 1.0, None), (0.5, 0.7, 5)])
+def test_merge_of_disjoint_fits_equals_one_fit(beta, gamma, k):
+    X = _data()
+    whole = Whitening(beta, gamma, k).fit(X)
+    parts = [Whitening(beta, gamma, k).fit(X[a:b]) for a, b in ((0, 700), (700, 1900), (1900, 3000))]
+    merged = parts[2]
+    merged.merge(parts[0]).merge(parts[1])  # any order
+    _close(merged, whole)
+    np.testing.assert_allclose(merged.transform(X[:50]), whole.transform(X[:50]), rtol=1e-8, atol=1e-9)
+
+
+def test_merge_into_an_unfitted_transform_and_bad_merges():
+    X = _data()
+    w = Whitening().merge(Whitening().fit(X[:10])).merge(Whitening().fit(X[10:]))
+    _close(w, Whitening().fit(X))
+    with pytest.raises(KexueError, match="d=12"):
+        Whitening().fit(_data(d=5)).merge(Whitening().fit(X))
+    with pytest.raises(TypeError, match="merge takes a Whitening"):
+        Whitening().fit(X).merge(Whitening())
+
+
+def test_merge_can_break_the_shift_mean_coupling():
+    # the two fits' shifts are far apart: the correction terms carry the whole result
+    X = _data()
+    Y = X.copy()
+    Y[1500:] += 1e4
+    w = Whitening().fit(Y[:1500]).merge(Whitening().fit(Y[1500:]))
+    ref = Whitening().fit(Y)
+    # moving sums by δ = 1e4 costs float64 rounding of N·δ² (1e11 here) in Σ: precision is
+    # relative to the largest eigenvalue (3e8), as for any fit about a distant shift
+    np.testing.assert_allclose(w.eigenvalues_, ref.eigenvalues_, rtol=0, atol=1e-13 * ref.eigenvalues_[0])
+    np.testing.assert_allclose(w.mean_, ref.mean_, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e200, 1e-200])
+def test_merge_of_fits_of_huge_or_tiny_data(scale):
+    X = _data() * scale
+    w = Whitening().fit(X[:1000]).merge(Whitening().fit(X[1000:]))
+    ref = Whitening().fit(X)
+    np.testing.assert_allclose(w.condition_number(), ref.condition_number(), rtol=1e-9)
+    np.testing.assert_allclose(w.transform(X[:20]), ref.transform(X[:20]), rtol=1e-8, atol=1e-8)
+
+
+da = pytest.importorskip("dask.array", reason="the dask extra is not installed")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dask_fit_over_four_partitions_equals_in_memory(dtype):
+    X = _data(n=4000).astype(dtype)
+    D = da.from_array(X, chunks=(1000, 12))
+    w = Whitening(beta=1.0, gamma=1.0, n_components=8).fit(D)
+    ref = Whitening(beta=1.0, gamma=1.0, n_components=8).fit(X)
+    _close(w, ref)
+    Z = w.transform(D)
+    assert Z.shape == (4000, 8) and Z.dtype == dtype
+    np.testing.assert_allclose(Z.compute(), ref.transform(X), rtol=1e-5 if dtype == np.float32 else 1e-10,
+                               atol=1e-5 if dtype == np.float32 else 1e-10)
+
+
+def test_dask_fit_with_column_chunks_and_bad_values():
+    X = _data(n=500)
+    _close(Whitening().fit(da.from_array(X, chunks=(128, 5))), Whitening().fit(X))
+    bad = X.copy()
+    bad[321, 3] = np.nan
+    with pytest.raises(KexueError, match="NaN"):
+        Whitening().fit(da.from_array(bad, chunks=(100, 12)))
+    with pytest.raises(KexueError, match="2-D"):
+        Whitening().fit(da.ones((10,), chunks=5))
+    with pytest.raises(KexueError, match="dimension 5"):
+        Whitening().fit(X).transform(da.ones((10, 5), chunks=5))
+
+
+@pytest.mark.slow
+def test_dask_fit_on_a_local_cluster_of_processes_equals_single_process():
+    pytest.importorskip("dask.distributed")
+    from kexue.cluster import dask_client
+
+    X = _data(n=6000, d=16, seed=3)
+    ref = Whitening(beta=1.0, gamma=1.0).fit(X)
+    with dask_client("local:2"):
+        w = Whitening(beta=1.0, gamma=1.0).fit(da.from_array(X, chunks=(1500, 16)))
+    _close(w, ref)
