@@ -40,9 +40,11 @@ BASELINES = ["SGD", "Adam", "SGD-HD", "Adam-HD"]
 def _parallel(ctx, cfg: Config, fn, jobs: list, description: str) -> list:
     """``fn(*job)`` for every job, in ``cfg.jobs`` joblib processes, in order, with progress;
     resumable (:meth:`kexue.report.Context.resumable`)."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
-    par = Parallel(n_jobs=cfg.jobs, backend="loky", return_as="generator")
+    from kexue.parallel import parallel
+
+    par = parallel(cfg.jobs)  # fresh loky workers, no joblib memmapping folder (kexue.parallel)
     keys = [[fn.__name__, *job] for job in jobs]  # finished runs are kept: a rerun resumes
     return ctx.resumable(par, [delayed(fn)(*job) for job in jobs], keys, description)
 
