@@ -89,9 +89,11 @@ class Config:
 def _parallel(ctx, cfg: Config, jobs: list, description: str) -> list:
     """``one_run(*job)`` for every job in ``cfg.jobs`` joblib processes, in order; every finished run
     is stored and read back on a rerun (:meth:`kexue.report.Context.resumable`)."""
-    from joblib import Parallel, delayed
+    from joblib import delayed
 
-    par = Parallel(n_jobs=cfg.jobs, backend="loky", return_as="generator")
+    from kexue.parallel import parallel
+
+    par = parallel(cfg.jobs)  # fresh loky workers, no joblib memmapping folder (kexue.parallel)
     keys = [["lrfree", *job[:-1]] for job in jobs]  # not the data folder: where MNIST lies changes nothing
     return ctx.resumable(par, [delayed(one_run)(*job) for job in jobs], keys, description)
 
