@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from kexue.parallel import ArrayFile, SharedArrays, consume, file_of, opened, parallel
+from kexue.parallel import ArrayFile, SharedArrays, file_of, opened
 from kexue.unargmax import audit, planted_layer
 
 SRC = os.path.join(os.path.dirname(__file__), os.pardir, "src")

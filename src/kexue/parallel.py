@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class SharedArrays:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
 
-    def __enter__(self) -> "SharedArrays":
+    def __enter__(self) -> SharedArrays:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -148,7 +148,7 @@ def consume(results: Iterable) -> Iterator:
     it = iter(results)
     done = False
     try:
-        for r in it:  # not ``yield from``: that would close ``it`` outside the filter below
+        for r in it:  # noqa: UP028 - not ``yield from``: that would close ``it`` outside the filter below
             yield r
         done = True
     finally:

@@ -5,7 +5,8 @@
 - :mod:`kexue.hubness.measures` — skewness, Robin-Hood, Gini, Atkinson, hub/antihub occurrence;
 - :mod:`kexue.hubness.reduction` — mutual proximity, local scaling/NICDM, CSLS, NNN, centering;
 - :mod:`kexue.hubness.reference` — index statistics from a reference set (a query bank or the queries);
-- :mod:`kexue.hubness.sampling` — hub-prior latent sampling.
+- :mod:`kexue.hubness.sampling` — hub-prior latent sampling;
+- :mod:`kexue.hubness.estimate` — the measures of an index too large to scan, from sampled queries.
 
 Every public name is re-exported here: ``from kexue.hubness import kneighbors``.
 """
@@ -20,8 +21,10 @@ from kexue.hubness.measures import (antihub_occurrence, atkinson, gini, hub_occu
 from kexue.hubness.reduction import (CSLS, NNN, REDUCTIONS, Centering, LocalScaling, MutualProximity,
                                      make_reduction)
 from kexue.hubness.sampling import HubSample, hub_sample
+from kexue.hubness.estimate import HubnessEstimate, estimate_hubness
 
 __all__ = [
+    "HubnessEstimate", "estimate_hubness",
     "BACKENDS", "METRICS", "TIE_RTOL", "KNNGraph", "order_rows", "pair_distances", "kneighbors", "k_occurrence", "occurrences", "knn_recall",
     "skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "hubness_measures", "nk_histogram",
     "MutualProximity", "LocalScaling", "CSLS", "NNN", "Centering", "REDUCTIONS", "make_reduction",

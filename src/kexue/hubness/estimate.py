@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from kexue import validate
+from kexue.hubness.search import kneighbors
 from kexue.utils import KexueError
 
 
@@ -125,8 +126,6 @@ def estimate_hubness(X, k: int, fraction: float = 0.05, metric: str = "euclidean
     if m > n or n < 4:
         raise KexueError(f"X has {n} rows; sampling needs at least 4 and a fraction that leaves ≥ 3 queries")
     k = validate.integer(k, "k", 1, n - 2)
-    from kexue.hubness import kneighbors  # the package's entry point, wherever it lives
-
     rng = np.random.default_rng(seed)
     S = np.sort(rng.choice(n, size=m, replace=False))
     _, ind = kneighbors(X, k + 1, metric=metric, backend=backend, queries=X[S], seed=seed, **kneighbors_kw)

@@ -222,6 +222,7 @@ def _reach(W, W32, b, ks, stats: LayerStats, out: _Collector, par, tracker) -> R
     out.add_sec("reach", secs)
     audited = np.zeros(C, bool)
     audited[ks] = True
+    assert cfg.reach is not None  # the caller only reaches here with a radius
     return ReachResult(radius=float(cfg.reach), lower=lower, upper=upper, iters=iters, tol=cfg.reach_tol,
                        witnesses=H, seconds=secs, audited=audited)
 
@@ -261,7 +262,9 @@ def reachable(W, b=None, radius: float | None = None, config: AuditConfig | None
     cfg = AuditConfig.with_overrides(config, settings)
     if cfg.reach is None:
         raise KexueError("reachable() needs the radius R of the hidden states (radius=R, R ≥ 0)")
-    return _audit(W, b, cfg, classes, None, tracker, False).reach
+    res = _audit(W, b, cfg, classes, None, tracker, False).reach
+    assert res is not None  # cfg.reach was set above
+    return res
 
 
 def _audit(W, b, cfg: AuditConfig, classes, precision, tracker, verdicts: bool) -> AuditResult:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from kexue.unargmax.reach import ReachResult
 
 from kexue.unargmax.certificates import ARGMAXABLE, NEAR, STAGES, UNARGMAXABLE, UNDECIDED, VERDICT_NAMES
 
@@ -42,7 +46,7 @@ class AuditResult:
     rel_margin: np.ndarray | None = None
     min_margin: float = 0.0
     wall_seconds: dict = field(default_factory=dict)  # wall time per phase (setup, prechecks, lp)
-    reach: "ReachResult | None" = None  # audit(..., reach=R): reachable-probability intervals (SPEC 3.8)
+    reach: ReachResult | None = None  # audit(..., reach=R): reachable-probability intervals (SPEC 3.8)
 
     def ids(self, verdict: int) -> np.ndarray:
         return np.flatnonzero((self.verdict == verdict) & self.audited)
