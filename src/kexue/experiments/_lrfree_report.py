@@ -13,7 +13,7 @@ TAUS = np.logspace(0, math.log10(64), 121)  # performance-profile axis: 1 … 64
 
 
 def _style(o: str) -> dict:
-    from kexue.experiments.lrfree import KEXUE
+    from kexue.experiments._lrfree_runs import KEXUE
 
     return {"ls": "-" if o in KEXUE else ("--" if o in TUNED else ":"), "lw": 1.6 if o.startswith("EGAdapt") else 1.1}
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from kexue.experiments._eg_runs import EGSTEP_GAMMA, MOMENTUM
 
+KEXUE = ("EGAdapt(SGD)", "EGAdapt(Adam)", "EGStep", "SGD-HD", "Adam-HD")  # the study's kexue optimisers
 DIVERGE_FACTOR = 10.0
 
 # name -> (the knob the robustness sweep multiplies, its value at the optimiser's default)

@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 
+from kexue.experiments._hubness_shift import knn_vote, part_shift  # knn_vote: the shift section's too
+
 TITLE = "Hubness: measures, reduction on real embeddings, hub-prior sampling"
 SPEC = "8"
 
@@ -112,16 +114,6 @@ def part_dimension(ctx):
 
 # ---------------------------------------------------------------------------------------------
 # 8.4 reduction on real embeddings
-
-
-def knn_vote(neigh_ind, y_index, n_classes):
-    """Majority vote of the k neighbours; ties go to the class of the nearest tied neighbour."""
-    labels = y_index[neigh_ind]
-    counts = np.zeros((len(labels), n_classes), int)
-    np.add.at(counts, (np.repeat(np.arange(len(labels)), labels.shape[1]), labels.ravel()), 1)
-    best = counts.max(1, keepdims=True)
-    tied = counts[np.arange(len(labels))[:, None], labels] == best  # neighbour's class is among the winners
-    return labels[np.arange(len(labels)), tied.argmax(1)]
 
 
 def _reduction_rows(ctx, X, Q, k, metric, score, label, n_candidates):
@@ -309,7 +301,6 @@ def run(ctx):
     ctx.text("### 8.4 Hubness reduction on MiniLM sentence embeddings: STS-B pair retrieval")
     part_stsb(ctx)
     ctx.text("### 8.4 Queries that differ from the index: a reference set for the index statistics (issue 28)")
-    from kexue.experiments._hubness_shift import part_shift
 
     part_shift(ctx)
     ctx.text("### 8.3 Hub-prior latent sampling (our VAE decoder)")

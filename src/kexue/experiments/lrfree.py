@@ -31,7 +31,6 @@ from kexue.experiments._lrfree_workloads import WORKLOADS, corpus_info
 
 TITLE = "Meta-learned step sizes against learning-rate-free optimisers"
 SPEC = "2.3"
-KEXUE = ("EGAdapt(SGD)", "EGAdapt(Adam)", "EGStep", "SGD-HD", "Adam-HD")
 
 # Sizing of the full mode. STEP_MS: ms per training step on one torch thread, measured by
 # benchmarks/bench_lrfree.py --full (20 steps, median of 3) at load average 3.0-5.2 on 2 cores, the

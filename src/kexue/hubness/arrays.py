@@ -1,9 +1,14 @@
 """Arrays at the hubness entry points: torch tensors of any dtype as NumPy arrays, and the exact
-power-of-two rescale that keeps coordinates near the ends of the float range searchable (issue 31)."""
+power-of-two rescale that keeps coordinates near the ends of the float range searchable (issue 31);
+the reductions' input check and fitted check, shared by their modules."""
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.exceptions import NotFittedError
+
+from kexue import validate
+from kexue.utils import KexueError, KexueTypeError
 
 
 def host_array(X):
@@ -31,3 +36,27 @@ def pow2_exponent(max_abs: float) -> int:
 
 def max_abs(A) -> float:
     return max(float(A.max()), -float(A.min())) if A.size else 0.0  # no |A| copy of a large matrix
+
+
+class NotFitted(KexueError, NotFittedError):
+    """A reduction used before ``fit`` (a KexueError and scikit-learn's NotFittedError)."""
+
+
+def _vectors(X, what: str = "X") -> np.ndarray:
+    """A float64 matrix; scikit-learn's array checks first (their wording is what its estimator
+    checks expect), each failure re-raised as one KexueError line, then kexue's own checks."""
+    from sklearn.utils import check_array
+
+    X = host_array(X)
+    try:
+        X = check_array(X, dtype=np.float64, input_name=what)
+    except TypeError as e:
+        raise KexueTypeError(f"{what}: {str(e).splitlines()[0]}") from None
+    except ValueError as e:
+        raise KexueError(f"{what}: {' '.join(str(e).split())}") from None
+    return validate.matrix(X, what)
+
+
+def check_is_fitted(est) -> None:
+    if not hasattr(est, "stats_"):
+        raise NotFitted(f"{type(est).__name__} is not fitted; call fit(X) first")

@@ -39,37 +39,17 @@ import numpy as np
 from scipy import sparse
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import InvalidParameterError, Interval, StrOptions
-from sklearn.exceptions import NotFittedError
 
 from kexue import validate
 from kexue.hubness import graph as G
 from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
-from kexue.hubness.arrays import host_array, pow2_exponent
+from kexue.hubness.arrays import _vectors, check_is_fitted, pow2_exponent
 from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, rows64
-from kexue.utils import KexueError, KexueTypeError
+from kexue.utils import KexueError
 
 _TINY = np.finfo(np.float64).tiny
 AUTO_SAMPLE = 2000  # the smallest sample n_samples="auto" draws (see _Reduction._sample_size)
-
-
-class NotFitted(KexueError, NotFittedError):
-    """A reduction used before ``fit`` (a KexueError and scikit-learn's NotFittedError)."""
-
-
-def _vectors(X, what: str = "X") -> np.ndarray:
-    """A float64 matrix; scikit-learn's array checks first (their wording is what its estimator
-    checks expect), each failure re-raised as one KexueError line, then kexue's own checks."""
-    from sklearn.utils import check_array
-
-    X = host_array(X)
-    try:
-        X = check_array(X, dtype=np.float64, input_name=what)
-    except TypeError as e:
-        raise KexueTypeError(f"{what}: {str(e).splitlines()[0]}") from None
-    except ValueError as e:
-        raise KexueError(f"{what}: {' '.join(str(e).split())}") from None
-    return validate.matrix(X, what)
 
 
 def _store(est, params: dict) -> None:
@@ -77,11 +57,6 @@ def _store(est, params: dict) -> None:
     for name, value in params.items():
         if name not in ("self", "__class__"):
             setattr(est, name, value)
-
-
-def check_is_fitted(est) -> None:
-    if not hasattr(est, "stats_"):
-        raise NotFitted(f"{type(est).__name__} is not fitted; call fit(X) first")
 
 
 class _Reduction(TransformerMixin, BaseEstimator):

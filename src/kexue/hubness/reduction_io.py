@@ -7,7 +7,7 @@ from kexue.utils import KexueError
 
 
 def save_reduction(est, path) -> None:
-    from kexue.hubness.reduction_base import check_is_fitted
+    from kexue.hubness.arrays import check_is_fitted
     from kexue.io import save_fitted
 
     check_is_fitted(est)

@@ -28,7 +28,7 @@ QUERIES = "queries"  # the spelling of the transductive reference: the query bat
 
 def check_reference(reference, n_features: int, where: str) -> np.ndarray:
     """The reference vectors as float64 (n_ref, dim), checked like queries."""
-    from kexue.hubness.reduction_base import _vectors
+    from kexue.hubness.arrays import _vectors
 
     if isinstance(reference, str):
         raise KexueError(f"reference={reference!r} is not understood in {where}; pass an array of reference "
