@@ -66,11 +66,13 @@ def test_merge_of_fits_of_huge_or_tiny_data(scale):
     np.testing.assert_allclose(w.transform(X[:20]), ref.transform(X[:20]), rtol=1e-8, atol=1e-8)
 
 
-da = pytest.importorskip("dask.array", reason="the dask extra is not installed")
+@pytest.fixture
+def da():
+    return pytest.importorskip("dask.array", reason="the dask extra is not installed")
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_dask_fit_over_four_partitions_equals_in_memory(dtype):
+def test_dask_fit_over_four_partitions_equals_in_memory(dtype, da):
     X = _data(n=4000).astype(dtype)
     D = da.from_array(X, chunks=(1000, 12))
     w = Whitening(beta=1.0, gamma=1.0, n_components=8).fit(D)
@@ -82,7 +84,7 @@ def test_dask_fit_over_four_partitions_equals_in_memory(dtype):
                                atol=1e-5 if dtype == np.float32 else 1e-10)
 
 
-def test_dask_fit_with_column_chunks_and_bad_values():
+def test_dask_fit_with_column_chunks_and_bad_values(da):
     X = _data(n=500)
     _close(Whitening().fit(da.from_array(X, chunks=(128, 5))), Whitening().fit(X))
     bad = X.copy()
@@ -96,7 +98,7 @@ def test_dask_fit_with_column_chunks_and_bad_values():
 
 
 @pytest.mark.slow
-def test_dask_fit_on_a_local_cluster_of_processes_equals_single_process():
+def test_dask_fit_on_a_local_cluster_of_processes_equals_single_process(da):
     pytest.importorskip("dask.distributed")
     from kexue.cluster import dask_client
 
