@@ -10,6 +10,7 @@ from kexue.cli._common import check_output, positive_float, threads_option, unit
 
 
 def _checked_options(method, jobs, show, scheduler, cluster):
+    from kexue.cluster import check_where
     from kexue.utils import KexueError, require
 
     if method not in ("lp", "fw"):
@@ -18,15 +19,10 @@ def _checked_options(method, jobs, show, scheduler, cluster):
         raise KexueError(f"--jobs must be at least 1; got {jobs}")
     if show < 0:
         raise KexueError(f"--show must be 0 or more (how many classes to list); got {show}")
-    if scheduler is not None and cluster is not None:
-        raise KexueError("give --scheduler tcp://HOST:PORT or --cluster local:N, not both")
-    if cluster is not None and not (cluster.startswith("local:") and cluster[6:].isdigit() and int(cluster[6:]) >= 1):
-        raise KexueError(f"--cluster must be local:N with N ≥ 1 workers; got {cluster!r}")
-    if scheduler is not None and "://" not in scheduler:
-        raise KexueError(f"--scheduler must be a Dask address like tcp://HOST:8786; got {scheduler!r}")
-    if scheduler or cluster:  # before the layer is read: a missing extra is the one error line
+    where = check_where(scheduler, cluster)
+    if where:  # before the layer is read: a missing extra is the one error line
         require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
-    return scheduler or cluster
+    return where
 
 
 def _checked_reach(reach, below, tol):

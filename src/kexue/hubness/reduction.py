@@ -138,7 +138,25 @@ class LocalScaling(_Reduction):
         return dist / np.sqrt(sq * sx)
 
 
-class CSLS(_Reduction):
+class _MeanSimilarity:
+    """The statistic CSLS and NNN share: a point's mean similarity to its ``k`` nearest points
+    (``s = 1 - d`` for cosine, ``s = -d`` for Euclidean); their secondary distances are linear in
+    d, so an exactly rescaled search (``exp_``) scales back by the same power of two."""
+
+    def _sim(self, dist):
+        return 1.0 - dist if self.metric == "cosine" else -dist
+
+    def _width(self):
+        return self.k
+
+    def _stats(self, dist, width):
+        return (self._sim(dist[:, :width]).mean(1),)
+
+    def _unscaled(self, sec):
+        return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec
+
+
+class CSLS(_MeanSimilarity, _Reduction):
     """Cross-domain similarity local scaling (Conneau et al. 2018):
     ``CSLS(q, x) = 2 s(q, x) - r_q - r_x``, secondary distance ``-CSLS``; ``s = 1 - d`` (cosine)
     or ``s = -d`` (Euclidean). ``r_q`` = mean similarity of q to its ``k`` first candidates (its
@@ -156,23 +174,11 @@ class CSLS(_Reduction):
                  backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
         _store(self, locals())
 
-    def _sim(self, dist):
-        return 1.0 - dist if self.metric == "cosine" else -dist
-
-    def _width(self):
-        return self.k
-
-    def _stats(self, dist, width):
-        return (self._sim(dist[:, :width]).mean(1),)
-
     def _secondary(self, dist, ind, q_stats, x_stats, Q):
         return q_stats[0][:, None] + x_stats[0][ind] - 2.0 * self._sim(dist)
 
-    def _unscaled(self, sec):
-        return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec  # linear in d (Euclidean)
 
-
-class NNN(_Reduction):
+class NNN(_MeanSimilarity, _Reduction):
     """Nearest Neighbor Normalization (Chowdhury et al., EMNLP 2024): the score of candidate x for
     query q is ``s(q, x) - alpha · r_x``, secondary distance ``alpha · r_x - s(q, x)``; ``s = 1 - d``
     (cosine: the inner product of unit vectors) or ``s = -d`` (Euclidean); ``r_x`` = mean similarity
@@ -190,15 +196,6 @@ class NNN(_Reduction):
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
                  random_state: int = 0):
         _store(self, locals())
-
-    def _sim(self, dist):
-        return 1.0 - dist if self.metric == "cosine" else -dist
-
-    def _width(self):
-        return self.k
-
-    def _stats(self, dist, width):
-        return (self._sim(dist[:, :width]).mean(1),)
 
     def _secondary(self, dist, ind, q_stats, x_stats, Q):
         return self.alpha * x_stats[0][ind] - self._sim(dist)
