@@ -122,3 +122,24 @@ def killer():
             pass
 
     return _Tracker
+
+
+@pytest.fixture
+def thread_spy():
+    """A tracker class that records torch's thread count while a library loop runs (issue 31:
+    library calls take ``threads=`` for the call only)."""
+    torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+
+    class ThreadSpy:
+        def __init__(self):
+            self.seen = []
+
+        def track(self, iterable, description="", total=None):
+            for item in iterable:
+                self.seen.append(torch.get_num_threads())
+                yield item
+
+        def log(self, message):
+            pass
+
+    return ThreadSpy

@@ -559,18 +559,9 @@ def test_t1000_step_counts_at_the_edges(spacing):
         DDIMSampler(sched, steps=1001, spacing=spacing)
 
 
-def test_library_calls_take_threads_for_the_call_only():
+def test_library_calls_take_threads_for_the_call_only(thread_spy):
     """Issue 31: library calls follow torch's setting unless ``threads`` says otherwise (the CLI
     passes its --threads); the count applies inside the call and is restored after it."""
-    class Spy:
-        def __init__(self):
-            self.seen = []
-
-        def track(self, iterable, description="", total=None):
-            for item in iterable:
-                self.seen.append(torch.get_num_threads())
-                yield item
-
     m = DDPM(UNetConfig(base=4, mults=(1,)), linear_schedule(10), side=8)
     X = np.random.default_rng(0).random((3, 64))
     before = torch.get_num_threads()
@@ -578,10 +569,10 @@ def test_library_calls_take_threads_for_the_call_only():
     try:
         for call in (lambda **kw: m.sample(2, steps=3, **kw), lambda **kw: m.nll(X, timesteps=2, **kw),
                      lambda **kw: m.fit(X, steps=2, batch_size=2, **kw)):
-            spy = Spy()
+            spy = thread_spy()
             call(threads=1, tracker=spy)
             assert spy.seen and set(spy.seen) == {1} and torch.get_num_threads() == 2
-            spy = Spy()
+            spy = thread_spy()
             call(tracker=spy)
             assert set(spy.seen) == {2}
     finally:

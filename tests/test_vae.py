@@ -532,31 +532,16 @@ def test_the_training_binarisation_is_saved_and_used_to_score(cli, cli_files, tm
 # ------------------------------------------------------------------ issue 31: threads, Ctrl-C
 
 
-class _ThreadSpy:
-    """A tracker that records torch's thread count while the library loop runs."""
-
-    def __init__(self):
-        self.seen = []
-
-    def track(self, iterable, description="", total=None):
-        for item in iterable:
-            self.seen.append(torch.get_num_threads())
-            yield item
-
-    def log(self, message):
-        pass
-
-
-def test_log_likelihood_threads_keyword():
+def test_log_likelihood_threads_keyword(thread_spy):
     m = _bernoulli_model(in_dim=64)
     x = (torch.rand(6, 64, generator=torch.Generator().manual_seed(0)) < 0.5).float()
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        spy = _ThreadSpy()
+        spy = thread_spy()
         a = log_likelihood(m, x, K=20, batch=3, threads=1, tracker=spy)
         assert spy.seen == [1, 1] and torch.get_num_threads() == 2
-        b = log_likelihood(m, x, K=20, batch=3, tracker=(spy := _ThreadSpy()))
+        b = log_likelihood(m, x, K=20, batch=3, tracker=(spy := thread_spy()))
         assert spy.seen == [2, 2]
         np.testing.assert_array_equal(a.log_q, b.log_q)
     finally:
