@@ -40,7 +40,8 @@ def check_index(index, n: int | None, d: int, metric: str, name: str = "the FAIS
     faiss = require("ann", "faiss", "a FAISS index")
 
     if index.ntotal == 0:
-        raise KexueError(f"{name} is empty (ntotal 0); add the vectors (index.add(X)) before searching it")
+        raise KexueError(f"{name} is empty (ntotal 0)" + ("" if n is None else f" but {data} has {n} rows")
+                         + "; add the vectors (index.add(X)) before searching it")
     if not index.is_trained:
         raise KexueError(f"{name} is not trained; train it and add the vectors before searching it")
     if index.d != d:
@@ -56,6 +57,12 @@ def check_index(index, n: int | None, d: int, metric: str, name: str = "the FAIS
     if mt not in (faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT):
         raise KexueError(f"{name} has metric_type {mt}, neither L2 ({faiss.METRIC_L2}) nor inner product "
                          f"({faiss.METRIC_INNER_PRODUCT}) as {metric_name} {metric} needs; build it with METRIC_L2")
+    if metric == "cosine" and isinstance(faiss.downcast_index(index), (faiss.IndexFlat, faiss.IndexHNSWFlat)):
+        # cosine ranks by L2 or inner product of unit vectors only; an index storing raw rows can say so
+        norm = np.linalg.norm(index.reconstruct_n(0, min(index.ntotal, 16)), axis=1)
+        if np.abs(norm - 1).max() > 1e-3:
+            raise KexueError(f"{name} holds vectors of norm {norm[np.argmax(np.abs(norm - 1))]:.4g}, not the unit "
+                             f"vectors {metric_name} cosine needs; add X / |X| (rows normalised) to the index")
 
 
 def read_index(path: Path, flag: str = "--index"):
