@@ -9,7 +9,8 @@ recall is returned with the result (``KNNGraph.recall``), so every approximate g
 quality. Found neighbours are re-scored in float64 and ordered like the exact backend's.
 
 - ``hnsw``: FAISS ``IndexHNSWFlat``; parameter ``ef_search`` (build: ``M`` = 16,
-  ``ef_construction`` = 100, ``num_threads`` = 1 — one thread gives the same graph every run).
+  ``ef_construction`` = 100, ``num_threads`` = 1 — one thread gives the same graph every run;
+  rows inserted in batches of 16,384 whatever ``block_rows``, as the batches shape the graph).
 - ``ivf``: FAISS ``IndexIVFFlat``; parameter ``nprobe`` (build: ``nlist`` = √n, k-means on a
   seeded sample of 64 points per list).
 - ``faiss``: ``backend_params={"index": "hnsw" | "ivf" | "flat"}`` — the HNSW or IVF index above,
@@ -75,8 +76,8 @@ def _faiss_hnsw(X, kk, params, seed, metric, block_rows) -> _Index:
     index.hnsw.efConstruction = int(params.pop("ef_construction", 100))
     threads, before = int(params.pop("num_threads", 1)), faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(threads)  # parallel insertion depends on thread timing; one thread does not
-    try:
-        _add(index, X, metric, block_rows)
+    try:  # FAISS inserts each batch level by level, so the batch size shapes the graph: fixed, not block_rows
+        _add(index, X, metric, BLOCK_ROWS)
     finally:
         faiss.omp_set_num_threads(before)
     fixed = params.pop("ef_search", None)
@@ -272,7 +273,7 @@ def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tr
             dist[s:e], ind[s:e] = order_rows(FI.faiss_distances(D[:, :k], backend, metric), I[:, :k], k, metric)
             continue
         I = _drop_self(I, None if self_ids is None else self_ids[s:e], k)
-        step = max(1, (4 << 20) // (k * Q64.shape[1]))  # ≤ 32 MB of gathered float64 rows at a time
+        step = max(1, (1 << 20) // (k * Q64.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
         for c in range(0, e - s, step):
             Ic = I[c:c + step]
             Xc = rows64(np.asarray(X[Ic.ravel()]), metric).reshape(*Ic.shape, -1)

@@ -39,11 +39,11 @@ def check_index(index, n: int | None, d: int, metric: str, name: str = "the FAIS
     vectors; inner product for cosine on unit vectors)."""
     faiss = require("ann", "faiss", "a FAISS index")
 
+    if not index.is_trained:
+        raise KexueError(f"{name} is not trained; train it and add the vectors before searching it")
     if index.ntotal == 0:
         raise KexueError(f"{name} is empty (ntotal 0)" + ("" if n is None else f" but {data} has {n} rows")
                          + "; add the vectors (index.add(X)) before searching it")
-    if not index.is_trained:
-        raise KexueError(f"{name} is not trained; train it and add the vectors before searching it")
     if index.d != d:
         raise KexueError(f"{name} has dimension d={index.d} but {data} has {d} columns; "
                          f"build the index on these vectors (or pass the vectors it was built from)")
