@@ -110,6 +110,10 @@ def test_index_parameter_is_set_on_every_shard_and_reported(X, exact):
         h.kneighbors(X, K, backend=ivf, backend_params={"ef_search": 10})
     with pytest.raises(KexueError, match="no nprobe; drop it"):
         h.kneighbors(X, K, backend=_flat(X), backend_params={"nprobe": 2})
+    idmap = faiss.IndexIDMap(faiss.IndexFlatL2(D))
+    idmap.add_with_ids(X.astype(np.float32), np.arange(N) + 5000)  # ids that are not row numbers
+    with pytest.raises(KexueError, match=f"returned id {N + 4999} but holds {N} vectors"):
+        h.kneighbors(X, K, backend=idmap)
 
 
 def test_an_index_without_its_vectors_searches_queries(X):

@@ -154,6 +154,9 @@ def _given(index, params) -> _Index:
         if len(miss):
             raise KexueError(f"the FAISS index found fewer than {k} neighbours for {len(miss)} queries"
                              + (f"; raise its {pname} or lower k" if pname else "; lower k"))
+        if I.max() >= index.ntotal:  # e.g. an IndexIDMap with ids of its own: they must be row numbers
+            raise KexueError(f"the FAISS index returned id {int(I.max())} but holds {index.ntotal} vectors; "
+                             "its ids must be the row numbers 0..ntotal-1 of X (the order the rows were added)")
         return D, I.astype(np.int64)
 
     current = None if knob is None else (lambda: FI.get_param(knob[1], knob[0]))
