@@ -240,11 +240,13 @@ def test_cli_bad_index_is_one_line_and_writes_nothing(cli, X, tmp_path):
              (_write_index(_flat(X[:, :4]), tmp_path / "d4.faiss"), [], "d=4 but INDEX .* has 12 columns"),
              (_write_index(_flat(X[:50]), tmp_path / "n50.faiss"), [], f"50 vectors but INDEX .* has {N} rows"),
              (_write_index(ip, tmp_path / "ip.faiss"), [], "inner product .* but --metric is euclidean; use --metric cosine"),
-             (_write_index(_flat(X), tmp_path / "ok.faiss"), ["--backend", "ivf"], "drop --backend ivf")]
+             (_write_index(_flat(X), tmp_path / "ok.faiss"), ["--backend", "ivf"], "drop --backend ivf"),
+             (None, ["--backend", "hnsw", "--recall-sample", "0"], "--recall-sample 0 leaves no queries")]
     for path, extra, msg in cases:
         out = tmp_path / "out"
         out.mkdir()
-        r = cli("hubness", tmp_path / "x.npy", "-k", K, "--index", tmp_path / Path(path).name, *extra,
+        index = [] if path is None else ["--index", tmp_path / Path(path).name]
+        r = cli("hubness", tmp_path / "x.npy", "-k", K, *index, *extra,
                 "--json", out / "m.json", "--nk-out", out / "nk.npy", "--graph-out", out / "g.npz")
         assert r.one_line_error, (path, r.err)
         assert re.search(msg, r.err), (msg, r.err)

@@ -39,7 +39,7 @@ def hubness_cmd(
     from kexue.io import open_matrix
 
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
-    _check_backend(backend, index)
+    _check_backend(backend, index, recall_sample)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
@@ -117,7 +117,7 @@ def _error(msg: str):
     return KexueError(msg)
 
 
-def _check_backend(backend: str, index) -> None:
+def _check_backend(backend: str, index, recall_sample) -> None:
     """A missing extra is the one error line, before the header line and any work."""
     from kexue.utils import require
 
@@ -127,6 +127,9 @@ def _check_backend(backend: str, index) -> None:
             raise _error(f"--index searches the given FAISS index; drop --backend {backend} (or drop --index)")
     elif backend != "exact":
         require("ann", "faiss", f"backend '{backend}'")
+        if recall_sample == 0:
+            raise _error(f"--recall-sample 0 leaves no queries to choose --backend {backend}'s search parameter on; "
+                         "give N >= 1 (or search a configured index with --index)")
 
 
 def _check_options(k, metric, backend, recall, reduce, candidates, queries, reference) -> None:
