@@ -48,10 +48,13 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
     self_search = queries is None
     if X is None and not (given and not self_search):
         raise KexueError("X is None; pass the index vectors (only a FAISS index searched by queries can do without)")
-    Q = None if self_search else _matrix(queries, "queries", block_rows)
-    X = Q[:0] if X is None else _matrix(X, "X", block_rows)  # no vectors: only their width is known
+    if self_search:
+        Q = X = _matrix(X, "X", block_rows)
+    else:
+        X = None if X is None else _matrix(X, "X", block_rows)
+        Q = _matrix(queries, "queries", block_rows)
+        X = Q[:0] if X is None else X  # no vectors: only their width is known
     n = backend.ntotal if given and len(X) == 0 else X.shape[0]
-    Q = X if self_search else Q
     if Q.shape[1] != X.shape[1]:
         raise KexueError(f"queries have {Q.shape[1]} features but X has {X.shape[1]}; embed both the same way")
     if given:
