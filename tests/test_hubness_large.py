@@ -228,6 +228,24 @@ def test_cli_index_matches_the_api(cli, X, tmp_path):
     assert "not measured (give --recall-sample N)" in r.err
 
 
+def test_cli_reads_npy_and_safetensors_alike_with_queries(cli, X, tmp_path):
+    from safetensors.numpy import save_file
+
+    Q = np.random.default_rng(7).standard_normal((150, D)).astype(np.float32)
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    np.save(tmp_path / "q.npy", Q)
+    save_file({"emb": X.astype(np.float32)}, str(tmp_path / "x.safetensors"))
+    save_file({"emb": Q}, str(tmp_path / "q.safetensors"))
+    for ext in ("npy", "safetensors"):
+        r = cli("hubness", tmp_path / f"x.{ext}", "--queries", tmp_path / f"q.{ext}", "-k", K, "--backend", "ivf",
+                "--recall", 0.9, "--block-rows", 40, "--nk-out", tmp_path / f"nk_{ext}.npy")
+        assert r.code == 0, r.err
+    got = np.load(tmp_path / "nk_npy.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "nk_safetensors.npy"), got)
+    g = h.kneighbors(X.astype(np.float32), K, backend="ivf", recall=0.9, queries=Q)
+    np.testing.assert_array_equal(got, h.occurrences(g.ind, N))
+
+
 def test_cli_bad_index_is_one_line_and_writes_nothing(cli, X, tmp_path):
     np.save(tmp_path / "x.npy", X.astype(np.float32))
     ip = faiss.IndexFlatIP(D)
