@@ -1,0 +1,368 @@
+"""Benchmark: hubness of 1,000,000 × 384 float32 embeddings out of core, and the whitening plan for
+100,000,000 × 768 (issue 29, items 4–5 and the goals).
+
+Data (``benchmarks/_scale_data.py``, documented there): a clustered synthetic set — a Gaussian
+mixture of 256 centres on a random 48-dimensional subspace plus isotropic noise, rows unit length
+— written chunk by chunk to a float32 .npy memory map and cached by (N, d, seed) in ``--data-dir``;
+``--gaussian`` adds the i.i.d. Gaussian side row (the known worst case for IVF). k = 10, Euclidean.
+
+Every measure runs in its own process, so its peak memory is its own: the kernel's peak resident
+set (``/usr/bin/time -v``; it counts the memory map's file pages) and the sampled peak of the
+process tree's anonymous memory (RssAnon, its own allocations) and private dirty pages, both set
+against the goal "≤ the index's own size + 1 GiB". Measures, per data set:
+
+1. ``kexue-ivf``: ``kexue hubness X.npy -k 10 --backend ivf --recall 0.95`` on the memory map (nprobe
+   chosen by kexue's tuning on a 1,000-query sample) — wall seconds of the whole command, recall,
+   skewness, hub occurrence and antihub fraction of N_10;
+2. ``sklearn-brute``: ``NearestNeighbors(algorithm="brute")`` fitted on all rows, queried with the
+   recall sample only, its query time **extrapolated linearly to all N queries**;
+3. ``kiez-faiss``: kiez 0.5.0's FAISS path through ``$KEXUE_PEERS_PYTHON`` (``--peers-python``),
+   ``index_key`` ``--kiez-index`` (kiez cannot train an index, so IVF is out of its reach; HNSW32
+   by default) — skipped with a printed reason when that Python lacks kiez or faiss;
+   1–3 alternate (A B C A B C …, ``--repeats`` rounds, medians; ``benchmarks/_bench.py``);
+4. ``kexue-ivf+mp``: the same command with ``--reduce mp`` (its wall against 1's);
+5. ``kexue-ivfpq``: an IVF-PQ index built from the memory map with nprobe tuned by kexue's recall
+   tuning (build timed apart), then ``kexue hubness X.npy --index pq.faiss``;
+6. ``estimate``: ``estimate_hubness`` from ``--estimate-fraction`` (5 %) of the queries, against
+   the full-scan (1's) skewness: the estimate, its CI and whether the full value lies inside;
+7. ``kexue-ivf-cluster`` with ``--cluster local:2`` when this tree's ``kexue hubness`` has it.
+
+Whitening (once, on the clustered data): bytes/s of the streaming fit and of ``partial_fit`` per
+block, merge and decomposition times and peak memory, at the data's width (read from the memory
+map) and at 768 (blocks from the same generator), and the printed plan for 100M × 768 on this
+machine and on ``--machines`` machines combined with ``Whitening.merge``.
+
+    .venv/bin/python benchmarks/bench_hubness_scale.py --data-dir /data/scale --json scale.json \\
+        [--rows 1000000] [--dim 384] [--gaussian] [--repeats 1] [--cluster local:2]
+
+About 2 hours at full size on 2 cores (kiez's HNSW build is the longest part) and ~5 GB of disk
+(the 1.5 GB file, the Gaussian one, the IVF-PQ index): run it under the CPU lock, machine idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from _bench import interleaved, load  # noqa: E402
+from _scale_data import dataset, machine, run_measured  # noqa: E402
+
+GIB = 2**30
+PLAN_ROWS, PLAN_DIM = 100_000_000, 768
+SIDES = ("kexue-ivf", "sklearn-brute", "kiez-faiss")
+
+
+def _env(kexue: bool = True) -> dict:
+    env = dict(os.environ)
+    if kexue:  # this checkout's code, whatever is installed
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src")] + [p for p in [env.get("PYTHONPATH")] if p])
+    return env
+
+
+def measure(cmd: list[str], kexue: bool = True) -> dict:
+    """One process: run_measured plus the load at its start; a failure stops the benchmark."""
+    one = os.getloadavg()[0]
+    r = run_measured(cmd, _env(kexue))
+    if r["returncode"] != 0:
+        raise SystemExit(f"failed ({r['returncode']}): {' '.join(cmd)}\n{r['stderr'][-3000:]}")
+    r["load_1min_at_start"] = one
+    r.pop("stderr")
+    return r
+
+
+def child(name: str, **args) -> dict:
+    r = measure([sys.executable, str(HERE / "_scale_children.py"), name, json.dumps(args)])
+    r["result"] = json.loads(r.pop("stdout").strip().splitlines()[-1])
+    return r
+
+
+def cli(a, path: Path, out: Path, extra: list[str]) -> dict:
+    """``kexue hubness`` on the memory map; its JSON and N_k file land in ``out``."""
+    js, nk = out.with_suffix(".json"), out.with_suffix(".nk.npy")
+    r = measure([sys.executable, "-m", "kexue", "hubness", str(path), "-k", str(a.k), "--recall", str(a.recall),
+                 "--seed", str(a.seed), "--block-rows", str(a.block_rows), "--json", str(js), "--nk-out", str(nk)]
+                + extra)
+    r.pop("stdout")
+    r["result"] = json.loads(js.read_text())
+    r["nk_path"] = str(nk)
+    return r
+
+
+def peers(a) -> tuple[str | None, str]:
+    """The peers' Python if it can import kiez and faiss, else (None, why)."""
+    py = a.peers_python
+    if not py:
+        return None, "no $KEXUE_PEERS_PYTHON / --peers-python (make one: bash benchmarks/hubness_peers_venv.sh)"
+    if not Path(py).exists():
+        return None, f"{py} does not exist (make it: bash benchmarks/hubness_peers_venv.sh)"
+    r = subprocess.run([py, "-c", "import kiez, faiss"], capture_output=True, text=True)
+    if r.returncode:
+        return None, (f"{py} cannot import kiez and faiss ({(r.stderr.strip().splitlines() or ['?'])[-1]}); "
+                      "re-run bash benchmarks/hubness_peers_venv.sh, which installs faiss-cpu")
+    return py, ""
+
+
+def has_cluster() -> bool:
+    r = subprocess.run([sys.executable, "-m", "kexue", "hubness", "--help"], capture_output=True, text=True, env=_env())
+    return "--cluster" in r.stdout
+
+
+def _ivf_index_bytes(n: int, d: int) -> int:
+    """An IndexIVFFlat of n float32 rows: the vectors, their int64 ids, √n centroids."""
+    return n * (4 * d + 8) + round(math.sqrt(n)) * d * 4
+
+
+def _mem(r: dict, index_bytes: int | None) -> dict:
+    goal = None if index_bytes is None else index_bytes + GIB
+    return {"maxrss_bytes": r["maxrss_bytes"], "maxrss_source": r["maxrss_source"], "rss_peak_bytes": r["rss_peak_bytes"],
+            "anon_peak_bytes": r["anon_peak_bytes"], "private_dirty_peak_bytes": r["private_dirty_peak_bytes"],
+            "index_bytes": index_bytes, "goal_bytes": goal,
+            "rss_within_goal": None if goal is None else r["maxrss_bytes"] <= goal,
+            "private_within_goal": None if goal is None else max(r["anon_peak_bytes"], r["private_dirty_peak_bytes"]) <= goal}
+
+
+def _cli_row(r: dict, label: str, index_bytes) -> dict:
+    res = r["result"]
+    m = res["measures"][label]
+    return {"wall_s": r["wall_s"], "recall": res["recall"], "params": res["params"], "skewness": m["skewness"],
+            "hub_occurrence": m["hub_occurrence"], "antihub_occurrence": m["antihub_occurrence"],
+            "load_1min_at_start": r["load_1min_at_start"], "memory": _mem(r, index_bytes)}
+
+
+def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool) -> dict:
+    path, gen_s = dataset(Path(a.data_dir), kind, a.rows, a.dim, a.seed)
+    n, d = a.rows, a.dim
+    print(f"\n{kind}: {path} ({path.stat().st_size / GIB:.2f} GiB), "
+          + ("from the cache" if gen_s is None else f"generated in {gen_s:.1f} s"), flush=True)
+    out: dict = {"path": str(path), "file_bytes": path.stat().st_size, "generate_s": gen_s}
+    tpath = Path(a.data_dir) / f"{path.stem}-truth-k{a.k}-s{a.recall_sample}-seed{a.seed}.npz"
+    if not tpath.exists():
+        r = child("truth", path=str(path), k=a.k, sample=a.recall_sample, seed=a.seed, block_rows=a.block_rows,
+                  out=str(tpath))
+        out["truth_s"] = r["result"]["seconds"]
+    ivf_bytes = _ivf_index_bytes(n, d)
+    runs: dict[str, list] = {s: [] for s in SIDES}
+    fns = {"kexue-ivf": lambda: runs["kexue-ivf"].append(cli(a, path, tmp / f"{kind}-ivf", ["--backend", "ivf",
+                                                                                          "--recall-sample", str(a.recall_sample)])),
+           "sklearn-brute": lambda: runs["sklearn-brute"].append(child("sklearn", path=str(path), k=a.k, truth=str(tpath)))}
+    if py_peer and "kiez" not in a.skip:
+        args = {"path": str(path), "k": a.k, "truth": str(tpath), "index_key": a.kiez_index,
+                "index_param": a.kiez_param or None, "out": str(tmp / f"{kind}-kiez-nk.npy")}
+        fns["kiez-faiss"] = lambda: runs["kiez-faiss"].append(_kiez(py_peer, args))
+    if "sklearn" in a.skip:
+        fns.pop("sklearn-brute")
+    interleaved(fns, repeats=a.repeats, warmup=0)
+    ivf = runs["kexue-ivf"]
+    row = _cli_row(ivf[-1], "primary", ivf_bytes)
+    row["wall_s"] = statistics.median(r["wall_s"] for r in ivf)
+    row["wall_runs_s"] = [r["wall_s"] for r in ivf]
+    out["kexue-ivf"] = row
+    if runs["sklearn-brute"]:
+        res = [r["result"] for r in runs["sklearn-brute"]]
+        out["sklearn-brute"] = {**res[-1], "extrapolated_s": statistics.median(x["extrapolated_s"] for x in res),
+                                "extrapolated_runs_s": [x["extrapolated_s"] for x in res],
+                                "note": f"queried with {res[-1]['n_queries']} of {n} points; query time scaled ×"
+                                        f"{n / res[-1]['n_queries']:.0f} (linear in the number of queries)",
+                                "memory": _mem(runs["sklearn-brute"][-1], None)}
+        out["sklearn_over_kexue"] = out["sklearn-brute"]["extrapolated_s"] / row["wall_s"]
+    if runs["kiez-faiss"]:
+        import numpy as np
+
+        from kexue.hubness import hubness_measures
+
+        kz = runs["kiez-faiss"]
+        m = hubness_measures(np.load(tmp / f"{kind}-kiez-nk.npy"), a.k, n)
+        out["kiez-faiss"] = {**kz[-1]["result"], "seconds": statistics.median(r["result"]["seconds"] for r in kz),
+                             "wall_s": statistics.median(r["wall_s"] for r in kz), "index_key": a.kiez_index,
+                             "index_param": a.kiez_param, "skewness": m["skewness"],
+                             "hub_occurrence": m["hub_occurrence"], "antihub_occurrence": m["antihub_occurrence"],
+                             "memory": _mem(kz[-1], None)}
+        out["kexue_over_kiez"] = row["wall_s"] / out["kiez-faiss"]["seconds"]
+    if "mp" not in a.skip:
+        r = cli(a, path, tmp / f"{kind}-mp", ["--backend", "ivf", "--recall-sample", str(a.recall_sample),
+                                              "--reduce", "mp", "--candidates", str(a.mp_candidates)])
+        out["kexue-ivf+mp"] = {**_cli_row(r, "mp", ivf_bytes), "candidates": a.mp_candidates,
+                               "ratio_to_nk": r["wall_s"] / row["wall_s"]}
+    if "pq" not in a.skip:
+        factory = a.pq_factory.format(nlist=round(math.sqrt(n)), m=a.pq_m or d // 4)
+        pq = tmp / f"{kind}-ivfpq.faiss"
+        b = child("build_pq", path=str(path), k=a.k, truth=str(tpath), factory=factory, seed=a.seed,
+                  block_rows=a.block_rows, recall=a.recall, out=str(pq))
+        r = cli(a, path, tmp / f"{kind}-pq", ["--index", str(pq), "--recall-sample", str(a.recall_sample)])
+        pbytes = b["result"]["index_bytes"]
+        out["kexue-ivfpq"] = {**_cli_row(r, "primary", pbytes), "build": {**b["result"], "wall_s": b["wall_s"],
+                                                                          "memory": _mem(b, pbytes)},
+                              "total_s": b["wall_s"] + r["wall_s"]}
+    if "estimate" not in a.skip:
+        e = child("estimate", path=str(path), k=a.k, fraction=a.estimate_fraction, recall=a.recall, seed=a.seed,
+                  block_rows=a.block_rows)["result"]
+        lo, hi = e["skewness_ci"]
+        out["estimate"] = {**e, "full_scan_skewness": row["skewness"], "inside_ci": lo <= row["skewness"] <= hi,
+                           "full_scan_hub_occurrence": row["hub_occurrence"],
+                           "full_scan_antihub_occurrence": row["antihub_occurrence"]}
+    if a.cluster and cluster:
+        import numpy as np
+
+        r = cli(a, path, tmp / f"{kind}-cluster", ["--backend", "ivf", "--recall-sample", str(a.recall_sample),
+                                                   "--cluster", a.cluster])
+        out["kexue-ivf-cluster"] = {**_cli_row(r, "primary", ivf_bytes), "cluster": a.cluster, "identical_nk": bool(
+            np.array_equal(np.load(r["nk_path"]), np.load(ivf[-1]["nk_path"])))}
+    return out
+
+
+def _kiez(py: str, args: dict) -> dict:
+    r = measure([py, str(HERE / "_scale_kiez.py"), json.dumps(args)], kexue=False)
+    r["result"] = json.loads(r.pop("stdout").strip().splitlines()[-1])
+    return r
+
+
+def whitening(a, path: Path) -> dict:
+    """Throughput and memory at the data's width (memory map) and at 768 (generated), and the plan."""
+    out = {}
+    for label, kw in (("data", {"path": str(path), "dim": a.dim, "rows": a.rows}),
+                      (str(PLAN_DIM), {"dim": PLAN_DIM, "rows": a.whiten_rows})):
+        r = child("whiten", block_rows=a.whiten_block, seed=a.seed, **kw)
+        out[label] = {**r["result"], "wall_s": r["wall_s"], "memory": _mem(r, None)}
+    w = out[str(PLAN_DIM)]
+    total = PLAN_ROWS * PLAN_DIM * 4
+    mem = max(w["memory"]["anon_peak_bytes"], w["memory"]["private_dirty_peak_bytes"])
+    plan = {"rows": PLAN_ROWS, "dim": PLAN_DIM, "bytes": total, "bytes_per_s_per_machine": w["stream_bytes_per_s"],
+            "private_memory_per_process_bytes": mem, "machines": {}}
+    for m in a.machines:
+        plan["machines"][str(m)] = total / (m * w["stream_bytes_per_s"]) + math.ceil(math.log2(m)) * w["merge_s"] + w["decompose_s"]
+    out["plan"] = plan
+    return out
+
+
+def report(res: dict, a) -> None:
+    g = lambda b: "-" if b is None else f"{b / GIB:.2f}"  # noqa: E731
+    f = lambda x, fmt: f"{'-':>{int(fmt.split('.')[0])}}" if x is None else format(x, fmt)  # noqa: E731
+    print(f"\n{'measure':<24}{'wall s':>10}{'recall':>8}  {'param':<12}{'skew':>7}{'hubs':>7}{'anti':>7}"
+          f"{'maxRSS':>8}{'anon':>7}{'pdirty':>7}{'goal':>7}   (memory in GiB)")
+    for kind, ds in res["datasets"].items():
+        for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq", "kexue-ivf-cluster", "sklearn-brute", "kiez-faiss"):
+            r = ds.get(name)
+            if r is None:
+                continue
+            m = r.get("memory", {})
+            wall = r["extrapolated_s"] if name == "sklearn-brute" else r["seconds"] if name == "kiez-faiss" else r["wall_s"]
+            par = ",".join(f"{k}={v}" for k, v in r.get("params", {}).items()) or r.get("index_param") or ""
+            print(f"{kind[:4] + ' ' + name:<24}{wall:10.1f}{f(r.get('recall'), '8.3f')}  {par:<12}"
+                  f"{f(r.get('skewness'), '7.2f')}{f(r.get('hub_occurrence'), '7.3f')}{f(r.get('antihub_occurrence'), '7.3f')}"
+                  f"{g(m.get('maxrss_bytes')):>8}{g(m.get('anon_peak_bytes')):>7}{g(m.get('private_dirty_peak_bytes')):>7}"
+                  f"{g(m.get('goal_bytes')):>7}")
+        if "sklearn-brute" in ds:
+            print(f"  sklearn brute: {ds['sklearn-brute']['note']}; sklearn / kexue-ivf {ds['sklearn_over_kexue']:.2f}x (goal ≥ 5x)")
+        if "kiez-faiss" in ds:
+            k = ds["kiez-faiss"]
+            print(f"  kiez {k['index_key']} {k['index_param']}: {k['seconds']:.1f} s timed (load {k['load_s']:.1f} s apart); "
+                  f"kexue-ivf / kiez {ds['kexue_over_kiez']:.2f}x (goal ≤ 1.0x)")
+        else:
+            print(f"  kiez FAISS row skipped: {res['kiez_skipped']}")
+        if "kexue-ivf+mp" in ds:
+            print(f"  MP on top: {ds['kexue-ivf+mp']['ratio_to_nk']:.2f}x the N_k wall (goal ≤ 2x)")
+        if "kexue-ivfpq" in ds:
+            b = ds["kexue-ivfpq"]["build"]
+            print(f"  IVF-PQ {b['factory']}: build {b['build_s']:.1f} s + tune {b['tune_s']:.1f} s, nprobe {b['nprobe']} "
+                  f"(sample recall {b['recall']:.3f}), index {b['index_bytes'] / GIB:.3f} GiB")
+        if "estimate" in ds:
+            e = ds["estimate"]
+            print(f"  estimate from {e['n_sampled']} of {e['n_index']} queries ({e['seconds']:.1f} s): skewness "
+                  f"{e['skewness']:.3f} [{e['skewness_ci'][0]:.3f}, {e['skewness_ci'][1]:.3f}] vs full scan "
+                  f"{e['full_scan_skewness']:.3f} ({'inside' if e['inside_ci'] else 'OUTSIDE'} the CI); hubs "
+                  f"{e['hub_occurrence']:.3f} vs {e['full_scan_hub_occurrence']:.3f}, antihubs "
+                  f"{e['antihub_occurrence']:.3f} vs {e['full_scan_antihub_occurrence']:.3f}")
+        for key in ("kexue-ivf", "kexue-ivfpq"):
+            if key in ds:
+                m = ds[key]["memory"]
+                print(f"  {key} memory vs index + 1 GiB ({g(m['goal_bytes'])} GiB): peak RSS "
+                      f"{'within' if m['rss_within_goal'] else 'OVER'}, private {'within' if m['private_within_goal'] else 'OVER'}")
+        if "kexue-ivf-cluster" in ds:
+            print(f"  --cluster {a.cluster}: N_k identical to the local run: {ds['kexue-ivf-cluster']['identical_nk']}")
+    if res.get("cluster_skipped"):
+        print(f"  --cluster skipped: {res['cluster_skipped']}")
+    w = res.get("whitening")
+    if w:
+        for label in ("data", str(PLAN_DIM)):
+            x = w[label]
+            print(f"whitening d={x['dim']} ({x['source']}, {x['rows']:,} rows, blocks of {x['block_rows']:,}): streaming fit "
+                  f"{x['stream_bytes_per_s'] / 1e6:.0f} MB/s, partial_fit {x['partial_fit_bytes_per_s'] / 1e6:.0f} MB/s a block, "
+                  f"merge {x['merge_s'] * 1e3:.0f} ms, decompose {x['decompose_s'] * 1e3:.0f} ms, private peak "
+                  f"{g(max(x['memory']['anon_peak_bytes'], x['memory']['private_dirty_peak_bytes']))} GiB")
+        p = w["plan"]
+        print(f"plan {p['rows']:,} × {p['dim']} float32 ({p['bytes'] / 1e9:.0f} GB) at {p['bytes_per_s_per_machine'] / 1e6:.0f} MB/s "
+              f"per machine like this one ({res['machine']['cores']} cores), {g(p['private_memory_per_process_bytes'])} GiB each "
+              "(reading the data at that rate assumed): " + ", ".join(
+                  f"{m} machine{'s' if m != '1' else ''} {t / 3600:.2f} h" for m, t in p["machines"].items()))
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("-k", "--k", type=int, default=10)
+    ap.add_argument("--data-dir", default="scale-data", help="cache of the generated .npy files (default ./scale-data)")
+    ap.add_argument("--json", default=None, help="write every figure here")
+    ap.add_argument("--gaussian", action="store_true", help="also the i.i.d. Gaussian side row")
+    ap.add_argument("--recall", type=float, default=0.95)
+    ap.add_argument("--recall-sample", type=int, default=1000, help="queries searched exactly (recall; sklearn's subset)")
+    ap.add_argument("--block-rows", type=int, default=16384)
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds of kexue / sklearn / kiez (medians)")
+    ap.add_argument("--mp-candidates", type=int, default=100)
+    ap.add_argument("--pq-factory", default="IVF{nlist},PQ{m}", help="FAISS factory string; {nlist} = √N, {m} = --pq-m")
+    ap.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantisers (default d/4: d bytes a vector)")
+    ap.add_argument("--estimate-fraction", type=float, default=0.05)
+    ap.add_argument("--peers-python", default=os.environ.get("KEXUE_PEERS_PYTHON"))
+    ap.add_argument("--kiez-index", default="HNSW32")
+    ap.add_argument("--kiez-param", default="efSearch=128")
+    ap.add_argument("--cluster", default=None, help="e.g. local:2, if kexue hubness has --cluster")
+    ap.add_argument("--whiten-rows", type=int, default=262_144, help="rows of the 768-wide whitening measure")
+    ap.add_argument("--whiten-block", type=int, default=65_536)
+    ap.add_argument("--machines", default="1,4,16", help="machine counts of the whitening plan")
+    ap.add_argument("--skip", default="", help="comma list of: sklearn, kiez, mp, pq, estimate, whiten")
+    a = ap.parse_args(argv)
+    a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    a.machines = [int(m) for m in a.machines.split(",")]
+    info = machine()
+    res: dict = {"machine": info, "commit": info["commit"], "load_before": os.getloadavg(), "load_before_text": load(),
+                 "n": a.rows, "dim": a.dim, "seed": a.seed, "k": a.k, "args": {k: sorted(v) if isinstance(v, set) else v
+                                                                           for k, v in vars(a).items()}}
+    print(f"{a.rows:,} × {a.dim} float32, k = {a.k}, seed {a.seed}; {info['cores']} cores, "
+          f"{info['ram_bytes'] / GIB:.1f} GiB RAM; commit {info['commit'][:12]}{' (dirty)' if info['dirty'] else ''}")
+    print(f"before: {load()}", flush=True)
+    py_peer, why = peers(a) if "kiez" not in a.skip else (None, "--skip kiez")
+    res["kiez_skipped"] = None if py_peer else why
+    if not py_peer:
+        print(f"kiez FAISS row skipped: {why}", flush=True)
+    cluster = bool(a.cluster) and has_cluster()
+    res["cluster_skipped"] = None if cluster or not a.cluster else "this tree's kexue hubness has no --cluster option"
+    res["datasets"] = {}
+    Path(a.data_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="scale_", dir=a.data_dir) as tmp:
+        for kind in ["clustered"] + (["gaussian"] if a.gaussian else []):
+            res["datasets"][kind] = run_dataset(a, kind, Path(tmp), py_peer, cluster)
+    if "whiten" not in a.skip:
+        res["whitening"] = whitening(a, Path(res["datasets"]["clustered"]["path"]))
+    res["load_after"] = os.getloadavg()
+    res["load_after_text"] = load()
+    report(res, a)
+    print(f"after: {load()}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+        print(f"wrote {a.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
