@@ -14,9 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _scale_data import _mixture, clustered_chunk  # noqa: E402
-
 
 def _mmap(path):
     return np.load(path, mmap_mode="r")
@@ -66,7 +63,8 @@ def sklearn(a):
 
 
 def build_pq(a):
-    """An IVF-PQ index (``a["factory"]``, e.g. ``IVF1000,PQ96``) trained on a seeded sample, filled
+    """An IVF-PQ index (``a["factory"]``, e.g. ``IVF1000,PQ96``, or ``IVF1000,PQ96,Refine(SQ8)``: PQ
+    candidates re-ranked by 8-bit scalar codes, ``k_factor`` of them per neighbour) trained on a seeded sample, filled
     block by block from the memory map, its nprobe chosen by kexue's own recall tuning
     (``ann._tune``: doubling then bisection) on the truth sample, then saved with that nprobe."""
     import faiss
@@ -82,9 +80,13 @@ def build_pq(a):
     index = faiss.index_factory(d, a["factory"])
     ivf = faiss.extract_index_ivf(index)
     ivf.cp.seed, ivf.cp.niter = a["seed"], 10
+    if hasattr(faiss.downcast_index(ivf), "do_polysemous_training"):  # ~2 s a sub-quantiser, for a search kexue never uses
+        faiss.downcast_index(ivf).do_polysemous_training = False
     m = min(n, max(64 * ivf.nlist, 10_000))  # PQ's 256-centroid sub-quantisers want ~10,000 points
     sample = np.sort(np.random.default_rng(a["seed"]).choice(n, m, replace=False))
     index.train(np.ascontiguousarray(X[sample]))
+    if hasattr(faiss.downcast_index(index), "k_factor"):  # IndexRefine: re-rank k_factor·k PQ candidates by its codes
+        faiss.downcast_index(index).k_factor = a["k_factor"]
     for s in range(0, n, a["block_rows"]):
         index.add(np.ascontiguousarray(X[s:s + a["block_rows"]]))
     t_build = time.perf_counter() - t
@@ -98,7 +100,7 @@ def build_pq(a):
     t_tune = time.perf_counter() - t
     faiss.write_index(index, a["out"])
     return {"build_s": t_build, "tune_s": t_tune, "nprobe": int(nprobe), "recall": float(rec), "nlist": ivf.nlist,
-            "factory": a["factory"], "index_bytes": Path(a["out"]).stat().st_size, "train_rows": m}
+            "factory": a["factory"], "k_factor": a["k_factor"], "index_bytes": Path(a["out"]).stat().st_size, "train_rows": m}
 
 
 def estimate(a):
@@ -113,15 +115,13 @@ def estimate(a):
 
 
 def whiten(a):
-    """Whitening throughput per block: the streaming fit (``fit_chunks``: accumulate every block,
-    decompose once) timed without the time spent producing the blocks, ``partial_fit`` per block
-    (accumulate + decompose each call), ``merge`` of two fits and one decomposition. Blocks come
-    from the memory map (``path``) or, for another width, from the clustered generator in memory."""
+    """Whitening throughput per block of the memory map: the streaming fit (``fit_chunks``:
+    accumulate every block, decompose once) timed without the block reads, ``partial_fit`` per
+    block (accumulate + decompose each call), ``merge`` of two fits and one decomposition."""
     from kexue.whitening import Whitening
 
-    B, d, rows = a["block_rows"], a["dim"], a["rows"]
-    X = _mmap(a["path"]) if a.get("path") else None
-    mix = None if X is not None else _mixture(d, a["seed"])
+    X = _mmap(a["path"])
+    (rows, d), B = X.shape, a["block_rows"]
     produce = {"s": 0.0}
 
     def blocks(limit=None):
@@ -129,7 +129,7 @@ def whiten(a):
             if limit is not None and i >= limit:
                 return
             t = time.perf_counter()
-            blk = np.array(X[s:s + B]) if X is not None else clustered_chunk(1000 + i, min(B, rows - s), d, a["seed"], mix)
+            blk = np.array(X[s:s + B])  # read into memory: what a streaming fit of a file does
             produce["s"] += time.perf_counter() - t
             yield blk
 
@@ -149,8 +149,8 @@ def whiten(a):
     dec_s = time.perf_counter() - t
     nbytes = rows * d * 4
     blk_bytes = min(B, rows) * d * 4
-    return {"rows": rows, "dim": d, "block_rows": B, "source": "memory map" if X is not None else "generated",
-            "stream_fit_s": fit_s, "stream_bytes_per_s": nbytes / fit_s, "produce_s": produce["s"],
+    return {"rows": rows, "dim": d, "block_rows": B, "path": a["path"],
+            "stream_fit_s": fit_s, "stream_bytes_per_s": nbytes / fit_s, "read_s": produce["s"],
             "partial_fit_block_s": statistics.median(per_block), "partial_fit_bytes_per_s": blk_bytes / statistics.median(per_block),
             "merge_s": merge_s, "decompose_s": dec_s}
 

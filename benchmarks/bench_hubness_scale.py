@@ -19,18 +19,22 @@ against the goal "≤ the index's own size + 1 GiB". Measures, per data set:
 3. ``kiez-faiss``: kiez 0.5.0's FAISS path through ``$KEXUE_PEERS_PYTHON`` (``--peers-python``),
    ``index_key`` ``--kiez-index`` (kiez cannot train an index, so IVF is out of its reach; HNSW32
    by default) — skipped with a printed reason when that Python lacks kiez or faiss;
-   1–3 alternate (A B C A B C …, ``--repeats`` rounds, medians; ``benchmarks/_bench.py``);
+   1–3 alternate (A B C A B C …, ``--repeats`` rounds, medians; ``benchmarks/_bench.py``). kexue's
+   figure is the whole command's wall (Python start-up, imports, the file's NaN pass included);
+   scikit-learn's and kiez's exclude their imports and kiez's the loading of the file into memory;
 4. ``kexue-ivf+mp``: the same command with ``--reduce mp`` (its wall against 1's);
-5. ``kexue-ivfpq``: an IVF-PQ index built from the memory map with nprobe tuned by kexue's recall
-   tuning (build timed apart), then ``kexue hubness X.npy --index pq.faiss``;
+5. ``kexue-ivfpq`` (``IVF√N,PQ{d/4}``: d bytes a vector) and ``kexue-ivfpq-refine`` (the same
+   with ``Refine(SQ8)``, 8 candidates per neighbour re-ranked by 8-bit codes: plain PQ codes cap
+   the recall below 0.95 on this data): built from the memory map with nprobe tuned by kexue's
+   recall tuning (build timed apart), then ``kexue hubness X.npy --index pq.faiss``;
 6. ``estimate``: ``estimate_hubness`` from ``--estimate-fraction`` (5 %) of the queries, against
    the full-scan (1's) skewness: the estimate, its CI and whether the full value lies inside;
 7. ``kexue-ivf-cluster`` with ``--cluster local:2`` when this tree's ``kexue hubness`` has it.
 
-Whitening (once, on the clustered data): bytes/s of the streaming fit and of ``partial_fit`` per
-block, merge and decomposition times and peak memory, at the data's width (read from the memory
-map) and at 768 (blocks from the same generator), and the printed plan for 100M × 768 on this
-machine and on ``--machines`` machines combined with ``Whitening.merge``.
+Whitening (once, on clustered data read in blocks from a memory map): bytes/s of the streaming fit
+and of ``partial_fit`` per block, merge and decomposition times and peak memory, at the data's
+width and at 768 (``--whiten-rows`` rows of a second clustered file), and the printed plan for
+100M × 768 on this machine and on ``--machines`` machines combined with ``Whitening.merge``.
 
     .venv/bin/python benchmarks/bench_hubness_scale.py --data-dir /data/scale --json scale.json \\
         [--rows 1000000] [--dim 384] [--gaussian] [--repeats 1] [--cluster local:2]
@@ -193,21 +197,24 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool) -> 
                                               "--reduce", "mp", "--candidates", str(a.mp_candidates)])
         out["kexue-ivf+mp"] = {**_cli_row(r, "mp", ivf_bytes), "candidates": a.mp_candidates,
                                "ratio_to_nk": r["wall_s"] / row["wall_s"]}
-    if "pq" not in a.skip:
-        factory = a.pq_factory.format(nlist=round(math.sqrt(n)), m=a.pq_m or d // 4)
-        pq = tmp / f"{kind}-ivfpq.faiss"
+    for key, template in (("kexue-ivfpq", a.pq_factory), ("kexue-ivfpq-refine", a.pq_refine_factory)):
+        if "pq" in a.skip or not template:
+            continue
+        factory = template.format(nlist=round(math.sqrt(n)), m=a.pq_m or d // 4)
+        pq = tmp / f"{kind}-{key}.faiss"
         b = child("build_pq", path=str(path), k=a.k, truth=str(tpath), factory=factory, seed=a.seed,
-                  block_rows=a.block_rows, recall=a.recall, out=str(pq))
-        r = cli(a, path, tmp / f"{kind}-pq", ["--index", str(pq), "--recall-sample", str(a.recall_sample)])
+                  block_rows=a.block_rows, recall=a.recall, k_factor=a.k_factor, out=str(pq))
+        r = cli(a, path, tmp / f"{kind}-{key}", ["--index", str(pq), "--recall-sample", str(a.recall_sample)])
         pbytes = b["result"]["index_bytes"]
-        out["kexue-ivfpq"] = {**_cli_row(r, "primary", pbytes), "build": {**b["result"], "wall_s": b["wall_s"],
-                                                                          "memory": _mem(b, pbytes)},
-                              "total_s": b["wall_s"] + r["wall_s"]}
+        out[key] = {**_cli_row(r, "primary", pbytes), "build": {**b["result"], "wall_s": b["wall_s"],
+                                                                "memory": _mem(b, pbytes)},
+                    "total_s": b["wall_s"] + r["wall_s"]}
     if "estimate" not in a.skip:
-        e = child("estimate", path=str(path), k=a.k, fraction=a.estimate_fraction, recall=a.recall, seed=a.seed,
-                  block_rows=a.block_rows)["result"]
+        r = child("estimate", path=str(path), k=a.k, fraction=a.estimate_fraction, recall=a.recall, seed=a.seed,
+                  block_rows=a.block_rows)
+        e = r["result"]
         lo, hi = e["skewness_ci"]
-        out["estimate"] = {**e, "full_scan_skewness": row["skewness"], "inside_ci": lo <= row["skewness"] <= hi,
+        out["estimate"] = {**e, "wall_s": r["wall_s"], "memory": _mem(r, ivf_bytes), "full_scan_skewness": row["skewness"], "inside_ci": lo <= row["skewness"] <= hi,
                            "full_scan_hub_occurrence": row["hub_occurrence"],
                            "full_scan_antihub_occurrence": row["antihub_occurrence"]}
     if a.cluster and cluster:
@@ -227,11 +234,11 @@ def _kiez(py: str, args: dict) -> dict:
 
 
 def whitening(a, path: Path) -> dict:
-    """Throughput and memory at the data's width (memory map) and at 768 (generated), and the plan."""
+    """Throughput and memory at the data's width and at 768 (a second clustered file, cached), and the plan."""
     out = {}
-    for label, kw in (("data", {"path": str(path), "dim": a.dim, "rows": a.rows}),
-                      (str(PLAN_DIM), {"dim": PLAN_DIM, "rows": a.whiten_rows})):
-        r = child("whiten", block_rows=a.whiten_block, seed=a.seed, **kw)
+    wide, _ = dataset(Path(a.data_dir), "clustered", a.whiten_rows, PLAN_DIM, a.seed)
+    for label, p in (("data", path), (str(PLAN_DIM), wide)):
+        r = child("whiten", path=str(p), block_rows=a.whiten_block)
         out[label] = {**r["result"], "wall_s": r["wall_s"], "memory": _mem(r, None)}
     w = out[str(PLAN_DIM)]
     total = PLAN_ROWS * PLAN_DIM * 4
@@ -248,9 +255,13 @@ def report(res: dict, a) -> None:
     g = lambda b: "-" if b is None else f"{b / GIB:.2f}"  # noqa: E731
     f = lambda x, fmt: f"{'-':>{int(fmt.split('.')[0])}}" if x is None else format(x, fmt)  # noqa: E731
     print(f"\n{'measure':<24}{'wall s':>10}{'recall':>8}  {'param':<12}{'skew':>7}{'hubs':>7}{'anti':>7}"
-          f"{'maxRSS':>8}{'anon':>7}{'pdirty':>7}{'goal':>7}   (memory in GiB)")
+          f"{'maxRSS':>8}{'anon':>7}{'pdirty':>7}{'goal':>7}")
+    print("(skew: of N_k; hubs: share of k-occurrences on points with N_k > 2k; anti: share of points with N_k = 0; "
+          "memory in GiB: kernel peak RSS incl. the map's file pages, sampled peaks of anonymous and private dirty "
+          "memory, goal = index + 1 GiB; sklearn's wall is extrapolated, kiez's excludes loading the file)")
     for kind, ds in res["datasets"].items():
-        for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq", "kexue-ivf-cluster", "sklearn-brute", "kiez-faiss"):
+        for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq", "kexue-ivfpq-refine", "kexue-ivf-cluster",
+                     "sklearn-brute", "kiez-faiss"):
             r = ds.get(name)
             if r is None:
                 continue
@@ -271,9 +282,11 @@ def report(res: dict, a) -> None:
             print(f"  kiez FAISS row skipped: {res['kiez_skipped']}")
         if "kexue-ivf+mp" in ds:
             print(f"  MP on top: {ds['kexue-ivf+mp']['ratio_to_nk']:.2f}x the N_k wall (goal ≤ 2x)")
-        if "kexue-ivfpq" in ds:
-            b = ds["kexue-ivfpq"]["build"]
-            print(f"  IVF-PQ {b['factory']}: build {b['build_s']:.1f} s + tune {b['tune_s']:.1f} s, nprobe {b['nprobe']} "
+        for key in ("kexue-ivfpq", "kexue-ivfpq-refine"):
+            if key not in ds:
+                continue
+            b = ds[key]["build"]
+            print(f"  {key} {b['factory']}: build {b['build_s']:.1f} s + tune {b['tune_s']:.1f} s, nprobe {b['nprobe']} "
                   f"(sample recall {b['recall']:.3f}), index {b['index_bytes'] / GIB:.3f} GiB")
         if "estimate" in ds:
             e = ds["estimate"]
@@ -282,7 +295,7 @@ def report(res: dict, a) -> None:
                   f"{e['full_scan_skewness']:.3f} ({'inside' if e['inside_ci'] else 'OUTSIDE'} the CI); hubs "
                   f"{e['hub_occurrence']:.3f} vs {e['full_scan_hub_occurrence']:.3f}, antihubs "
                   f"{e['antihub_occurrence']:.3f} vs {e['full_scan_antihub_occurrence']:.3f}")
-        for key in ("kexue-ivf", "kexue-ivfpq"):
+        for key in ("kexue-ivf", "kexue-ivfpq", "kexue-ivfpq-refine", "estimate"):
             if key in ds:
                 m = ds[key]["memory"]
                 print(f"  {key} memory vs index + 1 GiB ({g(m['goal_bytes'])} GiB): peak RSS "
@@ -295,7 +308,7 @@ def report(res: dict, a) -> None:
     if w:
         for label in ("data", str(PLAN_DIM)):
             x = w[label]
-            print(f"whitening d={x['dim']} ({x['source']}, {x['rows']:,} rows, blocks of {x['block_rows']:,}): streaming fit "
+            print(f"whitening d={x['dim']} ({x['rows']:,} rows, blocks of {x['block_rows']:,}): streaming fit "
                   f"{x['stream_bytes_per_s'] / 1e6:.0f} MB/s, partial_fit {x['partial_fit_bytes_per_s'] / 1e6:.0f} MB/s a block, "
                   f"merge {x['merge_s'] * 1e3:.0f} ms, decompose {x['decompose_s'] * 1e3:.0f} ms, private peak "
                   f"{g(max(x['memory']['anon_peak_bytes'], x['memory']['private_dirty_peak_bytes']))} GiB")
@@ -321,6 +334,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds of kexue / sklearn / kiez (medians)")
     ap.add_argument("--mp-candidates", type=int, default=100)
     ap.add_argument("--pq-factory", default="IVF{nlist},PQ{m}", help="FAISS factory string; {nlist} = √N, {m} = --pq-m")
+    ap.add_argument("--pq-refine-factory", default="IVF{nlist},PQ{m},Refine(SQ8)",
+                    help="the second IVF-PQ row: PQ candidates re-ranked by 8-bit codes ('' skips it)")
+    ap.add_argument("--k-factor", type=int, default=8, help="candidates per neighbour re-ranked by the Refine index")
     ap.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantisers (default d/4: d bytes a vector)")
     ap.add_argument("--estimate-fraction", type=float, default=0.05)
     ap.add_argument("--peers-python", default=os.environ.get("KEXUE_PEERS_PYTHON"))

@@ -46,8 +46,8 @@ def test_tiny_run_writes_every_key(tmp_path):
     assert len(res["commit"]) == 40 and len(res["load_before"]) == 3 and len(res["load_after"]) == 3
     ds = res["datasets"]["clustered"]
     assert "kiez-faiss" not in ds and res["kiez_skipped"]
-    for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq"):
-        assert ROW <= set(ds[name]), name
+    for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq", "kexue-ivfpq-refine", "estimate"):
+        assert (ROW if name != "estimate" else {"wall_s", "seconds", "memory"}) <= set(ds[name]), name
         assert MEMORY <= set(ds[name]["memory"]), name
         m = ds[name]["memory"]
         assert 0 < m["anon_peak_bytes"] <= m["rss_peak_bytes"] and m["maxrss_bytes"] > 0
@@ -58,6 +58,8 @@ def test_tiny_run_writes_every_key(tmp_path):
     b = ds["kexue-ivfpq"]["build"]
     assert b["factory"] == f"IVF{round(n ** 0.5)},PQ4" and b["index_bytes"] == ds["kexue-ivfpq"]["memory"]["index_bytes"]
     assert ds["kexue-ivfpq"]["params"] == {"nprobe": b["nprobe"]}  # the saved index's nprobe, as tuned
+    rb = ds["kexue-ivfpq-refine"]["build"]
+    assert rb["factory"].endswith(",Refine(SQ8)") and rb["k_factor"] == 8 and rb["index_bytes"] > b["index_bytes"]
     sk = ds["sklearn-brute"]
     assert sk["recall"] == 1.0 and sk["n_queries"] == 300  # exact search finds the exact sample's neighbours
     assert sk["extrapolated_s"] == pytest.approx(sk["fit_s"] + sk["query_s"] * n / 300, rel=1e-9)  # one round
