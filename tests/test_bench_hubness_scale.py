@@ -35,7 +35,8 @@ def test_tiny_run_writes_every_key(tmp_path):
     n = 3000
     r = subprocess.run([sys.executable, str(BENCH / "bench_hubness_scale.py"), "--rows", str(n), "--dim", "16",
                         "--data-dir", str(tmp_path / "data"), "--json", str(out), "--recall-sample", "300",
-                        "--whiten-rows", "8192", "--whiten-block", "4096", "--machines", "1,4"],
+                        "--whiten-rows", "8192", "--whiten-block", "4096", "--machines", "1,4",
+                        "--gaussian", "--gaussian-rows", "2000"],
                        capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "kiez FAISS row skipped: no $KEXUE_PEERS_PYTHON" in r.stdout
@@ -67,6 +68,9 @@ def test_tiny_run_writes_every_key(tmp_path):
     assert est["n_sampled"] <= 0.05 * n and est["full_scan_skewness"] == ds["kexue-ivf"]["skewness"]
     lo, hi = est["skewness_ci"]
     assert lo <= est["skewness"] <= hi and est["inside_ci"] == (lo <= est["full_scan_skewness"] <= hi)
+    gs = res["datasets"]["gaussian"]  # the side row: the three-way comparison only
+    assert {"kexue-ivf", "sklearn-brute"} <= set(gs) and "kexue-ivf+mp" not in gs and "estimate" not in gs
+    assert gs["sklearn-brute"]["n"] == 2000 and ROW <= set(gs["kexue-ivf"])
     w = res["whitening"]
     assert WHITEN <= set(w["data"]) and WHITEN <= set(w["768"])
     assert w["data"]["dim"] == 16 and w["768"]["dim"] == 768 and w["768"]["rows"] == 8192
