@@ -33,23 +33,25 @@ def make(name, c, k, metric, **kw):
     return h.make_reduction(name, n_candidates=c, metric=metric, **extra, **kw)
 
 
-def brute_reference(name, Dq, DR, c, k, metric, alpha=0.5):
+def brute_reference(name, Dq, DR, c, k, metric, alpha=0.5, wx=None):
     """{(query row, x): secondary distance}: q's statistic from its own c candidates (its k or c
-    nearest index points), x's from its k (MP: c) nearest *reference* points (``DR``: index ×
-    reference, nothing excluded), the formulas of docs/hubness.md written out pair by pair."""
+    nearest index points), x's from its k (MP: c; ``wx`` if given) nearest *reference* points
+    (``DR``: index × reference, nothing excluded), the formulas of docs/hubness.md written out pair
+    by pair."""
     sim = (lambda t: 1 - t) if metric == "cosine" else (lambda t: -t)
     w = c if name == "mp" else k
+    wx = w if wx is None else wx
     out = {}
     for r, drow in enumerate(Dq):
         cand = nearest(drow, c)
         nq = [drow[j] for j in cand[:w]]
         for x in cand:
             d = drow[x]
-            nx = sorted(DR[x])[:w]
+            nx = sorted(DR[x])[:wx]
             if name == "mp":
                 v = 1 - norm.sf(d, np.mean(nq), np.std(nq)) * norm.sf(d, np.mean(nx), np.std(nx))
             elif name == "ls":
-                v = 1 - np.exp(-d**2 / (nq[k - 1] * nx[k - 1]))
+                v = 1 - np.exp(-d**2 / (nq[-1] * nx[-1]))
             elif name == "nicdm":
                 v = d / np.sqrt(np.mean(nq) * np.mean(nx))
             elif name == "csls":  # Conneau et al. (2018): r_T(x) = mean similarity to its k nearest queries
@@ -60,20 +62,24 @@ def brute_reference(name, Dq, DR, c, k, metric, alpha=0.5):
     return out
 
 
+@pytest.mark.parametrize("k", [4, "auto"])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("name", WITH_STAT)
-def test_reference_statistics_equal_brute_force(name, metric):
+def test_reference_statistics_equal_brute_force(name, metric, k):
     """Secondary distances and the re-ranked top k equal a float64 brute force of the definition:
     to float64 rounding with float64 rows (rerank of brute-force candidates, statistics from the
-    brute-force reference rows), to float32 rounding as fitted and searched."""
+    brute-force reference rows), to float32 rounding as fitted and searched. ``k="auto"`` (the
+    default) with a reference: both statistics over c points (q's candidate row, x's c nearest
+    reference points), kiez's definition."""
     X, R, Q = data()
-    c, k = 20, 4
+    c = 20
     Dq, DR = brute_dist(Q, X, metric), brute_dist(X, R, metric)
-    want = brute_reference(name, Dq, DR, c, k, metric)
+    want = brute_reference(name, Dq, DR, c, c if k == "auto" else k, metric)
     fitted = make(name, c, k, metric).fit(X, reference=R)
     assert fitted.n_reference_ == len(R)
     exact = make(name, c, k, metric).fit(X, reference=R)
-    w = exact._width()
+    w = exact._width(True)
+    assert w == (c if k == "auto" or name == "mp" else k)
     exact.stats_ = exact._stats(np.sort(DR, axis=1)[:, :w], w)
     ci = np.array([nearest(row, c) for row in Dq])
     for (sec, ind), rtol in [(exact.rerank(np.take_along_axis(Dq, ci, 1), ci, Q), 1e-9),
@@ -112,6 +118,32 @@ def test_transductive_spelling_and_none_unchanged(name):
     G = plain.transform(Q, reference="queries")
     assert G.shape == (len(Q), len(X)) and G.nnz == 20 * len(Q)
     np.testing.assert_array_equal(plain.k_occurrence(Q, 5, reference="queries"), h.occurrences(a[1], len(X)))
+
+
+@pytest.mark.parametrize("name", ["ls", "nicdm", "csls", "nnn"])
+def test_auto_k(name):
+    """k="auto" (the default): without a reference exactly k = 5, bit for bit (the SPEC 8.4
+    random-split results); with a reference set smaller than n_candidates the index side reads the
+    whole reference and the query side its whole candidate row (brute force); an explicit k beyond
+    the reference stays an error."""
+    X, R, Q = data(seed=10)
+    auto, five = make(name, 20, "auto", "euclidean").fit(X), make(name, 20, 5, "euclidean").fit(X)
+    for s0, s1 in zip(auto.stats_, five.stats_):
+        np.testing.assert_array_equal(s0, s1)
+    for a, b in [(auto.kneighbors(Q, 5), five.kneighbors(Q, 5)), (auto.kneighbors(None, 5), five.kneighbors(None, 5))]:
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    tiny = make(name, 3, "auto", "euclidean").fit(X)  # fewer candidates than 5: k = n_candidates
+    assert tiny._width() == 3 and tiny.kneighbors(Q, 2)[1].shape == (len(Q), 2)
+    small = Q[:8]  # a batch of 8 queries is its own reference: x reads all 8, q its 20 candidates
+    Dq, DR = brute_dist(small, X, "euclidean"), brute_dist(X, small, "euclidean")
+    want = brute_reference(name, Dq, DR, 20, 20, "euclidean", wx=8)
+    sec, ind = auto.kneighbors(small, 20, reference="queries")
+    got = {(i, x): v for i, (srow, irow) in enumerate(zip(sec, ind)) for v, x in zip(srow, irow)}
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(KexueError, match="has 8 rows"):
+        make(name, 20, 10, "euclidean").fit(X).kneighbors(small, 5, reference="queries")
 
 
 @pytest.mark.parametrize("name", ["mp", "csls", "nnn"])

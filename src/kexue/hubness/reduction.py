@@ -33,6 +33,7 @@ from kexue import validate
 from kexue.hubness.knn import _normalise
 from kexue.hubness.reduction_base import _TINY, _Reduction, _store
 
+_K = [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})]  # k of LS, NICDM, CSLS, NNN
 _CHUNK = 1 << 22  # elements of a gathered candidate block processed at once (32 MB of float64)
 
 
@@ -64,7 +65,7 @@ class MutualProximity(_Reduction):
     def _needs_vectors(self):
         return self.method == "empirical"
 
-    def _width(self):
+    def _width(self, reference=False):
         return 0 if self.method == "empirical" else self.n_candidates_
 
     def _stats(self, dist, width):
@@ -117,15 +118,16 @@ class LocalScaling(_Reduction):
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "method": [StrOptions({"standard", "nicdm"})],
-                              "k": [Interval(Integral, 1, None, closed="left")]}
+                              "k": _K}
 
-    def __init__(self, method: str = "standard", k: int = 5, n_candidates: int = 100, metric: str = "euclidean",
+    def __init__(self, method: str = "standard", k: int | str = "auto", n_candidates: int = 100,
+                 metric: str = "euclidean",
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
                  random_state: int = 0):
         _store(self, locals())
 
-    def _width(self):
-        return self.k
+    def _width(self, reference=False):
+        return self._k(reference)
 
     def _stats(self, dist, width):
         s = dist[:, width - 1] if self.method == "standard" else dist[:, :width].mean(1)
@@ -146,8 +148,8 @@ class _MeanSimilarity:
     def _sim(self, dist):
         return 1.0 - dist if self.metric == "cosine" else -dist
 
-    def _width(self):
-        return self.k
+    def _width(self, reference=False):
+        return self._k(reference)
 
     def _stats(self, dist, width):
         return (self._sim(dist[:, :width]).mean(1),)
@@ -168,9 +170,9 @@ class CSLS(_MeanSimilarity, _Reduction):
     class's documented meaning whenever a reference is given.
     """
 
-    _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")]}
+    _parameter_constraints = {**_Reduction._parameter_constraints, "k": _K}
 
-    def __init__(self, k: int = 5, n_candidates: int = 100, metric: str = "cosine", backend="exact",
+    def __init__(self, k: int | str = "auto", n_candidates: int = 100, metric: str = "cosine", backend="exact",
                  backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
         _store(self, locals())
 
@@ -189,10 +191,10 @@ class NNN(_MeanSimilarity, _Reduction):
     primary distance (the PyPI package ``nnn-retrieval``, MIT licence, scores every index point).
     """
 
-    _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")],
+    _parameter_constraints = {**_Reduction._parameter_constraints, "k": _K,
                               "alpha": [Interval(Real, 0, None, closed="left")]}
 
-    def __init__(self, alpha: float = 0.5, k: int = 5, n_candidates: int = 100, metric: str = "cosine",
+    def __init__(self, alpha: float = 0.5, k: int | str = "auto", n_candidates: int = 100, metric: str = "cosine",
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
                  random_state: int = 0):
         _store(self, locals())
@@ -215,7 +217,7 @@ class Centering(_Reduction):
                  backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
         _store(self, locals())
 
-    def _width(self):
+    def _width(self, reference=False):
         return 0
 
     def fit(self, X, y=None, graph: tuple | None = None, reference=None):
