@@ -276,3 +276,19 @@ def test_cli_queries_and_reference_equal_the_api(cli, tmp_path):
     assert r.code == 0, r.err
     est = h.LocalScaling(n_candidates=40).fit(X, graph=h.kneighbors(X, 40), reference=R)
     np.testing.assert_array_equal(np.load(tmp_path / "nk.npy"), est.k_occurrence(n_neighbors=5))
+
+
+@pytest.mark.parametrize("name", ["mp", "ls"])
+def test_saturated_secondary_distances_keep_the_primary_order(name):
+    """Where the formula rounds to exactly 1.0 in float64 (MP's SF_q · SF_x or LS's exp(-t) below
+    2^-53), candidates are ranked by their primary distance, not by index id."""
+    X, R, Q = data(seed=11)
+    r = make(name, 20, 4, "euclidean").fit(X, reference=R)
+    # every index point's reference points at distance ~0 with no spread: its survival function
+    # (MP) or scale (LS) makes every candidate's secondary distance 1.0
+    r.stats_ = (np.zeros(len(X)), np.full(len(X), 1e-9)) if name == "mp" else (np.full(len(X), 1e-9),)
+    sec, ind = r.kneighbors(Q, 10)
+    assert (sec == 1.0).all()
+    np.testing.assert_array_equal(ind, h.kneighbors(X, 10, queries=Q)[1])
+    by_id = np.sort(h.kneighbors(X, 20, queries=Q)[1], axis=1)[:, :10]  # what the id order would return
+    assert (np.sort(ind, axis=1) != by_id).any()

@@ -65,6 +65,10 @@ class MutualProximity(_Reduction):
     def _needs_vectors(self):
         return self.method == "empirical"
 
+    @property
+    def _ties_by_primary(self):  # empirical MP counts over c candidates: its equal counts keep the id order
+        return self.method == "gaussian"
+
     def _width(self, reference=False):
         return 0 if self.method == "empirical" else self.n_candidates_
 
