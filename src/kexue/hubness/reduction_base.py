@@ -85,16 +85,12 @@ class _Reduction(TransformerMixin, BaseEstimator):
         return self.n_candidates_
 
     def _k(self, reference: bool) -> int:
-        """The neighbourhood size ``k`` of LS, NICDM, CSLS and NNN. ``k="auto"``: ``AUTO_K`` (5)
-        with index-internal statistics; with a reference set, ``n_candidates`` on both sides —
-        the query's statistic over its whole candidate row and the index point's over as many
-        nearest reference points (at most the whole reference), as kiez and scikit-hubness do.
-        Why: across two populations each side's statistic must describe the neighbourhood the
-        re-ranking happens in (the candidate row), not the few nearest points, which for an index
-        point are a handful of queries of a bank or batch — a noisy estimate, and on the shifted
-        settings of the experiment's ``shift`` section k = 5 lost accuracy against k = 100 in 14
-        of 18 rows (issue 28). Within one population (no reference) a tight k = 5 is what the
-        random-split results of SPEC 8.4 were measured with, and stays."""
+        """``k`` of LS, NICDM, CSLS and NNN. ``"auto"``: 5 with index-internal statistics (the SPEC
+        8.4 random-split setting); with a reference set ``n_candidates`` on both sides — q's whole
+        candidate row, x's as many nearest reference points (at most all) — kiez's definition.
+        Across two populations each statistic should describe the neighbourhood the re-ranking
+        happens in, not a handful of bank or batch queries (a noisy estimate: on issue 28's shifted
+        settings k = 5 lost accuracy against k = 100 in 14 of 18 rows)."""
         if self.k != "auto":
             return self.k
         return self.n_candidates_ if reference else min(AUTO_K, self.n_candidates_)
@@ -290,7 +286,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
                 and self._width() and self._exact() and getattr(self, "fit_mode_", None) == "vectors"):
             check_is_fitted(self)
             Q = self._query_vectors(X)
-            w = self._reference_width(len(Q))
+            w = REF.width(self, len(Q))
             d, i, rows = S.screened(None, Q, self.n_candidates_, self.metric, screen=self._screening(), ref_width=w)
             return d, i, Q, self._scaled_stats(rows, w)
         return (*self._candidates(X), None)
@@ -307,18 +303,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """Secondary distances back in the primary distance's units (only where they carry them)."""
         return sec
 
-    def _reference_width(self, n_ref: int) -> int:
-        """How many nearest reference points the index side reads: ``_width(True)``; with
-        ``k="auto"`` at most the whole reference (an explicit width beyond it is an error)."""
-        w = self._width(True)
-        if getattr(self, "k", None) == "auto":
-            w = min(w, n_ref)
-        REF.check_width(w, n_ref)
-        return w
-
     def _reference_stats(self, R: np.ndarray) -> tuple:
         """The index points' statistics from their nearest rows of reference ``R``."""
-        w = self._reference_width(len(R))
+        w = REF.width(self, len(R))
         return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
                                            self.random_state, self._screening()), w)
 
@@ -409,11 +396,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
 
 
 def _sort(sec, ind, k, dist=None):
-    """The ``k`` smallest secondary distances of each row; ties broken by the primary distance
-    ``dist`` (if given), then by the index id. For a continuous formula an exact tie is float64
-    running out: MP's ``1 - SF_q · SF_x`` and LS's ``1 - exp(-t)`` round to exactly 1.0 once the
-    product or exp(-t) falls below 2^-53 (on SmolLM2 with a reference bank, 19 % of MP's candidate
-    pairs, issue 28); the secondary distance then says nothing and the primary order is the
-    evidence left (ordering by id instead favoured low ids: R@1 0.453 against 0.459)."""
+    """The ``k`` smallest secondary distances per row; ties go to the smaller primary distance
+    ``dist`` (if given), then the lower id. For a continuous formula a tie is float64 running out:
+    MP's ``1 - SF_q · SF_x`` and LS's ``1 - exp(-t)`` round to 1.0 below 2^-53 (19 % of MP's
+    SmolLM2 bank pairs, issue 28), where the id order made hubs of low ids (R@1 0.453 vs 0.459)."""
     order = np.lexsort((ind, sec) if dist is None else (ind, dist, sec), axis=1)[:, :k]
     return np.take_along_axis(sec, order, 1), np.take_along_axis(ind, order, 1)
