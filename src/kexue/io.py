@@ -100,9 +100,16 @@ class MatrixSource:
     d: int
     dtype: np.dtype
     chunks: Callable[[int], Iterator[np.ndarray]]
+    mmap: np.ndarray | None = None  # the rows as a memory map, where the file stores them as NumPy does
 
     def read(self) -> np.ndarray:
         return np.concatenate(list(self.chunks(max(self.n, 1))), axis=0) if self.n else np.empty((0, self.d), self.dtype)
+
+    def rows(self) -> np.ndarray:
+        """The rows without reading them into memory where the file allows (.npy, and safetensors of
+        NumPy dtypes: a memory map), else the whole array (:meth:`read`). Not checked for NaN/inf:
+        stream :meth:`chunks` for that."""
+        return self.read() if self.mmap is None else self.mmap
 
 
 def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "embedding") -> MatrixSource:
@@ -123,7 +130,8 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
         raise KexueError(f"unsupported {what} file {path.name}: use {', '.join(FORMATS)}")
     _check_2d(X.shape, X.dtype, path)
     return MatrixSource(path, X.shape[0], X.shape[1], X.dtype,
-                        lambda c: _finite(path, (np.asarray(X[s:s + c]) for s in range(0, X.shape[0], c))))
+                        lambda c: _finite(path, (np.asarray(X[s:s + c]) for s in range(0, X.shape[0], c))),
+                        X if isinstance(X, np.memmap) else None)
 
 
 def _finite(path: Path, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -195,7 +203,8 @@ def _safetensors(path: Path, key: str | None) -> MatrixSource:
     if dt in _ST_NUMPY:
         _check_2d(shape, _ST_NUMPY[dt], path)
         return MatrixSource(path, shape[0], shape[1], np.dtype(_ST_NUMPY[dt]),
-                            lambda c: _finite(path, (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c))))
+                            lambda c: _finite(path, (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c))),
+                            _raw_tensor(path, key, _ST_NUMPY[dt], shape) if dt != "BOOL" else None)
     if dt not in _ST_RAW:
         raise KexueError(f"tensor {key} in {path} is {dt}, which kexue does not read; "
                          f"save it as F32, F16, BF16 or F8_E4M3/F8_E5M2")
