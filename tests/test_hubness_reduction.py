@@ -93,6 +93,10 @@ def test_both_sides_equal_brute_force_definition(name):
     for r, rtol, atol in [(exact, 1e-9, 1e-12), (fitted, 1e-5, 1e-6)]:
         for rows, Dq, q_self in [(Q, brute_dist(Q, X, metric), None), (None, DX, np.arange(len(X)))]:
             want = brute_secondary(name, X, Q, Dq, DX, c, k, metric, q_self)
+            if name == "nnn" and r is fitted and rows is not None:  # searched anew: the c best of the whole index
+                rx = -exact_rows(DX, k).mean(1)  # Euclidean: s = -d
+                want = {(i, x): 0.5 * rx[x] + Dq[i, x] for i in range(len(Q))
+                        for x in sorted(range(len(X)), key=lambda x: (0.5 * rx[x] + Dq[i, x], x))[:c]}
             sec, ind = r.kneighbors(rows, n_neighbors=c)
             if r is exact and rows is not None:
                 ci = np.array([nearest(row, c) for row in Dq])

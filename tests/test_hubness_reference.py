@@ -33,23 +33,29 @@ def make(name, c, k, metric, **kw):
     return h.make_reduction(name, n_candidates=c, metric=metric, **extra, **kw)
 
 
-def brute_reference(name, Dq, DR, c, k, metric, alpha=0.5):
+def brute_reference(name, Dq, DR, c, k, metric, alpha=0.5, wx=None, exhaustive=False):
     """{(query row, x): secondary distance}: q's statistic from its own c candidates (its k or c
-    nearest index points), x's from its k (MP: c) nearest *reference* points (``DR``: index ×
-    reference, nothing excluded), the formulas of docs/hubness.md written out pair by pair."""
+    nearest index points), x's from its k (MP: c; ``wx`` if given) nearest *reference* points
+    (``DR``: index × reference, nothing excluded), the formulas of docs/hubness.md written out pair
+    by pair. ``exhaustive`` (NNN): the candidates are the c best by NNN's score over all index
+    points, not the c nearest."""
     sim = (lambda t: 1 - t) if metric == "cosine" else (lambda t: -t)
     w = c if name == "mp" else k
+    wx = w if wx is None else wx
     out = {}
     for r, drow in enumerate(Dq):
         cand = nearest(drow, c)
+        if exhaustive:
+            score = [alpha * np.mean([sim(t) for t in sorted(DR[x])[:wx]]) - sim(drow[x]) for x in range(len(drow))]
+            cand = sorted(range(len(drow)), key=lambda x: (score[x], x))[:c]
         nq = [drow[j] for j in cand[:w]]
         for x in cand:
             d = drow[x]
-            nx = sorted(DR[x])[:w]
+            nx = sorted(DR[x])[:wx]
             if name == "mp":
                 v = 1 - norm.sf(d, np.mean(nq), np.std(nq)) * norm.sf(d, np.mean(nx), np.std(nx))
             elif name == "ls":
-                v = 1 - np.exp(-d**2 / (nq[k - 1] * nx[k - 1]))
+                v = 1 - np.exp(-d**2 / (nq[-1] * nx[-1]))
             elif name == "nicdm":
                 v = d / np.sqrt(np.mean(nq) * np.mean(nx))
             elif name == "csls":  # Conneau et al. (2018): r_T(x) = mean similarity to its k nearest queries
@@ -60,29 +66,39 @@ def brute_reference(name, Dq, DR, c, k, metric, alpha=0.5):
     return out
 
 
+@pytest.mark.parametrize("k", [4, "auto"])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("name", WITH_STAT)
-def test_reference_statistics_equal_brute_force(name, metric):
+def test_reference_statistics_equal_brute_force(name, metric, k):
     """Secondary distances and the re-ranked top k equal a float64 brute force of the definition:
     to float64 rounding with float64 rows (rerank of brute-force candidates, statistics from the
-    brute-force reference rows), to float32 rounding as fitted and searched."""
+    brute-force reference rows), to float32 rounding as fitted and searched. ``k="auto"`` (the
+    default) with a reference: both statistics over c points (q's candidate row, x's c nearest
+    reference points), kiez's definition."""
     X, R, Q = data()
-    c, k = 20, 4
+    c = 20
     Dq, DR = brute_dist(Q, X, metric), brute_dist(X, R, metric)
-    want = brute_reference(name, Dq, DR, c, k, metric)
+    want = brute_reference(name, Dq, DR, c, c if k == "auto" else k, metric)
     fitted = make(name, c, k, metric).fit(X, reference=R)
     assert fitted.n_reference_ == len(R)
     exact = make(name, c, k, metric).fit(X, reference=R)
-    w = exact._width()
+    w = exact._width(True)
+    assert w == (c if k == "auto" or name == "mp" else k)
     exact.stats_ = exact._stats(np.sort(DR, axis=1)[:, :w], w)
     ci = np.array([nearest(row, c) for row in Dq])
-    for (sec, ind), rtol in [(exact.rerank(np.take_along_axis(Dq, ci, 1), ci, Q), 1e-9),
-                             (fitted.kneighbors(Q, n_neighbors=c), 1e-5)]:
+    # NNN searched anew ranks the whole index by its score (nnn-retrieval's definition); a given
+    # candidate graph (rerank) is re-scored as given
+    searched = brute_reference(name, Dq, DR, c, c if k == "auto" else k, metric, exhaustive=True) \
+        if name == "nnn" else want
+    if name == "nnn":
+        assert searched.keys() != want.keys()  # the case does reach beyond the nearest c
+    for (sec, ind), rtol, ref in [(exact.rerank(np.take_along_axis(Dq, ci, 1), ci, Q), 1e-9, want),
+                                  (fitted.kneighbors(Q, n_neighbors=c), 1e-5, searched)]:
         got = {(i, x): s for i, (srow, irow) in enumerate(zip(sec, ind)) for s, x in zip(srow, irow)}
-        assert got.keys() == want.keys()
-        np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=rtol, atol=rtol)
-        top = np.array([sorted(range(c), key=lambda j: (want[r, ci[r, j]], ci[r, j]))[:5] for r in range(len(Q))])
-        np.testing.assert_array_equal(ind[:, :5], np.take_along_axis(ci, top, 1))
+        assert got.keys() == ref.keys()
+        np.testing.assert_allclose([got[key] for key in ref], list(ref.values()), rtol=rtol, atol=rtol)
+        top = [[x for _, x in sorted((v, x) for (r2, x), v in ref.items() if r2 == r)][:5] for r in range(len(Q))]
+        np.testing.assert_array_equal(ind[:, :5], np.array(top))
 
 
 @pytest.mark.parametrize("name", WITH_STAT)
@@ -114,12 +130,40 @@ def test_transductive_spelling_and_none_unchanged(name):
     np.testing.assert_array_equal(plain.k_occurrence(Q, 5, reference="queries"), h.occurrences(a[1], len(X)))
 
 
+@pytest.mark.parametrize("name", ["ls", "nicdm", "csls", "nnn"])
+def test_auto_k(name):
+    """k="auto" (the default): without a reference exactly k = 5, bit for bit (the SPEC 8.4
+    random-split results); with a reference set smaller than n_candidates the index side reads the
+    whole reference and the query side its whole candidate row (brute force); an explicit k beyond
+    the reference stays an error."""
+    X, R, Q = data(seed=10)
+    auto, five = make(name, 20, "auto", "euclidean").fit(X), make(name, 20, 5, "euclidean").fit(X)
+    for s0, s1 in zip(auto.stats_, five.stats_):
+        np.testing.assert_array_equal(s0, s1)
+    for a, b in [(auto.kneighbors(Q, 5), five.kneighbors(Q, 5)), (auto.kneighbors(None, 5), five.kneighbors(None, 5))]:
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    tiny = make(name, 3, "auto", "euclidean").fit(X)  # fewer candidates than 5: k = n_candidates
+    assert tiny._width() == 3 and tiny.kneighbors(Q, 2)[1].shape == (len(Q), 2)
+    small = Q[:8]  # a batch of 8 queries is its own reference: x reads all 8, q its 20 candidates
+    Dq, DR = brute_dist(small, X, "euclidean"), brute_dist(X, small, "euclidean")
+    want = brute_reference(name, Dq, DR, 20, 20, "euclidean", wx=8, exhaustive=name == "nnn")
+    sec, ind = auto.kneighbors(small, 20, reference="queries")
+    got = {(i, x): v for i, (srow, irow) in enumerate(zip(sec, ind)) for v, x in zip(srow, irow)}
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[key] for key in want], list(want.values()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(KexueError, match="has 8 rows"):
+        make(name, 20, 10, "euclidean").fit(X).kneighbors(small, 5, reference="queries")
+
+
 @pytest.mark.parametrize("name", ["mp", "csls", "nnn"])
 def test_every_backend_and_a_users_faiss_index(name):
     faiss = pytest.importorskip("faiss")
     X, R, Q = data(seed=5, n=400, nr=150, nq=60, d=12)
     want = make(name, 30, 5, "euclidean").fit(X, reference=R)
-    wd, wi = want.kneighbors(Q, 10)
+    # the 30 nearest re-scored, as the other backends do (NNN searched on the exact backend ranks the
+    # whole index instead)
+    wi = want.rerank(*h.kneighbors(X, 30, queries=Q), Q)[1][:, :10]
     index = faiss.IndexFlatL2(12)
     index.add(X.astype(np.float32))
     # exact searches of the reference (a user's index holds the index, so the reference is screened
@@ -166,6 +210,12 @@ def test_nnn_matches_nnn_retrieval():
     sec, ours = red.kneighbors(Q, top)
     np.testing.assert_array_equal(ours, ind)
     np.testing.assert_allclose(-sec, scores, atol=2e-6)
+    # 20 candidates: still the best of the whole index by NNN's score, not of the 20 nearest
+    sec, ours = h.NNN(alpha=alpha, k=k, n_candidates=20, metric="cosine").fit(X, reference=R).kneighbors(Q, top)
+    np.testing.assert_array_equal(ours, ind)
+    np.testing.assert_allclose(-sec, scores, atol=2e-6)
+    near = h.kneighbors(X, 20, metric="cosine", queries=Q)[1]
+    assert any(not set(row) <= set(n) for row, n in zip(ind, near))  # the case reaches beyond the 20 nearest
     # transductive: the queries as the reference, as NNNRanker(X, Q, ...)
     scores, ind = nnn.NNNRanker(nnn.NNNRetriever(32), X, Q, alternate_ks=k, alternate_weight=alpha).search(Q, top)
     sec, ours = h.NNN(alpha=alpha, k=k, n_candidates=299).fit(X).kneighbors(Q, top, reference="queries")
@@ -244,3 +294,19 @@ def test_cli_queries_and_reference_equal_the_api(cli, tmp_path):
     assert r.code == 0, r.err
     est = h.LocalScaling(n_candidates=40).fit(X, graph=h.kneighbors(X, 40), reference=R)
     np.testing.assert_array_equal(np.load(tmp_path / "nk.npy"), est.k_occurrence(n_neighbors=5))
+
+
+@pytest.mark.parametrize("name", ["mp", "ls"])
+def test_saturated_secondary_distances_keep_the_primary_order(name):
+    """Where the formula rounds to exactly 1.0 in float64 (MP's SF_q · SF_x or LS's exp(-t) below
+    2^-53), candidates are ranked by their primary distance, not by index id."""
+    X, R, Q = data(seed=11)
+    r = make(name, 20, 4, "euclidean").fit(X, reference=R)
+    # every index point's reference points at distance ~0 with no spread: its survival function
+    # (MP) or scale (LS) makes every candidate's secondary distance 1.0
+    r.stats_ = (np.zeros(len(X)), np.full(len(X), 1e-9)) if name == "mp" else (np.full(len(X), 1e-9),)
+    sec, ind = r.kneighbors(Q, 10)
+    assert (sec == 1.0).all()
+    np.testing.assert_array_equal(ind, h.kneighbors(X, 10, queries=Q)[1])
+    by_id = np.sort(h.kneighbors(X, 20, queries=Q)[1], axis=1)[:, :10]  # what the id order would return
+    assert (np.sort(ind, axis=1) != by_id).any()

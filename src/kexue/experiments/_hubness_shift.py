@@ -143,7 +143,9 @@ def part_shift(ctx):
     from kexue import hubness as H
     from kexue.hubness.reduction import NNN
 
-    alpha, nnn_k = NNN().alpha, NNN().k
+    # NNN's k: its default "auto" reads n_candidates reference points when a reference is given, as
+    # every run compared with nnn-retrieval does; nnn-retrieval gets the same k
+    alpha, nnn_k = NNN().alpha, (C if NNN().k == "auto" else NNN().k)
     settings = [("mnist-writers", lambda: _mnist(ctx)),
                 ("stsb-minilm", lambda: _stsb(ctx, "minilm", "default", "default")),
                 ("stsb-smollm2-pool", lambda: _stsb(ctx, "smollm2", "first-last-mean", "last-mean"))]
@@ -175,10 +177,11 @@ def part_shift(ctx):
                         add(lib, name, "-" if m == "none" else r, sec, ind)
         ctx.table(f"shift_{key}", ["reduction", "index statistics from", "library", f"skewness N_{K}", "antihubs",
                                    *score_cols, "seconds"], rows,
-                  caption=f"{S['what']}. k = {K}, {C} candidates; kexue reductions at their defaults (k = 5; NNN "
-                  f"alpha = {alpha}, k = {nnn_k}); 'index' = statistics from the index itself, 'bank' = from the "
+                  caption=f"{S['what']}. k = {K}, {C} candidates; kexue reductions at their defaults (k = 'auto': "
+                  f"LS, NICDM, CSLS and NNN read 5 neighbours with index statistics, {C} with a reference; NNN "
+                  f"alpha = {alpha}); 'index' = statistics from the index itself, 'bank' = from the "
                   "reference bank, 'queries' = from the test queries (transductive). kiez 0.5.0 (sklearn brute, its "
-                  f"statistics over {C} neighbours) and nnn-retrieval 1.0.1 (NNNRanker, same alpha and k, unit "
+                  f"statistics over {C} neighbours) and nnn-retrieval 1.0.1 (NNNRanker, same alpha, k = {nnn_k}, unit "
                   "vectors, exhaustive) in their own process. Seconds: one thread, from the vectors to the "
                   "queries' neighbours. Skewness and antihubs (share of index points never retrieved) over the index."
                   + ("" if isinstance(peers, dict) else f" kiez and nnn-retrieval: {peers}."))

@@ -26,13 +26,17 @@ from collections.abc import Callable
 from numbers import Integral, Real
 
 import numpy as np
+from scipy import sparse
 from scipy.special import ndtr
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from kexue import validate
+from kexue.hubness import reference as REF
+from kexue.hubness.arrays import check_is_fitted
 from kexue.hubness.knn import _normalise
 from kexue.hubness.reduction_base import _TINY, _Reduction, _store
 
+_K = [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})]  # k of LS, NICDM, CSLS, NNN
 _CHUNK = 1 << 22  # elements of a gathered candidate block processed at once (32 MB of float64)
 
 
@@ -64,7 +68,11 @@ class MutualProximity(_Reduction):
     def _needs_vectors(self):
         return self.method == "empirical"
 
-    def _width(self):
+    @property
+    def _ties_by_primary(self):  # empirical MP counts over c candidates: its equal counts keep the id order
+        return self.method == "gaussian"
+
+    def _width(self, reference=False):
         return 0 if self.method == "empirical" else self.n_candidates_
 
     def _stats(self, dist, width):
@@ -117,15 +125,16 @@ class LocalScaling(_Reduction):
     """
 
     _parameter_constraints = {**_Reduction._parameter_constraints, "method": [StrOptions({"standard", "nicdm"})],
-                              "k": [Interval(Integral, 1, None, closed="left")]}
+                              "k": _K}
 
-    def __init__(self, method: str = "standard", k: int = 5, n_candidates: int = 100, metric: str = "euclidean",
+    def __init__(self, method: str = "standard", k: int | str = "auto", n_candidates: int = 100,
+                 metric: str = "euclidean",
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
                  random_state: int = 0):
         _store(self, locals())
 
-    def _width(self):
-        return self.k
+    def _width(self, reference=False):
+        return self._k(reference)
 
     def _stats(self, dist, width):
         s = dist[:, width - 1] if self.method == "standard" else dist[:, :width].mean(1)
@@ -146,8 +155,8 @@ class _MeanSimilarity:
     def _sim(self, dist):
         return 1.0 - dist if self.metric == "cosine" else -dist
 
-    def _width(self):
-        return self.k
+    def _width(self, reference=False):
+        return self._k(reference)
 
     def _stats(self, dist, width):
         return (self._sim(dist[:, :width]).mean(1),)
@@ -168,9 +177,9 @@ class CSLS(_MeanSimilarity, _Reduction):
     class's documented meaning whenever a reference is given.
     """
 
-    _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")]}
+    _parameter_constraints = {**_Reduction._parameter_constraints, "k": _K}
 
-    def __init__(self, k: int = 5, n_candidates: int = 100, metric: str = "cosine", backend="exact",
+    def __init__(self, k: int | str = "auto", n_candidates: int = 100, metric: str = "cosine", backend="exact",
                  backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
         _store(self, locals())
 
@@ -185,14 +194,20 @@ class NNN(_MeanSimilarity, _Reduction):
     of x to its ``k`` nearest reference points — the reference set (a bank of queries) passed to
     ``fit(X, reference=R)`` or ``kneighbors(Q, reference="queries")``; without one, x's ``k``
     nearest other index points (as the other reductions). Only the index side is corrected: the
-    query's own statistic is not used. Candidates are each query's ``n_candidates`` nearest by
-    primary distance (the PyPI package ``nnn-retrieval``, MIT licence, scores every index point).
+    query's own statistic is not used.
+
+    Candidates: on the exact backend, new query vectors (``kneighbors``, ``transform``) take the
+    ``n_candidates`` best by this score over the *whole* index (one float32 BLAS pass, as the
+    exact backend's screening), as NNN is defined and as the PyPI package
+    ``nnn-retrieval`` (MIT licence) ranks; the correction is linear in s, so an index point beyond
+    the nearest ``n_candidates`` can win. Other backends, ``rerank`` and the in-sample path re-score
+    the ``n_candidates`` nearest by primary distance.
     """
 
-    _parameter_constraints = {**_Reduction._parameter_constraints, "k": [Interval(Integral, 1, None, closed="left")],
+    _parameter_constraints = {**_Reduction._parameter_constraints, "k": _K,
                               "alpha": [Interval(Real, 0, None, closed="left")]}
 
-    def __init__(self, alpha: float = 0.5, k: int = 5, n_candidates: int = 100, metric: str = "cosine",
+    def __init__(self, alpha: float = 0.5, k: int | str = "auto", n_candidates: int = 100, metric: str = "cosine",
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
                  random_state: int = 0):
         _store(self, locals())
@@ -202,6 +217,44 @@ class NNN(_MeanSimilarity, _Reduction):
 
     def _unscaled(self, sec):
         return np.ldexp(sec, self.exp_) if getattr(self, "exp_", 0) else sec  # linear in d (Euclidean)
+
+    def _query_pass(self, X, reference):
+        if X is None or sparse.issparse(X) or not self._exact() or getattr(self, "fit_mode_", None) != "vectors":
+            return super()._query_pass(X, reference)
+        check_is_fitted(self)
+        Q = self._query_vectors(X)
+        xs = REF.index_stats(self, self._reference_of(reference), Q, in_sample=False)
+        return (*self._best(Q, xs[0]), Q, xs)
+
+    def _best(self, Q, r):
+        """Each query's ``n_candidates`` best index points by NNN's score over the whole index:
+        ``(dist, ind)`` sorted by distance. One float32 BLAS pass on centred rows (cosine: unit
+        rows), in the units of the statistic ``r`` (``exp_``); the picked pairs' distances are
+        float32 too, each recomputed on its own, as the exact backend's screened candidates are."""
+        c, n = self.n_candidates_, self.n_index_
+        if self.metric == "cosine":
+            A, B = _normalise(self.X_), _normalise(Q)
+        else:
+            mu = self.X_.mean(0)
+            A, B = self._scaled(self.X_ - mu), self._scaled(Q - mu)
+        A32, B32 = A.astype(np.float32), B.astype(np.float32)
+        xsq, qsq = np.einsum("ij,ij->i", A32, A32), np.einsum("ij,ij->i", B32, B32)
+        ar = (self.alpha * r).astype(np.float32)
+        ind, dist = np.empty((len(Q), c), np.int64), np.empty((len(Q), c))
+        step = max(1, (1 << 21) // n)  # 8 MB of float32 scores at a time
+        for s in range(0, len(Q), step):
+            G = B32[s:s + step] @ A32.T
+            # alpha r_x - s(q, x): s = 1 - d = G (cosine), s = -d (Euclidean)
+            key = ar - G if self.metric == "cosine" else ar + np.sqrt(np.maximum(qsq[s:s + step, None] + xsq - 2 * G, 0))
+            ind[s:s + step] = np.argpartition(key, c - 1, axis=1)[:, :c] if c < n else np.arange(n)
+        step = max(1, (1 << 20) // (c * A32.shape[1]))  # each picked pair's product on its own, as the
+        for s in range(0, len(Q), step):  # screening does: a query's row does not depend on the batch
+            v = np.einsum("bd,bcd->bc", B32[s:s + step], A32[ind[s:s + step]])
+            dist[s:s + step] = 1.0 - v if self.metric == "cosine" else \
+                np.sqrt(np.maximum(qsq[s:s + step, None] + xsq[ind[s:s + step]] - 2 * v, 0))
+        dist = np.ldexp(dist, self.exp_) if self.metric != "cosine" and self.exp_ else dist
+        order = np.lexsort((ind, dist), axis=1)
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
 
 
 class Centering(_Reduction):
@@ -215,7 +268,7 @@ class Centering(_Reduction):
                  backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
         _store(self, locals())
 
-    def _width(self):
+    def _width(self, reference=False):
         return 0
 
     def fit(self, X, y=None, graph: tuple | None = None, reference=None):

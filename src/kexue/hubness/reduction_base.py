@@ -50,6 +50,7 @@ from kexue.utils import KexueError
 
 _TINY = np.finfo(np.float64).tiny
 AUTO_SAMPLE = 2000  # the smallest sample n_samples="auto" draws (see _Reduction._sample_size)
+AUTO_K = 5  # k="auto" without a reference set: each statistic over the 5 nearest (see _Reduction._k)
 
 
 def _store(est, params: dict) -> None:
@@ -73,11 +74,26 @@ class _Reduction(TransformerMixin, BaseEstimator):
         "random_state": [Interval(Integral, 0, None, closed="left")],
     }
     _needs_vectors = False  # True: the formula reads the vectors, a graph alone is not enough
+    # ties in the secondary distance go to the nearer candidate (see _sort); False for a formula whose
+    # values are discrete by design (empirical MP's counts), whose ties keep the id order
+    _ties_by_primary = True
 
     # ---- hooks
-    def _width(self) -> int:
-        """How many nearest distances of a point its statistic reads."""
+    def _width(self, reference: bool = False) -> int:
+        """How many nearest distances of a point its statistic reads (``reference``: when the index
+        side comes from a reference set)."""
         return self.n_candidates_
+
+    def _k(self, reference: bool) -> int:
+        """``k`` of LS, NICDM, CSLS and NNN. ``"auto"``: 5 with index-internal statistics (the SPEC
+        8.4 random-split setting); with a reference set ``n_candidates`` on both sides — q's whole
+        candidate row, x's as many nearest reference points (at most all) — kiez's definition.
+        Across two populations each statistic should describe the neighbourhood the re-ranking
+        happens in, not a handful of bank or batch queries (a noisy estimate: on issue 28's shifted
+        settings k = 5 lost accuracy against k = 100 in 14 of 18 rows)."""
+        if self.k != "auto":
+            return self.k
+        return self.n_candidates_ if reference else min(AUTO_K, self.n_candidates_)
 
     def _stats(self, dist: np.ndarray, width: int) -> tuple:
         """Per-row statistics from sorted distances (first ``width`` columns)."""
@@ -197,7 +213,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
 
     def _check_width(self, c: int):
         k = getattr(self, "k", None)
-        if k is not None and k > c:
+        if k is not None and k != "auto" and k > c:
             raise KexueError(f"k={k} exceeds the {c} candidates per point; lower k or raise n_candidates")
 
     def _search(self, Q, c):
@@ -266,12 +282,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """``(dist, ind, Q, x_stats)`` for queries ``X``; ``x_stats`` None unless the query batch is the
         reference on the exact backend: then one float32 pass gives both the queries' candidates
         and each index point's nearest queries (:func:`kexue.hubness.screen.screened`)."""
-        w = self._width()
         if (isinstance(reference, str) and reference == REF.QUERIES and X is not None and not sparse.issparse(X)
-                and w and self._exact() and getattr(self, "fit_mode_", None) == "vectors"):
+                and self._width() and self._exact() and getattr(self, "fit_mode_", None) == "vectors"):
             check_is_fitted(self)
             Q = self._query_vectors(X)
-            REF.check_width(w, len(Q))
+            w = REF.width(self, len(Q))
             d, i, rows = S.screened(None, Q, self.n_candidates_, self.metric, screen=self._screening(), ref_width=w)
             return d, i, Q, self._scaled_stats(rows, w)
         return (*self._candidates(X), None)
@@ -290,7 +305,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
 
     def _reference_stats(self, R: np.ndarray) -> tuple:
         """The index points' statistics from their nearest rows of reference ``R``."""
-        w = self._width()
+        w = REF.width(self, len(R))
         return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
                                            self.random_state, self._screening()), w)
 
@@ -300,8 +315,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
         dist = self._scaled(dist)
         # an index point searched in-sample is its own query: with index-internal statistics it is
         # read from the fitted rows; with a reference, the query side still comes from its candidates
-        own = in_sample and reference is None and getattr(self, "n_reference_", None) is None
-        q_stats = self.stats_ if own else self._stats(dist, min(self._width(), dist.shape[1]))
+        with_ref = reference is not None or getattr(self, "n_reference_", None) is not None
+        own = in_sample and not with_ref
+        q_stats = self.stats_ if own else self._stats(dist, min(self._width(with_ref), dist.shape[1]))
         return self._unscaled(self._secondary(dist, ind, q_stats, x_stats, Q))
 
     def transform(self, X, reference=None):
@@ -336,7 +352,8 @@ class _Reduction(TransformerMixin, BaseEstimator):
         # so sorted rows are untouched) whatever order the caller's search returned
         order = np.argsort(dist, axis=1, kind="stable")
         dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference), ind, dist.shape[1])
+        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference), ind, dist.shape[1],
+                     dist if self._ties_by_primary else None)
 
     def kneighbors(self, X=None, n_neighbors: int = 10, reference=None):
         """The ``n_neighbors`` nearest by secondary distance among each query's ``n_candidates``
@@ -351,7 +368,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if n_neighbors > dist.shape[1]:
             raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")
         return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference, x_stats=xs), ind,
-                     n_neighbors)
+                     n_neighbors, dist if self._ties_by_primary else None)
 
     def k_occurrence(self, X=None, n_neighbors: int = 10, reference=None) -> np.ndarray:
         """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""
@@ -378,6 +395,10 @@ class _Reduction(TransformerMixin, BaseEstimator):
         pass
 
 
-def _sort(sec, ind, k):
-    order = np.lexsort((ind, sec), axis=1)[:, :k]
+def _sort(sec, ind, k, dist=None):
+    """The ``k`` smallest secondary distances per row; ties go to the smaller primary distance
+    ``dist`` (if given), then the lower id. For a continuous formula a tie is float64 running out:
+    MP's ``1 - SF_q · SF_x`` and LS's ``1 - exp(-t)`` round to 1.0 below 2^-53 (19 % of MP's
+    SmolLM2 bank pairs, issue 28), where the id order made hubs of low ids (R@1 0.453 vs 0.459)."""
+    order = np.lexsort((ind, sec) if dist is None else (ind, dist, sec), axis=1)[:, :k]
     return np.take_along_axis(sec, order, 1), np.take_along_axis(ind, order, 1)

@@ -54,6 +54,16 @@ def check_width(w: int, n_ref: int) -> None:
                          f"has {n_ref} rows; give a larger reference or lower k / n_candidates")
 
 
+def width(est, n_ref: int) -> int:
+    """How many nearest reference points an index point's statistic reads: ``est._width(True)``;
+    with ``k="auto"`` at most the whole reference (an explicit width beyond it is an error)."""
+    w = est._width(True)
+    if getattr(est, "k", None) == "auto":
+        w = min(w, n_ref)
+    check_width(w, n_ref)
+    return w
+
+
 def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_params, seed: int,
          screen=None) -> np.ndarray:
     """Each index point's ``w`` smallest distances to the reference rows, sorted ascending.
