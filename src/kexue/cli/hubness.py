@@ -13,6 +13,7 @@ MEASURES = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "ant
 
 
 def hubness_cmd(
+    ctx: typer.Context,
     emb: Path = typer.Argument(..., metavar="INDEX", help="Index embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items)."),
     queries: Path | None = typer.Option(None, "--queries", help="Query embeddings (same formats): N_k of the index points from these queries instead of from the index itself."),
     reference: str | None = typer.Option(None, "--reference", help="With --reduce: read each index point's statistic from its nearest points of this file (a query bank), or of the queries themselves: --reference queries."),
@@ -28,6 +29,8 @@ def hubness_cmd(
     graph_out: Path | None = typer.Option(None, "--graph-out", "--graph", help="Write the (reduced) neighbour graph to this .npz: indices, distances (one row per query)."),
     key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several (the same name in every file)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and the reductions' samples."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Search the query blocks on a Dask cluster: tcp://HOST:PORT (exact backend, no --reduce)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the search: local:N (N worker processes)."),
     threads: int | None = threads_option(),
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
@@ -37,6 +40,7 @@ def hubness_cmd(
 
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
     _check_backend(backend)
+    where = _check_dask(scheduler, cluster, backend, reduce)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
@@ -49,14 +53,16 @@ def hubness_cmd(
             raise _error(f"{flag} {o.path} has {o.d} columns but INDEX {emb} has {src.d}; embed both the same way")
     _check_rows(emb, src.n, k)
     candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
+    client = _dask_client(ctx, where)  # an unreachable scheduler is the one error line, before any work
     use_threads(threads)
-    X = src.read()
+    X = src.read() if where is None else None  # on Dask the workers read the file themselves
     Q = others["--queries"].read() if queries is not None else None
     R = others["--reference"].read() if "--reference" in others else None
     tracker = RichTracker()
     tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, backend {backend}"
                 + (f"; {len(Q)} queries from {queries}" if Q is not None else ""))
-    g = H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=backend, queries=Q,
+    g = _dask_graph(client, emb, queries, key, k, metric, tracker) if client else \
+        H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=backend, queries=Q,
                      recall=recall, seed=seed, tracker=tracker)
     nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
     dist, ind = g.dist[:, :k], g.ind[:, :k]
@@ -107,6 +113,33 @@ def _check_backend(backend: str) -> None:
     module = {"hnsw": "hnswlib", "ivf": "faiss", "faiss": "faiss"}.get(backend)
     if module is not None:
         require("ann", module, f"backend '{backend}'")
+
+
+def _check_dask(scheduler, cluster, backend, reduce) -> str | None:
+    """--scheduler / --cluster (kexue.cluster's one check), and what runs on Dask: the exact search."""
+    from kexue.cluster import check_where
+    from kexue.utils import require
+
+    where = check_where(scheduler, cluster)
+    if where is not None:
+        if backend != "exact" or reduce is not None:
+            raise _error("--scheduler/--cluster run the exact search only; drop --backend/--reduce, or run them on one machine")
+        require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
+    return where
+
+
+def _dask_client(ctx, where):
+    """A Dask client for ``where`` (None: none), closed with its local cluster when the command ends."""
+    from kexue.cluster import dask_client
+
+    return None if where is None else ctx.with_resource(dask_client(where))
+
+
+def _dask_graph(client, emb, queries, key, k, metric, tracker):
+    """The query blocks searched on the cluster; the workers open the files themselves when they see them."""
+    from kexue.hubness.distributed import kneighbors_dask
+
+    return kneighbors_dask(emb, k, client, metric=metric, queries=queries, key=key, tracker=tracker)
 
 
 def _check_options(k, metric, backend, recall, reduce, candidates, queries, reference) -> None:

@@ -17,14 +17,20 @@ def fit_cmd(
     dim: int | None = typer.Option(None, "--dim", "-k", min=1, help="k: coordinates kept (default: all d)."),
     chunk: int = typer.Option(65536, "--chunk", min=1, help="Rows read at a time (memory ~ chunk·d·8 bytes + d²·16)."),
     key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Fit on a Dask cluster, one task per --chunk rows: tcp://HOST:PORT (workers read EMB: a path they see)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the fit: local:N (N worker processes)."),
     threads: int | None = threads_option(),
 ):
     """Fit μ, U, Λ (SPEC 5.1) on EMB, streaming in chunks, and save the transform."""
     from kexue.cli import RichTracker, console, out_console
+    from kexue.cluster import check_where, dask_client
     from kexue.io import open_matrix
-    from kexue.utils import KexueError, plural
+    from kexue.utils import KexueError, plural, require
     from kexue.whitening import Whitening
 
+    where = check_where(scheduler, cluster)
+    if where is not None:
+        require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
     check_output(out, (".safetensors",), "-o")
     src = open_matrix(check_input(emb, "EMB"), key)
     if src.n < 2:
@@ -33,7 +39,13 @@ def fit_cmd(
         raise KexueError(f"--dim {dim} is larger than the embedding dimension {src.d}; choose --dim <= {src.d}")
     use_threads(threads)
     w = Whitening(beta=beta, gamma=gamma, n_components=dim)
-    w.fit_chunks(RichTracker().track(src.chunks(chunk), "fitting", total=-(-src.n // chunk)))
+    if where is None:
+        w.fit_chunks(RichTracker().track(src.chunks(chunk), "fitting", total=-(-src.n // chunk)))
+    else:  # the blocks' sums are computed where they are read and added in a tree (kexue.whitening_dask)
+        from kexue.whitening_dask import from_file
+
+        with dask_client(where):
+            w.fit(from_file(emb, key, chunk))
     w.save(out)
     lam = w.eigenvalues_
     out_console.print(f"fitted on {src.n} × {src.d}: β={beta:g}, γ={gamma:g}, k={w.components_.shape[0]}; "
