@@ -7,6 +7,7 @@ the scheduler; kexue only opens and closes the client.
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -46,8 +47,26 @@ def dask_client(where: str) -> Iterator[object]:
         except (OSError, TimeoutError, ValueError) as e:
             raise KexueError(f"cannot reach the Dask scheduler {where} ({e}); is `dask scheduler` running there?") from None
     try:
+        client.run(_quiet_user_errors)
         yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+class _UserErrorFilter(logging.Filter):
+    """Drops a worker's "Compute Failed" record of a kexue user-input error (e.g. a NaN in a block
+    of the user's file): the task's exception reaches the caller, which reports it as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Compute Failed") and len(args) > 3
+                    and str(args[3]).startswith(("KexueError(", "KexueTypeError(")))
+
+
+def _quiet_user_errors() -> None:
+    """Run on every worker (``client.run``): install :class:`_UserErrorFilter` once."""
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _UserErrorFilter) for f in log.filters):
+        log.addFilter(_UserErrorFilter())

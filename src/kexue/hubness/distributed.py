@@ -50,7 +50,7 @@ def _open(ref, a: int | None = None, b: int | None = None) -> np.ndarray:
     from kexue.io import open_matrix
 
     src = open_matrix(ref[0], ref[1])
-    return src.rows(0, src.n) if a is None else src.rows(a, b)
+    return src.rows(0, src.n) if a is None or b is None else src.rows(a, b)
 
 
 def _drop_own(dist: np.ndarray, ind: np.ndarray, own: np.ndarray, k: int):
@@ -193,7 +193,7 @@ def kneighbors_dask(X, k: int, client=None, metric: str = "euclidean", queries=N
     ``client``: a ``dask.distributed.Client`` (None: the current one). ``block_rows``: queries per
     task. ``tracker`` reports the blocks as they finish.
     """
-    return _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, None, tracker)
+    return _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, False, tracker)
 
 
 def k_occurrence_dask(X, k: int, client=None, metric: str = "euclidean", queries=None, exclude_self: bool = True,
