@@ -130,6 +130,18 @@ def test_cli_unreachable_scheduler_is_one_line(cli, tmp_path, monkeypatch):
     assert not (tmp_path / "w.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_cli_whiten_fit_names_a_worker_that_cannot_read_the_file(cli, tmp_path, monkeypatch):
+    pytest.importorskip("dask.distributed")
+    import kexue.cluster
+
+    monkeypatch.setattr(kexue.cluster, "blind_workers", lambda c, p: ["tcp://elsewhere:1"])
+    np.save(tmp_path / "x.npy", _data(n=50))
+    r = cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors", "--cluster", "local:1")
+    assert r.one_line_error and "Dask worker tcp://elsewhere:1 cannot read" in r.err, r.err
+    assert not (tmp_path / "w.safetensors").exists()
+
+
 def test_the_current_client_is_used_when_none_is_given():
     """``client=None`` takes the client the caller created, as dask-ml's estimators do."""
     distributed = pytest.importorskip("dask.distributed")
@@ -139,3 +151,23 @@ def test_the_current_client_is_used_when_none_is_given():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
             distributed.Client(lc):
         np.testing.assert_array_equal(k_occurrence_dask(X, 5, block_rows=64), k_occurrence(X, 5))
+
+
+def test_a_file_some_worker_cannot_see_is_sent_to_every_worker(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    import kexue.cluster
+    from kexue.hubness.distributed import kneighbors_dask
+
+    X = _data(n=400)
+    np.save(tmp_path / "x.npy", X)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        assert kexue.cluster.blind_workers(client, tmp_path / "x.npy") == []
+        assert kexue.cluster.blind_workers(client, tmp_path / "gone.npy") == list(client.scheduler_info()["workers"])
+        monkeypatch.setattr(kexue.cluster, "blind_workers", lambda c, p: ["tcp://elsewhere:1"])
+        seen = []
+        orig = client.scatter
+        monkeypatch.setattr(client, "scatter", lambda data, **kw: seen.append(type(data)) or orig(data, **kw))
+        g = kneighbors_dask(tmp_path / "x.npy", 4, client, block_rows=128)
+    assert seen == [np.ndarray]  # the rows, read here, sent once
+    np.testing.assert_array_equal(g.ind, kneighbors(X, 4).ind)

@@ -8,6 +8,7 @@ the scheduler; kexue only opens and closes the client.
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -53,6 +54,21 @@ def dask_client(where: str) -> Iterator[object]:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _size(path: str) -> int:
+    """The size of ``path`` as this process sees it (-1: it cannot)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def blind_workers(client, path) -> list[str]:
+    """The workers of ``client`` that do not see the file ``path`` as this process does (same
+    size): those that cannot read a block of it themselves."""
+    size = _size(str(path))
+    return [w for w, s in client.run(_size, str(path)).items() if s != size or s < 0]
 
 
 class _UserErrorFilter(logging.Filter):

@@ -23,7 +23,7 @@ def fit_cmd(
 ):
     """Fit μ, U, Λ (SPEC 5.1) on EMB, streaming in chunks, and save the transform."""
     from kexue.cli import RichTracker, console, out_console
-    from kexue.cluster import check_where, dask_client
+    from kexue.cluster import blind_workers, check_where, dask_client
     from kexue.io import open_matrix
     from kexue.utils import KexueError, plural, require
     from kexue.whitening import Whitening
@@ -44,7 +44,11 @@ def fit_cmd(
     else:  # the blocks' sums are computed where they are read and added in a tree (kexue.whitening_dask)
         from kexue.whitening_dask import from_file
 
-        with dask_client(where):
+        with dask_client(where) as client:
+            blind = blind_workers(client, emb)
+            if blind:
+                raise KexueError(f"Dask worker {blind[0]} cannot read {emb} ({len(blind)} of them); put EMB on a "
+                                 "disk every worker sees (the workers read their blocks from it)")
             w.fit(from_file(emb, key, chunk))
     w.save(out)
     lam = w.eigenvalues_

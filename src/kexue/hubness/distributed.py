@@ -84,14 +84,6 @@ def _add(x, y):
     return x if isinstance(x, str) else y if isinstance(y, str) else x + y
 
 
-def _size(path: str) -> int:
-    """The size of ``path`` as this worker sees it (-1: it cannot)."""
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return -1
-
-
 # ------------------------------------------------------------------------------------------------
 # the driver
 
@@ -115,12 +107,12 @@ def _share(client, X, key: str | None, what: str):
     """How tasks reach ``X``: ``(path, key)`` if every worker reads the same file, else a future of
     the array on every worker; and the array's shape."""
     if _is_path(X):
+        from kexue.cluster import blind_workers
         from kexue.io import open_matrix
 
         path = Path(X).resolve()
         src = open_matrix(path, key, what)
-        sizes = client.run(_size, str(path))
-        if sizes and set(sizes.values()) == {path.stat().st_size}:
+        if not blind_workers(client, path):
             return (str(path), key), (src.n, src.d)
         X = src.read()  # some worker cannot see the file: send the rows instead
     else:
