@@ -9,7 +9,8 @@ worker. Dask schedules; this module only submits the tasks and puts the answers 
 
 **The index reaches each worker once.** A file (``.npy``, ``.npz``, ``.safetensors``) that every
 worker can read — this machine's workers (``local:N``) or a shared filesystem — is opened by the
-workers themselves (only the path and a row range travel in a task). An array, or a file some
+workers themselves, a ``.npy`` as a memory map (only the path and a row range travel in a task; the
+file is checked for NaN/inf once, streamed, on one worker). An array, or a file some
 worker cannot see, goes to every worker once with ``client.scatter(..., broadcast=True)``; the
 tasks refer to that copy. Query blocks of a file are read by the worker that searches them.
 
@@ -50,7 +51,22 @@ def _open(ref, a: int | None = None, b: int | None = None) -> np.ndarray:
     from kexue.io import open_matrix
 
     src = open_matrix(ref[0], ref[1])
-    return src.rows(0, src.n) if a is None or b is None else src.rows(a, b)
+    if a is None or b is None:  # the whole index: a .npy stays a memory map (checked once, by _scan)
+        return src.read() if src.slicer is None else src.slicer(0, src.n)
+    return src.rows(a, b)
+
+
+def _scan(ref) -> str | None:
+    """Every row of a file checked for NaN/inf, streamed (once per search, on one worker): the
+    message naming the file, row and column, or None."""
+    from kexue.io import open_matrix
+
+    try:
+        for _ in open_matrix(ref[0], ref[1]).chunks(65536):
+            pass
+    except KexueError as e:
+        return str(e)
+    return None
 
 
 def _drop_own(dist: np.ndarray, ind: np.ndarray, own: np.ndarray, k: int):
@@ -113,6 +129,9 @@ def _share(client, X, key: str | None, what: str):
         path = Path(X).resolve()
         src = open_matrix(path, key, what)
         if not blind_workers(client, path):
+            bad = client.submit(_scan, (str(path), key), pure=False).result()
+            if bad is not None:
+                raise KexueError(bad)
             return (str(path), key), (src.n, src.d)
         X = src.read()  # some worker cannot see the file: send the rows instead
     else:
