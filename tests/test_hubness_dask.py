@@ -96,6 +96,14 @@ def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
     import json
 
     assert json.loads((tmp_path / "m_dask.json").read_text())["measures"] == json.loads((tmp_path / "m.json").read_text())["measures"]
+    X = np.load(tmp_path / "x.npy")
+    X[4321, 7] = np.nan
+    np.save(tmp_path / "bad.npy", X)  # scanned on a worker before the header line: the one error line
+    bad = _kexue("hubness", "bad.npy", "-k", 10, "--cluster", "local:1", "--nk-out", "nk_bad.npy", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"kexue: error: {(tmp_path / 'bad.npy').resolve()} has a non-finite value (nan) at row 4321, column 7; "
+        "clean or drop those rows"], bad.stderr
+    assert not (tmp_path / "nk_bad.npy").exists()
 
 
 @pytest.mark.parametrize("args,match", [

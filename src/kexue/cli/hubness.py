@@ -53,7 +53,7 @@ def hubness_cmd(
             raise _error(f"{flag} {o.path} has {o.d} columns but INDEX {emb} has {src.d}; embed both the same way")
     _check_rows(emb, src.n, k)
     candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
-    client = _dask_client(ctx, where)  # an unreachable scheduler is the one error line, before any work
+    client = _dask_client(ctx, where, [emb] + ([queries] if queries is not None else []), key)
     use_threads(threads)
     X = src.read() if where is None else None  # on Dask the workers read the file themselves
     Q = others["--queries"].read() if queries is not None else None
@@ -128,11 +128,19 @@ def _check_dask(scheduler, cluster, backend, reduce) -> str | None:
     return where
 
 
-def _dask_client(ctx, where):
-    """A Dask client for ``where`` (None: none), closed with its local cluster when the command ends."""
-    from kexue.cluster import dask_client
+def _dask_client(ctx, where, files, key):
+    """A Dask client for ``where`` (None: none), closed with its local cluster when the command ends;
+    an unreachable scheduler or a NaN in a file (scanned on a worker) is the one error line, before any work."""
+    from kexue.cluster import blind_workers, dask_client
+    from kexue.hubness.distributed import check_file
 
-    return None if where is None else ctx.with_resource(dask_client(where))
+    if where is None:
+        return None
+    client = ctx.with_resource(dask_client(where))
+    for f in files:
+        if not blind_workers(client, f):  # else the rows are read here (and checked) and sent
+            check_file(client, f, key)
+    return client
 
 
 def _dask_graph(client, emb, queries, key, k, metric, tracker):

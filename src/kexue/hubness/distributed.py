@@ -119,6 +119,21 @@ def _is_path(X) -> bool:
     return isinstance(X, (str, os.PathLike))
 
 
+_CLEAN: set = set()  # files found finite here: (path, key, size, mtime), not scanned again
+
+
+def check_file(client, path, key: str | None = None) -> None:
+    """Scan the file for NaN/inf on one worker of ``client`` (streamed), once per version of the
+    file in this process; a bad value is the one-line error naming its row and column."""
+    st = os.stat(path)
+    stamp = (str(Path(path).resolve()), key, st.st_size, st.st_mtime_ns)
+    if stamp not in _CLEAN:
+        bad = client.submit(_scan, stamp[:2], pure=False).result()
+        if bad is not None:
+            raise KexueError(bad)
+        _CLEAN.add(stamp)
+
+
 def _share(client, X, key: str | None, what: str):
     """How tasks reach ``X``: ``(path, key)`` if every worker reads the same file, else a future of
     the array on every worker; and the array's shape."""
@@ -129,9 +144,7 @@ def _share(client, X, key: str | None, what: str):
         path = Path(X).resolve()
         src = open_matrix(path, key, what)
         if not blind_workers(client, path):
-            bad = client.submit(_scan, (str(path), key), pure=False).result()
-            if bad is not None:
-                raise KexueError(bad)
+            check_file(client, path, key)
             return (str(path), key), (src.n, src.d)
         X = src.read()  # some worker cannot see the file: send the rows instead
     else:
