@@ -14,7 +14,8 @@ from torch.optim import Optimizer
 
 from kexue import validate
 from kexue.eg._common import (by_device, check_compile, check_foreach, check_pos, check_unit, closure_loss, foreach_mexp_,
-                              grads, kernel_mexp, run_fused, scalar, want_compiled)
+                              grads, run_fused, scalar, want_compiled)
+from kexue.eg.adapt_kernels import _adapt_kernel, _combine_kernel, _rescale
 from kexue.eg.known_bases import BASE_STATE, kernel_args, known_base
 from kexue.utils import KexueError, KexueTypeError
 
@@ -53,6 +54,13 @@ class EGAdapt(Optimizer):
     aligned steps; 0.05 reacted too slowly to a too-large initial learning rate in a pilot on
     an MNIST MLP), γ_p = 0.01, β = 0.9, s ∈ [1e-4, 1e4], p ∈ [0.1, 10], max_exp = 1.
 
+    Spike guard (``spike`` ρ): when ‖g_t‖ exceeds ρ × the running RMS of past gradient norms,
+    s is also multiplied by ρ / (‖g_t‖ / RMS) (:func:`_rescale`). ``"auto"`` (default): ρ = 3 for
+    a ``torch.optim.SGD`` base, whose step grows with the gradient, and off (None) for other bases
+    (Adam divides by √v; the VAE's heavy-tailed gradient norms shrank s to its floor there). Why:
+    the EG factor moves s by at most e^{γ_s} a step, too slowly to undo a step size that has grown
+    past the stable limit (the lrfree study's VAE diverged at every initial learning rate).
+
     Param groups are the base's own (``opt.param_groups is base.param_groups``), holding s as
     ``"scale"`` next to the base's ``"lr"``: an ``lr_scheduler`` on EGAdapt sets the base's
     learning rate, OneCycleLR/CyclicLR cycle the base's momentum or betas, and the effective
@@ -75,7 +83,8 @@ class EGAdapt(Optimizer):
 
     def __init__(self, base: Optimizer, scale_lr: float = 0.2, gain_lr: float = 0.01, beta: float = 0.9,
                  scale_bounds: tuple[float, float] = (1e-4, 1e4), gain_bounds: tuple[float, float] = (0.1, 10.0),
-                 max_exp: float = 1.0, eps: float = 1e-30, foreach: bool | None = None, compile: bool | None = None):
+                 max_exp: float = 1.0, spike: float | str | None = "auto", eps: float = 1e-30, foreach: bool | None = None,
+                 compile: bool | None = None):
         if not isinstance(base, Optimizer):
             raise KexueTypeError(f"EGAdapt wraps a torch.optim.Optimizer, got {type(base).__name__}")
         if isinstance(base, EGAdapt):
@@ -84,13 +93,19 @@ class EGAdapt(Optimizer):
         check_pos("gain_lr", gain_lr, allow_zero=True)
         check_pos("max_exp", max_exp)
         check_pos("eps", eps)
+        if isinstance(spike, str) and spike == "auto":
+            # the guard is for bases whose step grows with the gradient (SGD); Adam-like bases
+            # divide by √v, so a heavy-tailed gradient norm does not mean a large step there
+            spike = 3.0 if isinstance(base, torch.optim.SGD) else None
+        if spike is not None:
+            validate.real(spike, "spike", lo=1.0, lo_open=True)
         check_unit("beta", beta)
         for name, bounds in (("scale_bounds", scale_bounds), ("gain_bounds", gain_bounds)):
             lo, hi = (validate.real(b, name) for b in bounds) if len(tuple(bounds)) == 2 else (0.0, 0.0)
             if not 0 < lo <= 1 <= hi:
                 raise KexueError(f"{name} must be (low, high) with 0 < low <= 1 <= high, got {tuple(bounds)}")
         ours = dict(scale_lr=scale_lr, gain_lr=gain_lr, beta=beta, scale_bounds=tuple(scale_bounds),
-                    gain_bounds=tuple(gain_bounds), max_exp=max_exp, align_eps=eps, scale=1.0,
+                    gain_bounds=tuple(gain_bounds), max_exp=max_exp, spike=None if spike is None else float(spike), align_eps=eps, scale=1.0, grad_sq=0.0,
                     eg_foreach=check_foreach(foreach), eg_compile=check_compile(compile))
         super().__init__([{"params": list(g["params"])} for g in base.param_groups], ours)
         self.base, self._ours = base, ours
@@ -170,8 +185,7 @@ class EGAdapt(Optimizer):
         gn = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for _, g in pg]))
         mn = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(st["m"]) for st in states]))
         a = float(torch.nan_to_num(dot / (gn * mn + group["align_eps"]), nan=0.0).clamp(-1, 1))
-        lo, hi = group["scale_bounds"]
-        group["scale"] = min(max(group["scale"] * math.exp(group["scale_lr"] * a), lo), hi)
+        _rescale(group, a, float(gn) ** 2)
         glo, ghi = group["gain_bounds"]
         for (_, g), st in zip(pg, states):
             # b = g m / v (0/0 -> 0), then the clipped EG factor exp(γ_p b)
@@ -209,8 +223,7 @@ class EGAdapt(Optimizer):
             gn2 = gn2 + torch.stack(torch._foreach_norm(gs)).square().sum().cpu()
             mn2 = mn2 + torch.stack(torch._foreach_norm(ms)).square().sum().cpu()
         a = float(torch.nan_to_num(dot / (gn2.sqrt() * mn2.sqrt() + group["align_eps"]), nan=0.0).clamp(-1, 1))
-        lo, hi = group["scale_bounds"]
-        group["scale"] = min(max(group["scale"] * math.exp(group["scale_lr"] * a), lo), hi)
+        _rescale(group, a, float(gn2))
         glo, ghi = group["gain_bounds"]
         for _, gs, ms, vs, gains, tmps in lists:
             zero = torch.zeros((), dtype=gs[0].dtype, device=gs[0].device)
@@ -362,8 +375,7 @@ class EGAdapt(Optimizer):
         dot, gn2, mn2 = (float(x) for x in torch.stack([t.double().cpu() for t in sums]).sum(0))
         a = dot / (math.sqrt(gn2) * math.sqrt(mn2) + group["align_eps"])
         a = 0.0 if math.isnan(a) else min(max(a, -1.0), 1.0)
-        lo, hi = group["scale_bounds"]
-        group["scale"] = min(max(group["scale"] * math.exp(group["scale_lr"] * a), lo), hi)
+        _rescale(group, a, gn2)
         self._check_bounds(k, group)
         return scalar(group["scale"], like)
 
@@ -411,38 +423,3 @@ class EGAdapt(Optimizer):
             p = params[int(i)]
             self.state[p] = {n: t.to(device=p.device, dtype=p.dtype) if torch.is_tensor(t) else t for n, t in st.items()}
         self._at_bound = {}
-
-
-def _adapt_kernel(ps, gs, ms, vs, gains, olds, gain_lr: float, beta: float, max_exp: float, glo: float, ghi: float):
-    """EGAdapt's work before the base step (SPEC 2.3) for one device/dtype run, written for
-    torch.compile: the alignment sums (⟨g, m⟩, ‖g‖², ‖m‖²) with m = m_{t-1}, the gains
-    p ← clamp(p ⊙ exp(clip(γ_p g m / v)), p_min, p_max) and their per-tensor means, the moment
-    EMAs and the snapshot θ_old = θ (``olds`` None: no snapshot) — one loop over g, m, v, p, θ per
-    tensor. The renormalisation p ← clamp(p / mean(p)) is left to the kernel after the base step
-    (:func:`_combine_kernel`, or :func:`kexue.eg.known_bases.sgd_kernel` / ``adam_kernel``), which reads p anyway
-    (nothing uses p in between), so that p is not read twice here. Same arithmetic as the
-    reference path."""
-    dot: Any = 0.0  # sums of 0-d tensors, started from 0
-    gn2: Any = 0.0
-    mn2: Any = 0.0
-    means = []
-    for i, (g, m, v, gain) in enumerate(zip(gs, ms, vs, gains)):
-        dot = dot + (g * m).sum()
-        gn2 = gn2 + (g * g).sum()
-        mn2 = mn2 + (m * m).sum()
-        f = kernel_mexp(g * m / v * gain_lr, max_exp)
-        gain.copy_((gain * f).clamp(glo, ghi))
-        means.append(gain.mean())
-        m.copy_(m * beta + g * (1 - beta))
-        v.copy_(v * beta + g * g * (1 - beta))
-        if olds is not None:  # None: EGAdapt knows the base's update (kexue.eg.known_bases)
-            olds[i].copy_(ps[i])
-    return torch.stack([dot, gn2, mn2]), means
-
-
-def _combine_kernel(ps, olds, gains, means, scale, glo: float, ghi: float) -> None:
-    """After the base step: p ← clamp(p / mean(p), p_min, p_max) (deferred from :func:`_adapt_kernel`)
-    and θ ← θ_old + s · p ⊙ (θ_base - θ_old), one loop per tensor; ``scale`` s is a 0-d tensor."""
-    for p, old, gain, mean in zip(ps, olds, gains, means):
-        gain.copy_((gain / mean).clamp(glo, ghi))
-        p.copy_(old + (p - old) * gain * scale)

@@ -67,9 +67,9 @@ def adam_args(group, run, means, scale):
 def sgd_kernel(ps, gs, bufs, gains, means, scale, lr, momentum, dampening, wd, nesterov: bool, maximize: bool,
                glo: float, ghi: float) -> None:
     """torch.optim.SGD's update with EGAdapt's scaling in one loop over θ, g, b, p per tensor (after
-    :func:`kexue.eg.adapt._adapt_kernel`; the state exists). SGD: d = ±g + λθ, b ← μ b + (1-τ) d, d ← b (or d + μ b,
+    :func:`kexue.eg.adapt_kernels._adapt_kernel`; the state exists). SGD: d = ±g + λθ, b ← μ b + (1-τ) d, d ← b (or d + μ b,
     Nesterov), Δ = -η d; ours: p ← clamp(p / mean(p), p_min, p_max), θ ← θ + s · p ⊙ Δ — the result
-    of the base step and :func:`kexue.eg.adapt._combine_kernel`, without writing θ_base or reading θ_old.
+    of the base step and :func:`kexue.eg.adapt_kernels._combine_kernel`, without writing θ_base or reading θ_old.
     ``bufs`` None: no momentum; ``wd`` None: no weight decay."""
     for i, (p, g, gain, mean) in enumerate(zip(ps, gs, gains, means)):
         d = -g if maximize else g
@@ -87,7 +87,7 @@ def sgd_kernel(ps, gs, bufs, gains, means, scale, lr, momentum, dampening, wd, n
 def adam_kernel(ps, gs, ms, vs, maxs, gains, means, scale, lr, step_sizes, bc2_sqrts, beta1, beta2, eps, wd,
                 decoupled: bool, maximize: bool, glo: float, ghi: float) -> None:
     """torch.optim.Adam's (AdamW's) update with EGAdapt's scaling in one loop over θ, g, m, v (, v_max),
-    p per tensor (after :func:`kexue.eg.adapt._adapt_kernel`; the step counts already advanced). Adam: g ← ±g (+ λθ),
+    p per tensor (after :func:`kexue.eg.adapt_kernels._adapt_kernel`; the step counts already advanced). Adam: g ← ±g (+ λθ),
     m ← lerp(m, g, 1-β₁), v ← β₂ v + (1-β₂) g², v_max ← max(v_max, v) (amsgrad: ``maxs``),
     Δ = -α_t m / (√v / √(1-β₂ᵗ) + ε) (- η λ θ, decoupled) with α_t = η / (1-β₁ᵗ); ours as in
     :func:`sgd_kernel`: p ← clamp(p / mean(p)), θ ← θ + s · p ⊙ Δ."""
