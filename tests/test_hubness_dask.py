@@ -81,7 +81,7 @@ def _kexue(*args, cwd) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
     pytest.importorskip("dask.distributed")
-    np.save(tmp_path / "x.npy", _data(n=5000, d=16, seed=3))
+    np.save(tmp_path / "x.npy", _data(n=3000, d=16, seed=3))
     out = _kexue("hubness", "x.npy", "-k", 10, "--cluster", "local:2", "--nk-out", "nk_dask.npy",
                  "--graph-out", "g_dask.npz", "--json", "m_dask.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -96,12 +96,25 @@ def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
     import json
 
     assert json.loads((tmp_path / "m_dask.json").read_text())["measures"] == json.loads((tmp_path / "m.json").read_text())["measures"]
+    np.save(tmp_path / "q.npy", np.random.default_rng(4).standard_normal((700, 16)))
+    for extra in (["--reduce", "mp", "--candidates", 30], ["--queries", "q.npy", "--reduce", "csls", "--reference", "queries"]):
+        # the candidates are searched on the cluster and re-ranked here: the same reduced graph
+        out = _kexue("hubness", "x.npy", "-k", 10, "--cluster", "local:2", "--nk-out", "nk_dask.npy",
+                     "--graph-out", "g_dask.npz", *extra, cwd=tmp_path)
+        assert out.returncode == 0 and not any(s in out.stderr for s in NOISE), out.stderr
+        extra = [tmp_path / e if str(e).endswith(".npy") else e for e in extra]
+        assert cli("hubness", tmp_path / "x.npy", "-k", 10, "--nk-out", tmp_path / "nk.npy", "--graph-out",
+                   tmp_path / "g.npz", *extra).code == 0
+        np.testing.assert_array_equal(np.load(tmp_path / "nk_dask.npy"), np.load(tmp_path / "nk.npy"))
+        a, b = np.load(tmp_path / "g_dask.npz"), np.load(tmp_path / "g.npz")
+        np.testing.assert_array_equal(a["indices"], b["indices"])
+        np.testing.assert_array_equal(a["distances"], b["distances"])
     X = np.load(tmp_path / "x.npy")
-    X[4321, 7] = np.nan
+    X[2345, 7] = np.nan
     np.save(tmp_path / "bad.npy", X)  # scanned on a worker before the header line: the one error line
     bad = _kexue("hubness", "bad.npy", "-k", 10, "--cluster", "local:1", "--nk-out", "nk_bad.npy", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
-        f"kexue: error: {(tmp_path / 'bad.npy').resolve()} has a non-finite value (nan) at row 4321, column 7; "
+        f"kexue: error: {(tmp_path / 'bad.npy').resolve()} has a non-finite value (nan) at row 2345, column 7; "
         "clean or drop those rows"], bad.stderr
     assert not (tmp_path / "nk_bad.npy").exists()
 
@@ -111,7 +124,6 @@ def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
     (["--cluster", "local:2", "--scheduler", "tcp://127.0.0.1:8786"], "not both"),
     (["--scheduler", "127.0.0.1:8786"], "--scheduler must be a Dask address"),
     (["--cluster", "local:2", "--backend", "ivf"], "exact search only"),
-    (["--cluster", "local:2", "--reduce", "mp"], "exact search only"),
 ])
 def test_cli_bad_cluster_options_are_one_line(cli, tmp_path, args, match):
     np.save(tmp_path / "x.npy", _data(n=50))

@@ -29,7 +29,7 @@ def hubness_cmd(
     graph_out: Path | None = typer.Option(None, "--graph-out", "--graph", help="Write the (reduced) neighbour graph to this .npz: indices, distances (one row per query)."),
     key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several (the same name in every file)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and the reductions' samples."),
-    scheduler: str | None = typer.Option(None, "--scheduler", help="Search the query blocks on a Dask cluster: tcp://HOST:PORT (exact backend, no --reduce)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Search the query blocks on a Dask cluster: tcp://HOST:PORT (exact backend; --reduce re-ranks here)."),
     cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the search: local:N (N worker processes)."),
     threads: int | None = threads_option(),
 ):
@@ -40,7 +40,7 @@ def hubness_cmd(
 
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
     _check_backend(backend)
-    where = _check_dask(scheduler, cluster, backend, reduce)
+    where = _check_dask(scheduler, cluster, backend)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
@@ -55,13 +55,13 @@ def hubness_cmd(
     candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
     client = _dask_client(ctx, where, [emb] + ([queries] if queries is not None else []), key)
     use_threads(threads)
-    X = src.read() if where is None else None  # on Dask the workers read the file themselves
+    X = src.read() if where is None or reduce else None  # on Dask the workers read it (a reduction needs it here)
     Q = others["--queries"].read() if queries is not None else None
     R = others["--reference"].read() if "--reference" in others else None
     tracker = RichTracker()
     tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, backend {backend}"
                 + (f"; {len(Q)} queries from {queries}" if Q is not None else ""))
-    g = _dask_graph(client, emb, queries, key, k, metric, tracker) if client else \
+    g = _dask_graph(client, emb, queries, key, k if reduce is None else candidates, metric, tracker) if client else \
         H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=backend, queries=Q,
                      recall=recall, seed=seed, tracker=tracker)
     nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
@@ -115,15 +115,16 @@ def _check_backend(backend: str) -> None:
         require("ann", module, f"backend '{backend}'")
 
 
-def _check_dask(scheduler, cluster, backend, reduce) -> str | None:
-    """--scheduler / --cluster (kexue.cluster's one check), and what runs on Dask: the exact search."""
+def _check_dask(scheduler, cluster, backend) -> str | None:
+    """--scheduler / --cluster (kexue.cluster's one check), and what runs on Dask: the exact search
+    (a --reduce re-ranks its gathered candidates here)."""
     from kexue.cluster import check_where
     from kexue.utils import require
 
     where = check_where(scheduler, cluster)
     if where is not None:
-        if backend != "exact" or reduce is not None:
-            raise _error("--scheduler/--cluster run the exact search only; drop --backend/--reduce, or run them on one machine")
+        if backend != "exact":
+            raise _error("--scheduler/--cluster run the exact search only; drop --backend, or run it on one machine")
         require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
     return where
 

@@ -22,7 +22,8 @@ cosine a point within ~1e-12 relative of the query (distance below ~2e-24) share
 near-tie group and is reported at distance 0. N_k: :func:`k_occurrence_dask` counts each block on
 its worker and adds the counts in a binary tree of tasks (the driver receives one vector);
 :func:`kneighbors_dask` gathers the neighbour lists and the caller counts them
-(:func:`~kexue.hubness.occurrences`). Approximate backends and reductions run on one machine.
+(:func:`~kexue.hubness.occurrences`). Approximate backends run on one machine; a reduction
+re-ranks the gathered candidates (``kexue hubness --reduce`` does so on the driver).
 """
 
 from __future__ import annotations
