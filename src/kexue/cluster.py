@@ -67,8 +67,9 @@ def _size(path: str) -> int:
 def blind_workers(client, path) -> list[str]:
     """The workers of ``client`` that do not see the file ``path`` as this process does (same
     size): those that cannot read a block of it themselves."""
-    size = _size(str(path))
-    return [w for w, s in client.run(_size, str(path)).items() if s != size or s < 0]
+    path = os.path.abspath(path)  # as the tasks name it (a worker's working folder may differ)
+    size = _size(path)
+    return [w for w, s in client.run(_size, path).items() if s != size or s < 0]
 
 
 class _UserErrorFilter(logging.Filter):

@@ -88,7 +88,9 @@ def _read_rows(path: str, key: str | None, a: int, b: int) -> np.ndarray:
 def from_file(path, key: str | None = None, block_rows: int = 65536):
     """A Dask array (n, d) of the 2-D array in a .npy/.npz/.safetensors file, one block per
     ``block_rows`` rows; each block reads its rows where it runs (only the path and the range are
-    in the graph), so every worker must see ``path`` (this machine's workers, or a shared disk)."""
+    in the graph), so every worker must see ``path`` (this machine's workers, or a shared disk).
+    A .npy file is memory-mapped and a .safetensors tensor sliced; a .npz archive has no slices, so
+    every block decompresses it whole (save a .npy for a large fit)."""
     from pathlib import Path
 
     from kexue import validate
