@@ -144,6 +144,12 @@ def test_cli_unreachable_scheduler_is_one_line(cli, tmp_path, monkeypatch):
     r = cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors", "--scheduler", "tcp://127.0.0.1:9")
     assert r.one_line_error and "cannot reach the Dask scheduler" in r.err, r.err
     assert not (tmp_path / "w.safetensors").exists()
+    assert cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors").code == 0
+    r = cli("whiten", "apply", tmp_path / "w.safetensors", tmp_path / "x.npy", "-o", tmp_path / "z.npy",
+            "--scheduler", "tcp://127.0.0.1:9")
+    assert r.one_line_error and "cannot reach the Dask scheduler" in r.err, r.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors", "x.npy"]  # no output, no temporary
+    (tmp_path / "w.safetensors").unlink()
     for args in (["--cluster", "local:0"], ["--cluster", "local:1", "--scheduler", "tcp://h:1"]):
         r = cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors", *args)
         assert r.one_line_error, r.err

@@ -178,3 +178,13 @@ def test_cli_fit_on_a_local_cluster_equals_the_single_process_fit_quietly(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "w_dask.safetensors", "x.npy"]  # nothing half-written
     assert cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors", "-k", 10).code == 0
     _close(Whitening.load(tmp_path / "w_dask.safetensors"), Whitening.load(tmp_path / "w.safetensors"))
+    # apply: each block transformed and written into the temporary output by its worker
+    out = _kexue("whiten", "apply", "w.safetensors", "x.npy", "-o", "z_dask.npy", "--chunk", 1000, "--cluster", "local:2",
+                 cwd=tmp_path)
+    assert out.returncode == 0 and not any(s in out.stderr for s in ("Traceback", "Warning", "distributed.")), out.stderr
+    assert cli("whiten", "apply", tmp_path / "w.safetensors", tmp_path / "x.npy", "-o", tmp_path / "z.npy",
+               "--chunk", 1000).code == 0
+    z, zd = np.load(tmp_path / "z.npy"), np.load(tmp_path / "z_dask.npy")
+    assert zd.dtype == np.float32 and zd.shape == (4000, 10)
+    np.testing.assert_array_equal(zd, z)  # the same blocks and the same float32 products
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

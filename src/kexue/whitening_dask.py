@@ -105,3 +105,20 @@ def from_file(path, key: str | None = None, block_rows: int = 65536):
         raise KexueError(f"{path} has no rows; whitening needs at least 2 vectors to estimate Σ")
     return da.concatenate([da.from_delayed(dask.delayed(_read_rows, pure=True)(str(path), key, a, b),
                                            shape=(b - a, src.d), dtype=src.dtype) for a, b in spans])
+
+
+def _write_rows(path: str, rows: np.ndarray, start: int) -> int:
+    """A block's output rows written into the .npy at ``path`` (mapped read-write on the worker)."""
+    Y = np.load(path, mmap_mode="r+")
+    Y[start:start + len(rows)] = rows
+    Y.flush()
+    return len(rows)
+
+
+def transform_to_file(w, X, path) -> None:
+    """Write ``w.transform(X)`` of the Dask array X into the existing .npy (n, k) at ``path``, each
+    block by the worker that computes it (the file must be on a disk every worker sees)."""
+    dask = require("dask", "dask")
+    Z = transform_dask(w, X)
+    starts = np.cumsum((0,) + Z.chunks[0][:-1])
+    dask.compute(*[dask.delayed(_write_rows)(str(path), b, int(s)) for b, s in zip(Z.to_delayed().ravel(), starts)])
