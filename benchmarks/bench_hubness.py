@@ -5,7 +5,7 @@
    interleaved (A B A B, medians; ``benchmarks/_bench.py``), with the neighbour sets compared.
 2. Approximate at ``recall=0.95`` (the search parameter chosen on a 1,000-query sample): IVF
    (FAISS) on the same Gaussian data — no cluster structure, the hardest case — and IVF and HNSW
-   (hnswlib, 2 build threads) on MNIST's 60,000 training images (784-d, real data), each against
+   (FAISS HNSW, 2 build threads) on MNIST's 60,000 training images (784-d, real data), each against
    scikit-learn brute on the same data. Recall is reported twice: the sample's (what the library
    returns) and the whole graph's against our exact graph.
 

@@ -90,7 +90,7 @@ def test_python_blocks_run(doc, tmp_path, monkeypatch):
                 try:
                     exec(compile(code, f"{b.id} ({what})", "exec"), ns)
                 except ImportError as e:
-                    if e.name in ("faiss", "hnswlib", "sentence_transformers", "transformers", "dask", "distributed"):
+                    if e.name in ("faiss", "sentence_transformers", "transformers", "dask", "distributed"):
                         pytest.skip(f"{b.id} needs {e.name}, which is not installed")
                     raise
                 except Exception as e:

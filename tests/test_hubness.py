@@ -167,7 +167,7 @@ def test_large_offset_falls_back_to_float64():
     np.testing.assert_array_equal(h.kneighbors(X, 5)[1], ref_knn(X, 5, "euclidean"))
 
 
-@pytest.mark.parametrize("backend", [pytest.param("hnsw", marks=pytest.mark.needs("hnswlib")),
+@pytest.mark.parametrize("backend", [pytest.param("hnsw", marks=pytest.mark.needs("faiss")),
                                      pytest.param("ivf", marks=pytest.mark.needs("faiss")),
                                      pytest.param("faiss", marks=pytest.mark.needs("faiss"))])
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])

@@ -108,7 +108,8 @@ def test_cli_without_faiss_or_torch_is_one_line_naming_the_extra(tmp_path):
     for name in ("w.onnx", "w.gguf", "w.h5"):
         (tmp_path / name).write_bytes(b"not read: the missing reader is reported first")
     cases = [(["hubness", str(x), "--backend", "ivf"], "faiss", "ann"),
-             (["hubness", str(x), "--backend", "hnsw"], "hnswlib", "ann"),
+             (["hubness", str(x), "--backend", "hnsw"], "faiss", "ann"),
+             (["hubness", str(x), "--index", str(tmp_path / "x.faiss")], "faiss", "ann"),
              (["hubness", str(x), "--histogram", str(tmp_path / "h[1].png")], "matplotlib", "plot"),
              (["unargmax", str(tmp_path / "w.onnx")], "onnx", "zoo"),
              (["unargmax", str(tmp_path / "w.h5")], "h5py", "zoo"),

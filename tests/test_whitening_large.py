@@ -137,13 +137,13 @@ def test_file_blocks_read_alone_and_checked(tmp_path, da):
     X = _data(n=300)
     for p in (_save(tmp_path / "a.npy", X), _save(tmp_path / "a.safetensors", X)):
         src = open_matrix(p)
-        np.testing.assert_array_equal(src.rows(120, 250), X[120:250])
-        assert src.rows(290, 400).shape == (10, 12) and src.rows(5, 5).shape == (0, 12)
+        np.testing.assert_array_equal(src.block(120, 250), X[120:250])
+        assert src.block(290, 400).shape == (10, 12) and src.block(5, 5).shape == (0, 12)
     X[217, 4] = np.inf
     bad = _save(tmp_path / "bad.npy", X)
-    assert open_matrix(bad).rows(0, 100).shape == (100, 12)  # only the rows read are checked
+    assert open_matrix(bad).block(0, 100).shape == (100, 12)  # only the rows read are checked
     with pytest.raises(KexueError, match=r"bad.npy has a non-finite value \(inf\) at row 217, column 4"):
-        open_matrix(bad).rows(200, 300)
+        open_matrix(bad).block(200, 300)
     with pytest.raises(KexueError, match="row 217, column 4"):
         Whitening().fit(from_file(bad, block_rows=64))
     with pytest.raises(KexueError, match="block_rows"):

@@ -82,7 +82,7 @@ def _read_rows(path: str, key: str | None, a: int, b: int) -> np.ndarray:
     """Rows a..b of an embedding file, read on the worker that runs the block (a memory-map slice)."""
     from kexue.io import open_matrix
 
-    return open_matrix(path, key).rows(a, b)
+    return open_matrix(path, key).block(a, b)
 
 
 def from_file(path, key: str | None = None, block_rows: int = 65536):

@@ -19,7 +19,10 @@ def hubness_cmd(
     reference: str | None = typer.Option(None, "--reference", help="With --reduce: read each index point's statistic from its nearest points of this file (a query bank), or of the queries themselves: --reference queries."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of nearest neighbours."),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
-    backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (hnswlib), ivf (FAISS) or faiss."),
+    backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (FAISS HNSW), ivf (FAISS IVF) or faiss."),
+    index: Path | None = typer.Option(None, "--index", help="Search this saved FAISS index (faiss.write_index; any kind) of the INDEX rows, as it is configured, instead of a --backend."),
+    recall_sample: int | None = typer.Option(None, "--recall-sample", min=0, help="Queries searched exactly to measure recall (default 1000 for --backend; none for --index unless given)."),
+    block_rows: int = typer.Option(16384, "--block-rows", min=1, help="Rows read from the files at a time by approximate search (memory-mapped .npy/.safetensors are never read whole)."),
     recall: float = typer.Option(0.95, "--recall", help="Recall target of an approximate backend, in (0, 1] (its search parameter is chosen for it)."),
     reduce: str | None = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, nnn, centering."),
     candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k; capped at the index's rows - 1, as in the API)."),
@@ -39,8 +42,8 @@ def hubness_cmd(
     from kexue.io import open_matrix
 
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
-    _check_backend(backend)
-    where = _check_dask(scheduler, cluster, backend)
+    _check_backend(backend, index, recall_sample)
+    where = _check_dask(scheduler, cluster, backend, index)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
@@ -52,22 +55,32 @@ def hubness_cmd(
         if o.d != src.d:
             raise _error(f"{flag} {o.path} has {o.d} columns but INDEX {emb} has {src.d}; embed both the same way")
     _check_rows(emb, src.n, k)
+    if index is not None:
+        from kexue.hubness.faiss_index import check_index, read_index
+
+        index_obj = read_index(index)
+        check_index(index_obj, src.n, src.d, metric, f"--index {index}", f"INDEX {emb}", "--metric")
     candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
-    client = _dask_client(ctx, where, [emb] + ([queries] if queries is not None else []), key)
+    client = None if where is None else _dask_client(ctx, where)  # unreachable: the one error line, before any work
     use_threads(threads)
-    X = src.read() if where is None or reduce else None  # on Dask the workers read it (a reduction needs it here)
-    Q = others["--queries"].read() if queries is not None else None
+    for s in (src, *others.values()):  # NaN/inf named by file and row, one block at a time
+        for _ in s.chunks(block_rows):
+            pass
+    X = src.rows()  # a memory map where the file allows: never read whole
+    Q = others["--queries"].rows() if queries is not None else None
     R = others["--reference"].read() if "--reference" in others else None
+    search_with = backend if index is None else index_obj
     tracker = RichTracker()
-    tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, backend {backend}"
+    tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, "
+                + (f"backend {backend}" if index is None else f"FAISS index {index}")
                 + (f"; {len(Q)} queries from {queries}" if Q is not None else ""))
     g = _dask_graph(client, emb, queries, key, k if reduce is None else candidates, metric, tracker) if client else \
-        H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=backend, queries=Q,
-                     recall=recall, seed=seed, tracker=tracker)
+        H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=search_with, queries=Q,
+                     recall=recall, seed=seed, tracker=tracker, block_rows=block_rows, recall_sample=recall_sample)
     nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
     dist, ind = g.dist[:, :k], g.ind[:, :k]
     if reduce is not None:
-        red = H.make_reduction(reduce, metric=metric, n_candidates=candidates, backend=backend, random_state=seed)
+        red = H.make_reduction(reduce, metric=metric, n_candidates=candidates, backend=search_with, random_state=seed)
         if Q is None:  # in sample: the index's own graph gives the candidates
             red.fit(X, graph=(g.dist, g.ind), reference=R)
             dist, ind = red.kneighbors(n_neighbors=k, reference=reference if reference == "queries" else None)
@@ -79,14 +92,18 @@ def hubness_cmd(
     nq = src.n if Q is None else len(Q)
     ms = {label: H.hubness_measures(nk, k, nq) for label, nk in nks.items()}
     _print_table(ms, console if json_out is not None and str(json_out) == "-" else out_console)
-    if backend != "exact":
-        console.print(f"{backend}: recall {g.recall:.3f} on {g.recall_sample} sampled queries against exact search "
-                      f"({', '.join(f'{a}={v}' for a, v in g.params.items()) or 'no parameter'})", highlight=False)
+    if g.backend != "exact":
+        got = "not measured (give --recall-sample N)" if not g.recall_sample else \
+            f"{g.recall:.3f} on {g.recall_sample} sampled queries against exact search"
+        console.print(f"{g.backend}: recall {got} ({', '.join(f'{a}={v}' for a, v in g.params.items()) or 'no parameter'})",
+                      highlight=False)
     if json_out is not None:
         write_json({"file": str(emb), "n": src.n, "dim": src.d, "queries": None if queries is None else str(queries),
                     "n_queries": nq, "reference": reference, "n_reference": None if reference is None else
-                    (nq if R is None else len(R)), "k": k, "metric": metric, "backend": backend,
-                    "recall": g.recall, "recall_sample": g.recall_sample, "params": g.params, "reduce": reduce,
+                    (nq if R is None else len(R)), "k": k, "metric": metric,
+                    "backend": backend if index is None else g.backend, "index": None if index is None else str(index),
+                    "block_rows": block_rows, "recall": None if g.recall != g.recall else g.recall,  # NaN: not measured
+                    "recall_sample": g.recall_sample, "params": g.params, "reduce": reduce,
                     "candidates": candidates if reduce else None, "seed": seed, "measures": ms}, json_out)
     _write_arrays(nk_out, nks[reduce or "primary"], graph_out, ind, dist)
     if histogram is not None:
@@ -106,16 +123,22 @@ def _error(msg: str):
     return KexueError(msg)
 
 
-def _check_backend(backend: str) -> None:
+def _check_backend(backend: str, index, recall_sample) -> None:
     """A missing extra is the one error line, before the header line and any work."""
     from kexue.utils import require
 
-    module = {"hnsw": "hnswlib", "ivf": "faiss", "faiss": "faiss"}.get(backend)
-    if module is not None:
-        require("ann", module, f"backend '{backend}'")
+    if index is not None:
+        require("ann", "faiss", "--index")
+        if backend != "exact":
+            raise _error(f"--index searches the given FAISS index; drop --backend {backend} (or drop --index)")
+    elif backend != "exact":
+        require("ann", "faiss", f"backend '{backend}'")
+        if recall_sample == 0:
+            raise _error(f"--recall-sample 0 leaves no queries to choose --backend {backend}'s search parameter on; "
+                         "give N >= 1 (or search a configured index with --index)")
 
 
-def _check_dask(scheduler, cluster, backend) -> str | None:
+def _check_dask(scheduler, cluster, backend, index) -> str | None:
     """--scheduler / --cluster (kexue.cluster's one check), and what runs on Dask: the exact search
     (a --reduce re-ranks its gathered candidates here)."""
     from kexue.cluster import check_where
@@ -123,25 +146,17 @@ def _check_dask(scheduler, cluster, backend) -> str | None:
 
     where = check_where(scheduler, cluster)
     if where is not None:
-        if backend != "exact":
-            raise _error("--scheduler/--cluster run the exact search only; drop --backend, or run it on one machine")
+        if backend != "exact" or index is not None:
+            raise _error("--scheduler/--cluster run the exact search only; drop --backend/--index, or run them on one machine")
         require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
     return where
 
 
-def _dask_client(ctx, where, files, key):
-    """A Dask client for ``where`` (None: none), closed with its local cluster when the command ends;
-    an unreachable scheduler or a NaN in a file (scanned on a worker) is the one error line, before any work."""
-    from kexue.cluster import blind_workers, dask_client
-    from kexue.hubness.distributed import check_file
+def _dask_client(ctx, where):
+    """A Dask client for ``where``, closed with its local cluster when the command ends."""
+    from kexue.cluster import dask_client
 
-    if where is None:
-        return None
-    client = ctx.with_resource(dask_client(where))
-    for f in files:
-        if not blind_workers(client, f):  # else the rows are read here (and checked) and sent
-            check_file(client, f, key)
-    return client
+    return ctx.with_resource(dask_client(where))
 
 
 def _dask_graph(client, emb, queries, key, k, metric, tracker):

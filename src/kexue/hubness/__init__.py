@@ -1,7 +1,8 @@
 """Hubness (SPEC 8): k-occurrence, hubness measures, hubness reduction and hub-prior sampling.
 
 - :mod:`kexue.hubness.knn` — the exact kNN graph (near-ties ordered by index), N_k, recall;
-- :mod:`kexue.hubness.ann` — HNSW and IVF search tuned for a recall target;
+- :mod:`kexue.hubness.ann` — FAISS HNSW and IVF search tuned for a recall target, read in row blocks;
+- :mod:`kexue.hubness.faiss_index` — a user's built FAISS index (any kind) as the kNN backend;
 - :mod:`kexue.hubness.measures` — skewness, Robin-Hood, Gini, Atkinson, hub/antihub occurrence;
 - :mod:`kexue.hubness.reduction` — mutual proximity, local scaling/NICDM, CSLS, NNN, centering;
 - :mod:`kexue.hubness.reference` — index statistics from a reference set (a query bank or the queries);

@@ -1,4 +1,5 @@
-"""Approximate kNN backends whose search parameter is chosen for a recall target (SPEC 8.2).
+"""Approximate kNN backends whose search parameter is chosen for a recall target (SPEC 8.2), and
+a user's own FAISS index (issue 29).
 
 A user asks for ``recall`` (default 0.95), not for ``nprobe`` or ``ef``: the index is built,
 ``sample`` random queries (default 1,000) are searched exactly (:mod:`kexue.hubness.knn`), and
@@ -7,15 +8,28 @@ queries (doubling, then bisection between the last miss and the first hit). The 
 recall is returned with the result (``KNNGraph.recall``), so every approximate graph states its
 quality. Found neighbours are re-scored in float64 and ordered like the exact backend's.
 
-- ``hnsw``: hnswlib's HNSW graph; parameter ``ef_search`` (build: ``M`` = 16,
-  ``ef_construction`` = 100, ``num_threads`` = 1 — one thread gives the same graph every run).
-- ``ivf``: FAISS ``IndexIVFFlat``; parameter ``nprobe`` (build: ``nlist`` = √n, k-means on at
-  most 64 points per list, seeded).
-- ``faiss``: ``backend_params={"index": "hnsw" | "ivf" | "flat"}`` — FAISS HNSW (``ef_search``),
-  the IVF above, or the float32 flat index (exact up to float32 rounding, nothing to tune).
+- ``hnsw``: FAISS ``IndexHNSWFlat``; parameter ``ef_search`` (build: ``M`` = 16,
+  ``ef_construction`` = 100, ``num_threads`` = 1 — one thread gives the same graph every run;
+  rows inserted in batches of 16,384 whatever ``block_rows``, as the batches shape the graph).
+- ``ivf``: FAISS ``IndexIVFFlat``; parameter ``nprobe`` (build: ``nlist`` = √n, k-means on a
+  seeded sample of 64 points per list).
+- ``faiss``: ``backend_params={"index": "hnsw" | "ivf" | "flat"}`` — the HNSW or IVF index above,
+  or the float32 flat index (exact up to float32 rounding, nothing to tune).
+- a built FAISS index passed as ``backend`` (any kind: flat, IVF-Flat, IVF-PQ, HNSW,
+  ``IndexShards``; :mod:`kexue.hubness.faiss_index`): searched as it is configured — its
+  ``nprobe``/``efSearch`` unless ``backend_params`` sets one — and its recall measured only when
+  a sample is asked for (``sample`` > 0). Without the vectors (``X`` None, queries given) the
+  distances are FAISS's own float32 ones.
 
 Passing the parameter itself (``backend_params={"nprobe": 32}``) skips the tuning; the recall
 is still measured on the sample. Cosine: unit vectors searched with L2, which ranks identically.
+
+**Out of core.** ``X`` and the queries may be memory maps (``np.load(path, mmap_mode="r")``): they
+are read ``block_rows`` rows at a time — the index is built block by block (IVF trained on its
+sample), the queries are searched block by block, the sample's exact neighbours are merged over
+blocks of ``X`` — and float64 is used only for the found candidates' rows. Besides the memory
+map's pages and the index itself (a flat, IVF-Flat or HNSW index holds a float32 copy of ``X``),
+the working memory is a few blocks of ``block_rows × dim`` values.
 """
 
 from __future__ import annotations
@@ -26,8 +40,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from kexue.hubness.knn import KNNGraph, _exact, _normalise, knn_recall, order_rows, pair_distances
+from kexue import validate
+from kexue.hubness import faiss_index as FI
+from kexue.hubness.knn import KNNGraph, _exact, _normalise, knn_recall, order_rows, pair_distances, rows64
 from kexue.utils import KexueError, NULL_TRACKER, Tracker, require
+
+BLOCK_ROWS = 16384  # rows read at a time: 24 MB of float32 at 384 dimensions
 
 
 @dataclass
@@ -37,30 +55,40 @@ class _Index:
     name: str  # the tuned parameter's name
     values: list  # candidates, increasing
     fixed: int | None  # the user's value, if given
+    current: Callable[[], int] | None = None  # a user's index: its parameter as configured
 
 
-def _hnswlib(Xf, kk, params, seed) -> _Index:
-    hnswlib = require("ann", "hnswlib", "backend 'hnsw'")
+def _rows32(B, metric: str) -> np.ndarray:
+    """Float32 rows of one block as FAISS takes them (unit rows for cosine)."""
+    return np.ascontiguousarray(_normalise(B) if metric == "cosine" else B, dtype=np.float32)
 
-    n, d = Xf.shape
-    index = hnswlib.Index(space="l2", dim=d)
-    index.init_index(max_elements=n, M=int(params.pop("M", 16)),
-                     ef_construction=int(params.pop("ef_construction", 100)), random_seed=seed)
-    index.set_num_threads(int(params.pop("num_threads", 1)))
-    index.add_items(Xf, np.arange(n))
+
+def _add(index, X, metric: str, block_rows: int) -> None:
+    for s in range(0, len(X), block_rows):
+        index.add(_rows32(X[s:s + block_rows], metric))
+
+
+def _faiss_hnsw(X, kk, params, seed, metric, block_rows) -> _Index:
+    faiss = require("ann", "faiss", "backend 'hnsw'")
+
+    n, d = X.shape
+    index = faiss.IndexHNSWFlat(d, int(params.pop("M", 16)))
+    index.hnsw.efConstruction = int(params.pop("ef_construction", 100))
+    threads, before = int(params.pop("num_threads", 1)), faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)  # parallel insertion depends on thread timing; one thread does not
+    try:  # FAISS inserts each batch level by level, so the batch size shapes the graph: fixed, not block_rows
+        _add(index, X, metric, BLOCK_ROWS)
+    finally:
+        faiss.omp_set_num_threads(before)
     fixed = params.pop("ef_search", None)
-
-    def search(Q, k):
-        I, D = index.knn_query(Q, k=k)
-        return D, I.astype(np.int64)
-
-    return _Index(search, index.set_ef, "ef_search", _doubling(kk, max(n, kk)), fixed)
+    return _Index(lambda Q, k: _int(index.search(Q, k)), lambda v: setattr(index.hnsw, "efSearch", v), "ef_search",
+                  _doubling(kk, max(n, kk)), fixed)
 
 
-def _faiss_ivf(Xf, kk, params, seed) -> _Index:
+def _faiss_ivf(X, kk, params, seed, metric, block_rows) -> _Index:
     faiss = require("ann", "faiss", "backend 'ivf'")
 
-    n, d = Xf.shape
+    n, d = X.shape
     nlist = int(params.pop("nlist", max(1, round(math.sqrt(n)))))
     if not 1 <= nlist <= n:
         raise KexueError(f"nlist must be in 1..{n} (the number of index points), got {nlist}")
@@ -69,8 +97,9 @@ def _faiss_ivf(Xf, kk, params, seed) -> _Index:
     index.cp.niter = 10
     index.cp.max_points_per_centroid = 64  # k-means on a sample: the lists need not be optimal
     index.cp.min_points_per_centroid = 1
-    index.train(Xf)
-    index.add(Xf)
+    m = min(n, 64 * nlist)  # the sample read from X (FAISS would draw the same number from all of it)
+    index.train(_rows32(X if m == n else X[np.sort(np.random.default_rng(seed).choice(n, m, replace=False))], metric))
+    _add(index, X, metric, block_rows)
     fixed = params.pop("nprobe", None)
 
     def search(Q, k):
@@ -86,25 +115,52 @@ def _faiss_ivf(Xf, kk, params, seed) -> _Index:
     return _Index(search, lambda v: setattr(index, "nprobe", v), "nprobe", _doubling(1, nlist), fixed)
 
 
-def _faiss(Xf, kk, params, seed) -> _Index:
+def _faiss(X, kk, params, seed, metric, block_rows) -> _Index:
     faiss = require("ann", "faiss", "backend 'faiss'")
 
     kind = params.pop("index", "hnsw")
     if kind == "ivf":
-        return _faiss_ivf(Xf, kk, params, seed)
-    d = Xf.shape[1]
-    if kind == "flat":
-        index = faiss.IndexFlatL2(d)
-        index.add(Xf)
-        return _Index(lambda Q, k: _int(index.search(Q, k)), None, "", [], None)
-    if kind != "hnsw":
+        return _faiss_ivf(X, kk, params, seed, metric, block_rows)
+    if kind == "hnsw":
+        return _faiss_hnsw(X, kk, params, seed, metric, block_rows)
+    if kind != "flat":
         raise KexueError(f"unknown FAISS index {kind!r}; choose from: hnsw, ivf, flat")
-    index = faiss.IndexHNSWFlat(d, int(params.pop("M", 16)))
-    index.hnsw.efConstruction = int(params.pop("ef_construction", 100))
-    index.add(Xf)
-    fixed = params.pop("ef_search", None)
-    return _Index(lambda Q, k: _int(index.search(Q, k)), lambda v: setattr(index.hnsw, "efSearch", v), "ef_search",
-                  _doubling(kk, max(len(Xf), kk)), fixed)
+    index = faiss.IndexFlatL2(X.shape[1])
+    _add(index, X, metric, block_rows)
+    return _Index(lambda Q, k: _int(index.search(Q, k)), None, "", [], None)
+
+
+def _given(index, params) -> _Index:
+    """A user's built FAISS index, searched as configured (see the module docstring)."""
+    knob = FI.knob(index)
+    pname = None if knob is None else "nprobe" if knob[0] == "nprobe" else "ef_search"
+    fixed = {a: params.pop(a) for a in ("nprobe", "ef_search") if a in params}
+    for a in fixed:
+        if a != pname:
+            raise KexueError(f"the FAISS index ({type(index).__name__}) has no {a}"
+                             + (f"; its search parameter is {pname}" if pname else "; drop it"))
+    if pname in fixed:
+        FI.set_param(index, knob[0], int(validate.integer(fixed[pname], pname, 1)))
+
+    def search(Q, k):
+        D, I = index.search(Q, k)
+        miss = np.flatnonzero((I < 0).any(1))
+        if len(miss) and pname == "nprobe":  # lists too small for k: those rows again in every list
+            p = FI.get_param(knob[1], "nprobe")
+            FI.set_param(index, "nprobe", knob[2])
+            D[miss], I[miss] = index.search(Q[miss], k)
+            FI.set_param(index, "nprobe", p)
+            miss = np.flatnonzero((I < 0).any(1))
+        if len(miss):
+            raise KexueError(f"the FAISS index found fewer than {k} neighbours for {len(miss)} queries"
+                             + (f"; raise its {pname} or lower k" if pname else "; lower k"))
+        if I.max() >= index.ntotal:  # e.g. an IndexIDMap with ids of its own: they must be row numbers
+            raise KexueError(f"the FAISS index returned id {int(I.max())} but holds {index.ntotal} vectors; "
+                             "its ids must be the row numbers 0..ntotal-1 of X (the order the rows were added)")
+        return D, I.astype(np.int64)
+
+    current = None if knob is None else (lambda: FI.get_param(knob[1], knob[0]))
+    return _Index(search, None, pname or "", [], None, current)
 
 
 def _int(DI):
@@ -118,7 +174,7 @@ def _doubling(lo: int, hi: int) -> list:
     return out
 
 
-_BUILD = {"hnsw": _hnswlib, "ivf": _faiss_ivf, "faiss": _faiss}
+_BUILD = {"hnsw": _faiss_hnsw, "ivf": _faiss_ivf, "faiss": _faiss}
 
 
 def _drop_self(I: np.ndarray, ids, k: int) -> np.ndarray:
@@ -159,28 +215,71 @@ def _tune(idx: _Index, run, truth: np.ndarray, target: float) -> tuple[int | Non
     return hi, got[hi]
 
 
+def exact_sample(X, Qs: np.ndarray, k: int, metric: str, self_ids, block_rows: int) -> np.ndarray:
+    """Exact k nearest (ids) of a few queries among all of ``X``, merged over blocks of ``block_rows``
+    rows of ``X`` (each block searched exactly, its ``k + 1`` best kept; ``self_ids``: each query's
+    own row, dropped wherever it ranks) — the truth the recall is measured against."""
+    kk = k + (0 if self_ids is None else 1)
+    bd, bi = np.empty((len(Qs), 0)), np.empty((len(Qs), 0), np.int64)
+    for s in range(0, len(X), block_rows):
+        Xb = np.asarray(X[s:s + block_rows])
+        g = _exact(Xb, Qs, min(kk, len(Xb)), metric, None, None, 16, NULL_TRACKER)
+        d, i = np.hstack([bd, g.dist]), np.hstack([bi, g.ind + s])
+        bd, bi = order_rows(d, i, min(kk, d.shape[1]), metric)
+    return _drop_self(bi, self_ids, k)
+
+
 def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tracker,
-           sample: int = 1000, chunk: int = 8192) -> KNNGraph:
-    """Approximate kNN of ``Q`` among ``X`` (see the module docstring); called by ``kneighbors``."""
-    same = Q is X
-    X64 = _normalise(X) if metric == "cosine" else np.asarray(X, np.float64)
-    Q64 = X64 if same else (_normalise(Q) if metric == "cosine" else np.asarray(Q, np.float64))
-    Xf = np.ascontiguousarray(X64, dtype=np.float32)
-    Qf = Xf if same else np.ascontiguousarray(Q64, dtype=np.float32)
+           sample: int | None = None, block_rows: int = BLOCK_ROWS) -> KNNGraph:
+    """Approximate kNN of ``Q`` among ``X`` (see the module docstring); called by ``kneighbors``.
+    ``backend``: a backend name or a built FAISS index (then ``X`` may be None)."""
+    given = not isinstance(backend, str)
     kk = k + (1 if self_ids is not None else 0)
-    sample = int(params.pop("sample", sample))
-    idx = _BUILD[backend](Xf, kk, params, seed)
+    sample = params.pop("sample", sample)
+    if given:
+        idx = _given(backend, params)
+        label = type(backend).__name__
+    else:
+        idx = _BUILD[backend](X, kk, params, seed, metric, block_rows)
+        label = backend
     if params:
-        raise KexueError(f"unknown {backend} backend parameters: {', '.join(params)}")
-    rows = np.sort(np.random.default_rng(seed).choice(len(Q), min(sample, len(Q)), replace=False))
-    sid = None if self_ids is None else self_ids[rows]
-    truth = _exact(X, Q[rows], k, metric, sid, None, 16, NULL_TRACKER).ind
-    value, got = _tune(idx, lambda: _drop_self(idx.search(Qf[rows], kk)[1], sid, k), truth, recall)
-    ind = np.empty((len(Q), k), np.int64)
-    dist = np.empty((len(Q), k))
-    for s in tracker.track(range(0, len(Q), chunk), f"{backend} search"):
-        e = min(s + chunk, len(Q))
-        I = _drop_self(idx.search(Qf[s:e], kk)[1], None if self_ids is None else self_ids[s:e], k)
-        d64 = pair_distances(Q64[s:e, None, :], X64[I], metric)
-        dist[s:e], ind[s:e] = order_rows(d64, I, k, metric)
-    return KNNGraph(dist, ind, backend, float(got), len(rows), {} if value is None else {idx.name: value})
+        raise KexueError(f"unknown {label} backend parameters: {', '.join(params)}")
+    sample = validate.integer((0 if given else 1000) if sample is None else sample, "recall_sample", 0)
+    nq = len(Q)
+    rows = np.empty(0, np.int64)
+    value, got = None, float("nan")
+    if sample:
+        if X is None:
+            raise KexueError("measuring recall needs the vectors the FAISS index was built from; pass X "
+                             "or recall_sample=0")
+        rows = np.sort(np.random.default_rng(seed).choice(nq, min(sample, nq), replace=False))
+        sid = None if self_ids is None else self_ids[rows]
+        Qs = np.asarray(Q[rows])
+        truth = exact_sample(X, Qs, k, metric, sid, block_rows)
+        Qs32 = _rows32(Qs, metric)
+        value, got = _tune(idx, lambda: _drop_self(idx.search(Qs32, kk)[1], sid, k), truth, recall)
+    elif idx.set_param is not None:
+        if idx.fixed is None:
+            raise KexueError(f"recall_sample=0 leaves no sample to choose {idx.name} on; give backend_params="
+                             f"{{'{idx.name}': ...}} or recall_sample >= 1")
+        value = int(idx.fixed)
+        idx.set_param(value)
+    if idx.current is not None:
+        value = idx.current()
+    ind = np.empty((nq, k), np.int64)
+    dist = np.empty((nq, k))
+    for s in tracker.track(range(0, nq, block_rows), f"{label} search"):
+        e = min(s + block_rows, nq)
+        Q64 = rows64(np.asarray(Q[s:e]), metric)
+        D, I = idx.search(np.ascontiguousarray(Q64, dtype=np.float32), kk)
+        if X is None:  # a user's index without its vectors: FAISS's own distances
+            dist[s:e], ind[s:e] = order_rows(FI.faiss_distances(D[:, :k], backend, metric), I[:, :k], k, metric)
+            continue
+        I = _drop_self(I, None if self_ids is None else self_ids[s:e], k)
+        step = max(1, (1 << 20) // (k * Q64.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
+        for c in range(0, e - s, step):
+            Ic = I[c:c + step]
+            Xc = rows64(np.asarray(X[Ic.ravel()]), metric).reshape(*Ic.shape, -1)
+            d64 = pair_distances(Q64[c:c + step, None, :], Xc, metric)
+            dist[s + c:s + c + len(Ic)], ind[s + c:s + c + len(Ic)] = order_rows(d64, Ic, k, metric)
+    return KNNGraph(dist, ind, label, float(got), len(rows), {} if value is None else {idx.name: value})

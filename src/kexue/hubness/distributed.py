@@ -53,8 +53,8 @@ def _open(ref, a: int | None = None, b: int | None = None) -> np.ndarray:
 
     src = open_matrix(ref[0], ref[1])
     if a is None or b is None:  # the whole index: a .npy stays a memory map (checked once, by _scan)
-        return src.read() if src.slicer is None else src.slicer(0, src.n)
-    return src.rows(a, b)
+        return src.rows()
+    return src.block(a, b)
 
 
 def _scan(ref) -> str | None:

@@ -12,24 +12,11 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from kexue.hubness.faiss_index import faiss_distances, is_faiss_index, is_flat_faiss  # noqa: F401 (re-exported)
 from kexue.hubness.knn import _normalise
 from kexue.hubness.search import kneighbors
 from kexue.hubness.screen import nearest_rows
 from kexue.utils import KexueError, require
-
-
-def is_faiss_index(obj) -> bool:
-    """True for a FAISS index object (any ``faiss.Index`` subclass)."""
-    return type(obj).__module__.split(".")[0] == "faiss" and hasattr(obj, "search") and hasattr(obj, "ntotal")
-
-
-def is_flat_faiss(obj) -> bool:
-    """True for a flat (brute-force) FAISS index, whose self-search costs n² distances."""
-    if not is_faiss_index(obj):
-        return False
-    faiss = require("ann", "faiss", "a FAISS index")
-
-    return isinstance(obj, faiss.IndexFlat)
 
 
 def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
@@ -50,20 +37,13 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
     Euclidean ``|q - x|`` for an L2 index; cosine ``1 - cos`` (L2 index over unit vectors:
     ``|q̂ - x̂|² / 2``; inner-product index: ``1 - <q̂, x̂>``). ``exclude_self``: the queries are the
     indexed rows themselves and each row's own id is dropped (wherever it ranks)."""
-    faiss = require("ann", "faiss", "a FAISS index")
-
     Qf = np.ascontiguousarray((_normalise(Q) if metric == "cosine" else Q).astype(np.float32))
     kk = k + (1 if exclude_self else 0)
     D, I = index.search(Qf, kk)
     if (I < 0).any():
         raise KexueError(f"the FAISS index returned fewer than {kk} neighbours for some queries "
                          "(an IVF index probing too few lists?); raise nprobe or lower n_candidates")
-    D = D.astype(np.float64)
-    if index.metric_type == faiss.METRIC_INNER_PRODUCT:
-        D = 1.0 - D
-    else:
-        D = np.maximum(D, 0.0)
-        D = D / 2.0 if metric == "cosine" else np.sqrt(D)
+    D = faiss_distances(D, index, metric)
     I = I.astype(np.int64)
     if exclude_self:
         D, I = _drop_own(D, I)

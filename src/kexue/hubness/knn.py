@@ -49,7 +49,8 @@ class KNNGraph:
 
     Unpacks as ``dist, ind = graph`` (and ``graph[1]`` is ``ind``). ``recall`` is 1.0 for the exact
     backend and, for approximate ones, the recall measured against exact search on
-    ``recall_sample`` random queries with the chosen ``params`` (e.g. ``{"ef_search": 96}``).
+    ``recall_sample`` random queries with the chosen ``params`` (e.g. ``{"ef_search": 96}``); NaN
+    with ``recall_sample`` 0 when nothing was measured (a user's FAISS index unless asked).
     """
 
     dist: np.ndarray
