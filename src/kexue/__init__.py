@@ -2,9 +2,11 @@
 
 Modules, one per technique (formulas in SPEC.md): ``vae`` (1), ``eg`` (2), ``unargmax`` (3),
 ``logsumexp`` (4), ``whitening`` (5), ``exact`` (6), ``ddpm`` (7), ``hubness`` (8).
-Shared pieces: ``data`` (offline data sets), ``nets`` (small networks), ``train`` (the training
-loop), ``validate`` (input checks), ``io`` (reading arrays), ``report`` (experiments and
-reports), ``utils`` (errors, atomic writes, the progress protocol, seeding).
+Shared pieces: ``data`` (offline data sets and models; ``datafiles``: finding, checking and
+downloading their files), ``nets`` (small networks), ``train`` (the training loop),
+``checkpoint`` (checkpoints and resumable work), ``validate`` (input checks), ``io`` (reading
+arrays), ``report`` (experiments and reports), ``utils`` (errors, atomic writes, the progress
+protocol, seeding).
 
 Submodules load on first use (``import kexue; kexue.logsumexp.logsumexp(...)``), so importing
 the package stays cheap.
@@ -23,7 +25,8 @@ except PackageNotFoundError:  # a bare source tree on sys.path, never installed
     __version__ = "0+unknown"
 
 _SUBMODULES = ("vae", "eg", "unargmax", "logsumexp", "whitening", "exact", "ddpm", "hubness",
-               "data", "nets", "train", "validate", "io", "report", "utils", "encoders", "quality")
+               "data", "datafiles", "nets", "train", "checkpoint", "validate", "io", "report", "utils",
+               "encoders", "quality")
 
 __all__ = ["KexueError", "KexueTypeError", "__version__", *_SUBMODULES]
 

@@ -1,6 +1,6 @@
 """One training loop for every technique: accelerate, deterministic batches, EMA, learning-rate
 schedules, hooks (``on_step``, evaluation every N steps, non-finite losses), atomic checkpoints
-that remember their run's config and data, and exact resume.
+that remember their run's config and data (:mod:`kexue.checkpoint`), and exact resume.
 
 Determinism by construction: the batch and the random state at step ``s`` depend only on
 ``(seed, s)`` — the epoch's permutation is drawn from ``seed`` and the epoch number, and the
@@ -8,17 +8,14 @@ global torch RNG is re-seeded from ``(seed, s)`` before the loss is computed. A 
 a checkpoint at step ``s`` therefore follows the same loss curve as an uninterrupted one.
 
 A long job may run over several processes ("legs"), each resuming from the last checkpoint:
-:class:`Clock` keeps the wall time and the number of legs in the checkpoint, so what a finished
+:class:`kexue.checkpoint.Clock` keeps the wall time and the number of legs in the checkpoint, so what a finished
 run reports is its time over all legs, not the last one's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,7 +27,11 @@ import kexue._requires_torch  # noqa: F401  (first: without torch, a one-line er
 import torch
 from torch import nn
 
-from kexue.utils import KexueError, atomic_path, tracker_or_null, require
+# checkpoints, fingerprints and the Clock live in kexue.checkpoint (the evaluations resume with them
+# too); tracked in kexue.utils with the progress protocol. Both stay importable from here.
+from kexue.checkpoint import (Clock, check_resume, fingerprint, load_checkpoint, model_fingerprint,  # noqa: F401
+                              partial, restore, save_checkpoint, save_partial)
+from kexue.utils import KexueError, require, tracked  # noqa: F401
 
 LossFn = Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]
 
@@ -67,20 +68,6 @@ def num_threads(threads: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@contextmanager
-def tracked(tracker, iterable, description: str, total: int | None = None):
-    """``tracker.track(iterable, ...)`` (silent for None) that is closed when the block ends, also
-    by an exception: a progress display drawn by a generator would otherwise stay live until the
-    generator is collected and swallow the error line printed after it (Ctrl-C's among them)."""
-    it = tracker_or_null(tracker).track(iterable, description, total=total)
-    try:
-        yield it
-    finally:
-        close = getattr(it, "close", None)
-        if close is not None:
-            close()
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -171,119 +158,6 @@ def iwae_epochs(stages: int = 8) -> int:
     return sum(3 ** i for i in range(stages))
 
 
-# ---------------------------------------------------------------- checkpoints
-class Clock:
-    """Wall time of a job that may run over several processes ("legs"), each resuming from the
-    checkpoint of the one before: the ``seconds`` and ``legs`` stored there plus this process's.
-
-    A leg counts once it has ``worked`` (done something the checkpoint keeps). The time a killed
-    leg spent after its last checkpoint is not in the sum: that work is redone, and counted, by
-    the next leg, so the sum is the time of the work the result is made of.
-    """
-
-    def __init__(self, st: dict | None = None):
-        st = st or {}
-        self.before, self.legs_before = float(st.get("seconds", 0.0)), int(st.get("legs", 0))
-        self.t0 = time.perf_counter()
-        self.t1: float | None = None  # set by stop()
-        self.worked = False
-
-    def stop(self) -> Clock:
-        """Freeze the time (once): the last checkpoint and the result then report the same seconds."""
-        if self.t1 is None:
-            self.t1 = time.perf_counter()
-        return self
-
-    def state(self) -> dict:
-        """``{"seconds", "legs"}`` so far, to store in a checkpoint or report."""
-        if not self.worked:
-            return {"seconds": self.before, "legs": self.legs_before}
-        now = time.perf_counter() if self.t1 is None else self.t1
-        return {"seconds": self.before + now - self.t0, "legs": self.legs_before + 1}
-
-
-def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` (tensors, numbers, lists, dicts) atomically."""
-    with atomic_path(path, parents=True) as tmp:
-        torch.save(state, tmp)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Read a checkpoint without unpickling arbitrary objects."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise KexueError(f"checkpoint {path} not found; give the right ckpt path or resume=False") from None
-    except Exception as e:  # corrupt / foreign file
-        raise KexueError(f"checkpoint {path} could not be read ({type(e).__name__}); delete it or resume=False") from None
-
-
-def partial(path: str | os.PathLike | None, key: dict) -> dict | None:
-    """The partial work of a long computation stored at ``path`` if it was written for ``key`` (a
-    dict of plain values naming the inputs and settings), else None. Evaluations resume only
-    their own work and start afresh on anything else: a stale file costs time, not correctness."""
-    if path is None or not Path(path).exists():
-        return None
-    try:
-        st = load_checkpoint(path)
-    except KexueError:
-        return None  # unreadable: the computation starts again and overwrites it
-    return st if st.get("key") == _key_text(key) else None
-
-
-def save_partial(path: str | os.PathLike, key: dict, clock: Clock, state: dict) -> None:
-    """Store ``state`` (tensors, numbers) for :func:`partial`, with ``key`` and the ``clock``."""
-    save_checkpoint(path, {**state, "key": _key_text(key), **clock.state()})
-
-
-def _key_text(key: dict) -> str:
-    return json.dumps(key, sort_keys=True)
-
-
-def model_fingerprint(model: object) -> str:
-    """:func:`fingerprint` of a module's weights and buffers: partial evaluations are keyed by it."""
-    if not isinstance(model, nn.Module):
-        raise KexueError(f"a checkpoint of this computation needs the network as a torch.nn.Module, "
-                         f"not {type(model).__name__}; drop ckpt")
-    return fingerprint(list(model.state_dict().values()))
-
-
-def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
-    """A short hash of the training data (shapes, dtypes and every byte), stored in checkpoints
-    so that a resumed run can tell it is being fed other data."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        t = t.detach().cpu().contiguous().reshape(-1)  # 1-D: a 0-d tensor has no byte view
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def check_resume(st: dict, config: dict, data_fp: str, steps: int, path) -> None:
-    """Refuse to resume a checkpoint written by another run: one line naming what differs."""
-    old = st.get("config")
-    if old is not None:
-        diff = [k for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
-        if diff:
-            what = ", ".join(f"{k}={old.get(k)!r} there vs {config.get(k)!r} now" for k in diff[:4])
-            raise KexueError(f"checkpoint {path} is from another run ({what}); pass another ckpt or resume=False")
-    if st.get("data") not in (None, data_fp):
-        raise KexueError(f"checkpoint {path} was trained on other data; use the same data, another ckpt, or resume=False")
-    if int(st["step"]) > steps:
-        raise KexueError(f"checkpoint {path} is at step {int(st['step'])}, past steps={steps}; ask for at least that many steps")
-
-
-def _restore(st: dict, path, model, optimizer, ema) -> None:
-    try:
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        if ema is not None and "ema" in st:
-            ema.load_state_dict(st["ema"])
-    except (RuntimeError, KeyError, ValueError) as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise KexueError(f"checkpoint {path} does not fit this model ({first}); use the same architecture or another ckpt") from None
-
-
 # ---------------------------------------------------------------- the loop
 class _Run:
     """One training run's moving parts: the prepared model and optimiser, the EMA, the loss and
@@ -301,7 +175,7 @@ class _Run:
         """Load ``ckpt`` (checked against this run's config, data and steps); the step to start at."""
         st = load_checkpoint(self.ckpt)
         check_resume(st, self.config, self.data_fp, steps, self.ckpt)
-        _restore(st, self.ckpt, self.model, self.optimizer, self.ema)
+        restore(st, self.ckpt, self.model, self.optimizer, self.ema)
         self.losses, self.evals = list(st["losses"]), list(st.get("evals", []))
         self.clock = Clock(st)
         self.saved = int(st["step"])

@@ -150,6 +150,20 @@ def tracker_or_null(tracker: Tracker | None) -> Tracker:
     return NULL_TRACKER if tracker is None else tracker
 
 
+@contextlib.contextmanager
+def tracked(tracker: Tracker | None, iterable: Iterable, description: str, total: int | None = None) -> Iterator:
+    """``tracker.track(iterable, ...)`` (silent for None) that is closed when the block ends, also
+    by an exception: a progress display drawn by a generator would otherwise stay live until the
+    generator is collected and swallow the error line printed after it (Ctrl-C's among them)."""
+    it = tracker_or_null(tracker).track(iterable, description, total=total)
+    try:
+        yield it
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, NumPy and torch (if imported) and return a NumPy Generator for ``seed``."""
     random.seed(seed)

@@ -110,7 +110,7 @@ def sample_cmd(
     from kexue.ddpm import DDPM
     from kexue.io import load_npy
     from kexue.report import image_grid
-    from kexue.utils import KexueError, atomic_write
+    from kexue.utils import KexueError, atomic_write, plural
 
     if model is not None and model_opt is not None:
         raise KexueError("give the model once: as MODEL (-m/--model is its old spelling)")
@@ -139,7 +139,8 @@ def sample_cmd(
             np.save(f, S)
     else:
         image_grid(S, out)
-    out_console.print(f"wrote {out} ({len(S)} samples, {sampler}{'' if sampler == 'ddpm' else f'-{steps or 50}'})")
+    label = sampler if sampler == "ddpm" else f"{sampler}-{steps or 50}"
+    out_console.print(f"wrote {out} ({plural(len(S), 'sample')}, {label})")
 
 
 @ddpm_app.command("nll")
@@ -159,7 +160,7 @@ def nll_cmd(
     from kexue.cli import RichTracker, out_console
     from kexue.cli._common import use_threads, write_json
     from kexue.ddpm import DDPM, load_images
-    from kexue.utils import KexueError
+    from kexue.utils import KexueError, plural
 
     check_input(model, "MODEL")
     data = _data_arg(data)
@@ -176,7 +177,8 @@ def nll_cmd(
     if json_out is not None:
         write_json({"model": str(model), "data": data, **vb.to_dict()}, json_out)
     if json_out is None or str(json_out) != "-":
-        out_console.print(f"{vb.bits_per_dim:.4f} ± {vb.stderr_bits_per_dim:.4f} bits/dim on {len(vb.nats)} images "
+        out_console.print(f"{vb.bits_per_dim:.4f} ± {vb.stderr_bits_per_dim:.4f} bits/dim on "
+                          f"{plural(len(vb.nats), 'image')} "
                           f"(prior {vb.prior.mean():.3g}, diffusion {vb.diffusion.mean():.1f}, "
                           f"decoder {vb.decoder.mean():.1f} nats)")
 

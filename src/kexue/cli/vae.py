@@ -99,7 +99,7 @@ def score_cmd(
 
     from kexue.cli import RichTracker, out_console
     from kexue.io import read_matrix
-    from kexue.utils import KexueError, atomic_path
+    from kexue.utils import KexueError, atomic_path, plural
     from kexue.validate import choice
     from kexue.vae import VAE, log_likelihood, prepare, scoring_binarize
 
@@ -123,8 +123,8 @@ def score_cmd(
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, r.scores)
-    out_console.print(f"{len(r.log_q)} rows · mean −log q(x) = {r.nll:.3f} nats ({r.bits_per_dim:.4f} bits/dim) · "
-                      f"mean s.e. {r.stderr.mean():.3f} · scores → {out}")
+    out_console.print(f"{plural(len(r.log_q), 'row')} · mean −log q(x) = {r.nll:.3f} nats "
+                      f"({r.bits_per_dim:.4f} bits/dim) · mean s.e. {r.stderr.mean():.3f} · scores → {out}")
 
 
 @vae_app.command("sample")
@@ -140,7 +140,7 @@ def sample_cmd(
 
     from kexue.cli import out_console
     from kexue.report import image_grid
-    from kexue.utils import atomic_path
+    from kexue.utils import atomic_path, plural
     from kexue.vae import VAE
 
     check_input(model_path, "MODEL")
@@ -154,4 +154,4 @@ def sample_cmd(
                 np.save(f, x)
     else:
         image_grid(x, out)
-    out_console.print(f"{n} samples → {out}")
+    out_console.print(f"{plural(n, 'sample')} → {out}")

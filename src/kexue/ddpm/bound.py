@@ -23,7 +23,7 @@ import torch
 
 from kexue.ddpm.param import call_model, to_eps_x0
 from kexue.ddpm.schedule import NoiseSchedule
-from kexue.utils import KexueError, tracker_or_null
+from kexue.utils import KexueError, tracked
 from kexue.validate import choice, integer
 
 
@@ -135,9 +135,9 @@ def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule
     ``ckpt``: a file holding the diffusion terms summed so far and the RNG state, every
     ``ckpt_every`` t-strata and at the end; a call with the same network, images and settings
     continues from it with the same numbers as one uninterrupted call, or, finished, returns
-    it. ``seconds`` and ``legs`` of the result count every resume (:class:`kexue.train.Clock`).
+    it. ``seconds`` and ``legs`` of the result count every resume (:class:`kexue.checkpoint.Clock`).
     """
-    from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
+    from kexue.checkpoint import Clock, fingerprint, model_fingerprint, partial, save_partial
 
     choice(variance, ("posterior", "beta"), "variance")
     choice(decoder, ("discrete", "gaussian"), "decoder")
@@ -168,12 +168,13 @@ def variational_bound(model: Callable, x0: torch.Tensor, schedule: NoiseSchedule
         first, diffusion = int(st["done"]), st["diffusion"]
         g.set_state(st["rng"])
     kw = {"prediction": prediction, "variance": variance}
-    for i in tracker_or_null(tracker).track(range(first, len(ts)), "variational bound", total=len(ts) - first):
-        diffusion += ws[i] * _chunked(lambda xb, tb: kl_term(model, xb, _draw(xb, tb, schedule, g), tb, schedule, **kw),
-                                      x0, ts[i], batch_size)
-        clock.worked = True
-        if ckpt is not None and (i + 1) % ckpt_every == 0:
-            save_partial(ckpt, key, clock, {"done": i + 1, "diffusion": diffusion, "rng": g.get_state()})
+    with tracked(tracker, range(first, len(ts)), "variational bound", total=len(ts) - first) as strata:
+        for i in strata:
+            diffusion += ws[i] * _chunked(lambda xb, tb: kl_term(model, xb, _draw(xb, tb, schedule, g), tb, schedule,
+                                                                 **kw), x0, ts[i], batch_size)
+            clock.worked = True
+            if ckpt is not None and (i + 1) % ckpt_every == 0:
+                save_partial(ckpt, key, clock, {"done": i + 1, "diffusion": diffusion, "rng": g.get_state()})
     if st is not None and "decoder" in st:  # finished before
         dec = st["decoder"]
     else:

@@ -20,8 +20,8 @@ import torch
 from kexue import validate
 from kexue.ddpm.param import _check, call_model, to_eps_x0
 from kexue.ddpm.schedule import NoiseSchedule
-from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
-from kexue.utils import KexueError
+from kexue.checkpoint import Clock, fingerprint, model_fingerprint, partial, save_partial
+from kexue.utils import KexueError, tracked
 
 
 class Sampler:
@@ -72,11 +72,10 @@ class Sampler:
         pairs = list(zip(ts, ts[1:] + [0]))
         run = _SampleRun(self, model, x, generator, ckpt, ckpt_every)
         x, first = run.start(x)
-        todo = range(first, len(pairs))
-        if tracker is not None:
-            todo = tracker.track(todo, type(self).__name__, total=len(todo))
+        rest = range(first, len(pairs))
         step = self.fused_step if self.fused else self.step
-        with torch.inference_mode():
+        # tracked: the progress bar is closed also when a step raises (or Ctrl-C), not left live
+        with tracked(tracker, rest, type(self).__name__, total=len(rest)) as todo, torch.inference_mode():
             for i in todo:
                 t, s = pairs[i]
                 out = call_model(model, x, t)

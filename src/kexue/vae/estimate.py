@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kexue import validate
-from kexue.utils import KexueError, tracker_or_null
+from kexue.utils import KexueError, tracked
 
 
 @dataclass
@@ -149,7 +149,7 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
     every ``ckpt_every`` rows and at the end; a call with the same model, data and settings
     continues from it — with the same numbers as one uninterrupted call — or, finished, returns
     it. A file written for anything else is overwritten. ``seconds`` and ``legs`` of the result
-    are the wall time and the number of processes over all resumes (:class:`kexue.train.Clock`).
+    are the wall time and the number of processes over all resumes (:class:`kexue.checkpoint.Clock`).
     ``threads``: torch's thread count for this call (None: torch's current setting; see
     :func:`kexue.train.num_threads`).
     """
@@ -160,7 +160,7 @@ def log_likelihood(model, x, K: int = 5000, batch: int | None = None, *, rows: i
 
 
 def _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ckpt_every, tracker) -> LogLikelihood:
-    from kexue.train import Clock, fingerprint, model_fingerprint, partial, save_partial
+    from kexue.checkpoint import Clock, fingerprint, model_fingerprint, partial, save_partial
 
     K, ckpt_every = validate.integer(K, "K", 1), validate.integer(ckpt_every, "ckpt_every", 1)
     x = torch.as_tensor(validate.matrix(x, "data", dtype=np.float32))
@@ -187,11 +187,11 @@ def _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ck
         gen.set_state(st["gen"])
         if lw_all is not None:
             lw_all = st["lw"].numpy()
-    starts = tracker_or_null(tracker).track(range(first, n, batch), f"log q(x), K={K}",
-                                            total=-(-(n - first) // batch))
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    # tracked: the progress bar is closed also when a chunk raises (or Ctrl-C), not left live
+    with tracked(tracker, range(first, n, batch), f"log q(x), K={K}", total=-(-(n - first) // batch)) as starts, \
+            torch.no_grad():
         for s in starts:
             xb = x[s:s + batch]
             m1 = m2 = torch.full((len(xb),), -math.inf, dtype=torch.float64)  # lse of log w and of 2 log w
