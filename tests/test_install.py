@@ -115,6 +115,8 @@ def test_cli_without_faiss_or_torch_is_one_line_naming_the_extra(tmp_path):
              (["unargmax", str(tmp_path / "w.h5")], "h5py", "zoo"),
              (["unargmax", str(tmp_path / "w.gguf")], "gguf", "lm"),
              (["unargmax", str(x), "--cluster", "local:1"], "dask", "dask"),
+             (["hubness", str(x), "--cluster", "local:1"], "dask", "dask"),
+             (["whiten", "fit", str(x), "-o", str(tmp_path / "w.safetensors"), "--scheduler", "tcp://h:1"], "dask", "dask"),
              (["vae", "train", "-o", str(tmp_path / "m.safetensors")], "torch", "torch")]
     # one child with every optional package hidden (a child costs seconds of imports)
     r = _child(f"""

@@ -107,3 +107,84 @@ def test_dask_fit_on_a_local_cluster_of_processes_equals_single_process(da):
     with dask_client("local:2"):
         w = Whitening(beta=1.0, gamma=1.0).fit(da.from_array(X, chunks=(1500, 16)))
     _close(w, ref)
+
+
+def _save(path, X):
+    if path.suffix == ".npy":
+        np.save(path, X)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"emb": np.ascontiguousarray(X)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("name,dtype", [("x.npy", np.float32), ("x.npy", np.float64), ("x.safetensors", np.float32)])
+def test_dask_fit_from_a_file_in_four_blocks_equals_in_memory(tmp_path, da, name, dtype):
+    from kexue.whitening_dask import from_file
+
+    X = _data(n=4000, seed=5).astype(dtype)
+    D = from_file(_save(tmp_path / name, X), block_rows=1000)
+    assert D.numblocks == (4, 1) and D.dtype == dtype and D.shape == X.shape
+    np.testing.assert_array_equal(D[1500:2600].compute(), X[1500:2600])  # blocks are the file's rows
+    _close(Whitening(beta=0.8, gamma=1.0, n_components=9).fit(D), Whitening(beta=0.8, gamma=1.0, n_components=9).fit(X))
+
+
+def test_file_blocks_read_alone_and_checked(tmp_path, da):
+    from kexue.io import open_matrix
+    from kexue.whitening_dask import from_file
+
+    X = _data(n=300)
+    for p in (_save(tmp_path / "a.npy", X), _save(tmp_path / "a.safetensors", X)):
+        src = open_matrix(p)
+        np.testing.assert_array_equal(src.block(120, 250), X[120:250])
+        assert src.block(290, 400).shape == (10, 12) and src.block(5, 5).shape == (0, 12)
+    X[217, 4] = np.inf
+    bad = _save(tmp_path / "bad.npy", X)
+    assert open_matrix(bad).block(0, 100).shape == (100, 12)  # only the rows read are checked
+    with pytest.raises(KexueError, match=r"bad.npy has a non-finite value \(inf\) at row 217, column 4"):
+        open_matrix(bad).block(200, 300)
+    with pytest.raises(KexueError, match="row 217, column 4"):
+        Whitening().fit(from_file(bad, block_rows=64))
+    with pytest.raises(KexueError, match="block_rows"):
+        from_file(bad, block_rows=0)
+
+
+def _kexue(*args, cwd):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")}
+    return subprocess.run([sys.executable, "-m", "kexue", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=cwd)
+
+
+@pytest.mark.slow
+def test_cli_fit_on_a_local_cluster_equals_the_single_process_fit_quietly(tmp_path, cli):
+    pytest.importorskip("dask.distributed")
+    np.save(tmp_path / "x.npy", _data(n=4000, d=16, seed=7).astype(np.float32))
+    X = np.load(tmp_path / "x.npy")
+    X[3333, 2] = np.nan
+    np.save(tmp_path / "bad.npy", X)
+    out = _kexue("whiten", "fit", "x.npy", "-o", "w_dask.safetensors", "--chunk", 1000, "-k", 10, "--cluster", "local:2",
+                 cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    bad = _kexue("whiten", "fit", "bad.npy", "-o", "bad.safetensors", "--chunk", 1000, "--cluster", "local:2", cwd=tmp_path)
+    for r in (out, bad):
+        assert not any(s in r.stderr for s in ("Traceback", "Warning", "distributed.", "tornado", "Compute Failed")), r.stderr
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"kexue: error: {(tmp_path / 'bad.npy').resolve()} has a non-finite value (nan) at row 3333, column 2; clean or drop those rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npy", "w_dask.safetensors", "x.npy"]  # nothing half-written
+    assert cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors", "-k", 10).code == 0
+    _close(Whitening.load(tmp_path / "w_dask.safetensors"), Whitening.load(tmp_path / "w.safetensors"))
+    # apply: each block transformed and written into the temporary output by its worker
+    out = _kexue("whiten", "apply", "w.safetensors", "x.npy", "-o", "z_dask.npy", "--chunk", 1000, "--cluster", "local:2",
+                 cwd=tmp_path)
+    assert out.returncode == 0 and not any(s in out.stderr for s in ("Traceback", "Warning", "distributed.")), out.stderr
+    assert cli("whiten", "apply", tmp_path / "w.safetensors", tmp_path / "x.npy", "-o", tmp_path / "z.npy",
+               "--chunk", 1000).code == 0
+    z, zd = np.load(tmp_path / "z.npy"), np.load(tmp_path / "z_dask.npy")
+    assert zd.dtype == np.float32 and zd.shape == (4000, 10)
+    np.testing.assert_array_equal(zd, z)  # the same blocks and the same float32 products
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

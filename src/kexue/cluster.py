@@ -7,6 +7,8 @@ the scheduler; kexue only opens and closes the client.
 
 from __future__ import annotations
 
+import logging
+import os
 from contextlib import contextmanager
 from collections.abc import Iterator
 
@@ -46,8 +48,42 @@ def dask_client(where: str) -> Iterator[object]:
         except (OSError, TimeoutError, ValueError) as e:
             raise KexueError(f"cannot reach the Dask scheduler {where} ({e}); is `dask scheduler` running there?") from None
     try:
+        client.run(_quiet_user_errors)
         yield client
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _size(path: str) -> int:
+    """The size of ``path`` as this process sees it (-1: it cannot)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def blind_workers(client, path) -> list[str]:
+    """The workers of ``client`` that do not see the file ``path`` as this process does (same
+    size): those that cannot read a block of it themselves."""
+    path = os.path.abspath(path)  # as the tasks name it (a worker's working folder may differ)
+    size = _size(path)
+    return [w for w, s in client.run(_size, path).items() if s != size or s < 0]
+
+
+class _UserErrorFilter(logging.Filter):
+    """Drops a worker's "Compute Failed" record of a kexue user-input error (e.g. a NaN in a block
+    of the user's file): the task's exception reaches the caller, which reports it as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (str(record.msg).startswith("Compute Failed") and len(args) > 3
+                    and str(args[3]).startswith(("KexueError(", "KexueTypeError(")))
+
+
+def _quiet_user_errors() -> None:
+    """Run on every worker (``client.run``): install :class:`_UserErrorFilter` once."""
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _UserErrorFilter) for f in log.filters):
+        log.addFilter(_UserErrorFilter())

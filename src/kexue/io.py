@@ -101,6 +101,7 @@ class MatrixSource:
     dtype: np.dtype
     chunks: Callable[[int], Iterator[np.ndarray]]
     mmap: np.ndarray | None = None  # the rows as a memory map, where the file stores them as NumPy does
+    slicer: Callable[[int, int], np.ndarray] | None = None  # rows a..b, unchecked (what block() reads)
 
     def read(self) -> np.ndarray:
         return np.concatenate(list(self.chunks(max(self.n, 1))), axis=0) if self.n else np.empty((0, self.d), self.dtype)
@@ -110,6 +111,16 @@ class MatrixSource:
         NumPy dtypes: a memory map), else the whole array (:meth:`read`). Not checked for NaN/inf:
         stream :meth:`chunks` for that."""
         return self.read() if self.mmap is None else self.mmap
+
+    def block(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a`` to ``b`` (clipped to the file), checked finite, read alone: a slice of the
+        memory map or of the safetensors tensor, not the file (a Dask worker's block)."""
+        a, b = max(0, int(a)), min(int(b), self.n)
+        if b <= a:
+            return np.empty((0, self.d), self.dtype)
+        if self.slicer is None:  # a source built without one: stream up to b
+            return next(iter(self.chunks(b)))[a:b]
+        return next(_finite(self.path, iter([np.asarray(self.slicer(a, b))]), start=a))
 
 
 def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "embedding") -> MatrixSource:
@@ -131,13 +142,13 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
     _check_2d(X.shape, X.dtype, path)
     return MatrixSource(path, X.shape[0], X.shape[1], X.dtype,
                         lambda c: _finite(path, (np.asarray(X[s:s + c]) for s in range(0, X.shape[0], c))),
-                        X if isinstance(X, np.memmap) else None)
+                        X if isinstance(X, np.memmap) else None, slicer=lambda a, b: X[a:b])
 
 
-def _finite(path: Path, chunks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-    """The chunks, checked: a NaN or inf is a one-line error naming the file, row and column (the
-    library's checks further on only know the array as "X")."""
-    row = 0
+def _finite(path: Path, chunks: Iterator[np.ndarray], start: int = 0) -> Iterator[np.ndarray]:
+    """The chunks (the first at row ``start``), checked: a NaN or inf is a one-line error naming the
+    file, row and column (the library's checks further on only know the array as "X")."""
+    row = start
     for C in chunks:
         if C.dtype.kind == "f" and not np.isfinite(C).all():
             r, c = np.argwhere(~np.isfinite(C))[0]
@@ -204,13 +215,15 @@ def _safetensors(path: Path, key: str | None) -> MatrixSource:
         _check_2d(shape, _ST_NUMPY[dt], path)
         return MatrixSource(path, shape[0], shape[1], np.dtype(_ST_NUMPY[dt]),
                             lambda c: _finite(path, (sl[s:min(s + c, shape[0])] for s in range(0, shape[0], c))),
-                            _raw_tensor(path, key, _ST_NUMPY[dt], shape) if dt != "BOOL" else None)
+                            _raw_tensor(path, key, _ST_NUMPY[dt], shape) if dt != "BOOL" else None,
+                            slicer=lambda a, b: sl[a:b])
     if dt not in _ST_RAW:
         raise KexueError(f"tensor {key} in {path} is {dt}, which kexue does not read; "
                          f"save it as F32, F16, BF16 or F8_E4M3/F8_E5M2")
     raw = _raw_tensor(path, key, _ST_RAW[dt], shape)
     return MatrixSource(path, shape[0], shape[1], np.dtype(np.float32),
-                        lambda c: _finite(path, (_upcast(raw[s:s + c], dt) for s in range(0, shape[0], c))))
+                        lambda c: _finite(path, (_upcast(raw[s:s + c], dt) for s in range(0, shape[0], c))),
+                        slicer=lambda a, b: _upcast(raw[a:b], dt))
 
 
 def _raw_tensor(path: Path, key: str, raw, shape) -> np.ndarray:

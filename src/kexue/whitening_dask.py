@@ -7,7 +7,7 @@ With c the mean of the first ``CHUNK`` rows — the shift the in-memory fit pick
 equals ``Whitening().fit(X.compute())`` up to the order of float64 additions. Dask schedules;
 this module only builds the graph. Use it through ``Whitening().fit(dask_array)`` and
 ``transform(dask_array)``; :func:`from_file` makes a Dask array whose blocks each worker reads
-from a shared file (no data is pickled into the graph, only the path and the row range).
+from a file it sees (no data is pickled into the graph, only the path and the row range).
 """
 
 from __future__ import annotations
@@ -76,3 +76,49 @@ def transform_dask(w, X):
     k = w.components_.shape[0]
     dtype = np.float32 if X.dtype == np.float32 else np.float64
     return X.map_blocks(w.transform, chunks=(X.chunks[0], (k,)), dtype=dtype)
+
+
+def _read_rows(path: str, key: str | None, a: int, b: int) -> np.ndarray:
+    """Rows a..b of an embedding file, read on the worker that runs the block (a memory-map slice)."""
+    from kexue.io import open_matrix
+
+    return open_matrix(path, key).block(a, b)
+
+
+def from_file(path, key: str | None = None, block_rows: int = 65536):
+    """A Dask array (n, d) of the 2-D array in a .npy/.npz/.safetensors file, one block per
+    ``block_rows`` rows; each block reads its rows where it runs (only the path and the range are
+    in the graph), so every worker must see ``path`` (this machine's workers, or a shared disk).
+    A .npy file is memory-mapped and a .safetensors tensor sliced; a .npz archive has no slices, so
+    every block decompresses it whole (save a .npy for a large fit)."""
+    from pathlib import Path
+
+    from kexue import validate
+    from kexue.io import open_matrix
+
+    da, dask = require("dask", "dask.array", "a Dask array of a file"), require("dask", "dask")
+    block_rows = validate.integer(block_rows, "block_rows", 1)
+    path = Path(path).resolve()
+    src = open_matrix(path, key)
+    spans = [(a, min(a + block_rows, src.n)) for a in range(0, src.n, block_rows)]
+    if not spans:
+        raise KexueError(f"{path} has no rows; whitening needs at least 2 vectors to estimate Σ")
+    return da.concatenate([da.from_delayed(dask.delayed(_read_rows, pure=True)(str(path), key, a, b),
+                                           shape=(b - a, src.d), dtype=src.dtype) for a, b in spans])
+
+
+def _write_rows(path: str, rows: np.ndarray, start: int) -> int:
+    """A block's output rows written into the .npy at ``path`` (mapped read-write on the worker)."""
+    Y = np.load(path, mmap_mode="r+")
+    Y[start:start + len(rows)] = rows
+    Y.flush()
+    return len(rows)
+
+
+def transform_to_file(w, X, path) -> None:
+    """Write ``w.transform(X)`` of the Dask array X into the existing .npy (n, k) at ``path``, each
+    block by the worker that computes it (the file must be on a disk every worker sees)."""
+    dask = require("dask", "dask")
+    Z = transform_dask(w, X)
+    starts = np.cumsum((0,) + Z.chunks[0][:-1])
+    dask.compute(*[dask.delayed(_write_rows)(str(path), b, int(s)) for b, s in zip(Z.to_delayed().ravel(), starts)])

@@ -13,6 +13,7 @@ MEASURES = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "ant
 
 
 def hubness_cmd(
+    ctx: typer.Context,
     emb: Path = typer.Argument(..., metavar="INDEX", help="Index embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items)."),
     queries: Path | None = typer.Option(None, "--queries", help="Query embeddings (same formats): N_k of the index points from these queries instead of from the index itself."),
     reference: str | None = typer.Option(None, "--reference", help="With --reduce: read each index point's statistic from its nearest points of this file (a query bank), or of the queries themselves: --reference queries."),
@@ -31,6 +32,8 @@ def hubness_cmd(
     graph_out: Path | None = typer.Option(None, "--graph-out", "--graph", help="Write the (reduced) neighbour graph to this .npz: indices, distances (one row per query)."),
     key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several (the same name in every file)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and the reductions' samples."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Search the query blocks on a Dask cluster: tcp://HOST:PORT (exact backend; --reduce re-ranks here)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the search: local:N (N worker processes)."),
     threads: int | None = threads_option(),
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
@@ -40,6 +43,7 @@ def hubness_cmd(
 
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
     _check_backend(backend, index, recall_sample)
+    where = _check_dask(scheduler, cluster, backend, index)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
@@ -57,6 +61,7 @@ def hubness_cmd(
         index_obj = read_index(index)
         check_index(index_obj, src.n, src.d, metric, f"--index {index}", f"INDEX {emb}", "--metric")
     candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
+    client = None if where is None else _dask_client(ctx, where)  # unreachable: the one error line, before any work
     use_threads(threads)
     for s in (src, *others.values()):  # NaN/inf named by file and row, one block at a time
         for _ in s.chunks(block_rows):
@@ -69,7 +74,8 @@ def hubness_cmd(
     tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, "
                 + (f"backend {backend}" if index is None else f"FAISS index {index}")
                 + (f"; {len(Q)} queries from {queries}" if Q is not None else ""))
-    g = H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=search_with, queries=Q,
+    g = _dask_graph(client, emb, queries, key, k if reduce is None else candidates, metric, tracker) if client else \
+        H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=search_with, queries=Q,
                      recall=recall, seed=seed, tracker=tracker, block_rows=block_rows, recall_sample=recall_sample)
     nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
     dist, ind = g.dist[:, :k], g.ind[:, :k]
@@ -130,6 +136,34 @@ def _check_backend(backend: str, index, recall_sample) -> None:
         if recall_sample == 0:
             raise _error(f"--recall-sample 0 leaves no queries to choose --backend {backend}'s search parameter on; "
                          "give N >= 1 (or search a configured index with --index)")
+
+
+def _check_dask(scheduler, cluster, backend, index) -> str | None:
+    """--scheduler / --cluster (kexue.cluster's one check), and what runs on Dask: the exact search
+    (a --reduce re-ranks its gathered candidates here)."""
+    from kexue.cluster import check_where
+    from kexue.utils import require
+
+    where = check_where(scheduler, cluster)
+    if where is not None:
+        if backend != "exact" or index is not None:
+            raise _error("--scheduler/--cluster run the exact search only; drop --backend/--index, or run them on one machine")
+        require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
+    return where
+
+
+def _dask_client(ctx, where):
+    """A Dask client for ``where``, closed with its local cluster when the command ends."""
+    from kexue.cluster import dask_client
+
+    return ctx.with_resource(dask_client(where))
+
+
+def _dask_graph(client, emb, queries, key, k, metric, tracker):
+    """The query blocks searched on the cluster; the workers open the files themselves when they see them."""
+    from kexue.hubness.distributed import kneighbors_dask
+
+    return kneighbors_dask(emb, k, client, metric=metric, queries=queries, key=key, tracker=tracker)
 
 
 def _check_options(k, metric, backend, recall, reduce, candidates, queries, reference) -> None:

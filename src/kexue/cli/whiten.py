@@ -17,14 +17,20 @@ def fit_cmd(
     dim: int | None = typer.Option(None, "--dim", "-k", min=1, help="k: coordinates kept (default: all d)."),
     chunk: int = typer.Option(65536, "--chunk", min=1, help="Rows read at a time (memory ~ chunk·d·8 bytes + d²·16)."),
     key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Fit on a Dask cluster, one task per --chunk rows: tcp://HOST:PORT (workers read EMB: a path they see)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the fit: local:N (N worker processes)."),
     threads: int | None = threads_option(),
 ):
     """Fit μ, U, Λ (SPEC 5.1) on EMB, streaming in chunks, and save the transform."""
     from kexue.cli import RichTracker, console, out_console
+    from kexue.cluster import check_where, dask_client
     from kexue.io import open_matrix
-    from kexue.utils import KexueError, plural
+    from kexue.utils import KexueError, plural, require
     from kexue.whitening import Whitening
 
+    where = check_where(scheduler, cluster)
+    if where is not None:
+        require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
     check_output(out, (".safetensors",), "-o")
     src = open_matrix(check_input(emb, "EMB"), key)
     if src.n < 2:
@@ -33,7 +39,14 @@ def fit_cmd(
         raise KexueError(f"--dim {dim} is larger than the embedding dimension {src.d}; choose --dim <= {src.d}")
     use_threads(threads)
     w = Whitening(beta=beta, gamma=gamma, n_components=dim)
-    w.fit_chunks(RichTracker().track(src.chunks(chunk), "fitting", total=-(-src.n // chunk)))
+    if where is None:
+        w.fit_chunks(RichTracker().track(src.chunks(chunk), "fitting", total=-(-src.n // chunk)))
+    else:  # the blocks' sums are computed where they are read and added in a tree (kexue.whitening_dask)
+        from kexue.whitening_dask import from_file
+
+        with dask_client(where) as client:
+            _blind(client, [emb])
+            w.fit(from_file(emb, key, chunk))
     w.save(out)
     lam = w.eigenvalues_
     out_console.print(f"fitted on {src.n} × {src.d}: β={beta:g}, γ={gamma:g}, k={w.components_.shape[0]}; "
@@ -51,16 +64,22 @@ def apply_cmd(
     out: Path = typer.Option(..., "-o", "--out", help="Output .npy (float32 unless the input is float64)."),
     chunk: int = typer.Option(65536, "--chunk", min=1, help="Rows transformed at a time."),
     key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Transform on a Dask cluster, one task per --chunk rows: tcp://HOST:PORT (workers read EMB and write OUT: paths they see)."),
+    cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the transform: local:N (N worker processes)."),
     threads: int | None = threads_option(),
 ):
     """Transform EMB chunk by chunk into OUT (written atomically)."""
     import numpy as np
 
     from kexue.cli import RichTracker, out_console
+    from kexue.cluster import check_where
     from kexue.io import open_matrix
-    from kexue.utils import KexueError, atomic_path
+    from kexue.utils import KexueError, atomic_path, require
     from kexue.whitening import Whitening
 
+    where = check_where(scheduler, cluster)
+    if where is not None:
+        require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
     check_output(out, (".npy",), "-o")
     w = Whitening.load(check_input(transform, "TRANSFORM"))
     src = open_matrix(check_input(emb, "EMB"), key)
@@ -71,13 +90,36 @@ def apply_cmd(
     dtype = np.float64 if src.dtype == np.float64 else np.float32
     with atomic_path(out) as tmp:
         Y = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(src.n, k))
-        s = 0
-        for C in RichTracker().track(src.chunks(chunk), "transforming", total=-(-src.n // chunk)):
-            Y[s : s + len(C)] = w.transform(np.asarray(C, dtype=dtype))
-            s += len(C)
-        Y.flush()
+        if where is None:
+            s = 0
+            for C in RichTracker().track(src.chunks(chunk), "transforming", total=-(-src.n // chunk)):
+                Y[s : s + len(C)] = w.transform(np.asarray(C, dtype=dtype))
+                s += len(C)
+            Y.flush()
         del Y
+        if where is not None:  # each block is written into the temporary file by the worker that computes it
+            _apply_on_dask(where, w, emb, key, chunk, dtype, tmp)
     out_console.print(f"wrote {out}: {src.n} × {k} {np.dtype(dtype).name}", highlight=False)
+
+
+def _blind(client, paths) -> None:
+    from kexue.cluster import blind_workers
+    from kexue.utils import KexueError
+
+    for p in paths:
+        blind = blind_workers(client, p)
+        if blind:
+            raise KexueError(f"Dask worker {blind[0]} cannot read {p} ({len(blind)} of them); put it on a disk every "
+                             "worker sees (the workers read and write their blocks there)")
+
+
+def _apply_on_dask(where, w, emb, key, chunk, dtype, tmp) -> None:
+    from kexue.cluster import dask_client
+    from kexue.whitening_dask import from_file, transform_to_file
+
+    with dask_client(where) as client:
+        _blind(client, [emb, tmp])
+        transform_to_file(w, from_file(emb, key, chunk).astype(dtype), tmp)
 
 
 def search_cmd(

@@ -7,7 +7,8 @@
 - :mod:`kexue.hubness.reduction` — mutual proximity, local scaling/NICDM, CSLS, NNN, centering;
 - :mod:`kexue.hubness.reference` — index statistics from a reference set (a query bank or the queries);
 - :mod:`kexue.hubness.sampling` — hub-prior latent sampling;
-- :mod:`kexue.hubness.estimate` — the measures of an index too large to scan, from sampled queries.
+- :mod:`kexue.hubness.estimate` — the measures of an index too large to scan, from sampled queries;
+- :mod:`kexue.hubness.distributed` — the exact kNN graph and N_k with the query blocks on a Dask cluster.
 
 Every public name is re-exported here: ``from kexue.hubness import kneighbors``.
 """
@@ -23,9 +24,10 @@ from kexue.hubness.reduction import (CSLS, NNN, REDUCTIONS, Centering, LocalScal
                                      make_reduction)
 from kexue.hubness.sampling import HubSample, hub_sample
 from kexue.hubness.estimate import HubnessEstimate, estimate_hubness
+from kexue.hubness.distributed import k_occurrence_dask, kneighbors_dask
 
 __all__ = [
-    "HubnessEstimate", "estimate_hubness",
+    "HubnessEstimate", "estimate_hubness", "kneighbors_dask", "k_occurrence_dask",
     "BACKENDS", "METRICS", "TIE_RTOL", "KNNGraph", "order_rows", "pair_distances", "kneighbors", "k_occurrence", "occurrences", "knn_recall",
     "skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "antihub_occurrence", "hubness_measures", "nk_histogram",
     "MutualProximity", "LocalScaling", "CSLS", "NNN", "Centering", "REDUCTIONS", "make_reduction",
