@@ -1,6 +1,7 @@
 """Arrays at the hubness entry points: torch tensors of any dtype as NumPy arrays, and the exact
 power-of-two rescale that keeps coordinates near the ends of the float range searchable (issue 31);
-the reductions' input check and fitted check, shared by their modules."""
+rows derived block by block from a memory map (:class:`BlockRows`); the reductions' input check
+and fitted check, shared by their modules."""
 
 from __future__ import annotations
 
@@ -36,6 +37,34 @@ def pow2_exponent(max_abs: float) -> int:
 
 def max_abs(A) -> float:
     return max(float(A.max()), -float(A.min())) if A.size else 0.0  # no |A| copy of a large matrix
+
+
+class BlockRows:
+    """Rows derived from a matrix (a memory map stays on disk) block by block, never whole:
+    ``rows[a:b]``, ``rows[ids]`` (any int array shape), ``rows[r]``, ``rows[a:b, None, :]`` are
+    ``f`` of those rows of ``src``. ``f`` works row by row, so a block's rows are bit for bit the
+    rows the whole matrix would give. The last slice is kept: the screening asks for one query
+    block against every index block."""
+
+    def __init__(self, src, f, width: int):
+        self.src, self.f, self.shape = src, f, (len(src), width)
+        self._last = (None, None)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            return self[key[0]][(slice(None),) + key[1:]]
+        if isinstance(key, slice):
+            a, b, _ = key.indices(len(self))
+            if self._last[0] != (a, b):
+                self._last = ((a, b), self.f(np.asarray(self.src[a:b])))
+            return self._last[1]
+        if isinstance(key, (int, np.integer)):
+            return self[int(key):int(key) + 1][0]
+        key = np.asarray(key)
+        return self.f(np.asarray(self.src[key.ravel()])).reshape(*key.shape, self.shape[1])
 
 
 class NotFitted(KexueError, NotFittedError):

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from kexue import validate
-from kexue.hubness.search import kneighbors
+from kexue.hubness.search import BLOCK_ROWS, checked_matrix, kneighbors
 from kexue.utils import KexueError
 
 
@@ -117,7 +117,8 @@ def estimate_hubness(X, k: int, fraction: float = 0.05, metric: str = "euclidean
     """Skewness of N_k, hub occurrence and antihub fraction of the index X from ``fraction`` of its
     points used as queries (each searched against all of X, itself excluded), with bootstrap
     intervals. Keywords go to :func:`kexue.hubness.kneighbors` (``block``, ``backend_params``, …)."""
-    X = validate.matrix(X, "X", dtype=None)
+    # streamed finiteness check (a memory map stays one; no n × dim mask), as kneighbors does
+    X = checked_matrix(X, "X", validate.integer(kneighbors_kw.get("block_rows", BLOCK_ROWS), "block_rows", 1))
     n = len(X)
     fraction = validate.real(fraction, "fraction", 0.0, 1.0, lo_open=True)
     n_boot = validate.integer(n_boot, "n_boot", 1)
@@ -128,7 +129,9 @@ def estimate_hubness(X, k: int, fraction: float = 0.05, metric: str = "euclidean
     k = validate.integer(k, "k", 1, n - 2)
     rng = np.random.default_rng(seed)
     S = np.sort(rng.choice(n, size=m, replace=False))
-    _, ind = kneighbors(X, k + 1, metric=metric, backend=backend, queries=X[S], seed=seed, **kneighbors_kw)
+    # the m sampled rows are gathered (m × dim); the index is read by kneighbors in blocks
+    _, ind = kneighbors(X, k + 1, metric=metric, backend=backend, queries=np.asarray(X[S]), seed=seed,
+                        **kneighbors_kw)
     ind = np.asarray(ind)
     own = ind == S[:, None]
     # drop each query's own row (near the front, or absent when duplicates outrank it: drop the last)

@@ -24,7 +24,9 @@ Backends
              threshold; the candidates are re-scored in float64 from the differences, and a row
              whose screened gap between the k-th and the last candidate is within the float32
              error bound is recomputed wholly in float64. The result equals a float64 brute-force
-             search with the near-tie rule above.
+             search with the near-tie rule above. ``X`` and ``Q`` are read in blocks (a memory
+             map is never copied whole): the screening rows of each block are made when it is
+             compared, float64 rows only for the gathered candidates (``arrays.BlockRows``).
   ``hnsw``, ``ivf``, ``faiss``: approximate, see :mod:`kexue.hubness.ann`.
 """
 
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kexue.hubness.arrays import max_abs, pow2_exponent
+from kexue.hubness.arrays import BlockRows, max_abs, pow2_exponent
 from kexue.utils import KexueError, Tracker
 
 METRICS = ("euclidean", "cosine")
@@ -74,11 +76,13 @@ class KNNGraph:
 # inputs
 
 
-def _normalise(X: np.ndarray) -> np.ndarray:
+def _normalise(X: np.ndarray, first: int = 0) -> np.ndarray:
+    """Unit rows in float64, row by row (a block gives the rows the whole would); ``first``: the
+    block's first row number, for the error message."""
     X = np.asarray(X, dtype=np.float64)
     top = np.abs(X).max(axis=1) if X.size else np.zeros(len(X))
     if (top == 0).any():
-        raise KexueError(f"cosine metric needs non-zero vectors; row {int(np.argmax(top == 0))} is all zeros "
+        raise KexueError(f"cosine metric needs non-zero vectors; row {first + int(np.argmax(top == 0))} is all zeros "
                          "(drop it or use --metric euclidean)")
     e = np.frexp(top)[1]
     far = np.abs(e) > 250  # |x|² would overflow or underflow: rescale those rows by an exact power of two first
@@ -199,16 +203,66 @@ def rows64(X, metric: str) -> np.ndarray:
     return _normalise(X) if metric == "cosine" else np.asarray(X, dtype=np.float64)
 
 
-def _prepare(X, Q, metric, same, screen: Screening | None = None) -> _Prepared:
-    X64 = rows64(X, metric)
-    Q64 = X64 if same else rows64(Q, metric)
-    if screen is None and same:
-        screen, Qa = screening(X64, metric, with_rows=True)
-        qsq = screen.xsq
+def _streamed_stats(X, metric: str, block: int):
+    """What :func:`screening` derives from the whole index — centring shift, power-of-two exponent,
+    used columns, float64 ``|x|²`` of the centred rows — from blocks of ``block`` rows of ``X``.
+    The shift is summed row after row, as NumPy sums the columns of a whole matrix (an index of one
+    block: its own mean, as before)."""
+    n, d = X.shape
+    if metric == "cosine":
+        shift = 0.0
+    elif n <= block:
+        shift = rows64(np.asarray(X), metric).mean(0)
     else:
-        screen = screen or screening(X64, metric)
-        Qa, qsq = screen.rows(Q64)
-    return _Prepared(X64, Q64, screen.Xa, Qa, qsq + screen.xsq.max())
+        acc = np.zeros(d)
+        for s in range(0, n, block):
+            acc = np.add.reduce(np.vstack([acc[None], rows64(np.asarray(X[s:s + block]), metric)]), axis=0)
+        shift = acc / n
+    top, used, xsq = 0.0, np.zeros(d, bool), np.empty(n)
+    for s in range(0, n, block):
+        B = np.asarray(X[s:s + block])
+        C = (_normalise(B, s) if metric == "cosine" else rows64(B, metric)) - shift
+        top = max(top, max_abs(C))
+        used |= C.any(0)
+        xsq[s:s + len(C)] = np.einsum("ij,ij->i", C, C)
+    e = pow2_exponent(top)
+    if e:  # rare: the norms and used columns of the rescaled rows (a rescale can underflow or overflow)
+        used[:] = False
+        for s in range(0, n, block):
+            C = np.ldexp(rows64(np.asarray(X[s:s + block]), metric) - shift, -e)
+            used |= C.any(0)
+            xsq[s:s + len(C)] = np.einsum("ij,ij->i", C, C)
+    return shift, e, (None if used.all() else np.flatnonzero(used)), xsq
+
+
+def _prepare(X, Q, metric, same, block: int) -> _Prepared:
+    """The exact search's rows, all :class:`~kexue.hubness.arrays.BlockRows` made block by block
+    from ``X`` and ``Q`` (memory maps are read, never copied whole): float64 rows for re-scoring and
+    the float32 screening rows ``[-2x, 1, |x|²]`` / ``[q, |q|², 1]`` of :func:`screening`, bit for bit."""
+    shift, e, used, xsq = _streamed_stats(X, metric, block)
+    d = X.shape[1]
+    w = (d if used is None else len(used)) + 2
+
+    def centred(B):
+        C = rows64(B, metric) - shift
+        C = np.ldexp(C, -e) if e else C
+        return C, np.einsum("ij,ij->i", C, C)
+
+    def index_side(B):
+        C, sq = centred(B)
+        return _augmented(C if used is None else C[:, used], -2.0, 1.0, sq)
+
+    def query_side(B):
+        C, sq = centred(B)
+        return _augmented(C if used is None else C[:, used], 1.0, sq, 1.0)
+
+    X64 = BlockRows(X, lambda B: rows64(B, metric), d)
+    if same:
+        Q64, qsq = X64, xsq
+    else:
+        Q64 = BlockRows(Q, lambda B: rows64(B, metric), d)
+        qsq = np.concatenate([centred(np.asarray(Q[s:s + block]))[1] for s in range(0, len(Q), block)])
+    return _Prepared(X64, Q64, BlockRows(X, index_side, w), BlockRows(Q, query_side, w), qsq + xsq.max())
 
 
 def _augmented(C, scale, a, b) -> np.ndarray:
@@ -323,8 +377,8 @@ def _exact(X, Q, k, metric, self_ids, block, margin, tracker) -> KNNGraph:
     n = len(X)
     n_valid = n - (1 if self_ids is not None else 0)
     m = min(k + margin, n_valid)
-    P = _prepare(X, Q, metric, same)
     block = max(1, min(block or 4096, max(len(Q), n)))
+    P = _prepare(X, Q, metric, same, block)
     cand = _screen(P, same, self_ids, m, block, tracker)
     dist, ind = _rescore(P, cand, k, metric, self_ids, n_valid)
     return KNNGraph(dist, ind.astype(np.int64), "exact", 1.0, 0, {})
@@ -332,8 +386,6 @@ def _exact(X, Q, k, metric, self_ids, block, margin, tracker) -> KNNGraph:
 
 # ---------------------------------------------------------------------------------------------
 # public entry points
-
-
 
 
 def occurrences(neigh_ind: np.ndarray, n_index: int) -> np.ndarray:

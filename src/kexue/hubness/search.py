@@ -37,8 +37,8 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
     configured and its recall measured only when ``recall_sample`` is given; with ``queries``, ``X``
     may be None (distances are then FAISS's float32 ones). Large data: ``X`` and ``queries`` may be
     memory maps (``np.load(path, mmap_mode="r")``); approximate backends and a FAISS index read them
-    ``block_rows`` rows at a time and make no float32 or float64 copy of them (the exact backend
-    holds float64 copies: it is meant for what fits in memory).
+    ``block_rows`` rows at a time and make no float32 or float64 copy of them; the exact backend
+    reads them ``block`` rows at a time (float64 only for the candidates' rows).
     """
     validate.choice(metric, METRICS, "metric")
     given = is_faiss_index(backend)
@@ -49,10 +49,10 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
     if X is None and not (given and not self_search):
         raise KexueError("X is None; pass the index vectors (only a FAISS index searched by queries can do without)")
     if self_search:
-        Q = X = _matrix(X, "X", block_rows)
+        Q = X = checked_matrix(X, "X", block_rows)
     else:
-        X = None if X is None else _matrix(X, "X", block_rows)
-        Q = _matrix(queries, "queries", block_rows)
+        X = None if X is None else checked_matrix(X, "X", block_rows)
+        Q = checked_matrix(queries, "queries", block_rows)
         X = Q[:0] if X is None else X  # no vectors: only their width is known
     n = backend.ntotal if given and len(X) == 0 else X.shape[0]
     if Q.shape[1] != X.shape[1]:
@@ -85,7 +85,7 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
     return g
 
 
-def _matrix(X, name: str, block_rows: int):
+def checked_matrix(X, name: str, block_rows: int = BLOCK_ROWS):
     """A 2-D real array kept as it is (a memory map stays one), its finiteness checked block by block
     (no n × dim mask of a file larger than memory)."""
     A = validate.matrix(host_array(X), name, dtype=None, allow_nonfinite=True)
