@@ -32,7 +32,7 @@ def main():
     from kexue.unargmax import load_output_layer
 
     t0 = time.perf_counter()
-    planted = cached_head(a.out, load_output_layer(smollm2_path()).W, *FULL, a.seed)
+    planted, _ = cached_head(a.out, load_output_layer(smollm2_path()).W, *FULL, a.seed)
     print(f"synthetic head ready in {time.perf_counter() - t0:.0f} s")
     C = FULL[0]
     classes = None if not a.classes else np.sort(np.random.default_rng(a.seed).choice(C, a.classes, replace=False))

@@ -41,7 +41,7 @@ def test_head_is_bfloat16_valued_and_plants_exact_combinations(small_head):
         W64 = W.astype(np.float64)
         assert np.array_equal(W64[k], 0.5 * W64[a] + 0.25 * W64[b] + 0.25 * W64[c])
     assert all(m > 0 for _, m in planted["near_hull"])
-    assert wide.cached_head(path, None, 700, 24, 3) == planted  # reused: no reference needed
+    assert wide.cached_head(path, None, 700, 24, 3) == (planted, False)  # reused: no reference needed
 
 
 def test_audit_recovers_planted_set_and_check_can_fail(small_head):
