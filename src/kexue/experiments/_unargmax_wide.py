@@ -146,10 +146,13 @@ def audit_wide(path: str, planted: dict, n_jobs: int, classes=None) -> dict:
     from kexue.experiments.unargmax_zoo import PeakMemory, weak_witnesses
     from kexue.unargmax import audit
 
+    from threadpoolctl import threadpool_limits
+
     W = np.load(path, mmap_mode="r")
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    with PeakMemory() as mem:
+    # in a joblib worker BLAS is limited to one thread; the driver's products may use every core
+    with PeakMemory() as mem, threadpool_limits(os.cpu_count() or 1):
         res = audit(W, None, n_jobs=n_jobs, classes=classes, precision="F32", keep_witnesses=False, min_margin=0.0)
     secs = time.perf_counter() - t0
     v = res.verdict
@@ -195,7 +198,10 @@ def run(ctx, ref, jobs: int) -> None:
     planted, fresh = cached_head(path, ref, C, d, ctx.seed)
     made = time.perf_counter() - t0
     key = {"section": "wide", "C": C, "d": d, "seed": ctx.seed, "n_jobs": jobs, "planted": planted}
-    r = ctx.resumable(parallel(1), [delayed(audit_wide)(os.fspath(path), planted, jobs)], [key],
+    # the audit runs in a worker process of its own (parallel(2) for one call: n_jobs=1 would run
+    # it here), so the sampled peak is the audit's own memory, as in a fresh `kexue unargmax`,
+    # not the earlier sections' leftovers in this process
+    r = ctx.resumable(parallel(2), [delayed(audit_wide)(os.fspath(path), planted, jobs)], [key],
                       "wide-head audit")[0]
     check = planted_check(planted, r["planted_verdicts"])
     undecided = r["counts"]["undecided"]
