@@ -14,6 +14,7 @@ nothing from kexue (the peers' venv does not have it).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import sys
 import time
 
@@ -21,17 +22,12 @@ import time
 def main(a):
     import faiss
     import numpy as np
-    from sklearn.base import BaseEstimator
 
-    try:  # kiez 0.5.0 predates scikit-learn's __sklearn_tags__ (1.6): borrow BaseEstimator's
-        from kiez.hubness_reduction.base import HubnessReduction
-        from kiez.neighbors.neighbor_algorithm_base import NNAlgorithm
+    # the shim the hubness experiment's peer script uses (a file, not kexue: this runs in the peers' venv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src" / "kexue" / "experiments"))
+    from _hubness_peers import kiez_sklearn_tags
 
-        for cls in (HubnessReduction, NNAlgorithm):
-            if not hasattr(cls, "__sklearn_tags__"):
-                cls.__sklearn_tags__ = BaseEstimator.__sklearn_tags__
-    except ImportError:
-        pass
+    kiez_sklearn_tags()
     from kiez import Kiez
 
     k = a["k"]

@@ -17,8 +17,19 @@ import os
 import sys
 import time
 
-for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[var] = "1"
+def kiez_sklearn_tags() -> None:
+    """kiez 0.5.0 predates scikit-learn's ``__sklearn_tags__`` (1.6): its estimators borrow
+    BaseEstimator's (also used by ``benchmarks/_scale_kiez.py``)."""
+    try:
+        from sklearn.base import BaseEstimator
+        from kiez.hubness_reduction.base import HubnessReduction
+        from kiez.neighbors.neighbor_algorithm_base import NNAlgorithm
+
+        for cls in (HubnessReduction, NNAlgorithm):
+            if not hasattr(cls, "__sklearn_tags__"):
+                cls.__sklearn_tags__ = BaseEstimator.__sklearn_tags__
+    except ImportError:
+        pass
 
 
 def kiez_run(method, X, Q, B, metric, c, k):
@@ -72,16 +83,7 @@ def main(src, dst):
 
     torch.set_num_threads(1)
     os.environ["TQDM_DISABLE"] = "1"
-    try:  # kiez 0.5.0 predates scikit-learn's __sklearn_tags__ (1.6): borrow BaseEstimator's
-        from sklearn.base import BaseEstimator
-        from kiez.hubness_reduction.base import HubnessReduction
-        from kiez.neighbors.neighbor_algorithm_base import NNAlgorithm
-
-        for cls in (HubnessReduction, NNAlgorithm):
-            if not hasattr(cls, "__sklearn_tags__"):
-                cls.__sklearn_tags__ = BaseEstimator.__sklearn_tags__
-    except ImportError:
-        pass
+    kiez_sklearn_tags()
     with np.load(src, allow_pickle=False) as f:
         X, Q, B = f["X"], f["Q"], f["B"]
         cfg = json.loads(str(f["settings"]))
@@ -104,6 +106,8 @@ def main(src, dst):
 
 
 if __name__ == "__main__":
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"  # one thread, set before numpy is first imported (in main)
     import warnings
 
     warnings.simplefilter("ignore")

@@ -10,6 +10,8 @@
    *all* rows).
 4. The survey of real models (:mod:`kexue.experiments.unargmax_zoo`), Gemma 3 270M's 262,144 × 640
    head among them, with time per stage and peak memory.
+5. A 128,256 × 4,096 synthetic head (Llama-3-8B's shape; :mod:`kexue.experiments._unargmax_wide`),
+   every class on 2 workers, with a planted set and peak memory (quick mode: 2,048 × 256).
 """
 
 from __future__ import annotations
@@ -233,6 +235,11 @@ def run(ctx):
 
     # 4. the survey, Gemma 3 270M among it
     _survey(ctx)
+
+    # 5. a Llama-3-8B-wide synthetic head, every class (quick mode: a small one, same code)
+    from kexue.experiments import _unargmax_wide
+
+    _unargmax_wide.run(ctx, smol.W, _jobs())
 
 
 def _survey(ctx):
