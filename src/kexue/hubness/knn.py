@@ -261,7 +261,7 @@ def _prepare(X, Q, metric, same, block: int) -> _Prepared:
         Q64, qsq = X64, xsq
     else:
         Q64 = BlockRows(Q, lambda B: rows64(B, metric), d)
-        qsq = np.concatenate([centred(np.asarray(Q[s:s + block]))[1] for s in range(0, len(Q), block)])
+        qsq = np.concatenate([np.empty(0)] + [centred(np.asarray(Q[s:s + block]))[1] for s in range(0, len(Q), block)])
     return _Prepared(X64, Q64, BlockRows(X, index_side, w), BlockRows(Q, query_side, w), qsq + xsq.max())
 
 
