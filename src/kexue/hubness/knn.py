@@ -142,10 +142,10 @@ class _Prepared:
     e.g. a blank pixel) are left out of the products — they add exactly 0 to ``q·x`` — while the
     norms keep every column."""
 
-    X64: np.ndarray
-    Q64: np.ndarray
-    Xa: np.ndarray
-    Qa: np.ndarray
+    X64: np.ndarray | BlockRows  # BlockRows: made a block at a time from a memory map (exact backend)
+    Q64: np.ndarray | BlockRows
+    Xa: np.ndarray | BlockRows
+    Qa: np.ndarray | BlockRows
     scale: np.ndarray  # per query: |q|² + max |x|², the size of a screened value's rounding error
 
     def tol(self, m: int) -> np.ndarray:
