@@ -197,3 +197,22 @@ def test_a_file_some_worker_cannot_see_is_sent_to_every_worker(tmp_path, monkeyp
         g = kneighbors_dask(tmp_path / "x.npy", 4, client, block_rows=128)
     assert seen == [np.ndarray]  # the rows, read here, sent once
     np.testing.assert_array_equal(g.ind, kneighbors(X, 4).ind)
+
+
+@pytest.mark.parametrize("logger, msg, args, kept", [
+    ("distributed.worker.state_machine", "Async instruction for <Task cancelled name=\"execute(('x', 1))\"> ended with "
+     "CancelledError", (), False),
+    ("distributed.worker.state_machine", "Async instruction for <Task> ended with ValueError()", (), True),
+    ("distributed.worker", "Compute Failed\nKey: %s\nState: %s\nTask: %s\nException: %s", ("k", "s", "t", "KexueError('x')"),
+     False),
+    ("distributed.worker", "Compute Failed\nKey: %s\nState: %s\nTask: %s\nException: %s", ("k", "s", "t", "OSError('x')"),
+     True),
+])
+def test_worker_log_filters_drop_only_what_the_cli_reports_itself(logger, msg, args, kept):
+    import logging
+
+    from kexue import cluster
+
+    cluster._quiet_user_errors()
+    record = logging.LogRecord(logger, logging.WARNING, __file__, 1, msg, args, None)
+    assert all(f.filter(record) for f in logging.getLogger(logger).filters) is kept

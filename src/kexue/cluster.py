@@ -82,8 +82,21 @@ class _UserErrorFilter(logging.Filter):
                     and str(args[3]).startswith(("KexueError(", "KexueTypeError(")))
 
 
+class _ClosingFilter(logging.Filter):
+    """Drops a worker's "Async instruction … ended with CancelledError" warning: distributed logs it
+    when a worker closes with tasks still running ("this should exclusively happen in
+    Worker.close()"), as when a local cluster is shut down after a user-input error in one block
+    cancelled the rest; the error itself is reported as one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not (msg.startswith("Async instruction for") and msg.endswith("ended with CancelledError"))
+
+
 def _quiet_user_errors() -> None:
-    """Run on every worker (``client.run``): install :class:`_UserErrorFilter` once."""
-    log = logging.getLogger("distributed.worker")
-    if not any(isinstance(f, _UserErrorFilter) for f in log.filters):
-        log.addFilter(_UserErrorFilter())
+    """Run on every worker (``client.run``): install :class:`_UserErrorFilter` and
+    :class:`_ClosingFilter` once."""
+    for name, cls in (("distributed.worker", _UserErrorFilter), ("distributed.worker.state_machine", _ClosingFilter)):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, cls) for f in log.filters):
+            log.addFilter(cls())
