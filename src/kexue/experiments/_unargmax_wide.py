@@ -192,7 +192,7 @@ def run(ctx, ref, jobs: int) -> None:
     from kexue.parallel import parallel
 
     C, d = QUICK if ctx.quick else FULL
-    ctx.text("### 5. A Llama-3-8B-wide head (issue 32)")
+    ctx.text("### 4. A Llama-3-8B-wide head (issue 32)")
     path = ctx.cache / f"unargmax_wide_{C}x{d}_seed{ctx.seed}.npy"
     t0 = time.perf_counter()
     planted, fresh = cached_head(path, ref, C, d, ctx.seed)
