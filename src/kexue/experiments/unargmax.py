@@ -243,6 +243,9 @@ def run(ctx):
     # 5. the survey, Gemma 3 270M among it
     _survey(ctx)
 
+    # 5b. the reachable probability of a sample of Gemma's tokens at its own hidden-state norms (issue 32)
+    _unargmax_reach.run_gemma(ctx, _jobs())
+
 
 def _survey(ctx):
     from kexue.experiments import unargmax_zoo as zoo_exp
