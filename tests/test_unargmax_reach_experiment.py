@@ -73,6 +73,7 @@ def test_hidden_norms_of_a_tiny_gguf_are_the_inputs_of_its_head(tiny, capfd):
     hn = reach.hidden_norms(path, sents, layer.W, layer.b)
     assert hn.norms.shape == (16,) and np.all(hn.norms > 0)
     assert np.array_equal(hn.first, hn.norms[[0, 11]])
+    assert np.array_equal(hn.rest, np.delete(hn.norms, [0, 11]))
     assert hn.softcap is None and hn.linear() and hn.logit_diff <= 1e-5 * hn.logit_scale
     assert capfd.readouterr().err == ""  # the GGUF reader's progress bar stays off the console
     # a head that is not the model's: the check fails (a 1% change of W moves the logits by ~1%)
@@ -137,7 +138,7 @@ def _stand_in(monkeypatch, hn):
 
 
 def test_gemma_section_publishes_its_metrics_at_the_models_norms(tmp_path, monkeypatch):
-    hn = reach.HiddenNorms(np.array([1.5, 60.0, 20.0, 30.0]), np.array([1.5, 30.0]), 2e-6, 20.0, None)
+    hn = reach.HiddenNorms(np.array([1.5, 60.0, 20.0, 30.0]), np.array([1.5, 30.0]), np.array([60.0, 20.0]), 2e-6, 20.0, None)
     layer = _stand_in(monkeypatch, hn)
     ctx = Context(name="unargmax", quick=True, root=tmp_path, seed=7)
     reach.run_gemma(ctx, 1)
@@ -146,6 +147,7 @@ def test_gemma_section_publishes_its_metrics_at_the_models_norms(tmp_path, monke
         for s in SUFFIXES:
             assert f"{tag}_{s}" in m, f"{tag}_{s}"
     assert m["reach_gemma3_hidden_norms"]["min"] == 1.5 and m["reach_gemma3_hidden_norms"]["max"] == 60.0
+    assert m["reach_gemma3_hidden_norms"]["later_positions_min"] == 20.0
     assert (m["reach_gemma3_radius"], m["reach_gemma3_rmin_radius"]) == (60.0, 1.5)
     assert m["reach_gemma3_classes"] == m["reach_gemma3_rmin_classes"] == reach.GEMMA_CLASSES[True]
     assert ctx.tables["reachable_gemma3"]["columns"] == COLUMNS and len(ctx.tables["reachable_gemma3"]["rows"]) == 2
@@ -160,7 +162,7 @@ def test_gemma_section_publishes_its_metrics_at_the_models_norms(tmp_path, monke
 
 
 def test_gemma_section_says_when_the_logits_are_not_the_layers_and_falls_back_without_the_model(tmp_path, monkeypatch):
-    off = reach.HiddenNorms(np.array([2.0, 3.0]), np.array([2.0]), 0.5, 20.0, 30.0)
+    off = reach.HiddenNorms(np.array([2.0, 3.0]), np.array([2.0]), np.array([3.0]), 0.5, 20.0, 30.0)
     _stand_in(monkeypatch, off)
     ctx = Context(name="unargmax", quick=True, root=tmp_path)
     reach.run_gemma(ctx, 1)

@@ -19,7 +19,7 @@ import numpy as np
 
 FALLBACK_R = (30.0, 60.0)  # SmolLM2: 29.8-59.7 on 816 tokens of 200 STS-B sentences
 GEMMA = "gemma3-270m"  # the survey's key (kexue.unargmax.zoo)
-GEMMA_FALLBACK_R = (57.0, 125.0)  # Gemma 3 270M: 57.0-121.7 on 40 STS-B sentences (2026-12-06)
+GEMMA_FALLBACK_R = (57.0, 141.5)  # Gemma 3 270M: 57.02-141.50 on 335 tokens of 40 STS-B sentences (2026-12-06)
 GEMMA_CLASSES = {False: 4096, True: 256}  # the sample of Gemma's 262,144 classes: full, quick mode
 LINEAR_TOL = 1e-4  # relative to the largest logit: beyond it the logits are not h·Wᵀ + b of the layer
 
@@ -30,6 +30,7 @@ class HiddenNorms:
 
     norms: np.ndarray  # ‖h‖₂ of every token position
     first: np.ndarray  # ‖h‖₂ at each sentence's first position (the <bos> where the tokenizer adds one)
+    rest: np.ndarray  # ‖h‖₂ at the other positions
     logit_diff: float | None  # max |model logits − (h·Wᵀ + b)| (float32) when a head was given
     logit_scale: float | None  # max |model logits|
     softcap: float | None  # the config's final_logit_softcapping (None: no cap)
@@ -45,6 +46,7 @@ class HiddenNorms:
                 "median": round(float(np.median(self.norms)), 3), "max": round(float(self.norms.max()), 3),
                 "first_position_min": round(float(self.first.min()), 3),
                 "first_position_max": round(float(self.first.max()), 3),
+                "later_positions_min": round(float(self.rest.min()), 3) if self.rest.size else None,
                 "logit_max_abs_diff": None if self.logit_diff is None else float(f"{self.logit_diff:.3g}"),
                 "logit_max_abs": None if self.logit_scale is None else round(self.logit_scale, 3),
                 "final_logit_softcapping": self.softcap}
@@ -74,7 +76,7 @@ def hidden_norms(gguf_path, sentences, W=None, b=None) -> HiddenNorms | None:
     except (OSError, ValueError, KeyError, ImportError):  # ImportError: the gguf package is missing
         return None
     Wt = None if W is None else np.asarray(W, dtype=np.float32).T
-    norms, first, diff, scale = [], [], 0.0, 0.0
+    norms, first, rest, diff, scale = [], [], [], 0.0, 0.0
     with torch.no_grad():
         for s in sentences:
             out = model(**tok(s, return_tensors="pt"), output_hidden_states=True)
@@ -82,13 +84,14 @@ def hidden_norms(gguf_path, sentences, W=None, b=None) -> HiddenNorms | None:
             n = h.norm(dim=-1).numpy()
             norms.append(n)
             first.append(n[:1])
+            rest.append(n[1:])
             if Wt is not None:
                 logits = out.logits[0].numpy()
                 ref = h.numpy() @ Wt + (0.0 if b is None else np.asarray(b, dtype=np.float32))
                 diff = max(diff, float(np.abs(logits - ref).max()))
                 scale = max(scale, float(np.abs(logits).max()))
     cap = getattr(model.config, "final_logit_softcapping", None)
-    return HiddenNorms(np.concatenate(norms).astype(np.float64), np.concatenate(first).astype(np.float64),
+    return HiddenNorms(*(np.concatenate(a).astype(np.float64) for a in (norms, first, rest)),
                        diff if Wt is not None else None, scale if Wt is not None else None,
                        None if cap is None else float(cap))
 
@@ -191,11 +194,12 @@ def run_gemma(ctx, jobs: int) -> None:
         ctx.metric("reach_gemma3_hidden_norms", hn.summary())
         src = (f"the norms of Gemma's own final hidden states on {hn.norms.size} tokens of {len(sents)} STS-B "
                f"sentences (min {radii[0]:.2f}, median {np.median(hn.norms):.2f}, max {radii[1]:.2f}; at each "
-               f"sentence's first position, <bos>: {hn.first.min():.2f}-{hn.first.max():.2f})")
+               f"sentence's first position, <bos>: {hn.first.min():.2f}-{hn.first.max():.2f}"
+               + (f"; elsewhere at least {hn.rest.min():.2f})" if hn.rest.size else ")"))
     else:
         radii = GEMMA_FALLBACK_R
         src = (f"R = {radii[0]:g} and {radii[1]:g} (transformers or STS-B is not available here, so the model was not "
-               "run; its final hidden states had norms 57.0-121.7 on 40 STS-B sentences when measured)")
+               "run; its final hidden states had norms 57.02-141.50 on 335 tokens of 40 STS-B sentences when measured)")
     C = layer.W.shape[0]
     n = min(C, GEMMA_CLASSES[bool(ctx.quick)])
     classes = np.sort(np.random.default_rng(ctx.seed).choice(C, n, replace=False))
