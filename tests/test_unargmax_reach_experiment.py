@@ -173,3 +173,20 @@ def test_gemma_section_says_when_the_logits_are_not_the_layers_and_falls_back_wi
     reach.run_gemma(ctx, 1)
     assert (ctx.metrics["reach_gemma3_rmin_radius"], ctx.metrics["reach_gemma3_radius"]) == reach.GEMMA_FALLBACK_R
     assert "reach_gemma3_hidden_norms" not in ctx.metrics and "was not run" in ctx.markdown()
+
+
+def test_quiet_gguf_load_silences_the_gguf_readers_bar_and_restores_everything(capfd):
+    pytest.importorskip("transformers")
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from kexue.encoders import quiet_gguf_load
+
+    before = gguf_utils.tqdm
+    with quiet_gguf_load():
+        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+        assert not hf_logging.is_progress_bar_enabled()
+    assert gguf_utils.tqdm is before and hf_logging.is_progress_bar_enabled()
+    assert capfd.readouterr().err == ""
+    list(gguf_utils.tqdm(range(3), desc="a bar"))  # outside, the reader's own bar is back
+    assert "a bar" in capfd.readouterr().err

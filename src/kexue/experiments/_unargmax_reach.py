@@ -9,8 +9,6 @@ section says so and uses the range its model's norms had when measured."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import time
 from dataclasses import dataclass
@@ -60,16 +58,14 @@ def hidden_norms(gguf_path, sentences, W=None, b=None) -> HiddenNorms | None:
     the file."""
     try:
         import torch
-        import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError:
         return None
     folder, name = os.path.dirname(os.fspath(gguf_path)), os.path.basename(os.fspath(gguf_path))
-    transformers.utils.logging.disable_progress_bar()
-    # the GGUF reader draws its own tqdm bar on stderr, which neither the call above nor
-    # $TQDM_DISABLE (read when tqdm is imported) turns off; it goes to a buffer, for the load only
+    from kexue.encoders import quiet_gguf_load
+
     try:
-        with contextlib.redirect_stderr(io.StringIO()):
+        with quiet_gguf_load():
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                          local_files_only=True).eval()
