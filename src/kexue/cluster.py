@@ -57,8 +57,11 @@ def dask_client(where: str) -> Iterator[object]:
 
 
 def _size(path: str) -> int:
-    """The size of ``path`` as this process sees it (-1: it cannot)."""
+    """The size of ``path`` as this process sees it (-1: it cannot); of a directory of ``.npy``
+    shards, their total size (a directory's own size differs between filesystems)."""
     try:
+        if os.path.isdir(path):
+            return sum(e.stat().st_size for e in os.scandir(path) if e.name.endswith(".npy") and e.is_file())
         return os.stat(path).st_size
     except OSError:
         return -1

@@ -120,16 +120,17 @@ def _is_path(X) -> bool:
     return isinstance(X, (str, os.PathLike))
 
 
-_CLEAN: set = set()  # files found finite here: (path, key, size, mtime), not scanned again
+_CLEAN: set = set()  # files (or shard directories) found finite here: (key, *io.version), not scanned again
 
 
 def check_file(client, path, key: str | None = None) -> None:
     """Scan the file for NaN/inf on one worker of ``client`` (streamed), once per version of the
     file in this process; a bad value is the one-line error naming its row and column."""
-    st = os.stat(path)
-    stamp = (str(Path(path).resolve()), key, st.st_size, st.st_mtime_ns)
+    from kexue.io import version
+
+    stamp = (key,) + version(path)
     if stamp not in _CLEAN:
-        bad = client.submit(_scan, stamp[:2], pure=False).result()
+        bad = client.submit(_scan, (stamp[1], key), pure=False).result()
         if bad is not None:
             raise KexueError(bad)
         _CLEAN.add(stamp)
