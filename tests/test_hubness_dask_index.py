@@ -74,6 +74,8 @@ def test_workers_search_a_saved_index_as_one_process_does(tmp_path, capfd):
             np.testing.assert_array_equal(nk, occurrences(one.ind, N))
             q = kneighbors_dask(tmp_path / "x.npy", 4, client, index=path, queries=Q, block_rows=100)
             np.testing.assert_array_equal(q.ind, kneighbors(X, 4, backend=read_shards(path), queries=Q).ind)
+        g = kneighbors_dask(tmp_path / "sh", 5, client, block_rows=256)  # the exact search of a shard directory
+        np.testing.assert_array_equal(g.ind, kneighbors(X, 5).ind)
         # the index each worker read on its first task is the one its later tasks use: read once per process
         ids = client.run(lambda: sorted(id(v[0]) for v in distributed_index._INDEXES.values()))
         kneighbors_dask(tmp_path / "x.npy", 5, client, index=paths["shards"], block_rows=256)

@@ -61,7 +61,8 @@ def _size(path: str) -> int:
     shards, their total size (a directory's own size differs between filesystems)."""
     try:
         if os.path.isdir(path):
-            return sum(e.stat().st_size for e in os.scandir(path) if e.name.endswith(".npy") and e.is_file())
+            return sum(e.stat().st_size for e in os.scandir(path) if e.name.endswith(".npy") and not e.name.startswith(".")
+                       and e.is_file())
         return os.stat(path).st_size
     except OSError:
         return -1

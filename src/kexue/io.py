@@ -186,7 +186,7 @@ def open_shards(path: Path, key: str | None = None, what: str = "embedding") -> 
     if key is not None:
         raise KexueError(f"{path} is a directory of .npy shards, each one array; a key ({key!r}) names an array "
                          "inside .npz or .safetensors files only, so drop it")
-    files = sorted(p for p in path.glob("*.npy") if not p.name.startswith(".") and p.is_file())
+    files = _shard_files(path)
     if not files:
         raise KexueError(f"{what} directory {path} holds no .npy shards; put the rows there as .npy files "
                          "(read in name order, e.g. part-0001.npy, part-0002.npy)")
@@ -204,11 +204,15 @@ def open_shards(path: Path, key: str | None = None, what: str = "embedding") -> 
                         R, slicer=lambda a, b: R[a:b])
 
 
+def _shard_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("*.npy") if not p.name.startswith(".") and p.is_file())
+
+
 def version(path: str | os.PathLike) -> tuple:
     """What changes when a file, or a directory's ``.npy`` shards, is rewritten: resolved path,
     sizes and modification times (a key for caches of what was read or checked)."""
     path = Path(path).resolve()
-    files = sorted(path.glob("*.npy")) if path.is_dir() else [path]
+    files = _shard_files(path) if path.is_dir() else [path]
     return (str(path),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
