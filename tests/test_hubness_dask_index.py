@@ -176,3 +176,15 @@ def test_cli_bad_index_on_a_cluster_is_one_line_before_any_work(cli, tmp_path, m
     r = cli("hubness", "x.npy", "-k", 3, "--nk-out", "nk.npy", *args, *cluster)
     assert r.one_line_error and match in r.err, r.err
     assert not (tmp_path / "nk.npy").exists()
+
+
+def test_only_the_slow_exit_of_a_closing_local_worker_is_dropped():
+    import logging
+
+    from kexue.cluster import _SlowExitFilter
+
+    def record(msg):
+        return logging.LogRecord("distributed.nanny", logging.WARNING, __file__, 1, msg, (), None)
+
+    assert not _SlowExitFilter().filter(record("Worker process still alive after 4.0 seconds, killing"))
+    assert _SlowExitFilter().filter(record("Restarting worker"))

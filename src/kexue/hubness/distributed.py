@@ -37,6 +37,7 @@ import numpy as np
 
 from kexue import validate
 from kexue.hubness.arrays import host_array
+from kexue.hubness.distributed_index import open_ref as _open
 from kexue.hubness.knn import BACKENDS, METRICS, KNNGraph
 from kexue.utils import KexueError, Tracker, require, tracker_or_null
 
@@ -45,18 +46,6 @@ BLOCK_ROWS = 4096  # queries per task: 4096 × n float32 screening values per in
 
 # ------------------------------------------------------------------------------------------------
 # what runs on a worker (module-level functions: pickled by name, not by value)
-
-
-def _open(ref, a: int | None = None, b: int | None = None) -> np.ndarray:
-    """The array a task refers to: itself (a scattered copy) or rows a..b of a file ``(path, key)``."""
-    if isinstance(ref, np.ndarray):
-        return ref if a is None else ref[a:b]
-    from kexue.io import open_matrix
-
-    src = open_matrix(ref[0], ref[1])
-    if a is None or b is None:  # the whole index: a .npy stays a memory map (checked once, by _scan)
-        return src.rows()
-    return src.block(a, b)
 
 
 def _scan(ref) -> str | None:

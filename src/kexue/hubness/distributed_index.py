@@ -38,6 +38,19 @@ _LOCK = threading.Lock()
 # what runs on a worker
 
 
+def open_ref(ref, a: int | None = None, b: int | None = None) -> np.ndarray:
+    """The array a task refers to: itself (a scattered copy) or rows a..b of a file or shard
+    directory ``(path, key)`` (the whole of it: a memory map, or :class:`~kexue.shards.ShardedRows`)."""
+    if isinstance(ref, np.ndarray):
+        return ref if a is None else ref[a:b]
+    from kexue.io import open_matrix
+
+    src = open_matrix(ref[0], ref[1])
+    if a is None or b is None:  # the whole index: a .npy stays a memory map (checked once, by _scan)
+        return src.rows()
+    return src.block(a, b)
+
+
 def _load(paths: tuple) -> tuple:
     """The index stored in ``paths`` (read on this process's first use of this version of the files)
     and a lock for searching it."""
@@ -79,12 +92,11 @@ def _search(paths: tuple, params: dict, xref, qref, a: int, b: int, k: int, metr
     """Query rows a..b searched in the stored index as one process would: (dist, ind), or with
     ``count`` (= n) their N_k; a user-input problem comes back as its message."""
     from kexue.hubness import ann
-    from kexue.hubness.distributed import _open
 
     try:
         index, lock = _load(paths)
-        X = _open(xref)
-        Q = X[a:b] if qref is None else _open(qref, a, b)
+        X = open_ref(xref)
+        Q = X[a:b] if qref is None else open_ref(qref, a, b)
         with lock:  # an IVF search may widen nprobe for a few rows: one search of this index at a time
             g = ann.search(X, Q, k, metric, index, np.arange(a, b) if exclude_self else None, dict(params), 1.0, 0,
                            NULL_TRACKER, sample=0, block_rows=block_rows)
