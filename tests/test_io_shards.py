@@ -67,6 +67,7 @@ def test_the_search_of_a_shard_directory_is_the_search_of_the_whole_matrix(data,
                                   H.kneighbors(R, 3, metric=metric, queries=Q).ind)
 
 
+@pytest.mark.slow
 @pytest.mark.needs("faiss")
 def test_an_approximate_search_of_shards_equals_that_of_the_file(data):
     from kexue import hubness as H
@@ -111,6 +112,7 @@ def test_bad_shard_directories_are_one_line(tmp_path):
         open_matrix(nan).block(20, 40)
 
 
+@pytest.mark.slow
 def test_cli_reads_a_shard_directory_as_the_file(cli, data, tmp_path):
     X, path = data
     np.save(tmp_path / "x.npy", X)
