@@ -102,13 +102,13 @@ class MatrixSource:
     d: int
     dtype: np.dtype
     chunks: Callable[[int], Iterator[np.ndarray]]
-    mmap: np.ndarray | None = None  # the rows as a memory map, where the file stores them as NumPy does
+    mmap: np.ndarray | ShardedRows | None = None  # the rows as a memory map (or memory-mapped shards), where the file stores them as NumPy does
     slicer: Callable[[int, int], np.ndarray] | None = None  # rows a..b, unchecked (what block() reads)
 
     def read(self) -> np.ndarray:
         return np.concatenate(list(self.chunks(max(self.n, 1))), axis=0) if self.n else np.empty((0, self.d), self.dtype)
 
-    def rows(self) -> np.ndarray:
+    def rows(self) -> np.ndarray | ShardedRows:
         """The rows without reading them into memory where the file allows (.npy, and safetensors of
         NumPy dtypes: a memory map), else the whole array (:meth:`read`). Not checked for NaN/inf:
         stream :meth:`chunks` for that."""
@@ -190,7 +190,7 @@ def open_shards(path: Path, key: str | None = None, what: str = "embedding") -> 
     if not files:
         raise KexueError(f"{what} directory {path} holds no .npy shards; put the rows there as .npy files "
                          "(read in name order, e.g. part-0001.npy, part-0002.npy)")
-    maps = []
+    maps: list[np.ndarray] = []
     for f in files:
         M = load_npy(f, what, mmap=True)
         _check_2d(M.shape, M.dtype, f)

@@ -37,7 +37,7 @@ class HiddenNorms:
         """Whether the model's logits are h·Wᵀ + b of the given head (None: not checked)."""
         if self.logit_diff is None:
             return None
-        return self.logit_diff <= LINEAR_TOL * max(1.0, self.logit_scale)
+        return self.logit_diff <= LINEAR_TOL * max(1.0, self.logit_scale or 0.0)
 
     def summary(self) -> dict:
         return {"tokens": int(self.norms.size), "min": round(float(self.norms.min()), 3),
@@ -87,8 +87,8 @@ def hidden_norms(gguf_path, sentences, W=None, b=None) -> HiddenNorms | None:
                 diff = max(diff, float(np.abs(logits - ref).max()))
                 scale = max(scale, float(np.abs(logits).max()))
     cap = getattr(model.config, "final_logit_softcapping", None)
-    return HiddenNorms(*(np.concatenate(a).astype(np.float64) for a in (norms, first, rest)),
-                       diff if Wt is not None else None, scale if Wt is not None else None,
+    norms_, first_, rest_ = (np.concatenate(a).astype(np.float64) for a in (norms, first, rest))
+    return HiddenNorms(norms_, first_, rest_, diff if Wt is not None else None, scale if Wt is not None else None,
                        None if cap is None else float(cap))
 
 
@@ -188,7 +188,7 @@ def run_gemma(ctx, jobs: int) -> None:
     if hn is not None:
         radii = (float(hn.norms.min()), float(hn.norms.max()))
         ctx.metric("reach_gemma3_hidden_norms", hn.summary())
-        src = (f"the norms of Gemma's own final hidden states on {hn.norms.size} tokens of {len(sents)} STS-B "
+        src = (f"the norms of Gemma's own final hidden states on {hn.norms.size} tokens of {len(sents or [])} STS-B "
                f"sentences (min {radii[0]:.2f}, median {np.median(hn.norms):.2f}, max {radii[1]:.2f}; at each "
                f"sentence's first position, <bos>: {hn.first.min():.2f}-{hn.first.max():.2f}"
                + (f"; elsewhere at least {hn.rest.min():.2f})" if hn.rest.size else ")"))

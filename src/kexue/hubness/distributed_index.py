@@ -38,7 +38,7 @@ _LOCK = threading.Lock()
 # what runs on a worker
 
 
-def open_ref(ref, a: int | None = None, b: int | None = None) -> np.ndarray:
+def open_ref(ref, a: int | None = None, b: int | None = None):
     """The array a task refers to: itself (a scattered copy) or rows a..b of a file or shard
     directory ``(path, key)`` (the whole of it: a memory map, or :class:`~kexue.shards.ShardedRows`)."""
     if isinstance(ref, np.ndarray):
