@@ -31,9 +31,11 @@ from scipy.special import ndtr
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from kexue import validate
+from kexue.hubness import graph as G
 from kexue.hubness import reference as REF
 from kexue.hubness.arrays import check_is_fitted
-from kexue.hubness.knn import _normalise
+from kexue.hubness import knn as K
+from kexue.hubness.knn import _normalise, rows64
 from kexue.hubness.reduction_base import _TINY, _Reduction, _store
 
 _K = [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})]  # k of LS, NICDM, CSLS, NNN
@@ -85,7 +87,8 @@ class MutualProximity(_Reduction):
         if self.method == "gaussian":
             (mq, sq), (mx, sx) = q_stats, x_stats
             return 1.0 - ndtr((mq[:, None] - dist) / sq[:, None]) * ndtr((mx[ind] - dist) / sx[ind])
-        A = _normalise(self.X_) if self.metric == "cosine" else self._scaled(self.X_)  # dist is scaled too
+        # the candidates' rows, made from X_ a gather at a time (a memory map stays on disk); dist is scaled too
+        A = G.rows_of(self.X_, _normalise if self.metric == "cosine" else self._scaled)
         out = np.empty_like(dist)
         c = dist.shape[1]
         step = max(1, _CHUNK // (c * max(c, A.shape[1])))
@@ -232,20 +235,16 @@ class NNN(_MeanSimilarity, _Reduction):
         rows), in the units of the statistic ``r`` (``exp_``); the picked pairs' distances are
         float32 too, each recomputed on its own, as the exact backend's screened candidates are."""
         c, n = self.n_candidates_, self.n_index_
-        if self.metric == "cosine":
-            A, B = _normalise(self.X_), _normalise(Q)
-        else:
-            mu = self.X_.mean(0)
-            A, B = self._scaled(self.X_ - mu), self._scaled(Q - mu)
-        A32, B32 = A.astype(np.float32), B.astype(np.float32)
+        mu = None if self.metric == "cosine" else G.mean(self.X_)
+        A32, B32 = self._rows32(self.X_, mu), self._rows32(Q, mu)
         xsq, qsq = np.einsum("ij,ij->i", A32, A32), np.einsum("ij,ij->i", B32, B32)
         ar = (self.alpha * r).astype(np.float32)
         ind, dist = np.empty((len(Q), c), np.int64), np.empty((len(Q), c))
         step = max(1, (1 << 21) // n)  # 8 MB of float32 scores at a time
         for s in range(0, len(Q), step):
-            G = B32[s:s + step] @ A32.T
-            # alpha r_x - s(q, x): s = 1 - d = G (cosine), s = -d (Euclidean)
-            key = ar - G if self.metric == "cosine" else ar + np.sqrt(np.maximum(qsq[s:s + step, None] + xsq - 2 * G, 0))
+            P = B32[s:s + step] @ A32.T
+            # alpha r_x - s(q, x): s = 1 - d = P (cosine), s = -d (Euclidean)
+            key = ar - P if self.metric == "cosine" else ar + np.sqrt(np.maximum(qsq[s:s + step, None] + xsq - 2 * P, 0))
             ind[s:s + step] = np.argpartition(key, c - 1, axis=1)[:, :c] if c < n else np.arange(n)
         step = max(1, (1 << 20) // (c * A32.shape[1]))  # each picked pair's product on its own, as the
         for s in range(0, len(Q), step):  # screening does: a query's row does not depend on the batch
@@ -255,6 +254,16 @@ class NNN(_MeanSimilarity, _Reduction):
         dist = np.ldexp(dist, self.exp_) if self.metric != "cosine" and self.exp_ else dist
         order = np.lexsort((ind, dist), axis=1)
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
+
+
+    def _rows32(self, M, mu):
+        """Float32 rows of ``M`` as scored (cosine: unit rows; else centred on ``mu`` and scaled), made a
+        block at a time: a float32 array, with no float64 copy of a (memory-mapped) index."""
+        out = np.empty(M.shape, np.float32)
+        for s in range(0, len(M), K.STREAM_ROWS):
+            B = np.asarray(M[s:s + K.STREAM_ROWS])
+            out[s:s + len(B)] = _normalise(B) if mu is None else self._scaled(rows64(B, "euclidean") - mu)
+        return out
 
 
 class Centering(_Reduction):
@@ -273,7 +282,7 @@ class Centering(_Reduction):
 
     def fit(self, X, y=None, graph: tuple | None = None, reference=None):
         super().fit(X, y, graph, reference)
-        self.center_ = self.X_.mean(0)
+        self.center_ = G.mean(self.X_)  # bit for bit X_.mean(0) in float64, a block at a time
         return self
 
     def _extra_tensors(self):
@@ -283,8 +292,9 @@ class Centering(_Reduction):
         self.center_ = tensors["center"]
 
     def _secondary(self, dist, ind, q_stats, x_stats, Q):
-        A = _centred(self._scaled(self.X_), self._scaled(self.center_))
-        B = _centred(self._scaled(Q), self._scaled(self.center_))
+        c = self._scaled(self.center_)
+        A = G.rows_of(self.X_, lambda B: _centred(self._scaled(B), c))  # rows made when gathered
+        B = _centred(self._scaled(rows64(np.asarray(Q), "euclidean")), c)  # Q: one block of queries (see _reduce)
         out = np.empty_like(dist)
         step = max(1, _CHUNK // (dist.shape[1] * A.shape[1]))
         for s in range(0, len(dist), step):

@@ -1,0 +1,192 @@
+"""The hubness reductions on large data (issue 29, item 1): fitted on a memory map (.npy opened with
+mmap_mode="r", safetensors rows), they keep it as ``X_`` and read it in blocks, with results bit for
+bit those of the same data in memory; and their peak memory holds no float64 copy of the index."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from kexue import hubness as h
+from kexue.hubness import graph, knn, reduction
+
+N, D = 300, 9
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Index, queries and a reference bank as float32 .npy files (a constant column: the screening
+    leaves it out of the products)."""
+    rng = np.random.default_rng(36)
+    path = tmp_path_factory.mktemp("ooc")
+    X = (rng.standard_normal((N, D)) + 0.5).astype(np.float32)
+    X[:, 3] = 1.25
+    X[240] = X[7]  # a duplicate: at distance ~0 of its twin
+    out = {}
+    for name, A in (("x", X), ("q", (rng.standard_normal((130, D)) + 0.7).astype(np.float32)),
+                    ("r", rng.standard_normal((150, D)).astype(np.float32))):
+        np.save(path / f"{name}.npy", A)
+        out[name] = path / f"{name}.npy"
+    return out
+
+
+def _maps(files):
+    return {k: np.load(p, mmap_mode="r") for k, p in files.items()}
+
+
+def _small_blocks(monkeypatch, rows=64):
+    """Streamed passes over blocks of ``rows`` rows (the default reads these files whole)."""
+    monkeypatch.setattr(knn, "STREAM_ROWS", rows)
+
+
+def _run(red, X, Q, R, reference):
+    """Everything a fitted reduction gives: statistics, in-sample and query neighbours, N_k, graph."""
+    fit_ref = R if reference == "bank" else ("queries" if reference == "queries" else None)
+    red.fit(X, reference=fit_ref)
+    assert red.n_index_ == N
+    out = [*red.stats_]
+    if reference != "queries":
+        out += [*red.kneighbors(n_neighbors=6), red.k_occurrence(n_neighbors=6)]
+    out += [*red.kneighbors(Q, n_neighbors=6), red.k_occurrence(Q, n_neighbors=6), red.transform(Q).toarray()]
+    if reference is None and red._width():
+        out += [*red.kneighbors(Q, n_neighbors=6, reference="queries"), red.stats_[0]]
+    return out, red
+
+
+CASES = [(name, ref) for name in ["mp", "ls", "nicdm", "csls", "nnn", "mp-empirical", "centering"]
+         for ref in (None, "bank", "queries") if ref is None or name not in ("mp-empirical", "centering")]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("name, reference", CASES, ids=[f"{n}-{r}" for n, r in CASES])
+def test_a_memory_map_gives_the_in_memory_results_bit_for_bit(files, monkeypatch, metric, name, reference):
+    maps = _maps(files)
+    mem = {k: np.array(v) for k, v in maps.items()}  # in memory, read whole by the default block size
+    # exact index rows, and (MP, LS) statistics estimated from a sample
+    for n_samples in (None, 120) if name in ("mp", "ls") and reference is None else (None,):
+        kw = dict(metric=metric, n_candidates=25, n_samples=n_samples)
+        want, _ = _run(h.make_reduction(name, **kw), mem["x"], mem["q"], mem["r"], reference)
+        with monkeypatch.context() as m:
+            _small_blocks(m)
+            got, red = _run(h.make_reduction(name, **kw), maps["x"], maps["q"], maps["r"], reference)
+        assert red.X_ is maps["x"] or np.shares_memory(red.X_, maps["x"])  # the map itself, not a copy
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_the_streamed_screening_is_the_whole_matrix_one(files, monkeypatch, metric):
+    """The index side made from blocks (mean, used columns, |x|², screening rows) equals the one made
+    from the whole float64 matrix, bit for bit, whatever the block size."""
+    M = np.load(files["x"], mmap_mode="r")
+    whole = knn.screening(knn.rows64(np.array(M), metric), metric)
+    for rows in (1, 64, 97, N, 4096):
+        monkeypatch.setattr(knn, "STREAM_ROWS", rows)
+        S = knn.streamed_screening(M, metric)
+        np.testing.assert_array_equal(S.shift, whole.shift)
+        np.testing.assert_array_equal(S.used, whole.used)
+        np.testing.assert_array_equal(S.xsq, whole.xsq)
+        np.testing.assert_array_equal(S.Xa[0:N], whole.Xa)
+        np.testing.assert_array_equal(S.Xa[np.array([[5, 290], [7, 240]])], whole.Xa[np.array([[5, 290], [7, 240]])])
+        Qa, qsq = S.queries(M, metric)
+        R, rsq = whole.rows(knn.rows64(np.array(M), metric))
+        np.testing.assert_array_equal(Qa[0:N], R)
+        np.testing.assert_array_equal(qsq, rsq)
+        np.testing.assert_array_equal(graph.mean(M), np.array(M, np.float64).mean(0))
+
+
+def test_safetensors_rows_and_a_zero_row_in_a_later_block(files, tmp_path, monkeypatch):
+    from safetensors.numpy import save_file
+
+    from kexue.io import open_matrix
+    from kexue.utils import KexueError
+
+    X = np.load(files["x"])
+    save_file({"emb": X}, str(tmp_path / "x.safetensors"))
+    rows = open_matrix(tmp_path / "x.safetensors").rows()
+    _small_blocks(monkeypatch)
+    red = h.MutualProximity(n_candidates=20, n_samples=None).fit(rows)
+    assert np.shares_memory(red.X_, rows)
+    want = h.MutualProximity(n_candidates=20, n_samples=None).fit(X.astype(np.float64))
+    for a, b in zip(red.kneighbors(n_neighbors=5), want.kneighbors(n_neighbors=5)):
+        np.testing.assert_array_equal(a, b)
+    Z = X.copy()
+    Z[200] = 0.0
+    np.save(tmp_path / "z.npy", Z)
+    for fit, q in ((np.load(tmp_path / "z.npy", mmap_mode="r"), None), (X, np.load(tmp_path / "z.npy", mmap_mode="r"))):
+        with pytest.raises(KexueError, match="row 200 is all zeros"):
+            r = h.CSLS(n_candidates=10).fit(fit)
+            r.kneighbors(q)
+    Z[200, 2] = np.nan
+    np.save(tmp_path / "z.npy", Z)
+    with pytest.raises(KexueError, match=r"X has a non-finite value .* at index \(200, 2\)"):
+        h.CSLS(n_candidates=10).fit(np.load(tmp_path / "z.npy", mmap_mode="r"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_faiss_backends_on_a_memory_map(files, monkeypatch, metric):
+    faiss = pytest.importorskip("faiss")
+    maps = _maps(files)
+    mem = {k: np.array(v) for k, v in maps.items()}
+    unit = mem["x"] / np.linalg.norm(mem["x"], axis=1, keepdims=True) if metric == "cosine" else mem["x"]
+    index = faiss.IndexFlatL2(D)
+    index.add(unit.astype(np.float32))
+    for backend, extra, names in ((index, {}, ("mp", "centering")), ("ivf", {"backend_params": {"nprobe": 4}}, ("mp",))):
+        for name in names:
+            kw = dict(metric=metric, n_candidates=20, n_samples=None, backend=backend, **extra)
+            want, _ = _run(h.make_reduction(name, **kw), mem["x"], mem["q"], mem["r"], None)
+            with monkeypatch.context() as m:
+                _small_blocks(m)
+                got, red = _run(h.make_reduction(name, **kw), maps["x"], maps["q"], maps["r"], None)
+            assert np.shares_memory(red.X_, maps["x"])
+            for a, b in zip(got, want):
+                np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- memory
+
+
+_CHILD = textwrap.dedent("""
+    import resource, sys
+    import numpy as np
+    from kexue import hubness as h
+    X, Q = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2], mmap_mode="r")
+    if sys.argv[3] == "copy":
+        X, Q = np.array(X), np.array(Q)  # the file read whole (float32)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    red = h.MutualProximity(n_candidates=50, n_samples=500).fit(X)
+    d, i = red.kneighbors(Q, n_neighbors=10)
+    nk = red.k_occurrence(Q, n_neighbors=10)
+    assert nk.sum() == 10 * len(Q) and i.shape == (len(Q), 10)
+    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+""")
+
+
+def _peak_above_baseline(*args) -> int:
+    r = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    base, peak = (int(v) * 1024 for v in r.stdout.split()[-2:])
+    return peak - base
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux (bytes on macOS)")
+def test_mp_on_a_memory_map_holds_no_float64_copy_of_the_index(tmp_path):
+    """MP fitted on a 30,000 × 256 float32 memory map (31 MB) and asked for 500 queries' neighbours:
+    the peak resident memory above the start stays under the file's own pages + 40 MB of working
+    blocks, well under a float64 copy of the index (61 MB) — which the same run on the file read
+    into memory (float32) still makes, with the eager screening rows."""
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((30_000, 256)) + rng.integers(0, 4, (30_000, 1))).astype(np.float32)
+    np.save(tmp_path / "x.npy", X)
+    np.save(tmp_path / "q.npy", X[::60] + np.float32(0.25))
+    size = (tmp_path / "x.npy").stat().st_size
+    extra = _peak_above_baseline(tmp_path / "x.npy", tmp_path / "q.npy", "map")
+    assert extra < size + (40 << 20), extra / size
+    assert extra < size + 2 * size  # i.e. no float64 copy (2 × size) on top of the pages
