@@ -30,8 +30,9 @@ def vectors(X, what: str = "X", metric: str | None = None):
     X = host_array(X)
     X = checked_matrix(X, what) if isinstance(X, np.memmap) else _vectors(X, what)
     if metric == "cosine":
-        for s in range(0, len(X), K.STREAM_ROWS):
-            _normalise(X[s:s + K.STREAM_ROWS], s)
+        b = K.stream_rows(X.shape[1])
+        for s in range(0, len(X), b):
+            _normalise(X[s:s + b], s)
     return X
 
 
@@ -39,8 +40,9 @@ def widest_range(X) -> float:
     """``np.ptp(X64, axis=0).max()`` of the float64 rows, from column maxima and minima taken a block
     at a time (both exact in any dtype)."""
     hi = lo = None
-    for s in range(0, len(X), K.STREAM_ROWS):
-        B = np.asarray(X[s:s + K.STREAM_ROWS])
+    b = K.stream_rows(X.shape[1])
+    for s in range(0, len(X), b):
+        B = np.asarray(X[s:s + b])
         hi = B.max(0) if hi is None else np.maximum(hi, B.max(0))
         lo = B.min(0) if lo is None else np.minimum(lo, B.min(0))
     return float((hi.astype(np.float64) - lo.astype(np.float64)).max())
@@ -48,13 +50,22 @@ def widest_range(X) -> float:
 
 def mean(X) -> np.ndarray:
     """The float64 mean of X's rows (bit for bit ``X64.mean(0)``), a block at a time."""
-    return column_mean(X, K.STREAM_ROWS)
+    return column_mean(X, K.stream_rows(X.shape[1]))
 
 
 def rows_of(X, f=None):
     """X's float64 rows a block at a time (:class:`kexue.hubness.arrays.BlockRows`): ``f`` applied to
     ``rows64`` of each block read (row by row, so any block gives the rows the whole would)."""
     return BlockRows(X, lambda B: rows64(B, "euclidean") if f is None else f(rows64(B, "euclidean")), X.shape[1])
+
+
+def given_graph(graph, n: int, c: int):
+    """``fit(..., graph=(dist, ind))``'s index graph, checked and cut to ``c`` columns (no copy of
+    float64 distances and int64 ids: an n × c graph can be the largest array of a large fit)."""
+    gd, gi = (np.asarray(g) for g in graph)
+    if gd.shape != gi.shape or gd.ndim != 2 or gd.shape[0] != n or gd.shape[1] < c:
+        raise KexueError(f"graph must be (dist, ind) of shape ({n}, >= {c}); got {gd.shape}, {gi.shape}")
+    return gd[:, :c].astype(np.float64, copy=False), gi[:, :c].astype(np.int64, copy=False)
 
 
 def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
@@ -77,8 +88,9 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
     indexed rows themselves and each row's own id is dropped (wherever it ranks)."""
     kk = k + (1 if exclude_self else 0)
     parts = []
-    for s in range(0, len(Q), K.STREAM_ROWS):  # a memory map is read a block at a time, never copied whole
-        B = np.asarray(Q[s:s + K.STREAM_ROWS])
+    b = K.stream_rows(Q.shape[1])
+    for s in range(0, len(Q), b):  # a memory map is read a block at a time, never copied whole
+        B = np.asarray(Q[s:s + b])
         D, I = index.search(np.ascontiguousarray((_normalise(B, s) if metric == "cosine" else B).astype(np.float32)), kk)
         if (I < 0).any():
             raise KexueError(f"the FAISS index returned fewer than {kk} neighbours for some queries "

@@ -33,6 +33,7 @@ Backends
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -40,7 +41,13 @@ from kexue.hubness.arrays import BlockRows, max_abs, pow2_exponent
 from kexue.utils import KexueError, Tracker
 
 METRICS = ("euclidean", "cosine")
-STREAM_ROWS = 16384  # rows of an index or query matrix read at a time by the streamed passes
+STREAM_ROWS = 16384  # at most this many rows of an index or query matrix are read at a time by streamed passes ...
+STREAM_VALUES = 1 << 21  # ... and at most this many values (16 MB per float64 temporary of a block)
+
+
+def stream_rows(d: int) -> int:
+    """Rows per block of a streamed pass over a matrix of ``d`` columns."""
+    return max(1, min(STREAM_ROWS, STREAM_VALUES // max(1, d)))
 BACKENDS = ("exact", "hnsw", "ivf", "faiss")
 TIE_RTOL = 1e-12
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit round-off of float32
@@ -184,31 +191,11 @@ class Screening:
     def queries(self, Q, metric: str, block: int | None = None, qsq: np.ndarray | None = None):
         """:meth:`rows` of the raw queries ``Q`` (a memory map stays on disk): a :class:`BlockRows`
         made block by block, and ``|q|²`` from one streamed pass (``qsq``: already known)."""
-        block = block or STREAM_ROWS
+        block = block or stream_rows(Q.shape[1])
         if qsq is None:
             qsq = np.concatenate([np.empty(0)] + [self._centred(rows64(np.asarray(Q[s:s + block]), metric))[1]
                                                   for s in range(0, len(Q), block)])
         return BlockRows(Q, lambda B: self.rows(rows64(B, metric))[0], self.Xa.shape[1]), qsq
-
-
-def screening(X64: np.ndarray, metric: str, with_rows: bool = False, columns: np.ndarray | None = None):
-    """The :class:`Screening` of index rows ``X64`` (float64, unit rows for cosine); with
-    ``with_rows`` also ``X64``'s own query rows ``[x, |x|², 1]`` (one centring pass for both).
-    ``columns``: build the index-side rows ``Xa`` (and ``xsq``) for ``X64[columns]`` only, still
-    centred on all of ``X64`` (for a search among a sample of the rows)."""
-    shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
-    C = X64 - shift
-    e = pow2_exponent(max_abs(C))
-    if e:  # float32 squares of these coordinates would overflow or vanish: an exact power-of-two rescale
-        C = np.ldexp(C, -e)
-    xsq = np.einsum("ij,ij->i", C, C)
-    used = C.any(0)
-    used = None if used.all() else np.flatnonzero(used)
-    if used is not None:
-        C = C[:, used]
-    sub = slice(None) if columns is None else columns
-    S = Screening(shift, used, _augmented(C[sub], -2.0, 1.0, xsq[sub]), xsq[sub], e)
-    return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
 
 
 def rows64(X, metric: str) -> np.ndarray:
@@ -230,7 +217,7 @@ def column_mean(X, block: int, metric: str = "euclidean") -> np.ndarray:
 
 
 def _streamed_stats(X, metric: str, block: int):
-    """What :func:`screening` derives from the whole index — centring shift, power-of-two exponent,
+    """What the screening derives from the whole index — centring shift, power-of-two exponent,
     used columns, float64 ``|x|²`` of the centred rows — from blocks of ``block`` rows of ``X``."""
     n, d = X.shape
     shift = 0.0 if metric == "cosine" else column_mean(X, block)
@@ -252,24 +239,28 @@ def _streamed_stats(X, metric: str, block: int):
 
 
 def streamed_screening(X, metric: str, block: int | None = None) -> Screening:
-    """:func:`screening` of the raw index rows ``X`` (a memory map stays on disk), bit for bit, with the
-    statistics from streamed passes of ``block`` rows and ``Xa`` a :class:`BlockRows`: each block of
+    """The :class:`Screening` of the raw index rows ``X`` (a memory map stays on disk): the centring
+    shift (the index mean for L2 — it shrinks the norms, hence the float32 error — 0 for cosine's unit
+    rows), the power-of-two exponent, used columns and ``|x|²`` from streamed passes of ``block`` rows,
+    bit for bit what the whole float64 matrix gives, and ``Xa`` a :class:`BlockRows`: each block of
     screening rows ``[-2x, 1, |x|²]`` is made when it is read. Memory: ``|x|²`` (n float64) only."""
-    shift, e, used, xsq = _streamed_stats(X, metric, block or STREAM_ROWS)
+    shift, e, used, xsq = _streamed_stats(X, metric, block or stream_rows(X.shape[1]))
     S = Screening(shift, used, None, xsq, e)
-
-    def index_side(B):
-        C, sq = S._centred(rows64(B, metric))
-        return _augmented(C if used is None else C[:, used], -2.0, 1.0, sq)
-
-    S.Xa = BlockRows(X, index_side, (X.shape[1] if used is None else len(used)) + 2)
+    S.Xa = BlockRows(X, partial(_index_side, S, metric), (X.shape[1] if used is None else len(used)) + 2)
     return S
+
+
+def _index_side(S: Screening, metric: str, B) -> np.ndarray:
+    """The screening rows ``[-2x, 1, |x|²]`` of raw index rows ``B`` (a module function: a fitted
+    reduction holding them pickles)."""
+    C, sq = S._centred(rows64(B, metric))
+    return _augmented(C if S.used is None else C[:, S.used], -2.0, 1.0, sq)
 
 
 def _prepare(X, Q, metric, same, block: int) -> _Prepared:
     """The exact search's rows, all :class:`~kexue.hubness.arrays.BlockRows` made block by block
     from ``X`` and ``Q`` (memory maps are read, never copied whole): float64 rows for re-scoring and
-    the float32 screening rows of :func:`streamed_screening` (those of :func:`screening`, bit for bit)."""
+    the float32 screening rows of :func:`streamed_screening`."""
     S = streamed_screening(X, metric, block)
     X64 = BlockRows(X, lambda B: rows64(B, metric), X.shape[1])
     if same:

@@ -260,8 +260,9 @@ class NNN(_MeanSimilarity, _Reduction):
         """Float32 rows of ``M`` as scored (cosine: unit rows; else centred on ``mu`` and scaled), made a
         block at a time: a float32 array, with no float64 copy of a (memory-mapped) index."""
         out = np.empty(M.shape, np.float32)
-        for s in range(0, len(M), K.STREAM_ROWS):
-            B = np.asarray(M[s:s + K.STREAM_ROWS])
+        b = K.stream_rows(M.shape[1])
+        for s in range(0, len(M), b):
+            B = np.asarray(M[s:s + b])
             out[s:s + len(B)] = _normalise(B) if mu is None else self._scaled(rows64(B, "euclidean") - mu)
         return out
 

@@ -118,7 +118,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
                              f"got {type(self.backend).__name__}")
 
     def fit(self, X, y=None, graph: tuple | None = None, reference=None):
-        """Learn each index point's statistic. ``X``: index vectors or a sparse self-kNN graph.
+        """Learn each index point's statistic. ``X``: index vectors or a sparse self-kNN graph; a
+        memory map (``np.load(path, mmap_mode="r")``) is kept as ``X_`` and read in blocks, as are
+        memory-mapped queries and reference sets, with the in-memory results bit for bit.
         ``graph=(dist, ind)``: the index's own kNN graph (self excluded, sorted, at least
         ``n_candidates`` columns) if already computed — saves the search.
 
@@ -152,18 +154,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
         self._graph, self._screen = None, None
         self._screening()  # built now, so transform never changes the estimator
         if graph is not None:
-            self._graph = self._given_graph(graph, n)
+            self._graph = G.given_graph(graph, n, self.n_candidates_)
         w = self._width()
         self.n_reference_, self.transductive_ = None, False
         if reference is not None:
-            REF.no_statistic(self)
-            if isinstance(reference, str) and reference == REF.QUERIES:  # every query batch is its own reference
-                self.transductive_, self.n_samples_, self.stats_ = True, None, ()
-                return self
-            R = REF.sample(REF.check_reference(reference, X.shape[1], "fit"), self.n_samples, self.random_state)
-            self.n_reference_, self.n_samples_ = len(R), None
-            self.stats_ = self._reference_stats(R)
-            return self
+            return REF.fit(self, reference)
         self.n_samples_ = self._sample_size(n) if w and self._graph is None else None
         if w == 0:
             self.stats_ = ()
@@ -188,13 +183,6 @@ class _Reduction(TransformerMixin, BaseEstimator):
             s = max(AUTO_SAMPLE, n // 20)
             return s if (self._exact() or G.is_flat_faiss(self.backend)) and n >= 4 * s else None
         return self.n_samples if self.n_samples is not None and self.n_samples < n else None
-
-    def _given_graph(self, graph, n):
-        gd, gi = (np.asarray(g) for g in graph)
-        c = self.n_candidates_
-        if gd.shape != gi.shape or gd.ndim != 2 or gd.shape[0] != n or gd.shape[1] < c:
-            raise KexueError(f"graph must be (dist, ind) of shape ({n}, >= {c}); got {gd.shape}, {gi.shape}")
-        return gd[:, :c].astype(np.float64, copy=False), gi[:, :c].astype(np.int64, copy=False)  # no second n × c copy
 
     def _fit_graph(self, X):
         if self._needs_vectors:
@@ -299,7 +287,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
         return np.ldexp(A, -e) if e and A is not None else A
 
     def _scaled_stats(self, dist, width):
-        return self._stats(self._scaled(dist), width)
+        """The statistics of sorted rows ``dist``, a block of rows at a time (they work row by row), so
+        that a large graph's rows make no n × width float64 temporaries."""
+        step = max(1, _BLOCK // max(1, dist.shape[1]))
+        parts = [self._stats(self._scaled(dist[s:s + step]), width) for s in range(0, len(dist), step)]
+        return tuple(np.concatenate(p) for p in zip(*parts))
 
     def _unscaled(self, sec):
         """Secondary distances back in the primary distance's units (only where they carry them)."""

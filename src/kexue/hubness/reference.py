@@ -77,6 +77,19 @@ def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_par
     return G.search(R, X, w, metric, backend, backend_params, seed)[0]
 
 
+def fit(est, reference):
+    """``est.fit(X, reference=...)`` once the index is set: the index statistics from the reference
+    set, or none for ``"queries"`` (transductive: every query batch is its own reference)."""
+    no_statistic(est)
+    if isinstance(reference, str) and reference == QUERIES:
+        est.transductive_, est.n_samples_, est.stats_ = True, None, ()
+        return est
+    R = sample(check_reference(reference, est.n_features_in_, "fit"), est.n_samples, est.random_state)
+    est.n_reference_, est.n_samples_ = len(R), None
+    est.stats_ = est._reference_stats(R)
+    return est
+
+
 def no_statistic(est) -> None:
     """Refuse a reference for a reduction without a per-point index statistic."""
     if not est._width():
