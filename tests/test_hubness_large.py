@@ -96,16 +96,19 @@ def test_any_faiss_index_gives_a_checked_self_excluded_graph(make, flat, X, exac
         assert m.recall == 1.0
 
 
-def test_index_parameter_is_set_on_every_shard_and_reported(X, exact):
+def test_index_parameter_is_set_on_every_shard_for_the_call_and_reported(X, exact):
     ivf = _ivf(X)
+    configured = ivf.nprobe
     g = h.kneighbors(X, K, backend=ivf, backend_params={"nprobe": 16})  # all 16 lists: exhaustive
-    assert g.params == {"nprobe": 16} and ivf.nprobe == 16
+    assert g.params == {"nprobe": 16}
     np.testing.assert_array_equal(g.ind, exact.ind)
+    assert ivf.nprobe == configured < 16  # the user's index is back as they configured it
     shards = _shards(X, lambda A: _hnsw(A, ef=16))
     g = h.kneighbors(X, K, backend=shards, backend_params={"ef_search": 200})
     assert g.params == {"ef_search": 200}
-    assert all(faiss.downcast_index(shards.at(i)).hnsw.efSearch == 200 for i in range(2))
+    assert all(faiss.downcast_index(shards.at(i)).hnsw.efSearch == 16 for i in range(2))
     assert h.knn_recall(g.ind, exact.ind) > 0.97
+    assert h.kneighbors(X, K, backend=shards).params == {"ef_search": 16}  # as configured
     with pytest.raises(KexueError, match="no ef_search; its search parameter is nprobe"):
         h.kneighbors(X, K, backend=ivf, backend_params={"ef_search": 10})
     with pytest.raises(KexueError, match="no nprobe; drop it"):

@@ -310,3 +310,20 @@ def test_saturated_secondary_distances_keep_the_primary_order(name):
     np.testing.assert_array_equal(ind, h.kneighbors(X, 10, queries=Q)[1])
     by_id = np.sort(h.kneighbors(X, 20, queries=Q)[1], axis=1)[:, :10]  # what the id order would return
     assert (np.sort(ind, axis=1) != by_id).any()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_nnn_transductive_one_product_equals_two_passes(metric, monkeypatch):
+    """NNN with the query batch as its reference reads the index side and the candidates from one
+    queries × index product (while it fits in FUSED_BYTES); the two-pass path (index statistics
+    from the queries, then the candidates) gives the same neighbours and distances."""
+    from kexue.hubness import reduction
+
+    X, _, Q = data(seed=5, n=300, nq=120, d=9)
+    r = make("nnn", 30, 6, metric).fit(X)
+    one = r.kneighbors(Q, 10, reference="queries")
+    monkeypatch.setattr(reduction, "FUSED_BYTES", 0)
+    two = r.kneighbors(Q, 10, reference="queries")
+    np.testing.assert_array_equal(one[1], two[1])
+    np.testing.assert_allclose(one[0], two[0], rtol=1e-6, atol=1e-7)
+    assert not np.array_equal(one[1], r.kneighbors(Q, 10)[1])  # the reference does change the ranking

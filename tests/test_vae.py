@@ -261,6 +261,20 @@ def test_log_likelihood_resumes_from_its_checkpoint(tiny_data, tmp_path, killer)
     assert other.legs == 1 and not np.array_equal(other.log_q, full.log_q)
 
 
+def test_log_likelihood_puts_the_model_back_in_its_mode_when_it_raises(tiny_data, killer):
+    """The estimate runs in eval mode; a training model stays in training mode after the call,
+    also when a chunk raises part-way (before, it was left in eval mode)."""
+    from conftest import Killed
+
+    model = VAE(VAEConfig(in_dim=64, latent_dim=4, hidden=(16,))).train()
+    x = prepare(tiny_data[:9], "binary", "threshold")
+    with pytest.raises(Killed):
+        log_likelihood(model, x, K=8, rows=16, tracker=killer(1))
+    assert model.training
+    log_likelihood(model.eval(), x, K=8, rows=16)
+    assert not model.training
+
+
 def test_iwae_beats_vae_bound_on_same_model(tiny_data):
     m = fit_vae(tiny_data, VAEConfig(latent_dim=4, hidden=(32,)), steps=80, batch_size=64, seed=0)
     x = prepare(tiny_data[:300], "binary", "stochastic", seed=0)

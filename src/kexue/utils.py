@@ -177,23 +177,6 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch intra-op threads, restoring the previous count afterwards.
-
-    The small models of the experiments gain nothing from a second thread on a 2-core machine and
-    lose a lot when it is busy (spin-waiting), so several experiments run with one.
-    """
-    torch = require("torch", "torch", "torch_threads")
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def machine_info() -> dict:
     """Facts about this machine and the library versions, for reports."""
     import importlib.metadata as md

@@ -102,7 +102,6 @@ def main(src, dst):
         out[f"ind-{run}"] = ind.astype(np.int64)
         log.append({"run": run, "seconds": sec})
     np.savez(dst, log=json.dumps(log), **out)
-    print("ok")
 
 
 if __name__ == "__main__":

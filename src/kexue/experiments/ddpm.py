@@ -116,9 +116,9 @@ def _train_name(cfg: Config) -> str:
 
 
 def run(ctx) -> None:
-    from kexue.utils import torch_threads
+    from kexue.train import num_threads
 
-    with torch_threads(1):
+    with num_threads(1):
         _run(ctx)
 
 

@@ -27,7 +27,6 @@ import numpy as np
 
 from kexue.experiments._eg_nonneg import nonneg_problems
 from kexue.experiments._eg_runs import EGSTEP_GAMMA, Config, _shift_run, _sweep_run
-from kexue.utils import torch_threads
 
 TITLE = "Exponentiated gradient and meta-learned step sizes"
 SPEC = "2"
@@ -190,11 +189,13 @@ def distribution_shift(ctx, cfg: Config, res: dict) -> list:
 
 
 def run(ctx):
+    from kexue.train import num_threads
+
     cfg = Config.quick() if ctx.quick else Config.full()
     t0 = time.perf_counter()
     ctx.metric("train_images", cfg.train_images)
     ctx.metric("cnn_seeds", cfg.seeds if "cnn" in cfg.models else 0)
-    with torch_threads(1):
+    with num_threads(1):
         nn_rows = nonneg_problems(ctx, cfg.nn_iters)
         ctx.log(f"eg: non-negative problems done in {time.perf_counter() - t0:.0f}s")
         res = lr_sweep(ctx, cfg)

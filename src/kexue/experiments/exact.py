@@ -240,9 +240,9 @@ def _verdict(results: dict) -> tuple[list, str, tuple]:
 
 
 def run(ctx) -> None:
-    from kexue.utils import torch_threads
+    from kexue.train import num_threads
 
-    with torch_threads(1):  # the machine is shared; small models gain nothing from threads
+    with num_threads(1):  # the machine is shared; small models gain nothing from threads
         _run(ctx)
 
 

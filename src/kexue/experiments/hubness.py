@@ -305,8 +305,8 @@ def run(ctx):
     part_shift(ctx)
     ctx.text("### 8.3 Hub-prior latent sampling (our VAE decoder)")
     from kexue.experiments._hubness_sampling import part_sampling
-    from kexue.utils import torch_threads
+    from kexue.train import num_threads
 
-    with torch_threads(1):  # busy 2-core machine: one thread is faster under contention
+    with num_threads(1):  # busy 2-core machine: one thread is faster under contention
         part_sampling(ctx)
     part_ddim(ctx)

@@ -155,7 +155,7 @@ def measures(cfg: Config, sweep: dict, seeds: dict) -> dict:
 
 def run(ctx, cfg: Config | None = None):
     """The study with ``cfg`` (default: ``Config.quick()`` / ``Config.full()`` by ``ctx.quick``)."""
-    from kexue.utils import torch_threads
+    from kexue.train import num_threads
 
     from kexue.utils import require
 
@@ -171,7 +171,7 @@ def run(ctx, cfg: Config | None = None):
     ctx.metric("lrfree/workloads", len(cfg.workloads))
     ctx.metric("lrfree/seeds", min(cfg.seeds[w] for w in cfg.workloads))
     ctx.metric("lrfree/estimated_seconds", cfg.estimate_seconds())
-    with torch_threads(1):
+    with num_threads(1):
         sweep, seeds = collect(ctx, cfg)
     m = measures(cfg, sweep, seeds)
     _record(ctx, cfg, sweep, seeds, m)

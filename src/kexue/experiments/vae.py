@@ -93,10 +93,10 @@ def _ood_sets(Xt: np.ndarray, n: int, seed: int) -> dict:
 
 
 def run(ctx) -> None:
-    from kexue.utils import torch_threads
+    from kexue.train import num_threads
 
     S = VAEExperiment.quick() if ctx.quick else VAEExperiment.full()
-    with torch_threads(S.threads):  # a second thread on a shared 2-core machine mostly spin-waits
+    with num_threads(S.threads):  # a second thread on a shared 2-core machine mostly spin-waits
         _run(ctx, S)
 
 

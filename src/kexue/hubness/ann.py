@@ -139,17 +139,25 @@ def _given(index, params) -> _Index:
         if a != pname:
             raise KexueError(f"the FAISS index ({type(index).__name__}) has no {a}"
                              + (f"; its search parameter is {pname}" if pname else "; drop it"))
-    if pname in fixed:
-        FI.set_param(index, knob[0], int(validate.integer(fixed[pname], pname, 1)))
+    value = int(validate.integer(fixed[pname], pname, 1)) if pname in fixed else None
+
+    def with_param(v, Q, k):
+        """``index.search`` with its parameter at ``v`` for this call only: the index is the user's,
+        so their own setting is back when the search returns (or raises)."""
+        if v is None:
+            return index.search(Q, k)
+        before = FI.get_param(knob[1], knob[0])
+        FI.set_param(index, knob[0], v)
+        try:
+            return index.search(Q, k)
+        finally:
+            FI.set_param(index, knob[0], before)
 
     def search(Q, k):
-        D, I = index.search(Q, k)
+        D, I = with_param(value, Q, k)
         miss = np.flatnonzero((I < 0).any(1))
         if len(miss) and pname == "nprobe":  # lists too small for k: those rows again in every list
-            p = FI.get_param(knob[1], "nprobe")
-            FI.set_param(index, "nprobe", knob[2])
-            D[miss], I[miss] = index.search(Q[miss], k)
-            FI.set_param(index, "nprobe", p)
+            D[miss], I[miss] = with_param(knob[2], Q[miss], k)
             miss = np.flatnonzero((I < 0).any(1))
         if len(miss):
             raise KexueError(f"the FAISS index found fewer than {k} neighbours for {len(miss)} queries"
@@ -159,7 +167,7 @@ def _given(index, params) -> _Index:
                              "its ids must be the row numbers 0..ntotal-1 of X (the order the rows were added)")
         return D, I.astype(np.int64)
 
-    current = None if knob is None else (lambda: FI.get_param(knob[1], knob[0]))
+    current = None if knob is None else (lambda: FI.get_param(knob[1], knob[0]) if value is None else value)
     return _Index(search, None, pname or "", [], None, current)
 
 

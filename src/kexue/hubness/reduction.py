@@ -32,9 +32,10 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from kexue import validate
 from kexue.hubness import graph as G
+from kexue.hubness import knn as K
 from kexue.hubness import reference as REF
 from kexue.hubness.arrays import check_is_fitted
-from kexue.hubness import knn as K
+from kexue.hubness import screen as S
 from kexue.hubness.knn import _normalise, rows64
 from kexue.hubness.reduction_base import _TINY, _Reduction, _store
 
@@ -190,6 +191,9 @@ class CSLS(_MeanSimilarity, _Reduction):
         return q_stats[0][:, None] + x_stats[0][ind] - 2.0 * self._sim(dist)
 
 
+FUSED_BYTES = 256 << 20  # NNN, transductive: one queries × index float32 product up to this size
+
+
 class NNN(_MeanSimilarity, _Reduction):
     """Nearest Neighbor Normalization (Chowdhury et al., EMNLP 2024): the score of candidate x for
     query q is ``s(q, x) - alpha · r_x``, secondary distance ``alpha · r_x - s(q, x)``; ``s = 1 - d``
@@ -226,45 +230,74 @@ class NNN(_MeanSimilarity, _Reduction):
             return super()._query_pass(X, reference)
         check_is_fitted(self)
         Q = self._query_vectors(X)
-        xs = REF.index_stats(self, self._reference_of(reference), Q, in_sample=False)
-        return (*self._best(Q, xs[0]), Q, xs)
+        reference = self._reference_of(reference)
+        screen = self._screening()
+        Qa = screen.queries(Q, self.metric)[0]  # made a block at a time (a memory map stays on disk)
+        if isinstance(reference, str) and reference == REF.QUERIES and len(Q) * self.n_index_ * 4 <= FUSED_BYTES:
+            dist, ind, xs = self._fused(Qa, REF.width(self, len(Q)))
+            return dist, ind, Q, xs
+        xs = REF.index_stats(self, reference, Q, in_sample=False)
+        XaT = self._index_rows32().T
+        return (*self._best(Qa, lambda s: Qa[s] @ XaT, xs[0]), Q, xs)
 
-    def _best(self, Q, r):
+    def _index_rows32(self) -> np.ndarray:
+        """The float32 screening rows of the whole index, which NNN scores for every query: made a
+        block at a time (no float64 copy of a memory-mapped index), a float32 array of the index's size."""
+        Xa = self._screening().Xa
+        out = np.empty(Xa.shape, np.float32)
+        b = K.stream_rows(Xa.shape[1])
+        for s in range(0, len(out), b):
+            out[s:s + b] = Xa[s:s + b]
+        return out
+
+    def _key(self, D, r):
+        """alpha r_x - s(q, x) up to a constant per call, from the screening's squared distances ``D``
+        (its units: 2^exp) with r in the statistic's units (2^exp_): s = 1 - D/2 (cosine, unit rows),
+        s = -d (Euclidean)."""
+        screen = self._screening()
+        if self.metric == "cosine":
+            return (self.alpha * r).astype(np.float32) + np.float32(0.5) * D
+        d = np.maximum(D, 0)
+        np.sqrt(d, out=d)
+        e = screen.exp - self.exp_
+        return (self.alpha * r).astype(np.float32) + (np.ldexp(d, e) if e else d)
+
+    def _best(self, Qa, products, r):
         """Each query's ``n_candidates`` best index points by NNN's score over the whole index:
-        ``(dist, ind)`` sorted by distance. One float32 BLAS pass on centred rows (cosine: unit
-        rows), in the units of the statistic ``r`` (``exp_``); the picked pairs' distances are
-        float32 too, each recomputed on its own, as the exact backend's screened candidates are."""
-        c, n = self.n_candidates_, self.n_index_
-        mu = None if self.metric == "cosine" else G.mean(self.X_)
-        A32, B32 = self._rows32(self.X_, mu), self._rows32(Q, mu)
-        xsq, qsq = np.einsum("ij,ij->i", A32, A32), np.einsum("ij,ij->i", B32, B32)
-        ar = (self.alpha * r).astype(np.float32)
-        ind, dist = np.empty((len(Q), c), np.int64), np.empty((len(Q), c))
+        ``(dist, ind)`` sorted by distance. The exact backend's float32 screening (one BLAS product
+        of the augmented rows per block of queries: ``products(rows)``); the picked pairs'
+        distances are float32 too, each recomputed on its own, as the screened candidates are, so
+        a query's row does not depend on the other queries of the call."""
+        screen, c, n, m = self._screening(), self.n_candidates_, self.n_index_, len(Qa)
+        ind = np.empty((m, c), np.int64)
         step = max(1, (1 << 21) // n)  # 8 MB of float32 scores at a time
-        for s in range(0, len(Q), step):
-            P = B32[s:s + step] @ A32.T
-            # alpha r_x - s(q, x): s = 1 - d = P (cosine), s = -d (Euclidean)
-            key = ar - P if self.metric == "cosine" else ar + np.sqrt(np.maximum(qsq[s:s + step, None] + xsq - 2 * P, 0))
+        for s in range(0, m, step):
+            key = self._key(products(slice(s, s + step)), r)
             ind[s:s + step] = np.argpartition(key, c - 1, axis=1)[:, :c] if c < n else np.arange(n)
-        step = max(1, (1 << 20) // (c * A32.shape[1]))  # each picked pair's product on its own, as the
-        for s in range(0, len(Q), step):  # screening does: a query's row does not depend on the batch
-            v = np.einsum("bd,bcd->bc", B32[s:s + step], A32[ind[s:s + step]])
-            dist[s:s + step] = 1.0 - v if self.metric == "cosine" else \
-                np.sqrt(np.maximum(qsq[s:s + step, None] + xsq[ind[s:s + step]] - 2 * v, 0))
-        dist = np.ldexp(dist, self.exp_) if self.metric != "cosine" and self.exp_ else dist
+        v = np.empty(ind.shape)
+        step = max(1, (1 << 20) // (c * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
+        for s in range(0, m, step):
+            v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[ind[s:s + step]])
+        dist = S._finish(v, self.metric, screen.exp)
         order = np.lexsort((ind, dist), axis=1)
         return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
 
-
-    def _rows32(self, M, mu):
-        """Float32 rows of ``M`` as scored (cosine: unit rows; else centred on ``mu`` and scaled), made a
-        block at a time: a float32 array, with no float64 copy of a (memory-mapped) index."""
-        out = np.empty(M.shape, np.float32)
-        b = K.stream_rows(M.shape[1])
-        for s in range(0, len(M), b):
-            B = np.asarray(M[s:s + b])
-            out[s:s + len(B)] = _normalise(B) if mu is None else self._scaled(rows64(B, "euclidean") - mu)
-        return out
+    def _fused(self, Qa, w):
+        """Transductive (the query batch is the reference): ONE product of the queries with the
+        index gives both sides — each index point's ``w`` nearest queries (its statistic, read down
+        the columns) and then each query's best candidates — where the two-pass path
+        (:func:`REF.index_stats`, then :meth:`_best`) multiplies them twice. Used while the
+        ``queries × index`` float32 matrix fits in ``FUSED_BYTES``. Returns ``(dist, ind, x_stats)``."""
+        screen, n, XaT = self._screening(), self.n_index_, self._index_rows32().T
+        D = np.empty((len(Qa), n), np.float32)
+        step = max(1, (1 << 21) // n)
+        for s in range(0, len(Qa), step):
+            np.matmul(Qa[s:s + step], XaT, out=D[s:s + step])
+        near = np.empty((n, w), np.float32)
+        for j in range(0, n, 2048):  # each index point's w smallest squared distances to the queries
+            near[j:j + 2048] = np.partition(D[:, j:j + 2048], w - 1, axis=0)[:w].T if w < len(D) else D[:, j:j + 2048].T
+        xs = self._scaled_stats(S._finish(np.sort(near, axis=1).astype(np.float64), self.metric, screen.exp), w)
+        return (*self._best(Qa, lambda s: D[s], xs[0]), xs)
 
 
 class Centering(_Reduction):

@@ -189,29 +189,31 @@ def _log_likelihood(model, x, K, batch, rows, seed, keep_weights, fast, ckpt, ck
             lw_all = st["lw"].numpy()
     was_training = model.training
     model.eval()
-    # tracked: the progress bar is closed also when a chunk raises (or Ctrl-C), not left live
-    with tracked(tracker, range(first, n, batch), f"log q(x), K={K}", total=-(-(n - first) // batch)) as starts, \
-            torch.no_grad():
-        for s in starts:
-            xb = x[s:s + batch]
-            m1 = m2 = torch.full((len(xb),), -math.inf, dtype=torch.float64)  # lse of log w and of 2 log w
-            tot = torch.zeros(len(xb), dtype=torch.float64)
-            for done in range(0, K, k_chunk):
-                lw = weights(model, xb, min(k_chunk, K - done), gen).double()  # (k, b)
-                m1, m2 = torch.logaddexp(m1, torch.logsumexp(lw, 0)), torch.logaddexp(m2, torch.logsumexp(2 * lw, 0))
-                tot += lw.sum(0)
-                if lw_all is not None:
-                    lw_all[s:s + len(xb), done:done + len(lw)] = lw.T.float().numpy()
-            ess = torch.exp(2 * m1 - m2)
-            out[:, s:s + len(xb)] = torch.stack([m1 - math.log(K), torch.sqrt(torch.clamp(1 / ess - 1 / K, min=0)),
-                                                 tot / K, ess]).numpy()
-            clock.worked = True
-            end = s + len(xb)
-            if ckpt is not None and (end == n or end // ckpt_every > s // ckpt_every):
-                lw = {} if lw_all is None else {"lw": torch.from_numpy(lw_all)}
-                save_partial(ckpt, key, clock.stop() if end == n else clock,
-                             {"done": end, "out": torch.from_numpy(out), "gen": gen.get_state(), **lw})
-    model.train(was_training)
+    try:  # the caller's model is put back in its mode also when a chunk raises (or Ctrl-C)
+        # tracked: the progress bar is closed also when a chunk raises (or Ctrl-C), not left live
+        with tracked(tracker, range(first, n, batch), f"log q(x), K={K}", total=-(-(n - first) // batch)) as starts, \
+                torch.no_grad():
+            for s in starts:
+                xb = x[s:s + batch]
+                m1 = m2 = torch.full((len(xb),), -math.inf, dtype=torch.float64)  # lse of log w and of 2 log w
+                tot = torch.zeros(len(xb), dtype=torch.float64)
+                for done in range(0, K, k_chunk):
+                    lw = weights(model, xb, min(k_chunk, K - done), gen).double()  # (k, b)
+                    m1, m2 = torch.logaddexp(m1, torch.logsumexp(lw, 0)), torch.logaddexp(m2, torch.logsumexp(2 * lw, 0))
+                    tot += lw.sum(0)
+                    if lw_all is not None:
+                        lw_all[s:s + len(xb), done:done + len(lw)] = lw.T.float().numpy()
+                ess = torch.exp(2 * m1 - m2)
+                out[:, s:s + len(xb)] = torch.stack([m1 - math.log(K), torch.sqrt(torch.clamp(1 / ess - 1 / K, min=0)),
+                                                     tot / K, ess]).numpy()
+                clock.worked = True
+                end = s + len(xb)
+                if ckpt is not None and (end == n or end // ckpt_every > s // ckpt_every):
+                    lw = {} if lw_all is None else {"lw": torch.from_numpy(lw_all)}
+                    save_partial(ckpt, key, clock.stop() if end == n else clock,
+                                 {"done": end, "out": torch.from_numpy(out), "gen": gen.get_state(), **lw})
+    finally:
+        model.train(was_training)
     return LogLikelihood(out[0], out[1], out[2], out[3], int(K), int(model.in_dim), lw_all, **clock.state())
 
 
