@@ -133,7 +133,7 @@ def test_nearest_rows_fast_path_matches_reference(metric):
                                np.sort(sub, axis=1)[:, :6], rtol=1e-5, atol=1e-2)
     # the sampled columns' own rows among all points, read from the same blocks transposed; with
     # the index's screening given or built for the sampled columns only
-    screen = h.knn.screening(h.knn.rows64(X, metric), metric)
+    screen = h.knn.streamed_screening(X, metric)
     for given in (None, screen):
         rows, full = h.screen.nearest_rows(X, 6, metric, among=cols, block=16, screen=given, among_width=9)
         np.testing.assert_allclose(rows, np.sort(sub, axis=1)[:, :6], rtol=1e-5, atol=1e-2)

@@ -70,7 +70,7 @@ def hubness_cmd(
             pass
     X = src.rows()  # a memory map where the file allows: never read whole
     Q = others["--queries"].rows() if queries is not None else None
-    R = others["--reference"].read() if "--reference" in others else None
+    R = others["--reference"].rows() if "--reference" in others else None  # a memory map too: the reductions read it in blocks
     search_with = backend if index is None else index_obj
     tracker = RichTracker()
     tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, "

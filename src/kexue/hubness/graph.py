@@ -12,11 +12,60 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
+from kexue.hubness.arrays import BlockRows, _vectors, host_array
 from kexue.hubness.faiss_index import faiss_distances, is_faiss_index, is_flat_faiss  # noqa: F401 (re-exported)
-from kexue.hubness.knn import _normalise
-from kexue.hubness.search import kneighbors
+from kexue.hubness import knn as K
+from kexue.hubness.knn import _normalise, column_mean, rows64
+from kexue.hubness.search import checked_matrix, kneighbors
 from kexue.hubness.screen import nearest_rows
 from kexue.utils import KexueError, require
+
+
+def vectors(X, what: str = "X", metric: str | None = None):
+    """A reduction's vectors: a memory map (``np.load(path, mmap_mode="r")``, safetensors rows from
+    :func:`kexue.io.open_matrix`) kept as it is and checked a block at a time, never read whole;
+    anything else a float64 matrix (:func:`kexue.hubness.arrays._vectors`). Every later pass reads
+    rows through ``rows64`` block by block, so both give the same results bit for bit.
+    ``metric="cosine"``: an all-zero row is refused now, named by its row number."""
+    X = host_array(X)
+    X = checked_matrix(X, what) if isinstance(X, np.memmap) else _vectors(X, what)
+    if metric == "cosine":
+        b = K.stream_rows(X.shape[1])
+        for s in range(0, len(X), b):
+            _normalise(X[s:s + b], s)
+    return X
+
+
+def widest_range(X) -> float:
+    """``np.ptp(X64, axis=0).max()`` of the float64 rows, from column maxima and minima taken a block
+    at a time (both exact in any dtype)."""
+    hi = lo = None
+    b = K.stream_rows(X.shape[1])
+    for s in range(0, len(X), b):
+        B = np.asarray(X[s:s + b])
+        hi = B.max(0) if hi is None else np.maximum(hi, B.max(0))
+        lo = B.min(0) if lo is None else np.minimum(lo, B.min(0))
+    return float((hi.astype(np.float64) - lo.astype(np.float64)).max())
+
+
+def mean(X) -> np.ndarray:
+    """The float64 mean of X's rows (bit for bit ``X64.mean(0)``), a block at a time."""
+    return column_mean(X, K.stream_rows(X.shape[1]))
+
+
+def rows_of(X, f=None):
+    """X's float64 rows a block at a time (:class:`kexue.hubness.arrays.BlockRows`): ``f`` applied to
+    ``rows64`` of each block read (row by row, so any block gives the rows the whole would)."""
+    return BlockRows(X, lambda B: rows64(B, "euclidean") if f is None else f(rows64(B, "euclidean")), X.shape[1])
+
+
+def given_graph(graph, n: int, c: int):
+    """``fit(..., graph=(dist, ind))``'s index graph, checked and cut to ``c`` columns (no copy of
+    float64 distances and int64 ids: an n × c graph can be the largest array of a large fit)."""
+    gd, gi = (np.asarray(g) for g in graph)
+    if gd.shape != gi.shape or gd.ndim != 2 or gd.shape[0] != n or gd.shape[1] < c:
+        raise KexueError(f"graph must be (dist, ind) of shape ({n}, >= {c}); got {gd.shape}, {gi.shape}")
+    return gd[:, :c].astype(np.float64, copy=False), gi[:, :c].astype(np.int64, copy=False)
 
 
 def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
@@ -37,24 +86,28 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
     Euclidean ``|q - x|`` for an L2 index; cosine ``1 - cos`` (L2 index over unit vectors:
     ``|q̂ - x̂|² / 2``; inner-product index: ``1 - <q̂, x̂>``). ``exclude_self``: the queries are the
     indexed rows themselves and each row's own id is dropped (wherever it ranks)."""
-    Qf = np.ascontiguousarray((_normalise(Q) if metric == "cosine" else Q).astype(np.float32))
     kk = k + (1 if exclude_self else 0)
-    D, I = index.search(Qf, kk)
-    if (I < 0).any():
-        raise KexueError(f"the FAISS index returned fewer than {kk} neighbours for some queries "
-                         "(an IVF index probing too few lists?); raise nprobe or lower n_candidates")
-    D = faiss_distances(D, index, metric)
-    I = I.astype(np.int64)
-    if exclude_self:
-        D, I = _drop_own(D, I)
+    parts = []
+    b = K.stream_rows(Q.shape[1])
+    for s in range(0, len(Q), b):  # a memory map is read a block at a time, never copied whole
+        B = np.asarray(Q[s:s + b])
+        D, I = index.search(np.ascontiguousarray((_normalise(B, s) if metric == "cosine" else B).astype(np.float32)), kk)
+        if (I < 0).any():
+            raise KexueError(f"the FAISS index returned fewer than {kk} neighbours for some queries "
+                             "(an IVF index probing too few lists?); raise nprobe or lower n_candidates")
+        D, I = faiss_distances(D, index, metric), I.astype(np.int64)
+        if exclude_self:
+            D, I = _drop_own(D, I, s)
+        parts.append((D, I))
+    D, I = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
     order = np.argsort(D, axis=1, kind="stable")
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
 
-def _drop_own(D: np.ndarray, I: np.ndarray):
-    """Remove row r's entry for id r wherever it ranks (a duplicate may tie with it); a row
-    without it loses its last entry, so every row keeps one entry fewer."""
-    own = I == np.arange(len(I))[:, None]
+def _drop_own(D: np.ndarray, I: np.ndarray, first: int = 0):
+    """Remove row r's entry for id ``first + r`` wherever it ranks (a duplicate may tie with it); a
+    row without it loses its last entry, so every row keeps one entry fewer."""
+    own = I == first + np.arange(len(I))[:, None]
     drop = np.where(own.any(1), own.argmax(1), I.shape[1] - 1)
     keep = np.ones(I.shape, dtype=bool)
     keep[np.arange(len(I)), drop] = False

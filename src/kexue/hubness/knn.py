@@ -33,6 +33,7 @@ Backends
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -40,6 +41,13 @@ from kexue.hubness.arrays import BlockRows, max_abs, pow2_exponent
 from kexue.utils import KexueError, Tracker
 
 METRICS = ("euclidean", "cosine")
+STREAM_ROWS = 16384  # at most this many rows of an index or query matrix are read at a time by streamed passes ...
+STREAM_VALUES = 1 << 21  # ... and at most this many values (16 MB per float64 temporary of a block)
+
+
+def stream_rows(d: int) -> int:
+    """Rows per block of a streamed pass over a matrix of ``d`` columns."""
+    return max(1, min(STREAM_ROWS, STREAM_VALUES // max(1, d)))
 BACKENDS = ("exact", "hnsw", "ivf", "faiss")
 TIE_RTOL = 1e-12
 _U32 = float(np.finfo(np.float32).eps) / 2  # unit round-off of float32
@@ -164,38 +172,30 @@ class Screening:
 
     shift: np.ndarray | float
     used: np.ndarray | None
-    Xa: np.ndarray
+    Xa: np.ndarray | BlockRows  # BlockRows: made a block at a time (streamed_screening)
     xsq: np.ndarray
     exp: int = 0  # the centred rows are stored divided by 2^exp (coordinates beyond 2^±40; see pow2_exponent)
 
     def rows(self, Q64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The float32 rows ``[q, |q|², 1]`` of queries (unit rows for cosine) and their float64 ``|q|²``,
         in the index's units (divided by ``2^exp``)."""
-        C = Q64 - self.shift
-        if self.exp:
-            C = np.ldexp(C, -self.exp)
-        qsq = np.einsum("ij,ij->i", C, C)
+        C, qsq = self._centred(Q64)
         return _augmented(C if self.used is None else C[:, self.used], 1.0, qsq, 1.0), qsq
 
+    def _centred(self, B64: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        C = B64 - self.shift
+        if self.exp:
+            C = np.ldexp(C, -self.exp)
+        return C, np.einsum("ij,ij->i", C, C)
 
-def screening(X64: np.ndarray, metric: str, with_rows: bool = False, columns: np.ndarray | None = None):
-    """The :class:`Screening` of index rows ``X64`` (float64, unit rows for cosine); with
-    ``with_rows`` also ``X64``'s own query rows ``[x, |x|², 1]`` (one centring pass for both).
-    ``columns``: build the index-side rows ``Xa`` (and ``xsq``) for ``X64[columns]`` only, still
-    centred on all of ``X64`` (for a search among a sample of the rows)."""
-    shift = 0.0 if metric == "cosine" else X64.mean(0)  # L2: centring shrinks the norms, hence the float32 error
-    C = X64 - shift
-    e = pow2_exponent(max_abs(C))
-    if e:  # float32 squares of these coordinates would overflow or vanish: an exact power-of-two rescale
-        C = np.ldexp(C, -e)
-    xsq = np.einsum("ij,ij->i", C, C)
-    used = C.any(0)
-    used = None if used.all() else np.flatnonzero(used)
-    if used is not None:
-        C = C[:, used]
-    sub = slice(None) if columns is None else columns
-    S = Screening(shift, used, _augmented(C[sub], -2.0, 1.0, xsq[sub]), xsq[sub], e)
-    return (S, _augmented(C, 1.0, xsq, 1.0)) if with_rows else S
+    def queries(self, Q, metric: str, block: int | None = None, qsq: np.ndarray | None = None):
+        """:meth:`rows` of the raw queries ``Q`` (a memory map stays on disk): a :class:`BlockRows`
+        made block by block, and ``|q|²`` from one streamed pass (``qsq``: already known)."""
+        block = block or stream_rows(Q.shape[1])
+        if qsq is None:
+            qsq = np.concatenate([np.empty(0)] + [self._centred(rows64(np.asarray(Q[s:s + block]), metric))[1]
+                                                  for s in range(0, len(Q), block)])
+        return BlockRows(Q, lambda B: self.rows(rows64(B, metric))[0], self.Xa.shape[1]), qsq
 
 
 def rows64(X, metric: str) -> np.ndarray:
@@ -203,21 +203,24 @@ def rows64(X, metric: str) -> np.ndarray:
     return _normalise(X) if metric == "cosine" else np.asarray(X, dtype=np.float64)
 
 
+def column_mean(X, block: int, metric: str = "euclidean") -> np.ndarray:
+    """The float64 mean of ``rows64(X)`` from blocks of ``block`` rows, bit for bit NumPy's mean of the
+    whole float64 matrix: its columns are summed row after row, as here (an ``X`` of one block: its
+    own mean)."""
+    n = len(X)
+    if n <= block:
+        return rows64(np.asarray(X), metric).mean(0)
+    acc = np.zeros(X.shape[1])
+    for s in range(0, n, block):
+        acc = np.add.reduce(np.vstack([acc[None], rows64(np.asarray(X[s:s + block]), metric)]), axis=0)
+    return acc / n
+
+
 def _streamed_stats(X, metric: str, block: int):
-    """What :func:`screening` derives from the whole index — centring shift, power-of-two exponent,
-    used columns, float64 ``|x|²`` of the centred rows — from blocks of ``block`` rows of ``X``.
-    The shift is summed row after row, as NumPy sums the columns of a whole matrix (an index of one
-    block: its own mean, as before)."""
+    """What the screening derives from the whole index — centring shift, power-of-two exponent,
+    used columns, float64 ``|x|²`` of the centred rows — from blocks of ``block`` rows of ``X``."""
     n, d = X.shape
-    if metric == "cosine":
-        shift = 0.0
-    elif n <= block:
-        shift = rows64(np.asarray(X), metric).mean(0)
-    else:
-        acc = np.zeros(d)
-        for s in range(0, n, block):
-            acc = np.add.reduce(np.vstack([acc[None], rows64(np.asarray(X[s:s + block]), metric)]), axis=0)
-        shift = acc / n
+    shift = 0.0 if metric == "cosine" else column_mean(X, block)
     top, used, xsq = 0.0, np.zeros(d, bool), np.empty(n)
     for s in range(0, n, block):
         B = np.asarray(X[s:s + block])
@@ -235,34 +238,37 @@ def _streamed_stats(X, metric: str, block: int):
     return shift, e, (None if used.all() else np.flatnonzero(used)), xsq
 
 
+def streamed_screening(X, metric: str, block: int | None = None) -> Screening:
+    """The :class:`Screening` of the raw index rows ``X`` (a memory map stays on disk): the centring
+    shift (the index mean for L2 — it shrinks the norms, hence the float32 error — 0 for cosine's unit
+    rows), the power-of-two exponent, used columns and ``|x|²`` from streamed passes of ``block`` rows,
+    bit for bit what the whole float64 matrix gives, and ``Xa`` a :class:`BlockRows`: each block of
+    screening rows ``[-2x, 1, |x|²]`` is made when it is read. Memory: ``|x|²`` (n float64) only."""
+    shift, e, used, xsq = _streamed_stats(X, metric, block or stream_rows(X.shape[1]))
+    S = Screening(shift, used, None, xsq, e)
+    S.Xa = BlockRows(X, partial(_index_side, S, metric), (X.shape[1] if used is None else len(used)) + 2)
+    return S
+
+
+def _index_side(S: Screening, metric: str, B) -> np.ndarray:
+    """The screening rows ``[-2x, 1, |x|²]`` of raw index rows ``B`` (a module function: a fitted
+    reduction holding them pickles)."""
+    C, sq = S._centred(rows64(B, metric))
+    return _augmented(C if S.used is None else C[:, S.used], -2.0, 1.0, sq)
+
+
 def _prepare(X, Q, metric, same, block: int) -> _Prepared:
     """The exact search's rows, all :class:`~kexue.hubness.arrays.BlockRows` made block by block
     from ``X`` and ``Q`` (memory maps are read, never copied whole): float64 rows for re-scoring and
-    the float32 screening rows ``[-2x, 1, |x|²]`` / ``[q, |q|², 1]`` of :func:`screening`, bit for bit."""
-    shift, e, used, xsq = _streamed_stats(X, metric, block)
-    d = X.shape[1]
-    w = (d if used is None else len(used)) + 2
-
-    def centred(B):
-        C = rows64(B, metric) - shift
-        C = np.ldexp(C, -e) if e else C
-        return C, np.einsum("ij,ij->i", C, C)
-
-    def index_side(B):
-        C, sq = centred(B)
-        return _augmented(C if used is None else C[:, used], -2.0, 1.0, sq)
-
-    def query_side(B):
-        C, sq = centred(B)
-        return _augmented(C if used is None else C[:, used], 1.0, sq, 1.0)
-
-    X64 = BlockRows(X, lambda B: rows64(B, metric), d)
+    the float32 screening rows of :func:`streamed_screening`."""
+    S = streamed_screening(X, metric, block)
+    X64 = BlockRows(X, lambda B: rows64(B, metric), X.shape[1])
     if same:
-        Q64, qsq = X64, xsq
+        Q64, (Qa, qsq) = X64, S.queries(X, metric, block, S.xsq)
     else:
-        Q64 = BlockRows(Q, lambda B: rows64(B, metric), d)
-        qsq = np.concatenate([np.empty(0)] + [centred(np.asarray(Q[s:s + block]))[1] for s in range(0, len(Q), block)])
-    return _Prepared(X64, Q64, BlockRows(X, index_side, w), BlockRows(Q, query_side, w), qsq + xsq.max())
+        Q64 = BlockRows(Q, lambda B: rows64(B, metric), X.shape[1])
+        Qa, qsq = S.queries(Q, metric, block)
+    return _Prepared(X64, Q64, S.Xa, Qa, qsq + S.xsq.max())
 
 
 def _augmented(C, scale, a, b) -> np.ndarray:

@@ -31,6 +31,8 @@ from scipy.special import ndtr
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from kexue import validate
+from kexue.hubness import graph as G
+from kexue.hubness import knn as K
 from kexue.hubness import reference as REF
 from kexue.hubness.arrays import check_is_fitted
 from kexue.hubness import screen as S
@@ -86,7 +88,8 @@ class MutualProximity(_Reduction):
         if self.method == "gaussian":
             (mq, sq), (mx, sx) = q_stats, x_stats
             return 1.0 - ndtr((mq[:, None] - dist) / sq[:, None]) * ndtr((mx[ind] - dist) / sx[ind])
-        A = _normalise(self.X_) if self.metric == "cosine" else self._scaled(self.X_)  # dist is scaled too
+        # the candidates' rows, made from X_ a gather at a time (a memory map stays on disk); dist is scaled too
+        A = G.rows_of(self.X_, _normalise if self.metric == "cosine" else self._scaled)
         out = np.empty_like(dist)
         c = dist.shape[1]
         step = max(1, _CHUNK // (c * max(c, A.shape[1])))
@@ -229,12 +232,23 @@ class NNN(_MeanSimilarity, _Reduction):
         Q = self._query_vectors(X)
         reference = self._reference_of(reference)
         screen = self._screening()
-        Qa = screen.rows(rows64(Q, self.metric))[0]
+        Qa = screen.queries(Q, self.metric)[0]  # made a block at a time (a memory map stays on disk)
         if isinstance(reference, str) and reference == REF.QUERIES and len(Q) * self.n_index_ * 4 <= FUSED_BYTES:
             dist, ind, xs = self._fused(Qa, REF.width(self, len(Q)))
             return dist, ind, Q, xs
         xs = REF.index_stats(self, reference, Q, in_sample=False)
-        return (*self._best(Qa, lambda s: Qa[s] @ screen.Xa.T, xs[0]), Q, xs)
+        XaT = self._index_rows32().T
+        return (*self._best(Qa, lambda s: Qa[s] @ XaT, xs[0]), Q, xs)
+
+    def _index_rows32(self) -> np.ndarray:
+        """The float32 screening rows of the whole index, which NNN scores for every query: made a
+        block at a time (no float64 copy of a memory-mapped index), a float32 array of the index's size."""
+        Xa = self._screening().Xa
+        out = np.empty(Xa.shape, np.float32)
+        b = K.stream_rows(Xa.shape[1])
+        for s in range(0, len(out), b):
+            out[s:s + b] = Xa[s:s + b]
+        return out
 
     def _key(self, D, r):
         """alpha r_x - s(q, x) up to a constant per call, from the screening's squared distances ``D``
@@ -274,11 +288,11 @@ class NNN(_MeanSimilarity, _Reduction):
         the columns) and then each query's best candidates — where the two-pass path
         (:func:`REF.index_stats`, then :meth:`_best`) multiplies them twice. Used while the
         ``queries × index`` float32 matrix fits in ``FUSED_BYTES``. Returns ``(dist, ind, x_stats)``."""
-        screen, n = self._screening(), self.n_index_
+        screen, n, XaT = self._screening(), self.n_index_, self._index_rows32().T
         D = np.empty((len(Qa), n), np.float32)
         step = max(1, (1 << 21) // n)
         for s in range(0, len(Qa), step):
-            np.matmul(Qa[s:s + step], screen.Xa.T, out=D[s:s + step])
+            np.matmul(Qa[s:s + step], XaT, out=D[s:s + step])
         near = np.empty((n, w), np.float32)
         for j in range(0, n, 2048):  # each index point's w smallest squared distances to the queries
             near[j:j + 2048] = np.partition(D[:, j:j + 2048], w - 1, axis=0)[:w].T if w < len(D) else D[:, j:j + 2048].T
@@ -302,7 +316,7 @@ class Centering(_Reduction):
 
     def fit(self, X, y=None, graph: tuple | None = None, reference=None):
         super().fit(X, y, graph, reference)
-        self.center_ = self.X_.mean(0)
+        self.center_ = G.mean(self.X_)  # bit for bit X_.mean(0) in float64, a block at a time
         return self
 
     def _extra_tensors(self):
@@ -312,8 +326,9 @@ class Centering(_Reduction):
         self.center_ = tensors["center"]
 
     def _secondary(self, dist, ind, q_stats, x_stats, Q):
-        A = _centred(self._scaled(self.X_), self._scaled(self.center_))
-        B = _centred(self._scaled(Q), self._scaled(self.center_))
+        c = self._scaled(self.center_)
+        A = G.rows_of(self.X_, lambda B: _centred(self._scaled(B), c))  # rows made when gathered
+        B = _centred(self._scaled(rows64(np.asarray(Q), "euclidean")), c)  # Q: one block of queries (see _reduce)
         out = np.empty_like(dist)
         step = max(1, _CHUNK // (dist.shape[1] * A.shape[1]))
         for s in range(0, len(dist), step):

@@ -44,11 +44,12 @@ from kexue import validate
 from kexue.hubness import graph as G
 from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
-from kexue.hubness.arrays import _vectors, check_is_fitted, pow2_exponent
-from kexue.hubness.knn import BACKENDS, METRICS, _normalise, occurrences, rows64
+from kexue.hubness.arrays import check_is_fitted, pow2_exponent
+from kexue.hubness.knn import BACKENDS, METRICS, occurrences, streamed_screening
 from kexue.utils import KexueError
 
 _TINY = np.finfo(np.float64).tiny
+_BLOCK = 1 << 21  # candidate entries (query rows × n_candidates) whose secondary distances are made at once
 AUTO_SAMPLE = 2000  # the smallest sample n_samples="auto" draws (see _Reduction._sample_size)
 AUTO_K = 5  # k="auto" without a reference set: each statistic over the 5 nearest (see _Reduction._k)
 
@@ -117,7 +118,9 @@ class _Reduction(TransformerMixin, BaseEstimator):
                              f"got {type(self.backend).__name__}")
 
     def fit(self, X, y=None, graph: tuple | None = None, reference=None):
-        """Learn each index point's statistic. ``X``: index vectors or a sparse self-kNN graph.
+        """Learn each index point's statistic. ``X``: index vectors or a sparse self-kNN graph; a
+        memory map (``np.load(path, mmap_mode="r")``) is kept as ``X_`` and read in blocks, as are
+        memory-mapped queries and reference sets, with the in-memory results bit for bit.
         ``graph=(dist, ind)``: the index's own kNN graph (self excluded, sorted, at least
         ``n_candidates`` columns) if already computed — saves the search.
 
@@ -134,36 +137,28 @@ class _Reduction(TransformerMixin, BaseEstimator):
             if reference is not None:
                 raise KexueError("a reference set needs the index vectors; fit on the embeddings, not on a kNN graph")
             return self._fit_graph(X)
-        X = _vectors(X)
+        X = G.vectors(X, metric=self.metric)  # a memory map stays one (cosine: zero rows refused here)
         n = len(X)
         if n < 2:
             raise KexueError(f"a hubness reduction needs at least 2 index points; got {n} sample")
         if not isinstance(self.backend, str):
             G.check_faiss_index(self.backend, X, self.metric)
-        unit = _normalise(X) if self.metric == "cosine" else None  # rejects zero rows now, not at query time
         self.fit_mode_, self.n_features_in_, self.n_index_ = "vectors", X.shape[1], n
         self.n_candidates_ = min(self.n_candidates, n - 1)  # no point has more neighbours than this
         self.X_ = X
         # distances beyond 2^±40 (coordinates near the ends of the float range): the formulas read them
         # divided by an exact power of two, so squares and variances neither overflow nor vanish
         self.exp_ = 0 if self.metric == "cosine" or not isinstance(self.backend, str) else \
-            pow2_exponent(float(np.ptp(X, axis=0).max()))
+            pow2_exponent(G.widest_range(X))
         self._check_width(self.n_candidates_)
         self._graph, self._screen = None, None
-        self._screening(unit)  # built now, so transform never changes the estimator
+        self._screening()  # built now, so transform never changes the estimator
         if graph is not None:
-            self._graph = self._given_graph(graph, n)
+            self._graph = G.given_graph(graph, n, self.n_candidates_)
         w = self._width()
         self.n_reference_, self.transductive_ = None, False
         if reference is not None:
-            REF.no_statistic(self)
-            if isinstance(reference, str) and reference == REF.QUERIES:  # every query batch is its own reference
-                self.transductive_, self.n_samples_, self.stats_ = True, None, ()
-                return self
-            R = REF.sample(REF.check_reference(reference, X.shape[1], "fit"), self.n_samples, self.random_state)
-            self.n_reference_, self.n_samples_ = len(R), None
-            self.stats_ = self._reference_stats(R)
-            return self
+            return REF.fit(self, reference)
         self.n_samples_ = self._sample_size(n) if w and self._graph is None else None
         if w == 0:
             self.stats_ = ()
@@ -188,13 +183,6 @@ class _Reduction(TransformerMixin, BaseEstimator):
             s = max(AUTO_SAMPLE, n // 20)
             return s if (self._exact() or G.is_flat_faiss(self.backend)) and n >= 4 * s else None
         return self.n_samples if self.n_samples is not None and self.n_samples < n else None
-
-    def _given_graph(self, graph, n):
-        gd, gi = (np.asarray(g) for g in graph)
-        c = self.n_candidates_
-        if gd.shape != gi.shape or gd.ndim != 2 or gd.shape[0] != n or gd.shape[1] < c:
-            raise KexueError(f"graph must be (dist, ind) of shape ({n}, >= {c}); got {gd.shape}, {gi.shape}")
-        return gd[:, :c].astype(np.float64), gi[:, :c].astype(np.int64)
 
     def _fit_graph(self, X):
         if self._needs_vectors:
@@ -228,11 +216,13 @@ class _Reduction(TransformerMixin, BaseEstimator):
     def _exact(self) -> bool:
         return isinstance(self.backend, str) and self.backend == "exact"
 
-    def _screening(self, rows=None):
+    def _screening(self):
         """The index side of the float32 screening (exact backend, vector mode; else None), built by
-        ``fit``/``load`` and reused by every query batch. ``rows``: ``rows64(X_)`` if already made."""
+        ``fit``/``load`` and reused by every query batch: streamed passes over ``X_`` give the
+        centring and the squared norms, and the screening rows are made a block at a time when read
+        (:func:`kexue.hubness.knn.streamed_screening`), so a memory-mapped index stays on disk."""
         if getattr(self, "_screen", None) is None and self._exact() and self.X_ is not None:
-            self._screen = S.screening(rows64(self.X_, self.metric) if rows is None else rows, self.metric)
+            self._screen = streamed_screening(self.X_, self.metric)
         return self._screen
 
     def _index_graph(self):
@@ -268,7 +258,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
     def _query_vectors(self, X) -> np.ndarray:
         if self.fit_mode_ == "graph":
             raise KexueError(f"{type(self).__name__} was fitted on a graph; pass the queries' graph against the index")
-        Q = _vectors(X)
+        Q = G.vectors(X, metric=self.metric)
         if Q.shape[1] != self.n_features_in_:
             raise KexueError(f"X has {Q.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input")
@@ -297,7 +287,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
         return np.ldexp(A, -e) if e and A is not None else A
 
     def _scaled_stats(self, dist, width):
-        return self._stats(self._scaled(dist), width)
+        """The statistics of sorted rows ``dist``, a block of rows at a time (they work row by row), so
+        that a large graph's rows make no n × width float64 temporaries."""
+        step = max(1, _BLOCK // max(1, dist.shape[1]))
+        parts = [self._stats(self._scaled(dist[s:s + step]), width) for s in range(0, len(dist), step)]
+        return tuple(np.concatenate(p) for p in zip(*parts))
 
     def _unscaled(self, sec):
         """Secondary distances back in the primary distance's units (only where they carry them)."""
@@ -309,16 +303,25 @@ class _Reduction(TransformerMixin, BaseEstimator):
         return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
                                            self.random_state, self._screening()), w)
 
-    def _reduce(self, dist, ind, Q, in_sample: bool, reference=None, x_stats=None):
+    def _reduce(self, dist, ind, Q, in_sample: bool, finish, reference=None, x_stats=None) -> list:
+        """``finish(secondary, dist, ind)`` of each block of rows (their list): statistics and secondary
+        distances a block of queries at a time (every formula works row by row), so the float64
+        temporaries are a block's, not n_queries × n_candidates each; ``Q`` is sliced per block too."""
         reference = self._reference_of(reference)
         x_stats = REF.index_stats(self, reference, Q, in_sample) if x_stats is None else x_stats
-        dist = self._scaled(dist)
         # an index point searched in-sample is its own query: with index-internal statistics it is
         # read from the fitted rows; with a reference, the query side still comes from its candidates
         with_ref = reference is not None or getattr(self, "n_reference_", None) is not None
         own = in_sample and not with_ref
-        q_stats = self.stats_ if own else self._stats(dist, min(self._width(with_ref), dist.shape[1]))
-        return self._unscaled(self._secondary(dist, ind, q_stats, x_stats, Q))
+        w = min(self._width(with_ref), dist.shape[1])
+        step = max(1, _BLOCK // max(1, dist.shape[1]))
+        out = []
+        for s in range(0, len(dist), step):
+            d, i = self._scaled(dist[s:s + step]), ind[s:s + step]
+            q_stats = tuple(a[s:s + step] for a in self.stats_) if own else self._stats(d, w)
+            sec = self._unscaled(self._secondary(d, i, q_stats, x_stats, None if Q is None else Q[s:s + step]))
+            out.append(finish(sec, dist[s:s + step], i))
+        return out
 
     def transform(self, X, reference=None):
         """CSR graph (n_queries, n_index) of secondary distances over each query's candidates.
@@ -327,9 +330,13 @@ class _Reduction(TransformerMixin, BaseEstimator):
         ``reference``: as in :meth:`kneighbors`."""
         reference = self._reference_of(reference)
         dist, ind, Q, xs = self._query_pass(X, reference)
-        sec = self._reduce(dist, ind, Q, in_sample=False, reference=reference, x_stats=xs)
-        low = sec.min(1, keepdims=True)
-        return G.to_graph(np.where(low < 0, sec - low, sec), ind, self.n_index_)
+
+        def shifted(sec, d, i):
+            low = sec.min(1, keepdims=True)
+            return np.where(low < 0, sec - low, sec)
+
+        parts = self._reduce(dist, ind, Q, False, shifted, reference=reference, x_stats=xs)
+        return G.to_graph(np.concatenate(parts), ind, self.n_index_)
 
     def rerank(self, dist, ind, X=None, reference=None):
         """Re-rank a candidate graph ``(dist, ind)`` (n_queries, c) computed elsewhere: ``X`` the
@@ -344,7 +351,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
             raise KexueError(f"neigh_ind refers to points outside the fitted index of {self.n_index_}")
         if X is None and len(dist) != self.n_index_:
             raise KexueError("without X the graph's rows must be the fitted index points")
-        Q = None if X is None else _vectors(X)
+        Q = None if X is None else G.vectors(X)
         if self._needs_vectors and X is None:
             Q = self.X_
         self._check_width(dist.shape[1])
@@ -352,8 +359,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         # so sorted rows are untouched) whatever order the caller's search returned
         order = np.argsort(dist, axis=1, kind="stable")
         dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference), ind, dist.shape[1],
-                     dist if self._ties_by_primary else None)
+        return self._sorted(dist, ind, Q, X is None, dist.shape[1], reference)
 
     def kneighbors(self, X=None, n_neighbors: int = 10, reference=None):
         """The ``n_neighbors`` nearest by secondary distance among each query's ``n_candidates``
@@ -367,8 +373,13 @@ class _Reduction(TransformerMixin, BaseEstimator):
         validate.integer(n_neighbors, "n_neighbors", 1)
         if n_neighbors > dist.shape[1]:
             raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")
-        return _sort(self._reduce(dist, ind, Q, in_sample=X is None, reference=reference, x_stats=xs), ind,
-                     n_neighbors, dist if self._ties_by_primary else None)
+        return self._sorted(dist, ind, Q, X is None, n_neighbors, reference, xs)
+
+    def _sorted(self, dist, ind, Q, in_sample, k, reference, x_stats=None):
+        """``(secondary, ind)``: each row's ``k`` first by secondary distance (:func:`_sort`), a block at a time."""
+        parts = self._reduce(dist, ind, Q, in_sample, lambda sec, d, i: _sort(sec, i, k, d if self._ties_by_primary else None),
+                             reference=reference, x_stats=x_stats)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def k_occurrence(self, X=None, n_neighbors: int = 10, reference=None) -> np.ndarray:
         """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""

@@ -20,20 +20,18 @@ import numpy as np
 
 from kexue.hubness import graph as G
 from kexue.hubness import screen as S
-from kexue.hubness.knn import rows64
 from kexue.utils import KexueError
 
 QUERIES = "queries"  # the spelling of the transductive reference: the query batch itself
 
 
 def check_reference(reference, n_features: int, where: str) -> np.ndarray:
-    """The reference vectors as float64 (n_ref, dim), checked like queries."""
-    from kexue.hubness.arrays import _vectors
-
+    """The reference vectors (n_ref, dim), checked like queries: float64, or a memory map kept as it is
+    (:func:`kexue.hubness.graph.vectors`)."""
     if isinstance(reference, str):
         raise KexueError(f"reference={reference!r} is not understood in {where}; pass an array of reference "
                          f"vectors, or reference='{QUERIES}' to use each query batch")
-    R = _vectors(reference, "reference")
+    R = G.vectors(reference, "reference")
     if R.shape[1] != n_features:
         raise KexueError(f"reference has {R.shape[1]} features but the index has {n_features}; embed both the same way")
     return R
@@ -73,10 +71,23 @@ def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_par
     an approximate backend name — that index built over the reference and searched with the index points."""
     check_width(w, len(R))
     if screen is not None:
-        return S.reference_rows(screen, rows64(R, metric), w, metric)
+        return S.reference_rows(screen, R, w, metric)
     if not isinstance(backend, str) or backend == "exact":
         return S.screened(R, X, w, metric)[0]
     return G.search(R, X, w, metric, backend, backend_params, seed)[0]
+
+
+def fit(est, reference):
+    """``est.fit(X, reference=...)`` once the index is set: the index statistics from the reference
+    set, or none for ``"queries"`` (transductive: every query batch is its own reference)."""
+    no_statistic(est)
+    if isinstance(reference, str) and reference == QUERIES:
+        est.transductive_, est.n_samples_, est.stats_ = True, None, ()
+        return est
+    R = sample(check_reference(reference, est.n_features_in_, "fit"), est.n_samples, est.random_state)
+    est.n_reference_, est.n_samples_ = len(R), None
+    est.stats_ = est._reference_stats(R)
+    return est
 
 
 def no_statistic(est) -> None:

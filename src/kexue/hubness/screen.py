@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kexue.hubness.knn import Screening, _Candidates, _Prepared, _screen, _sort_rows, rows64, screening
+from kexue.hubness.knn import Screening, _Candidates, _Prepared, _screen, _sort_rows, streamed_screening
 from kexue.utils import NULL_TRACKER
 
 
@@ -39,15 +39,12 @@ def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = 
     ``among`` row's ``among_width`` smallest distances to all other rows of ``X`` — the result is
     then ``(rows, among_rows)``. Memory: one ``block × block`` float32 block and the results."""
     n = len(X)
-    X64 = rows64(X, metric)
     same = among is None
     ids = np.arange(n) if same else np.asarray(among, dtype=np.int64)
-    if screen is None:  # the column side only for the columns searched
-        screen, R = screening(X64, metric, with_rows=True, columns=None if same else ids)
-        C = screen.Xa
-    else:
-        R = screen.rows(X64)[0]
-        C = screen.Xa if same else screen.Xa[ids]
+    if screen is None:
+        screen = streamed_screening(X, metric)
+    R = screen.queries(X, metric, qsq=screen.xsq)[0]  # X's own query rows, made a block at a time
+    C = screen.Xa if same else screen.Xa[ids]  # the sampled columns' rows: in memory
     pos = np.full(n, -1, np.int64)  # column of each row's own id, -1 if not among the columns
     pos[ids] = np.arange(len(ids))
     best = np.full((n, w), np.inf, np.float32)
@@ -65,13 +62,13 @@ def nearest_rows(X: np.ndarray, w: int, metric: str, among: np.ndarray | None = 
     return rows if cols is None else (rows, _finish(np.sort(cols, axis=1).astype(np.float64), metric, screen.exp))
 
 
-def reference_rows(screen: Screening, R64: np.ndarray, w: int, metric: str, block: int = 2048) -> np.ndarray:
-    """Each index point's ``w`` smallest float32-screened distances to the rows of ``R64`` (float64,
-    unit rows for cosine), sorted: the index side of a reduction fitted with a reference set. The
-    index's own :class:`Screening` serves as is (the reference rows take the query side of the
-    augmented product), so nothing is built for the index twice, and nothing is excluded (a
-    reference row equal to an index point is at distance ~0)."""
-    Ra = screen.rows(R64)[0]
+def reference_rows(screen: Screening, R, w: int, metric: str, block: int = 2048) -> np.ndarray:
+    """Each index point's ``w`` smallest float32-screened distances to the rows of ``R`` (raw reference
+    rows; a memory map is read a block at a time), sorted: the index side of a reduction fitted with
+    a reference set. The index's own :class:`Screening` serves as is (the reference rows take the
+    query side of the augmented product), so nothing is built for the index twice, and nothing is
+    excluded (a reference row equal to an index point is at distance ~0)."""
+    Ra = screen.queries(R, metric)[0]
     n = len(screen.Xa)
     best = np.full((n, w), np.inf, np.float32)
     for i in range(0, n, block):
@@ -111,8 +108,8 @@ def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
     ``ref_width`` smallest distances to the queries (the queries as the reference set, in one pass)
     — the result is then ``(dist, ind, rows)``."""
     if screen is None:
-        screen = screening(rows64(X, metric), metric)
-    Qa, qsq = screen.rows(rows64(Q, metric))
+        screen = streamed_screening(X, metric)
+    Qa, qsq = screen.queries(Q, metric)  # made a block at a time: a memory map stays on disk
     n = len(screen.Xa)
     b = max(1, min(block or 4096, max(len(Q), n)))
     if ref_width:
