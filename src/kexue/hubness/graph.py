@@ -45,6 +45,8 @@ def widest_range(X) -> float:
         B = np.asarray(X[s:s + b])
         hi = B.max(0) if hi is None else np.maximum(hi, B.max(0))
         lo = B.min(0) if lo is None else np.minimum(lo, B.min(0))
+    if hi is None or lo is None:  # no rows: no spread
+        return 0.0
     return float((hi.astype(np.float64) - lo.astype(np.float64)).max())
 
 

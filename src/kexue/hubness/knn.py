@@ -245,7 +245,7 @@ def streamed_screening(X, metric: str, block: int | None = None) -> Screening:
     bit for bit what the whole float64 matrix gives, and ``Xa`` a :class:`BlockRows`: each block of
     screening rows ``[-2x, 1, |x|²]`` is made when it is read. Memory: ``|x|²`` (n float64) only."""
     shift, e, used, xsq = _streamed_stats(X, metric, block or stream_rows(X.shape[1]))
-    S = Screening(shift, used, None, xsq, e)
+    S = Screening(shift, used, np.empty((0, 0), np.float32), xsq, e)  # Xa set next: its blocks read S
     S.Xa = BlockRows(X, partial(_index_side, S, metric), (X.shape[1] if used is None else len(used)) + 2)
     return S
 
