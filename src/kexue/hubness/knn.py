@@ -247,7 +247,22 @@ def streamed_screening(X, metric: str, block: int | None = None) -> Screening:
     shift, e, used, xsq = _streamed_stats(X, metric, block or stream_rows(X.shape[1]))
     S = Screening(shift, used, np.empty((0, 0), np.float32), xsq, e)  # Xa set next: its blocks read S
     S.Xa = BlockRows(X, partial(_index_side, S, metric), (X.shape[1] if used is None else len(used)) + 2)
+    if isinstance(X, np.ndarray) and not _mapped(X):  # in memory already: made once, not per pass
+        b = block or stream_rows(X.shape[1])  # (the same rows: BlockRows works row by row)
+        S.Xa = np.concatenate([S.Xa[s:s + b] for s in range(0, len(X), b)]) if len(X) else S.Xa[0:0]
     return S
+
+
+def _mapped(A: np.ndarray) -> bool:
+    """Whether ``A`` (or the array it views: ``np.asarray`` of a memory map is a plain ndarray) is a
+    memory-mapped file."""
+    import mmap
+
+    while A is not None:
+        if isinstance(A, (np.memmap, mmap.mmap)):
+            return True
+        A = getattr(A, "base", None)
+    return False
 
 
 def _index_side(S: Screening, metric: str, B) -> np.ndarray:
