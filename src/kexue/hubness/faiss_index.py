@@ -10,6 +10,7 @@ is searched through ``index.search`` only. Its search parameter (``nprobe`` of a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,11 @@ def check_index(index, n: int | None, d: int, metric: str, name: str = "the FAIS
                              f"vectors {metric_name} cosine needs; add X / |X| (rows normalised) to the index")
 
 
-def read_index(path: Path, flag: str = "--index"):
-    """A FAISS index from ``faiss.write_index``'s file; a missing, empty or unreadable file is one line."""
+def read_index(path: Path, flag: str = "--index", mmap: bool = False):
+    """A FAISS index from ``faiss.write_index``'s file; a missing, empty or unreadable file is one line.
+    ``mmap``: map the stored vectors and lists instead of reading them (``faiss.IO_FLAG_MMAP_IFC``,
+    which serves flat, IVF, PQ and HNSW indexes; a plain read where FAISS refuses it): a process
+    then holds the pages it touches, shared with every other process mapping the file."""
     faiss = require("ann", "faiss", f"{flag}")
 
     path = Path(path)
@@ -74,11 +78,52 @@ def read_index(path: Path, flag: str = "--index"):
         raise KexueError(f"{flag} {path} not found; give a file written by faiss.write_index")
     if path.stat().st_size == 0:
         raise KexueError(f"{flag} {path} is empty; write the index again with faiss.write_index")
-    try:
-        return faiss.read_index(str(path))
-    except RuntimeError as e:  # FAISS reports a bad file as a C++ exception text: keep its last clause
-        why = str(e).strip().splitlines()[0].rsplit(": ", 1)[-1][:120] if str(e).strip() else "unreadable"
-        raise KexueError(f"{flag} {path} is not a readable FAISS index ({why}); write it with faiss.write_index") from None
+    flags = getattr(faiss, "IO_FLAG_MMAP_IFC", 0) if mmap else 0
+    for tried in dict.fromkeys((flags, 0)):
+        try:
+            return faiss.read_index(str(path), tried)
+        except RuntimeError as e:  # FAISS reports a bad file as a C++ exception text: keep its last clause
+            why = str(e).strip().splitlines()[0].rsplit(": ", 1)[-1][:120] if str(e).strip() else "unreadable"
+    raise KexueError(f"{flag} {path} is not a readable FAISS index ({why}); write it with faiss.write_index")
+
+
+def read_shards(paths, flag: str = "--index", mmap: bool = False):
+    """The index in one file (:func:`read_index`) or, given several, one ``faiss.IndexShards`` of
+    them with ``successive_ids``: file i holds the rows that follow those of files 0..i-1 (ids
+    0..ntotal-1 in each file), FAISS offsets their ids and merges their top-k. This is how a
+    sharded index is stored: FAISS cannot write an ``IndexShards`` as one file
+    (:func:`shard_parts`)."""
+    faiss = require("ann", "faiss", f"{flag}")
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise KexueError(f"{flag}: no index file given")
+    parts = [read_index(p, flag, mmap) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    for p, part in zip(paths[1:], parts[1:]):
+        if (part.d, part.metric_type) != (first.d, first.metric_type):
+            raise KexueError(f"{flag} {p} has dimension {part.d} and metric_type {part.metric_type} but {paths[0]} has "
+                             f"{first.d} and {first.metric_type}; every shard indexes the same kind of vectors")
+    shards = faiss.IndexShards(first.d, False, True)  # not threaded: FAISS's own threads search each shard
+    for part in parts:
+        shards.add_shard(part)  # the Python wrapper keeps a reference to each part
+    return shards
+
+
+def shard_parts(index) -> list:
+    """The indexes to write, one file each, for ``index``: itself, or the shards of an
+    ``IndexShards`` with ``successive_ids`` (which ``faiss.write_index`` cannot serialise)."""
+    faiss = require("ann", "faiss", "a FAISS index")
+
+    down = faiss.downcast_index(index)
+    if not isinstance(down, faiss.IndexShards):
+        return [index]
+    if not down.successive_ids:
+        raise KexueError("the FAISS IndexShards does not use successive_ids, so its shards' ids are not row "
+                         "numbers of X; build it with faiss.IndexShards(d, False, True)")
+    return [faiss.downcast_index(down.at(i)) for i in range(down.count())]
 
 
 def knob(index):

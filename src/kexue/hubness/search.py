@@ -12,6 +12,7 @@ from kexue.hubness import ann
 from kexue.hubness.arrays import host_array, max_abs, pow2_exponent
 from kexue.hubness.faiss_index import check_index, is_faiss_index
 from kexue.hubness.knn import BACKENDS, METRICS, KNNGraph, _exact, occurrences
+from kexue.shards import ShardedRows
 from kexue.utils import KexueError, Tracker, tracker_or_null
 
 BLOCK_ROWS = ann.BLOCK_ROWS
@@ -87,8 +88,9 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
 
 def checked_matrix(X, name: str, block_rows: int = BLOCK_ROWS):
     """A 2-D real array kept as it is (a memory map stays one), its finiteness checked block by block
-    (no n × dim mask of a file larger than memory)."""
-    A = validate.matrix(host_array(X), name, dtype=None, allow_nonfinite=True)
+    (no n × dim mask of a file larger than memory). A directory's shards (:class:`~kexue.shards.ShardedRows`,
+    2-D and real by construction) stay as they are: the search reads them block by block."""
+    A = X if isinstance(X, ShardedRows) else validate.matrix(host_array(X), name, dtype=None, allow_nonfinite=True)
     if A.dtype.kind == "f":
         for s in range(0, len(A), block_rows):
             B = A[s:s + block_rows]
