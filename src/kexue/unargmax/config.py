@@ -173,21 +173,28 @@ def layer_stats(W, b, config: AuditConfig, min_margin: float, workers: int, par=
     ranges = [(r, min(r + step, C)) for r in range(0, C, step)]
     mem = config.mem_mb / max(1, workers)
     if par is None:
-        parts = [partial_stats(W, r0, r1, mem) for r0, r1 in ranges]
+        parts = (partial_stats(W, r0, r1, mem) for r0, r1 in ranges)
     else:
         from joblib import delayed
 
         from kexue.parallel import consume
 
-        parts = list(consume(par(ordered=True)(delayed(partial_stats)(Wref, r0, r1, mem) for r0, r1 in ranges)))
+        parts = consume(par(ordered=True)(delayed(partial_stats)(Wref, r0, r1, mem) for r0, r1 in ranges))
     mu, G, max_norm = np.zeros(d), np.zeros((d, d)), 0.0
-    for s_, G_, m_ in parts:  # in row order: the same sums with any number of workers
+    # summed as the parts arrive, in row order (the same sums with any number of workers): a list
+    # of all STATS_CHUNKS d × d float64 parts was 2 GiB on a 4,096-wide head, the audit's peak
+    for s_, G_, m_ in parts:
         mu += s_
         G += G_
         max_norm = max(max_norm, m_)
+        del G_
     mu /= C
-    S = G / C - np.outer(mu, mu)
-    A = np.linalg.inv(S + (np.trace(S) / d + 1e-300) * np.eye(d))
+    # S = G/C - μμᵀ + (tr S/d)·I in place: each d × d temporary is 128 MiB at d = 4,096
+    G /= C
+    G -= np.outer(mu, mu)
+    G[np.diag_indices(d)] += np.trace(G) / d + 1e-300
+    A = np.linalg.inv(G)
+    del G
     return LayerStats(max_norm=max_norm, max_abs_bias=0.0 if b is None else float(np.abs(b).max()), mu=mu, A=A,
                       config=config, working_set=int(config.working_set or min(C - 1, 2 * d + 64)),
                       min_margin=float(min_margin), mem_mb=config.mem_mb / max(1, workers), n_classes=C)

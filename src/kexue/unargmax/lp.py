@@ -22,7 +22,7 @@ from kexue.unargmax.certificates import (ARGMAXABLE, UNARGMAXABLE, UNDECIDED, ch
                                          verify_certificate, verify_witness)
 from kexue.unargmax.config import LayerStats
 from kexue.unargmax.nearest import nearest_class
-from kexue.unargmax.stages import check_columns, logits
+from kexue.unargmax.stages import check_columns, logits, row_deltas
 
 
 def _highs(c, A_ub, b_ub, A_eq, b_eq, bounds, time_limit):
@@ -208,7 +208,7 @@ def lp_class(W, b, k, work, stats: LayerStats, W32=None) -> dict:
     tiny = 1e-12 * max(float(np.abs(wk).max()), 1e-300)
 
     def deltas(S):
-        return wk - np.asarray(W[S], np.float64), (None if b is None else b[k] - b[S])
+        return row_deltas(W, wk, S), (None if b is None else b[k] - b[S])
 
     # the margin LP first: on real layers the classes the pre-checks leave open are mostly
     # argmaxable by a hair (Whisper's F16 near-ties), where an infeasible certificate LP costs 2x

@@ -11,7 +11,7 @@ import numpy as np
 from kexue.unargmax.certificates import (ARGMAXABLE, U32, U64, UNARGMAXABLE, UNDECIDED, checked_certificate, err_bound,
                                          relative_margin, verify_witness)
 from kexue.unargmax.config import LayerStats
-from kexue.unargmax.stages import logits
+from kexue.unargmax.stages import logits, row_deltas
 
 
 class _Corral:
@@ -33,7 +33,9 @@ class _Corral:
 
         self._drot, self._dtrsv = drot, dtrsv
         self.rho = max(float(rho), 1e-300)
-        self.L = np.asfortranarray(np.eye(cap))
+        # built column-major (not converted): only the pages the corral reaches are written, not
+        # all (d + 2)² of them (128 MiB per worker at d = 4,096)
+        self.L = np.eye(cap, order="F")
         self.u = np.zeros(cap)
         self.PQ = np.zeros((cap, p0.size))  # the corral's rows, in corral order
         self.Q = np.zeros(cap, np.int64)
@@ -148,7 +150,7 @@ def nearest_class(W, k, work, stats: LayerStats, W32=None) -> dict:
     n_add = 16 * cfg.add_rows
     P = np.empty((S.size + n_add * 8, d))
     m = S.size
-    P[:m] = wk - np.asarray(W[S], np.float64)
+    row_deltas(W, wk, S, P[:m])
     sq = np.empty(P.shape[0])
     sq[:m] = np.einsum("ij,ij->i", P[:m], P[:m])
     out = {"k": int(k), "verdict": UNDECIDED, "rounds": 0, "note": "", "stage": "nearest"}
@@ -195,7 +197,7 @@ def nearest_class(W, k, work, stats: LayerStats, W32=None) -> dict:
                 if m + block.size > P.shape[0]:
                     grow = max(P.shape[0], block.size)
                     P, sq = np.resize(P, (P.shape[0] + grow, d)), np.resize(sq, sq.size + grow)
-                P[m:m + block.size] = wk - np.asarray(W[block], np.float64)
+                row_deltas(W, wk, block, P[m:m + block.size])
                 sq[m:m + block.size] = np.einsum("ij,ij->i", P[m:m + block.size], P[m:m + block.size])
                 S, m, early, pool = np.concatenate([S, block]), m + block.size, True, None
                 in_s[block], scale = True, float(sq[:m].max())
