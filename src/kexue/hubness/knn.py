@@ -258,10 +258,11 @@ def _mapped(A: np.ndarray) -> bool:
     memory-mapped file."""
     import mmap
 
-    while A is not None:
-        if isinstance(A, (np.memmap, mmap.mmap)):
+    a: object = A
+    while a is not None:
+        if isinstance(a, (np.memmap, mmap.mmap)):
             return True
-        A = getattr(A, "base", None)
+        a = getattr(a, "base", None)
     return False
 
 

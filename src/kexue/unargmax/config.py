@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -173,7 +174,7 @@ def layer_stats(W, b, config: AuditConfig, min_margin: float, workers: int, par=
     ranges = [(r, min(r + step, C)) for r in range(0, C, step)]
     mem = config.mem_mb / max(1, workers)
     if par is None:
-        parts = (partial_stats(W, r0, r1, mem) for r0, r1 in ranges)
+        parts: Iterator = (partial_stats(W, r0, r1, mem) for r0, r1 in ranges)
     else:
         from joblib import delayed
 
