@@ -143,3 +143,15 @@ def thread_spy():
             pass
 
     return ThreadSpy
+
+
+def peak_rss_above(child: str, *args, timeout: int = 600) -> int:
+    """Peak resident memory (bytes, Linux) of the Python script ``child`` run with ``args``, above
+    its own baseline: the script prints ``baseline peak`` (ru_maxrss, KiB) as its last two numbers."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", child, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    base, peak = (int(v) * 1024 for v in r.stdout.split()[-2:])
+    return peak - base

@@ -343,10 +343,9 @@ def _clustered_file(tmp_path, n=200_000, d=64) -> tuple[Path, int]:
 
 def _peak_above_imports(*args) -> int:
     """Peak resident memory (bytes) of a child running ``args`` (see _CHILD) above its imports."""
-    r = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    base, peak = (int(v) * 1024 for v in r.stdout.split()[-2:])
-    return peak - base
+    from conftest import peak_rss_above
+
+    return peak_rss_above(_CHILD, *args)
 
 
 @pytest.mark.slow

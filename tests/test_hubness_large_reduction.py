@@ -4,7 +4,6 @@ bit those of the same data in memory; and their peak memory holds no float64 cop
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import textwrap
 
@@ -205,10 +204,9 @@ _CHILD = textwrap.dedent("""
 
 
 def _peak_above_baseline(*args) -> int:
-    r = subprocess.run([sys.executable, "-c", _CHILD, *map(str, args)], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    base, peak = (int(v) * 1024 for v in r.stdout.split()[-2:])
-    return peak - base
+    from conftest import peak_rss_above
+
+    return peak_rss_above(_CHILD, *args)
 
 
 @pytest.mark.slow
