@@ -182,11 +182,16 @@ def test_quiet_gguf_load_silences_the_gguf_readers_bar_and_restores_everything(c
 
     from kexue.encoders import quiet_gguf_load
 
-    before = gguf_utils.tqdm
-    with quiet_gguf_load():
-        list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
-        assert not hf_logging.is_progress_bar_enabled()
-    assert gguf_utils.tqdm is before and hf_logging.is_progress_bar_enabled()
-    assert capfd.readouterr().err == ""
-    list(gguf_utils.tqdm(range(3), desc="a bar"))  # outside, the reader's own bar is back
-    assert "a bar" in capfd.readouterr().err
+    before, was = gguf_utils.tqdm, hf_logging.is_progress_bar_enabled()
+    try:
+        for enabled in (True, False):  # whatever the caller's setting, it is the same afterwards
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            with quiet_gguf_load():
+                list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+                assert not hf_logging.is_progress_bar_enabled()
+            assert gguf_utils.tqdm is before and hf_logging.is_progress_bar_enabled() is enabled
+            assert capfd.readouterr().err == ""
+        list(gguf_utils.tqdm(range(3), desc="a bar"))  # outside, the reader's own bar is back
+        assert "a bar" in capfd.readouterr().err
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
