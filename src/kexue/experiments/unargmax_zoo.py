@@ -32,9 +32,7 @@ class PeakMemory:
     def __init__(self, period: float = 0.5):
         self.period, self.peak, self.peak_rss, self._stop = period, 0, 0, threading.Event()
 
-    def _sample(self):
-        import psutil
-
+    def _sample(self, psutil):
         me = psutil.Process()
         while not self._stop.is_set():
             pss = rss = 0
@@ -49,7 +47,12 @@ class PeakMemory:
             self._stop.wait(self.period)
 
     def __enter__(self):
-        self._t = threading.Thread(target=self._sample, daemon=True)
+        from kexue.utils import require
+
+        # imported here, not in the thread: a missing psutil is a one-line error before the audit,
+        # not a thread's traceback on the console beside it
+        psutil = require("experiments", "psutil", "the experiments' peak-memory sampling")
+        self._t = threading.Thread(target=self._sample, args=(psutil,), daemon=True)
         self._t.start()
         return self
 
