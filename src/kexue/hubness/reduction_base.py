@@ -31,16 +31,12 @@ n_index // 20)`` points on the exact backend or a flat FAISS index from 8,000 in
 given to ``fit`` is read exactly. ``reference=`` (``fit``, and per call): the index side from a
 reference set instead (:mod:`kexue.hubness.reference`, issue 28).
 
-Working memory (issue 29). Statistics and secondary distances are made ``block_rows`` query rows at
-a time (default None: ``2^21 / n_candidates`` rows, i.e. 16 MB per float64 temporary, a few of
-which are alive at once); that bounds the float64 work whatever the number of queries. In sample
-on an approximate backend or a FAISS index, the index's own candidate graph (``n_index ×
-n_candidates`` float64 distances and ids, 1.6 GB at 1M × 100) is written to an anonymous temporary
-file as it is searched and read back in those blocks (:mod:`kexue.hubness.stream`; the folder:
-``kexue.hubness.stream.scratch``, the CLI's ``--workdir``), as is a ``graph=`` given on disk; the
-same holds for the self-search ``fit`` makes there and for index rows read from a reference set.
-So the in-sample ``kneighbors`` keeps in memory only the statistics (a few floats per index point),
-a block, and the ``n_index × n_neighbors`` result.
+Working memory (issue 29): statistics and secondary distances are made ``block_rows`` query rows
+at a time (None: ``2^21 / n_candidates`` rows, 16 MB per float64 temporary). In sample on an
+approximate backend or a FAISS index, the ``n_index × n_candidates`` candidate graph (and fit's
+self-search; on hnsw/ivf/faiss the rows read from a reference set) goes to an anonymous temporary file and is
+read back in those blocks (:mod:`kexue.hubness.stream`), as does a ``graph=`` given on disk: only
+the statistics, a block and the ``n_index × n_neighbors`` result stay in memory.
 """
 
 from __future__ import annotations
@@ -57,7 +53,7 @@ from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
 from kexue.hubness.arrays import check_is_fitted, pow2_exponent
 from kexue.hubness.knn import BACKENDS, METRICS, occurrences, streamed_screening
-from kexue.hubness.stream import is_disk
+from kexue.hubness.rerank import rerank as rerank_blocks
 from kexue.utils import KexueError
 
 _TINY = np.finfo(np.float64).tiny
@@ -365,38 +361,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         the ``n_neighbors`` first of each row (None: all c). ``reference``: as in :meth:`kneighbors`.
         The graph is read, checked and re-ranked ``block_rows`` rows at a time, so it may be on disk
         (:func:`kexue.hubness.stream.disk_graph`, as ``kneighbors(..., out=)`` writes it)."""
-        check_is_fitted(self)
-        if not is_disk(dist):
-            dist = validate.matrix(dist, "neigh_dist")
-        if not is_disk(ind):
-            ind = np.asarray(ind, dtype=np.int64)
-        if ind.shape != dist.shape:
-            raise KexueError(f"neigh_dist and neigh_ind must have equal shapes; got {dist.shape}, {ind.shape}")
-        if X is None and len(dist) != self.n_index_:
-            raise KexueError("without X the graph's rows must be the fitted index points")
-        Q = None if X is None else G.vectors(X)
-        if self._needs_vectors and X is None:
-            Q = self.X_
-        c = dist.shape[1]
-        self._check_width(c)
-        k = c if n_neighbors is None else validate.integer(n_neighbors, "n_neighbors", 1, c)
-        reference = self._reference_of(reference)
-        x_stats = REF.index_stats(self, reference, Q, X is None)  # once: the reference is the whole batch
-        out = np.empty((len(dist), k)), np.empty((len(dist), k), np.int64)
-        step = self._rows_per_block(c)
-        for s in range(0, len(dist), step):
-            d, i = dist[s:s + step], np.asarray(ind[s:s + step], dtype=np.int64)
-            if is_disk(dist):
-                validate.matrix(d, "neigh_dist")
-            if i.min() < 0 or i.max() >= self.n_index_:
-                raise KexueError(f"neigh_ind refers to points outside the fitted index of {self.n_index_}")
-            # a query's statistic reads the first columns of its row: sort each row by distance (stable,
-            # so sorted rows are untouched) whatever order the caller's search returned
-            order = np.argsort(d, axis=1, kind="stable")
-            d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
-            self._sorted(d, i, None if Q is None else Q[s:s + step], X is None, k, reference, x_stats, first=s,
-                         out=(out[0][s:s + step], out[1][s:s + step]))
-        return out
+        return rerank_blocks(self, dist, ind, X, reference, n_neighbors)
 
     def kneighbors(self, X=None, n_neighbors: int = 10, reference=None):
         """The ``n_neighbors`` nearest by secondary distance among each query's ``n_candidates``
