@@ -191,6 +191,7 @@ def test_cli_in_sample_mp_on_a_memory_map_stays_bounded(tmp_path):
     work.mkdir()
     extra = peak_rss_above(_CHILD, "hubness", tmp_path / "x.npy", "-k", 10, "--backend", "ivf", "--reduce", "mp",
                            "--candidates", c, "--workdir", work, "--nk-out", tmp_path / "nk.npy")
+    print(f"peak above imports {extra / 2**20:.1f} MiB, file {size / 2**20:.1f} MiB")
     assert extra < 2 * size + (96 << 20) < n * c * 16, (extra / 2**20, size / 2**20)
     nk = np.load(tmp_path / "nk.npy")
     assert len(nk) == n and nk.sum() == 10 * n
