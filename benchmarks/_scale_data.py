@@ -31,6 +31,7 @@ an interrupted run leaves no half file in the cache.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -68,11 +69,15 @@ def gaussian_chunk(i: int, m: int, d: int, seed: int, mixture=None) -> np.ndarra
 KINDS = {"clustered": clustered_chunk, "gaussian": gaussian_chunk}
 
 
+def dataset_path(folder: Path, kind: str, n: int, d: int, seed: int) -> Path:
+    return Path(folder) / f"{kind}-n{n}-d{d}-seed{seed}-v{VERSION}.npy"
+
+
 def dataset(folder: Path, kind: str, n: int, d: int, seed: int) -> tuple[Path, float | None]:
     """Path of the cached .npy for (kind, n, d, seed), generated if missing; and the generation's
     seconds (None when it came from the cache)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{kind}-n{n}-d{d}-seed{seed}-v{VERSION}.npy"
+    path = dataset_path(folder, kind, n, d, seed)
     if path.exists():
         return path, None
     t = time.perf_counter()
@@ -142,15 +147,21 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
         full = ([TIME, "-v", "-o", str(tfile)] if TIME else []) + cmd
         with open(Path(tmp) / "out", "w+") as out, open(Path(tmp) / "err", "w+") as err:
             t0 = time.perf_counter()
-            p = subprocess.Popen(full, stdout=out, stderr=err, env=env)
+            # its own process group, so that a stopped benchmark (SIGTERM, Ctrl-C) ends the whole
+            # measure (``time``, the command and its workers) instead of leaving it running
+            p = subprocess.Popen(full, stdout=out, stderr=err, env=env, start_new_session=True)
             peak = {"rss": 0, "anon": 0, "private_dirty": 0}
-            while True:
-                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-                if pid:
-                    break
-                for key, v in _sample(p.pid).items():
-                    peak[key] = max(peak[key], v)
-                time.sleep(interval)
+            try:
+                while True:
+                    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    for key, v in _sample(p.pid).items():
+                        peak[key] = max(peak[key], v)
+                    time.sleep(interval)
+            except BaseException:
+                _stop_group(p)
+                raise
             wall = time.perf_counter() - t0
             p.returncode = os.waitstatus_to_exitcode(status)
             out.seek(0)
@@ -165,6 +176,19 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
             "rss_peak_bytes": peak["rss"], "anon_peak_bytes": peak["anon"],
             "private_dirty_peak_bytes": peak["private_dirty"], "maxrss_bytes": maxrss, "maxrss_source": source,
             "sample_interval_s": interval}
+
+
+def _stop_group(p: subprocess.Popen) -> None:
+    """SIGTERM to the measure's process group, SIGKILL if it is still there after 10 s."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(p.pid, sig)
+            p.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def machine() -> dict:
