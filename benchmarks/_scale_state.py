@@ -110,6 +110,12 @@ class State:
             sys.exit(STOPPED)
         return result
 
+    def rounds(self, kind: str, name: str, fn: Callable[[], dict], sink: list) -> Callable[[], None]:
+        """For ``_bench.interleaved``: call i appends round i's result of ``name`` to ``sink``, saved or
+        measured, so a round all saved costs nothing and the rounds that run keep the A B C order."""
+        rep = iter(range(sys.maxsize))
+        return lambda: sink.append(self.run(kind, name, fn, rep=next(rep)))
+
     def provenance(self) -> dict:
         """When, under which load and at which commit each measure this run used was taken."""
         rows = {k: {f: self.measures[k][f] for f in ("started", "finished", "load_1min_at_start", "seconds", "commit",

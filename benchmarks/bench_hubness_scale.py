@@ -43,6 +43,15 @@ width and at 768 (``--whiten-rows`` rows of a second clustered file), and the pr
 Not yet run at full size: expect hours on 2 cores (kiez's HNSW build and the Gaussian row's IVF
 search are the longest parts) and ~4 GB of disk in ``--data-dir`` (the 1.5 GB file, the Gaussian
 one, a 0.8 GB 768-wide file, the IVF-PQ indexes); run it under the CPU lock on an idle machine.
+
+**Resumable** (``benchmarks/_scale_state.py``): the measures' outputs (the CLI's JSON and N_k files,
+the IVF-PQ indexes, kiez's N_k) and ``state.json`` live in ``--workdir`` (default
+``<data-dir>/run-n{rows}-d{dim}-seed{seed}``); every completed measure is saved there at once with
+its date, load and commit. Stopped part-way (SIGTERM or Ctrl-C end the running measure's processes
+too; ``--stop-after N`` stops after N measures, exit 3), the same command runs only what is
+missing; other result-affecting arguments are refused in one line (``--fresh`` discards the saved
+measures). The data and truth files are written whole or not at all. Since rows may then come from
+different sessions, the report ends with every row's date, load and commit and says so plainly.
 """
 
 from __future__ import annotations
@@ -55,7 +64,6 @@ import signal
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -162,13 +170,7 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st:
         out=str(tpath))["result"], need=[tpath])["seconds"]
     ivf_bytes = _ivf_index_bytes(n, d)
     runs: dict[str, list] = {s: [] for s in SIDES}
-
-    def side(name: str, fn) -> Callable[[], None]:
-        """Round i's call of ``name``: its saved result if any (so a round all saved costs nothing and the
-        rounds that run keep the A B C order of ``interleaved``), else measured and saved."""
-        rep = iter(range(a.repeats))
-        return lambda: runs[name].append(st.run(kind, name, fn, rep=next(rep)))
-
+    side = lambda name, fn: st.rounds(kind, name, fn, runs[name])  # noqa: E731  (round i: saved or measured)
     fns = {"kexue-ivf": side("kexue-ivf", lambda: cli(a, path, tmp / f"{kind}-ivf", [
                "--backend", "ivf", "--recall-sample", str(a.recall_sample)])),
            "sklearn-brute": side("sklearn-brute", lambda: child("sklearn", path=str(path), k=a.k, truth=str(tpath)))}
