@@ -30,6 +30,7 @@ an interrupted run leaves no half file in the cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -147,9 +148,7 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
         full = ([TIME, "-v", "-o", str(tfile)] if TIME else []) + cmd
         with open(Path(tmp) / "out", "w+") as out, open(Path(tmp) / "err", "w+") as err:
             t0 = time.perf_counter()
-            # its own process group, so that a stopped benchmark (SIGTERM, Ctrl-C) ends the whole
-            # measure (``time``, the command and its workers) instead of leaving it running
-            p = subprocess.Popen(full, stdout=out, stderr=err, env=env, start_new_session=True)
+            p = subprocess.Popen(full, stdout=out, stderr=err, env=env)
             peak = {"rss": 0, "anon": 0, "private_dirty": 0}
             try:
                 while True:
@@ -159,8 +158,8 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
                     for key, v in _sample(p.pid).items():
                         peak[key] = max(peak[key], v)
                     time.sleep(interval)
-            except BaseException:
-                _stop_group(p)
+            except BaseException:  # a stopped benchmark (SIGTERM, Ctrl-C) leaves no measure running
+                _stop_tree(p)
                 raise
             wall = time.perf_counter() - t0
             p.returncode = os.waitstatus_to_exitcode(status)
@@ -178,17 +177,21 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
             "sample_interval_s": interval}
 
 
-def _stop_group(p: subprocess.Popen) -> None:
-    """SIGTERM to the measure's process group, SIGKILL if it is still there after 10 s."""
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+def _stop_tree(p: subprocess.Popen) -> None:
+    """SIGTERM to the measure's whole process tree (``time``, the command, its workers), SIGKILL to
+    what is left after 10 s; the tree is walked first, before its parents die and it scatters."""
+    pids = _tree(p.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         try:
-            os.killpg(p.pid, sig)
-            p.wait(wait)
-            return
-        except ProcessLookupError:
-            return
+            p.wait(10)
+            pids = [q for q in pids if os.path.exists(f"/proc/{q}")]
+            if not pids:
+                return
         except subprocess.TimeoutExpired:
-            continue
+            pass
 
 
 def machine() -> dict:
