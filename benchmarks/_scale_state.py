@@ -25,8 +25,9 @@ VERSION = 1
 STATE = "state.json"
 STOPPED = 3  # exit code of a run ended by --stop-after (not finished, nothing wrong)
 # the arguments that change a measure's result: a saved measure is reused only when they all match
+# (--cluster is part of its one measure's key instead, so a resumed run can add it)
 RESULT_ARGS = ("rows", "dim", "seed", "k", "recall", "recall_sample", "block_rows", "mp_candidates", "pq_factory",
-               "pq_refine_factory", "pq_m", "k_factor", "kiez_index", "kiez_param", "estimate_fraction", "cluster",
+               "pq_refine_factory", "pq_m", "k_factor", "kiez_index", "kiez_param", "estimate_fraction",
                "gaussian_rows", "whiten_rows", "whiten_block")
 
 
@@ -138,8 +139,10 @@ def print_provenance(p: dict) -> None:
         print("\nAll rows come from this one session.")
     if len(p["commits"]) > 1:
         print(f"They were measured at {len(p['commits'])} commits: {', '.join(c[:12] for c in p['commits'])}.")
-    print(f"{'measure':<34}{'finished (UTC)':<27}{'load':>6}{'seconds':>10}  commit        session")
+    print("(load: the 1-minute load average at the measure's start; commit +: with uncommitted changes)")
+    w = max([len(k) for k in p["measures"]] + [32]) + 2
+    print(f"{'measure':<{w}}{'finished (UTC)':<27}{'load':>6}{'seconds':>10}  commit        session")
     for key, r in p["measures"].items():
         here = "this one" if r["session"] == p["this_session"] else r["session"]
-        print(f"{key:<34}{r['finished']:<27}{_fmt(r['load_1min_at_start']):>6}{r['seconds']:10.1f}  "
+        print(f"{key:<{w}}{r['finished']:<27}{_fmt(r['load_1min_at_start']):>6}{r['seconds']:10.1f}  "
               f"{r['commit'][:12]}{'+' if r['dirty'] else ' '} {here}")

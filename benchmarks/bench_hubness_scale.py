@@ -234,7 +234,9 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st:
                            "full_scan_hub_occurrence": row["hub_occurrence"],
                            "full_scan_antihub_occurrence": row["antihub_occurrence"]}
     if a.cluster and cluster:
-        r = st.run(kind, "kexue-ivf-cluster", lambda: _cluster(a, path, tmp / f"{kind}-cluster", ivf[-1]["nk_path"]))
+        # keyed by the cluster spec, so that --cluster can be added to (or changed in) a resumed run
+        r = st.run(kind, f"kexue-ivf-cluster({a.cluster})",
+                   lambda: _cluster(a, path, tmp / f"{kind}-cluster", ivf[-1]["nk_path"]))
         out["kexue-ivf-cluster"] = {**_cli_row(r, "primary", ivf_bytes), "cluster": a.cluster,
                                     "identical_nk": r["identical_nk"]}
     return out
