@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from kexue.io import load_fitted, save_fitted
 from kexue.utils import KexueError
 
-if TYPE_CHECKING:  # annotations only: kexue.whitening imports this module
-    from kexue.whitening import Whitening
-
 KIND = "Whitening"
 LEGACY_FORMAT = "kexue.whitening/1"  # files written before save/load went through kexue.io
 
 
-def save(w: Whitening, path) -> Path:
-    """Write the fitted ``w`` (β, γ, k, μ, U, Λ and the accumulators) to one ``.safetensors`` file, atomically."""
+def save(w, path) -> Path:
+    """Write the fitted Whitening ``w`` (β, γ, k, μ, U, Λ and the accumulators) to one
+    ``.safetensors`` file, atomically."""
     w._check_fitted()
     tensors = {"mean": w.mean_, "eigenvalues": w.eigenvalues_, "eigenvectors": w.eigenvectors_,
                "shift": w.shift_, "scale": np.asarray([w.scale_]), "sum": w.sum_, "gram": w.gram_,
@@ -33,9 +30,9 @@ def save(w: Whitening, path) -> Path:
     return Path(path)
 
 
-def load(cls: type[Whitening], path) -> Whitening:
-    """A ``cls`` with the accumulators read from ``path`` (either format), decomposed; a one-line
-    KexueError for a missing, corrupt or foreign file."""
+def load(cls, path):
+    """A ``cls`` (Whitening or a subclass) with the accumulators read from ``path`` (either format),
+    decomposed; a one-line KexueError for a missing, corrupt or foreign file."""
     path = Path(path)
     legacy = _read_legacy(path)
     t, config = legacy if legacy is not None else load_fitted(path, KIND)

@@ -6,16 +6,13 @@ applies (:func:`direct_kind`) and runs it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from kexue.eg._common import by_device, grads, run_fused, scalar, want_compiled
 from kexue.eg.adapt_kernels import _adapt_kernel
 from kexue.utils import KexueError
-
-if TYPE_CHECKING:  # annotations only: kexue.eg.adapt imports this module
-    from kexue.eg.adapt import EGAdapt
 
 KNOWN = ((torch.optim.SGD, "sgd"), (torch.optim.Adam, "adam"), (torch.optim.AdamW, "adam"))
 """Bases whose update EGAdapt's compiled path computes itself (:func:`step_direct`); exact
@@ -51,14 +48,15 @@ def direct_kind(base, work) -> str | None:
     return kind
 
 
-def step_direct(opt: EGAdapt) -> bool:
-    """EGAdapt's compiled path for a base whose update we know (:func:`direct_kind`): the base's own
-    update rule runs inside our kernel after :func:`~kexue.eg.adapt_kernels._adapt_kernel`, θ moved
-    once by s · p ⊙ Δ, so there is neither a snapshot θ_old nor a base step over θ to undo (SPEC 2.3
-    as in :meth:`kexue.eg.EGAdapt.step`, with Δ the base's step computed directly instead of
-    θ_base - θ_old). The first step (no m_{t-1}, gains 1, s 1) is the base's own step and our
+def step_direct(opt) -> bool:
+    """The compiled path of the EGAdapt ``opt`` for a base whose update we know (:func:`direct_kind`):
+    the base's own update rule runs inside our kernel after :func:`~kexue.eg.adapt_kernels._adapt_kernel`,
+    θ moved once by s · p ⊙ Δ, so there is neither a snapshot θ_old nor a base step over θ to undo
+    (SPEC 2.3 as in :meth:`kexue.eg.EGAdapt.step`, with Δ the base's step computed directly instead
+    of θ_base - θ_old). The first step (no m_{t-1}, gains 1, s 1) is the base's own step and our
     moments. Returns False where this does not apply, having at most created our state (as
-    :meth:`~kexue.eg.EGAdapt.step` would). Called through :meth:`kexue.eg.EGAdapt._step_direct`."""
+    :meth:`~kexue.eg.EGAdapt.step` would). Called through :meth:`kexue.eg.EGAdapt._step_direct`;
+    ``opt`` is not annotated because kexue.eg.adapt imports this module."""
     if known_base(opt.base) is None:  # before any per-group work: step() then does it once
         return False
     work = []
