@@ -353,7 +353,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
             return np.where(low < 0, sec - low, sec)
 
         parts = self._reduce(dist, ind, Q, False, shifted, reference=reference, x_stats=xs)
-        return G.to_graph(np.concatenate(parts), ind, self.n_index_)
+        return G.to_graph(np.concatenate(parts), ind[0:len(ind)], self.n_index_)  # X=None: the graph's ids, read whole
 
     def rerank(self, dist, ind, X=None, reference=None, n_neighbors: int | None = None):
         """Re-rank a candidate graph ``(dist, ind)`` (n_queries, c) computed elsewhere: ``X`` the
