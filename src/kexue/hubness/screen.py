@@ -130,3 +130,40 @@ def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
         v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[cand.ind[s:s + step]])
     out = _sort_rows(_finish(v, metric, screen.exp), cand.ind, k)
     return (*out, rows) if ref_width else out
+
+
+def near_smallest(key: np.ndarray, keep: int, margin, limit: int):
+    """Per row of float32 ``key`` (b, n), the columns whose key is at most the row's ``keep``-th smallest
+    plus ``margin(U)`` (per row, float64; ``U`` ≥ that ``keep``-th smallest, for a bound that depends on
+    the keys' size), found without a selection over the whole rows: the ``keep``-th smallest of a
+    strided subset of the columns is ≥ the row's, so one comparison keeps every column that can be
+    within the margin, and the exact ``keep``-th smallest and the final set come from those few.
+    Returns ``ind`` (b, m) int64, each row's chosen columns in any order, padded with -1, ``m`` the
+    largest count; or ``None`` if a row has more than ``limit`` of them (the caller then selects as
+    before). A threshold set of the keys: every column with a key at most a chosen
+    one's is chosen too."""
+    b, n = key.shape
+    head = key[:, ::max(1, n // max(1024, 8 * keep))]
+    U = np.partition(head, keep - 1, axis=1)[:, keep - 1].astype(np.float64)
+    pad = np.asarray(margin(U), np.float64)
+
+    def up(t):  # a float32 threshold never below the float64 one
+        t32 = t.astype(np.float32)
+        return np.where(t32 < t, np.nextafter(t32, np.float32(np.inf)), t32)
+
+    flat = np.flatnonzero(key <= up(U + pad)[:, None])
+    r, col = np.divmod(flat, n)
+    counts = np.bincount(r, minlength=b)
+    P = np.full((b, counts.max()), np.inf, np.float32)
+    I = np.full(P.shape, -1, np.int64)
+    pos = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+    P[r, pos], I[r, pos] = key.ravel()[flat], col
+    K = np.partition(P, keep - 1, axis=1)[:, keep - 1].astype(np.float64)
+    chosen = P <= up(K + pad)[:, None]
+    m = int(chosen.sum(1).max())
+    if m > limit:
+        return None
+    sel = np.argpartition(P, m - 1, axis=1)[:, :m] if m < P.shape[1] else np.broadcast_to(np.arange(m), (b, m))
+    ind = np.take_along_axis(I, sel, 1)
+    ind[~np.take_along_axis(chosen, sel, 1)] = -1
+    return ind
