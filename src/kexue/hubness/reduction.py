@@ -342,8 +342,11 @@ class NNN(_MeanSimilarity, _Reduction):
         for s in range(0, len(Qa), step):
             np.matmul(Qa[s:s + step], XaT, out=D[s:s + step])
         near = np.empty((n, w), np.float32)
-        for j in range(0, n, 2048):  # each index point's w smallest squared distances to the queries
-            near[j:j + 2048] = np.partition(D[:, j:j + 2048], w - 1, axis=0)[:w].T if w < len(D) else D[:, j:j + 2048].T
+        for j in range(0, n, 512):  # each index point's w smallest squared distances to the queries: a
+            T = S._transposed(D[:, j:j + 512])  # contiguous copy of the columns, partitioned along its rows,
+            if w < len(D):  # not a partition down the strided columns (2.4x the CPU time on MNIST's shapes)
+                T.partition(w - 1, axis=1)
+            near[j:j + 512] = T[:, :w]
         xs = self._scaled_stats(S._finish(np.sort(near, axis=1).astype(np.float64), self.metric, screen.exp), w)
         return (*self._best(Qa, lambda s: D[s], xs[0], few), xs)
 
