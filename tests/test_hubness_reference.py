@@ -366,3 +366,22 @@ def test_nnn_few_candidates_equal_all_candidates(metric, case, monkeypatch):
             full = make("nnn", 60, 20, metric).fit(A, reference=ref).kneighbors(Q, k)
             np.testing.assert_array_equal(few[i, k][1], full[1])
             np.testing.assert_array_equal(few[i, k][0], full[0])
+
+
+def test_keep_smallest_block_by_block_equals_a_sort():
+    """screen._keep_smallest, the selection behind every reduction's index statistics: each row's w
+    smallest values merged block by block (the first block on its own, later ones through the
+    entries under the row's current w-th value when few) are those of one sort of all the values,
+    with exact ties, infinities and a constant row."""
+    from kexue.hubness import screen
+
+    rng = np.random.default_rng(4)
+    A = np.round(rng.standard_normal((60, 3000)), 1).astype(np.float32)  # many exact ties
+    A[3, :2500] = np.inf
+    A[7] = 0.5
+    for w in (1, 20, 100):
+        best = np.full((60, w), np.inf, np.float32)
+        for r0 in (0, 30):
+            for j in range(0, 3000, 700):
+                screen._keep_smallest(best, r0, A[r0:r0 + 30, j:j + 700].copy())
+        np.testing.assert_array_equal(np.sort(best, axis=1), np.sort(A, axis=1)[:, :w])

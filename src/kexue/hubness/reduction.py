@@ -293,8 +293,9 @@ class NNN(_MeanSimilarity, _Reduction):
         (then :meth:`_best` picks ``n_candidates`` as without ``keep``). The score's float32 key and
         the secondary distance of the recomputed pair differ by at most ``E``: both products of the
         same float32 rows err by ≤ δ = 2 (dim + 6) u (|q|² + max |x|²) (the bound of
-        :meth:`kexue.hubness.knn._Prepared.tol`), a square root by ≤ sqrt(2δ) (Euclidean; cosine
-        halves the squared distance: ≤ 2δ), plus the key's float32 rounding. A candidate whose key
+        :meth:`kexue.hubness.knn._Prepared.tol`), so a distance by ≤ min(sqrt(2δ), 2δ / sqrt(D_min))
+        (Euclidean, D_min the row's smallest squared distance: |sqrt a - sqrt b| ≤ |a - b| / sqrt a;
+        cosine halves the squared distance: ≤ 2δ), plus the key's float32 rounding. A candidate whose key
         exceeds the ``keep``-th smallest by more than 2E is beaten by ``keep`` others, so the
         columns within 2E (:func:`kexue.hubness.screen.near_smallest`), when at most
         ``n_candidates`` (then all are among the ``n_candidates`` best keys), give the same top
@@ -302,11 +303,16 @@ class NNN(_MeanSimilarity, _Reduction):
         screen = self._screening()
         R = float(np.abs(self.alpha * r).max()) if len(r) else 0.0
         err = 2.0 * (self.n_features_in_ + 6) * K._U32 * (qsq + float(screen.xsq.max()))
-        err = 2.0 * err if self.metric == "cosine" else np.ldexp(np.sqrt(2.0 * err), screen.exp - self.exp_)
         parts = []
         for s in range(0, len(Qa), step):
-            key = self._key(products(slice(s, s + step)), r)
+            D = products(slice(s, s + step))
             e = err[s:s + step]
+            if self.metric == "cosine":
+                e = 2.0 * e
+            else:
+                low = np.sqrt(np.maximum(D.min(1), 0).astype(np.float64))
+                e = np.ldexp(np.minimum(np.sqrt(2.0 * e), 2.0 * e / np.maximum(low, _TINY)), screen.exp - self.exp_)
+            key = self._key(D, r)
             ind = S.near_smallest(key, keep, lambda U, e=e: 2.0 * (e + 8.0 * K._U32 * (2.0 * R + np.abs(U) + 2.0 * e + 2.0)),
                                   self.n_candidates_)
             if ind is None:

@@ -86,8 +86,29 @@ def _transposed(D: np.ndarray, strip: int = 64) -> np.ndarray:
 
 
 def _keep_smallest(best: np.ndarray, r0: int, D: np.ndarray) -> None:
-    """Merge block ``D`` (rows r0..; partitioned in place) into the running ``w`` smallest per row."""
+    """Merge block ``D`` (rows r0..; partitioned in place) into the running ``w`` smallest per row.
+    Once every row holds ``w`` values, only the entries under a row's largest kept value can enter
+    (an entry equal to it leaves the same multiset): when they are few, one comparison gathers them
+    and only those are partitioned with the kept values, not the whole block."""
     w = best.shape[1]
+    cur = best[r0:r0 + len(D)]
+    tau = cur.max(1) if w else None
+    if tau is not None and np.isfinite(tau).all() and D.shape[1] > 4 * w:
+        below = D < tau[:, None]
+        counts = below.sum(1)
+        m = int(counts.max())
+        if 4 * m < D.shape[1]:
+            r, c = np.nonzero(below)
+            V = np.full((len(D), w + m), np.inf, np.float32)
+            V[:, :w] = cur
+            V[r, w + np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)] = D[r, c]
+            V.partition(w - 1, axis=1)
+            best[r0:r0 + len(D)] = V[:, :w]
+            return
+    if tau is not None and np.isinf(tau).all() and np.isinf(cur).all() and D.shape[1] >= w:
+        D.partition(w - 1, axis=1)  # first block of rows still empty: its w smallest are the block's own
+        best[r0:r0 + len(D)] = D[:, :w]
+        return
     if D.shape[1] > w:
         D.partition(w - 1, axis=1)
         D = D[:, :w]
