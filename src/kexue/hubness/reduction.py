@@ -281,12 +281,12 @@ class NNN(_MeanSimilarity, _Reduction):
         if keep is not None and keep < c < n:
             ind = self._few(Qa, products, r, keep, qsq, step)
             if ind is not None:
-                return self._rescored(Qa, ind)
+                return S.rescored(self._screening(), Qa, ind, self.metric)
         ind = np.empty((m, c), np.int64)
         for s in range(0, m, step):
             key = self._key(products(slice(s, s + step)), r)
             ind[s:s + step] = np.argpartition(key, c - 1, axis=1)[:, :c] if c < n else np.arange(n)
-        return self._rescored(Qa, ind)
+        return S.rescored(self._screening(), Qa, ind, self.metric)
 
     def _few(self, Qa, products, r, keep, qsq, step):
         """The candidates that can be among a query's ``keep`` best by the secondary distance, or None
@@ -320,21 +320,6 @@ class NNN(_MeanSimilarity, _Reduction):
             parts.append(ind)
         w = max(p.shape[1] for p in parts)
         return np.concatenate([np.pad(p, ((0, 0), (0, w - p.shape[1])), constant_values=-1) for p in parts])
-
-    def _rescored(self, Qa, ind):
-        """``(dist, ind)`` of the picked pairs, each distance recomputed on its own (float32), sorted by
-        (distance, id); padding (-1) goes last at an infinite distance."""
-        screen = self._screening()
-        pad = ind < 0
-        ind = np.where(pad, 0, ind) if pad.any() else ind
-        v = np.empty(ind.shape)
-        step = max(1, (1 << 20) // (ind.shape[1] * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
-        for s in range(0, len(ind), step):
-            v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[ind[s:s + step]])
-        dist = S._finish(v, self.metric, screen.exp)
-        dist[pad] = np.inf
-        order = np.lexsort((ind, dist), axis=1)
-        return np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
 
     def _fused(self, Qa, w, few=(None, None)):
         """Transductive (the query batch is the reference): ONE product of the queries with the

@@ -145,12 +145,24 @@ def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
     else:
         P = _Prepared(np.empty((0, 0)), np.empty((0, 0)), screen.Xa, Qa, qsq + screen.xsq.max())
         cand = _screen(P, False, None, k, b, NULL_TRACKER)
-    v = np.empty(cand.ind.shape)
-    step = max(1, (1 << 20) // (k * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
-    for s in range(0, len(v), step):
-        v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[cand.ind[s:s + step]])
-    out = _sort_rows(_finish(v, metric, screen.exp), cand.ind, k)
+    out = rescored(screen, Qa, cand.ind, metric)
     return (*out, rows) if ref_width else out
+
+
+def rescored(screen: Screening, Qa, ind: np.ndarray, metric: str):
+    """``(dist, ind)`` of the picked pairs (query row i with index rows ``ind[i]``), each squared distance
+    recomputed on its own (the augmented rows' dot product, float32), so a query's row does not
+    depend on the other queries of the call, as a batch GEMM's rounding does; sorted by (distance,
+    index). Padding (-1 in ``ind``) goes last at an infinite distance."""
+    pad = ind < 0
+    ind = np.where(pad, 0, ind) if pad.any() else ind
+    v = np.empty(ind.shape)
+    step = max(1, (1 << 20) // (ind.shape[1] * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
+    for s in range(0, len(v), step):
+        v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[ind[s:s + step]])
+    dist = _finish(v, metric, screen.exp)
+    dist[pad] = np.inf
+    return _sort_rows(dist, ind, ind.shape[1])
 
 
 def near_smallest(key: np.ndarray, keep: int, margin, limit: int):
