@@ -24,13 +24,15 @@ def truth(a):
     """Exact k nearest of the recall sample (the rows ``ann.search`` draws for the same seed and
     sample size), merged over blocks of the file, each query's own row excluded."""
     from kexue.hubness import ann
+    from kexue.utils import atomic_write
 
     X = _mmap(a["path"])
     n = len(X)
     rows = np.sort(np.random.default_rng(a["seed"]).choice(n, min(a["sample"], n), replace=False))
     t = time.perf_counter()
     T = ann.exact_sample(X, np.asarray(X[rows]), a["k"], "euclidean", rows, a["block_rows"])
-    np.savez(a["out"], rows=rows, truth=T)
+    with atomic_write(a["out"]) as f:  # a killed run leaves no truncated file for the next one to trust
+        np.savez(f, rows=rows, truth=T)
     return {"seconds": time.perf_counter() - t, "n_queries": len(rows)}
 
 
@@ -71,6 +73,7 @@ def build_pq(a):
     import faiss
 
     from kexue.hubness import ann
+    from kexue.utils import atomic_path
 
     X = _mmap(a["path"])
     n, d = X.shape
@@ -99,7 +102,8 @@ def build_pq(a):
     nprobe, rec = ann._tune(idx, lambda: ann._drop_self(idx.search(Qs, k + 1)[1].astype(np.int64), rows, k), T,
                             a["recall"])
     t_tune = time.perf_counter() - t
-    faiss.write_index(index, a["out"])
+    with atomic_path(a["out"]) as tmp:  # whole or absent: a resumed run reuses it
+        faiss.write_index(index, str(tmp))
     return {"build_s": t_build, "tune_s": t_tune, "nprobe": int(nprobe), "recall": float(rec), "nlist": ivf.nlist,
             "factory": a["factory"], "k_factor": a["k_factor"], "index_bytes": Path(a["out"]).stat().st_size, "train_rows": m}
 

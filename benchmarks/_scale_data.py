@@ -30,7 +30,9 @@ an interrupted run leaves no half file in the cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -68,11 +70,15 @@ def gaussian_chunk(i: int, m: int, d: int, seed: int, mixture=None) -> np.ndarra
 KINDS = {"clustered": clustered_chunk, "gaussian": gaussian_chunk}
 
 
+def dataset_path(folder: Path, kind: str, n: int, d: int, seed: int) -> Path:
+    return Path(folder) / f"{kind}-n{n}-d{d}-seed{seed}-v{VERSION}.npy"
+
+
 def dataset(folder: Path, kind: str, n: int, d: int, seed: int) -> tuple[Path, float | None]:
     """Path of the cached .npy for (kind, n, d, seed), generated if missing; and the generation's
     seconds (None when it came from the cache)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{kind}-n{n}-d{d}-seed{seed}-v{VERSION}.npy"
+    path = dataset_path(folder, kind, n, d, seed)
     if path.exists():
         return path, None
     t = time.perf_counter()
@@ -132,11 +138,16 @@ def _sample(pid: int) -> dict[str, int]:
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
-def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1) -> dict:
+def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.5) -> dict:
     """Run ``cmd`` in its own process; wall seconds, exit code, output, and memory: peaks of the
     sampled tree sums (every ``interval`` s; a shorter peak can be missed) and the kernel's peak
     resident set (``/usr/bin/time -v`` if present, else ``wait4``'s ru_maxrss, which on Linux also
-    counts this parent's resident set at the fork — this script keeps it small)."""
+    counts this parent's resident set at the fork — this script keeps it small).
+
+    Every 0.5 s by default: reading smaps_rollup of a process that maps a 1.5 GB file walks its
+    page tables, and at 0.1 s this sampler took ~28 % of a core from the 2-core machine it was
+    timing (seen at 1M × 384). A peak shorter than the interval can be missed by these sums; the
+    kernel's maximum resident set of ``/usr/bin/time -v`` still catches the largest process's."""
     with tempfile.TemporaryDirectory(prefix="scale_run_") as tmp:
         tfile = Path(tmp) / "time.txt"
         full = ([TIME, "-v", "-o", str(tfile)] if TIME else []) + cmd
@@ -144,13 +155,17 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
             t0 = time.perf_counter()
             p = subprocess.Popen(full, stdout=out, stderr=err, env=env)
             peak = {"rss": 0, "anon": 0, "private_dirty": 0}
-            while True:
-                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
-                if pid:
-                    break
-                for key, v in _sample(p.pid).items():
-                    peak[key] = max(peak[key], v)
-                time.sleep(interval)
+            try:
+                while True:
+                    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    for key, v in _sample(p.pid).items():
+                        peak[key] = max(peak[key], v)
+                    time.sleep(interval)
+            except BaseException:  # a stopped benchmark (SIGTERM, Ctrl-C) leaves no measure running
+                _stop_tree(p)
+                raise
             wall = time.perf_counter() - t0
             p.returncode = os.waitstatus_to_exitcode(status)
             out.seek(0)
@@ -165,6 +180,23 @@ def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1)
             "rss_peak_bytes": peak["rss"], "anon_peak_bytes": peak["anon"],
             "private_dirty_peak_bytes": peak["private_dirty"], "maxrss_bytes": maxrss, "maxrss_source": source,
             "sample_interval_s": interval}
+
+
+def _stop_tree(p: subprocess.Popen) -> None:
+    """SIGTERM to the measure's whole process tree (``time``, the command, its workers), SIGKILL to
+    what is left after 10 s; the tree is walked first, before its parents die and it scatters."""
+    pids = _tree(p.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in reversed(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        try:
+            p.wait(10)
+            pids = [q for q in pids if os.path.exists(f"/proc/{q}")]
+            if not pids:
+                return
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def machine() -> dict:

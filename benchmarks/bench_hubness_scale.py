@@ -43,6 +43,15 @@ width and at 768 (``--whiten-rows`` rows of a second clustered file), and the pr
 Not yet run at full size: expect hours on 2 cores (kiez's HNSW build and the Gaussian row's IVF
 search are the longest parts) and ~4 GB of disk in ``--data-dir`` (the 1.5 GB file, the Gaussian
 one, a 0.8 GB 768-wide file, the IVF-PQ indexes); run it under the CPU lock on an idle machine.
+
+**Resumable** (``benchmarks/_scale_state.py``): the measures' outputs (the CLI's JSON and N_k files,
+the IVF-PQ indexes, kiez's N_k) and ``state.json`` live in ``--workdir`` (default
+``<data-dir>/run-n{rows}-d{dim}-seed{seed}``); every completed measure is saved there at once with
+its date, load and commit. Stopped part-way (SIGTERM or Ctrl-C end the running measure's processes
+too; ``--stop-after N`` stops after N measures, exit 3), the same command runs only what is
+missing; other result-affecting arguments are refused in one line (``--fresh`` discards the saved
+measures). The data and truth files are written whole or not at all. Since rows may then come from
+different sessions, the report ends with every row's date, load and commit and says so plainly.
 """
 
 from __future__ import annotations
@@ -51,20 +60,22 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
-import tempfile
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from _bench import interleaved, load  # noqa: E402
-from _scale_data import dataset, machine, run_measured  # noqa: E402
+from _scale_data import dataset, dataset_path, machine, run_measured  # noqa: E402
+from _scale_report import GIB, PLAN_DIM, report  # noqa: E402
+from _scale_state import Mismatch, State, print_provenance  # noqa: E402
 
-GIB = 2**30
-PLAN_ROWS, PLAN_DIM = 100_000_000, 768
+PLAN_ROWS = 100_000_000
 SIDES = ("kexue-ivf", "sklearn-brute", "kiez-faiss")
 
 
@@ -145,26 +156,28 @@ def _cli_row(r: dict, label: str, index_bytes) -> dict:
             "load_1min_at_start": r["load_1min_at_start"], "memory": _mem(r, index_bytes)}
 
 
-def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool) -> dict:
+def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st: State) -> dict:
     n, d = (a.gaussian_rows or a.rows) if kind == "gaussian" else a.rows, a.dim
-    path, gen_s = dataset(Path(a.data_dir), kind, n, d, a.seed)
+    path = dataset_path(Path(a.data_dir), kind, n, d, a.seed)
+    gen_s = st.run(kind, "generate", lambda: {"generate_s": dataset(Path(a.data_dir), kind, n, d, a.seed)[1]},
+                   need=[path])["generate_s"]
     print(f"\n{kind}: {path} ({path.stat().st_size / GIB:.2f} GiB), "
           + ("from the cache" if gen_s is None else f"generated in {gen_s:.1f} s"), flush=True)
     out: dict = {"path": str(path), "file_bytes": path.stat().st_size, "generate_s": gen_s}
     tpath = Path(a.data_dir) / f"{path.stem}-truth-k{a.k}-s{a.recall_sample}-seed{a.seed}.npz"
-    if not tpath.exists():
-        r = child("truth", path=str(path), k=a.k, sample=a.recall_sample, seed=a.seed, block_rows=a.block_rows,
-                  out=str(tpath))
-        out["truth_s"] = r["result"]["seconds"]
+    out["truth_s"] = st.run(kind, "truth", lambda: {"seconds": None} if tpath.exists() else child(
+        "truth", path=str(path), k=a.k, sample=a.recall_sample, seed=a.seed, block_rows=a.block_rows,
+        out=str(tpath))["result"], need=[tpath])["seconds"]
     ivf_bytes = _ivf_index_bytes(n, d)
     runs: dict[str, list] = {s: [] for s in SIDES}
-    fns = {"kexue-ivf": lambda: runs["kexue-ivf"].append(cli(a, path, tmp / f"{kind}-ivf", ["--backend", "ivf",
-                                                                                          "--recall-sample", str(a.recall_sample)])),
-           "sklearn-brute": lambda: runs["sklearn-brute"].append(child("sklearn", path=str(path), k=a.k, truth=str(tpath)))}
+    side = lambda name, fn: st.rounds(kind, name, fn, runs[name])  # noqa: E731  (round i: saved or measured)
+    fns = {"kexue-ivf": side("kexue-ivf", lambda: cli(a, path, tmp / f"{kind}-ivf", [
+               "--backend", "ivf", "--recall-sample", str(a.recall_sample)])),
+           "sklearn-brute": side("sklearn-brute", lambda: child("sklearn", path=str(path), k=a.k, truth=str(tpath)))}
     if py_peer and "kiez" not in a.skip:
         args = {"path": str(path), "k": a.k, "truth": str(tpath), "index_key": a.kiez_index,
                 "index_param": a.kiez_param or None, "out": str(tmp / f"{kind}-kiez-nk.npy")}
-        fns["kiez-faiss"] = lambda: runs["kiez-faiss"].append(_kiez(py_peer, args))
+        fns["kiez-faiss"] = side("kiez-faiss", lambda: _kiez(py_peer, args, n))
     if "sklearn" in a.skip:
         fns.pop("sklearn-brute")
     interleaved(fns, repeats=a.repeats, warmup=0)
@@ -182,12 +195,8 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool) -> 
                                 "memory": _mem(runs["sklearn-brute"][-1], None)}
         out["sklearn_over_kexue"] = out["sklearn-brute"]["extrapolated_s"] / row["wall_s"]
     if runs["kiez-faiss"]:
-        import numpy as np
-
-        from kexue.hubness import hubness_measures
-
         kz = runs["kiez-faiss"]
-        m = hubness_measures(np.load(tmp / f"{kind}-kiez-nk.npy"), a.k, n)
+        m = kz[-1]["measures"]
         out["kiez-faiss"] = {**kz[-1]["result"], "seconds": statistics.median(r["result"]["seconds"] for r in kz),
                              "wall_s": statistics.median(r["wall_s"] for r in kz), "index_key": a.kiez_index,
                              "index_param": a.kiez_param, "skewness": m["skewness"],
@@ -197,8 +206,9 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool) -> 
     if kind == "gaussian":  # the side row: the three-way comparison only
         return out
     if "mp" not in a.skip:
-        r = cli(a, path, tmp / f"{kind}-mp", ["--backend", "ivf", "--recall-sample", str(a.recall_sample),
-                                              "--reduce", "mp", "--candidates", str(a.mp_candidates)])
+        r = st.run(kind, "kexue-ivf+mp", lambda: cli(a, path, tmp / f"{kind}-mp", [
+            "--backend", "ivf", "--recall-sample", str(a.recall_sample), "--reduce", "mp", "--candidates",
+            str(a.mp_candidates)]))
         out["kexue-ivf+mp"] = {**_cli_row(r, "mp", ivf_bytes), "candidates": a.mp_candidates,
                                "ratio_to_nk": r["wall_s"] / row["wall_s"]}
     for key, template in (("kexue-ivfpq", a.pq_factory), ("kexue-ivfpq-refine", a.pq_refine_factory)):
@@ -206,43 +216,63 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool) -> 
             continue
         factory = template.format(nlist=round(math.sqrt(n)), m=a.pq_m or d // 4)
         pq = tmp / f"{kind}-{key}.faiss"
-        b = child("build_pq", path=str(path), k=a.k, truth=str(tpath), factory=factory, seed=a.seed,
-                  block_rows=a.block_rows, recall=a.recall, k_factor=a.k_factor, out=str(pq))
-        r = cli(a, path, tmp / f"{kind}-{key}", ["--index", str(pq), "--recall-sample", str(a.recall_sample)])
+        b = st.run(kind, key + ":build", partial(
+            child, "build_pq", path=str(path), k=a.k, truth=str(tpath), factory=factory, seed=a.seed,
+            block_rows=a.block_rows, recall=a.recall, k_factor=a.k_factor, out=str(pq)), need=[pq])
+        r = st.run(kind, key, partial(cli, a, path, tmp / f"{kind}-{key}", [
+            "--index", str(pq), "--recall-sample", str(a.recall_sample)]))
         pbytes = b["result"]["index_bytes"]
         out[key] = {**_cli_row(r, "primary", pbytes), "build": {**b["result"], "wall_s": b["wall_s"],
                                                                 "memory": _mem(b, pbytes)},
                     "total_s": b["wall_s"] + r["wall_s"]}
     if "estimate" not in a.skip:
-        r = child("estimate", path=str(path), k=a.k, fraction=a.estimate_fraction, recall=a.recall, seed=a.seed,
-                  block_rows=a.block_rows)
+        r = st.run(kind, "estimate", lambda: child("estimate", path=str(path), k=a.k, fraction=a.estimate_fraction,
+                                                   recall=a.recall, seed=a.seed, block_rows=a.block_rows))
         e = r["result"]
         lo, hi = e["skewness_ci"]
         out["estimate"] = {**e, "wall_s": r["wall_s"], "memory": _mem(r, ivf_bytes), "full_scan_skewness": row["skewness"], "inside_ci": lo <= row["skewness"] <= hi,
                            "full_scan_hub_occurrence": row["hub_occurrence"],
                            "full_scan_antihub_occurrence": row["antihub_occurrence"]}
     if a.cluster and cluster:
-        import numpy as np
-
-        r = cli(a, path, tmp / f"{kind}-cluster", ["--backend", "ivf", "--recall-sample", str(a.recall_sample),
-                                                   "--cluster", a.cluster])
-        out["kexue-ivf-cluster"] = {**_cli_row(r, "primary", ivf_bytes), "cluster": a.cluster, "identical_nk": bool(
-            np.array_equal(np.load(r["nk_path"]), np.load(ivf[-1]["nk_path"])))}
+        # keyed by the cluster spec, so that --cluster can be added to (or changed in) a resumed run
+        r = st.run(kind, f"kexue-ivf-cluster({a.cluster})",
+                   lambda: _cluster(a, path, tmp / f"{kind}-cluster", ivf[-1]["nk_path"]))
+        out["kexue-ivf-cluster"] = {**_cli_row(r, "primary", ivf_bytes), "cluster": a.cluster,
+                                    "identical_nk": r["identical_nk"]}
     return out
 
 
-def _kiez(py: str, args: dict) -> dict:
-    r = measure([py, str(HERE / "_scale_kiez.py"), json.dumps(args)], kexue=False)
-    r["result"] = json.loads(r.pop("stdout").strip().splitlines()[-1])
+def _cluster(a, path: Path, out: Path, local_nk: str) -> dict:
+    """The N_k run on ``--cluster``, compared with the local run's N_k file (kept in the work directory)."""
+    import numpy as np
+
+    if not Path(local_nk).exists():
+        raise SystemExit(f"the local run's N_k file {local_nk} is gone; start again with --fresh")
+    r = cli(a, path, out, ["--backend", "ivf", "--recall-sample", str(a.recall_sample), "--cluster", a.cluster])
+    r["identical_nk"] = bool(np.array_equal(np.load(r["nk_path"]), np.load(local_nk)))
     return r
 
 
-def whitening(a, path: Path) -> dict:
+def _kiez(py: str, args: dict, n: int) -> dict:
+    import numpy as np
+
+    from kexue.hubness import hubness_measures
+
+    r = measure([py, str(HERE / "_scale_kiez.py"), json.dumps(args)], kexue=False)
+    r["result"] = json.loads(r.pop("stdout").strip().splitlines()[-1])
+    m = hubness_measures(np.load(args["out"]), args["k"], n)  # now: the next round overwrites the file
+    r["measures"] = {key: float(m[key]) for key in ("skewness", "hub_occurrence", "antihub_occurrence")}
+    return r
+
+
+def whitening(a, path: Path, st: State) -> dict:
     """Throughput and memory at the data's width and at 768 (a second clustered file, cached), and the plan."""
     out = {}
-    wide, _ = dataset(Path(a.data_dir), "clustered", a.whiten_rows, PLAN_DIM, a.seed)
+    wide = dataset_path(Path(a.data_dir), "clustered", a.whiten_rows, PLAN_DIM, a.seed)
+    st.run("whitening", f"generate-{PLAN_DIM}", lambda: {"generate_s": dataset(
+        Path(a.data_dir), "clustered", a.whiten_rows, PLAN_DIM, a.seed)[1]}, need=[wide])
     for label, p in (("data", path), (str(PLAN_DIM), wide)):
-        r = child("whiten", path=str(p), block_rows=a.whiten_block)
+        r = st.run("whitening", label, partial(child, "whiten", path=str(p), block_rows=a.whiten_block))
         out[label] = {**r["result"], "wall_s": r["wall_s"], "memory": _mem(r, None)}
     w = out[str(PLAN_DIM)]
     total = PLAN_ROWS * PLAN_DIM * 4
@@ -253,74 +283,6 @@ def whitening(a, path: Path) -> dict:
         plan["machines"][str(m)] = total / (m * w["stream_bytes_per_s"]) + math.ceil(math.log2(m)) * w["merge_s"] + w["decompose_s"]
     out["plan"] = plan
     return out
-
-
-def report(res: dict, a) -> None:
-    g = lambda b: "-" if b is None else f"{b / GIB:.2f}"  # noqa: E731
-    f = lambda x, fmt: f"{'-':>{int(fmt.split('.')[0])}}" if x is None else format(x, fmt)  # noqa: E731
-    print(f"\n{'measure':<24}{'wall s':>10}{'recall':>8}  {'param':<12}{'skew':>7}{'hubs':>7}{'anti':>7}"
-          f"{'maxRSS':>8}{'anon':>7}{'pdirty':>7}{'goal':>7}")
-    print("(skew: of N_k; hubs: share of k-occurrences on points with N_k > 2k; anti: share of points with N_k = 0; "
-          "memory in GiB: kernel peak RSS incl. the map's file pages, sampled peaks of anonymous and private dirty "
-          "memory, goal = index + 1 GiB; sklearn's wall is extrapolated, kiez's excludes loading the file)")
-    for kind, ds in res["datasets"].items():
-        for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq", "kexue-ivfpq-refine", "kexue-ivf-cluster",
-                     "sklearn-brute", "kiez-faiss"):
-            r = ds.get(name)
-            if r is None:
-                continue
-            m = r.get("memory", {})
-            wall = r["extrapolated_s"] if name == "sklearn-brute" else r["seconds"] if name == "kiez-faiss" else r["wall_s"]
-            par = ",".join(f"{k}={v}" for k, v in r.get("params", {}).items()) or r.get("index_param") or ""
-            print(f"{kind[:4] + ' ' + name:<24}{wall:10.1f}{f(r.get('recall'), '8.3f')}  {par:<12}"
-                  f"{f(r.get('skewness'), '7.2f')}{f(r.get('hub_occurrence'), '7.3f')}{f(r.get('antihub_occurrence'), '7.3f')}"
-                  f"{g(m.get('maxrss_bytes')):>8}{g(m.get('anon_peak_bytes')):>7}{g(m.get('private_dirty_peak_bytes')):>7}"
-                  f"{g(m.get('goal_bytes')):>7}")
-        if "sklearn-brute" in ds:
-            print(f"  sklearn brute: {ds['sklearn-brute']['note']}; sklearn / kexue-ivf {ds['sklearn_over_kexue']:.2f}x (goal ≥ 5x)")
-        if "kiez-faiss" in ds:
-            k = ds["kiez-faiss"]
-            print(f"  kiez {k['index_key']} {k['index_param']}: {k['seconds']:.1f} s timed (load {k['load_s']:.1f} s apart); "
-                  f"kexue-ivf / kiez {ds['kexue_over_kiez']:.2f}x (goal ≤ 1.0x)")
-        else:
-            print(f"  kiez FAISS row skipped: {res['kiez_skipped']}")
-        if "kexue-ivf+mp" in ds:
-            print(f"  MP on top: {ds['kexue-ivf+mp']['ratio_to_nk']:.2f}x the N_k wall (goal ≤ 2x)")
-        for key in ("kexue-ivfpq", "kexue-ivfpq-refine"):
-            if key not in ds:
-                continue
-            b = ds[key]["build"]
-            print(f"  {key} {b['factory']}: build {b['build_s']:.1f} s + tune {b['tune_s']:.1f} s, nprobe {b['nprobe']} "
-                  f"(sample recall {b['recall']:.3f}), index {b['index_bytes'] / GIB:.3f} GiB")
-        if "estimate" in ds:
-            e = ds["estimate"]
-            print(f"  estimate from {e['n_sampled']} of {e['n_index']} queries ({e['seconds']:.1f} s): skewness "
-                  f"{e['skewness']:.3f} [{e['skewness_ci'][0]:.3f}, {e['skewness_ci'][1]:.3f}] vs full scan "
-                  f"{e['full_scan_skewness']:.3f} ({'inside' if e['inside_ci'] else 'OUTSIDE'} the CI); hubs "
-                  f"{e['hub_occurrence']:.3f} vs {e['full_scan_hub_occurrence']:.3f}, antihubs "
-                  f"{e['antihub_occurrence']:.3f} vs {e['full_scan_antihub_occurrence']:.3f}")
-        for key in ("kexue-ivf", "kexue-ivfpq", "kexue-ivfpq-refine", "estimate"):
-            if key in ds:
-                m = ds[key]["memory"]
-                print(f"  {key} memory vs index + 1 GiB ({g(m['goal_bytes'])} GiB): peak RSS "
-                      f"{'within' if m['rss_within_goal'] else 'OVER'}, private {'within' if m['private_within_goal'] else 'OVER'}")
-        if "kexue-ivf-cluster" in ds:
-            print(f"  --cluster {a.cluster}: N_k identical to the local run: {ds['kexue-ivf-cluster']['identical_nk']}")
-    if res.get("cluster_skipped"):
-        print(f"  --cluster skipped: {res['cluster_skipped']}")
-    w = res.get("whitening")
-    if w:
-        for label in ("data", str(PLAN_DIM)):
-            x = w[label]
-            print(f"whitening d={x['dim']} ({x['rows']:,} rows, blocks of {x['block_rows']:,}): streaming fit "
-                  f"{x['stream_bytes_per_s'] / 1e6:.0f} MB/s, partial_fit {x['partial_fit_bytes_per_s'] / 1e6:.0f} MB/s a block, "
-                  f"merge {x['merge_s'] * 1e3:.0f} ms, decompose {x['decompose_s'] * 1e3:.0f} ms, private peak "
-                  f"{g(max(x['memory']['anon_peak_bytes'], x['memory']['private_dirty_peak_bytes']))} GiB")
-        p = w["plan"]
-        print(f"plan {p['rows']:,} × {p['dim']} float32 ({p['bytes'] / 1e9:.0f} GB) at {p['bytes_per_s_per_machine'] / 1e6:.0f} MB/s "
-              f"per machine like this one ({res['machine']['cores']} cores), {g(p['private_memory_per_process_bytes'])} GiB each "
-              "(reading the data at that rate assumed): " + ", ".join(
-                  f"{m} machine{'s' if m != '1' else ''} {t / 3600:.2f} h" for m, t in p["machines"].items()))
 
 
 def main(argv=None) -> dict:
@@ -352,6 +314,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--whiten-block", type=int, default=65_536)
     ap.add_argument("--machines", default="1,4,16", help="machine counts of the whitening plan")
     ap.add_argument("--skip", default="", help="comma list of: sklearn, kiez, mp, pq, estimate, whiten")
+    ap.add_argument("--workdir", default=None, help="the run's outputs and saved state, which a stopped run resumes "
+                                                     "from (default <data-dir>/run-n{rows}-d{dim}-seed{seed})")
+    ap.add_argument("--fresh", action="store_true", help="discard the work directory's saved measures")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop (exit 3) after this many newly run measures")
     a = ap.parse_args(argv)
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     a.machines = [int(m) for m in a.machines.split(",")]
@@ -362,6 +328,14 @@ def main(argv=None) -> dict:
     print(f"{a.rows:,} × {a.dim} float32, k = {a.k}, seed {a.seed}; {info['cores']} cores, "
           f"{info['ram_bytes'] / GIB:.1f} GiB RAM; commit {info['commit'][:12]}{' (dirty)' if info['dirty'] else ''}")
     print(f"before: {load()}", flush=True)
+    work = Path(a.workdir or Path(a.data_dir) / f"run-n{a.rows}-d{a.dim}-seed{a.seed}")
+    try:
+        st = State(work, vars(a), info["commit"], info["dirty"], fresh=a.fresh, stop_after=a.stop_after)
+    except Mismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"work directory {work} ({len(st.measures)} measures saved{', discarded the rest' if a.fresh else ''})")
+    res["workdir"] = str(work)
     py_peer, why = peers(a) if "kiez" not in a.skip else (None, "--skip kiez")
     res["kiez_skipped"] = None if py_peer else why
     if not py_peer:
@@ -370,20 +344,27 @@ def main(argv=None) -> dict:
     res["cluster_skipped"] = None if cluster or not a.cluster else "this tree's kexue hubness has no --cluster option"
     res["datasets"] = {}
     Path(a.data_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="scale_", dir=a.data_dir) as tmp:
-        for kind in ["clustered"] + (["gaussian"] if a.gaussian else []):
-            res["datasets"][kind] = run_dataset(a, kind, Path(tmp), py_peer, cluster)
+    for kind in ["clustered"] + (["gaussian"] if a.gaussian else []):
+        res["datasets"][kind] = run_dataset(a, kind, work, py_peer, cluster, st)
     if "whiten" not in a.skip:
-        res["whitening"] = whitening(a, Path(res["datasets"]["clustered"]["path"]))
+        res["whitening"] = whitening(a, Path(res["datasets"]["clustered"]["path"]), st)
     res["load_after"] = os.getloadavg()
     res["load_after_text"] = load()
+    res["provenance"] = st.provenance()
     report(res, a)
+    print_provenance(res["provenance"])
     print(f"after: {load()}")
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+        from kexue.utils import atomic_write
+
+        with atomic_write(a.json, "w") as f:
+            json.dump(res, f, indent=1, default=str)
         print(f"wrote {a.json}")
     return res
 
 
 if __name__ == "__main__":
+    # SIGTERM (a session's end, ``kill``) unwinds like Ctrl-C: run_measured ends the running measure's
+    # processes, and every measure completed before it is already in the saved state
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     main()

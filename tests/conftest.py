@@ -155,3 +155,16 @@ def peak_rss_above(child: str, *args, timeout: int = 600) -> int:
     assert r.returncode == 0, r.stderr
     base, peak = (int(v) * 1024 for v in r.stdout.split()[-2:])
     return peak - base
+
+
+def run_kexue(*args, cwd, timeout: int = 900):
+    """``python -m kexue ARGS`` as a user runs it, in a child process running this checkout's source
+    (a CompletedProcess with text stdout/stderr): the exit code and everything on the real stderr,
+    including what a local Dask cluster's processes print, which the in-process ``cli`` fixture does
+    not capture. The timeout is the longest the callers needed (a local cluster on a busy machine)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.run([sys.executable, "-m", "kexue", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=cwd)

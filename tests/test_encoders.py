@@ -128,3 +128,34 @@ def test_load_minilm_gives_a_model_the_caller_may_change():
     m[0].auto_model.embeddings.word_embeddings.weight.data.zero_()
     after = encoders.encode(["a cat sat on the mat", "stocks fell sharply"], "minilm", cache_dir=False)
     np.testing.assert_array_equal(before, after)
+
+
+@pytest.mark.needs("sentence_transformers")
+def test_loaders_draw_no_transformers_bars_and_restore_the_callers_setting(monkeypatch):
+    """transformers' progress-bar switch is process-wide: off while a model is read (library code must
+    not print), and afterwards as the caller set it, whichever it was."""
+    _minilm_or_skip()
+    import sentence_transformers
+    from transformers.utils import logging as hf_logging
+
+    seen = []  # the switch while each model is read
+
+    class Spy(sentence_transformers.SentenceTransformer):
+        def __init__(self, *args, **kwargs):
+            seen.append(hf_logging.is_progress_bar_enabled())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Spy)
+    # SmolLM2 itself is not read here (a GGUF conversion); its reader is called inside the same switch
+    monkeypatch.setattr(encoders, "_load_smollm2", lambda cache: seen.append(hf_logging.is_progress_bar_enabled()))
+    was = hf_logging.is_progress_bar_enabled()
+    try:
+        for enabled in (True, False):
+            (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
+            assert isinstance(encoders.load_minilm(), Spy)
+            assert hf_logging.is_progress_bar_enabled() is enabled
+            encoders.load_smollm2.__wrapped__()  # past the lru_cache: the loader runs every time
+            assert hf_logging.is_progress_bar_enabled() is enabled
+        assert seen == [False] * 4
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()

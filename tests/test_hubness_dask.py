@@ -3,17 +3,12 @@ single-process kNN graph and N_k, quietly; bad cluster options are one line, exi
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from kexue import KexueError
 from kexue.hubness import k_occurrence, kneighbors
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "src")
 NOISE = ("Traceback", "Warning", "warning", "distributed.", "tornado", "Error")
 
 
@@ -72,18 +67,14 @@ def test_no_client_is_one_line():
         kneighbors_dask(_data(n=60), 2)
 
 
-def _kexue(*args, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(SRC)}
-    return subprocess.run([sys.executable, "-m", "kexue", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=cwd)
-
-
 @pytest.mark.slow
 def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
+    from conftest import run_kexue
+
     pytest.importorskip("dask.distributed")
     np.save(tmp_path / "x.npy", _data(n=3000, d=16, seed=3))
-    out = _kexue("hubness", "x.npy", "-k", 10, "--cluster", "local:2", "--nk-out", "nk_dask.npy",
-                 "--graph-out", "g_dask.npz", "--json", "m_dask.json", cwd=tmp_path)
+    out = run_kexue("hubness", "x.npy", "-k", 10, "--cluster", "local:2", "--nk-out", "nk_dask.npy",
+                    "--graph-out", "g_dask.npz", "--json", "m_dask.json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert not any(s in out.stderr for s in NOISE), out.stderr
     here = cli("hubness", tmp_path / "x.npy", "-k", 10, "--nk-out", tmp_path / "nk.npy", "--graph-out", tmp_path / "g.npz",
@@ -99,8 +90,8 @@ def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
     np.save(tmp_path / "q.npy", np.random.default_rng(4).standard_normal((700, 16)))
     for extra in (["--reduce", "mp", "--candidates", 30], ["--queries", "q.npy", "--reduce", "csls", "--reference", "queries"]):
         # the candidates are searched on the cluster and re-ranked here: the same reduced graph
-        out = _kexue("hubness", "x.npy", "-k", 10, "--cluster", "local:2", "--nk-out", "nk_dask.npy",
-                     "--graph-out", "g_dask.npz", *extra, cwd=tmp_path)
+        out = run_kexue("hubness", "x.npy", "-k", 10, "--cluster", "local:2", "--nk-out", "nk_dask.npy",
+                        "--graph-out", "g_dask.npz", *extra, cwd=tmp_path)
         assert out.returncode == 0 and not any(s in out.stderr for s in NOISE), out.stderr
         extra = [tmp_path / e if str(e).endswith(".npy") else e for e in extra]
         assert cli("hubness", tmp_path / "x.npy", "-k", 10, "--nk-out", tmp_path / "nk.npy", "--graph-out",
@@ -112,7 +103,7 @@ def test_cli_cluster_gives_the_local_nk_and_graph_quietly(tmp_path, cli):
     X = np.load(tmp_path / "x.npy")
     X[2345, 7] = np.nan
     np.save(tmp_path / "bad.npy", X)  # scanned before the header line: the one error line
-    bad = _kexue("hubness", "bad.npy", "-k", 10, "--cluster", "local:1", "--nk-out", "nk_bad.npy", cwd=tmp_path)
+    bad = run_kexue("hubness", "bad.npy", "-k", 10, "--cluster", "local:1", "--nk-out", "nk_bad.npy", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "kexue: error: bad.npy has a non-finite value (nan) at row 2345, column 7; clean or drop those rows"], bad.stderr
     assert not (tmp_path / "nk_bad.npy").exists()

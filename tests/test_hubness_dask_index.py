@@ -5,10 +5,6 @@ index; a mismatched index or an index some worker cannot read is one line (exit 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -18,7 +14,6 @@ from kexue.hubness import kneighbors, occurrences
 faiss = pytest.importorskip("faiss")
 distributed = pytest.importorskip("dask.distributed")
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "src")
 NOISE = ("Traceback", "Warning", "warning", "distributed.", "tornado", "Error")
 N, D = 1200, 12
 
@@ -133,19 +128,15 @@ def test_an_index_some_worker_cannot_read_is_one_line_naming_the_fix(tmp_path, m
             kneighbors_dask(X, 3, client, backend="ivf", index=tmp_path / "flat.faiss")
 
 
-def _kexue(*args, cwd) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(SRC)}
-    return subprocess.run([sys.executable, "-m", "kexue", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=900, cwd=cwd)
-
-
 @pytest.mark.slow
 def test_cli_index_on_a_cluster_gives_the_local_nk_quietly(tmp_path, cli):
+    from conftest import run_kexue
+
     X = _data()
     np.save(tmp_path / "x.npy", X)
     _indexes(tmp_path, X)
-    out = _kexue("hubness", "x.npy", "-k", 5, "--index", "a.faiss", "--index", "b.faiss", "--cluster", "local:2",
-                 "--nk-out", "nk_dask.npy", "--graph-out", "g_dask.npz", cwd=tmp_path)
+    out = run_kexue("hubness", "x.npy", "-k", 5, "--index", "a.faiss", "--index", "b.faiss", "--cluster", "local:2",
+                    "--nk-out", "nk_dask.npy", "--graph-out", "g_dask.npz", cwd=tmp_path)
     assert out.returncode == 0 and not any(s in out.stderr for s in NOISE), out.stderr
     here = cli("hubness", tmp_path / "x.npy", "-k", 5, "--index", tmp_path / "flat.faiss", "--nk-out", tmp_path / "nk.npy",
                "--graph-out", tmp_path / "g.npz")

@@ -150,27 +150,19 @@ def test_file_blocks_read_alone_and_checked(tmp_path, da):
         from_file(bad, block_rows=0)
 
 
-def _kexue(*args, cwd):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")}
-    return subprocess.run([sys.executable, "-m", "kexue", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=cwd)
-
-
 @pytest.mark.slow
 def test_cli_fit_on_a_local_cluster_equals_the_single_process_fit_quietly(tmp_path, cli):
+    from conftest import run_kexue
+
     pytest.importorskip("dask.distributed")
     np.save(tmp_path / "x.npy", _data(n=4000, d=16, seed=7).astype(np.float32))
     X = np.load(tmp_path / "x.npy")
     X[3333, 2] = np.nan
     np.save(tmp_path / "bad.npy", X)
-    out = _kexue("whiten", "fit", "x.npy", "-o", "w_dask.safetensors", "--chunk", 1000, "-k", 10, "--cluster", "local:2",
-                 cwd=tmp_path)
+    out = run_kexue("whiten", "fit", "x.npy", "-o", "w_dask.safetensors", "--chunk", 1000, "-k", 10, "--cluster", "local:2",
+                    cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    bad = _kexue("whiten", "fit", "bad.npy", "-o", "bad.safetensors", "--chunk", 1000, "--cluster", "local:2", cwd=tmp_path)
+    bad = run_kexue("whiten", "fit", "bad.npy", "-o", "bad.safetensors", "--chunk", 1000, "--cluster", "local:2", cwd=tmp_path)
     for r in (out, bad):
         assert not any(s in r.stderr for s in ("Traceback", "Warning", "distributed.", "tornado", "Compute Failed")), r.stderr
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
@@ -179,8 +171,8 @@ def test_cli_fit_on_a_local_cluster_equals_the_single_process_fit_quietly(tmp_pa
     assert cli("whiten", "fit", tmp_path / "x.npy", "-o", tmp_path / "w.safetensors", "-k", 10).code == 0
     _close(Whitening.load(tmp_path / "w_dask.safetensors"), Whitening.load(tmp_path / "w.safetensors"))
     # apply: each block transformed and written into the temporary output by its worker
-    out = _kexue("whiten", "apply", "w.safetensors", "x.npy", "-o", "z_dask.npy", "--chunk", 1000, "--cluster", "local:2",
-                 cwd=tmp_path)
+    out = run_kexue("whiten", "apply", "w.safetensors", "x.npy", "-o", "z_dask.npy", "--chunk", 1000, "--cluster", "local:2",
+                    cwd=tmp_path)
     assert out.returncode == 0 and not any(s in out.stderr for s in ("Traceback", "Warning", "distributed.")), out.stderr
     assert cli("whiten", "apply", tmp_path / "w.safetensors", tmp_path / "x.npy", "-o", tmp_path / "z.npy",
                "--chunk", 1000).code == 0

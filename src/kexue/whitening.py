@@ -30,7 +30,6 @@ The STS evaluation harness (encoding STS-B or a user's pairs, the (β, γ, k) gr
 
 from __future__ import annotations
 
-import json
 from numbers import Integral, Real
 from pathlib import Path
 from collections.abc import Iterable
@@ -38,13 +37,10 @@ from collections.abc import Iterable
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from kexue import validate
-from kexue.io import load_fitted, save_fitted
+from kexue import _whitening_io, validate
 from kexue.utils import KexueError, KexueTypeError, plural
 
 CHUNK = 65536  # rows converted to float64 at a time: bounds the fit's extra memory to ~CHUNK·d·8 bytes
-KIND = "Whitening"
-LEGACY_FORMAT = "kexue.whitening/1"  # files written before save/load went through kexue.io
 ILL_CONDITIONED = 1e12  # λ_max/λ_min above this: Λ^(-γ/2) multiplies rounding noise by up to 1e6 at γ = 1
 
 # kept as names for code written against earlier releases; they are the shared error types
@@ -381,66 +377,15 @@ class Whitening(TransformerMixin, BaseEstimator):
         return (f"Σ is {what}, condition {cond:.3g}: Λ^(-γ/2) turns its smallest directions into amplified "
                 f"noise; keep only the leading ones, e.g. {flag} {min(rank, well)}")
 
-    # ----- saving -----------------------------------------------------------------------------
+    # ----- saving (the file format is kexue._whitening_io) -------------------------------------
 
     def save(self, path) -> Path:
         """Write the fitted transform (β, γ, k, μ, U, Λ and the accumulators, so a reloaded transform
         can keep streaming) to one ``.safetensors`` file (:func:`kexue.io.save_fitted`), atomically."""
-        self._check_fitted()
-        tensors = {"mean": self.mean_, "eigenvalues": self.eigenvalues_, "eigenvectors": self.eigenvectors_,
-                   "shift": self.shift_, "scale": np.asarray([self.scale_]), "sum": self.sum_, "gram": self.gram_,
-                   "n_samples_seen": np.asarray([self.n_samples_seen_], dtype=np.int64)}
-        save_fitted(path, KIND, tensors, self._config())
-        return Path(path)
-
-    def _config(self) -> dict:
-        return {"beta": float(self.beta), "gamma": float(self.gamma),
-                "n_components": None if self.n_components is None else int(self.n_components)}
+        return _whitening_io.save(self, path)
 
     @classmethod
     def load(cls, path) -> Whitening:
         """Read a transform written by :meth:`save` (or by releases before it, .npz/.safetensors);
         a one-line KexueError for a missing, corrupt or foreign file."""
-        path = Path(path)
-        legacy = _read_legacy(path)
-        t, config = legacy if legacy is not None else load_fitted(path, KIND)
-        need = {"mean", "eigenvalues", "eigenvectors", "shift", "sum", "gram", "n_samples_seen"}
-        if not need <= set(t) or not {"beta", "gamma", "n_components"} <= set(config):
-            raise KexueError(f"{path} lacks parts of a whitening transform; fit it again")
-        w = cls(beta=config["beta"], gamma=config["gamma"], n_components=config["n_components"])
-        d = len(t["mean"])
-        if t["gram"].shape != (d, d) or t["eigenvectors"].shape != (d, d):
-            raise KexueError(f"{path} has inconsistent shapes; fit it again")
-        w.n_features_in_ = d
-        w.n_samples_seen_ = int(t["n_samples_seen"][0])
-        w.shift_, w.sum_, w.gram_ = t["shift"], t["sum"], t["gram"]
-        w.scale_ = float(t["scale"][0]) if "scale" in t else 1.0  # files before the scaling held y unscaled
-        return w._decompose()
-
-
-def _read_legacy(path: Path) -> tuple[dict, dict] | None:
-    """(tensors, config) of a file in the earlier format (.npz, or .safetensors whose metadata
-    says ``format: kexue.whitening/1``); None for anything else (then :func:`load_fitted` judges)."""
-    if not path.is_file() or path.suffix not in (".npz", ".safetensors"):
-        return None
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="numpy") as f:
-                meta = f.metadata() or {}
-                if meta.get("format") != LEGACY_FORMAT:
-                    return None
-                t = {k: f.get_tensor(k) for k in f.keys()}
-        else:
-            with np.load(path, allow_pickle=False) as z:
-                t = {k: z[k] for k in z.files}
-            meta = json.loads(str(t.pop("meta"))) if "meta" in t else {}
-    except Exception as e:  # safetensors/zip raise assorted types for corrupt files
-        if path.suffix == ".safetensors":
-            return None  # load_fitted gives the message for a damaged .safetensors file
-        raise KexueError(f"{path} is not a readable whitening transform ({type(e).__name__}); fit it again") from None
-    if meta.get("format") != LEGACY_FORMAT:
-        raise KexueError(f"{path} is not a kexue whitening transform; fit it again (transforms are .safetensors)")
-    k = meta.get("n_components", "")
-    return t, {"beta": float(meta["beta"]), "gamma": float(meta["gamma"]), "n_components": int(k) if k else None}
+        return _whitening_io.load(cls, path)

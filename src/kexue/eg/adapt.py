@@ -7,7 +7,6 @@ import math
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -16,7 +15,7 @@ from kexue import validate
 from kexue.eg._common import (by_device, check_compile, check_foreach, check_pos, check_unit, closure_loss, foreach_mexp_,
                               grads, run_fused, scalar, want_compiled)
 from kexue.eg.adapt_kernels import _adapt_kernel, _combine_kernel, _rescale
-from kexue.eg.known_bases import BASE_STATE, kernel_args, known_base
+from kexue.eg.known_bases import step_direct
 from kexue.utils import KexueError, KexueTypeError
 
 _SCRATCH = ("tmp", "old")  # per-tensor buffers reused every step; not part of state_dict
@@ -287,80 +286,13 @@ class EGAdapt(Optimizer):
                     p.copy_(old.addcmul_(p.sub_(old), gain, value=float(scale)))
 
     # ---------------------------------------------------------------- compiled path, known base
-    def _direct_kind(self, work) -> str | None:
-        """"sgd" or "adam" when every group runs the compiled path and the base is a plain
-        torch.optim.SGD / Adam / AdamW with options :mod:`kexue.eg.known_bases` covers
-        (numbers, not tensors, for the hyperparameters; no differentiable or capturable mode, step
-        hooks, sparse or complex gradients); else None: the base runs its own step."""
-        kind = known_base(self.base)
-        if kind is None or self.base._optimizer_step_pre_hooks or self.base._optimizer_step_post_hooks:
-            return None
-        for _, group, pg, _, _ in work:
-            numbers = (group["lr"], group["weight_decay"],
-                       *((group["momentum"], group["dampening"]) if kind == "sgd" else (*group["betas"], group["eps"])))
-            if (group.get("eg_foreach") is False or not want_compiled(group, pg, "eg_compile")
-                    or group.get("differentiable") or group.get("capturable")
-                    or any(torch.is_tensor(x) for x in numbers)
-                    or any(g.is_sparse or p.is_complex() for p, g in pg)):
-                return None
-        return kind
-
     @torch.compiler.disable
     def _step_direct(self) -> bool:
-        """The compiled path for a base whose update we know (:meth:`_direct_kind`): the base's own
-        update rule runs inside our kernel after :func:`_adapt_kernel`, θ moved once by s · p ⊙ Δ,
-        so there is neither a snapshot θ_old nor a base step over θ to undo (SPEC 2.3 as in
-        :meth:`step`, with Δ the base's step computed directly instead of θ_base - θ_old).
-        The first step (no m_{t-1}, gains 1, s 1) is the base's own step and our moments. Returns
-        False where this does not apply, having at most created our state (as :meth:`step` would)."""
-        if known_base(self.base) is None:  # before any per-group work: step() then does it once
-            return False
-        work = []
-        for k, group in enumerate(self.param_groups):
-            pg = grads(group)
-            if pg:
-                states = [self.state[p] for p, _ in pg]
-                work.append((k, group, pg, states, "m" in states[0]))
-        kind = self._direct_kind(work) if work else None
-        if kind is None:
-            return False
-        for _, _, pg, states, _ in work:
-            for (p, _), st in zip(pg, states):
-                if "m" not in st:
-                    st["m"], st["v"], st["gain"] = torch.zeros_like(p), torch.zeros_like(p), torch.ones_like(p)
-        if not any(started for *_, started in work) and all(group["scale"] == 1.0 for _, group, *_ in work):
-            for _, group, pg, states, _ in work:
-                self._moments_foreach(group, pg, states, snapshot=False)
-            self.base.step()
-            return True
-        base_keys = BASE_STATE[kind]
-        if not all(started and all(k in self.base.state[p] and self.base.state[p][k] is not None
-                                   for p, _ in pg for k in base_keys(group))
-                   for _, group, pg, _, started in work):
-            return False
-        planned: list[Any] = []
-        for k, group, pg, states, _ in work:
-            lists = by_device([p for p, _ in pg], [g for _, g in pg], *[[st[n] for st in states] for n in ("m", "v", "gain")],
-                              *[[self.base.state[p][n] for p, _ in pg] for n in base_keys(group)])
-            sums: list[Any] = []
-            means: list[Any] = []
-            for ps, gs, ms, vs, gains, *_ in lists:
-                ok, out = run_fused(_adapt_kernel, ps, gs, ms, vs, gains, None, group["gain_lr"], group["beta"],
-                                    group["max_exp"], *group["gain_bounds"])
-                if not ok:
-                    if planned or sums:  # cannot happen: one kernel either compiles for every run or for none
-                        raise KexueError("EGAdapt: torch.compile failed part-way through a step")
-                    return False
-                sums.append(out[0])
-                means.append(out[1])
-            planned.append((group, lists, self._new_scale(k, group, sums, pg[0][0]), means))
-        for group, lists, scale, means in planned:
-            for run, mean in zip(lists, means):
-                kernel, args = kernel_args(kind, group, run, mean, scale)
-                ok, _ = run_fused(kernel, *args)
-                if not ok:  # only if compiling this kernel failed after _adapt_kernel's worked: run it eagerly
-                    kernel(*args)
-        return True
+        """The compiled path with a known base's update inside our kernel
+        (:func:`kexue.eg.known_bases.step_direct`); False where it does not apply, and :meth:`step`
+        then runs the base's own step. Kept out of an enclosing torch.compile: it reads s and the
+        base's state as Python values."""
+        return step_direct(self)
 
     @torch.compiler.disable
     def _scale_tensor(self, k: int, group: dict, like: torch.Tensor) -> torch.Tensor:

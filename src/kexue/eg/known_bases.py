@@ -1,16 +1,21 @@
 """The bases whose update EGAdapt's compiled path computes itself (SPEC 2.3): plain
 ``torch.optim.SGD``, ``Adam`` and ``AdamW``. Their update rule runs inside one kernel with
 EGAdapt's gain renormalisation and θ ← θ + s · p ⊙ Δ folded in, so θ is written once and no
-snapshot θ_old is kept (:meth:`kexue.eg.EGAdapt._step_direct` decides when this applies)."""
+snapshot θ_old is kept. :func:`step_direct`, EGAdapt's step for these bases, decides when this
+applies (:func:`direct_kind`) and runs it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from kexue.eg._common import scalar
+from kexue.eg._common import by_device, grads, run_fused, scalar, want_compiled
+from kexue.eg.adapt_kernels import _adapt_kernel
+from kexue.utils import KexueError
 
 KNOWN = ((torch.optim.SGD, "sgd"), (torch.optim.Adam, "adam"), (torch.optim.AdamW, "adam"))
-"""Bases whose update EGAdapt's compiled path computes itself (:meth:`kexue.eg.EGAdapt._step_direct`); exact
+"""Bases whose update EGAdapt's compiled path computes itself (:func:`step_direct`); exact
 types only, as a subclass may change ``step``. (Pairs, not a dict keyed by class: inside an enclosing
 torch.compile dynamo answered the dict look-up with its default.)"""
 BASE_STATE = {  # the base's per-parameter state the direct kernels read, in their argument order
@@ -22,6 +27,84 @@ BASE_STATE = {  # the base's per-parameter state the direct kernels read, in the
 def known_base(base) -> str | None:
     """"sgd" or "adam" for a base of exactly one of :data:`KNOWN`'s types, else None."""
     return next((name for cls, name in KNOWN if type(base) is cls), None)
+
+
+def direct_kind(base, work) -> str | None:
+    """"sgd" or "adam" when every group runs the compiled path and ``base`` is a plain
+    torch.optim.SGD / Adam / AdamW with options this module covers (numbers, not tensors, for the
+    hyperparameters; no differentiable or capturable mode, step hooks, sparse or complex
+    gradients); else None: the base runs its own step. ``work``: :func:`step_direct`'s groups."""
+    kind = known_base(base)
+    if kind is None or base._optimizer_step_pre_hooks or base._optimizer_step_post_hooks:
+        return None
+    for _, group, pg, _, _ in work:
+        numbers = (group["lr"], group["weight_decay"],
+                   *((group["momentum"], group["dampening"]) if kind == "sgd" else (*group["betas"], group["eps"])))
+        if (group.get("eg_foreach") is False or not want_compiled(group, pg, "eg_compile")
+                or group.get("differentiable") or group.get("capturable")
+                or any(torch.is_tensor(x) for x in numbers)
+                or any(g.is_sparse or p.is_complex() for p, g in pg)):
+            return None
+    return kind
+
+
+def step_direct(opt) -> bool:
+    """The compiled path of the EGAdapt ``opt`` for a base whose update we know (:func:`direct_kind`):
+    the base's own update rule runs inside our kernel after :func:`~kexue.eg.adapt_kernels._adapt_kernel`,
+    θ moved once by s · p ⊙ Δ, so there is neither a snapshot θ_old nor a base step over θ to undo
+    (SPEC 2.3 as in :meth:`kexue.eg.EGAdapt.step`, with Δ the base's step computed directly instead
+    of θ_base - θ_old). The first step (no m_{t-1}, gains 1, s 1) is the base's own step and our
+    moments. Returns False where this does not apply, having at most created our state (as
+    :meth:`~kexue.eg.EGAdapt.step` would). Called through :meth:`kexue.eg.EGAdapt._step_direct`;
+    ``opt`` is not annotated because kexue.eg.adapt imports this module."""
+    if known_base(opt.base) is None:  # before any per-group work: step() then does it once
+        return False
+    work = []
+    for k, group in enumerate(opt.param_groups):
+        pg = grads(group)
+        if pg:
+            states = [opt.state[p] for p, _ in pg]
+            work.append((k, group, pg, states, "m" in states[0]))
+    kind = direct_kind(opt.base, work) if work else None
+    if kind is None:
+        return False
+    for _, _, pg, states, _ in work:
+        for (p, _), st in zip(pg, states):
+            if "m" not in st:
+                st["m"], st["v"], st["gain"] = torch.zeros_like(p), torch.zeros_like(p), torch.ones_like(p)
+    if not any(started for *_, started in work) and all(group["scale"] == 1.0 for _, group, *_ in work):
+        for _, group, pg, states, _ in work:
+            opt._moments_foreach(group, pg, states, snapshot=False)
+        opt.base.step()
+        return True
+    base_keys = BASE_STATE[kind]
+    if not all(started and all(k in opt.base.state[p] and opt.base.state[p][k] is not None
+                               for p, _ in pg for k in base_keys(group))
+               for _, group, pg, _, started in work):
+        return False
+    planned: list[Any] = []
+    for k, group, pg, states, _ in work:
+        lists = by_device([p for p, _ in pg], [g for _, g in pg], *[[st[n] for st in states] for n in ("m", "v", "gain")],
+                          *[[opt.base.state[p][n] for p, _ in pg] for n in base_keys(group)])
+        sums: list[Any] = []
+        means: list[Any] = []
+        for ps, gs, ms, vs, gains, *_ in lists:
+            ok, out = run_fused(_adapt_kernel, ps, gs, ms, vs, gains, None, group["gain_lr"], group["beta"],
+                                group["max_exp"], *group["gain_bounds"])
+            if not ok:
+                if planned or sums:  # cannot happen: one kernel either compiles for every run or for none
+                    raise KexueError("EGAdapt: torch.compile failed part-way through a step")
+                return False
+            sums.append(out[0])
+            means.append(out[1])
+        planned.append((group, lists, opt._new_scale(k, group, sums, pg[0][0]), means))
+    for group, lists, scale, means in planned:
+        for run, mean in zip(lists, means):
+            kernel, args = kernel_args(kind, group, run, mean, scale)
+            ok, _ = run_fused(kernel, *args)
+            if not ok:  # only if compiling this kernel failed after _adapt_kernel's worked: run it eagerly
+                kernel(*args)
+    return True
 
 
 def kernel_args(kind: str, group: dict, run, means, scale):
