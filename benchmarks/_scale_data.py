@@ -138,11 +138,16 @@ def _sample(pid: int) -> dict[str, int]:
 TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
-def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.1) -> dict:
+def run_measured(cmd: list[str], env: dict | None = None, interval: float = 0.5) -> dict:
     """Run ``cmd`` in its own process; wall seconds, exit code, output, and memory: peaks of the
     sampled tree sums (every ``interval`` s; a shorter peak can be missed) and the kernel's peak
     resident set (``/usr/bin/time -v`` if present, else ``wait4``'s ru_maxrss, which on Linux also
-    counts this parent's resident set at the fork — this script keeps it small)."""
+    counts this parent's resident set at the fork — this script keeps it small).
+
+    Every 0.5 s by default: reading smaps_rollup of a process that maps a 1.5 GB file walks its
+    page tables, and at 0.1 s this sampler took ~28 % of a core from the 2-core machine it was
+    timing (seen at 1M × 384). A peak shorter than the interval can be missed by these sums; the
+    kernel's maximum resident set of ``/usr/bin/time -v`` still catches the largest process's."""
     with tempfile.TemporaryDirectory(prefix="scale_run_") as tmp:
         tfile = Path(tmp) / "time.txt"
         full = ([TIME, "-v", "-o", str(tfile)] if TIME else []) + cmd

@@ -327,3 +327,61 @@ def test_nnn_transductive_one_product_equals_two_passes(metric, monkeypatch):
     np.testing.assert_array_equal(one[1], two[1])
     np.testing.assert_allclose(one[0], two[0], rtol=1e-6, atol=1e-7)
     assert not np.array_equal(one[1], r.kneighbors(Q, 10)[1])  # the reference does change the ranking
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("case", ["shifted", "ties", "huge"])
+def test_nnn_few_candidates_equal_all_candidates(metric, case, monkeypatch):
+    """kneighbors(Q, k) on the exact backend recomputes only the candidates whose float32 score is
+    within the error margin of the k-th (NNN._few); the neighbours and distances are bit for bit
+    those of recomputing all n_candidates (the path taken without that margin), with a bank and
+    transductive, also where scores tie exactly (duplicate index points) and on coordinates far
+    from 1 (the power-of-two rescaling)."""
+    from kexue.hubness.reduction import NNN
+
+    X, R, Q = data(seed=9, n=400, nr=150, nq=60, d=12)
+    if case == "ties":
+        X = np.repeat(np.round(X[:100], 1), 4, axis=0)  # every index point four times, many equal scores
+        Q = np.round(Q, 1)
+    if case == "huge":
+        X, R, Q = X * 2.0**60, R * 2.0**60, Q * 2.0**60
+    runs = [(X, R), (X, "queries")]
+    few = {}
+    calls = []
+    real = NNN._few
+
+    def counted(self, *a):
+        out = real(self, *a)
+        calls.append(out is not None and out.shape[1] < self.n_candidates_)
+        return out
+
+    monkeypatch.setattr(NNN, "_few", counted)
+    for i, (A, ref) in enumerate(runs):
+        for k in (1, 10):
+            few[i, k] = make("nnn", 60, 20, metric).fit(A, reference=ref).kneighbors(Q, k)
+    assert any(calls)  # the margin did pick fewer than n_candidates
+    monkeypatch.setattr(NNN, "_few", lambda self, *a: None)
+    for i, (A, ref) in enumerate(runs):
+        for k in (1, 10):
+            full = make("nnn", 60, 20, metric).fit(A, reference=ref).kneighbors(Q, k)
+            np.testing.assert_array_equal(few[i, k][1], full[1])
+            np.testing.assert_array_equal(few[i, k][0], full[0])
+
+
+def test_keep_smallest_block_by_block_equals_a_sort():
+    """screen._keep_smallest, the selection behind every reduction's index statistics: each row's w
+    smallest values merged block by block (the first block on its own, later ones through the
+    entries under the row's current w-th value when few) are those of one sort of all the values,
+    with exact ties, infinities and a constant row."""
+    from kexue.hubness import screen
+
+    rng = np.random.default_rng(4)
+    A = np.round(rng.standard_normal((60, 3000)), 1).astype(np.float32)  # many exact ties
+    A[3, :2500] = np.inf
+    A[7] = 0.5
+    for w in (1, 20, 100):
+        best = np.full((60, w), np.inf, np.float32)
+        for r0 in (0, 30):
+            for j in range(0, 3000, 700):
+                screen._keep_smallest(best, r0, A[r0:r0 + 30, j:j + 700].copy())
+        np.testing.assert_array_equal(np.sort(best, axis=1), np.sort(A, axis=1)[:, :w])

@@ -278,10 +278,12 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """The reference a call uses: its own, else "queries" for an estimator fitted transductively."""
         return REF.QUERIES if reference is None and getattr(self, "transductive_", False) else reference
 
-    def _query_pass(self, X, reference):
+    def _query_pass(self, X, reference, keep=None):
         """``(dist, ind, Q, x_stats)`` for queries ``X``; ``x_stats`` None unless the query batch is the
         reference on the exact backend: then one float32 pass gives both the queries' candidates
-        and each index point's nearest queries (:func:`kexue.hubness.screen.screened`)."""
+        and each index point's nearest queries (:func:`kexue.hubness.screen.screened`). ``keep``: the
+        caller reads only each row's ``keep`` first by secondary distance (:meth:`kneighbors`); a
+        reduction may then return fewer candidates, never a different top ``keep`` (NNN does)."""
         if (isinstance(reference, str) and reference == REF.QUERIES and X is not None and not sparse.issparse(X)
                 and self._width() and self._exact() and getattr(self, "fit_mode_", None) == "vectors"):
             check_is_fitted(self)
@@ -371,7 +373,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         fitted; ``"queries"`` — each index point's statistic from its nearest points of this query
         batch ``X`` (transductive, kiez's setting); an array — from its nearest rows of that array."""
         reference = self._reference_of(reference)
-        dist, ind, Q, xs = self._query_pass(X, reference)
+        dist, ind, Q, xs = self._query_pass(X, reference, keep=n_neighbors)
         validate.integer(n_neighbors, "n_neighbors", 1)
         if n_neighbors > dist.shape[1]:
             raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")

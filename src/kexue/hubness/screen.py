@@ -86,8 +86,29 @@ def _transposed(D: np.ndarray, strip: int = 64) -> np.ndarray:
 
 
 def _keep_smallest(best: np.ndarray, r0: int, D: np.ndarray) -> None:
-    """Merge block ``D`` (rows r0..; partitioned in place) into the running ``w`` smallest per row."""
+    """Merge block ``D`` (rows r0..; partitioned in place) into the running ``w`` smallest per row.
+    Once every row holds ``w`` values, only the entries under a row's largest kept value can enter
+    (an entry equal to it leaves the same multiset): when they are few, one comparison gathers them
+    and only those are partitioned with the kept values, not the whole block."""
     w = best.shape[1]
+    cur = best[r0:r0 + len(D)]
+    tau = cur.max(1) if w else None
+    if tau is not None and np.isfinite(tau).all() and D.shape[1] > 4 * w:
+        below = D < tau[:, None]
+        counts = below.sum(1)
+        m = int(counts.max())
+        if 4 * m < D.shape[1]:
+            r, c = np.nonzero(below)
+            V = np.full((len(D), w + m), np.inf, np.float32)
+            V[:, :w] = cur
+            V[r, w + np.arange(len(r)) - np.repeat(np.cumsum(counts) - counts, counts)] = D[r, c]
+            V.partition(w - 1, axis=1)
+            best[r0:r0 + len(D)] = V[:, :w]
+            return
+    if tau is not None and np.isinf(tau).all() and np.isinf(cur).all() and D.shape[1] >= w:
+        D.partition(w - 1, axis=1)  # first block of rows still empty: its w smallest are the block's own
+        best[r0:r0 + len(D)] = D[:, :w]
+        return
     if D.shape[1] > w:
         D.partition(w - 1, axis=1)
         D = D[:, :w]
@@ -124,9 +145,58 @@ def screened(X, Q, k: int, metric: str = "euclidean", block: int | None = None,
     else:
         P = _Prepared(np.empty((0, 0)), np.empty((0, 0)), screen.Xa, Qa, qsq + screen.xsq.max())
         cand = _screen(P, False, None, k, b, NULL_TRACKER)
-    v = np.empty(cand.ind.shape)
-    step = max(1, (1 << 20) // (k * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
-    for s in range(0, len(v), step):
-        v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[cand.ind[s:s + step]])
-    out = _sort_rows(_finish(v, metric, screen.exp), cand.ind, k)
+    out = rescored(screen, Qa, cand.ind, metric)
     return (*out, rows) if ref_width else out
+
+
+def rescored(screen: Screening, Qa, ind: np.ndarray, metric: str):
+    """``(dist, ind)`` of the picked pairs (query row i with index rows ``ind[i]``), each squared distance
+    recomputed on its own (the augmented rows' dot product, float32), so a query's row does not
+    depend on the other queries of the call, as a batch GEMM's rounding does; sorted by (distance,
+    index). Padding (-1 in ``ind``) goes last at an infinite distance."""
+    pad = ind < 0
+    ind = np.where(pad, 0, ind) if pad.any() else ind
+    v = np.empty(ind.shape)
+    step = max(1, (1 << 20) // (ind.shape[1] * Qa.shape[1]))  # ≤ 4 MB of gathered float32 rows at a time
+    for s in range(0, len(v), step):
+        v[s:s + step] = np.einsum("bd,bcd->bc", Qa[s:s + step], screen.Xa[ind[s:s + step]])
+    dist = _finish(v, metric, screen.exp)
+    dist[pad] = np.inf
+    return _sort_rows(dist, ind, ind.shape[1])
+
+
+def near_smallest(key: np.ndarray, keep: int, margin, limit: int):
+    """Per row of float32 ``key`` (b, n), the columns whose key is at most the row's ``keep``-th smallest
+    plus ``margin(U)`` (per row, float64; ``U`` ≥ that ``keep``-th smallest, for a bound that depends on
+    the keys' size), found without a selection over the whole rows: the ``keep``-th smallest of a
+    strided subset of the columns is ≥ the row's, so one comparison keeps every column that can be
+    within the margin, and the exact ``keep``-th smallest and the final set come from those few.
+    Returns ``ind`` (b, m) int64, each row's chosen columns in any order, padded with -1, ``m`` the
+    largest count; or ``None`` if a row has more than ``limit`` of them (the caller then selects as
+    before). A threshold set of the keys: every column with a key at most a chosen
+    one's is chosen too."""
+    b, n = key.shape
+    head = key[:, ::max(1, n // max(1024, 8 * keep))]
+    U = np.partition(head, keep - 1, axis=1)[:, keep - 1].astype(np.float64)
+    pad = np.asarray(margin(U), np.float64)
+
+    def up(t):  # a float32 threshold never below the float64 one
+        t32 = t.astype(np.float32)
+        return np.where(t32 < t, np.nextafter(t32, np.float32(np.inf)), t32)
+
+    flat = np.flatnonzero(key <= up(U + pad)[:, None])
+    r, col = np.divmod(flat, n)
+    counts = np.bincount(r, minlength=b)
+    P = np.full((b, counts.max()), np.inf, np.float32)
+    I = np.full(P.shape, -1, np.int64)
+    pos = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+    P[r, pos], I[r, pos] = key.ravel()[flat], col
+    K = np.partition(P, keep - 1, axis=1)[:, keep - 1].astype(np.float64)
+    chosen = P <= up(K + pad)[:, None]
+    m = int(chosen.sum(1).max())
+    if m > limit:
+        return None
+    sel = np.argpartition(P, m - 1, axis=1)[:, :m] if m < P.shape[1] else np.broadcast_to(np.arange(m), (b, m))
+    ind = np.take_along_axis(I, sel, 1)
+    ind[~np.take_along_axis(chosen, sel, 1)] = -1
+    return ind
