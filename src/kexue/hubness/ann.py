@@ -308,16 +308,16 @@ def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tr
     dist = np.empty((nq, k))
     for s in tracker.track(range(0, nq, block_rows), f"{label} search"):
         e = min(s + block_rows, nq)
-        Q64 = rows64(np.asarray(Q[s:e]), metric)
-        D, I = idx.search(np.ascontiguousarray(Q64, dtype=np.float32), kk)
+        Qb = np.asarray(Q[s:e])
+        D, I = idx.search(_rows32(Qb, metric), kk)  # float32 rows read as they are: no float64 block
         if X is None:  # a user's index without its vectors: FAISS's own distances
             dist[s:e], ind[s:e] = order_rows(FI.faiss_distances(D[:, :k], backend, metric), I[:, :k], k, metric)
             continue
         I = _drop_self(I, None if self_ids is None else self_ids[s:e], k)
-        step = max(1, (1 << 20) // (k * Q64.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
+        step = max(1, (1 << 20) // (k * Qb.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
         for c in range(0, e - s, step):
             Ic = I[c:c + step]
             Xc = rows64(np.asarray(X[Ic.ravel()]), metric).reshape(*Ic.shape, -1)
-            d64 = pair_distances(Q64[c:c + step, None, :], Xc, metric)
+            d64 = pair_distances(rows64(Qb[c:c + step], metric)[:, None, :], Xc, metric)  # row by row: as the block's
             dist[s + c:s + c + len(Ic)], ind[s + c:s + c + len(Ic)] = order_rows(d64, Ic, k, metric)
     return KNNGraph(dist, ind, label, float(got), n_sample, {} if value is None else {idx.name: value})
