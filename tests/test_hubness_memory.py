@@ -38,6 +38,7 @@ def test_streamed_screening_is_freed_without_the_gc(tmp_path):
 
 
 _CHILD = textwrap.dedent("""
+    import ctypes
     import sys
     import numpy as np
     from kexue.hubness import ann
@@ -49,6 +50,7 @@ _CHILD = textwrap.dedent("""
     X = np.load(sys.argv[1], mmap_mode="r")
     before = anon()
     idx = ann._faiss_ivf(X, 11, {}, 0, "euclidean", int(sys.argv[2]))
+    ctypes.CDLL(None).malloc_trim(0)  # freed heap (k-means, blocks) is not the index's: give it back first
     print(idx.index.ntotal, anon() - before)
 """)
 
@@ -56,10 +58,11 @@ _CHILD = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="reads RssAnon from /proc/self/status")
 def test_ivf_index_holds_no_growth_slack(tmp_path):
-    """The built IVF-Flat index of a memory-mapped file takes its own size in private memory, not the
-    ~1.4 x of inverted lists grown block by block (200,000 x 384: 0.44 GB for a 0.31 GB index)."""
+    """The built IVF-Flat index of a memory-mapped file takes about its own size in private memory (plus
+    a few MB of FAISS's buffers), not the ~1.4 x of inverted lists grown block by block (200,000 x 384:
+    0.44 GB for a 0.31 GB index)."""
     pytest.importorskip("faiss")
-    n, d = 120_000, 64
+    n, d = 120_000, 128
     rng = np.random.default_rng(1)
     centres = rng.standard_normal((300, d)).astype(np.float32) * 4
     np.save(tmp_path / "x.npy", centres[rng.integers(0, 300, n)] + rng.standard_normal((n, d)).astype(np.float32))
@@ -71,7 +74,7 @@ def test_ivf_index_holds_no_growth_slack(tmp_path):
     assert r.returncode == 0, r.stderr
     ntotal, grown = map(int, r.stdout.split()[-2:])
     assert ntotal == n
-    assert grown < 1.1 * size + (4 << 20), grown / size  # old: 1.65 x at 120,000 x 64
+    assert grown < 1.05 * size + (12 << 20), grown / size  # measured 1.14 x; lists grown block by block: 1.39 x
 
 
 @pytest.mark.slow
