@@ -149,8 +149,8 @@ def test_cli_index_on_a_cluster_gives_the_local_nk_quietly(tmp_path, cli):
     ("d6", ["--index", "d6.faiss"], "--index d6.faiss has dimension d=6 but INDEX x.npy has 12 columns"),
     ("ip", ["--index", "ip.faiss"], "--index ip.faiss ranks by inner product (metric_type 0) but --metric is euclidean"),
     ("d6", ["--index", "flat.faiss", "--index", "d6.faiss"], "d6.faiss has dimension 6 and metric_type 1 but"),
-    (None, ["--backend", "ivf", "--workdir", "nowhere"], "--workdir nowhere is not a folder"),
-    (None, ["--workdir", "."], "--workdir is where an index built here is written for Dask workers"),
+    (None, ["--backend", "ivf", "--workdir", "nowhere"], "--workdir nowhere is not a folder; create it on storage every"),
+    ("local", ["--workdir", "nowhere"], "--workdir nowhere is not a folder; create it"),  # scratch space, no Dask
 ])
 def test_cli_bad_index_on_a_cluster_is_one_line_before_any_work(cli, tmp_path, monkeypatch, make, args, match):
     X = _data()[:200]
@@ -158,14 +158,15 @@ def test_cli_bad_index_on_a_cluster_is_one_line_before_any_work(cli, tmp_path, m
     flat = faiss.IndexFlatL2(D)
     flat.add(X)
     faiss.write_index(flat, str(tmp_path / "flat.faiss"))
-    if make is not None:
+    if make not in (None, "local"):
         index = faiss.IndexFlatL2(6) if make == "d6" else faiss.IndexFlatIP(D)
         index.add(np.ascontiguousarray(X[:, :6]) if make == "d6" else X)
         faiss.write_index(index, str(tmp_path / f"{make}.faiss"))
     monkeypatch.chdir(tmp_path)
-    cluster = [] if "--workdir is where" in match else ["--cluster", "local:2"]
+    cluster = [] if make == "local" else ["--cluster", "local:2"]
     r = cli("hubness", "x.npy", "-k", 3, "--nk-out", "nk.npy", *args, *cluster)
     assert r.one_line_error and match in r.err, r.err
+    assert make != "local" or "Dask" not in r.err, r.err
     assert not (tmp_path / "nk.npy").exists()
 
 

@@ -22,7 +22,7 @@ def hubness_cmd(
     backend: str = typer.Option("exact", "--backend", help="exact (blocked brute force), hnsw (FAISS HNSW), ivf (FAISS IVF) or faiss."),
     index: list[Path] | None = typer.Option(None, "--index", help="Search this saved FAISS index (faiss.write_index; any kind; memory-mapped) of the INDEX rows, as it is configured, instead of a --backend. Repeat it for shards holding consecutive row ranges, in order (searched as one faiss.IndexShards)."),
     recall_sample: int | None = typer.Option(None, "--recall-sample", min=0, help="Queries searched exactly to measure recall (default 1000 for --backend; none for --index unless given)."),
-    block_rows: int = typer.Option(16384, "--block-rows", min=1, help="Rows read from the files at a time by approximate search (memory-mapped .npy/.safetensors are never read whole)."),
+    block_rows: int = typer.Option(16384, "--block-rows", min=1, help="Working-memory knob: rows read from the files at a time by approximate search (memory-mapped .npy/.safetensors are never read whole), and rows whose --candidates --reduce re-ranks at a time (a few float64 arrays of rows × candidates)."),
     recall: float = typer.Option(0.95, "--recall", help="Recall target of an approximate backend, in (0, 1] (its search parameter is chosen for it)."),
     reduce: str | None = typer.Option(None, "--reduce", help="Also measure after a hubness reduction: mp, mp-empirical, ls, nicdm, csls, nnn, centering."),
     candidates: int = typer.Option(100, "--candidates", min=1, help="Primary candidates re-ranked by --reduce (>= -k; capped at the index's rows - 1, as in the API)."),
@@ -34,12 +34,18 @@ def hubness_cmd(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for approximate backends and the reductions' samples."),
     scheduler: str | None = typer.Option(None, "--scheduler", help="Search the query blocks on a Dask cluster: tcp://HOST:PORT (each worker reads --index, or the --backend index built here, once from its file; --reduce re-ranks here)."),
     cluster: str | None = typer.Option(None, "--cluster", help="Start a local Dask cluster for the search: local:N (N worker processes)."),
-    workdir: Path | None = typer.Option(None, "--workdir", help="With --scheduler and --backend: a folder every Dask worker mounts at the same path, where the index built here is written for the workers (default: a temporary folder of this machine)."),
+    workdir: Path | None = typer.Option(None, "--workdir", help="A folder for temporary files (default: the system's temporary folder): with --reduce, the candidate graph an approximate search or --index writes to disk, a block at a time, and the reduction reads back (n × --candidates × 12 bytes, removed at the end); with --scheduler and --backend, it must be mounted by every Dask worker at the same path: the index built here is written there for the workers."),
     threads: int | None = threads_option(),
 ):
-    """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction)."""
+    """Print skewness, Robin-Hood, Gini, Atkinson, hub and antihub occurrence of N_k (optionally after a reduction).
+
+    Large data: with --reduce and an approximate --backend or --index, the n × --candidates
+    candidate graph goes to an unnamed temporary file in --workdir (or the system's temporary
+    folder) as it is searched, and is re-ranked --block-rows rows at a time: memory holds the index,
+    the per-point statistics, one block and the final -k neighbours."""
     from kexue import hubness as H
     from kexue.cli import RichTracker, console, out_console
+    from kexue.hubness import stream
     from kexue.io import open_matrix
 
     index = list(index) if index else None  # --index given once or more: shards in row order
@@ -76,23 +82,25 @@ def hubness_cmd(
     tracker.log(f"{emb}: {src.n} × {src.d}, k = {k}, {metric}, "
                 + (f"backend {backend}" if index is None else f"FAISS index {' + '.join(map(str, index))}")
                 + (f"; {len(Q)} queries from {queries}" if Q is not None else ""))
-    g = _dask_graph(client, emb, queries, key, k if reduce is None else candidates, metric, tracker,
-                    index=index, backend=backend, recall=recall, seed=seed, recall_sample=recall_sample,
-                    workdir=workdir) if client else \
-        H.kneighbors(X, k if reduce is None else candidates, metric=metric, backend=search_with, queries=Q,
-                     recall=recall, seed=seed, tracker=tracker, block_rows=block_rows, recall_sample=recall_sample)
-    nks = {"primary": H.occurrences(g.ind[:, :k], src.n)}
-    dist, ind = g.dist[:, :k], g.ind[:, :k]
-    if reduce is not None:
-        red = H.make_reduction(reduce, metric=metric, n_candidates=candidates, backend=search_with, random_state=seed)
-        if Q is None:  # in sample: the index's own graph gives the candidates
-            red.fit(X, graph=(g.dist, g.ind), reference=R)
-            dist, ind = red.kneighbors(n_neighbors=k, reference=reference if reference == "queries" else None)
-        else:  # the queries' graph is re-ranked: the same exact candidates as the primary row
-            red.fit(X, reference="queries" if reference == "queries" else R)  # transductive: no index statistics
-            dist, ind = red.rerank(g.dist, g.ind, Q)
-            dist, ind = dist[:, :k], ind[:, :k]
-        nks[reduce] = H.occurrences(ind, src.n)
+    def search(c, out):
+        if client:
+            return _dask_graph(client, emb, queries, key, c, metric, tracker, index=index, backend=backend,
+                               recall=recall, seed=seed, recall_sample=recall_sample, workdir=workdir)
+        return H.kneighbors(X, c, metric=metric, backend=search_with, queries=Q, recall=recall, seed=seed,
+                            tracker=tracker, block_rows=block_rows, recall_sample=recall_sample, out=out)
+
+    with stream.scratch(workdir if client is None else None):
+        # with --reduce an approximate search or --index writes the candidates into a graph on disk
+        # (kexue.hubness.stream) that the reduction reads back in blocks; the exact backend (quadratic:
+        # smaller data) and a Dask search keep theirs in memory
+        on_disk = reduce is not None and not client and (index is not None or backend != "exact")
+        out = stream.disk_graph(src.n if Q is None else len(Q), candidates, src.n) if on_disk else None
+        try:
+            nks, dist, ind, g = _graphs(H, X, Q, R, src.n, k, candidates, reduce, reference, metric, search_with,
+                                        block_rows, seed, lambda c: search(c, out))
+        finally:
+            for a in out or ():
+                a.close()  # the temporary file goes now (it would with the process anyway)
     nq = src.n if Q is None else len(Q)
     ms = {label: H.hubness_measures(nk, k, nq) for label, nk in nks.items()}
     _print_table(ms, console if json_out is not None and str(json_out) == "-" else out_console)
@@ -120,6 +128,28 @@ def hubness_cmd(
     for path in (histogram, nk_out, graph_out, None if json_out is None or str(json_out) == "-" else json_out):
         if path is not None:
             console.print(f"wrote {path}", highlight=False)
+
+
+def _graphs(H, X, Q, R, n, k, candidates, reduce, reference, metric, search_with, block_rows, seed, search):
+    """``(nks, dist, ind, g)``: N_k of the primary graph (and of the reduced one), the final -k
+    neighbours and the search's graph ``g`` (its recall). The candidate graph may be on disk: N_k
+    and the reduction read it ``block_rows`` rows at a time."""
+    from kexue.hubness.stream import first_occurrences
+
+    g = search(k if reduce is None else candidates)
+    nks = {"primary": first_occurrences(g.ind, k, n, block_rows)}
+    if reduce is None:
+        return nks, g.dist[:, :k], g.ind[:, :k], g
+    red = H.make_reduction(reduce, metric=metric, n_candidates=candidates, backend=search_with, random_state=seed,
+                           block_rows=block_rows)
+    if Q is None:  # in sample: the index's own graph gives the candidates
+        red.fit(X, graph=(g.dist, g.ind), reference=R)
+        dist, ind = red.kneighbors(n_neighbors=k, reference=reference if reference == "queries" else None)
+    else:  # the queries' graph is re-ranked: the same exact candidates as the primary row
+        red.fit(X, reference="queries" if reference == "queries" else R)  # transductive: no index statistics
+        dist, ind = red.rerank(g.dist, g.ind, Q, n_neighbors=k)
+    nks[reduce] = H.occurrences(ind, n)
+    return nks, dist, ind, g
 
 
 def _error(msg: str):
@@ -152,10 +182,9 @@ def _check_dask(scheduler, cluster, workdir) -> str | None:
     where = check_where(scheduler, cluster)
     if where is not None:
         require("dask", "dask.distributed", "a Dask scheduler (--scheduler / --cluster)")
-    if workdir is not None and (where is None or not workdir.is_dir()):
-        raise _error(f"--workdir {workdir} is not a folder; create it on storage every Dask worker mounts"
-                     if where is not None else "--workdir is where an index built here is written for Dask workers; "
-                     "give --scheduler or --cluster too, or drop it")
+    if workdir is not None and not workdir.is_dir():
+        raise _error(f"--workdir {workdir} is not a folder; create it" + (" on storage every Dask worker mounts"
+                                                                          if where is not None else ""))
     return where
 
 

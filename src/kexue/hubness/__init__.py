@@ -6,6 +6,7 @@
 - :mod:`kexue.hubness.measures` — skewness, Robin-Hood, Gini, Atkinson, hub/antihub occurrence;
 - :mod:`kexue.hubness.reduction` — mutual proximity, local scaling/NICDM, CSLS, NNN, centering;
 - :mod:`kexue.hubness.reference` — index statistics from a reference set (a query bank or the queries);
+- :mod:`kexue.hubness.stream` — candidate graphs kept on disk while a reduction reads them in blocks;
 - :mod:`kexue.hubness.sampling` — hub-prior latent sampling;
 - :mod:`kexue.hubness.estimate` — the measures of an index too large to scan, from sampled queries;
 - :mod:`kexue.hubness.distributed` — the exact kNN graph and N_k with the query blocks on a Dask cluster.

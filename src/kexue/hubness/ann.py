@@ -297,15 +297,16 @@ def tuned(X, Q, k, metric, backend, self_ids, params, recall, seed, sample: int 
 
 
 def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tracker,
-           sample: int | None = None, block_rows: int = BLOCK_ROWS) -> KNNGraph:
+           sample: int | None = None, block_rows: int = BLOCK_ROWS, out=None) -> KNNGraph:
     """Approximate kNN of ``Q`` among ``X`` (see the module docstring); called by ``kneighbors``.
-    ``backend``: a backend name or a built FAISS index (then ``X`` may be None)."""
+    ``backend``: a backend name or a built FAISS index (then ``X`` may be None). ``out``: ``(dist,
+    ind)`` written a block of ``block_rows`` rows at a time (e.g. an on-disk graph,
+    :func:`kexue.hubness.stream.disk_graph`) instead of new arrays."""
     idx, label, value, got, n_sample = tuned(X, Q, k, metric, backend, self_ids, params, recall, seed, sample,
                                              block_rows)
     kk = k + (1 if self_ids is not None else 0)
     nq = len(Q)
-    ind = np.empty((nq, k), np.int64)
-    dist = np.empty((nq, k))
+    dist, ind = (np.empty((nq, k)), np.empty((nq, k), np.int64)) if out is None else out
     for s in tracker.track(range(0, nq, block_rows), f"{label} search"):
         e = min(s + block_rows, nq)
         Qb = np.asarray(Q[s:e])
@@ -314,10 +315,12 @@ def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tr
             dist[s:e], ind[s:e] = order_rows(FI.faiss_distances(D[:, :k], backend, metric), I[:, :k], k, metric)
             continue
         I = _drop_self(I, None if self_ids is None else self_ids[s:e], k)
+        bd, bi = np.empty((e - s, k)), np.empty((e - s, k), np.int64)  # the block, stored at once
         step = max(1, (1 << 20) // (k * Qb.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
         for c in range(0, e - s, step):
             Ic = I[c:c + step]
             Xc = rows64(np.asarray(X[Ic.ravel()]), metric).reshape(*Ic.shape, -1)
             d64 = pair_distances(rows64(Qb[c:c + step], metric)[:, None, :], Xc, metric)  # row by row: as the block's
-            dist[s + c:s + c + len(Ic)], ind[s + c:s + c + len(Ic)] = order_rows(d64, Ic, k, metric)
+            bd[c:c + len(Ic)], bi[c:c + len(Ic)] = order_rows(d64, Ic, k, metric)
+        dist[s:e], ind[s:e] = bd, bi
     return KNNGraph(dist, ind, label, float(got), n_sample, {} if value is None else {idx.name: value})

@@ -16,7 +16,8 @@ from kexue.hubness.arrays import BlockRows, _vectors, host_array
 from kexue.hubness.faiss_index import faiss_distances, is_faiss_index, is_flat_faiss  # noqa: F401 (re-exported)
 from kexue.hubness import knn as K
 from kexue.hubness.knn import _normalise, column_mean, rows64
-from kexue.hubness.search import checked_matrix, kneighbors
+from kexue.hubness.search import BLOCK_ROWS, checked_matrix, kneighbors
+from kexue.hubness.stream import disk_graph, is_disk
 from kexue.hubness.screen import nearest_rows
 from kexue.utils import KexueError, require
 
@@ -63,7 +64,13 @@ def rows_of(X, f=None):
 
 def given_graph(graph, n: int, c: int):
     """``fit(..., graph=(dist, ind))``'s index graph, checked and cut to ``c`` columns (no copy of
-    float64 distances and int64 ids: an n × c graph can be the largest array of a large fit)."""
+    float64 distances and int64 ids: an n × c graph can be the largest array of a large fit). An
+    on-disk graph (:func:`kexue.hubness.stream.disk_graph`) stays on disk, read in blocks by the passes."""
+    if all(is_disk(g) for g in graph):
+        gd, gi = graph
+        if gd.shape != gi.shape or gd.shape[0] != n or gd.shape[1] != c:
+            raise KexueError(f"graph must be (dist, ind) of shape ({n}, {c}); got {gd.shape}, {gi.shape}")
+        return gd, gi
     gd, gi = (np.asarray(g) for g in graph)
     if gd.shape != gi.shape or gd.ndim != 2 or gd.shape[0] != n or gd.shape[1] < c:
         raise KexueError(f"graph must be (dist, ind) of shape ({n}, >= {c}); got {gd.shape}, {gi.shape}")
@@ -83,11 +90,12 @@ def check_faiss_index(index, X: np.ndarray, metric: str) -> None:
         raise KexueError("an inner-product FAISS index ranks by cosine only for unit vectors; use metric='cosine'")
 
 
-def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool = False):
+def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool = False, out=None):
     """``(dist, ind)`` of the ``k`` nearest of each query in a built FAISS index, as kexue distances:
     Euclidean ``|q - x|`` for an L2 index; cosine ``1 - cos`` (L2 index over unit vectors:
     ``|q̂ - x̂|² / 2``; inner-product index: ``1 - <q̂, x̂>``). ``exclude_self``: the queries are the
-    indexed rows themselves and each row's own id is dropped (wherever it ranks)."""
+    indexed rows themselves and each row's own id is dropped (wherever it ranks). ``out``: ``(dist,
+    ind)`` stored into a block at a time (see :func:`kexue.hubness.search.kneighbors`)."""
     kk = k + (1 if exclude_self else 0)
     parts = []
     b = K.stream_rows(Q.shape[1])
@@ -100,10 +108,15 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
         D, I = faiss_distances(D, index, metric), I.astype(np.int64)
         if exclude_self:
             D, I = _drop_own(D, I, s)
-        parts.append((D, I))
-    D, I = (np.concatenate([p[j] for p in parts]) for j in (0, 1))
-    order = np.argsort(D, axis=1, kind="stable")
-    return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+        order = np.argsort(D, axis=1, kind="stable")  # row by row: a block sorts as the whole would
+        D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+        if out is None:
+            parts.append((D, I))
+        else:
+            out[0][s:s + len(D)], out[1][s:s + len(D)] = D, I
+    if out is not None:
+        return out
+    return tuple(np.concatenate([p[j] for p in parts]) for j in (0, 1))
 
 
 def _drop_own(D: np.ndarray, I: np.ndarray, first: int = 0):
@@ -117,12 +130,18 @@ def _drop_own(D: np.ndarray, I: np.ndarray, first: int = 0):
     return D[keep].reshape(-1, c), I[keep].reshape(-1, c)
 
 
-def search(X: np.ndarray, Q: np.ndarray | None, k: int, metric: str, backend, backend_params, seed: int):
-    """Candidate graph of queries ``Q`` (None: the rows of ``X`` themselves, self excluded)."""
+def search(X: np.ndarray, Q: np.ndarray | None, k: int, metric: str, backend, backend_params, seed: int,
+           block_rows: int | None = None, on_disk: bool = False):
+    """Candidate graph of queries ``Q`` (None: the rows of ``X`` themselves, self excluded).
+    ``on_disk``: an approximate backend or a FAISS index stores it on disk a block of ``block_rows``
+    rows at a time (:func:`kexue.hubness.stream.disk_graph`), for a pass that reads it back in blocks."""
+    nq = len(X) if Q is None else len(Q)
+    out = disk_graph(nq, k, len(X)) if on_disk and not (isinstance(backend, str) and backend == "exact") else None
     if is_faiss_index(backend):
-        return faiss_search(backend, X if Q is None else Q, k, metric, exclude_self=Q is None)
-    d, i = kneighbors(X, k, metric=metric, backend=backend, queries=Q, backend_params=backend_params, seed=seed)
-    return np.asarray(d, dtype=np.float64), np.asarray(i, dtype=np.int64)
+        return faiss_search(backend, X if Q is None else Q, k, metric, exclude_self=Q is None, out=out)
+    d, i = kneighbors(X, k, metric=metric, backend=backend, queries=Q, backend_params=backend_params, seed=seed,
+                      block_rows=block_rows or BLOCK_ROWS, out=out)
+    return (d, i) if out is not None else (np.asarray(d, dtype=np.float64), np.asarray(i, dtype=np.int64))
 
 
 SAMPLE_WINDOW = 40  # sampled neighbours a statistic reads at least (noise vs locality; see sampled_stats)

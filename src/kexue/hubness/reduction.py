@@ -64,7 +64,8 @@ class MutualProximity(_Reduction):
 
     def __init__(self, method: str = "gaussian", n_candidates: int = 100, metric: str = "euclidean",
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
-                 random_state: int = 0):
+                 random_state: int = 0,
+                 block_rows: int | None = None):
         _store(self, locals())
 
     @property
@@ -134,7 +135,8 @@ class LocalScaling(_Reduction):
     def __init__(self, method: str = "standard", k: int | str = "auto", n_candidates: int = 100,
                  metric: str = "euclidean",
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
-                 random_state: int = 0):
+                 random_state: int = 0,
+                 block_rows: int | None = None):
         _store(self, locals())
 
     def _width(self, reference=False):
@@ -184,7 +186,8 @@ class CSLS(_MeanSimilarity, _Reduction):
     _parameter_constraints = {**_Reduction._parameter_constraints, "k": _K}
 
     def __init__(self, k: int | str = "auto", n_candidates: int = 100, metric: str = "cosine", backend="exact",
-                 backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
+                 backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0,
+                 block_rows: int | None = None):
         _store(self, locals())
 
     def _secondary(self, dist, ind, q_stats, x_stats, Q):
@@ -216,7 +219,8 @@ class NNN(_MeanSimilarity, _Reduction):
 
     def __init__(self, alpha: float = 0.5, k: int | str = "auto", n_candidates: int = 100, metric: str = "cosine",
                  backend="exact", backend_params: dict | None = None, n_samples: int | str | None = "auto",
-                 random_state: int = 0):
+                 random_state: int = 0,
+                 block_rows: int | None = None):
         _store(self, locals())
 
     def _secondary(self, dist, ind, q_stats, x_stats, Q):
@@ -350,7 +354,8 @@ class Centering(_Reduction):
     _needs_vectors = True
 
     def __init__(self, n_candidates: int = 100, metric: str = "euclidean", backend="exact",
-                 backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0):
+                 backend_params: dict | None = None, n_samples: int | str | None = "auto", random_state: int = 0,
+                 block_rows: int | None = None):
         _store(self, locals())
 
     def _width(self, reference=False):

@@ -30,6 +30,13 @@ n_index // 20)`` points on the exact backend or a flat FAISS index from 8,000 in
 (accuracy cost and timings: docs/hubness.md, issue 19); the size used is ``n_samples_``. A graph
 given to ``fit`` is read exactly. ``reference=`` (``fit``, and per call): the index side from a
 reference set instead (:mod:`kexue.hubness.reference`, issue 28).
+
+Working memory (issue 29): statistics and secondary distances are made ``block_rows`` query rows
+at a time (None: ``2^21 / n_candidates`` rows, 16 MB per float64 temporary). In sample on an
+approximate backend or a FAISS index, the ``n_index × n_candidates`` candidate graph (and fit's
+self-search; on hnsw/ivf/faiss the rows read from a reference set) goes to an anonymous temporary file and is
+read back in those blocks (:mod:`kexue.hubness.stream`), as does a ``graph=`` given on disk: only
+the statistics, a block and the ``n_index × n_neighbors`` result stay in memory.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
 from kexue.hubness.arrays import check_is_fitted, pow2_exponent
 from kexue.hubness.knn import BACKENDS, METRICS, occurrences, streamed_screening
+from kexue.hubness.rerank import rerank as rerank_blocks
 from kexue.utils import KexueError
 
 _TINY = np.finfo(np.float64).tiny
@@ -73,6 +81,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         "backend_params": [dict, None],
         "n_samples": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"}), None],
         "random_state": [Interval(Integral, 0, None, closed="left")],
+        "block_rows": [Interval(Integral, 1, None, closed="left"), None],
     }
     _needs_vectors = False  # True: the formula reads the vectors, a graph alone is not enough
     # ties in the secondary distance go to the nearer candidate (see _sort); False for a formula whose
@@ -169,8 +178,8 @@ class _Reduction(TransformerMixin, BaseEstimator):
                                           self._screening())
         elif self._exact():
             self.stats_ = self._scaled_stats(S.nearest_rows(X, w, self.metric, screen=self._screening()), w)
-        else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep
-            self.stats_ = self._scaled_stats(self._search(None, w)[0], w)
+        else:  # an approximate backend or the user's FAISS index: a self-search, w neighbours deep, on disk
+            self.stats_ = self._scaled_stats(self._search(None, w, on_disk=True)[0], w)
         return self
 
     def _sample_size(self, n: int) -> int | None:
@@ -204,14 +213,15 @@ class _Reduction(TransformerMixin, BaseEstimator):
         if k is not None and k != "auto" and k > c:
             raise KexueError(f"k={k} exceeds the {c} candidates per point; lower k or raise n_candidates")
 
-    def _search(self, Q, c):
+    def _search(self, Q, c, on_disk: bool = False):
         """The ``c`` nearest index points of queries ``Q`` (None: of the index points, self excluded).
         New queries on the exact backend: its float32 screening without the float64 re-check
         (:func:`kexue.hubness.knn.screened`) — the candidates' distances feed statistics and
         secondary distances whose index side is float32 already (:func:`G.nearest_rows`)."""
         if Q is not None and self._exact():
             return S.screened(None, Q, c, self.metric, screen=self._screening())
-        return G.search(self.X_, Q, c, self.metric, self.backend, self.backend_params, self.random_state)
+        return G.search(self.X_, Q, c, self.metric, self.backend, self.backend_params, self.random_state,
+                        block_rows=self.block_rows, on_disk=on_disk)
 
     def _exact(self) -> bool:
         return isinstance(self.backend, str) and self.backend == "exact"
@@ -229,7 +239,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """The index's own candidate graph (self excluded) for the in-sample path, searched on first
         use and kept (``fit`` itself reads only the statistics' ``_width()`` nearest)."""
         if self._graph is None:
-            self._graph = self._search(None, self.n_candidates_)
+            self._graph = self._search(None, self.n_candidates_, on_disk=True)
         return self._graph
 
     def __sklearn_is_fitted__(self):
@@ -288,10 +298,15 @@ class _Reduction(TransformerMixin, BaseEstimator):
         e = getattr(self, "exp_", 0)
         return np.ldexp(A, -e) if e and A is not None else A
 
+    def _rows_per_block(self, c: int) -> int:
+        """Query rows whose ``c`` candidates are processed at once: ``block_rows``, else 2^21 / c."""
+        rows = getattr(self, "block_rows", None)
+        return int(rows) if rows is not None else max(1, _BLOCK // max(1, c))
+
     def _scaled_stats(self, dist, width):
-        """The statistics of sorted rows ``dist``, a block of rows at a time (they work row by row), so
-        that a large graph's rows make no n × width float64 temporaries."""
-        step = max(1, _BLOCK // max(1, dist.shape[1]))
+        """The statistics of sorted rows ``dist`` (an array or an on-disk graph), a block of rows at a
+        time (they work row by row), so that a large graph's rows make no n × width float64 temporaries."""
+        step = self._rows_per_block(dist.shape[1])
         parts = [self._stats(self._scaled(dist[s:s + step]), width) for s in range(0, len(dist), step)]
         return tuple(np.concatenate(p) for p in zip(*parts))
 
@@ -303,12 +318,14 @@ class _Reduction(TransformerMixin, BaseEstimator):
         """The index points' statistics from their nearest rows of reference ``R``."""
         w = REF.width(self, len(R))
         return self._scaled_stats(REF.rows(self.X_, R, w, self.metric, self.backend, self.backend_params,
-                                           self.random_state, self._screening()), w)
+                                           self.random_state, self._screening(), self.block_rows), w)
 
-    def _reduce(self, dist, ind, Q, in_sample: bool, finish, reference=None, x_stats=None) -> list:
+    def _reduce(self, dist, ind, Q, in_sample: bool, finish, reference=None, x_stats=None, first: int = 0) -> list:
         """``finish(secondary, dist, ind)`` of each block of rows (their list): statistics and secondary
         distances a block of queries at a time (every formula works row by row), so the float64
-        temporaries are a block's, not n_queries × n_candidates each; ``Q`` is sliced per block too."""
+        temporaries are a block's, not n_queries × n_candidates each; ``Q`` is sliced per block too.
+        ``dist``/``ind`` may be on disk (read a block at a time); ``first``: the row of the index
+        their first row is, in sample (the fitted statistics are read from there)."""
         reference = self._reference_of(reference)
         x_stats = REF.index_stats(self, reference, Q, in_sample) if x_stats is None else x_stats
         # an index point searched in-sample is its own query: with index-internal statistics it is
@@ -316,11 +333,11 @@ class _Reduction(TransformerMixin, BaseEstimator):
         with_ref = reference is not None or getattr(self, "n_reference_", None) is not None
         own = in_sample and not with_ref
         w = min(self._width(with_ref), dist.shape[1])
-        step = max(1, _BLOCK // max(1, dist.shape[1]))
+        step = self._rows_per_block(dist.shape[1])
         out = []
         for s in range(0, len(dist), step):
             d, i = self._scaled(dist[s:s + step]), ind[s:s + step]
-            q_stats = tuple(a[s:s + step] for a in self.stats_) if own else self._stats(d, w)
+            q_stats = tuple(a[first + s:first + s + step] for a in self.stats_) if own else self._stats(d, w)
             sec = self._unscaled(self._secondary(d, i, q_stats, x_stats, None if Q is None else Q[s:s + step]))
             out.append(finish(sec, dist[s:s + step], i))
         return out
@@ -338,30 +355,15 @@ class _Reduction(TransformerMixin, BaseEstimator):
             return np.where(low < 0, sec - low, sec)
 
         parts = self._reduce(dist, ind, Q, False, shifted, reference=reference, x_stats=xs)
-        return G.to_graph(np.concatenate(parts), ind, self.n_index_)
+        return G.to_graph(np.concatenate(parts), ind[0:len(ind)], self.n_index_)  # X=None: the graph's ids, read whole
 
-    def rerank(self, dist, ind, X=None, reference=None):
+    def rerank(self, dist, ind, X=None, reference=None, n_neighbors: int | None = None):
         """Re-rank a candidate graph ``(dist, ind)`` (n_queries, c) computed elsewhere: ``X`` the
-        query vectors (None: row i is index point i, in-sample). Returns ``(secondary, ind)`` sorted.
-        ``reference``: as in :meth:`kneighbors`."""
-        check_is_fitted(self)
-        dist = validate.matrix(dist, "neigh_dist")
-        ind = np.asarray(ind, dtype=np.int64)
-        if ind.shape != dist.shape:
-            raise KexueError(f"neigh_dist and neigh_ind must have equal shapes; got {dist.shape}, {ind.shape}")
-        if ind.min() < 0 or ind.max() >= self.n_index_:
-            raise KexueError(f"neigh_ind refers to points outside the fitted index of {self.n_index_}")
-        if X is None and len(dist) != self.n_index_:
-            raise KexueError("without X the graph's rows must be the fitted index points")
-        Q = None if X is None else G.vectors(X)
-        if self._needs_vectors and X is None:
-            Q = self.X_
-        self._check_width(dist.shape[1])
-        # a query's statistic reads the first columns of its row: sort each row by distance (stable,
-        # so sorted rows are untouched) whatever order the caller's search returned
-        order = np.argsort(dist, axis=1, kind="stable")
-        dist, ind = np.take_along_axis(dist, order, 1), np.take_along_axis(ind, order, 1)
-        return self._sorted(dist, ind, Q, X is None, dist.shape[1], reference)
+        query vectors (None: row i is index point i, in-sample). Returns ``(secondary, ind)`` sorted,
+        the ``n_neighbors`` first of each row (None: all c). ``reference``: as in :meth:`kneighbors`.
+        The graph is read, checked and re-ranked ``block_rows`` rows at a time, so it may be on disk
+        (:func:`kexue.hubness.stream.disk_graph`, as ``kneighbors(..., out=)`` writes it)."""
+        return rerank_blocks(self, dist, ind, X, reference, n_neighbors)
 
     def kneighbors(self, X=None, n_neighbors: int = 10, reference=None):
         """The ``n_neighbors`` nearest by secondary distance among each query's ``n_candidates``
@@ -377,11 +379,19 @@ class _Reduction(TransformerMixin, BaseEstimator):
             raise KexueError(f"n_neighbors={n_neighbors} exceeds the {dist.shape[1]} candidates; raise n_candidates")
         return self._sorted(dist, ind, Q, X is None, n_neighbors, reference, xs)
 
-    def _sorted(self, dist, ind, Q, in_sample, k, reference, x_stats=None):
-        """``(secondary, ind)``: each row's ``k`` first by secondary distance (:func:`_sort`), a block at a time."""
-        parts = self._reduce(dist, ind, Q, in_sample, lambda sec, d, i: _sort(sec, i, k, d if self._ties_by_primary else None),
-                             reference=reference, x_stats=x_stats)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    def _sorted(self, dist, ind, Q, in_sample, k, reference, x_stats=None, first: int = 0, out=None):
+        """``(secondary, ind)``: each row's ``k`` first by secondary distance (:func:`_sort`), a block at
+        a time, stored into ``out`` (new arrays by default) as each block is done."""
+        out = (np.empty((len(dist), k)), np.empty((len(dist), k), np.int64)) if out is None else out
+        done = [0]
+
+        def store(sec, d, i):
+            a = done[0]
+            out[0][a:a + len(sec)], out[1][a:a + len(sec)] = _sort(sec, i, k, d if self._ties_by_primary else None)
+            done[0] = a + len(sec)
+
+        self._reduce(dist, ind, Q, in_sample, store, reference=reference, x_stats=x_stats, first=first)
+        return out
 
     def k_occurrence(self, X=None, n_neighbors: int = 10, reference=None) -> np.ndarray:
         """N_k of the index points under the secondary distance (queries ``X``; None: in-sample)."""

@@ -63,18 +63,19 @@ def width(est, n_ref: int) -> int:
 
 
 def rows(X: np.ndarray, R: np.ndarray, w: int, metric: str, backend, backend_params, seed: int,
-         screen=None) -> np.ndarray:
+         screen=None, block_rows: int | None = None):
     """Each index point's ``w`` smallest distances to the reference rows, sorted ascending.
     ``backend``: "exact" — float32 BLAS screening against the index's own prepared rows
     (``screen``, :func:`kexue.hubness.screen.reference_rows`); a user's FAISS index, which holds the
     index, not the reference — float32 screening of the reference (:func:`kexue.hubness.screen.screened`);
-    an approximate backend name — that index built over the reference and searched with the index points."""
+    an approximate backend name — that index built over the reference and searched with the index points,
+    its ``n_index × w`` rows stored on disk (:mod:`kexue.hubness.stream`) for the statistics' blocked pass."""
     check_width(w, len(R))
     if screen is not None:
         return S.reference_rows(screen, R, w, metric)
     if not isinstance(backend, str) or backend == "exact":
         return S.screened(R, X, w, metric)[0]
-    return G.search(R, X, w, metric, backend, backend_params, seed)[0]
+    return G.search(R, X, w, metric, backend, backend_params, seed, block_rows=block_rows, on_disk=True)[0]
 
 
 def fit(est, reference):

@@ -22,7 +22,7 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
                exclude_self: bool = True, block: int | None = None, margin: int = 16,
                backend_params: dict | None = None, recall: float = 0.95, seed: int = 0,
                tracker: Tracker | None = None, block_rows: int = BLOCK_ROWS,
-               recall_sample: int | None = None) -> KNNGraph:
+               recall_sample: int | None = None, out=None) -> KNNGraph:
     """The kNN graph of queries (default: ``X`` itself) among the rows of ``X`` (SPEC 8.2).
 
     Returns a :class:`KNNGraph` (unpacks as ``dist, ind``), rows sorted by the near-tie rule of
@@ -40,6 +40,12 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
     memory maps (``np.load(path, mmap_mode="r")``); approximate backends and a FAISS index read them
     ``block_rows`` rows at a time and make no float32 or float64 copy of them; the exact backend
     reads them ``block`` rows at a time (float64 only for the candidates' rows).
+
+    ``out``: a pair ``(dist, ind)`` of (n_queries, k) arrays the graph is stored into, a block of
+    ``block_rows`` rows at a time, and returned in the :class:`KNNGraph` — e.g. an on-disk graph
+    (:func:`kexue.hubness.stream.disk_graph`) that a reduction then reads back in blocks, so that an
+    ``n × k`` graph never sits in memory. Approximate backends and FAISS indexes write each block as
+    it is searched; the exact backend (quadratic, for smaller data) makes its graph first.
     """
     validate.choice(metric, METRICS, "metric")
     given = is_faiss_index(backend)
@@ -76,13 +82,19 @@ def kneighbors(X, k: int, metric: str = "euclidean", backend="exact", queries=No
     if e:  # coordinates beyond 2^±40 (float32 screening would overflow or vanish): search X / 2^e exactly
         X = np.ldexp(np.asarray(X, np.float64), -e)
         Q = X if self_search else np.ldexp(np.asarray(Q, np.float64), -e)
+    streamed = out is not None and not e and (given or backend != "exact")
     if not given and backend == "exact":
         g = _exact(X, Q, k, metric, self_ids, block, margin, tracker)
     else:
         g = ann.search(None if len(X) == 0 else X, Q, k, metric, backend, self_ids, dict(backend_params or {}),
-                       recall, seed, tracker, sample=recall_sample, block_rows=block_rows)
+                       recall, seed, tracker, sample=recall_sample, block_rows=block_rows,
+                       out=out if streamed else None)
     if e:
         g.dist = np.ldexp(g.dist, e)
+    if out is not None and not streamed:  # made in memory: stored into out a block at a time
+        for s in range(0, len(g.dist), block_rows):
+            out[0][s:s + block_rows], out[1][s:s + block_rows] = g.dist[s:s + block_rows], g.ind[s:s + block_rows]
+        g.dist, g.ind = out
     return g
 
 
