@@ -69,6 +69,23 @@ def _add(index, X, metric: str, block_rows: int) -> None:
         index.add(_rows32(X[s:s + block_rows], metric))
 
 
+def _add_ivf(faiss, index, X, metric: str, block_rows: int) -> None:
+    """``_add`` for an IVF index, with each inverted list allocated once at its final length: the
+    lists are found first (the quantiser's assignment of the same blocks ``index.add`` would make, n
+    int64), then the rows added with them (``add_core``: the same lists, order and ids). Grown block by
+    block, a list's buffer doubles as it fills and ends up to 2x its length (200,000 x 384: 0.44 GB
+    resident for a 0.31 GB index; 0.33 GB reserved first)."""
+    lists = np.concatenate([np.empty(0, np.int64)] + [index.quantizer.assign(_rows32(X[s:s + block_rows], metric), 1)
+                                                      .ravel() for s in range(0, len(X), block_rows)])
+    inv = faiss.downcast_InvertedLists(index.invlists)
+    for j, c in enumerate(np.bincount(lists, minlength=index.nlist).tolist()):
+        inv.resize(j, c)  # a vector shrunk keeps its capacity: the adds below fill it without reallocating
+        inv.resize(j, 0)
+    for s in range(0, len(X), block_rows):
+        B, a = _rows32(X[s:s + block_rows], metric), np.ascontiguousarray(lists[s:s + block_rows])
+        index.add_core(len(B), faiss.swig_ptr(B), None, faiss.swig_ptr(a))
+
+
 def _faiss_hnsw(X, kk, params, seed, metric, block_rows) -> _Index:
     faiss = require("ann", "faiss", "backend 'hnsw'")
 
@@ -100,7 +117,7 @@ def _faiss_ivf(X, kk, params, seed, metric, block_rows) -> _Index:
     index.cp.min_points_per_centroid = 1
     m = min(n, 64 * nlist)  # the sample read from X (FAISS would draw the same number from all of it)
     index.train(_rows32(X if m == n else X[np.sort(np.random.default_rng(seed).choice(n, m, replace=False))], metric))
-    _add(index, X, metric, block_rows)
+    _add_ivf(faiss, index, X, metric, block_rows)
     fixed = params.pop("nprobe", None)
 
     def search(Q, k):
@@ -292,18 +309,18 @@ def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tr
     dist, ind = (np.empty((nq, k)), np.empty((nq, k), np.int64)) if out is None else out
     for s in tracker.track(range(0, nq, block_rows), f"{label} search"):
         e = min(s + block_rows, nq)
-        Q64 = rows64(np.asarray(Q[s:e]), metric)
-        D, I = idx.search(np.ascontiguousarray(Q64, dtype=np.float32), kk)
+        Qb = np.asarray(Q[s:e])
+        D, I = idx.search(_rows32(Qb, metric), kk)  # float32 rows read as they are: no float64 block
         if X is None:  # a user's index without its vectors: FAISS's own distances
             dist[s:e], ind[s:e] = order_rows(FI.faiss_distances(D[:, :k], backend, metric), I[:, :k], k, metric)
             continue
         I = _drop_self(I, None if self_ids is None else self_ids[s:e], k)
         bd, bi = np.empty((e - s, k)), np.empty((e - s, k), np.int64)  # the block, stored at once
-        step = max(1, (1 << 20) // (k * Q64.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
+        step = max(1, (1 << 20) // (k * Qb.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
         for c in range(0, e - s, step):
             Ic = I[c:c + step]
             Xc = rows64(np.asarray(X[Ic.ravel()]), metric).reshape(*Ic.shape, -1)
-            d64 = pair_distances(Q64[c:c + step, None, :], Xc, metric)
+            d64 = pair_distances(rows64(Qb[c:c + step], metric)[:, None, :], Xc, metric)  # row by row: as the block's
             bd[c:c + len(Ic)], bi[c:c + len(Ic)] = order_rows(d64, Ic, k, metric)
         dist[s:e], ind[s:e] = bd, bi
     return KNNGraph(dist, ind, label, float(got), n_sample, {} if value is None else {idx.name: value})

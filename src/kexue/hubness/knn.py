@@ -32,7 +32,7 @@ Backends
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
@@ -245,8 +245,8 @@ def streamed_screening(X, metric: str, block: int | None = None) -> Screening:
     bit for bit what the whole float64 matrix gives, and ``Xa`` a :class:`BlockRows`: each block of
     screening rows ``[-2x, 1, |x|²]`` is made when it is read. Memory: ``|x|²`` (n float64) only."""
     shift, e, used, xsq = _streamed_stats(X, metric, block or stream_rows(X.shape[1]))
-    S = Screening(shift, used, np.empty((0, 0), np.float32), xsq, e)  # Xa set next: its blocks read S
-    S.Xa = BlockRows(X, partial(_index_side, S, metric), (X.shape[1] if used is None else len(used)) + 2)
+    S = Screening(shift, used, np.empty((0, 0), np.float32), xsq, e)  # blocks read a copy: S is a cycle (gc-freed)
+    S.Xa = BlockRows(X, partial(_index_side, replace(S), metric), (X.shape[1] if used is None else len(used)) + 2)
     if isinstance(X, np.ndarray) and not _mapped(X):  # in memory already: made once, not per pass
         b = block or stream_rows(X.shape[1])  # (the same rows: BlockRows works row by row)
         S.Xa = np.concatenate([S.Xa[s:s + b] for s in range(0, len(X), b)]) if len(X) else S.Xa[0:0]
