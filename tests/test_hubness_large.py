@@ -379,3 +379,16 @@ def test_exact_backend_peak_memory_on_a_memory_mapped_file(tmp_path):
     assert len(nk) == 200_000 and nk.sum() == 10 * len(Q)
     extra = _peak_above_imports("estimate", path, 0.005)
     assert extra < size + (100 << 20), extra / size
+
+
+def test_an_unreachable_recall_target_stops_at_the_plateau_not_the_largest_value(monkeypatch):
+    """PQ codes cap the recall (0.78 at 1M x 384 with IVF1000,PQ96): tuning then picks the smallest
+    nprobe within ann.PLATEAU of the best recall tried, not nprobe = nlist (an exhaustive search)."""
+    curve = {1: 0.50, 2: 0.70, 3: 0.74, 4: 0.776, 8: 0.779, 16: 0.780}  # 3: the bisection's probe
+    now = {}
+    idx = ann._Index(search=None, set_param=lambda v: now.update(v=v), name="nprobe", values=[1, 2, 4, 8, 16],
+                     fixed=None)
+    monkeypatch.setattr(ann, "knn_recall", lambda got, truth: curve[now["v"]])
+    assert ann._tune(idx, lambda: None, None, 0.95) == (4, 0.776)
+    assert now["v"] == 4  # the index is left at the chosen value
+    assert ann._tune(idx, lambda: None, None, 0.75) == (4, 0.776)  # reachable: the smallest that reaches it

@@ -215,8 +215,12 @@ def _drop_self(I: np.ndarray, ids, k: int) -> np.ndarray:
     return I[keep].reshape(len(I), k)
 
 
+PLATEAU = 0.005  # recall within this of the best counts as the plateau when the target is out of reach
+
+
 def _tune(idx: _Index, run, truth: np.ndarray, target: float) -> tuple[int | None, float]:
-    """The smallest parameter value whose recall on the sample reaches ``target``."""
+    """The smallest parameter value whose recall on the sample reaches ``target``; when no value
+    reaches it, the smallest whose recall is within ``PLATEAU`` of the best one tried."""
     if idx.set_param is None:
         return None, knn_recall(run(), truth)
     if idx.fixed is not None:
@@ -230,8 +234,13 @@ def _tune(idx: _Index, run, truth: np.ndarray, target: float) -> tuple[int | Non
             hi = v
             break
         lo = v
-    if hi is None:  # the target is out of reach even at the largest value: use it and report the recall
-        return lo, got[lo]
+    if hi is None:  # out of reach even at the largest value (e.g. PQ codes cap the recall)
+        # the smallest value within PLATEAU of the best recall: at nprobe = nlist an IVF-PQ search is
+        # exhaustive (hours at 10^6 queries) for a recall its codes reached at a few lists
+        best = max(got.values())
+        v = min(u for u, r in got.items() if r >= best - PLATEAU)
+        idx.set_param(v)
+        return v, got[v]
     while lo is not None and hi - lo > 1 and hi > 1.15 * lo:  # bisect to within ~15 %
         mid = (lo + hi) // 2
         idx.set_param(mid)
