@@ -58,7 +58,9 @@ class State:
         self.path = Path(workdir) / STATE
         self.args = json.loads(json.dumps({k: args[k] for k in RESULT_ARGS}))
         self.commit, self.dirty, self.stop_after = commit, dirty, stop_after
-        self.session = _now()  # this invocation: records carry it, so the report can tell sessions apart
+        # this invocation: records carry it, so the report can tell sessions apart; the pid and the
+        # clock's microseconds keep two starts within one second apart (the tests make such pairs)
+        self.session = f"{_now()} pid {os.getpid()} #{time.time_ns() // 1000 % 1_000_000:06d}"
         self.used: list[str] = []  # keys this run returned, in order
         self.computed = 0
         self.measures: dict[str, dict] = {}
