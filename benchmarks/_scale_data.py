@@ -199,15 +199,21 @@ def _stop_tree(p: subprocess.Popen) -> None:
             pass
 
 
-def machine() -> dict:
-    """Cores, RAM, load average and the checkout's commit, for the JSON and the header."""
-    mem = _fields("/proc/meminfo", ("MemTotal", "MemAvailable"))
+def revision() -> tuple[str, bool | None]:
+    """The checkout's commit now and whether tracked files differ from it."""
     repo = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
         dirty = bool(subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
                                     capture_output=True, text=True).stdout.strip())
     except OSError:
-        commit, dirty = "unknown", None
+        return "unknown", None
+    return commit or "unknown", dirty
+
+
+def machine() -> dict:
+    """Cores, RAM, load average and the checkout's commit, for the JSON and the header."""
+    mem = _fields("/proc/meminfo", ("MemTotal", "MemAvailable"))
+    commit, dirty = revision()
     return {"cores": os.cpu_count(), "ram_bytes": mem["MemTotal"], "ram_available_bytes": mem["MemAvailable"],
             "commit": commit, "dirty": dirty}

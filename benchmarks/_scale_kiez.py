@@ -31,6 +31,8 @@ def main(a):
     from kiez import Kiez
 
     k = a["k"]
+    if a.get("threads"):  # the benchmark's --threads: both sides on as many threads
+        faiss.omp_set_num_threads(a["threads"])
     t = time.perf_counter()
     X = np.ascontiguousarray(np.load(a["path"]), dtype=np.float32)
     t_load = time.perf_counter() - t

@@ -17,6 +17,8 @@ def report(res: dict, a) -> None:
           "memory in GiB: kernel peak RSS incl. the map's file pages, sampled peaks of anonymous and private dirty "
           "memory, goal = index + 1 GiB; sklearn's wall is extrapolated, kiez's excludes loading the file)")
     for kind, ds in res["datasets"].items():
+        if ds.get("threads"):
+            print(f"{kind}: every timed kexue command with --threads {ds['threads']}, kiez's FAISS on as many")
         for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq", "kexue-ivfpq-refine", "kexue-ivf-cluster",
                      "sklearn-brute", "kiez-faiss"):
             r = ds.get(name)

@@ -25,10 +25,11 @@ VERSION = 1
 STATE = "state.json"
 STOPPED = 3  # exit code of a run ended by --stop-after (not finished, nothing wrong)
 # the arguments that change a measure's result: a saved measure is reused only when they all match
-# (--cluster is part of its one measure's key instead, so a resumed run can add it)
+# (--cluster, --threads and the Gaussian row's size are parts of their measures' keys instead, so that a
+# resumed run can add them)
 RESULT_ARGS = ("rows", "dim", "seed", "k", "recall", "recall_sample", "block_rows", "mp_candidates", "pq_factory",
                "pq_refine_factory", "pq_m", "k_factor", "kiez_index", "kiez_param", "estimate_fraction",
-               "gaussian_rows", "whiten_rows", "whiten_block")
+               "whiten_rows", "whiten_block")
 
 
 class Mismatch(Exception):
@@ -54,10 +55,13 @@ class State:
     """The measures of one work directory: ``run`` returns a saved result or computes and saves it."""
 
     def __init__(self, workdir: Path, args: dict, commit: str, dirty: bool | None, fresh: bool = False,
-                 stop_after: int | None = None):
+                 stop_after: int | None = None, revision: Callable[[], tuple[str, bool | None]] | None = None):
         self.path = Path(workdir) / STATE
         self.args = json.loads(json.dumps({k: args[k] for k in RESULT_ARGS}))
         self.commit, self.dirty, self.stop_after = commit, dirty, stop_after
+        # the checkout's (commit, dirty) when each measure starts: a long run's tree may be checked out
+        # anew between measures, and a record must name the code that measured it, not the start's
+        self.revision = revision or (lambda: (self.commit, self.dirty))
         # this invocation: records carry it, so the report can tell sessions apart; the pid and the
         # clock's microseconds keep two starts within one second apart (the tests make such pairs)
         self.session = f"{_now()} pid {os.getpid()} #{time.time_ns() // 1000 % 1_000_000:06d}"
@@ -99,10 +103,11 @@ class State:
             self.used.append(key)
             return rec["result"]
         started, load = _now(), _load1()
+        commit, dirty = self.revision()
         t = time.perf_counter()
         result = json.loads(json.dumps(fn(), default=str))
         self.measures[key] = {"result": result, "started": started, "finished": _now(), "load_1min_at_start": load,
-                              "seconds": time.perf_counter() - t, "commit": self.commit, "dirty": self.dirty,
+                              "seconds": time.perf_counter() - t, "commit": commit, "dirty": dirty,
                               "session": self.session}
         self.save()
         self.used.append(key)

@@ -32,6 +32,10 @@ against the goal "≤ the index's own size + 1 GiB". Measures, per data set:
    the full-scan (1's) skewness: the estimate, its CI and whether the full value lies inside;
 7. ``kexue-ivf-cluster`` with ``--cluster local:2`` when this tree's ``kexue hubness`` has it.
 
+Threads: by default each side runs as its users get it (kexue's CLI on 1 thread, ``KEXUE_THREADS``;
+kiez's FAISS on all cores). ``--threads N`` gives every timed kexue command ``--threads N`` and kiez's
+FAISS N threads, for a like-for-like ratio; those measures are saved under keys ending ``@Nt``.
+
 Whitening (once, on clustered data read in blocks from a memory map): bytes/s of the streaming fit
 and of ``partial_fit`` per block, merge and decomposition times and peak memory, at the data's
 width and at 768 (``--whiten-rows`` rows of a second clustered file), and the printed plan for
@@ -71,7 +75,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from _bench import interleaved, load  # noqa: E402
-from _scale_data import dataset, dataset_path, machine, run_measured  # noqa: E402
+from _scale_data import dataset, dataset_path, machine, revision, run_measured  # noqa: E402
 from _scale_report import GIB, PLAN_DIM, report  # noqa: E402
 from _scale_state import Mismatch, State, print_provenance  # noqa: E402
 
@@ -108,7 +112,7 @@ def cli(a, path: Path, out: Path, extra: list[str]) -> dict:
     js, nk = out.with_suffix(".json"), out.with_suffix(".nk.npy")
     r = measure([sys.executable, "-m", "kexue", "hubness", str(path), "-k", str(a.k), "--recall", str(a.recall),
                  "--seed", str(a.seed), "--block-rows", str(a.block_rows), "--json", str(js), "--nk-out", str(nk)]
-                + extra)
+                + (["--threads", str(a.threads)] if a.threads else []) + extra)
     r.pop("stdout")
     r["result"] = json.loads(js.read_text())
     r["nk_path"] = str(nk)
@@ -159,24 +163,28 @@ def _cli_row(r: dict, label: str, index_bytes) -> dict:
 def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st: State) -> dict:
     n, d = (a.gaussian_rows or a.rows) if kind == "gaussian" else a.rows, a.dim
     path = dataset_path(Path(a.data_dir), kind, n, d, a.seed)
-    gen_s = st.run(kind, "generate", lambda: {"generate_s": dataset(Path(a.data_dir), kind, n, d, a.seed)[1]},
+    # the saved measures' keys: the Gaussian row's by its size, the timed commands' by --threads, so that a
+    # resumed run can add either without touching what is saved
+    label = kind if kind == "clustered" else f"{kind}-n{n}"
+    T = f"@{a.threads}t" if a.threads else ""
+    gen_s = st.run(label, "generate", lambda: {"generate_s": dataset(Path(a.data_dir), kind, n, d, a.seed)[1]},
                    need=[path])["generate_s"]
     print(f"\n{kind}: {path} ({path.stat().st_size / GIB:.2f} GiB), "
           + ("from the cache" if gen_s is None else f"generated in {gen_s:.1f} s"), flush=True)
-    out: dict = {"path": str(path), "file_bytes": path.stat().st_size, "generate_s": gen_s}
+    out: dict = {"path": str(path), "file_bytes": path.stat().st_size, "generate_s": gen_s, "threads": a.threads}
     tpath = Path(a.data_dir) / f"{path.stem}-truth-k{a.k}-s{a.recall_sample}-seed{a.seed}.npz"
-    out["truth_s"] = st.run(kind, "truth", lambda: {"seconds": None} if tpath.exists() else child(
+    out["truth_s"] = st.run(label, "truth", lambda: {"seconds": None} if tpath.exists() else child(
         "truth", path=str(path), k=a.k, sample=a.recall_sample, seed=a.seed, block_rows=a.block_rows,
         out=str(tpath))["result"], need=[tpath])["seconds"]
     ivf_bytes = _ivf_index_bytes(n, d)
     runs: dict[str, list] = {s: [] for s in SIDES}
-    side = lambda name, fn: st.rounds(kind, name, fn, runs[name])  # noqa: E731  (round i: saved or measured)
-    fns = {"kexue-ivf": side("kexue-ivf", lambda: cli(a, path, tmp / f"{kind}-ivf", [
+    side = lambda name, fn: st.rounds(label, name + T, fn, runs[name])  # noqa: E731  (round i: saved or measured)
+    fns = {"kexue-ivf": side("kexue-ivf", lambda: cli(a, path, tmp / f"{label}-ivf{T}", [
                "--backend", "ivf", "--recall-sample", str(a.recall_sample)])),
            "sklearn-brute": side("sklearn-brute", lambda: child("sklearn", path=str(path), k=a.k, truth=str(tpath)))}
     if py_peer and "kiez" not in a.skip:
         args = {"path": str(path), "k": a.k, "truth": str(tpath), "index_key": a.kiez_index,
-                "index_param": a.kiez_param or None, "out": str(tmp / f"{kind}-kiez-nk.npy")}
+                "index_param": a.kiez_param or None, "out": str(tmp / f"{label}-kiez{T}-nk.npy"), "threads": a.threads}
         fns["kiez-faiss"] = side("kiez-faiss", lambda: _kiez(py_peer, args, n))
     if "sklearn" in a.skip:
         fns.pop("sklearn-brute")
@@ -206,7 +214,7 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st:
     if kind == "gaussian":  # the side row: the three-way comparison only
         return out
     if "mp" not in a.skip:
-        r = st.run(kind, "kexue-ivf+mp", lambda: cli(a, path, tmp / f"{kind}-mp", [
+        r = st.run(label, "kexue-ivf+mp" + T, lambda: cli(a, path, tmp / f"{label}-mp{T}", [
             "--backend", "ivf", "--recall-sample", str(a.recall_sample), "--reduce", "mp", "--candidates",
             str(a.mp_candidates)]))
         out["kexue-ivf+mp"] = {**_cli_row(r, "mp", ivf_bytes), "candidates": a.mp_candidates,
@@ -215,18 +223,18 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st:
         if "pq" in a.skip or not template:
             continue
         factory = template.format(nlist=round(math.sqrt(n)), m=a.pq_m or d // 4)
-        pq = tmp / f"{kind}-{key}.faiss"
-        b = st.run(kind, key + ":build", partial(
+        pq = tmp / f"{label}-{key}.faiss"
+        b = st.run(label, key + ":build", partial(
             child, "build_pq", path=str(path), k=a.k, truth=str(tpath), factory=factory, seed=a.seed,
             block_rows=a.block_rows, recall=a.recall, k_factor=a.k_factor, out=str(pq)), need=[pq])
-        r = st.run(kind, key, partial(cli, a, path, tmp / f"{kind}-{key}", [
+        r = st.run(label, key + T, partial(cli, a, path, tmp / f"{label}-{key}{T}", [
             "--index", str(pq), "--recall-sample", str(a.recall_sample)]))
         pbytes = b["result"]["index_bytes"]
         out[key] = {**_cli_row(r, "primary", pbytes), "build": {**b["result"], "wall_s": b["wall_s"],
                                                                 "memory": _mem(b, pbytes)},
                     "total_s": b["wall_s"] + r["wall_s"]}
     if "estimate" not in a.skip:
-        r = st.run(kind, "estimate", lambda: child("estimate", path=str(path), k=a.k, fraction=a.estimate_fraction,
+        r = st.run(label, "estimate", lambda: child("estimate", path=str(path), k=a.k, fraction=a.estimate_fraction,
                                                    recall=a.recall, seed=a.seed, block_rows=a.block_rows))
         e = r["result"]
         lo, hi = e["skewness_ci"]
@@ -235,8 +243,8 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st:
                            "full_scan_antihub_occurrence": row["antihub_occurrence"]}
     if a.cluster and cluster:
         # keyed by the cluster spec, so that --cluster can be added to (or changed in) a resumed run
-        r = st.run(kind, f"kexue-ivf-cluster({a.cluster})",
-                   lambda: _cluster(a, path, tmp / f"{kind}-cluster", ivf[-1]["nk_path"]))
+        r = st.run(label, f"kexue-ivf-cluster({a.cluster}){T}",
+                   lambda: _cluster(a, path, tmp / f"{label}-cluster{T}", ivf[-1]["nk_path"]))
         out["kexue-ivf-cluster"] = {**_cli_row(r, "primary", ivf_bytes), "cluster": a.cluster,
                                     "identical_nk": r["identical_nk"]}
     return out
@@ -310,6 +318,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--kiez-index", default="HNSW32")
     ap.add_argument("--kiez-param", default="efSearch=128")
     ap.add_argument("--cluster", default=None, help="e.g. local:2, if kexue hubness has --cluster")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads of every timed kexue command (its --threads) and of kiez's FAISS; unset: each "
+                         "side's own default (kexue's CLI 1, FAISS all cores); set, the measures are saved apart")
     ap.add_argument("--whiten-rows", type=int, default=262_144, help="rows of the 768-wide whitening measure")
     ap.add_argument("--whiten-block", type=int, default=65_536)
     ap.add_argument("--machines", default="1,4,16", help="machine counts of the whitening plan")
@@ -330,7 +341,8 @@ def main(argv=None) -> dict:
     print(f"before: {load()}", flush=True)
     work = Path(a.workdir or Path(a.data_dir) / f"run-n{a.rows}-d{a.dim}-seed{a.seed}")
     try:
-        st = State(work, vars(a), info["commit"], info["dirty"], fresh=a.fresh, stop_after=a.stop_after)
+        st = State(work, vars(a), info["commit"], info["dirty"], fresh=a.fresh, stop_after=a.stop_after,
+                   revision=revision)
     except Mismatch as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

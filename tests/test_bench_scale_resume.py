@@ -77,6 +77,23 @@ def test_missing_file_reruns_and_mismatch_is_one_line(tmp_path):
     assert st.measures == {} and json.loads((tmp_path / "state.json").read_text())["args"]["k"] == 5
 
 
+def test_each_record_names_the_checkout_it_ran_at(tmp_path):
+    revs = iter([("a" * 40, False), ("b" * 40, True)])
+    st = State(tmp_path, ARGS, "s" * 40, False, revision=lambda: next(revs))
+    st.run("clustered", "one", lambda: {"x": 1})
+    st.run("clustered", "two", lambda: {"x": 2})
+    rec = st.measures
+    assert (rec["clustered/one/0"]["commit"], rec["clustered/one/0"]["dirty"]) == ("a" * 40, False)
+    assert (rec["clustered/two/0"]["commit"], rec["clustered/two/0"]["dirty"]) == ("b" * 40, True)
+    assert State(tmp_path, ARGS, "c" * 40, False).provenance()["commits"] == []  # nothing used yet
+
+
+def test_gaussian_rows_do_not_invalidate_saved_measures(tmp_path):
+    State(tmp_path, ARGS, "c" * 40, False).run("clustered", "x", lambda: {"x": 1})
+    st = State(tmp_path, {**ARGS, "gaussian_rows": 2000}, "c" * 40, False)  # its measures carry the size in the key
+    assert list(st.measures) == ["clustered/x/0"]
+
+
 def _bench(tmp_path, *extra, wait=True):
     pytest.importorskip("faiss")
     env = {k: v for k, v in os.environ.items() if k != "KEXUE_PEERS_PYTHON"}
@@ -115,6 +132,12 @@ def test_stopped_run_resumes_from_saved_measures(tmp_path):
     assert ds["kexue-ivf"]["wall_s"] == first["clustered/kexue-ivf/0"]["result"]["wall_s"]
     assert ds["estimate"]["full_scan_skewness"] == ds["kexue-ivf"]["skewness"]
     assert len(res["provenance"]["sessions"]) == 2 and "These rows come from 2 sessions" in r.stdout
+    r = _bench(tmp_path, "--threads", "1", "--skip", "sklearn,kiez,pq,whiten,mp,estimate")
+    assert r.returncode == 0, r.stderr[-3000:]  # --threads: its own measures, the saved ones kept
+    third = _state(tmp_path)["measures"]
+    assert set(third) - set(second) == {"clustered/kexue-ivf@1t/0"} and {k: third[k] for k in second} == second
+    assert (tmp_path / "data" / "run-n4000-d16-seed0" / "clustered-ivf@1t.nk.npy").exists()
+    second = third
     r = _bench(tmp_path, "-k", "5")  # other arguments: refused, one line, the state left alone
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--k 10 (now 5)" in r.stderr and "--fresh" in r.stderr
     assert _state(tmp_path)["measures"] == second
