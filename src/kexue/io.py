@@ -10,7 +10,9 @@ unsupported extension, a ``key`` given for a .npy file, a NaN or inf in the rows
 
 from __future__ import annotations
 
+import mmap
 import os
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +208,42 @@ def open_shards(path: Path, key: str | None = None, what: str = "embedding") -> 
 
 def _shard_files(path: Path) -> list[Path]:
     return sorted(p for p in path.glob("*.npy") if not p.name.startswith(".") and p.is_file())
+
+
+def release_pages(A) -> None:
+    """Unmap from this process the pages of the read-only file memory map behind ``A`` — an
+    ``np.memmap`` opened with mode ``"r"`` (``np.load(mmap_mode="r")``, a memory-mapped safetensors
+    tensor), any view of one, or each shard of a :class:`ShardedRows` — so that a pass over a file
+    keeps only the blocks it reads since the last call resident, not every page it touched (issue 29:
+    the kernel's max RSS counts them). Anything else (in-memory, writable or copy-on-write maps;
+    platforms other than Linux): nothing. Linux ``madvise(MADV_DONTNEED)`` on a shared file mapping
+    drops only this process's page-table entries; the file and the page cache are untouched and a
+    later read faults the same bytes back in from the cache, so results do not change. The whole map
+    is released, not a row range: gathered rows are scattered over it, and the call is cheap (200 MB
+    map, load 1.7: 4 µs with few pages resident — the kernel skips empty page tables — 1.1 ms with
+    all of them; 2,730 gathered rows of 384 float32 took 3.1 ms released after each gather against
+    2.1 ms, their first read, without)."""
+    if sys.platform.startswith("linux") and hasattr(mmap.mmap, "madvise"):
+        for m in read_only_maps(A):
+            try:
+                m.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # e.g. a closed map: nothing resident to drop
+                pass
+
+
+def read_only_maps(A) -> list:
+    """The ``mmap.mmap`` objects of the read-only (mode ``"r"``) ``np.memmap`` behind ``A`` (a view,
+    or ``np.asarray`` of one: the chain of bases is walked) or behind each shard of a
+    :class:`ShardedRows`; ``[]`` for anything else."""
+    if isinstance(A, ShardedRows):
+        return [m for s in A.maps for m in read_only_maps(s)]
+    a = A
+    while isinstance(a, np.ndarray):
+        m = getattr(a, "_mmap", None)
+        if isinstance(a, np.memmap) and isinstance(m, mmap.mmap):  # ACCESS_READ is MAP_SHARED: nothing of ours
+            return [m] if a.mode == "r" else []  # to lose; a copy-on-write map ("c") would drop its edits
+        a = a.base
+    return []
 
 
 def version(path: str | os.PathLike) -> tuple:

@@ -46,7 +46,7 @@ def hubness_cmd(
     from kexue import hubness as H
     from kexue.cli import RichTracker, console, out_console
     from kexue.hubness import stream
-    from kexue.io import open_matrix
+    from kexue.io import open_matrix, release_pages
 
     index = list(index) if index else None  # --index given once or more: shards in row order
     _check_options(k, metric, backend, recall, reduce, candidates, queries, reference)
@@ -73,7 +73,7 @@ def hubness_cmd(
     use_threads(threads, torch=False)  # a NumPy/FAISS command: importing torch would cost ~0.12 GB of private memory
     for s in (src, *others.values()):  # NaN/inf named by file and row, one block at a time
         for _ in s.chunks(block_rows):
-            pass
+            release_pages(s.mmap)  # a memory map's pages read so far: out of our resident set (None: nothing)
     X = src.rows()  # a memory map where the file allows: never read whole
     Q = others["--queries"].rows() if queries is not None else None
     R = others["--reference"].rows() if "--reference" in others else None  # a memory map too: the reductions read it in blocks

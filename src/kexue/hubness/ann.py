@@ -27,9 +27,11 @@ is still measured on the sample. Cosine: unit vectors searched with L2, which ra
 **Out of core.** ``X`` and the queries may be memory maps (``np.load(path, mmap_mode="r")``): they
 are read ``block_rows`` rows at a time — the index is built block by block (IVF trained on its
 sample), the queries are searched block by block, the sample's exact neighbours are merged over
-blocks of ``X`` — and float64 is used only for the found candidates' rows. Besides the memory
-map's pages and the index itself (a flat, IVF-Flat or HNSW index holds a float32 copy of ``X``),
-the working memory is a few blocks of ``block_rows × dim`` values.
+blocks of ``X`` — and float64 is used only for the found candidates' rows. Besides the index
+itself (a flat, IVF-Flat or HNSW index holds a float32 copy of ``X``), the working memory is a few
+blocks of ``block_rows × dim`` values; the memory map's pages are released from the process as
+each block (and each chunk of gathered candidate rows) is consumed (:func:`kexue.io.release_pages`),
+so its resident set does not grow to the whole file.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ import numpy as np
 
 from kexue import validate
 from kexue.hubness import faiss_index as FI
+from kexue.hubness.arrays import gather_rows, row_blocks
 from kexue.hubness.knn import KNNGraph, _exact, _normalise, knn_recall, order_rows, pair_distances, rows64
+from kexue.io import release_pages
 from kexue.utils import KexueError, NULL_TRACKER, Tracker, require
 
 BLOCK_ROWS = 16384  # rows read at a time: 24 MB of float32 at 384 dimensions
@@ -65,8 +69,8 @@ def _rows32(B, metric: str) -> np.ndarray:
 
 
 def _add(index, X, metric: str, block_rows: int) -> None:
-    for s in range(0, len(X), block_rows):
-        index.add(_rows32(X[s:s + block_rows], metric))
+    for _, B in row_blocks(X, block_rows):
+        index.add(_rows32(B, metric))
 
 
 def _add_ivf(faiss, index, X, metric: str, block_rows: int) -> None:
@@ -75,14 +79,14 @@ def _add_ivf(faiss, index, X, metric: str, block_rows: int) -> None:
     int64), then the rows added with them (``add_core``: the same lists, order and ids). Grown block by
     block, a list's buffer doubles as it fills and ends up to 2x its length (200,000 x 384: 0.44 GB
     resident for a 0.31 GB index; 0.33 GB reserved first)."""
-    lists = np.concatenate([np.empty(0, np.int64)] + [index.quantizer.assign(_rows32(X[s:s + block_rows], metric), 1)
-                                                      .ravel() for s in range(0, len(X), block_rows)])
+    lists = np.concatenate([np.empty(0, np.int64)] + [index.quantizer.assign(_rows32(B, metric), 1).ravel()
+                                                      for _, B in row_blocks(X, block_rows)])
     inv = faiss.downcast_InvertedLists(index.invlists)
     for j, c in enumerate(np.bincount(lists, minlength=index.nlist).tolist()):
         inv.resize(j, c)  # a vector shrunk keeps its capacity: the adds below fill it without reallocating
         inv.resize(j, 0)
-    for s in range(0, len(X), block_rows):
-        B, a = _rows32(X[s:s + block_rows], metric), np.ascontiguousarray(lists[s:s + block_rows])
+    for s, B in row_blocks(X, block_rows):
+        B, a = _rows32(B, metric), np.ascontiguousarray(lists[s:s + block_rows])
         index.add_core(len(B), faiss.swig_ptr(B), None, faiss.swig_ptr(a))
 
 
@@ -116,7 +120,8 @@ def _faiss_ivf(X, kk, params, seed, metric, block_rows) -> _Index:
     index.cp.max_points_per_centroid = 64  # k-means on a sample: the lists need not be optimal
     index.cp.min_points_per_centroid = 1
     m = min(n, 64 * nlist)  # the sample read from X (FAISS would draw the same number from all of it)
-    index.train(_rows32(X if m == n else X[np.sort(np.random.default_rng(seed).choice(n, m, replace=False))], metric))
+    index.train(_rows32(X if m == n else gather_rows(X, np.sort(np.random.default_rng(seed).choice(n, m, replace=False))),
+                        metric))
     _add_ivf(faiss, index, X, metric, block_rows)
     fixed = params.pop("nprobe", None)
 
@@ -256,8 +261,7 @@ def exact_sample(X, Qs: np.ndarray, k: int, metric: str, self_ids, block_rows: i
     own row, dropped wherever it ranks) — the truth the recall is measured against."""
     kk = k + (0 if self_ids is None else 1)
     bd, bi = np.empty((len(Qs), 0)), np.empty((len(Qs), 0), np.int64)
-    for s in range(0, len(X), block_rows):
-        Xb = np.asarray(X[s:s + block_rows])
+    for s, Xb in row_blocks(X, block_rows):
         g = _exact(Xb, Qs, min(kk, len(Xb)), metric, None, None, 16, NULL_TRACKER)
         d, i = np.hstack([bd, g.dist]), np.hstack([bi, g.ind + s])
         bd, bi = order_rows(d, i, min(kk, d.shape[1]), metric)
@@ -290,7 +294,7 @@ def tuned(X, Q, k, metric, backend, self_ids, params, recall, seed, sample: int 
                              "or recall_sample=0")
         rows = np.sort(np.random.default_rng(seed).choice(nq, min(sample, nq), replace=False))
         sid = None if self_ids is None else self_ids[rows]
-        Qs = np.asarray(Q[rows])
+        Qs = gather_rows(Q, rows)
         truth = exact_sample(X, Qs, k, metric, sid, block_rows)
         Qs32 = _rows32(Qs, metric)
         value, got = _tune(idx, lambda: _drop_self(idx.search(Qs32, kk)[1], sid, k), truth, recall)
@@ -322,14 +326,16 @@ def search(X, Q, k, metric, backend, self_ids, params, recall, seed, tracker: Tr
         D, I = idx.search(_rows32(Qb, metric), kk)  # float32 rows read as they are: no float64 block
         if X is None:  # a user's index without its vectors: FAISS's own distances
             dist[s:e], ind[s:e] = order_rows(FI.faiss_distances(D[:, :k], backend, metric), I[:, :k], k, metric)
+            release_pages(Q)
             continue
         I = _drop_self(I, None if self_ids is None else self_ids[s:e], k)
         bd, bi = np.empty((e - s, k)), np.empty((e - s, k), np.int64)  # the block, stored at once
         step = max(1, (1 << 20) // (k * Qb.shape[1]))  # 8 MB of gathered float64 rows (and as much of differences)
         for c in range(0, e - s, step):
             Ic = I[c:c + step]
-            Xc = rows64(np.asarray(X[Ic.ravel()]), metric).reshape(*Ic.shape, -1)
+            Xc = rows64(gather_rows(X, Ic.ravel()), metric).reshape(*Ic.shape, -1)  # the map's pages released
             d64 = pair_distances(rows64(Qb[c:c + step], metric)[:, None, :], Xc, metric)  # row by row: as the block's
             bd[c:c + len(Ic)], bi[c:c + len(Ic)] = order_rows(d64, Ic, k, metric)
         dist[s:e], ind[s:e] = bd, bi
+        release_pages(Q)
     return KNNGraph(dist, ind, label, float(got), n_sample, {} if value is None else {idx.name: value})

@@ -9,7 +9,7 @@ import numpy as np
 
 from kexue import validate
 from kexue.hubness import ann
-from kexue.hubness.arrays import host_array, max_abs, pow2_exponent
+from kexue.hubness.arrays import host_array, max_abs, pow2_exponent, row_blocks
 from kexue.hubness.faiss_index import check_index, is_faiss_index
 from kexue.hubness.knn import BACKENDS, METRICS, KNNGraph, _exact, occurrences
 from kexue.shards import ShardedRows
@@ -104,8 +104,7 @@ def checked_matrix(X, name: str, block_rows: int = BLOCK_ROWS):
     2-D and real by construction) stay as they are: the search reads them block by block."""
     A = X if isinstance(X, ShardedRows) else validate.matrix(host_array(X), name, dtype=None, allow_nonfinite=True)
     if A.dtype.kind == "f":
-        for s in range(0, len(A), block_rows):
-            B = A[s:s + block_rows]
+        for s, B in row_blocks(A, block_rows):
             if not np.isfinite(B).all():
                 r, c = np.argwhere(~np.isfinite(B))[0]
                 raise KexueError(f"{name} has a non-finite value (NaN or inf) at index ({s + int(r)}, {int(c)}); "
