@@ -104,9 +104,7 @@ class BlockRows:
         if isinstance(key, (int, np.integer)):
             return self[int(key):int(key) + 1][0]
         key = np.asarray(key)
-        out = self.f(np.asarray(self.src[key.ravel()])).reshape(*key.shape, self.shape[1])
-        release_pages(self.src)
-        return out
+        return self.f(gather_rows(self.src, key.ravel())).reshape(*key.shape, self.shape[1])  # pages released
 
 
 class NotFitted(KexueError, NotFittedError):

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from kexue import validate
+from kexue.hubness.arrays import gather_rows
 from kexue.hubness.search import BLOCK_ROWS, checked_matrix, kneighbors
 from kexue.utils import KexueError
 
@@ -130,7 +131,7 @@ def estimate_hubness(X, k: int, fraction: float = 0.05, metric: str = "euclidean
     rng = np.random.default_rng(seed)
     S = np.sort(rng.choice(n, size=m, replace=False))
     # the m sampled rows are gathered (m × dim); the index is read by kneighbors in blocks
-    _, ind = kneighbors(X, k + 1, metric=metric, backend=backend, queries=np.asarray(X[S]), seed=seed,
+    _, ind = kneighbors(X, k + 1, metric=metric, backend=backend, queries=gather_rows(X, S), seed=seed,
                         **kneighbors_kw)
     ind = np.asarray(ind)
     own = ind == S[:, None]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from kexue.hubness.arrays import BlockRows, _vectors, host_array
+from kexue.hubness.arrays import BlockRows, _vectors, host_array, row_blocks
 from kexue.hubness.faiss_index import faiss_distances, is_faiss_index, is_flat_faiss  # noqa: F401 (re-exported)
 from kexue.hubness import knn as K
 from kexue.hubness.knn import _normalise, column_mean, rows64
@@ -32,8 +32,8 @@ def vectors(X, what: str = "X", metric: str | None = None):
     X = checked_matrix(X, what) if isinstance(X, np.memmap) else _vectors(X, what)
     if metric == "cosine":
         b = K.stream_rows(X.shape[1])
-        for s in range(0, len(X), b):
-            _normalise(X[s:s + b], s)
+        for s, B in row_blocks(X, b):
+            _normalise(B, s)
     return X
 
 
@@ -42,8 +42,7 @@ def widest_range(X) -> float:
     at a time (both exact in any dtype)."""
     hi = lo = None
     b = K.stream_rows(X.shape[1])
-    for s in range(0, len(X), b):
-        B = np.asarray(X[s:s + b])
+    for _, B in row_blocks(X, b):
         hi = B.max(0) if hi is None else np.maximum(hi, B.max(0))
         lo = B.min(0) if lo is None else np.minimum(lo, B.min(0))
     if hi is None or lo is None:  # no rows: no spread
@@ -99,8 +98,7 @@ def faiss_search(index, Q: np.ndarray, k: int, metric: str, exclude_self: bool =
     kk = k + (1 if exclude_self else 0)
     parts = []
     b = K.stream_rows(Q.shape[1])
-    for s in range(0, len(Q), b):  # a memory map is read a block at a time, never copied whole
-        B = np.asarray(Q[s:s + b])
+    for s, B in row_blocks(Q, b):  # a memory map is read a block at a time (its pages released), never whole
         D, I = index.search(np.ascontiguousarray((_normalise(B, s) if metric == "cosine" else B).astype(np.float32)), kk)
         if (I < 0).any():
             raise KexueError(f"the FAISS index returned fewer than {kk} neighbours for some queries "

@@ -37,7 +37,7 @@ from functools import partial
 
 import numpy as np
 
-from kexue.hubness.arrays import BlockRows, max_abs, pow2_exponent
+from kexue.hubness.arrays import BlockRows, max_abs, pow2_exponent, row_blocks
 from kexue.utils import KexueError, Tracker
 
 METRICS = ("euclidean", "cosine")
@@ -193,8 +193,8 @@ class Screening:
         made block by block, and ``|q|²`` from one streamed pass (``qsq``: already known)."""
         block = block or stream_rows(Q.shape[1])
         if qsq is None:
-            qsq = np.concatenate([np.empty(0)] + [self._centred(rows64(np.asarray(Q[s:s + block]), metric))[1]
-                                                  for s in range(0, len(Q), block)])
+            qsq = np.concatenate([np.empty(0)] + [self._centred(rows64(B, metric))[1]
+                                                  for _, B in row_blocks(Q, block)])
         return BlockRows(Q, lambda B: self.rows(rows64(B, metric))[0], self.Xa.shape[1]), qsq
 
 
@@ -211,8 +211,8 @@ def column_mean(X, block: int, metric: str = "euclidean") -> np.ndarray:
     if n <= block:
         return rows64(np.asarray(X), metric).mean(0)
     acc = np.zeros(X.shape[1])
-    for s in range(0, n, block):
-        acc = np.add.reduce(np.vstack([acc[None], rows64(np.asarray(X[s:s + block]), metric)]), axis=0)
+    for _, B in row_blocks(X, block):  # (a memory map's pages released block by block)
+        acc = np.add.reduce(np.vstack([acc[None], rows64(B, metric)]), axis=0)
     return acc / n
 
 
@@ -222,8 +222,7 @@ def _streamed_stats(X, metric: str, block: int):
     n, d = X.shape
     shift = 0.0 if metric == "cosine" else column_mean(X, block)
     top, used, xsq = 0.0, np.zeros(d, bool), np.empty(n)
-    for s in range(0, n, block):
-        B = np.asarray(X[s:s + block])
+    for s, B in row_blocks(X, block):
         C = (_normalise(B, s) if metric == "cosine" else rows64(B, metric)) - shift
         top = max(top, max_abs(C))
         used |= C.any(0)
@@ -231,8 +230,8 @@ def _streamed_stats(X, metric: str, block: int):
     e = pow2_exponent(top)
     if e:  # rare: the norms and used columns of the rescaled rows (a rescale can underflow or overflow)
         used[:] = False
-        for s in range(0, n, block):
-            C = np.ldexp(rows64(np.asarray(X[s:s + block]), metric) - shift, -e)
+        for s, B in row_blocks(X, block):
+            C = np.ldexp(rows64(B, metric) - shift, -e)
             used |= C.any(0)
             xsq[s:s + len(C)] = np.einsum("ij,ij->i", C, C)
     return shift, e, (None if used.all() else np.flatnonzero(used)), xsq

@@ -51,7 +51,7 @@ from kexue import validate
 from kexue.hubness import graph as G
 from kexue.hubness import reference as REF
 from kexue.hubness import screen as S
-from kexue.hubness.arrays import check_is_fitted, pow2_exponent
+from kexue.hubness.arrays import check_is_fitted, pow2_exponent, release_pages
 from kexue.hubness.knn import BACKENDS, METRICS, occurrences, streamed_screening
 from kexue.hubness.rerank import rerank as rerank_blocks
 from kexue.utils import KexueError
@@ -340,6 +340,7 @@ class _Reduction(TransformerMixin, BaseEstimator):
             q_stats = tuple(a[first + s:first + s + step] for a in self.stats_) if own else self._stats(d, w)
             sec = self._unscaled(self._secondary(d, i, q_stats, x_stats, None if Q is None else Q[s:s + step]))
             out.append(finish(sec, dist[s:s + step], i))
+            release_pages(Q)  # a memory map's block of queries (kexue.io): out of the resident set once used
         return out
 
     def transform(self, X, reference=None):

@@ -10,6 +10,7 @@ from kexue.hubness import graph as G
 from kexue.hubness import reference as REF
 from kexue.hubness.arrays import check_is_fitted
 from kexue.hubness.stream import is_disk
+from kexue.io import release_pages
 from kexue.utils import KexueError
 
 
@@ -48,4 +49,5 @@ def rerank(est, dist, ind, X, reference, n_neighbors):
         d, i = np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
         est._sorted(d, i, None if Q is None else Q[s:s + step], X is None, k, reference, x_stats, first=s,
                     out=(out[0][s:s + step], out[1][s:s + step]))
+        release_pages(Q)  # a memory map's block of queries: out of the resident set once used
     return out
