@@ -17,7 +17,12 @@ skip. The .npy is named by the model key and the zoo's recorded sha256 (so a new
 a new cache entry); a sidecar ``.json`` holds the source's description and the sha256 of the GGUF
 actually read (hashed when the .npy is written; ``sha256_matches_zoo`` compares it with the
 zoo's record). Both are written whole or not at all (``kexue.utils.atomic_path``), the sidecar
-last, so the pair exists only complete; a cached pair is used without the model.
+last, so the pair exists only complete; a cached pair is used without the model. The benchmark
+runs the extraction in its own process (``_scale_children.py real``; its wall time and memory go
+to the JSON as ``source.extraction``).
+
+:func:`source` is the benchmark's one way to any of its data sets (the synthetic ones come from
+``_scale_data.py``), with the labels its saved measures are keyed by.
 """
 
 from __future__ import annotations
@@ -89,16 +94,31 @@ def real_dataset(folder: Path, key: str) -> tuple[Path, float | None, dict]:
     return path, time.perf_counter() - t, info
 
 
-def source(a, kind: str, st) -> tuple[str, Path, int, int, float | None, dict | None]:
+def _make_real(folder: Path, key: str, child) -> dict:
+    """The cached set's description, or the extraction run by ``child("real", ...)`` in its own process
+    (it holds the GGUF and the float32 matrix, 2.2 GiB at its peak for Gemma: the benchmark's process,
+    which lives for hours, would keep ~0.75 GB of it), with its wall time and memory."""
+    path = real_path(folder, key)
+    if path.exists() and _info_path(path).exists():
+        return {"generate_s": None, "source": real_info(folder, key)}
+    r = child("real", folder=str(folder), key=key)
+    if "unavailable" in r["result"]:
+        raise RealUnavailable(r["result"]["unavailable"])
+    ext = {"wall_s": r["wall_s"], "maxrss_bytes": r["maxrss_bytes"], "anon_peak_bytes": r["anon_peak_bytes"],
+           "load_1min_at_start": r["load_1min_at_start"]}
+    return {"generate_s": r["result"]["generate_s"], "source": {**r["result"]["source"], "extraction": ext}}
+
+
+def source(a, kind: str, st, child) -> tuple[str, Path, int, int, float | None, dict | None]:
     """A data set of the benchmark (``kind``: clustered, gaussian or real-KEY) made or taken from the
     cache through the saved state ``st``: its measures' label, path, n, d, the seconds it took to make
-    (None if cached) and the real set's description (None for the synthetic ones)."""
+    (None if cached) and the real set's description (None for the synthetic ones). ``child(name,
+    **args)`` runs ``_scale_children.py``'s ``name`` in its own process (the benchmark's ``child``)."""
     folder = Path(a.data_dir)
     if kind.startswith("real-"):  # RealUnavailable (not saved) when the model is not in the kexue cache
         key = kind.removeprefix("real-")
         path = real_path(folder, key)
-        r = st.run(kind, "generate", lambda: dict(zip(("generate_s", "source"), real_dataset(folder, key)[1:])),
-                   need=[path, _info_path(path)])
+        r = st.run(kind, "generate", lambda: _make_real(folder, key, child), need=[path, _info_path(path)])
         return kind, path, r["source"]["rows"], r["source"]["dim"], r["generate_s"], r["source"]
     n = (a.gaussian_rows or a.rows) if kind == "gaussian" else a.rows
     path = dataset_path(folder, kind, n, a.dim, a.seed)

@@ -166,7 +166,7 @@ def _cli_row(r: dict, label: str, index_bytes) -> dict:
 
 
 def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st: State) -> dict:
-    label, path, n, d, gen_s, src = source(a, kind, st)
+    label, path, n, d, gen_s, src = source(a, kind, st, child)
     T = f"@{a.threads}t" if a.threads else ""
     print(f"\n{label}: {path} ({path.stat().st_size / GIB:.2f} GiB), "
           + ("from the cache" if gen_s is None else f"made in {gen_s:.1f} s"), flush=True)

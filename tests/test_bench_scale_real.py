@@ -83,7 +83,7 @@ def test_absent_model_is_skipped_with_one_line(tmp_path, monkeypatch, capsys, no
     st = State(tmp_path / "work", dict.fromkeys(RESULT_ARGS), "c" * 40, False)
     a = _ns(tmp_path)
     with pytest.raises(R.RealUnavailable) as e:
-        R.source(a, LABEL, st)
+        R.source(a, LABEL, st, B.child)
     assert "\n" not in str(e.value) and "make zoo" in str(e.value)
     assert st.measures == {} and not (tmp_path / "data").exists()  # nothing saved, nothing half-written
     # the benchmark's own run: the other rows go on, this one is reported skipped
@@ -96,6 +96,7 @@ def test_absent_model_is_skipped_with_one_line(tmp_path, monkeypatch, capsys, no
     assert json.loads((tmp_path / "scale.json").read_text())["real_skipped"] == res["real_skipped"]
 
 
+@pytest.mark.slow  # four processes (extraction, truth, kexue hubness, scikit-learn): 5-10 s on a busy machine
 def test_real_row_runs_the_three_way_comparison_and_resumes(tmp_path, monkeypatch, capsys, no_download):
     monkeypatch.setenv("KEXUE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # FAISS's threads spin on a busy machine; one is quick here
@@ -105,6 +106,9 @@ def test_real_row_runs_the_three_way_comparison_and_resumes(tmp_path, monkeypatc
     ds = res["datasets"][LABEL]
     assert res["real_skipped"] is None and ds["n"] == 600 and ds["dim"] == 32
     assert ds["source"]["source_sha256"] == hashlib.sha256(gpath.read_bytes()).hexdigest()
+    ext = ds["source"]["extraction"]  # made in its own process, measured
+    assert ext["wall_s"] > 0 and 0 < ext["anon_peak_bytes"] and ext["maxrss_bytes"] > 0 and ds["generate_s"] > 0
+    assert np.array_equal(np.load(ds["path"]), np.asarray(zoo.load(KEY, download=False).W, np.float32))
     assert {"kexue-ivf", "sklearn-brute", "sklearn_over_kexue"} <= set(ds)
     assert not {"kexue-ivf+mp", "kexue-ivfpq", "estimate"} & set(ds)  # a side row, like the Gaussian one
     assert {"wall_s", "recall", "params", "skewness", "memory"} <= set(ds["kexue-ivf"])
@@ -139,10 +143,10 @@ def test_synthetic_sources_keep_their_labels(tmp_path):
     st = State(tmp_path / "work", dict.fromkeys(RESULT_ARGS), "c" * 40, False)
     a = _ns(tmp_path)
     a.gaussian_rows = 300
-    label, path, n, d, secs, src = R.source(a, "gaussian", st)
+    label, path, n, d, secs, src = R.source(a, "gaussian", st, B.child)
     assert (label, n, d, src) == ("gaussian-n300", 300, 8, None) and secs > 0
     assert np.load(path, mmap_mode="r").shape == (300, 8)
-    label, path, n, d, secs, src = R.source(a, "clustered", st)
+    label, path, n, d, secs, src = R.source(a, "clustered", st, B.child)
     assert (label, n, d, src) == ("clustered", 1000, 8, None) and path.name == "clustered-n1000-d8-seed0-v1.npy"
     assert sorted(st.measures) == ["clustered/generate/0", "gaussian-n300/generate/0"]
-    assert R.source(a, "clustered", st)[4] > 0  # the saved measure's seconds, not a second generation
+    assert R.source(a, "clustered", st, B.child)[4] > 0  # the saved measure's seconds, not a second generation
