@@ -96,7 +96,7 @@ def real_dataset(folder: Path, key: str) -> tuple[Path, float | None, dict]:
 
 def _make_real(folder: Path, key: str, child) -> dict:
     """The cached set's description, or the extraction run by ``child("real", ...)`` in its own process
-    (it holds the GGUF and the float32 matrix, 2.2 GiB at its peak for Gemma: the benchmark's process,
+    (it holds the GGUF and the float32 matrix, 2.16 GiB at its peak for Gemma: the benchmark's process,
     which lives for hours, would keep ~0.75 GB of it), with its wall time and memory."""
     path = real_path(folder, key)
     if path.exists() and _info_path(path).exists():
@@ -134,5 +134,5 @@ def describe(src: dict) -> str:
     """One line on a real set: what it is, that its rows are not normalised, the GGUF's sha256."""
     nm = src["row_norms"]
     return (f"{src['title']}: {src['tensor']} {src['rows']:,} × {src['dim']}, {src['quantisation']} read as float32, "
-            f"rows not normalised (norms {nm['min']:.3g} to {nm['max']:.3g}, median {nm['median']:.3g}); source "
+            f"rows not normalised (norms {nm['min']:.4g} to {nm['max']:.4g}, median {nm['median']:.4g}); source "
             f"sha256 {src['source_sha256']}" + ("" if src["sha256_matches_zoo"] else " (NOT the zoo's recorded one)"))

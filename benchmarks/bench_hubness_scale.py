@@ -50,7 +50,7 @@ width and at 768 (``--whiten-rows`` rows of a second clustered file), and the pr
 Not yet run at full size: expect hours on 2 cores (kiez's HNSW build and the Gaussian row's IVF
 search are the longest parts) and ~4 GB of disk in ``--data-dir`` (the 1.5 GB file, the Gaussian
 one, a 0.8 GB 768-wide file, the IVF-PQ indexes; ``--real gemma3-270m`` adds a 0.67 GB file, whose
-extraction took 26 s and 2.2 GiB peak resident at load 1.1-1.7); run it under the CPU lock on an idle machine.
+extraction took 26-34 s and 2.16 GiB peak resident at load 1.1-2.6); run it under the CPU lock on an idle machine.
 
 **Resumable** (``benchmarks/_scale_state.py``): the measures' outputs (the CLI's JSON and N_k files,
 the IVF-PQ indexes, kiez's N_k) and ``state.json`` live in ``--workdir`` (default
