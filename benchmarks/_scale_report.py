@@ -17,6 +17,8 @@ def report(res: dict, a) -> None:
           "memory in GiB: kernel peak RSS incl. the map's file pages, sampled peaks of anonymous and private dirty "
           "memory, goal = index + 1 GiB; sklearn's wall is extrapolated, kiez's excludes loading the file)")
     for kind, ds in res["datasets"].items():
+        if ds.get("source"):  # a real set: its rows below are prefixed "real"
+            print(f"{kind} ({ds['n']:,} × {ds['dim']}): {ds['source']['title']}, rows not normalised")
         if ds.get("threads"):
             print(f"{kind}: every timed kexue command with --threads {ds['threads']}, kiez's FAISS on as many")
         for name in ("kexue-ivf", "kexue-ivf+mp", "kexue-ivfpq", "kexue-ivfpq-refine", "kexue-ivf-cluster",
@@ -61,6 +63,8 @@ def report(res: dict, a) -> None:
                       f"{'within' if m['rss_within_goal'] else 'OVER'}, private {'within' if m['private_within_goal'] else 'OVER'}")
         if "kexue-ivf-cluster" in ds:
             print(f"  --cluster {a.cluster}: N_k identical to the local run: {ds['kexue-ivf-cluster']['identical_nk']}")
+    if res.get("real_skipped"):
+        print(f"  real row skipped: {res['real_skipped']}")
     if res.get("cluster_skipped"):
         print(f"  --cluster skipped: {res['cluster_skipped']}")
     w = res.get("whitening")

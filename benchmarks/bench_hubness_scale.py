@@ -5,7 +5,10 @@ Data (``benchmarks/_scale_data.py``, documented there): a clustered synthetic se
 mixture of 256 centres on a random 48-dimensional subspace plus isotropic noise, rows unit length
 — written chunk by chunk to a float32 .npy memory map and cached by (N, d, seed) in ``--data-dir``;
 ``--gaussian`` adds the i.i.d. Gaussian side row (the known worst case for IVF: at recall 0.95 it
-probes most lists; measures 1–3 only, ``--gaussian-rows`` to make it smaller). k = 10, Euclidean.
+probes most lists; measures 1–3 only, ``--gaussian-rows`` to make it smaller); ``--real gemma3-270m``
+adds the largest real set available offline (``_scale_real.py``): Gemma 3 270M's token embeddings,
+262,144 × 640, from the kexue cache (never downloaded; skipped with the reason when absent), rows
+not normalised, measures 1–3 only, label ``real-gemma3-270m``. k = 10, Euclidean, on every row.
 
 Every measure runs in its own process, so its peak memory is its own: the kernel's peak resident
 set (``/usr/bin/time -v``; it counts the memory map's file pages) and the sampled peak of the
@@ -42,11 +45,12 @@ width and at 768 (``--whiten-rows`` rows of a second clustered file), and the pr
 100M × 768 on this machine and on ``--machines`` machines combined with ``Whitening.merge``.
 
     .venv/bin/python benchmarks/bench_hubness_scale.py --data-dir /data/scale --json scale.json \\
-        [--rows 1000000] [--dim 384] [--gaussian] [--repeats 1] [--cluster local:2]
+        [--rows 1000000] [--dim 384] [--gaussian] [--real gemma3-270m] [--repeats 1] [--cluster local:2]
 
 Not yet run at full size: expect hours on 2 cores (kiez's HNSW build and the Gaussian row's IVF
 search are the longest parts) and ~4 GB of disk in ``--data-dir`` (the 1.5 GB file, the Gaussian
-one, a 0.8 GB 768-wide file, the IVF-PQ indexes); run it under the CPU lock on an idle machine.
+one, a 0.8 GB 768-wide file, the IVF-PQ indexes; ``--real gemma3-270m`` adds a 0.67 GB file, whose
+extraction took 26-34 s and 2.16 GiB peak resident at load 1.1-2.6); run it under the CPU lock on an idle machine.
 
 **Resumable** (``benchmarks/_scale_state.py``): the measures' outputs (the CLI's JSON and N_k files,
 the IVF-PQ indexes, kiez's N_k) and ``state.json`` live in ``--workdir`` (default
@@ -76,6 +80,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 from _bench import interleaved, load  # noqa: E402
 from _scale_data import dataset, dataset_path, machine, revision, run_measured  # noqa: E402
+from _scale_real import RealUnavailable, describe, source  # noqa: E402
 from _scale_report import GIB, PLAN_DIM, report  # noqa: E402
 from _scale_state import Mismatch, State, print_provenance  # noqa: E402
 
@@ -161,17 +166,14 @@ def _cli_row(r: dict, label: str, index_bytes) -> dict:
 
 
 def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st: State) -> dict:
-    n, d = (a.gaussian_rows or a.rows) if kind == "gaussian" else a.rows, a.dim
-    path = dataset_path(Path(a.data_dir), kind, n, d, a.seed)
-    # the saved measures' keys: the Gaussian row's by its size, the timed commands' by --threads, so that a
-    # resumed run can add either without touching what is saved
-    label = kind if kind == "clustered" else f"{kind}-n{n}"
+    label, path, n, d, gen_s, src = source(a, kind, st, child)
     T = f"@{a.threads}t" if a.threads else ""
-    gen_s = st.run(label, "generate", lambda: {"generate_s": dataset(Path(a.data_dir), kind, n, d, a.seed)[1]},
-                   need=[path])["generate_s"]
-    print(f"\n{kind}: {path} ({path.stat().st_size / GIB:.2f} GiB), "
-          + ("from the cache" if gen_s is None else f"generated in {gen_s:.1f} s"), flush=True)
-    out: dict = {"path": str(path), "file_bytes": path.stat().st_size, "generate_s": gen_s, "threads": a.threads}
+    print(f"\n{label}: {path} ({path.stat().st_size / GIB:.2f} GiB), "
+          + ("from the cache" if gen_s is None else f"made in {gen_s:.1f} s"), flush=True)
+    if src:
+        print("  " + describe(src), flush=True)
+    out: dict = {"path": str(path), "file_bytes": path.stat().st_size, "generate_s": gen_s, "threads": a.threads,
+                 "n": n, "dim": d, **({"source": src} if src else {})}
     tpath = Path(a.data_dir) / f"{path.stem}-truth-k{a.k}-s{a.recall_sample}-seed{a.seed}.npz"
     out["truth_s"] = st.run(label, "truth", lambda: {"seconds": None} if tpath.exists() else child(
         "truth", path=str(path), k=a.k, sample=a.recall_sample, seed=a.seed, block_rows=a.block_rows,
@@ -211,7 +213,7 @@ def run_dataset(a, kind: str, tmp: Path, py_peer: str | None, cluster: bool, st:
                              "hub_occurrence": m["hub_occurrence"], "antihub_occurrence": m["antihub_occurrence"],
                              "memory": _mem(kz[-1], None)}
         out["kexue_over_kiez"] = row["wall_s"] / out["kiez-faiss"]["seconds"]
-    if kind == "gaussian":  # the side row: the three-way comparison only
+    if kind != "clustered":  # the Gaussian and real side rows: the three-way comparison only
         return out
     if "mp" not in a.skip:
         r = st.run(label, "kexue-ivf+mp" + T, lambda: cli(a, path, tmp / f"{label}-mp{T}", [
@@ -294,6 +296,8 @@ def whitening(a, path: Path, st: State) -> dict:
 
 
 def main(argv=None) -> dict:
+    from kexue.unargmax.zoo import BY_KEY
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
@@ -302,6 +306,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--data-dir", default="scale-data", help="cache of the generated .npy files (default ./scale-data)")
     ap.add_argument("--json", default=None, help="write every figure here")
     ap.add_argument("--gaussian", action="store_true", help="also the i.i.d. Gaussian side row (measures 1-3 only)")
+    ap.add_argument("--real", default=None, choices=sorted(BY_KEY), metavar="MODEL",
+                    help="also the real row: a zoo model's matrix from the kexue cache (gemma3-270m: 262,144 × 640)")
     ap.add_argument("--gaussian-rows", type=int, default=None, help="rows of the Gaussian set (default --rows)")
     ap.add_argument("--recall", type=float, default=0.95)
     ap.add_argument("--recall-sample", type=int, default=1000, help="queries searched exactly (recall; sklearn's subset)")
@@ -356,8 +362,13 @@ def main(argv=None) -> dict:
     res["cluster_skipped"] = None if cluster or not a.cluster else "this tree's kexue hubness has no --cluster option"
     res["datasets"] = {}
     Path(a.data_dir).mkdir(parents=True, exist_ok=True)
-    for kind in ["clustered"] + (["gaussian"] if a.gaussian else []):
-        res["datasets"][kind] = run_dataset(a, kind, work, py_peer, cluster, st)
+    res["real_skipped"] = None
+    for kind in ["clustered"] + (["gaussian"] if a.gaussian else []) + ([f"real-{a.real}"] if a.real else []):
+        try:
+            res["datasets"][kind] = run_dataset(a, kind, work, py_peer, cluster, st)
+        except RealUnavailable as e:  # the model is not in the kexue cache: never downloaded from here
+            res["real_skipped"] = f"real-{a.real}: {e}"
+            print(f"real-{a.real} row skipped: {e}", flush=True)
     if "whiten" not in a.skip:
         res["whitening"] = whitening(a, Path(res["datasets"]["clustered"]["path"]), st)
     res["load_after"] = os.getloadavg()
