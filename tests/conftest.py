@@ -157,6 +157,30 @@ def peak_rss_above(child: str, *args, timeout: int = 600) -> int:
     return peak - base
 
 
+# ``kexue ARGS`` in a child: the baseline is taken after the modules the command imports (argv[1], comma
+# separated) and kexue.cli, so the difference is the command's working memory, not its imports.
+CLI_RSS_CHILD = """
+import importlib, resource, sys
+for name in sys.argv[1].split(","):
+    importlib.import_module(name)
+from kexue.cli import main
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    main(sys.argv[2:])
+except SystemExit as e:
+    assert not e.code, e.code
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def cli_peak_rss_above(*args, imports: tuple[str, ...] = ("sklearn", "threadpoolctl"), timeout: int = 600) -> int:
+    """Peak resident memory (bytes, Linux) of ``kexue ARGS`` run in a child process (CLI_RSS_CHILD), above
+    its baseline after ``imports``: what the command imports (``kexue hubness``: scikit-learn and
+    threadpoolctl, plus faiss for the FAISS backends; not torch, see cli/_common.use_threads). The command
+    must exit 0."""
+    return peak_rss_above(CLI_RSS_CHILD, ",".join(imports), *args, timeout=timeout)
+
+
 def run_kexue(*args, cwd, timeout: int = 900):
     """``python -m kexue ARGS`` as a user runs it, in a child process running this checkout's source
     (a CompletedProcess with text stdout/stderr): the exit code and everything on the real stderr,

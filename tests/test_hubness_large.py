@@ -308,25 +308,15 @@ def test_cli_bad_index_is_one_line_and_writes_nothing(cli, X, tmp_path):
 # ---------------------------------------------------------------- memory
 
 
-_CHILD = textwrap.dedent("""
+# estimate_hubness PATH FRACTION in a child: the exact backend on a memory map, above its imports
+_ESTIMATE_CHILD = textwrap.dedent("""
     import resource, sys
-    import faiss, sklearn, threadpoolctl  # noqa: F401 -- imported before the baseline, as the CLI imports them
-    try:
-        import torch  # noqa: F401 -- the CLI's thread policy imports it when installed
-    except ImportError:
-        pass
+    import sklearn, threadpoolctl  # noqa: F401 -- imported before the baseline, as estimate_hubness imports them
     import numpy as np
-    from kexue.cli import main
     from kexue.hubness import estimate_hubness
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.argv[1] == "estimate":  # estimate_hubness PATH FRACTION: the exact backend on a memory map
-        est = estimate_hubness(np.load(sys.argv[2], mmap_mode="r"), 10, fraction=float(sys.argv[3]), n_boot=20)
-        assert est.n_sampled == round(float(sys.argv[3]) * est.n_index)
-    else:
-        try:
-            main(sys.argv[1:])
-        except SystemExit as e:
-            assert not e.code, e.code
+    est = estimate_hubness(np.load(sys.argv[1], mmap_mode="r"), 10, fraction=float(sys.argv[2]), n_boot=20)
+    assert est.n_sampled == round(float(sys.argv[2]) * est.n_index)
     print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """)
 
@@ -340,13 +330,6 @@ def _clustered_file(tmp_path, n=200_000, d=64) -> tuple[Path, int]:
     return tmp_path / "x.npy", (tmp_path / "x.npy").stat().st_size
 
 
-def _peak_above_imports(*args) -> int:
-    """Peak resident memory (bytes) of a child running ``args`` (see _CHILD) above its imports."""
-    from conftest import peak_rss_above
-
-    return peak_rss_above(_CHILD, *args)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux (bytes on macOS)")
 def test_cli_peak_memory_on_a_memory_mapped_file(tmp_path):
@@ -354,8 +337,10 @@ def test_cli_peak_memory_on_a_memory_mapped_file(tmp_path):
     under 2 × the file (its memory-mapped pages and the IVF index's float32 copy) + 160 MB of working
     blocks. The old path (the whole file read, then float64 and float32 copies) peaked 584 MB above."""
     path, size = _clustered_file(tmp_path)
-    extra = _peak_above_imports("hubness", path, "-k", "10", "--backend", "ivf", "--recall", "0.8",
-                                "--nk-out", tmp_path / "nk.npy")
+    from conftest import cli_peak_rss_above
+
+    extra = cli_peak_rss_above("hubness", path, "-k", "10", "--backend", "ivf", "--recall", "0.8",
+                               "--nk-out", tmp_path / "nk.npy", imports=("sklearn", "threadpoolctl", "faiss"))
     assert extra < 2 * size + (160 << 20), extra / size
     nk = np.load(tmp_path / "nk.npy")
     assert len(nk) == 200_000 and nk.sum() == 10 * 200_000
@@ -372,12 +357,14 @@ def test_exact_backend_peak_memory_on_a_memory_mapped_file(tmp_path):
     path, size = _clustered_file(tmp_path)
     Q = np.load(path, mmap_mode="r")[::200] + np.float32(0.5)
     np.save(tmp_path / "q.npy", Q)
-    extra = _peak_above_imports("hubness", path, "-k", "10", "--backend", "exact", "--queries", tmp_path / "q.npy",
-                                "--nk-out", tmp_path / "nk.npy")
+    from conftest import cli_peak_rss_above, peak_rss_above
+
+    extra = cli_peak_rss_above("hubness", path, "-k", "10", "--backend", "exact", "--queries", tmp_path / "q.npy",
+                               "--nk-out", tmp_path / "nk.npy")
     assert extra < size + (100 << 20), extra / size
     nk = np.load(tmp_path / "nk.npy")
     assert len(nk) == 200_000 and nk.sum() == 10 * len(Q)
-    extra = _peak_above_imports("estimate", path, 0.005)
+    extra = peak_rss_above(_ESTIMATE_CHILD, path, 0.005)
     assert extra < size + (100 << 20), extra / size
 
 

@@ -177,22 +177,9 @@ def test_faiss_backends_on_a_memory_map(files, monkeypatch, metric):
 
 _CHILD = textwrap.dedent("""
     import resource, sys
-    import sklearn, threadpoolctl  # noqa: F401 -- imported before the baseline, as the CLI imports them
-    try:
-        import torch  # noqa: F401 -- the CLI's thread policy imports it when installed
-    except ImportError:
-        pass
+    import sklearn, threadpoolctl  # noqa: F401 -- imported before the baseline, as the reduction imports them
     import numpy as np
     from kexue import hubness as h
-    from kexue.cli import main
-    if sys.argv[1] == "cli":
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        try:
-            main(sys.argv[2:])
-        except SystemExit as e:
-            assert not e.code, e.code
-        print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-        sys.exit()
     X, Q = np.load(sys.argv[1], mmap_mode="r"), np.load(sys.argv[2], mmap_mode="r")
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     red = h.MutualProximity(n_candidates=50, n_samples=500).fit(X)
@@ -239,8 +226,10 @@ def test_cli_reduce_keeps_the_memory_map(tmp_path):
     np.save(tmp_path / "x.npy", X)
     np.save(tmp_path / "q.npy", X[::50] + np.float32(0.25))
     size = (tmp_path / "x.npy").stat().st_size
-    extra = _peak_above_baseline("cli", "hubness", tmp_path / "x.npy", "--queries", tmp_path / "q.npy", "-k", 10,
-                                 "--reduce", "mp", "--candidates", 50, "--nk-out", tmp_path / "nk.npy")
+    from conftest import cli_peak_rss_above
+
+    extra = cli_peak_rss_above("hubness", tmp_path / "x.npy", "--queries", tmp_path / "q.npy", "-k", 10,
+                               "--reduce", "mp", "--candidates", 50, "--nk-out", tmp_path / "nk.npy")
     assert extra < size + (100 << 20), extra / size
     nk = np.load(tmp_path / "nk.npy")
     assert len(nk) == len(X) and nk.sum() == 10 * 400

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pickle
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -155,22 +154,6 @@ def test_cli_reduce_through_a_graph_on_disk_gives_the_in_memory_results(cli, tmp
 
 # ---------------------------------------------------------------- memory
 
-_CHILD = textwrap.dedent("""
-    import resource, sys
-    import sklearn, threadpoolctl, faiss  # noqa: F401 -- imported before the baseline, as the CLI imports them
-    try:
-        import torch  # noqa: F401 -- the CLI's thread policy imports it when installed
-    except ImportError:
-        pass
-    from kexue.cli import main
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    try:
-        main(sys.argv[1:])
-    except SystemExit as e:
-        assert not e.code, e.code
-    print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-""")
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux (bytes on macOS)")
@@ -183,7 +166,7 @@ def test_cli_in_sample_mp_on_a_memory_map_stays_bounded(tmp_path):
     Measured (load 5-10): 180.1 MiB above the imports (178.9 MiB with --block-rows 4096: the
     re-ranking's blocks are not the peak); the whole process peaked at 527.5 MiB against 807.1 MiB
     for the code before (``/usr/bin/time -v``, same graph and N_k bit for bit)."""
-    from conftest import peak_rss_above
+    from conftest import cli_peak_rss_above
 
     n, c = 200_000, 100
     rng = np.random.default_rng(2)
@@ -193,8 +176,9 @@ def test_cli_in_sample_mp_on_a_memory_map_stays_bounded(tmp_path):
     size = (tmp_path / "x.npy").stat().st_size
     work = tmp_path / "work"
     work.mkdir()
-    extra = peak_rss_above(_CHILD, "hubness", tmp_path / "x.npy", "-k", 10, "--backend", "ivf", "--reduce", "mp",
-                           "--candidates", c, "--workdir", work, "--nk-out", tmp_path / "nk.npy")
+    extra = cli_peak_rss_above("hubness", tmp_path / "x.npy", "-k", 10, "--backend", "ivf", "--reduce", "mp",
+                               "--candidates", c, "--workdir", work, "--nk-out", tmp_path / "nk.npy",
+                               imports=("sklearn", "threadpoolctl", "faiss"))
     assert extra < 2 * size + (160 << 20) < n * c * 16, (extra / 2**20, size / 2**20)
     nk = np.load(tmp_path / "nk.npy")
     assert len(nk) == n and nk.sum() == 10 * n
