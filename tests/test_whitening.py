@@ -301,6 +301,34 @@ def test_cli_fit_apply_streams_and_matches_library(tmp_path, cli):
         np.testing.assert_allclose(Z, ref.transform(X), rtol=1e-5, atol=1e-5)
 
 
+def test_cli_fit_and_apply_do_not_import_torch(tmp_path):
+    """whiten fit/apply are NumPy only (bfloat16 files are read by kexue.io): setting torch's thread
+    count must not import it (~0.12 GB), while the command still runs with torch installed."""
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    np.save(tmp_path / "x.npy", anisotropic(n=200, d=6, dtype=np.float32))
+    child = textwrap.dedent("""
+        import sys
+        from kexue.cli import main
+        for argv in (["fit", sys.argv[1], "-o", sys.argv[2]], ["apply", sys.argv[2], sys.argv[1], "-o", sys.argv[3]]):
+            try:
+                main(["whiten", *argv])
+            except SystemExit as e:
+                assert not e.code, e.code
+        print("torch" in sys.modules)
+    """)
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", child, str(tmp_path / "x.npy"), str(tmp_path / "w.safetensors"),
+                        str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == "False", r.stdout
+    assert np.load(tmp_path / "y.npy").shape == (200, 6)
+
+
 def test_cli_fit_warns_on_a_rank_deficient_covariance(tmp_path, cli):
     rng = np.random.default_rng(0)
     np.save(tmp_path / "low.npy", (rng.standard_normal((500, 3)) @ rng.standard_normal((3, 8))).astype(np.float32))

@@ -163,12 +163,12 @@ def threads_option() -> Any:
     return typer.Option(None, "--threads", min=1, help="CPU threads for torch/BLAS (default: $KEXUE_THREADS or 1).")
 
 
-def use_threads(threads: int | None, torch: bool = True) -> int:
-    """Apply the thread policy for the rest of the command; returns the count used. ``torch=False``:
+def use_threads(threads: int | None, import_torch: bool = True) -> int:
+    """Apply the thread policy for the rest of the command; returns the count used. ``import_torch=False``:
     a command that never uses torch does not import it (its import alone is ~0.12 GB of private memory)."""
     n = threads or default_threads()
     try:  # torch is an extra: the NumPy commands (hubness, unargmax, whiten) run without it
-        if not torch:
+        if not import_torch:
             raise ImportError
         import torch as T
     except ImportError:

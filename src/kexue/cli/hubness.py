@@ -70,7 +70,7 @@ def hubness_cmd(
         check_index(index_obj, src.n, src.d, metric, f"--index {' + '.join(map(str, index))}", f"INDEX {emb}", "--metric")
     candidates = min(candidates, src.n - 1)  # as the reductions do: no point has more neighbours
     client = None if where is None else _dask_client(ctx, where)  # unreachable: the one error line, before any work
-    use_threads(threads, torch=False)  # a NumPy/FAISS command: importing torch would cost ~0.12 GB of private memory
+    use_threads(threads, import_torch=False)  # a NumPy/FAISS command: importing torch would cost ~0.12 GB of private memory
     for s in (src, *others.values()):  # NaN/inf named by file and row, one block at a time
         for _ in s.chunks(block_rows):
             release_pages(s.mmap)  # a memory map's pages read so far: out of our resident set (None: nothing)

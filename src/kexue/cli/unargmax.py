@@ -125,7 +125,7 @@ def unargmax_cmd(
     where = _checked_options(method, jobs, show, scheduler, cluster)
     _checked_reach(reach, below, reach_tol)
     check_output(json_out, (".json",), "--json", stdout=True)
-    use_threads(threads)
+    use_threads(threads)  # torch's too: bfloat16 checkpoints (e.g. SmolLM2) are cast to float32 through torch
     layer = load_output_layer(resolve_model(path), tensor=tensor, bias_tensor=bias_tensor, bias=bias)
     if normalize:
         layer = layer.normalized()

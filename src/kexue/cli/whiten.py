@@ -37,7 +37,7 @@ def fit_cmd(
         raise KexueError(f"{emb} has {plural(src.n, 'row')}; whitening needs at least 2 vectors to estimate Σ")
     if dim is not None and dim > src.d:
         raise KexueError(f"--dim {dim} is larger than the embedding dimension {src.d}; choose --dim <= {src.d}")
-    use_threads(threads)
+    use_threads(threads, import_torch=False)  # NumPy/SciPy (kexue.io reads bfloat16 itself): torch would only cost memory
     w = Whitening(beta=beta, gamma=gamma, n_components=dim)
     if where is None:
         w.fit_chunks(RichTracker().track(src.chunks(chunk), "fitting", total=-(-src.n // chunk)))
@@ -85,7 +85,7 @@ def apply_cmd(
     src = open_matrix(check_input(emb, "EMB"), key)
     if src.d != w.n_features_in_:
         raise KexueError(f"{emb} has dimension {src.d} but the transform was fitted on d={w.n_features_in_}")
-    use_threads(threads)
+    use_threads(threads, import_torch=False)  # NumPy only, as fit
     k = w.components_.shape[0]
     dtype = np.float64 if src.dtype == np.float64 else np.float32
     with atomic_path(out) as tmp:
@@ -150,7 +150,7 @@ def search_cmd(
             raise KexueError("--fit-on train, --limit and --data-dir are for STS-B; with --pairs the transform is fitted on every sentence of the file")
     else:
         data.check_data_dir(data_dir)
-    use_threads(threads)
+    use_threads(threads)  # torch's too: the sentences are encoded by a torch model (MiniLM or SmolLM2)
     if pairs is not None:
         splits = sts.pairs_embeddings(pairs, encoder, pooling, seed=seed, tracker=RichTracker())
         name = pairs.name
