@@ -144,3 +144,34 @@ def test_cli_ivf_keeps_few_pages_of_a_memory_mapped_file(tmp_path):
     assert peak - base < 0.4 * size, (peak - base) / size
     expected = h.k_occurrence(np.load(path), 10, backend="ivf", block_rows=4096)  # in memory: nothing to release
     assert np.array_equal(np.load(tmp_path / "nk.npy"), expected)
+
+
+@pytest.mark.parametrize("backend", ["ivf", "hnsw", "faiss"])
+def test_rescoring_from_the_index_copy_equals_reading_the_map(mapped, backend, monkeypatch):
+    """float32 rows searched with L2 are re-scored from the index's own copy (``ann._own_rows``), not
+    gathered from the memory map: the same rows bit for bit, so the same graph as reading the map."""
+    pytest.importorskip("faiss")
+    from kexue import hubness as H
+    from kexue.hubness import ann
+
+    _, M = mapped
+    X = M[:4000]
+    params = {"index": "flat"} if backend == "faiss" else {}
+    built = {}
+    real = ann._own_rows
+
+    def spy(index, X_, metric):
+        built["rows"] = real(index, X_, metric)
+        return built["rows"]
+
+    monkeypatch.setattr(ann, "_own_rows", spy)
+    g = H.kneighbors(X, 10, backend=backend, backend_params=dict(params), recall_sample=200, seed=0)
+    assert built["rows"] is not None  # float32, Euclidean: the index's copy is used
+    monkeypatch.setattr(ann, "_own_rows", lambda *a: None)  # the map's rows instead
+    ref = H.kneighbors(X, 10, backend=backend, backend_params=dict(params), recall_sample=200, seed=0)
+    assert np.array_equal(g.dist, ref.dist) and np.array_equal(g.ind, ref.ind)
+    monkeypatch.setattr(ann, "_own_rows", spy)
+    H.kneighbors(X, 10, metric="cosine", backend=backend, backend_params=dict(params), recall_sample=200, seed=0)
+    assert built["rows"] is None  # unit rows in the index: not X's rows
+    H.kneighbors(np.asarray(X, np.float64), 10, backend=backend, backend_params=dict(params), recall_sample=200, seed=0)
+    assert built["rows"] is None  # float64 X: the index holds rounded rows
