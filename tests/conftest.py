@@ -192,3 +192,19 @@ def run_kexue(*args, cwd, timeout: int = 900):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     return subprocess.run([sys.executable, "-m", "kexue", *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=timeout, cwd=cwd)
+
+
+def write_q8_gguf(path, W, arch: str = "llama", tokens=None) -> None:
+    """A GGUF holding ``W`` as Q8_0 ``token_embd.weight`` (tied embeddings), written as llama.cpp
+    writes one; ``tokens``: the vocabulary in its metadata. Needs the ``gguf`` package."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    if tokens is not None:
+        w.add_token_list(tokens)
+    w.add_tensor("token_embd.weight", gguf.quants.quantize(W, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

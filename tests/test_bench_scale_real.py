@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 gguf = pytest.importorskip("gguf")
+from conftest import write_q8_gguf  # noqa: E402
 pytest.importorskip("faiss")
 pytest.importorskip("sklearn")
 
@@ -37,13 +38,7 @@ def _fake_model(cache: Path, n: int = 600, d: int = 32) -> tuple[Path, np.ndarra
     folder = cache / "zoo" / KEY
     folder.mkdir(parents=True)
     W = np.random.default_rng(1).standard_normal((n, d)).astype(np.float32)
-    w = gguf.GGUFWriter(str(folder / m.filename), "gemma3")
-    w.add_tensor("token_embd.weight", gguf.quants.quantize(W, gguf.GGMLQuantizationType.Q8_0),
-                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_q8_gguf(folder / m.filename, W, "gemma3")
     (folder / ".verified").write_text(m.sha256)
     return folder / m.filename, W
 

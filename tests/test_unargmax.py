@@ -319,16 +319,11 @@ def test_npz_and_safetensors_names(tmp_path):
 def test_gguf_quantised_tied_layer(tmp_path):
     # a small GGUF written like llama.cpp does (Q8_0 tied embeddings + vocab in the metadata);
     # reading SmolLM2's own file takes ~30 s of metadata parsing, so the experiment covers it
-    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("gguf")
+    from conftest import write_q8_gguf
+
     W = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
-    w.add_token_list([f"tok{i}" for i in range(64)])
-    w.add_tensor("token_embd.weight", gguf.quants.quantize(W, gguf.GGMLQuantizationType.Q8_0),
-                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    write_q8_gguf(tmp_path / "m.gguf", W, tokens=[f"tok{i}" for i in range(64)])
     lay = load_output_layer(tmp_path / "m.gguf")
     assert lay.W.shape == (64, 32) and lay.tied and lay.b is None and lay.info["quantisation"] == "Q8_0"
     assert np.abs(lay.W - W).max() < 0.05 and lay.token(5) == "tok5"
