@@ -47,9 +47,10 @@ width and at 768 (``--whiten-rows`` rows of a second clustered file), and the pr
     .venv/bin/python benchmarks/bench_hubness_scale.py --data-dir /data/scale --json scale.json \\
         [--rows 1000000] [--dim 384] [--gaussian] [--real gemma3-270m] [--repeats 1] [--cluster local:2]
 
-At full size the clustered measures took about 1.5 hours of wall time on 2 cores (2026-12-06,
-docs/hubness.md "Measured at 1,000,000 × 384": kiez's HNSW row and the plain IVF-PQ search are the
-longest, ~15-18 min each; the Gaussian row's IVF search would be longer still). It needs ~4 GB
+At full size the clustered measures took about 70 minutes of wall time on 2 cores, and the
+``--threads 2`` round 18 more (2026-12-06, docs/hubness.md "Measured at 1,000,000 × 384": MP, the
+one-thread IVF scan, the plain IVF-PQ search and kiez's HNSW row are the longest, 9-18 min each;
+the Gaussian row's IVF search would be longer still). It needs ~4 GB
 of disk in ``--data-dir`` (the 1.5 GB file, the Gaussian one, a 0.8 GB 768-wide file, the IVF-PQ
 indexes; ``--real gemma3-270m`` adds a 0.67 GB file, whose extraction took 26-34 s and 2.16 GiB
 peak resident at load 1.1-2.6); run it on an otherwise idle machine.
